@@ -1,0 +1,142 @@
+"""The ``brewcast`` command line: one subcommand per pipeline step.
+
+Heavy libraries are imported inside the commands, so ``brewcast --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from brewcast.settings import get_settings
+
+app = typer.Typer(help="brewcast: predict when a fermentation will finish, and run its MLOps.",
+                  no_args_is_help=True, add_completion=False)
+
+
+@app.callback()
+def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    return typer.Exit(code)
+
+
+@app.command()
+def simulate(
+    to: Annotated[str, typer.Option(help="lake | drop | brewerypi")] = "lake",
+    out: Annotated[str | None, typer.Option(help="Drop folder, or Brewery Pi SQLAlchemy URL "
+                                            "or SQLite file (default: settings).")] = None,
+    days: Annotated[float | None, typer.Option(help="Days to simulate.")] = None,
+    fermenters: Annotated[int | None, typer.Option(help="Fermenters in the cellar.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    file_format: Annotated[str, typer.Option("--format", help="csv | parquet (drop)")] = "csv",
+) -> None:
+    """Simulate a cellar and write it to the lake, a drop folder or a Brewery Pi database."""
+    import pandas as pd
+
+    from ingest.brewerypi import write_brewerypi
+    from ingest.simulator import simulate as run_simulation
+    from ingest.sources import ingest_interval, simulation_config, write_drop_files
+
+    settings = get_settings()
+    overrides = {k: v for k, v in dict(days=days, fermenters=fermenters, seed=seed).items()
+                 if v is not None}
+    try:
+        config = simulation_config(settings, **overrides)
+    except ValueError as exc:
+        raise _fail(str(exc)) from exc
+    if to == "lake":
+        report = ingest_interval(settings, "simulator", config.start, config.end, config)
+        typer.echo(report.summary())
+        return
+    world = run_simulation(config, progress=True)
+    if to == "drop":
+        folder = Path(out) if out else settings.drop_path
+        paths = write_drop_files(world.batches, world.readings, folder, file_format)
+        typer.echo(f"wrote {len(paths)} drop file(s) to {folder}")
+    elif to == "brewerypi":
+        url = out or settings.brewerypi_url or f"sqlite:///{settings.home / 'brewerypi.db'}"
+        if "://" not in url:
+            url = f"sqlite:///{Path(url).resolve()}"
+        write_brewerypi(url, world.batches, world.readings)
+        typer.echo(f"wrote {len(world.batches)} event frames and {len(world.readings)} readings "
+                   f"to {url}")
+    else:
+        raise _fail(f"--to must be lake, drop or brewerypi, not {to!r}")
+    typer.echo(f"{len(world.batches)} batches ({int(world.truth['stuck'].sum())} stuck), "
+               f"{len(world.readings)} readings, {pd.Timestamp(config.start):%Y-%m-%d} "
+               f"+ {config.days:g} days")
+
+
+@app.command()
+def ingest(
+    source: Annotated[str | None, typer.Option(help="simulator | drop | brewerypi "
+                                                    "(default: BREWCAST_SOURCE)")] = None,
+    start: Annotated[str | None, typer.Option(help="Interval start (ISO time, UTC).")] = None,
+    end: Annotated[str | None, typer.Option(help="Interval end, exclusive.")] = None,
+) -> None:
+    """Pull an interval (or the pending drop files) into the lake's raw stage."""
+    import pandas as pd
+
+    from brewcast.schema import SchemaError
+    from ingest.brewerypi import BreweryPiError
+    from ingest.sources import IngestError, ingest_drop_folder, ingest_interval, simulation_config
+
+    settings = get_settings()
+    source = source or settings.source
+    try:
+        if source == "drop":
+            report = ingest_drop_folder(settings)
+        else:
+            world = simulation_config(settings)
+            lo = pd.Timestamp(start, tz="UTC") if start else world.start
+            hi = pd.Timestamp(end, tz="UTC") if end else (
+                world.end if source == "simulator" else pd.Timestamp.now("UTC"))
+            report = ingest_interval(settings, source, lo, hi)
+    except (IngestError, BreweryPiError, SchemaError, ValueError) as exc:
+        raise _fail(str(exc)) from exc
+    typer.echo(report.summary())
+    if report.rejected:
+        raise typer.Exit(1)
+
+
+@app.command()
+def features(
+    stage: Annotated[str, typer.Option(help="Lake stage to read: raw | validated")] = "raw",
+) -> None:
+    """Build labelled snapshots (features at time t + labels) into lake/features."""
+    from brewcast.lake import read_table, replace_table
+    from brewcast.schema import BATCHES, FEATURES, LABEL, READINGS
+    from models.dataset import LabelRules, build_snapshots, derive_outcomes, split_by_batch_time
+
+    settings = get_settings()
+    batches = read_table(settings.lake_dir, stage, BATCHES)
+    readings = read_table(settings.lake_dir, stage, READINGS)
+    if batches.empty:
+        raise _fail(f"no batches in lake stage {stage!r} under {settings.lake_dir}; "
+                    f"run `brewcast ingest` first", code=1)
+    rules = LabelRules.from_settings(settings)
+    outcomes = derive_outcomes(batches, readings, rules)
+    snapshots = build_snapshots(batches, readings, rules, outcomes)
+    written = replace_table(snapshots, FEATURES, settings.lake_dir, "features", "snapshots")
+    status = outcomes["status"].value_counts().to_dict()
+    typer.echo(f"{len(batches)} batches: {status}")
+    if snapshots.empty:
+        typer.echo("no labelled snapshots yet (no batch has finished)")
+        return
+    splits = split_by_batch_time(snapshots)
+    positive = snapshots[LABEL].mean()
+    typer.echo(f"{len(snapshots)} snapshots in {len(written)} partition file(s); "
+               f"{positive:.1%} finish within {rules.horizon_hours:g} h; "
+               f"splits {splits.value_counts().to_dict()}")
+
+
+if __name__ == "__main__":
+    app()

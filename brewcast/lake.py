@@ -1,0 +1,120 @@
+"""The data lake: Parquet partitions by date under ``HOME/lake/{stage}/{table}/date=YYYY-MM-DD``.
+
+Writes are atomic (every file of a write goes to a temporary name first and is renamed
+only once all of them are written) and idempotent: a write names its files after the
+interval or source it came from, so re-running it replaces the same files with the same
+bytes instead of adding duplicates. Readers also drop duplicate keys, so overlapping
+intervals never double-count a reading.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Literal
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from brewcast.schema import TABLES, Table
+
+Stage = Literal["raw", "validated", "quarantine", "features"]
+STAGES: tuple[str, ...] = ("raw", "validated", "quarantine", "features")
+
+
+def table_dir(lake_dir: Path, stage: str, table: Table | str) -> Path:
+    name = table if isinstance(table, str) else table.name
+    if stage not in STAGES:
+        raise ValueError(f"unknown lake stage {stage!r}; expected one of {STAGES}")
+    return Path(lake_dir) / stage / name
+
+
+def part_label(*parts: object) -> str:
+    """A file-name-safe label for a write (e.g. its interval), so re-runs hit the same file."""
+    text = "_".join(str(p) for p in parts)
+    return re.sub(r"[^A-Za-z0-9.=-]+", "-", text).strip("-")
+
+
+def write_partitions(
+    frame: pd.DataFrame, table: Table, lake_dir: Path, stage: str, label: str
+) -> list[Path]:
+    """Write ``frame`` (already conformed to ``table``) as one file per date partition.
+
+    The file in each partition is ``part-{label}.parquet``; rows are sorted by the
+    table's key so identical input gives identical bytes.
+    """
+    if frame.empty:
+        return []
+    base = table_dir(lake_dir, stage, table)
+    dates = frame[table.partition_by].dt.strftime("%Y-%m-%d")
+    pending: list[tuple[Path, Path]] = []
+    try:
+        for date, part in frame.groupby(dates, sort=True):
+            part = part.sort_values(list(table.key), kind="mergesort").reset_index(drop=True)
+            final = base / f"date={date}" / f"part-{label}.parquet"
+            final.parent.mkdir(parents=True, exist_ok=True)
+            tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex}.tmp")
+            arrow = pa.Table.from_pandas(part, schema=table.arrow_schema(), preserve_index=False)
+            pq.write_table(arrow, tmp, compression="zstd")
+            pending.append((tmp, final))
+    except BaseException:
+        for tmp, _ in pending:
+            tmp.unlink(missing_ok=True)
+        raise
+    for tmp, final in pending:
+        os.replace(tmp, final)
+    return [final for _, final in pending]
+
+
+def partition_files(
+    lake_dir: Path, stage: str, table: Table | str, dates: Iterable[str] | None = None
+) -> list[Path]:
+    """Parquet files of a table, oldest partition first; only ``dates`` when given."""
+    base = table_dir(lake_dir, stage, table)
+    if not base.exists():
+        return []
+    wanted = None if dates is None else {f"date={d}" for d in dates}
+    return sorted(
+        f
+        for d in sorted(base.iterdir())
+        if d.is_dir() and (wanted is None or d.name in wanted)
+        for f in sorted(d.glob("part-*.parquet"))
+    )
+
+
+def read_table(
+    lake_dir: Path, stage: str, table: Table | str, dates: Iterable[str] | None = None
+) -> pd.DataFrame:
+    """Read a table's partitions into one frame, one row per key (the latest file wins)."""
+    spec = TABLES[table] if isinstance(table, str) else table
+    files = partition_files(lake_dir, stage, spec, dates)
+    if not files:
+        return spec.empty()
+    frames = [pq.read_table(f, schema=spec.arrow_schema()).to_pandas() for f in files]
+    frame = pd.concat(frames, ignore_index=True)
+    frame = frame.drop_duplicates(list(spec.key), keep="last")
+    return spec.conform(frame, source=str(table_dir(lake_dir, stage, spec)))
+
+
+def partition_dates(lake_dir: Path, stage: str, table: Table | str) -> list[str]:
+    base = table_dir(lake_dir, stage, table)
+    if not base.exists():
+        return []
+    return sorted(d.name.removeprefix("date=") for d in base.iterdir() if d.name.startswith("date="))
+
+
+def replace_table(frame: pd.DataFrame, table: Table, lake_dir: Path, stage: str, label: str
+                  ) -> list[Path]:
+    """Write a table that is rebuilt whole each time: the new files first, then remove the
+    files of the same ``label`` that the new build no longer has (partitions that vanished).
+    """
+    written = write_partitions(frame, table, lake_dir, stage, label)
+    keep = set(written)
+    for old in partition_files(lake_dir, stage, table):
+        if old.name == f"part-{label}.parquet" and old not in keep:
+            old.unlink()
+    return written

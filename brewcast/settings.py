@@ -1,0 +1,70 @@
+"""brewcast's one typed settings object.
+
+Read from the environment (prefix ``BREWCAST_``) when :func:`get_settings` is called;
+importing this module does nothing. Defaults are the embedded mode: everything lives
+under ``BREWCAST_HOME`` (``./.brewcast``). Production mode changes only URLs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of brewcast, with its default for the embedded mode."""
+
+    model_config = SettingsConfigDict(env_prefix="BREWCAST_", extra="ignore")
+
+    home: Path = Field(Path(".brewcast"), description="Root of the lake, stores and logs.")
+    seed: int = Field(42, description="Seed of the simulator and of training.")
+
+    # ingest
+    source: Literal["simulator", "drop", "brewerypi"] = Field(
+        "simulator", description="Where `brewcast ingest` reads from by default."
+    )
+    drop_dir: Path | None = Field(None, description="Drop folder (default HOME/drop).")
+    brewerypi_url: str | None = Field(
+        None, description="SQLAlchemy URL of a Brewery Pi database (sqlite:///, mysql+pymysql://, "
+        "postgresql+psycopg2://).",
+    )
+    brewerypi_event_frame_template: str = Field(
+        "Fermentation", description="EventFrameTemplate.Name that marks a fermentation batch."
+    )
+
+    # simulator defaults (the demo's world)
+    simulation_start: str = Field("2026-01-01", description="First pitch of the simulated world.")
+    simulation_days: int = Field(120, description="Length of the simulated world in days.")
+    simulation_fermenters: int = Field(8, description="Fermenters in the simulated cellar.")
+    drift_column: Literal["brand", "yeast_strain", "fermenter"] = Field(
+        "yeast_strain", description="Slice column that the simulator's drift slows down."
+    )
+    drift_value: str | None = Field(None, description="Slice value to slow down (none: no drift).")
+    drift_start: str = Field("2026-03-01", description="Pitch date from which the drift applies.")
+    drift_hours: float = Field(18.0, description="Hours the drift adds to the curve's midpoint.")
+
+    # labels and snapshots
+    horizon_hours: float = Field(24.0, description="Predict finishing within this horizon.")
+    snapshot_every_hours: float = Field(6.0, description="Snapshot cadence during a batch.")
+    terminal_tolerance_plato: float = Field(
+        0.3, description="Gravity within this of the plateau counts as terminal."
+    )
+    plateau_hours: float = Field(
+        36.0, description="A plateau must last this long before a batch is labelled finished."
+    )
+
+    @property
+    def lake_dir(self) -> Path:
+        return self.home / "lake"
+
+    @property
+    def drop_path(self) -> Path:
+        return self.drop_dir if self.drop_dir is not None else self.home / "drop"
+
+
+def get_settings(**overrides: object) -> Settings:
+    """Read the settings now (environment + overrides); cheap, so call it where needed."""
+    return Settings(**overrides)

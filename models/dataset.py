@@ -1,0 +1,217 @@
+"""From raw batches and readings to labelled snapshots, without peeking into the future.
+
+A *snapshot* is what was known about a batch at time ``t``: its pitch metadata and the
+readings with ``timestamp <= t`` only. Its labels come from the batch's outcome, which is
+derived from the readings once the batch has plateaued: the finish time is the first
+time the (median-smoothed) gravity comes within a tolerance of the plateau. A batch whose
+plateau sits far above what yeast achieves is *stuck*: it never finishes (negative label,
+no hours-remaining target). Splits go by batch pitch time, so no batch is on both sides
+and the test split is the most recent data, as in production.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from brewcast.schema import FEATURES, READING_VALUE_RANGES, season_of
+
+log = logging.getLogger(__name__)
+
+#: A plateau at an apparent attenuation below this is a stuck fermentation (strains reach
+#: 0.63-0.80, DOMAIN.md).
+STUCK_ATTENUATION_BELOW = 0.55
+SLOPE_WINDOW_HOURS = 24.0
+SPLITS = ("train", "validation", "test")
+
+OUTCOME_COLUMNS = ("batch_id", "status", "finish_time", "terminal_gravity_plato")
+
+
+@dataclass(frozen=True)
+class LabelRules:
+    """How outcomes and snapshots are derived (values come from :class:`Settings`)."""
+
+    horizon_hours: float = 24.0
+    snapshot_every_hours: float = 6.0
+    terminal_tolerance_plato: float = 0.3
+    plateau_hours: float = 36.0
+
+    @classmethod
+    def from_settings(cls, settings) -> LabelRules:
+        return cls(settings.horizon_hours, settings.snapshot_every_hours,
+                   settings.terminal_tolerance_plato, settings.plateau_hours)
+
+
+def _plausible(readings: pd.DataFrame, tag: str) -> pd.DataFrame:
+    """One tag's readings inside the schema's physical range, sorted by batch and time."""
+    low, high = READING_VALUE_RANGES[tag]
+    rows = readings[(readings["tag"] == tag) & readings["value"].between(low, high)]
+    return rows.sort_values(["batch_id", "timestamp"], kind="mergesort")
+
+
+def _hours(ts: pd.Series | pd.DatetimeIndex) -> np.ndarray:
+    """Timestamps as float hours since the epoch (the arithmetic unit of this module)."""
+    return np.asarray(pd.DatetimeIndex(ts).as_unit("us").asi8, dtype="float64") / 3.6e9
+
+
+def _original_gravity(batch: pd.Series, first_gravity: float) -> float:
+    og = batch["original_gravity_plato"]
+    low, high = FEATURES["original_gravity_plato"].min, FEATURES["original_gravity_plato"].max
+    return float(og) if pd.notna(og) and low <= og <= high else first_gravity
+
+
+def derive_outcomes(batches: pd.DataFrame, readings: pd.DataFrame, rules: LabelRules
+                    ) -> pd.DataFrame:
+    """Per batch: ``finished`` / ``stuck`` once the plateau is established, else ``running``.
+
+    The plateau counts as established when the batch's frame is closed (``end_time`` known)
+    or when gravity has stayed at it for ``rules.plateau_hours``.
+    """
+    gravity = _plausible(readings, "gravity_plato")
+    groups = dict(tuple(gravity.groupby("batch_id", sort=False)))
+    rows = []
+    for batch in batches.itertuples(index=False):
+        g = groups.get(batch.batch_id)
+        status, finish, terminal = "running", pd.NaT, np.nan
+        if g is not None and len(g) >= 3:
+            times = _hours(g["timestamp"])
+            smooth = g["value"].rolling(3, center=True, min_periods=1).median().to_numpy()
+            last = times[-1]
+            terminal = float(np.median(smooth[times >= last - 24.0]))
+            reached = np.flatnonzero(smooth <= terminal + rules.terminal_tolerance_plato)
+            first_reached = times[reached[0]]
+            closed = pd.notna(batch.end_time)
+            if closed or last - first_reached >= rules.plateau_hours:
+                og = _original_gravity(pd.Series(batch._asdict()), float(g["value"].iloc[0]))
+                attenuation = (og - terminal) / og if og > 0 else np.nan
+                if attenuation < STUCK_ATTENUATION_BELOW:
+                    status = "stuck"
+                else:
+                    status = "finished"
+                    finish = g["timestamp"].iloc[reached[0]]
+        rows.append((batch.batch_id, status, finish, terminal))
+    out = pd.DataFrame(rows, columns=list(OUTCOME_COLUMNS))
+    out["finish_time"] = pd.to_datetime(out["finish_time"], utc=True).astype("datetime64[us, UTC]")
+    return out
+
+
+def build_snapshots(batches: pd.DataFrame, readings: pd.DataFrame, rules: LabelRules,
+                    outcomes: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Labelled snapshots of every batch whose outcome is known, conformed to ``FEATURES``.
+
+    Snapshots run every ``rules.snapshot_every_hours`` from pitch until the last reading,
+    or until ``horizon`` after the finish for finished batches.
+    """
+    if outcomes is None:
+        outcomes = derive_outcomes(batches, readings, rules)
+    known = outcomes[outcomes["status"] != "running"].set_index("batch_id")
+    gravity = dict(tuple(_plausible(readings, "gravity_plato").groupby("batch_id", sort=False)))
+    temperature = dict(tuple(_plausible(readings, "temperature_c").groupby("batch_id",
+                                                                            sort=False)))
+    frames = []
+    for batch in batches[batches["batch_id"].isin(known.index)].itertuples(index=False):
+        g = gravity.get(batch.batch_id)
+        if g is None:
+            continue
+        frames.append(_batch_snapshots(batch, g, temperature.get(batch.batch_id),
+                                       known.loc[batch.batch_id], rules))
+    if not frames:
+        return FEATURES.empty()
+    frame = pd.concat(frames, ignore_index=True)
+    return FEATURES.conform(frame, source="dataset builder")
+
+
+def _batch_snapshots(batch, gravity: pd.DataFrame, temperature: pd.DataFrame | None,
+                     outcome: pd.Series, rules: LabelRules) -> pd.DataFrame:
+    start = _hours(pd.Series([batch.start_time]))[0]
+    g_t = _hours(gravity["timestamp"])
+    g_v = gravity["value"].to_numpy()
+    finish = np.nan if pd.isna(outcome["finish_time"]) else _hours(
+        pd.Series([outcome["finish_time"]]))[0]
+    until = g_t[-1] if np.isnan(finish) else min(g_t[-1], finish + rules.horizon_hours)
+    t = start + np.arange(rules.snapshot_every_hours, until - start + 1e-9,
+                          rules.snapshot_every_hours)
+    if t.size == 0:
+        return pd.DataFrame()
+
+    # Gravity known at t: readings with time <= t (searchsorted side="right").
+    n = np.searchsorted(g_t, t, side="right")
+    has = n > 0
+    last = np.where(has, n - 1, 0)
+    current = np.where(has, g_v[last], np.nan)
+    og = _original_gravity(pd.Series(batch._asdict()), float(g_v[0]))
+    # Least-squares slope over readings in (t - window, t], from cumulative sums.
+    lo = np.searchsorted(g_t, t - SLOPE_WINDOW_HOURS, side="right")
+    x = g_t - start
+    cs = {k: np.concatenate([[0.0], np.cumsum(v)]) for k, v in
+          {"1": np.ones_like(x), "x": x, "y": g_v, "xx": x * x, "xy": x * g_v}.items()}
+    w = {k: v[n] - v[lo] for k, v in cs.items()}
+    denom = w["1"] * w["xx"] - w["x"] ** 2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        slope = np.where((w["1"] >= 2) & (denom > 1e-9),
+                         (w["1"] * w["xy"] - w["x"] * w["y"]) / denom * 24.0, np.nan)
+
+    if temperature is not None and len(temperature):
+        tt = _hours(temperature["timestamp"])
+        tv = temperature["value"].to_numpy()
+        m = np.searchsorted(tt, t, side="right")
+        csum = np.concatenate([[0.0], np.cumsum(tv)])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            current_temp = np.where(m > 0, tv[np.maximum(m - 1, 0)], np.nan)
+            mean_temp = np.where(m > 0, csum[m] / np.maximum(m, 1), np.nan)
+    else:
+        current_temp = mean_temp = np.full(t.size, np.nan)
+
+    if np.isnan(finish):
+        finished = np.zeros(t.size, bool)
+        remaining = np.full(t.size, np.nan)
+    else:
+        finished = finish <= t + rules.horizon_hours
+        remaining = np.maximum(finish - t, 0.0)
+
+    snapshot_time = pd.to_datetime(np.round(t * 3.6e9).astype("int64"), unit="us", utc=True)
+    return pd.DataFrame({
+        "batch_id": batch.batch_id,
+        "snapshot_time": snapshot_time,
+        "fermenter": batch.fermenter,
+        "brand": batch.brand,
+        "yeast_strain": batch.yeast_strain,
+        "season": season_of(pd.Series([batch.start_time] * t.size)).to_numpy(),
+        "hours_since_pitch": t - start,
+        "original_gravity_plato": og,
+        "pitch_temperature_c": batch.pitch_temperature_c,
+        "pitch_rate_million_cells_per_ml_plato": batch.pitch_rate_million_cells_per_ml_plato,
+        "dissolved_oxygen_ppm": batch.dissolved_oxygen_ppm,
+        "ambient_temperature_c": batch.ambient_temperature_c,
+        "yeast_generation": batch.yeast_generation,
+        "current_gravity_plato": current,
+        "apparent_attenuation": (og - current) / og,
+        "gravity_slope_plato_per_day": slope,
+        "hours_since_last_gravity": np.where(has, t - g_t[last], np.nan),
+        "gravity_readings_count": n.astype("float64"),
+        "current_temperature_c": current_temp,
+        "mean_temperature_c": mean_temp,
+        "finished_within_horizon": finished,
+        "hours_remaining": remaining,
+    })
+
+
+def split_by_batch_time(features: pd.DataFrame, fractions: tuple[float, float, float] = (
+        0.7, 0.15, 0.15)) -> pd.Series:
+    """``train``/``validation``/``test`` per row: batches ordered by pitch, oldest first.
+
+    Every snapshot of a batch lands in the same split, and later batches are evaluated on
+    what earlier ones taught, as they will be in production.
+    """
+    if not np.isclose(sum(fractions), 1.0) or min(fractions) < 0:
+        raise ValueError(f"split fractions must be >= 0 and sum to 1, got {fractions}")
+    pitch = (features["snapshot_time"] - pd.to_timedelta(features["hours_since_pitch"], unit="h"))
+    first = pitch.groupby(features["batch_id"]).min().sort_values(kind="mergesort")
+    order = np.arange(len(first)) / max(len(first), 1)
+    edges = np.cumsum(fractions)
+    names = np.array(SPLITS)[np.searchsorted(edges[:-1], order, side="right")]
+    by_batch = pd.Series(names, index=first.index)
+    return features["batch_id"].map(by_batch).rename("split")
