@@ -184,10 +184,10 @@ def _simulate_batch(cfg: SimulationConfig, rng: np.random.Generator, index: int,
     attenuation = rng.uniform(*strain.attenuation)
     stuck = rng.random() < cfg.stuck_probability
     if stuck:  # the yeast gives up early: the plateau sits well above the strain's terminal
-        attenuation *= rng.uniform(0.55, 0.75)
+        attenuation *= rng.uniform(0.4, 0.7)
     pe = og * (1.0 - attenuation)
 
-    day_of_year = start_ts.dayofyear
+    day_of_year = start_ts.day_of_year
     ambient = 12.0 + 9.0 * np.sin(2 * np.pi * (day_of_year - 110) / 365.25) + rng.normal(0, 2.0)
     cooling = COOLING_CAPACITY[fermenter]
     set_temp = recipe.set_temperature_c

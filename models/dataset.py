@@ -23,7 +23,10 @@ log = logging.getLogger(__name__)
 
 #: A plateau at an apparent attenuation below this is a stuck fermentation (strains reach
 #: 0.63-0.80, DOMAIN.md).
-STUCK_ATTENUATION_BELOW = 0.55
+STUCK_ATTENUATION_BELOW = 0.60
+#: An open batch's flat gravity only counts as a plateau after this much attenuation; before
+#: it, flat gravity is the lag phase. A closed frame needs no such evidence.
+PLATEAU_MIN_ATTENUATION = 0.2
 SLOPE_WINDOW_HOURS = 24.0
 SPLITS = ("train", "validation", "test")
 
@@ -83,10 +86,11 @@ def derive_outcomes(batches: pd.DataFrame, readings: pd.DataFrame, rules: LabelR
             terminal = float(np.median(smooth[times >= last - 24.0]))
             reached = np.flatnonzero(smooth <= terminal + rules.terminal_tolerance_plato)
             first_reached = times[reached[0]]
+            og = _original_gravity(pd.Series(batch._asdict()), float(g["value"].iloc[0]))
+            attenuation = (og - terminal) / og if og > 0 else np.nan
             closed = pd.notna(batch.end_time)
-            if closed or last - first_reached >= rules.plateau_hours:
-                og = _original_gravity(pd.Series(batch._asdict()), float(g["value"].iloc[0]))
-                attenuation = (og - terminal) / og if og > 0 else np.nan
+            if closed or (last - first_reached >= rules.plateau_hours
+                          and attenuation >= PLATEAU_MIN_ATTENUATION):
                 if attenuation < STUCK_ATTENUATION_BELOW:
                     status = "stuck"
                 else:
