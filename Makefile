@@ -17,7 +17,7 @@ $(VENV)/.synced: pyproject.toml uv.lock
 	$(UV) sync --frozen
 	@touch $@
 
-test: setup  ## everything, slow end-to-end tests included
+test: lint  ## lint, then everything, slow end-to-end tests included
 	$(BIN)/pytest
 
 test-fast: setup  ## skip the slow end-to-end tests
@@ -25,6 +25,7 @@ test-fast: setup  ## skip the slow end-to-end tests
 
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 demo: setup
 	@echo "brewcast demo: not yet (the demo issue wires Airflow, MLflow and BentoML); for now it"

@@ -13,14 +13,19 @@ import typer
 
 from brewcast.settings import get_settings
 
-app = typer.Typer(help="brewcast: predict when a fermentation will finish, and run its MLOps.",
-                  no_args_is_help=True, add_completion=False)
+app = typer.Typer(
+    help="brewcast: predict when a fermentation will finish, and run its MLOps.",
+    no_args_is_help=True,
+    add_completion=False,
+)
 
 
 @app.callback()
 def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
@@ -31,8 +36,12 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
 @app.command()
 def simulate(
     to: Annotated[str, typer.Option(help="lake | drop | brewerypi")] = "lake",
-    out: Annotated[str | None, typer.Option(help="Drop folder, or Brewery Pi SQLAlchemy URL "
-                                            "or SQLite file (default: settings).")] = None,
+    out: Annotated[
+        str | None,
+        typer.Option(
+            help="Drop folder, or Brewery Pi SQLAlchemy URL or SQLite file (default: settings)."
+        ),
+    ] = None,
     days: Annotated[float | None, typer.Option(help="Days to simulate.")] = None,
     fermenters: Annotated[int | None, typer.Option(help="Fermenters in the cellar.")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
@@ -46,8 +55,9 @@ def simulate(
     from ingest.sources import ingest_interval, simulation_config, write_drop_files
 
     settings = get_settings()
-    overrides = {k: v for k, v in dict(days=days, fermenters=fermenters, seed=seed).items()
-                 if v is not None}
+    overrides = {
+        k: v for k, v in dict(days=days, fermenters=fermenters, seed=seed).items() if v is not None
+    }
     try:
         config = simulation_config(settings, **overrides)
     except ValueError as exc:
@@ -66,19 +76,23 @@ def simulate(
         if "://" not in url:
             url = f"sqlite:///{Path(url).resolve()}"
         write_brewerypi(url, world.batches, world.readings)
-        typer.echo(f"wrote {len(world.batches)} event frames and {len(world.readings)} readings "
-                   f"to {url}")
+        typer.echo(
+            f"wrote {len(world.batches)} event frames and {len(world.readings)} readings to {url}"
+        )
     else:
         raise _fail(f"--to must be lake, drop or brewerypi, not {to!r}")
-    typer.echo(f"{len(world.batches)} batches ({int(world.truth['stuck'].sum())} stuck), "
-               f"{len(world.readings)} readings, {pd.Timestamp(config.start):%Y-%m-%d} "
-               f"+ {config.days:g} days")
+    typer.echo(
+        f"{len(world.batches)} batches ({int(world.truth['stuck'].sum())} stuck), "
+        f"{len(world.readings)} readings, {pd.Timestamp(config.start):%Y-%m-%d} "
+        f"+ {config.days:g} days"
+    )
 
 
 @app.command()
 def ingest(
-    source: Annotated[str | None, typer.Option(help="simulator | drop | brewerypi "
-                                                    "(default: BREWCAST_SOURCE)")] = None,
+    source: Annotated[
+        str | None, typer.Option(help="simulator | drop | brewerypi (default: BREWCAST_SOURCE)")
+    ] = None,
     start: Annotated[str | None, typer.Option(help="Interval start (ISO time, UTC).")] = None,
     end: Annotated[str | None, typer.Option(help="Interval end, exclusive.")] = None,
 ) -> None:
@@ -97,8 +111,11 @@ def ingest(
         else:
             world = simulation_config(settings)
             lo = pd.Timestamp(start, tz="UTC") if start else world.start
-            hi = pd.Timestamp(end, tz="UTC") if end else (
-                world.end if source == "simulator" else pd.Timestamp.now("UTC"))
+            hi = (
+                pd.Timestamp(end, tz="UTC")
+                if end
+                else (world.end if source == "simulator" else pd.Timestamp.now("UTC"))
+            )
             report = ingest_interval(settings, source, lo, hi)
     except (IngestError, BreweryPiError, SchemaError, ValueError) as exc:
         raise _fail(str(exc)) from exc
@@ -120,8 +137,11 @@ def features(
     batches = read_table(settings.lake_dir, stage, BATCHES)
     readings = read_table(settings.lake_dir, stage, READINGS)
     if batches.empty:
-        raise _fail(f"no batches in lake stage {stage!r} under {settings.lake_dir}; "
-                    f"run `brewcast ingest` first", code=1)
+        raise _fail(
+            f"no batches in lake stage {stage!r} under {settings.lake_dir}; "
+            f"run `brewcast ingest` first",
+            code=1,
+        )
     rules = LabelRules.from_settings(settings)
     outcomes = derive_outcomes(batches, readings, rules)
     snapshots = build_snapshots(batches, readings, rules, outcomes)
@@ -133,9 +153,11 @@ def features(
         return
     splits = split_by_batch_time(snapshots)
     positive = snapshots[LABEL].mean()
-    typer.echo(f"{len(snapshots)} snapshots in {len(written)} partition file(s); "
-               f"{positive:.1%} finish within {rules.horizon_hours:g} h; "
-               f"splits {splits.value_counts().to_dict()}")
+    typer.echo(
+        f"{len(snapshots)} snapshots in {len(written)} partition file(s); "
+        f"{positive:.1%} finish within {rules.horizon_hours:g} h; "
+        f"splits {splits.value_counts().to_dict()}"
+    )
 
 
 if __name__ == "__main__":

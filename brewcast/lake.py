@@ -104,11 +104,14 @@ def partition_dates(lake_dir: Path, stage: str, table: Table | str) -> list[str]
     base = table_dir(lake_dir, stage, table)
     if not base.exists():
         return []
-    return sorted(d.name.removeprefix("date=") for d in base.iterdir() if d.name.startswith("date="))
+    return sorted(
+        d.name.removeprefix("date=") for d in base.iterdir() if d.name.startswith("date=")
+    )
 
 
-def replace_table(frame: pd.DataFrame, table: Table, lake_dir: Path, stage: str, label: str
-                  ) -> list[Path]:
+def replace_table(
+    frame: pd.DataFrame, table: Table, lake_dir: Path, stage: str, label: str
+) -> list[Path]:
     """Write a table that is rebuilt whole each time: the new files first, then remove the
     files of the same ``label`` that the new build no longer has (partitions that vanished).
     """

@@ -92,7 +92,9 @@ class Table:
         return [c for c in self.columns if c.role == role]
 
     def arrow_schema(self) -> pa.Schema:
-        return pa.schema([pa.field(c.name, _ARROW_TYPES[c.dtype], c.nullable) for c in self.columns])
+        return pa.schema(
+            [pa.field(c.name, _ARROW_TYPES[c.dtype], c.nullable) for c in self.columns]
+        )
 
     def conform(self, frame: pd.DataFrame, source: str) -> pd.DataFrame:
         """Return ``frame`` with exactly this table's columns, in order, cast to their dtypes.
@@ -125,7 +127,9 @@ class Table:
         return pd.DataFrame(out, index=frame.index).reset_index(drop=True)
 
     def empty(self) -> pd.DataFrame:
-        return self.conform(pd.DataFrame({n: [] for n in self.names}), source=f"<empty {self.name}>")
+        return self.conform(
+            pd.DataFrame({n: [] for n in self.names}), source=f"<empty {self.name}>"
+        )
 
 
 _ARROW_TYPES: dict[str, pa.DataType] = {
@@ -201,38 +205,91 @@ TEMPERATURE_RANGE = (-2.0, 40.0)
 
 def _brand() -> Column:
     return Column(
-        "brand", "string", "Beer brand (recipe) brewed in the batch.",
-        vocabulary=BRANDS, slice_key=True, nullable=True,
+        "brand",
+        "string",
+        "Beer brand (recipe) brewed in the batch.",
+        vocabulary=BRANDS,
+        slice_key=True,
+        nullable=True,
     )
 
 
 def _yeast() -> Column:
     return Column(
-        "yeast_strain", "string", "Yeast strain pitched.",
-        vocabulary=YEAST_STRAINS, slice_key=True, nullable=True,
+        "yeast_strain",
+        "string",
+        "Yeast strain pitched.",
+        vocabulary=YEAST_STRAINS,
+        slice_key=True,
+        nullable=True,
     )
 
 
 def _fermenter() -> Column:
     return Column(
-        "fermenter", "string", "Fermentation vessel (differs in cooling capacity).",
-        vocabulary=FERMENTERS, slice_key=True,
+        "fermenter",
+        "string",
+        "Fermentation vessel (differs in cooling capacity).",
+        vocabulary=FERMENTERS,
+        slice_key=True,
     )
 
 
 _BATCH_NUMERIC = (
-    Column("original_gravity_plato", "float64", "Original gravity at pitch.", "°P", 6.0, 25.0,
-           nullable=True),
-    Column("pitch_temperature_c", "float64", "Wort temperature at pitch.", "°C", 4.0, 30.0,
-           nullable=True),
-    Column("pitch_rate_million_cells_per_ml_plato", "float64", "Yeast pitch rate.",
-           "10^6 cells/mL/°P", 0.1, 3.0, nullable=True),
-    Column("dissolved_oxygen_ppm", "float64", "Dissolved oxygen in the wort at pitch.", "ppm",
-           0.0, 20.0, nullable=True),
-    Column("ambient_temperature_c", "float64", "Cellar ambient temperature at pitch.", "°C",
-           -20.0, 45.0, nullable=True),
-    Column("yeast_generation", "float64", "Repitch count of the yeast (no causal effect).",
-           None, 0.0, 20.0, nullable=True),
+    Column(
+        "original_gravity_plato",
+        "float64",
+        "Original gravity at pitch.",
+        "°P",
+        6.0,
+        25.0,
+        nullable=True,
+    ),
+    Column(
+        "pitch_temperature_c",
+        "float64",
+        "Wort temperature at pitch.",
+        "°C",
+        4.0,
+        30.0,
+        nullable=True,
+    ),
+    Column(
+        "pitch_rate_million_cells_per_ml_plato",
+        "float64",
+        "Yeast pitch rate.",
+        "10^6 cells/mL/°P",
+        0.1,
+        3.0,
+        nullable=True,
+    ),
+    Column(
+        "dissolved_oxygen_ppm",
+        "float64",
+        "Dissolved oxygen in the wort at pitch.",
+        "ppm",
+        0.0,
+        20.0,
+        nullable=True,
+    ),
+    Column(
+        "ambient_temperature_c",
+        "float64",
+        "Cellar ambient temperature at pitch.",
+        "°C",
+        -20.0,
+        45.0,
+        nullable=True,
+    ),
+    Column(
+        "yeast_generation",
+        "float64",
+        "Repitch count of the yeast (no causal effect).",
+        None,
+        0.0,
+        20.0,
+        nullable=True,
+    ),
 )
 
 BATCHES = Table(
@@ -245,8 +302,13 @@ BATCHES = Table(
         _yeast(),
         *_BATCH_NUMERIC,
         Column("start_time", "timestamp", "Pitch time (EventFrame start).", role="time"),
-        Column("end_time", "timestamp", "EventFrame end, when known at ingest time.",
-               nullable=True, role="meta"),
+        Column(
+            "end_time",
+            "timestamp",
+            "EventFrame end, when known at ingest time.",
+            nullable=True,
+            role="meta",
+        ),
     ),
     key=("batch_id",),
     partition_by="start_time",
@@ -259,8 +321,13 @@ READINGS = Table(
         Column("batch_id", "string", "Batch the reading belongs to.", role="key"),
         Column("tag", "string", "What was measured.", vocabulary=READING_TAGS, role="key"),
         Column("timestamp", "timestamp", "When it was measured.", role="key"),
-        Column("value", "float64", "Measured value (°P for gravity, °C for temperature).",
-               nullable=True, role="meta"),
+        Column(
+            "value",
+            "float64",
+            "Measured value (°P for gravity, °C for temperature).",
+            nullable=True,
+            role="meta",
+        ),
     ),
     key=("batch_id", "tag", "timestamp"),
     partition_by="timestamp",
@@ -281,32 +348,87 @@ FEATURES = Table(
         _fermenter(),
         _brand(),
         _yeast(),
-        Column("season", "string", "Season at pitch (northern hemisphere).", vocabulary=SEASONS,
-               slice_key=True),
+        Column(
+            "season",
+            "string",
+            "Season at pitch (northern hemisphere).",
+            vocabulary=SEASONS,
+            slice_key=True,
+        ),
         Column("hours_since_pitch", "float64", "t minus pitch time.", "h", 0.0, 2000.0),
         *(
             Column(c.name, c.dtype, c.description, c.unit, c.min, c.max, nullable=True)
             for c in _BATCH_NUMERIC
         ),
-        Column("current_gravity_plato", "float64", "Last gravity reading at or before t.", "°P",
-               *PLATO_RANGE, nullable=True),
-        Column("apparent_attenuation", "float64", "(OG - SG) / OG with the last reading.", None,
-               -0.5, 1.0, nullable=True),
-        Column("gravity_slope_plato_per_day", "float64",
-               "Least-squares gravity slope over the last 24 h of readings.", "°P/day",
-               -30.0, 30.0, nullable=True),
-        Column("hours_since_last_gravity", "float64", "Age of the last gravity reading.", "h",
-               0.0, 2000.0, nullable=True),
+        Column(
+            "current_gravity_plato",
+            "float64",
+            "Last gravity reading at or before t.",
+            "°P",
+            *PLATO_RANGE,
+            nullable=True,
+        ),
+        Column(
+            "apparent_attenuation",
+            "float64",
+            "(OG - SG) / OG with the last reading.",
+            None,
+            -0.5,
+            1.0,
+            nullable=True,
+        ),
+        Column(
+            "gravity_slope_plato_per_day",
+            "float64",
+            "Least-squares gravity slope over the last 24 h of readings.",
+            "°P/day",
+            -30.0,
+            30.0,
+            nullable=True,
+        ),
+        Column(
+            "hours_since_last_gravity",
+            "float64",
+            "Age of the last gravity reading.",
+            "h",
+            0.0,
+            2000.0,
+            nullable=True,
+        ),
         Column("gravity_readings_count", "float64", "Gravity readings so far.", None, 0.0, 5000.0),
-        Column("current_temperature_c", "float64", "Last temperature reading.", "°C",
-               *TEMPERATURE_RANGE, nullable=True),
-        Column("mean_temperature_c", "float64", "Mean temperature since pitch.", "°C",
-               *TEMPERATURE_RANGE, nullable=True),
-        Column("finished_within_horizon", "bool",
-               "Label: terminal gravity reached by t + horizon.", role="label"),
-        Column("hours_remaining", "float64",
-               "Label: hours from t until terminal gravity (0 if already reached; missing for "
-               "stuck batches).", "h", 0.0, 2000.0, nullable=True, role="label"),
+        Column(
+            "current_temperature_c",
+            "float64",
+            "Last temperature reading.",
+            "°C",
+            *TEMPERATURE_RANGE,
+            nullable=True,
+        ),
+        Column(
+            "mean_temperature_c",
+            "float64",
+            "Mean temperature since pitch.",
+            "°C",
+            *TEMPERATURE_RANGE,
+            nullable=True,
+        ),
+        Column(
+            "finished_within_horizon",
+            "bool",
+            "Label: terminal gravity reached by t + horizon.",
+            role="label",
+        ),
+        Column(
+            "hours_remaining",
+            "float64",
+            "Label: hours from t until terminal gravity (0 if already reached; missing for "
+            "stuck batches).",
+            "h",
+            0.0,
+            2000.0,
+            nullable=True,
+            role="label",
+        ),
     ),
     key=("batch_id", "snapshot_time"),
     partition_by="snapshot_time",
@@ -337,6 +459,20 @@ def slice_keys() -> list[str]:
 def season_of(timestamps: pd.Series) -> pd.Series:
     """Northern-hemisphere meteorological season of each timestamp."""
     month = pd.DatetimeIndex(timestamps).month.to_numpy()
-    names = np.array(["winter", "winter", "spring", "spring", "spring", "summer", "summer",
-                      "summer", "autumn", "autumn", "autumn", "winter"])
+    names = np.array(
+        [
+            "winter",
+            "winter",
+            "spring",
+            "spring",
+            "spring",
+            "summer",
+            "summer",
+            "summer",
+            "autumn",
+            "autumn",
+            "autumn",
+            "winter",
+        ]
+    )
     return pd.Series(names[month - 1], index=timestamps.index, dtype="string")

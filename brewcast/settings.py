@@ -28,7 +28,8 @@ class Settings(BaseSettings):
     )
     drop_dir: Path | None = Field(None, description="Drop folder (default HOME/drop).")
     brewerypi_url: str | None = Field(
-        None, description="SQLAlchemy URL of a Brewery Pi database (sqlite:///, mysql+pymysql://, "
+        None,
+        description="SQLAlchemy URL of a Brewery Pi database (sqlite:///, mysql+pymysql://, "
         "postgresql+psycopg2://).",
     )
     brewerypi_event_frame_template: str = Field(

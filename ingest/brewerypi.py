@@ -35,7 +35,8 @@ metadata = sa.MetaData()
 _id = sa.Integer
 
 Enterprise = sa.Table(
-    "Enterprise", metadata,
+    "Enterprise",
+    metadata,
     sa.Column("EnterpriseId", _id, primary_key=True),
     sa.Column("Abbreviation", sa.String(10), nullable=False),
     sa.Column("Description", sa.String(255)),
@@ -44,7 +45,8 @@ Enterprise = sa.Table(
     sa.UniqueConstraint("Name", name="AK__Name"),
 )
 Site = sa.Table(
-    "Site", metadata,
+    "Site",
+    metadata,
     sa.Column("SiteId", _id, primary_key=True),
     sa.Column("Abbreviation", sa.String(10), nullable=False),
     sa.Column("Description", sa.String(255)),
@@ -52,7 +54,8 @@ Site = sa.Table(
     sa.Column("Name", sa.String(45), nullable=False),
 )
 Area = sa.Table(
-    "Area", metadata,
+    "Area",
+    metadata,
     sa.Column("AreaId", _id, primary_key=True),
     sa.Column("Abbreviation", sa.String(10), nullable=False),
     sa.Column("Description", sa.String(255)),
@@ -60,19 +63,22 @@ Area = sa.Table(
     sa.Column("SiteId", _id, sa.ForeignKey("Site.SiteId"), nullable=False),
 )
 UnitOfMeasurement = sa.Table(
-    "UnitOfMeasurement", metadata,
+    "UnitOfMeasurement",
+    metadata,
     sa.Column("UnitOfMeasurementId", _id, primary_key=True),
     sa.Column("Abbreviation", sa.String(15), nullable=False),
     sa.Column("Name", sa.String(45), nullable=False),
 )
 Lookup = sa.Table(
-    "Lookup", metadata,
+    "Lookup",
+    metadata,
     sa.Column("LookupId", _id, primary_key=True),
     sa.Column("EnterpriseId", _id, sa.ForeignKey("Enterprise.EnterpriseId"), nullable=False),
     sa.Column("Name", sa.String(45), nullable=False),
 )
 LookupValue = sa.Table(
-    "LookupValue", metadata,
+    "LookupValue",
+    metadata,
     sa.Column("LookupValueId", _id, primary_key=True),
     sa.Column("Name", sa.String(45), nullable=False),
     sa.Column("Selectable", sa.Boolean, nullable=False),
@@ -81,7 +87,8 @@ LookupValue = sa.Table(
     sa.UniqueConstraint("LookupId", "Value", name="AK__LookupId__Value"),
 )
 Tag = sa.Table(
-    "Tag", metadata,
+    "Tag",
+    metadata,
     sa.Column("TagId", _id, primary_key=True),
     sa.Column("AreaId", _id, sa.ForeignKey("Area.AreaId"), nullable=False),
     sa.Column("Description", sa.String(255)),
@@ -91,7 +98,8 @@ Tag = sa.Table(
     sa.UniqueConstraint("AreaId", "Name", name="AK__AreaId__Name"),
 )
 TagValue = sa.Table(
-    "TagValue", metadata,
+    "TagValue",
+    metadata,
     sa.Column("TagValueId", _id, primary_key=True),
     sa.Column("TagId", _id, sa.ForeignKey("Tag.TagId"), nullable=False),
     sa.Column("Timestamp", sa.DateTime, nullable=False),
@@ -100,61 +108,82 @@ TagValue = sa.Table(
     sa.Index("IX__Timestamp", "Timestamp"),
 )
 ElementTemplate = sa.Table(
-    "ElementTemplate", metadata,
+    "ElementTemplate",
+    metadata,
     sa.Column("ElementTemplateId", _id, primary_key=True),
     sa.Column("Description", sa.String(255)),
     sa.Column("Name", sa.String(45), nullable=False),
     sa.Column("SiteId", _id, sa.ForeignKey("Site.SiteId"), nullable=False),
 )
 Element = sa.Table(
-    "Element", metadata,
+    "Element",
+    metadata,
     sa.Column("ElementId", _id, primary_key=True),
     sa.Column("Description", sa.String(255)),
-    sa.Column("ElementTemplateId", _id, sa.ForeignKey("ElementTemplate.ElementTemplateId"),
-              nullable=False),
+    sa.Column(
+        "ElementTemplateId", _id, sa.ForeignKey("ElementTemplate.ElementTemplateId"), nullable=False
+    ),
     sa.Column("Name", sa.String(45), nullable=False),
     sa.Column("TagAreaId", _id, sa.ForeignKey("Area.AreaId")),
 )
 ElementAttributeTemplate = sa.Table(
-    "ElementAttributeTemplate", metadata,
+    "ElementAttributeTemplate",
+    metadata,
     sa.Column("ElementAttributeTemplateId", _id, primary_key=True),
     sa.Column("Description", sa.String(255)),
-    sa.Column("ElementTemplateId", _id, sa.ForeignKey("ElementTemplate.ElementTemplateId"),
-              nullable=False),
+    sa.Column(
+        "ElementTemplateId", _id, sa.ForeignKey("ElementTemplate.ElementTemplateId"), nullable=False
+    ),
     sa.Column("LookupId", _id, sa.ForeignKey("Lookup.LookupId")),
     sa.Column("Name", sa.String(45), nullable=False),
     sa.Column("UnitOfMeasurementId", _id, sa.ForeignKey("UnitOfMeasurement.UnitOfMeasurementId")),
 )
 ElementAttribute = sa.Table(
-    "ElementAttribute", metadata,
+    "ElementAttribute",
+    metadata,
     sa.Column("ElementAttributeId", _id, primary_key=True),
-    sa.Column("ElementAttributeTemplateId", _id,
-              sa.ForeignKey("ElementAttributeTemplate.ElementAttributeTemplateId"), nullable=False),
+    sa.Column(
+        "ElementAttributeTemplateId",
+        _id,
+        sa.ForeignKey("ElementAttributeTemplate.ElementAttributeTemplateId"),
+        nullable=False,
+    ),
     sa.Column("ElementId", _id, sa.ForeignKey("Element.ElementId"), nullable=False),
     sa.Column("TagId", _id, sa.ForeignKey("Tag.TagId"), nullable=False),
 )
 EventFrameTemplate = sa.Table(
-    "EventFrameTemplate", metadata,
+    "EventFrameTemplate",
+    metadata,
     sa.Column("EventFrameTemplateId", _id, primary_key=True),
     sa.Column("Description", sa.String(255)),
     sa.Column("ElementTemplateId", _id, sa.ForeignKey("ElementTemplate.ElementTemplateId")),
     sa.Column("Name", sa.String(45), nullable=False),
     sa.Column("Order", sa.Integer, nullable=False),
-    sa.Column("ParentEventFrameTemplateId", _id,
-              sa.ForeignKey("EventFrameTemplate.EventFrameTemplateId")),
+    sa.Column(
+        "ParentEventFrameTemplateId", _id, sa.ForeignKey("EventFrameTemplate.EventFrameTemplateId")
+    ),
 )
 EventFrame = sa.Table(
-    "EventFrame", metadata,
+    "EventFrame",
+    metadata,
     sa.Column("EventFrameId", _id, primary_key=True),
     sa.Column("ElementId", _id, sa.ForeignKey("Element.ElementId")),
     sa.Column("EndTimestamp", sa.DateTime),
-    sa.Column("EventFrameTemplateId", _id, sa.ForeignKey("EventFrameTemplate.EventFrameTemplateId"),
-              nullable=False),
+    sa.Column(
+        "EventFrameTemplateId",
+        _id,
+        sa.ForeignKey("EventFrameTemplate.EventFrameTemplateId"),
+        nullable=False,
+    ),
     sa.Column("Name", sa.String(45), nullable=False),
     sa.Column("ParentEventFrameId", _id, sa.ForeignKey("EventFrame.EventFrameId")),
     sa.Column("StartTimestamp", sa.DateTime, nullable=False),
-    sa.UniqueConstraint("ElementId", "EventFrameTemplateId", "StartTimestamp",
-                        name="AK__ElementId_EventFrameTemplateId_StartTimestamp"),
+    sa.UniqueConstraint(
+        "ElementId",
+        "EventFrameTemplateId",
+        "StartTimestamp",
+        name="AK__ElementId_EventFrameTemplateId_StartTimestamp",
+    ),
 )
 
 #: ElementAttributeTemplate (or tag-suffix) name -> brewcast column. Readings first.
@@ -177,7 +206,7 @@ class BreweryPiError(RuntimeError):
 
 
 def category_key(name: str) -> str:
-    """A Brewery Pi lookup name as a brewcast vocabulary value ("Munich Helles" -> munich_helles)."""
+    """A Brewery Pi lookup name as a vocabulary value ("Munich Helles" -> munich_helles)."""
     return re.sub(r"[^0-9a-z]+", "_", name.strip().lower()).strip("_")
 
 
@@ -198,9 +227,9 @@ class BreweryPiReport:
     unknown_lookup_values: int = 0
 
 
-def read_brewerypi(url: str, start: pd.Timestamp, end: pd.Timestamp,
-                   event_frame_template: str = "Fermentation"
-                   ) -> tuple[pd.DataFrame, pd.DataFrame, BreweryPiReport]:
+def read_brewerypi(
+    url: str, start: pd.Timestamp, end: pd.Timestamp, event_frame_template: str = "Fermentation"
+) -> tuple[pd.DataFrame, pd.DataFrame, BreweryPiReport]:
     """Batches pitched in ``[start, end)`` and readings taken in ``[start, end)``.
 
     Readings are kept when they fall inside a fermentation frame of their fermenter (frames
@@ -213,8 +242,9 @@ def read_brewerypi(url: str, start: pd.Timestamp, end: pd.Timestamp,
             _check_tables(conn, safe_url)
             return _read(conn, safe_url, start, end, event_frame_template)
     except SQLAlchemyError as exc:
-        raise BreweryPiError(f"Brewery Pi database {safe_url}: {exc.__class__.__name__}: "
-                             f"{str(exc).splitlines()[0]}") from exc
+        raise BreweryPiError(
+            f"Brewery Pi database {safe_url}: {exc.__class__.__name__}: {str(exc).splitlines()[0]}"
+        ) from exc
     finally:
         engine.dispose()
 
@@ -223,118 +253,187 @@ def _check_tables(conn: sa.Connection, url: str) -> None:
     present = set(sa.inspect(conn).get_table_names())
     missing = sorted(set(metadata.tables) - present)
     if missing:
-        raise BreweryPiError(f"Brewery Pi database {url} lacks table(s) {missing}; is it a "
-                             f"Brewery Pi database?")
+        raise BreweryPiError(
+            f"Brewery Pi database {url} lacks table(s) {missing}; is it a Brewery Pi database?"
+        )
 
 
-def _read(conn: sa.Connection, url: str, start: pd.Timestamp, end: pd.Timestamp,
-          template: str) -> tuple[pd.DataFrame, pd.DataFrame, BreweryPiReport]:
+def _read(
+    conn: sa.Connection, url: str, start: pd.Timestamp, end: pd.Timestamp, template: str
+) -> tuple[pd.DataFrame, pd.DataFrame, BreweryPiReport]:
     report = BreweryPiReport()
     lo, hi = _naive_utc(start), _naive_utc(end)
     ef, eft, el = EventFrame, EventFrameTemplate, Element
-    frames = pd.DataFrame(conn.execute(
-        sa.select(ef.c.EventFrameId, ef.c.Name, ef.c.StartTimestamp, ef.c.EndTimestamp,
-                  el.c.ElementId, el.c.Name.label("Element"))
-        .join(eft, ef.c.EventFrameTemplateId == eft.c.EventFrameTemplateId)
-        .join(el, ef.c.ElementId == el.c.ElementId)
-        .where(eft.c.Name == template, ef.c.StartTimestamp < hi,
-               sa.or_(ef.c.EndTimestamp.is_(None), ef.c.EndTimestamp >= lo))
-        .order_by(ef.c.StartTimestamp)
-    ).mappings().all())
+    frames = pd.DataFrame(
+        conn.execute(
+            sa.select(
+                ef.c.EventFrameId,
+                ef.c.Name,
+                ef.c.StartTimestamp,
+                ef.c.EndTimestamp,
+                el.c.ElementId,
+                el.c.Name.label("Element"),
+            )
+            .join(eft, ef.c.EventFrameTemplateId == eft.c.EventFrameTemplateId)
+            .join(el, ef.c.ElementId == el.c.ElementId)
+            .where(
+                eft.c.Name == template,
+                ef.c.StartTimestamp < hi,
+                sa.or_(ef.c.EndTimestamp.is_(None), ef.c.EndTimestamp >= lo),
+            )
+            .order_by(ef.c.StartTimestamp)
+        )
+        .mappings()
+        .all()
+    )
     if frames.empty:
-        if conn.execute(sa.select(sa.func.count()).select_from(eft)
-                        .where(eft.c.Name == template)).scalar() == 0:
-            raise BreweryPiError(f"Brewery Pi database {url}: no EventFrameTemplate named "
-                                 f"{template!r} (set BREWCAST_BREWERYPI_EVENT_FRAME_TEMPLATE)")
+        if (
+            conn.execute(
+                sa.select(sa.func.count()).select_from(eft).where(eft.c.Name == template)
+            ).scalar()
+            == 0
+        ):
+            raise BreweryPiError(
+                f"Brewery Pi database {url}: no EventFrameTemplate named "
+                f"{template!r} (set BREWCAST_BREWERYPI_EVENT_FRAME_TEMPLATE)"
+            )
         return BATCHES.empty(), READINGS.empty(), report
     report.frames = len(frames)
     tags = _element_tags(conn, url, frames[["ElementId", "Element"]].drop_duplicates(), report)
-    lookups = pd.DataFrame(conn.execute(
-        sa.select(LookupValue.c.LookupId, LookupValue.c.Value, LookupValue.c.Name)
-    ).mappings().all(), columns=["LookupId", "Value", "Name"])
-    lookup_names = {(int(r.LookupId), int(r.Value)): category_key(r.Name)
-                    for r in lookups.itertuples()}
+    lookups = pd.DataFrame(
+        conn.execute(sa.select(LookupValue.c.LookupId, LookupValue.c.Value, LookupValue.c.Name))
+        .mappings()
+        .all(),
+        columns=["LookupId", "Value", "Name"],
+    )
+    lookup_names = {
+        (int(r.LookupId), int(r.Value)): category_key(r.Name) for r in lookups.itertuples()
+    }
 
     window_lo = min(lo, frames["StartTimestamp"].min())
-    tv = pd.DataFrame(conn.execute(
-        sa.select(TagValue.c.TagId, TagValue.c.Timestamp, TagValue.c.Value)
-        .where(TagValue.c.TagId.in_([int(t) for t in tags["TagId"]]),
-               TagValue.c.Timestamp >= window_lo, TagValue.c.Timestamp < hi)
-    ).mappings().all(), columns=["TagId", "Timestamp", "Value"])
+    tv = pd.DataFrame(
+        conn.execute(
+            sa.select(TagValue.c.TagId, TagValue.c.Timestamp, TagValue.c.Value).where(
+                TagValue.c.TagId.in_([int(t) for t in tags["TagId"]]),
+                TagValue.c.Timestamp >= window_lo,
+                TagValue.c.Timestamp < hi,
+            )
+        )
+        .mappings()
+        .all(),
+        columns=["TagId", "Timestamp", "Value"],
+    )
     tv = tv.merge(tags, on="TagId")
 
     batch_rows, reading_parts = [], []
     for frame in frames.itertuples(index=False):
         f_end = frame.EndTimestamp if pd.notna(frame.EndTimestamp) else pd.Timestamp.max
-        mine = tv[(tv["ElementId"] == frame.ElementId) & (tv["Timestamp"] >= frame.StartTimestamp)
-                  & (tv["Timestamp"] <= f_end)]
+        mine = tv[
+            (tv["ElementId"] == frame.ElementId)
+            & (tv["Timestamp"] >= frame.StartTimestamp)
+            & (tv["Timestamp"] <= f_end)
+        ]
         readings = mine[mine["kind"] == "reading"]
         readings = readings[readings["Timestamp"] >= lo]
-        reading_parts.append(pd.DataFrame({
-            "batch_id": frame.Name, "tag": readings["column"],
-            "timestamp": readings["Timestamp"], "value": readings["Value"].astype("float64"),
-        }))
+        reading_parts.append(
+            pd.DataFrame(
+                {
+                    "batch_id": frame.Name,
+                    "tag": readings["column"],
+                    "timestamp": readings["Timestamp"],
+                    "value": readings["Value"].astype("float64"),
+                }
+            )
+        )
         if lo <= frame.StartTimestamp < hi:
-            batch_rows.append(_batch_row(frame, mine[mine["kind"] == "batch"], lookup_names,
-                                         report, hi))
+            batch_rows.append(
+                _batch_row(frame, mine[mine["kind"] == "batch"], lookup_names, report, hi)
+            )
     readings = pd.concat(reading_parts, ignore_index=True) if reading_parts else READINGS.empty()
     in_interval = tv[(tv["kind"] == "reading") & (tv["Timestamp"] >= lo)]
     report.readings = len(readings)
     report.readings_outside_frames = len(in_interval) - len(readings)
     batches = pd.DataFrame(batch_rows, columns=BATCHES.names)
-    return (BATCHES.conform(batches, source=f"{url} EventFrame"),
-            READINGS.conform(readings, source=f"{url} TagValue"), report)
+    return (
+        BATCHES.conform(batches, source=f"{url} EventFrame"),
+        READINGS.conform(readings, source=f"{url} TagValue"),
+        report,
+    )
 
 
-def _element_tags(conn: sa.Connection, url: str, elements: pd.DataFrame,
-                  report: BreweryPiReport) -> pd.DataFrame:
+def _element_tags(
+    conn: sa.Connection, url: str, elements: pd.DataFrame, report: BreweryPiReport
+) -> pd.DataFrame:
     """Per element: TagId, the brewcast column it feeds, and whether it is a reading."""
     ea, eat = ElementAttribute, ElementAttributeTemplate
     ids = [int(e) for e in elements["ElementId"]]
-    bound = pd.DataFrame(conn.execute(
-        sa.select(ea.c.ElementId, eat.c.Name.label("Attribute"), Tag.c.TagId, Tag.c.LookupId)
-        .join(eat, ea.c.ElementAttributeTemplateId == eat.c.ElementAttributeTemplateId)
-        .join(Tag, ea.c.TagId == Tag.c.TagId)
-        .where(ea.c.ElementId.in_(ids))
-    ).mappings().all(), columns=["ElementId", "Attribute", "TagId", "LookupId"])
+    bound = pd.DataFrame(
+        conn.execute(
+            sa.select(ea.c.ElementId, eat.c.Name.label("Attribute"), Tag.c.TagId, Tag.c.LookupId)
+            .join(eat, ea.c.ElementAttributeTemplateId == eat.c.ElementAttributeTemplateId)
+            .join(Tag, ea.c.TagId == Tag.c.TagId)
+            .where(ea.c.ElementId.in_(ids))
+        )
+        .mappings()
+        .all(),
+        columns=["ElementId", "Attribute", "TagId", "LookupId"],
+    )
     # Installations without element attributes: Brewery Pi's starter names, FV01_Plato.
     all_attrs = {**READING_ATTRIBUTES, **BATCH_ATTRIBUTES}
-    named = pd.DataFrame(conn.execute(
-        sa.select(Tag.c.TagId, Tag.c.Name, Tag.c.LookupId)
-    ).mappings().all(), columns=["TagId", "Name", "LookupId"])
+    named = pd.DataFrame(
+        conn.execute(sa.select(Tag.c.TagId, Tag.c.Name, Tag.c.LookupId)).mappings().all(),
+        columns=["TagId", "Name", "LookupId"],
+    )
     by_name = {name: (tid, lid) for tid, name, lid in named.itertuples(index=False)}
     rows = []
     for element_id, element in elements.itertuples(index=False):
         mine = bound[bound["ElementId"] == element_id]
-        found = {a: (t, lk) for a, t, lk in mine[["Attribute", "TagId", "LookupId"]]
-                 .itertuples(index=False)}
+        found = {
+            a: (t, lk)
+            for a, t, lk in mine[["Attribute", "TagId", "LookupId"]].itertuples(index=False)
+        }
         report.ignored_attributes |= set(found) - set(all_attrs)
         for attribute, column in all_attrs.items():
             tag = found.get(attribute) or by_name.get(f"{element}_{_tag_suffix(attribute)}")
             if tag is None:
                 continue
             kind = "reading" if attribute in READING_ATTRIBUTES else "batch"
-            rows.append((element_id, int(tag[0]), column, kind,
-                         None if pd.isna(tag[1]) else int(tag[1])))
+            rows.append(
+                (element_id, int(tag[0]), column, kind, None if pd.isna(tag[1]) else int(tag[1]))
+            )
         if not any(r[0] == element_id and r[2] == "gravity_plato" for r in rows):
             raise BreweryPiError(
                 f"Brewery Pi database {url}: fermenter element {element!r} has no gravity tag "
-                f"(an ElementAttribute named 'Plato' or a tag named '{element}_Plato')")
+                f"(an ElementAttribute named 'Plato' or a tag named '{element}_Plato')"
+            )
     return pd.DataFrame(rows, columns=["ElementId", "TagId", "column", "kind", "LookupId"])
 
 
-def _batch_row(frame, values: pd.DataFrame, lookup_names: dict[tuple[int, int], str],
-               report: BreweryPiReport, hi: datetime) -> dict:
+def _batch_row(
+    frame,
+    values: pd.DataFrame,
+    lookup_names: dict[tuple[int, int], str],
+    report: BreweryPiReport,
+    hi: datetime,
+) -> dict:
     row: dict[str, object] = {c: None for c in BATCHES.names}
-    row.update(batch_id=frame.Name, fermenter=frame.Element, start_time=frame.StartTimestamp,
-               end_time=frame.EndTimestamp if pd.notna(frame.EndTimestamp)
-               and frame.EndTimestamp < hi else None)
+    row.update(
+        batch_id=frame.Name,
+        fermenter=frame.Element,
+        start_time=frame.StartTimestamp,
+        end_time=frame.EndTimestamp
+        if pd.notna(frame.EndTimestamp) and frame.EndTimestamp < hi
+        else None,
+    )
     # The first value of each attribute inside the frame is the one entered at pitch.
     for column, group in values.sort_values("Timestamp").groupby("column", sort=False):
         first = group.iloc[0]
         if column in LOOKUP_COLUMNS:
-            key = (int(first["LookupId"]), int(first["Value"])) if pd.notna(
-                first["LookupId"]) else None
+            key = (
+                (int(first["LookupId"]), int(first["Value"]))
+                if pd.notna(first["LookupId"])
+                else None
+            )
             name = lookup_names.get(key) if key else None
             if name is None:
                 report.unknown_lookup_values += 1
@@ -360,67 +459,114 @@ def write_brewerypi(url: str, batches: pd.DataFrame, readings: pd.DataFrame) -> 
 
 
 def _write(conn: sa.Connection, batches: pd.DataFrame, readings: pd.DataFrame) -> None:
-    conn.execute(Enterprise.insert(), [dict(EnterpriseId=1, Abbreviation="BC",
-                                            Name="Brewcast Brewing")])
-    conn.execute(Site.insert(), [dict(SiteId=1, Abbreviation="HQ", EnterpriseId=1,
-                                      Name="Main Brewery")])
+    conn.execute(
+        Enterprise.insert(), [dict(EnterpriseId=1, Abbreviation="BC", Name="Brewcast Brewing")]
+    )
+    conn.execute(
+        Site.insert(), [dict(SiteId=1, Abbreviation="HQ", EnterpriseId=1, Name="Main Brewery")]
+    )
     conn.execute(Area.insert(), [dict(AreaId=1, Abbreviation="CEL", Name="Cellar", SiteId=1)])
-    conn.execute(UnitOfMeasurement.insert(), [
-        dict(UnitOfMeasurementId=1, Abbreviation="°P", Name="Degrees Plato"),
-        dict(UnitOfMeasurementId=2, Abbreviation="°C", Name="Degrees Celsius"),
-    ])
+    conn.execute(
+        UnitOfMeasurement.insert(),
+        [
+            dict(UnitOfMeasurementId=1, Abbreviation="°P", Name="Degrees Plato"),
+            dict(UnitOfMeasurementId=2, Abbreviation="°C", Name="Degrees Celsius"),
+        ],
+    )
     lookup_ids = {}
     for lookup_id, (column, lookup_name) in enumerate(LOOKUP_COLUMNS.items(), start=1):
         lookup_ids[column] = lookup_id
         conn.execute(Lookup.insert(), [dict(LookupId=lookup_id, EnterpriseId=1, Name=lookup_name)])
         vocabulary = BATCHES[column].vocabulary or ()
-        conn.execute(LookupValue.insert(), [
-            dict(Name=name.replace("_", " ").title(), Selectable=True, LookupId=lookup_id,
-                 Value=value)
-            for value, name in enumerate(vocabulary, start=1)
-        ])
+        conn.execute(
+            LookupValue.insert(),
+            [
+                dict(
+                    Name=name.replace("_", " ").title(),
+                    Selectable=True,
+                    LookupId=lookup_id,
+                    Value=value,
+                )
+                for value, name in enumerate(vocabulary, start=1)
+            ],
+        )
     conn.execute(ElementTemplate.insert(), [dict(ElementTemplateId=1, Name="Fermenter", SiteId=1)])
     attributes = {**READING_ATTRIBUTES, **BATCH_ATTRIBUTES}
-    conn.execute(ElementAttributeTemplate.insert(), [
-        dict(ElementAttributeTemplateId=i, ElementTemplateId=1, Name=name,
-             LookupId=lookup_ids.get(column))
-        for i, (name, column) in enumerate(attributes.items(), start=1)
-    ])
-    conn.execute(EventFrameTemplate.insert(), [dict(EventFrameTemplateId=1, ElementTemplateId=1,
-                                                    Name="Fermentation", Order=1)])
+    conn.execute(
+        ElementAttributeTemplate.insert(),
+        [
+            dict(
+                ElementAttributeTemplateId=i,
+                ElementTemplateId=1,
+                Name=name,
+                LookupId=lookup_ids.get(column),
+            )
+            for i, (name, column) in enumerate(attributes.items(), start=1)
+        ],
+    )
+    conn.execute(
+        EventFrameTemplate.insert(),
+        [dict(EventFrameTemplateId=1, ElementTemplateId=1, Name="Fermentation", Order=1)],
+    )
     fermenters = sorted(batches["fermenter"].unique())
     tag_id: dict[tuple[str, str], int] = {}
     for element_id, fermenter in enumerate(fermenters, start=1):
-        conn.execute(Element.insert(), [dict(ElementId=element_id, ElementTemplateId=1,
-                                             Name=fermenter, TagAreaId=1)])
+        conn.execute(
+            Element.insert(),
+            [dict(ElementId=element_id, ElementTemplateId=1, Name=fermenter, TagAreaId=1)],
+        )
         for template_id, (name, column) in enumerate(attributes.items(), start=1):
             tid = len(tag_id) + 1
             tag_id[(fermenter, column)] = tid
-            conn.execute(Tag.insert(), [dict(TagId=tid, AreaId=1, Name=f"{fermenter}_"
-                                             f"{_tag_suffix(name)}", LookupId=lookup_ids.get(column),
-                                             UnitOfMeasurementId=1 if column == "gravity_plato"
-                                             else 2 if column == "temperature_c" else None)])
-            conn.execute(ElementAttribute.insert(), [dict(ElementAttributeTemplateId=template_id,
-                                                          ElementId=element_id, TagId=tid)])
+            conn.execute(
+                Tag.insert(),
+                [
+                    dict(
+                        TagId=tid,
+                        AreaId=1,
+                        Name=f"{fermenter}_{_tag_suffix(name)}",
+                        LookupId=lookup_ids.get(column),
+                        UnitOfMeasurementId=1
+                        if column == "gravity_plato"
+                        else 2
+                        if column == "temperature_c"
+                        else None,
+                    )
+                ],
+            )
+            conn.execute(
+                ElementAttribute.insert(),
+                [dict(ElementAttributeTemplateId=template_id, ElementId=element_id, TagId=tid)],
+            )
     frame_rows, value_rows = [], []
     for i, b in enumerate(batches.itertuples(index=False), start=1):
         start = _naive_utc(b.start_time)
-        frame_rows.append(dict(EventFrameId=i, ElementId=fermenters.index(b.fermenter) + 1,
-                               EventFrameTemplateId=1, Name=b.batch_id, StartTimestamp=start,
-                               EndTimestamp=None if pd.isna(b.end_time) else _naive_utc(b.end_time)))
+        frame_rows.append(
+            dict(
+                EventFrameId=i,
+                ElementId=fermenters.index(b.fermenter) + 1,
+                EventFrameTemplateId=1,
+                Name=b.batch_id,
+                StartTimestamp=start,
+                EndTimestamp=None if pd.isna(b.end_time) else _naive_utc(b.end_time),
+            )
+        )
         for column in BATCH_ATTRIBUTES.values():
             value = getattr(b, column)
             if column in LOOKUP_COLUMNS:
                 vocabulary = BATCHES[column].vocabulary or ()
                 value = vocabulary.index(value) + 1 if value in vocabulary else None
             if value is not None and not pd.isna(value):
-                value_rows.append(dict(TagId=tag_id[(b.fermenter, column)], Timestamp=start,
-                                       Value=float(value)))
+                value_rows.append(
+                    dict(TagId=tag_id[(b.fermenter, column)], Timestamp=start, Value=float(value))
+                )
     conn.execute(EventFrame.insert(), frame_rows)
     fermenter_of = dict(zip(batches["batch_id"], batches["fermenter"], strict=True))
     kept = readings[readings["value"].notna() & readings["batch_id"].isin(fermenter_of)]
-    tag_ids = np.array([tag_id[(fermenter_of[b], t)] for b, t in
-                        zip(kept["batch_id"], kept["tag"], strict=True)], dtype=np.int64)
+    tag_ids = np.array(
+        [tag_id[(fermenter_of[b], t)] for b, t in zip(kept["batch_id"], kept["tag"], strict=True)],
+        dtype=np.int64,
+    )
     stamps = kept["timestamp"].dt.tz_convert("UTC").dt.tz_localize(None).dt.to_pydatetime()
     value_rows.extend(
         dict(TagId=int(t), Timestamp=ts, Value=float(v))

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from rich.progress import Progress
 
-from brewcast.schema import BATCHES, BRANDS, FERMENTERS, READINGS, YEAST_STRAINS
+from brewcast.schema import BATCHES, BRANDS, FERMENTERS, READINGS
 
 
 @dataclass(frozen=True)
@@ -98,10 +98,14 @@ class SimulationConfig:
             raise ValueError(f"fermenters must be 1..{len(FERMENTERS)}, got {self.fermenters}")
         if self.days <= 0:
             raise ValueError("days must be positive")
-        if self.drift is not None and self.drift.column not in ("brand", "yeast_strain",
-                                                                  "fermenter"):
-            raise ValueError(f"drift column must be brand, yeast_strain or fermenter, "
-                             f"not {self.drift.column!r}")
+        if self.drift is not None and self.drift.column not in (
+            "brand",
+            "yeast_strain",
+            "fermenter",
+        ):
+            raise ValueError(
+                f"drift column must be brand, yeast_strain or fermenter, not {self.drift.column!r}"
+            )
 
     @property
     def end(self) -> pd.Timestamp:
@@ -118,14 +122,16 @@ class Simulation:
     truth: pd.DataFrame  # per batch: true parameters, finish time, stuck, drifted, corrupted
 
 
-def logistic_gravity(t_hours: np.ndarray, p0: float, pe: float, slope: float, midpoint: float
-                     ) -> np.ndarray:
+def logistic_gravity(
+    t_hours: np.ndarray, p0: float, pe: float, slope: float, midpoint: float
+) -> np.ndarray:
     """DOMAIN.md's four-parameter logistic gravity curve."""
     return pe + (p0 - pe) / (1.0 + np.exp(np.clip(slope * (t_hours - midpoint), -60, 60)))
 
 
-def hours_to_terminal(p0: float, pe: float, slope: float, midpoint: float, tolerance: float
-                      ) -> float:
+def hours_to_terminal(
+    p0: float, pe: float, slope: float, midpoint: float, tolerance: float
+) -> float:
     """Hours after pitch when the curve comes within ``tolerance`` of its plateau ``pe``."""
     drop = p0 - pe
     if drop <= tolerance:
@@ -172,8 +178,14 @@ def simulate(config: SimulationConfig | None = None, progress: bool = False) -> 
     return Simulation(cfg, batches, readings, truth)
 
 
-def _simulate_batch(cfg: SimulationConfig, rng: np.random.Generator, index: int, fermenter: str,
-                    start_h: float, world_end_h: float) -> tuple[dict, dict, tuple]:
+def _simulate_batch(
+    cfg: SimulationConfig,
+    rng: np.random.Generator,
+    index: int,
+    fermenter: str,
+    start_h: float,
+    world_end_h: float,
+) -> tuple[dict, dict, tuple]:
     brand = BRANDS[rng.integers(len(BRANDS))]
     recipe = RECIPES[brand]
     strain_name = recipe.strains[rng.integers(len(recipe.strains))]
@@ -296,8 +308,9 @@ def _batches_frame(cfg: SimulationConfig, rows: list[dict]) -> pd.DataFrame:
     starts = _to_ts(cfg, frame.pop("start_hours").to_numpy())
     frame["start_time"] = starts
     frame["end_time"] = _to_ts(cfg, frame.pop("end_hours").to_numpy())
-    frame["batch_id"] = [f"{fv}-{ts:%Y%m%d-%H%M}" for fv, ts in
-                         zip(frame["fermenter"], starts, strict=True)]
+    frame["batch_id"] = [
+        f"{fv}-{ts:%Y%m%d-%H%M}" for fv, ts in zip(frame["fermenter"], starts, strict=True)
+    ]
     frame = _corrupt_batches(cfg, frame)
     return BATCHES.conform(frame[BATCHES.names], source="simulator")
 
@@ -317,9 +330,12 @@ def _corrupt_batches(cfg: SimulationConfig, frame: pd.DataFrame) -> pd.DataFrame
     return frame
 
 
-def _readings_frame(cfg: SimulationConfig, batches: pd.DataFrame,
-                    parts: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]],
-                    rng: np.random.Generator) -> pd.DataFrame:
+def _readings_frame(
+    cfg: SimulationConfig,
+    batches: pd.DataFrame,
+    parts: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]],
+    rng: np.random.Generator,
+) -> pd.DataFrame:
     if not parts:
         return READINGS.empty()
     batch_index = np.concatenate([np.full(p[1].size, p[0], np.int32) for p in parts])
@@ -336,12 +352,14 @@ def _readings_frame(cfg: SimulationConfig, batches: pd.DataFrame,
 
     timestamps = _to_ts(cfg, hours).to_numpy()
     tag_names = np.array(READINGS["tag"].vocabulary, dtype=object)
-    frame = pd.DataFrame({
-        "batch_id": pd.Categorical.from_codes(batch_index, batches["batch_id"].astype(str)),
-        "tag": pd.Categorical.from_codes(tags.astype(np.int32), tag_names),
-        "timestamp": timestamps,
-        "value": values,
-    })
+    frame = pd.DataFrame(
+        {
+            "batch_id": pd.Categorical.from_codes(batch_index, batches["batch_id"].astype(str)),
+            "tag": pd.Categorical.from_codes(tags.astype(np.int32), tag_names),
+            "timestamp": timestamps,
+            "value": values,
+        }
+    )
     # Two readings of one tag rounded to the same second would collide on the key.
     frame = frame.drop_duplicates(["batch_id", "tag", "timestamp"])
     frame["batch_id"] = frame["batch_id"].astype(str)

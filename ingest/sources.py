@@ -46,8 +46,10 @@ class IngestReport:
     notes: dict[str, object] = field(default_factory=dict)
 
     def summary(self) -> str:
-        text = (f"{self.source}: {self.batches} batch rows, {self.readings} reading rows, "
-                f"{len(self.files_written)} partition file(s) written")
+        text = (
+            f"{self.source}: {self.batches} batch rows, {self.readings} reading rows, "
+            f"{len(self.files_written)} partition file(s) written"
+        )
         if self.accepted or self.rejected:
             text += f"; {len(self.accepted)} file(s) accepted, {len(self.rejected)} rejected"
         for name, why in self.rejected.items():
@@ -67,9 +69,12 @@ def simulation_config(settings: Settings, **overrides: object) -> SimulationConf
         terminal_tolerance_plato=settings.terminal_tolerance_plato,
     )
     if settings.drift_value:
-        values["drift"] = Drift(settings.drift_column, settings.drift_value,
-                                pd.Timestamp(settings.drift_start, tz="UTC"),
-                                settings.drift_hours)
+        values["drift"] = Drift(
+            settings.drift_column,
+            settings.drift_value,
+            pd.Timestamp(settings.drift_start, tz="UTC"),
+            settings.drift_hours,
+        )
     values.update(overrides)
     return SimulationConfig(**values)  # type: ignore[arg-type]
 
@@ -79,8 +84,9 @@ def _world(config: SimulationConfig) -> Simulation:
     return simulate(config, progress=True)
 
 
-def simulator_interval(config: SimulationConfig, start: pd.Timestamp, end: pd.Timestamp
-                       ) -> tuple[pd.DataFrame, pd.DataFrame]:
+def simulator_interval(
+    config: SimulationConfig, start: pd.Timestamp, end: pd.Timestamp
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """What the simulated cellar recorded in ``[start, end)``, as seen at ``end``."""
     world = _world(config)
     b = world.batches
@@ -91,8 +97,13 @@ def simulator_interval(config: SimulationConfig, start: pd.Timestamp, end: pd.Ti
     return batches.reset_index(drop=True), readings.reset_index(drop=True)
 
 
-def ingest_interval(settings: Settings, source: str, start: pd.Timestamp, end: pd.Timestamp,
-                    config: SimulationConfig | None = None) -> IngestReport:
+def ingest_interval(
+    settings: Settings,
+    source: str,
+    start: pd.Timestamp,
+    end: pd.Timestamp,
+    config: SimulationConfig | None = None,
+) -> IngestReport:
     """Pull ``[start, end)`` from the simulator or Brewery Pi into ``lake/raw``."""
     start, end = _utc(start), _utc(end)
     if end <= start:
@@ -103,15 +114,20 @@ def ingest_interval(settings: Settings, source: str, start: pd.Timestamp, end: p
     elif source == "brewerypi":
         if not settings.brewerypi_url:
             raise IngestError("source brewerypi needs BREWCAST_BREWERYPI_URL (a SQLAlchemy URL)")
-        batches, readings, bp = read_brewerypi(settings.brewerypi_url, start, end,
-                                               settings.brewerypi_event_frame_template)
-        report.notes.update(event_frames=bp.frames,
-                            readings_outside_frames=bp.readings_outside_frames,
-                            unknown_lookup_values=bp.unknown_lookup_values,
-                            ignored_attributes=sorted(bp.ignored_attributes))
+        batches, readings, bp = read_brewerypi(
+            settings.brewerypi_url, start, end, settings.brewerypi_event_frame_template
+        )
+        report.notes.update(
+            event_frames=bp.frames,
+            readings_outside_frames=bp.readings_outside_frames,
+            unknown_lookup_values=bp.unknown_lookup_values,
+            ignored_attributes=sorted(bp.ignored_attributes),
+        )
     else:
-        raise IngestError(f"unknown interval source {source!r}; use simulator or brewerypi "
-                          f"(the drop folder is ingested with ingest_drop_folder)")
+        raise IngestError(
+            f"unknown interval source {source!r}; use simulator or brewerypi "
+            f"(the drop folder is ingested with ingest_drop_folder)"
+        )
     label = part_label(source, f"{start:%Y%m%dT%H%M%S}", f"{end:%Y%m%dT%H%M%S}")
     written = write_partitions(batches, BATCHES, settings.lake_dir, "raw", label)
     written += write_partitions(readings, READINGS, settings.lake_dir, "raw", label)
@@ -132,8 +148,10 @@ def identify_table(path: Path, columns: list[str]) -> Table:
     for table in (BATCHES, READINGS):
         if set(columns) == set(table.names):
             return table
-    raise SchemaError(f"{path.name}: cannot tell which table it holds: name it batches*/readings* "
-                      f"or give exactly the columns of one; got {columns}")
+    raise SchemaError(
+        f"{path.name}: cannot tell which table it holds: name it batches*/readings* "
+        f"or give exactly the columns of one; got {columns}"
+    )
 
 
 def read_drop_file(path: Path) -> tuple[Table, pd.DataFrame]:
@@ -145,8 +163,13 @@ def read_drop_file(path: Path) -> tuple[Table, pd.DataFrame]:
             frame = pd.read_csv(path, dtype=str, keep_default_na=True)
         else:
             frame = pd.read_parquet(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, pa.ArrowException, OSError,
-            UnicodeDecodeError) as exc:
+    except (
+        pd.errors.ParserError,
+        pd.errors.EmptyDataError,
+        pa.ArrowException,
+        OSError,
+        UnicodeDecodeError,
+    ) as exc:
         raise SchemaError(f"{path.name}: unreadable {path.suffix} file: {exc}") from exc
     table = identify_table(path, list(frame.columns))
     return table, table.conform(frame, source=path.name)
@@ -158,8 +181,9 @@ def ingest_drop_folder(settings: Settings) -> IngestReport:
     report = IngestReport(source=f"drop folder {drop}")
     if not drop.is_dir():
         raise IngestError(f"drop folder {drop} does not exist (set BREWCAST_DROP_DIR)")
-    for path in sorted(p for p in drop.iterdir() if p.is_file()
-                       and p.suffix.lower() in DROP_SUFFIXES):
+    for path in sorted(
+        p for p in drop.iterdir() if p.is_file() and p.suffix.lower() in DROP_SUFFIXES
+    ):
         try:
             table, frame = read_drop_file(path)
         except SchemaError as exc:
@@ -168,7 +192,8 @@ def ingest_drop_folder(settings: Settings) -> IngestReport:
             continue
         digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
         report.files_written += write_partitions(
-            frame, table, settings.lake_dir, "raw", part_label("drop", path.stem, digest))
+            frame, table, settings.lake_dir, "raw", part_label("drop", path.stem, digest)
+        )
         if table is BATCHES:
             report.batches += len(frame)
         else:
@@ -187,13 +212,21 @@ def _move(path: Path, folder: Path) -> Path:
 
 def _reject(drop: Path, path: Path, reason: str) -> None:
     target = _move(path, drop / "rejected")
-    target.with_name(target.name + ".reason.json").write_text(json.dumps(
-        {"file": path.name, "reason": reason, "rejected_at": pd.Timestamp.now("UTC").isoformat()},
-        indent=2))
+    target.with_name(target.name + ".reason.json").write_text(
+        json.dumps(
+            {
+                "file": path.name,
+                "reason": reason,
+                "rejected_at": pd.Timestamp.now("UTC").isoformat(),
+            },
+            indent=2,
+        )
+    )
 
 
-def write_drop_files(batches: pd.DataFrame, readings: pd.DataFrame, folder: Path,
-                     file_format: str = "csv") -> list[Path]:
+def write_drop_files(
+    batches: pd.DataFrame, readings: pd.DataFrame, folder: Path, file_format: str = "csv"
+) -> list[Path]:
     """Write raw tables as daily drop files (how a brewery export would arrive)."""
     if file_format not in ("csv", "parquet"):
         raise ValueError(f"format must be csv or parquet, not {file_format!r}")

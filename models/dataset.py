@@ -44,8 +44,12 @@ class LabelRules:
 
     @classmethod
     def from_settings(cls, settings) -> LabelRules:
-        return cls(settings.horizon_hours, settings.snapshot_every_hours,
-                   settings.terminal_tolerance_plato, settings.plateau_hours)
+        return cls(
+            settings.horizon_hours,
+            settings.snapshot_every_hours,
+            settings.terminal_tolerance_plato,
+            settings.plateau_hours,
+        )
 
 
 def _plausible(readings: pd.DataFrame, tag: str) -> pd.DataFrame:
@@ -66,8 +70,9 @@ def _original_gravity(batch: pd.Series, first_gravity: float) -> float:
     return float(og) if pd.notna(og) and low <= og <= high else first_gravity
 
 
-def derive_outcomes(batches: pd.DataFrame, readings: pd.DataFrame, rules: LabelRules
-                    ) -> pd.DataFrame:
+def derive_outcomes(
+    batches: pd.DataFrame, readings: pd.DataFrame, rules: LabelRules
+) -> pd.DataFrame:
     """Per batch: ``finished`` / ``stuck`` once the plateau is established, else ``running``.
 
     The plateau counts as established when the batch's frame is closed (``end_time`` known)
@@ -89,8 +94,10 @@ def derive_outcomes(batches: pd.DataFrame, readings: pd.DataFrame, rules: LabelR
             og = _original_gravity(pd.Series(batch._asdict()), float(g["value"].iloc[0]))
             attenuation = (og - terminal) / og if og > 0 else np.nan
             closed = pd.notna(batch.end_time)
-            if closed or (last - first_reached >= rules.plateau_hours
-                          and attenuation >= PLATEAU_MIN_ATTENUATION):
+            if closed or (
+                last - first_reached >= rules.plateau_hours
+                and attenuation >= PLATEAU_MIN_ATTENUATION
+            ):
                 if attenuation < STUCK_ATTENUATION_BELOW:
                     status = "stuck"
                 else:
@@ -102,8 +109,12 @@ def derive_outcomes(batches: pd.DataFrame, readings: pd.DataFrame, rules: LabelR
     return out
 
 
-def build_snapshots(batches: pd.DataFrame, readings: pd.DataFrame, rules: LabelRules,
-                    outcomes: pd.DataFrame | None = None) -> pd.DataFrame:
+def build_snapshots(
+    batches: pd.DataFrame,
+    readings: pd.DataFrame,
+    rules: LabelRules,
+    outcomes: pd.DataFrame | None = None,
+) -> pd.DataFrame:
     """Labelled snapshots of every batch whose outcome is known, conformed to ``FEATURES``.
 
     Snapshots run every ``rules.snapshot_every_hours`` from pitch until the last reading,
@@ -113,31 +124,42 @@ def build_snapshots(batches: pd.DataFrame, readings: pd.DataFrame, rules: LabelR
         outcomes = derive_outcomes(batches, readings, rules)
     known = outcomes[outcomes["status"] != "running"].set_index("batch_id")
     gravity = dict(tuple(_plausible(readings, "gravity_plato").groupby("batch_id", sort=False)))
-    temperature = dict(tuple(_plausible(readings, "temperature_c").groupby("batch_id",
-                                                                            sort=False)))
+    temperature = dict(tuple(_plausible(readings, "temperature_c").groupby("batch_id", sort=False)))
     frames = []
     for batch in batches[batches["batch_id"].isin(known.index)].itertuples(index=False):
         g = gravity.get(batch.batch_id)
         if g is None:
             continue
-        frames.append(_batch_snapshots(batch, g, temperature.get(batch.batch_id),
-                                       known.loc[batch.batch_id], rules))
+        frames.append(
+            _batch_snapshots(
+                batch, g, temperature.get(batch.batch_id), known.loc[batch.batch_id], rules
+            )
+        )
     if not frames:
         return FEATURES.empty()
     frame = pd.concat(frames, ignore_index=True)
     return FEATURES.conform(frame, source="dataset builder")
 
 
-def _batch_snapshots(batch, gravity: pd.DataFrame, temperature: pd.DataFrame | None,
-                     outcome: pd.Series, rules: LabelRules) -> pd.DataFrame:
+def _batch_snapshots(
+    batch,
+    gravity: pd.DataFrame,
+    temperature: pd.DataFrame | None,
+    outcome: pd.Series,
+    rules: LabelRules,
+) -> pd.DataFrame:
     start = _hours(pd.Series([batch.start_time]))[0]
     g_t = _hours(gravity["timestamp"])
     g_v = gravity["value"].to_numpy()
-    finish = np.nan if pd.isna(outcome["finish_time"]) else _hours(
-        pd.Series([outcome["finish_time"]]))[0]
+    finish = (
+        np.nan
+        if pd.isna(outcome["finish_time"])
+        else _hours(pd.Series([outcome["finish_time"]]))[0]
+    )
     until = g_t[-1] if np.isnan(finish) else min(g_t[-1], finish + rules.horizon_hours)
-    t = start + np.arange(rules.snapshot_every_hours, until - start + 1e-9,
-                          rules.snapshot_every_hours)
+    t = start + np.arange(
+        rules.snapshot_every_hours, until - start + 1e-9, rules.snapshot_every_hours
+    )
     if t.size == 0:
         return pd.DataFrame()
 
@@ -150,13 +172,18 @@ def _batch_snapshots(batch, gravity: pd.DataFrame, temperature: pd.DataFrame | N
     # Least-squares slope over readings in (t - window, t], from cumulative sums.
     lo = np.searchsorted(g_t, t - SLOPE_WINDOW_HOURS, side="right")
     x = g_t - start
-    cs = {k: np.concatenate([[0.0], np.cumsum(v)]) for k, v in
-          {"1": np.ones_like(x), "x": x, "y": g_v, "xx": x * x, "xy": x * g_v}.items()}
+    cs = {
+        k: np.concatenate([[0.0], np.cumsum(v)])
+        for k, v in {"1": np.ones_like(x), "x": x, "y": g_v, "xx": x * x, "xy": x * g_v}.items()
+    }
     w = {k: v[n] - v[lo] for k, v in cs.items()}
     denom = w["1"] * w["xx"] - w["x"] ** 2
     with np.errstate(invalid="ignore", divide="ignore"):
-        slope = np.where((w["1"] >= 2) & (denom > 1e-9),
-                         (w["1"] * w["xy"] - w["x"] * w["y"]) / denom * 24.0, np.nan)
+        slope = np.where(
+            (w["1"] >= 2) & (denom > 1e-9),
+            (w["1"] * w["xy"] - w["x"] * w["y"]) / denom * 24.0,
+            np.nan,
+        )
 
     if temperature is not None and len(temperature):
         tt = _hours(temperature["timestamp"])
@@ -177,34 +204,37 @@ def _batch_snapshots(batch, gravity: pd.DataFrame, temperature: pd.DataFrame | N
         remaining = np.maximum(finish - t, 0.0)
 
     snapshot_time = pd.to_datetime(np.round(t * 3.6e9).astype("int64"), unit="us", utc=True)
-    return pd.DataFrame({
-        "batch_id": batch.batch_id,
-        "snapshot_time": snapshot_time,
-        "fermenter": batch.fermenter,
-        "brand": batch.brand,
-        "yeast_strain": batch.yeast_strain,
-        "season": season_of(pd.Series([batch.start_time] * t.size)).to_numpy(),
-        "hours_since_pitch": t - start,
-        "original_gravity_plato": og,
-        "pitch_temperature_c": batch.pitch_temperature_c,
-        "pitch_rate_million_cells_per_ml_plato": batch.pitch_rate_million_cells_per_ml_plato,
-        "dissolved_oxygen_ppm": batch.dissolved_oxygen_ppm,
-        "ambient_temperature_c": batch.ambient_temperature_c,
-        "yeast_generation": batch.yeast_generation,
-        "current_gravity_plato": current,
-        "apparent_attenuation": (og - current) / og,
-        "gravity_slope_plato_per_day": slope,
-        "hours_since_last_gravity": np.where(has, t - g_t[last], np.nan),
-        "gravity_readings_count": n.astype("float64"),
-        "current_temperature_c": current_temp,
-        "mean_temperature_c": mean_temp,
-        "finished_within_horizon": finished,
-        "hours_remaining": remaining,
-    })
+    return pd.DataFrame(
+        {
+            "batch_id": batch.batch_id,
+            "snapshot_time": snapshot_time,
+            "fermenter": batch.fermenter,
+            "brand": batch.brand,
+            "yeast_strain": batch.yeast_strain,
+            "season": season_of(pd.Series([batch.start_time] * t.size)).to_numpy(),
+            "hours_since_pitch": t - start,
+            "original_gravity_plato": og,
+            "pitch_temperature_c": batch.pitch_temperature_c,
+            "pitch_rate_million_cells_per_ml_plato": batch.pitch_rate_million_cells_per_ml_plato,
+            "dissolved_oxygen_ppm": batch.dissolved_oxygen_ppm,
+            "ambient_temperature_c": batch.ambient_temperature_c,
+            "yeast_generation": batch.yeast_generation,
+            "current_gravity_plato": current,
+            "apparent_attenuation": (og - current) / og,
+            "gravity_slope_plato_per_day": slope,
+            "hours_since_last_gravity": np.where(has, t - g_t[last], np.nan),
+            "gravity_readings_count": n.astype("float64"),
+            "current_temperature_c": current_temp,
+            "mean_temperature_c": mean_temp,
+            "finished_within_horizon": finished,
+            "hours_remaining": remaining,
+        }
+    )
 
 
-def split_by_batch_time(features: pd.DataFrame, fractions: tuple[float, float, float] = (
-        0.7, 0.15, 0.15)) -> pd.Series:
+def split_by_batch_time(
+    features: pd.DataFrame, fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
+) -> pd.Series:
     """``train``/``validation``/``test`` per row: batches ordered by pitch, oldest first.
 
     Every snapshot of a batch lands in the same split, and later batches are evaluated on
@@ -212,7 +242,7 @@ def split_by_batch_time(features: pd.DataFrame, fractions: tuple[float, float, f
     """
     if not np.isclose(sum(fractions), 1.0) or min(fractions) < 0:
         raise ValueError(f"split fractions must be >= 0 and sum to 1, got {fractions}")
-    pitch = (features["snapshot_time"] - pd.to_timedelta(features["hours_since_pitch"], unit="h"))
+    pitch = features["snapshot_time"] - pd.to_timedelta(features["hours_since_pitch"], unit="h")
     first = pitch.groupby(features["batch_id"]).min().sort_values(kind="mergesort")
     order = np.arange(len(first)) / max(len(first), 1)
     edges = np.cumsum(fractions)

@@ -15,8 +15,9 @@ def settings(tmp_path, monkeypatch) -> Settings:
     return get_settings()
 
 
-SMALL_WORLD = SimulationConfig(start=pd.Timestamp("2026-01-01", tz="UTC"), days=40.0,
-                               fermenters=4, seed=7)
+SMALL_WORLD = SimulationConfig(
+    start=pd.Timestamp("2026-01-01", tz="UTC"), days=40.0, fermenters=4, seed=7
+)
 
 
 @pytest.fixture(scope="session")

@@ -10,22 +10,40 @@ from brewcast.schema import BATCHES, FEATURES, LABEL, READINGS
 from models.dataset import LabelRules, build_snapshots, derive_outcomes, split_by_batch_time
 from tests.conftest import SMALL_WORLD
 
-RULES = LabelRules(horizon_hours=24.0, snapshot_every_hours=6.0, terminal_tolerance_plato=0.3,
-                   plateau_hours=36.0)
+RULES = LabelRules(
+    horizon_hours=24.0, snapshot_every_hours=6.0, terminal_tolerance_plato=0.3, plateau_hours=36.0
+)
 T0 = pd.Timestamp("2026-05-01 06:00", tz="UTC")
 GRAVITY = {0: 12.0, 12: 11.0, 24: 9.0, 36: 6.0, 48: 4.0, 60: 3.1, 72: 3.0, 96: 3.0, 120: 3.0}
 
 
 def _hand_batch():
-    batches = BATCHES.conform(pd.DataFrame([{
-        "batch_id": "B1", "fermenter": "FV01", "brand": "golden_pilsner",
-        "yeast_strain": "german_lager", "original_gravity_plato": 12.0,
-        "pitch_temperature_c": 10.0, "pitch_rate_million_cells_per_ml_plato": 1.5,
-        "dissolved_oxygen_ppm": 9.0, "ambient_temperature_c": 14.0, "yeast_generation": 2.0,
-        "start_time": T0, "end_time": None}]), "hand")
+    batches = BATCHES.conform(
+        pd.DataFrame(
+            [
+                {
+                    "batch_id": "B1",
+                    "fermenter": "FV01",
+                    "brand": "golden_pilsner",
+                    "yeast_strain": "german_lager",
+                    "original_gravity_plato": 12.0,
+                    "pitch_temperature_c": 10.0,
+                    "pitch_rate_million_cells_per_ml_plato": 1.5,
+                    "dissolved_oxygen_ppm": 9.0,
+                    "ambient_temperature_c": 14.0,
+                    "yeast_generation": 2.0,
+                    "start_time": T0,
+                    "end_time": None,
+                }
+            ]
+        ),
+        "hand",
+    )
     rows = [("B1", "gravity_plato", T0 + pd.Timedelta(hours=h), v) for h, v in GRAVITY.items()]
-    rows += [("B1", "temperature_c", T0 + pd.Timedelta(hours=h), 20.0 if h == 30 else 18.0)
-             for h in range(0, 121, 3)]
+    rows += [
+        ("B1", "temperature_c", T0 + pd.Timedelta(hours=h), 20.0 if h == 30 else 18.0)
+        for h in range(0, 121, 3)
+    ]
     readings = READINGS.conform(pd.DataFrame(rows, columns=READINGS.names), "hand")
     return batches, readings
 

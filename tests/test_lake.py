@@ -22,15 +22,17 @@ def test_partitions_by_date_and_rewrites_identically(tmp_path, small_world):
     dates = sorted(readings["timestamp"].dt.strftime("%Y-%m-%d").unique())
     assert [f.parent.name for f in first] == [f"date={d}" for d in dates]
     before = _digest(first)
-    again = lake.write_partitions(readings.sample(frac=1, random_state=0), READINGS, tmp_path,
-                                  "raw", "run-1")
+    again = lake.write_partitions(
+        readings.sample(frac=1, random_state=0), READINGS, tmp_path, "raw", "run-1"
+    )
     assert _digest(again) == before  # same interval, shuffled input: same bytes
     assert sorted(lake.partition_files(tmp_path, "raw", READINGS)) == sorted(first)
     back = lake.read_table(tmp_path, "raw", READINGS)
     assert len(back) == len(readings)
     pd.testing.assert_frame_equal(
         back.sort_values(list(READINGS.key)).reset_index(drop=True),
-        readings.sort_values(list(READINGS.key)).reset_index(drop=True))
+        readings.sort_values(list(READINGS.key)).reset_index(drop=True),
+    )
 
 
 def test_overlapping_writes_do_not_duplicate_on_read(tmp_path, small_world):

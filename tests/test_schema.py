@@ -20,7 +20,8 @@ def test_tables_have_unique_columns_and_valid_keys():
 
 def test_feature_roles_partition_the_model_inputs():
     inputs = {c.name for c in schema.numeric_features()} | {
-        c.name for c in schema.categorical_features()}
+        c.name for c in schema.categorical_features()
+    }
     labels = {c.name for c in FEATURES.by_role("label")}
     keys = {c.name for c in FEATURES.by_role("key")}
     assert schema.LABEL in labels and schema.REGRESSION_TARGET in labels
@@ -34,9 +35,13 @@ def test_batch_metadata_columns_reappear_as_features_with_the_same_ranges():
     for column in BATCHES.columns:
         if column.role == "feature":
             feature = FEATURES[column.name]
-            assert (feature.dtype, feature.unit, feature.min, feature.max,
-                    feature.vocabulary) == (column.dtype, column.unit, column.min, column.max,
-                                            column.vocabulary)
+            assert (feature.dtype, feature.unit, feature.min, feature.max, feature.vocabulary) == (
+                column.dtype,
+                column.unit,
+                column.min,
+                column.max,
+                column.vocabulary,
+            )
 
 
 def test_simulator_catalogue_matches_vocabularies():
@@ -54,19 +59,23 @@ def test_brewerypi_mapping_covers_every_batch_and_reading_column():
     expected = {c.name for c in BATCHES.columns if c.role == "feature"} - {"fermenter"}
     assert mapped == expected
     assert set(brewerypi.READING_ATTRIBUTES.values()) == set(READINGS["tag"].vocabulary)
-    assert set(brewerypi.LOOKUP_COLUMNS) == {c.name for c in BATCHES.columns
-                                             if c.is_categorical} - {"fermenter"}
+    assert set(brewerypi.LOOKUP_COLUMNS) == {
+        c.name for c in BATCHES.columns if c.is_categorical
+    } - {"fermenter"}
 
 
 def test_encode_maps_unknown_and_missing_to_oov():
     assert FEATURES["brand"].encode(["golden_pilsner", "mystery_ale", None]) == [
-        "golden_pilsner", OOV, OOV]
+        "golden_pilsner",
+        OOV,
+        OOV,
+    ]
     with pytest.raises(TypeError):
         FEATURES["hours_since_pitch"].encode([1.0])
 
 
 def test_embedding_dim_follows_fourth_root_of_vocabulary():
-    assert FEATURES["fermenter"].embedding_dim == round(13 ** 0.25)  # 12 + OOV
+    assert FEATURES["fermenter"].embedding_dim == round(13**0.25)  # 12 + OOV
     assert FEATURES["season"].embedding_dim == 2
 
 
@@ -79,8 +88,14 @@ def test_arrow_schema_round_trips_conformed_frames(small_world):
 
 
 def test_conform_names_missing_columns_and_bad_types():
-    good = pd.DataFrame({"batch_id": ["b1"], "tag": ["gravity_plato"],
-                         "timestamp": ["2026-01-01T00:00:00Z"], "value": ["12.5"]})
+    good = pd.DataFrame(
+        {
+            "batch_id": ["b1"],
+            "tag": ["gravity_plato"],
+            "timestamp": ["2026-01-01T00:00:00Z"],
+            "value": ["12.5"],
+        }
+    )
     out = READINGS.conform(good, "ok.csv")
     assert out["value"].dtype == "float64" and str(out["timestamp"].dtype) == "datetime64[us, UTC]"
     with pytest.raises(SchemaError, match=r"x\.csv.*missing column.*'value'"):
@@ -96,12 +111,19 @@ def test_conform_names_missing_columns_and_bad_types():
 
 
 def test_conform_keeps_out_of_range_rows_for_validation():
-    frame = pd.DataFrame({"batch_id": ["b1"], "tag": ["gravity_plato"],
-                          "timestamp": [pd.Timestamp("2026-01-01", tz="UTC")], "value": [999.0]})
+    frame = pd.DataFrame(
+        {
+            "batch_id": ["b1"],
+            "tag": ["gravity_plato"],
+            "timestamp": [pd.Timestamp("2026-01-01", tz="UTC")],
+            "value": [999.0],
+        }
+    )
     assert READINGS.conform(frame, "t")["value"].tolist() == [999.0]
 
 
 def test_season_of_months():
-    ts = pd.Series(pd.to_datetime(["2026-01-15", "2026-04-01", "2026-07-01", "2026-10-31"],
-                                  utc=True))
+    ts = pd.Series(
+        pd.to_datetime(["2026-01-15", "2026-04-01", "2026-07-01", "2026-10-31"], utc=True)
+    )
     assert schema.season_of(ts).tolist() == ["winter", "spring", "summer", "autumn"]

@@ -19,8 +19,9 @@ from ingest.simulator import (
 )
 from tests.conftest import SMALL_WORLD
 
-LONG_WORLD = SimulationConfig(days=240.0, fermenters=12, seed=11, bad_reading_rate=0.0,
-                              bad_batch_rate=0.0)
+LONG_WORLD = SimulationConfig(
+    days=240.0, fermenters=12, seed=11, bad_reading_rate=0.0, bad_batch_rate=0.0
+)
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +53,11 @@ def test_attenuation_stays_in_each_strains_range(long_world):
         assert rows["attenuation"].between(low, high).all(), strain
     # Observed: the final gravity readings of finished batches give the same attenuation.
     readings = long_world.readings[long_world.readings["tag"] == "gravity_plato"]
-    last = readings.sort_values("timestamp").groupby("batch_id")["value"].apply(
-        lambda v: v.tail(3).median())
+    last = (
+        readings.sort_values("timestamp")
+        .groupby("batch_id")["value"]
+        .apply(lambda v: v.tail(3).median())
+    )
     done = healthy[healthy["end_time"] <= LONG_WORLD.end].set_index("batch_id")
     og = long_world.batches.set_index("batch_id")["original_gravity_plato"]
     observed = (og[done.index] - last[done.index]) / og[done.index]
@@ -68,7 +72,8 @@ def test_lagers_ferment_slower_and_warm_fermenters_faster(long_world):
     ales = truth[truth["yeast_strain"] == "american_ale"]
     weak = ales[ales["fermenter"].isin(["FV05", "FV08"])]["hours_to_finish"].median()
     strong = ales[ales["fermenter"].isin(["FV01", "FV02", "FV06", "FV10"])][
-        "hours_to_finish"].median()
+        "hours_to_finish"
+    ].median()
     assert weak < strong
 
 
@@ -90,8 +95,11 @@ def test_stuck_batches_plateau_high(long_world):
 def test_gravity_is_sparse_and_temperature_fine(small_world):
     r = small_world.readings
     per_day = r.groupby(["batch_id", "tag"]).size().unstack() / (
-        r.groupby("batch_id")["timestamp"].agg(lambda t: (t.max() - t.min()).total_seconds()
-                                               / 86400.0).to_frame().values)
+        r.groupby("batch_id")["timestamp"]
+        .agg(lambda t: (t.max() - t.min()).total_seconds() / 86400.0)
+        .to_frame()
+        .values
+    )
     assert 1.5 < per_day["gravity_plato"].median() < 3.2  # three rounds a day, some skipped
     assert per_day["temperature_c"].median() > 40
 
@@ -117,21 +125,25 @@ def test_drift_changes_only_its_slice_after_its_start():
     # Until the first drifted batch the two worlds are identical, batch for batch.
     first = b.index[b["drifted"]][0]
     before = a[a["start_time"] < drifted.batches.set_index("batch_id").loc[first, "start_time"]]
-    np.testing.assert_allclose(b.loc[before["batch_id"], "midpoint_hours"],
-                               before["midpoint_hours"])
+    np.testing.assert_allclose(
+        b.loc[before["batch_id"], "midpoint_hours"], before["midpoint_hours"]
+    )
     assert b["drifted"].sum() > 5
     merged = drifted.truth.merge(drifted.batches, on="batch_id")
     assert (merged.loc[merged["drifted"], "yeast_strain"] == "german_lager").all()
     assert (merged.loc[merged["drifted"], "start_time"] >= drift.start).all()
     # Drifted lagers take about 18 h longer than lagers of the same world before the drift.
     lagers = merged[(merged["yeast_strain"] == "german_lager") & ~merged["stuck"]]
-    slower = (lagers[lagers["drifted"]]["hours_to_finish"].median()
-              - lagers[~lagers["drifted"]]["hours_to_finish"].median())
+    slower = (
+        lagers[lagers["drifted"]]["hours_to_finish"].median()
+        - lagers[~lagers["drifted"]]["hours_to_finish"].median()
+    )
     assert 10 < slower < 30
     ales = merged[(merged["yeast_strain"] == "american_ale") & ~merged["stuck"]]
     late = ales["start_time"] >= drift.start
-    assert abs(ales[late]["hours_to_finish"].median() - ales[~late]["hours_to_finish"].median()
-               ) < 10
+    assert (
+        abs(ales[late]["hours_to_finish"].median() - ales[~late]["hours_to_finish"].median()) < 10
+    )
 
 
 def test_config_rejects_nonsense():

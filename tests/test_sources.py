@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import uuid
 
@@ -31,9 +32,10 @@ def _sorted(frame, key):
 
 # --- simulator ---------------------------------------------------------------------------
 
+
 def test_daily_intervals_add_up_to_the_world_and_rerun_is_idempotent(settings, small_world):
     days = pd.date_range(SMALL_WORLD.start, SMALL_WORLD.end, freq="D")
-    for lo, hi in zip(days[:-1], days[1:], strict=True):
+    for lo, hi in itertools.pairwise(days):
         ingest_interval(settings, "simulator", lo, hi, SMALL_WORLD)
     files = lake.partition_files(settings.lake_dir, "raw", READINGS)
     stamp = {f: f.stat().st_mtime_ns for f in files}
@@ -52,8 +54,9 @@ def test_daily_intervals_add_up_to_the_world_and_rerun_is_idempotent(settings, s
 def test_batch_end_is_only_known_once_it_happened(small_world):
     batch = small_world.batches.dropna(subset=["end_time"]).iloc[0]
     early, _ = simulator_interval(SMALL_WORLD, batch.start_time, batch.end_time)
-    late, _ = simulator_interval(SMALL_WORLD, batch.start_time,
-                                 batch.end_time + pd.Timedelta(seconds=1))
+    late, _ = simulator_interval(
+        SMALL_WORLD, batch.start_time, batch.end_time + pd.Timedelta(seconds=1)
+    )
     assert pd.isna(early.set_index("batch_id").loc[batch.batch_id, "end_time"])
     assert late.set_index("batch_id").loc[batch.batch_id, "end_time"] == batch.end_time
 
@@ -70,6 +73,7 @@ def test_bad_interval_and_unknown_source(settings):
 
 # --- drop folder -------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("fmt", ["csv", "parquet"])
 def test_drop_folder_round_trip(settings, small_world, fmt):
     written = write_drop_files(small_world.batches, small_world.readings, settings.drop_path, fmt)
@@ -80,8 +84,9 @@ def test_drop_folder_round_trip(settings, small_world, fmt):
     readings = lake.read_table(settings.lake_dir, "raw", READINGS)
     pd.testing.assert_frame_equal(_sorted(readings, KEY_R), _sorted(small_world.readings, KEY_R))
     batches = lake.read_table(settings.lake_dir, "raw", BATCHES)
-    pd.testing.assert_frame_equal(_sorted(batches, ["batch_id"]),
-                                  _sorted(small_world.batches, ["batch_id"]))
+    pd.testing.assert_frame_equal(
+        _sorted(batches, ["batch_id"]), _sorted(small_world.batches, ["batch_id"])
+    )
     # The same files dropped again land on the same partition files: no duplicates.
     files = lake.partition_files(settings.lake_dir, "raw", READINGS)
     for path in (settings.drop_path / "processed").iterdir():
@@ -92,12 +97,18 @@ def test_drop_folder_round_trip(settings, small_world, fmt):
 
 
 BAD_FILES = {
-    "readings_missing_column.csv": ("batch_id,tag,timestamp\nb1,gravity_plato,2026-01-01\n",
-                                    "missing column.*'value'"),
-    "readings_wrong_type.csv": ("batch_id,tag,timestamp,value\nb1,gravity_plato,2026-01-01,"
-                                "twelve\n", "'value' cannot be read as float64.*twelve"),
-    "readings_bad_time.csv": ("batch_id,tag,timestamp,value\nb1,gravity_plato,yesterday,12\n",
-                              "'timestamp' cannot be read as timestamp"),
+    "readings_missing_column.csv": (
+        "batch_id,tag,timestamp\nb1,gravity_plato,2026-01-01\n",
+        "missing column.*'value'",
+    ),
+    "readings_wrong_type.csv": (
+        "batch_id,tag,timestamp,value\nb1,gravity_plato,2026-01-01,twelve\n",
+        "'value' cannot be read as float64.*twelve",
+    ),
+    "readings_bad_time.csv": (
+        "batch_id,tag,timestamp,value\nb1,gravity_plato,yesterday,12\n",
+        "'timestamp' cannot be read as timestamp",
+    ),
     "readings_empty.csv": ("", "file is empty"),
     "mystery.csv": ("a,b\n1,2\n", "cannot tell which table"),
     "readings_truncated.parquet": (b"PAR1\x00\x00garbage", "unreadable .parquet"),
@@ -123,11 +134,12 @@ def test_bad_drop_files_are_rejected_with_reasons_and_kept(settings, small_world
 
 
 def test_missing_drop_folder_is_a_clear_error(settings):
-    with pytest.raises(IngestError, match="drop folder .* does not exist"):
+    with pytest.raises(IngestError, match=r"drop folder .* does not exist"):
         ingest_drop_folder(settings)
 
 
 # --- Brewery Pi --------------------------------------------------------------------------
+
 
 def _expected_readings(world, lo, hi):
     r = world.readings
@@ -139,13 +151,13 @@ def test_brewerypi_round_trip_through_sqlite(tmp_path, small_world):
     url = f"sqlite:///{tmp_path / 'brewerypi.db'}"
     write_brewerypi(url, small_world.batches, small_world.readings)
     batches, readings, report = read_brewerypi(url, SMALL_WORLD.start, SMALL_WORLD.end)
-    pd.testing.assert_frame_equal(_sorted(readings, KEY_R),
-                                  _expected_readings(small_world, SMALL_WORLD.start,
-                                                     SMALL_WORLD.end))
+    pd.testing.assert_frame_equal(
+        _sorted(readings, KEY_R),
+        _expected_readings(small_world, SMALL_WORLD.start, SMALL_WORLD.end),
+    )
     expected = small_world.batches.copy()
     # Brewery Pi stores only known values; an unknown strain reads back as missing.
-    pd.testing.assert_frame_equal(_sorted(batches, ["batch_id"]),
-                                  _sorted(expected, ["batch_id"]))
+    pd.testing.assert_frame_equal(_sorted(batches, ["batch_id"]), _sorted(expected, ["batch_id"]))
     assert report.frames == len(small_world.batches) and report.readings_outside_frames == 0
 
 
@@ -157,9 +169,9 @@ def test_brewerypi_interval_takes_frames_started_before_it(tmp_path, small_world
     batches, readings, _ = read_brewerypi(url, lo, hi)
     started = small_world.batches
     assert sorted(batches["batch_id"]) == sorted(
-        started[(started["start_time"] >= lo) & (started["start_time"] < hi)]["batch_id"])
-    pd.testing.assert_frame_equal(_sorted(readings, KEY_R),
-                                  _expected_readings(small_world, lo, hi))
+        started[(started["start_time"] >= lo) & (started["start_time"] < hi)]["batch_id"]
+    )
+    pd.testing.assert_frame_equal(_sorted(readings, KEY_R), _expected_readings(small_world, lo, hi))
     assert readings["batch_id"].nunique() > batches["batch_id"].nunique()
 
 
@@ -171,35 +183,64 @@ def _hand_built_brewerypi(url: str, with_plato: bool = True) -> None:
     t0 = pd.Timestamp("2026-02-01 08:00").to_pydatetime()
     h = pd.Timedelta(hours=1).to_pytimedelta()
     with engine.begin() as c:
-        c.execute(brewerypi.Enterprise.insert().values(EnterpriseId=1, Abbreviation="E",
-                                                       Name="Ent"))
-        c.execute(brewerypi.Site.insert().values(SiteId=1, Abbreviation="S", EnterpriseId=1,
-                                                 Name="Site"))
+        c.execute(
+            brewerypi.Enterprise.insert().values(EnterpriseId=1, Abbreviation="E", Name="Ent")
+        )
+        c.execute(
+            brewerypi.Site.insert().values(SiteId=1, Abbreviation="S", EnterpriseId=1, Name="Site")
+        )
         c.execute(brewerypi.Area.insert().values(AreaId=1, Abbreviation="A", Name="A", SiteId=1))
         c.execute(brewerypi.Lookup.insert().values(LookupId=7, EnterpriseId=1, Name="Brands"))
-        c.execute(brewerypi.LookupValue.insert().values(LookupId=7, Value=3, Name="Munich Helles",
-                                                        Selectable=True))
-        c.execute(brewerypi.ElementTemplate.insert().values(ElementTemplateId=1, Name="FV",
-                                                            SiteId=1))
+        c.execute(
+            brewerypi.LookupValue.insert().values(
+                LookupId=7, Value=3, Name="Munich Helles", Selectable=True
+            )
+        )
+        c.execute(
+            brewerypi.ElementTemplate.insert().values(ElementTemplateId=1, Name="FV", SiteId=1)
+        )
         c.execute(brewerypi.Element.insert().values(ElementId=1, ElementTemplateId=1, Name="FV01"))
-        c.execute(brewerypi.EventFrameTemplate.insert().values(
-            EventFrameTemplateId=1, ElementTemplateId=1, Name="Fermentation", Order=1))
-        c.execute(brewerypi.EventFrame.insert().values(
-            EventFrameId=1, ElementId=1, EventFrameTemplateId=1, Name="B-100",
-            StartTimestamp=t0, EndTimestamp=t0 + 100 * h))
-        tags = [(1, "FV01_Plato", None), (2, "FV01_Temperature", None), (3, "FV01_Brand", 7),
-                (4, "FV01_State", None)]
+        c.execute(
+            brewerypi.EventFrameTemplate.insert().values(
+                EventFrameTemplateId=1, ElementTemplateId=1, Name="Fermentation", Order=1
+            )
+        )
+        c.execute(
+            brewerypi.EventFrame.insert().values(
+                EventFrameId=1,
+                ElementId=1,
+                EventFrameTemplateId=1,
+                Name="B-100",
+                StartTimestamp=t0,
+                EndTimestamp=t0 + 100 * h,
+            )
+        )
+        tags = [
+            (1, "FV01_Plato", None),
+            (2, "FV01_Temperature", None),
+            (3, "FV01_Brand", 7),
+            (4, "FV01_State", None),
+        ]
         for tid, name, lookup in tags:
             if name == "FV01_Plato" and not with_plato:
                 continue
-            c.execute(brewerypi.Tag.insert().values(TagId=tid, AreaId=1, Name=name,
-                                                    LookupId=lookup))
-        values = [(1, t0, 12.0), (1, t0 + 24 * h, 9.5), (1, t0 + 200 * h, 3.0),
-                  (2, t0 + h, 11.0), (3, t0, 3.0), (4, t0, 1.0)]
+            c.execute(
+                brewerypi.Tag.insert().values(TagId=tid, AreaId=1, Name=name, LookupId=lookup)
+            )
+        values = [
+            (1, t0, 12.0),
+            (1, t0 + 24 * h, 9.5),
+            (1, t0 + 200 * h, 3.0),
+            (2, t0 + h, 11.0),
+            (3, t0, 3.0),
+            (4, t0, 1.0),
+        ]
         if not with_plato:
             values = [v for v in values if v[0] != 1]
-        c.execute(brewerypi.TagValue.insert(), [dict(TagId=t, Timestamp=ts, Value=v)
-                                                for t, ts, v in values])
+        c.execute(
+            brewerypi.TagValue.insert(),
+            [dict(TagId=t, Timestamp=ts, Value=v) for t, ts, v in values],
+        )
     engine.dispose()
 
 
@@ -213,7 +254,10 @@ def test_brewerypi_starter_naming_without_attributes(tmp_path):
     assert row.end_time == pd.Timestamp("2026-02-05 12:00", tz="UTC")
     assert pd.isna(row.yeast_strain) and pd.isna(row.original_gravity_plato)
     assert readings.sort_values("timestamp")[["tag", "value"]].values.tolist() == [
-        ["gravity_plato", 12.0], ["temperature_c", 11.0], ["gravity_plato", 9.5]]
+        ["gravity_plato", 12.0],
+        ["temperature_c", 11.0],
+        ["gravity_plato", 9.5],
+    ]
     assert report.readings_outside_frames == 1  # the 200 h reading is after the frame closed
 
 
@@ -246,8 +290,9 @@ def test_brewerypi_ingest_via_settings(settings, tmp_path, small_world, monkeypa
 
 @pytest.fixture
 def postgres_url():
-    admin = sa.create_engine("postgresql+psycopg2://postgres@127.0.0.1:5432/postgres",
-                             isolation_level="AUTOCOMMIT")
+    admin = sa.create_engine(
+        "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres", isolation_level="AUTOCOMMIT"
+    )
     name = f"brewerypi_{uuid.uuid4().hex[:8]}"
     try:
         with admin.connect() as conn:
