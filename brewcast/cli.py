@@ -125,38 +125,75 @@ def ingest(
 
 
 @app.command()
-def features(
-    stage: Annotated[str, typer.Option(help="Lake stage to read: raw | validated")] = "raw",
+def validate(
+    path: Annotated[
+        Path | None,
+        typer.Argument(
+            help="A CSV/Parquet file to validate; default: every new raw lake partition."
+        ),
+    ] = None,
+    everything: Annotated[
+        bool, typer.Option("--all", help="Re-validate every raw partition, not only new ones.")
+    ] = False,
+    policy: Annotated[
+        str | None, typer.Option(help="rows | partition (default: BREWCAST_VALIDATION_POLICY)")
+    ] = None,
 ) -> None:
-    """Build labelled snapshots (features at time t + labels) into lake/features."""
-    from brewcast.lake import read_table, replace_table
-    from brewcast.schema import BATCHES, FEATURES, LABEL, READINGS
+    """Validate with Great Expectations: good rows to validated/, bad ones to quarantine/.
+
+    Exit code 0: everything passed; 1: some data was quarantined; 2: nothing to validate.
+    """
+    from validation.validate import validate_file, validate_lake
+
+    settings = get_settings(**({"validation_policy": policy} if policy else {}))
+    if path is not None:
+        if not path.is_file():
+            raise _fail(f"{path} is not a file")
+        run = validate_file(settings, path)
+    else:
+        run = validate_lake(settings, everything=everything)
+        if not run.outcomes:
+            typer.echo("nothing new to validate (use --all to re-validate everything)")
+            return
+    typer.echo(run.summary())
+    if not run.success:
+        raise typer.Exit(1)
+
+
+@app.command()
+def features(
+    stage: Annotated[str, typer.Option(help="Lake stage to build from: validated | raw")] = (
+        "validated"
+    ),
+) -> None:
+    """Build labelled snapshots (features at time t + labels), validate them, publish them."""
+    from brewcast.lake import read_table
+    from brewcast.schema import BATCHES, LABEL, READINGS
     from models.dataset import LabelRules, build_snapshots, derive_outcomes, split_by_batch_time
+    from validation.validate import publish_features
 
     settings = get_settings()
     batches = read_table(settings.lake_dir, stage, BATCHES)
     readings = read_table(settings.lake_dir, stage, READINGS)
     if batches.empty:
+        hint = "`brewcast validate`" if stage == "validated" else "`brewcast ingest`"
         raise _fail(
-            f"no batches in lake stage {stage!r} under {settings.lake_dir}; "
-            f"run `brewcast ingest` first",
+            f"no batches in lake stage {stage!r} under {settings.lake_dir}; run {hint} first",
             code=1,
         )
     rules = LabelRules.from_settings(settings)
     outcomes = derive_outcomes(batches, readings, rules)
     snapshots = build_snapshots(batches, readings, rules, outcomes)
-    written = replace_table(snapshots, FEATURES, settings.lake_dir, "features", "snapshots")
-    status = outcomes["status"].value_counts().to_dict()
-    typer.echo(f"{len(batches)} batches: {status}")
+    typer.echo(f"{len(batches)} batches: {outcomes['status'].value_counts().to_dict()}")
     if snapshots.empty:
         typer.echo("no labelled snapshots yet (no batch has finished)")
         return
+    run = publish_features(settings, snapshots)
+    typer.echo(run.summary())
     splits = split_by_batch_time(snapshots)
-    positive = snapshots[LABEL].mean()
     typer.echo(
-        f"{len(snapshots)} snapshots in {len(written)} partition file(s); "
-        f"{positive:.1%} finish within {rules.horizon_hours:g} h; "
-        f"splits {splits.value_counts().to_dict()}"
+        f"{len(snapshots)} snapshots; {snapshots[LABEL].mean():.1%} finish within "
+        f"{rules.horizon_hours:g} h; splits {splits.value_counts().to_dict()}"
     )
 
 

@@ -9,8 +9,10 @@ intervals never double-count a reading.
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
@@ -56,11 +58,8 @@ def write_partitions(
         for date, part in frame.groupby(dates, sort=True):
             part = part.sort_values(list(table.key), kind="mergesort").reset_index(drop=True)
             final = base / f"date={date}" / f"part-{label}.parquet"
-            final.parent.mkdir(parents=True, exist_ok=True)
-            tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex}.tmp")
             arrow = pa.Table.from_pandas(part, schema=table.arrow_schema(), preserve_index=False)
-            pq.write_table(arrow, tmp, compression="zstd")
-            pending.append((tmp, final))
+            pending.append((_write_temp(final, arrow), final))
     except BaseException:
         for tmp, _ in pending:
             tmp.unlink(missing_ok=True)
@@ -68,6 +67,29 @@ def write_partitions(
     for tmp, final in pending:
         os.replace(tmp, final)
     return [final for _, final in pending]
+
+
+def _write_temp(final: Path, arrow: pa.Table) -> Path:
+    """Write ``arrow`` next to ``final`` under a temporary name; the caller renames it."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex}.tmp")
+    pq.write_table(arrow, tmp, compression="zstd")
+    return tmp
+
+
+def write_file(final: Path, arrow: pa.Table) -> Path:
+    """Atomically write one Parquet file (temporary name, then rename)."""
+    os.replace(_write_temp(final, arrow), final)
+    return final
+
+
+def write_text(final: Path, text: str) -> Path:
+    """Atomically write a small text file (a reason, a summary)."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, final)
+    return final
 
 
 def partition_files(
@@ -121,3 +143,16 @@ def replace_table(
         if old.name == f"part-{label}.parquet" and old not in keep:
             old.unlink()
     return written
+
+
+def quarantine_file(lake_dir: Path, path: Path, reason: str, move: bool = True) -> Path:
+    """Keep a file that cannot be read as a table, byte for byte, with a JSON reason, in
+    ``quarantine/files/``. Moves it (a drop file) or copies it (a lake file)."""
+    target = Path(lake_dir) / "quarantine" / "files" / path.name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    (shutil.move if move else shutil.copy2)(str(path), target)
+    write_text(
+        target.with_name(target.name + ".reason.json"),
+        json.dumps({"file": path.name, "from": str(path), "reason": reason}, indent=2),
+    )
+    return target

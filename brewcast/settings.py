@@ -57,6 +57,27 @@ class Settings(BaseSettings):
         36.0, description="A plateau must last this long before a batch is labelled finished."
     )
 
+    # validation
+    validation_policy: Literal["rows", "partition"] = Field(
+        "rows",
+        description="On failed row checks: quarantine only the bad rows, or the whole "
+        "partition. Table-level failures (drift, emptiness) always take the whole partition.",
+    )
+    max_gravity_rise_plato: float = Field(
+        1.0, description="Gravity never rises; a rise above this between readings is a typo."
+    )
+    future_tolerance_minutes: float = Field(
+        10.0, description="Clock skew allowed before a timestamp counts as in the future."
+    )
+    drift_tolerance_std: float = Field(
+        1.0,
+        description="Feature mean/median may move this many reference std (plus sampling "
+        "noise) before the new data counts as grossly drifted.",
+    )
+    distribution_min_rows: int = Field(
+        20, description="Partitions smaller than this get no distribution expectations."
+    )
+
     @property
     def lake_dir(self) -> Path:
         return self.home / "lake"

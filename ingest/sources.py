@@ -6,14 +6,13 @@
 
 Raw data lands in ``lake/raw`` with files named after the interval or the source file, so
 re-running an ingest replaces its own files and never duplicates rows. A drop file that
-cannot be read is moved to ``drop/rejected/`` untouched, next to a JSON reason; nothing of
-it reaches the lake.
+cannot be read is moved to ``lake/quarantine/files/`` untouched, next to a JSON reason;
+nothing of it reaches the raw stage.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -22,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 
-from brewcast.lake import part_label, write_partitions
+from brewcast.lake import part_label, quarantine_file, write_partitions
 from brewcast.schema import BATCHES, READINGS, SchemaError, Table
 from brewcast.settings import Settings
 from ingest.brewerypi import read_brewerypi
@@ -176,7 +175,7 @@ def read_drop_file(path: Path) -> tuple[Table, pd.DataFrame]:
 
 
 def ingest_drop_folder(settings: Settings) -> IngestReport:
-    """Move every pending drop file into the lake, or into ``rejected/`` with its reason."""
+    """Move every pending drop file into the lake, or into quarantine with its reason."""
     drop = settings.drop_path
     report = IngestReport(source=f"drop folder {drop}")
     if not drop.is_dir():
@@ -187,7 +186,7 @@ def ingest_drop_folder(settings: Settings) -> IngestReport:
         try:
             table, frame = read_drop_file(path)
         except SchemaError as exc:
-            _reject(drop, path, str(exc))
+            quarantine_file(settings.lake_dir, path, str(exc))
             report.rejected[path.name] = str(exc)
             continue
         digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
@@ -208,20 +207,6 @@ def _move(path: Path, folder: Path) -> Path:
     target = folder / path.name
     shutil.move(str(path), target)
     return target
-
-
-def _reject(drop: Path, path: Path, reason: str) -> None:
-    target = _move(path, drop / "rejected")
-    target.with_name(target.name + ".reason.json").write_text(
-        json.dumps(
-            {
-                "file": path.name,
-                "reason": reason,
-                "rejected_at": pd.Timestamp.now("UTC").isoformat(),
-            },
-            indent=2,
-        )
-    )
 
 
 def write_drop_files(

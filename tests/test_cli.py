@@ -54,6 +54,9 @@ def test_simulate_ingest_features(settings, monkeypatch):
     assert "reading rows" in result.output
     readings = lake.read_table(settings.lake_dir, "raw", READINGS)
     assert len(readings) > 3000
+    result = runner.invoke(app, ["validate"])
+    assert result.exit_code == 1, result.output  # the simulator's bad records, quarantined
+    assert "QUARANTINED SOME DATA" in result.output
     result = runner.invoke(app, ["features"])
     assert result.exit_code == 0, result.output
     assert "snapshots" in result.output and "splits" in result.output
@@ -99,6 +102,8 @@ def test_drop_and_brewerypi_round_trips_through_the_cli(settings, tmp_path):
 
 def test_cli_errors_are_clear(settings):
     result = runner.invoke(app, ["features"])
+    assert result.exit_code == 1 and "run `brewcast validate` first" in result.output
+    result = runner.invoke(app, ["features", "--stage", "raw"])
     assert result.exit_code == 1 and "run `brewcast ingest` first" in result.output
     result = runner.invoke(app, ["ingest", "--source", "brewerypi"])
     assert result.exit_code == 2 and "BREWCAST_BREWERYPI_URL" in result.output

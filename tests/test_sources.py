@@ -124,10 +124,10 @@ def test_bad_drop_files_are_rejected_with_reasons_and_kept(settings, small_world
     report = ingest_drop_folder(settings)
     assert set(report.rejected) == set(BAD_FILES)
     for name, (content, pattern) in BAD_FILES.items():
-        kept = drop / "rejected" / name
+        kept = settings.lake_dir / "quarantine" / "files" / name
         raw = content if isinstance(content, bytes) else content.encode()
         assert kept.read_bytes() == raw  # every byte kept
-        reason = json.loads((drop / "rejected" / f"{name}.reason.json").read_text())
+        reason = json.loads(kept.with_name(f"{name}.reason.json").read_text())
         assert reason["file"] == name
         assert pd.Series([reason["reason"]]).str.contains(pattern).all(), reason
     assert report.readings == 10 and report.batches == 3  # good files still went through

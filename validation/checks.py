@@ -1,0 +1,88 @@
+"""Derived check columns: facts about a row that need context (its batch, its neighbours).
+
+Great Expectations validates one frame at a time, so what a row means in context is
+computed here first, as plain columns the suites can put expectations on: how far a
+reading lies from its batch's window, how much gravity rose since the previous reading of
+the batch, how far a timestamp lies in the future. Pure pandas; no GX import.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from brewcast.schema import BATCHES, READING_VALUE_RANGES, READINGS, Table
+
+HOURS_AFTER_PITCH = "check_hours_after_pitch"
+HOURS_AFTER_END = "check_hours_after_end"
+HOURS_IN_FUTURE = "check_hours_in_future"
+GRAVITY_RISE = "check_gravity_rise_plato"
+
+CHECK_COLUMNS: dict[str, tuple[str, ...]] = {
+    "readings": (HOURS_AFTER_PITCH, HOURS_AFTER_END, HOURS_IN_FUTURE, GRAVITY_RISE),
+    "batches": (HOURS_IN_FUTURE,),
+    "features": (),
+}
+
+
+def _hours(delta: pd.Series) -> pd.Series:
+    return delta.dt.total_seconds() / 3600.0
+
+
+def add_checks(
+    frame: pd.DataFrame,
+    table: Table,
+    now: pd.Timestamp,
+    batches: pd.DataFrame | None = None,
+    previous_gravity: pd.DataFrame | None = None,
+) -> pd.DataFrame:
+    """``frame`` plus the check columns of ``table`` (a fresh RangeIndex: row numbers).
+
+    ``batches`` gives readings their batch window; ``previous_gravity`` (batch_id,
+    timestamp, value) gives each batch's last earlier gravity reading already validated,
+    so a rise across partition files is still seen.
+    """
+    out = frame.reset_index(drop=True).copy()
+    if table is READINGS:
+        windows = (batches if batches is not None else BATCHES.empty()).drop_duplicates(
+            "batch_id", keep="last"
+        )
+        windows = windows.set_index("batch_id")
+        start = pd.Series(windows["start_time"].reindex(out["batch_id"]).array, index=out.index)
+        end = pd.Series(windows["end_time"].reindex(out["batch_id"]).array, index=out.index)
+        out[HOURS_AFTER_PITCH] = _hours(out["timestamp"] - start)
+        out[HOURS_AFTER_END] = _hours(out["timestamp"] - end)
+        out[HOURS_IN_FUTURE] = _hours(out["timestamp"] - now)
+        in_window = (out[HOURS_AFTER_PITCH] >= 0) & ~(out[HOURS_AFTER_END] > 0)
+        out[GRAVITY_RISE] = gravity_rise(out, previous_gravity, in_window)
+    elif table is BATCHES:
+        out[HOURS_IN_FUTURE] = _hours(out["start_time"] - now)
+    return out
+
+
+def gravity_rise(
+    readings: pd.DataFrame,
+    previous: pd.DataFrame | None = None,
+    candidates: pd.Series | None = None,
+) -> pd.Series:
+    """Per gravity reading: its value minus the batch's previous plausible gravity reading.
+
+    Implausible values (outside the schema range, missing, or not ``candidates``, e.g.
+    outside the batch window) are skipped as neighbours, so a single bad reading is flagged
+    once (by its own check) and does not make its successor look like a rise. Rows that are
+    not gravity readings, or have no predecessor, get NaN.
+    """
+    low, high = READING_VALUE_RANGES["gravity_plato"]
+    is_gravity = readings["tag"] == "gravity_plato"
+    plausible = is_gravity & readings["value"].between(low, high)
+    if candidates is not None:
+        plausible &= candidates
+    seq = readings.loc[plausible, ["batch_id", "timestamp", "value"]].assign(_own=True)
+    if previous is not None and len(previous):
+        seq = pd.concat([previous[["batch_id", "timestamp", "value"]].assign(_own=False), seq])
+    seq = seq.sort_values(["batch_id", "timestamp"], kind="mergesort")
+    rise = seq["value"] - seq.groupby("batch_id", sort=False)["value"].shift(1)
+    own = seq["_own"].to_numpy(dtype=bool)
+    out = pd.Series(np.nan, index=readings.index, dtype="float64")
+    out.loc[seq.index[own]] = rise.to_numpy()[own]
+    return out
