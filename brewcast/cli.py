@@ -197,5 +197,33 @@ def features(
     )
 
 
+@app.command()
+def train(
+    workdir: Annotated[
+        Path | None, typer.Option(help="Where the stages write (default: HOME/training/<time>).")
+    ] = None,
+    quiet: Annotated[bool, typer.Option(help="No per-epoch lines.")] = False,
+) -> None:
+    """Train, calibrate, choose the threshold, export ONNX, evaluate, register, gate."""
+    from models.pipeline import TrainingError, train_and_register
+
+    settings = get_settings()
+    try:
+        result = train_and_register(settings, workdir, progress=not quiet)
+    except TrainingError as exc:
+        raise _fail(str(exc), code=1) from exc
+    typer.echo(
+        f"run {result.run_id}: registered {settings.model_name} version "
+        f"{result.version} as challenger"
+    )
+    if result.promoted:
+        typer.echo(f"gate passed: version {result.version} is now champion")
+    else:
+        typer.echo("gate rejected the model (it stays registered, not promoted):")
+        for reason in result.verdict["reasons"]:
+            typer.echo(f"  {reason}")
+    typer.echo(f"tracking: {settings.tracking_uri}")
+
+
 if __name__ == "__main__":
     app()

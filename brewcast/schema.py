@@ -476,3 +476,14 @@ def season_of(timestamps: pd.Series) -> pd.Series:
         ]
     )
     return pd.Series(names[month - 1], index=timestamps.index, dtype="string")
+
+
+def schema_fingerprint() -> str:
+    """A short hash of the feature table's definition: models and services built from
+    different schemas refuse to be mixed up."""
+    import hashlib
+    import json
+    from dataclasses import asdict
+
+    spec = json.dumps([asdict(c) for c in FEATURES.columns], sort_keys=True, default=str)
+    return hashlib.sha256(spec.encode()).hexdigest()[:16]

@@ -78,6 +78,51 @@ class Settings(BaseSettings):
         20, description="Partitions smaller than this get no distribution expectations."
     )
 
+    # training
+    hidden_layers: str = Field("64,32", description="Hidden layer widths, comma-separated.")
+    activation: str = Field("relu", description="Hidden layer activation.")
+    l1: float = Field(0.0, description="L1 weight penalty (drives useless weights to zero).")
+    l2: float = Field(1e-4, description="L2 weight penalty.")
+    dropout: float = Field(0.1, description="Dropout rate after each hidden layer.")
+    learning_rate: float = Field(2e-3, description="Adam learning rate.")
+    batch_size: int = Field(256, description="Training batch size.")
+    epochs: int = Field(60, description="Maximum epochs (early stopping usually ends sooner).")
+    patience: int = Field(8, description="Early-stopping patience in epochs.")
+    calibration_method: Literal["platt", "temperature", "none"] = Field(
+        "platt", description="Recalibration fitted on the validation split."
+    )
+    threshold_policy: Literal["cost", "precision_target"] = Field(
+        "cost", description="How the decision threshold is chosen on the validation split."
+    )
+    cost_false_finished: float = Field(
+        10.0, description="Cost of calling a batch finished when it is not (spoiled beer)."
+    )
+    cost_late: float = Field(1.0, description="Cost of a late call (tank time wasted).")
+    precision_target: float = Field(0.95, description="Precision floor of that policy.")
+    min_split_batches: int = Field(
+        5, description="Fewest batches each of train/validation/test may have."
+    )
+
+    # MLflow and the promotion gate
+    mlflow_tracking_uri: str | None = Field(
+        None, description="Tracking server or store (default: sqlite:///HOME/mlflow.db)."
+    )
+    experiment: str = Field("brewcast-training", description="MLflow experiment of training.")
+    model_name: str = Field("fermentation-completion", description="Registered model name.")
+    gate_max_ece: float = Field(0.05, description="Largest overall ECE a champion may have.")
+    gate_max_slice_ece: float = Field(0.10, description="Largest ECE in a supported slice.")
+    gate_max_abs_bias: float = Field(
+        0.05, description="Largest |prediction bias|, overall and in every supported slice."
+    )
+    gate_min_slice_rows: int = Field(200, description="Rows a slice needs before it can fail.")
+    gate_tolerance: float = Field(
+        0.01, description="How much worse than the champion (log loss, AUC) a challenger may be."
+    )
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.mlflow_tracking_uri or f"sqlite:///{(self.home / 'mlflow.db').resolve()}"
+
     @property
     def lake_dir(self) -> Path:
         return self.home / "lake"

@@ -35,8 +35,12 @@ class Confusion:
         """Decisions ``p >= threshold`` against labels ``y``."""
         y, p = _arrays(y, p)
         pos, dec = y == 1, p >= threshold
-        return cls(int((pos & dec).sum()), int((~pos & dec).sum()),
-                   int((~pos & ~dec).sum()), int((pos & ~dec).sum()))
+        return cls(
+            int((pos & dec).sum()),
+            int((~pos & dec).sum()),
+            int((~pos & ~dec).sum()),
+            int((pos & ~dec).sum()),
+        )
 
     @property
     def n(self) -> int:
@@ -72,8 +76,10 @@ class Confusion:
     def accuracy_note(self) -> str | None:
         """DOMAIN.md's accuracy paradox, said out loud where it applies."""
         if self.n and self.accuracy <= self.majority_rate:
-            return (f"accuracy {self.accuracy:.3f} does not beat the majority rate "
-                    f"{self.majority_rate:.3f}: accuracy is meaningless here")
+            return (
+                f"accuracy {self.accuracy:.3f} does not beat the majority rate "
+                f"{self.majority_rate:.3f}: accuracy is meaningless here"
+            )
         return None
 
 
@@ -145,19 +151,22 @@ def reliability_table(y, p, bins: int = 10, strategy: str = "uniform") -> pd.Dat
     if strategy == "uniform":
         edges = np.linspace(0.0, 1.0, bins + 1)
     elif strategy == "quantile":
-        edges = np.unique(np.quantile(p, np.linspace(0.0, 1.0, bins + 1))) if p.size else (
-            np.array([0.0, 1.0]))
+        edges = (
+            np.unique(np.quantile(p, np.linspace(0.0, 1.0, bins + 1)))
+            if p.size
+            else (np.array([0.0, 1.0]))
+        )
         edges[0], edges[-1] = 0.0, 1.0
     else:
         raise ValueError(f"strategy must be uniform or quantile, not {strategy!r}")
     bucket = np.searchsorted(edges[1:-1], p, side="left")  # (low, high], as scikit-learn
     frame = pd.DataFrame({"bucket": bucket, "p": p, "y": y})
-    table = frame.groupby("bucket").agg(count=("p", "size"), mean_predicted=("p", "mean"),
-                                        observed_rate=("y", "mean"))
+    table = frame.groupby("bucket").agg(
+        count=("p", "size"), mean_predicted=("p", "mean"), observed_rate=("y", "mean")
+    )
     table["low"] = edges[table.index]
     table["high"] = edges[table.index + 1]
-    return table.reset_index(drop=True)[["low", "high", "count", "mean_predicted",
-                                         "observed_rate"]]
+    return table.reset_index(drop=True)[["low", "high", "count", "mean_predicted", "observed_rate"]]
 
 
 def expected_calibration_error(y, p, bins: int = 10, strategy: str = "uniform") -> float:
@@ -183,8 +192,9 @@ def classification_report(y, p, threshold: float, groups=None) -> dict[str, floa
         "log_loss": log_loss(y, p) if y.size else float("nan"),
         "brier": brier(y, p) if y.size else float("nan"),
         "ece": expected_calibration_error(y, p, 10, "uniform") if y.size else float("nan"),
-        "ece_quantile": expected_calibration_error(y, p, 10, "quantile") if y.size else float(
-            "nan"),
+        "ece_quantile": expected_calibration_error(y, p, 10, "quantile")
+        if y.size
+        else float("nan"),
         "bias": bias.value,
         "bias_low": bias.low,
         "bias_high": bias.high,

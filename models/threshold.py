@@ -49,9 +49,14 @@ def _sweep(y: np.ndarray, p: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
-def choose_threshold(y, p, policy: Policy = "cost", cost_false_finished: float = 10.0,
-                     cost_late: float = 1.0, precision_target: float = 0.95
-                     ) -> ThresholdReport:
+def choose_threshold(
+    y,
+    p,
+    policy: Policy = "cost",
+    cost_false_finished: float = 10.0,
+    cost_late: float = 1.0,
+    precision_target: float = 0.95,
+) -> ThresholdReport:
     """Pick the threshold on validation labels ``y`` and calibrated probabilities ``p``."""
     y = np.asarray(y, dtype=np.float64).ravel()
     p = np.asarray(p, dtype=np.float64).ravel()
@@ -72,10 +77,18 @@ def choose_threshold(y, p, policy: Policy = "cost", cost_false_finished: float =
     threshold = float(s["threshold"][best])
     c = Confusion.at(y, p, threshold)
     return ThresholdReport(
-        policy=policy, threshold=threshold, expected_cost_per_row=float(cost[best]),
-        precision=c.precision, recall=c.recall, cost_false_finished=cost_false_finished,
-        cost_late=cost_late, precision_target=precision_target if policy ==
-        "precision_target" else None,
-        curve={"threshold": s["threshold"].tolist(), "precision": precision.tolist(),
-               "recall": recall.tolist(), "cost_per_row": cost.tolist()},
+        policy=policy,
+        threshold=threshold,
+        expected_cost_per_row=float(cost[best]),
+        precision=c.precision,
+        recall=c.recall,
+        cost_false_finished=cost_false_finished,
+        cost_late=cost_late,
+        precision_target=precision_target if policy == "precision_target" else None,
+        curve={
+            "threshold": s["threshold"].tolist(),
+            "precision": precision.tolist(),
+            "recall": recall.tolist(),
+            "cost_per_row": cost.tolist(),
+        },
     )

@@ -114,8 +114,11 @@ def test_threshold_by_precision_target():
     p = np.clip(0.4 * y + 0.6 * RNG.random(400), 0, 1)
     report = choose_threshold(y, p, "precision_target", precision_target=0.9)
     assert report.precision >= 0.9
-    best = max(m.Confusion.at(y, p, t).recall for t in np.unique(p)
-               if m.Confusion.at(y, p, t).precision >= 0.9)
+    best = max(
+        m.Confusion.at(y, p, t).recall
+        for t in np.unique(p)
+        if m.Confusion.at(y, p, t).precision >= 0.9
+    )
     assert report.recall == pytest.approx(best)
     with pytest.raises(ValueError, match="policy"):
         choose_threshold(y, p, "vibes")

@@ -1,0 +1,244 @@
+"""One ONNX graph from raw schema inputs to calibrated probability and hours remaining.
+
+It is composed of three parts, merged with ``onnx.compose``:
+
+* ``pre`` (hand-built): one ``[N, 1]`` input per schema feature — numbers as float32, with
+  NaN imputed by the training medians (``IsNaN`` + ``Where``), categories as strings mapped
+  to vocabulary indices by ``ai.onnx.ml.LabelEncoder`` (unknown -> 0, the OOV index);
+* ``net``: the Keras network (its Normalization layer included), converted with
+  ``tf2onnx.convert.from_function`` and an explicit input signature. ``model.export``
+  leaves the Normalization statistics as extra graph *inputs*, so the captured constants
+  are frozen into initializers here;
+* ``post`` (hand-built): ``probability = Sigmoid(a * logit + b)`` (the calibration) and
+  ``hours_remaining = Relu(hours)``.
+
+The parity check runs the graph in onnxruntime on the test split and compares it with the
+Keras model plus the same calibration in NumPy; above ``PARITY_LIMIT`` the export fails.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from brewcast.schema import schema_fingerprint
+from models.calibrate import Calibration
+from models.inputs import CATEGORICAL, NUMERIC, NUMERIC_INPUT, Preprocessing, raw_inputs
+from models.network import predict_network
+
+PARITY_LIMIT = 1e-4
+IR_VERSION = 8  # what tf2onnx 1.17 writes; merge_models needs every part to agree
+OPSET = 17
+ML_OPSET = 2  # ai.onnx.ml LabelEncoder-2: keys_strings / values_int64s / default_int64
+OUTPUTS = ("probability", "hours_remaining")
+
+
+class ParityError(RuntimeError):
+    """The ONNX graph does not reproduce the Keras model within the limit."""
+
+
+@dataclass
+class ExportResult:
+    model: object  # onnx.ModelProto
+    parity_max_abs_error: float
+    parity_hours_max_abs_error: float
+    parity_rows: int
+
+    def serialized(self) -> bytes:
+        return self.model.SerializeToString()
+
+
+def network_to_onnx(model) -> object:
+    """The Keras network as ONNX with its captured constants frozen into initializers."""
+    import tensorflow as tf
+    import tf2onnx
+    from onnx import numpy_helper
+
+    try:  # Keras ships a NumPy 2 compatibility patch for tf2onnx
+        from keras.src.export.tf2onnx_lib import patch_tf2onnx
+
+        patch_tf2onnx()
+    except ImportError:  # pragma: no cover - older Keras
+        pass
+    numeric_width = model.get_layer("normalise").input.shape[-1]
+    spec = [tf.TensorSpec((None, numeric_width), tf.float32, name=NUMERIC_INPUT)] + [
+        tf.TensorSpec((None, 1), tf.int64, name=name) for name in CATEGORICAL
+    ]
+    names = [NUMERIC_INPUT, *CATEGORICAL]
+
+    @tf.function(input_signature=spec)
+    def serve(*tensors):
+        out = model(dict(zip(names, tensors, strict=True)), training=False)
+        return {"logit": out["logit"], "hours": out["hours"]}
+
+    concrete = serve.get_concrete_function(*spec)
+    captured = {
+        t.name.split(":")[0] + ":0": v.numpy()
+        for t, v in zip(concrete.inputs[len(spec) :], concrete.captured_inputs, strict=False)
+        if v.dtype != tf.resource
+    }
+    proto, _ = tf2onnx.convert.from_function(serve, input_signature=spec, opset=OPSET)
+    keep = []
+    for value in proto.graph.input:
+        if value.name in captured:
+            proto.graph.initializer.append(
+                numpy_helper.from_array(captured[value.name], value.name)
+            )
+        else:
+            keep.append(value)
+    del proto.graph.input[:]
+    proto.graph.input.extend(keep)
+    return proto
+
+
+def _pre_graph(pre: Preprocessing):
+    from onnx import TensorProto, helper, numpy_helper
+
+    fill = np.array([pre.fill_values[n] for n in NUMERIC], np.float32).reshape(1, -1)
+    nodes = [
+        helper.make_node("Concat", NUMERIC, ["pre/raw"], axis=1, name="pre/concat"),
+        helper.make_node("IsNaN", ["pre/raw"], ["pre/missing"], name="pre/isnan"),
+        helper.make_node(
+            "Where", ["pre/missing", "pre/fill", "pre/raw"], ["pre/numeric"], name="pre/impute"
+        ),
+    ]
+    inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", 1]) for n in NUMERIC]
+    outputs = [helper.make_tensor_value_info("pre/numeric", TensorProto.FLOAT, ["N", len(NUMERIC)])]
+    for name in CATEGORICAL:
+        vocabulary = list(pre.vocabularies[name])
+        inputs.append(helper.make_tensor_value_info(name, TensorProto.STRING, ["N", 1]))
+        nodes.append(
+            helper.make_node(
+                "LabelEncoder",
+                [name],
+                [f"pre/{name}"],
+                domain="ai.onnx.ml",
+                name=f"pre/vocab_{name}",
+                keys_strings=vocabulary,
+                values_int64s=list(range(1, len(vocabulary) + 1)),
+                default_int64=0,
+            )
+        )
+        outputs.append(helper.make_tensor_value_info(f"pre/{name}", TensorProto.INT64, ["N", 1]))
+    graph = helper.make_graph(
+        nodes,
+        "preprocess",
+        inputs,
+        outputs,
+        initializer=[numpy_helper.from_array(fill, "pre/fill")],
+    )
+    return _model(graph)
+
+
+def _post_graph(calibration: Calibration):
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [
+        helper.make_node("Mul", ["post/logit", "post/a"], ["post/scaled"]),
+        helper.make_node("Add", ["post/scaled", "post/b"], ["post/z"]),
+        helper.make_node("Sigmoid", ["post/z"], ["probability"]),
+        helper.make_node("Relu", ["post/hours"], ["hours_remaining"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "calibrate",
+        [
+            helper.make_tensor_value_info("post/logit", TensorProto.FLOAT, ["N", 1]),
+            helper.make_tensor_value_info("post/hours", TensorProto.FLOAT, ["N", 1]),
+        ],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N", 1]) for name in OUTPUTS],
+        initializer=[
+            numpy_helper.from_array(np.array(calibration.a, np.float32), "post/a"),
+            numpy_helper.from_array(np.array(calibration.b, np.float32), "post/b"),
+        ],
+    )
+    return _model(graph)
+
+
+def _model(graph):
+    from onnx import helper
+
+    return helper.make_model(
+        graph,
+        ir_version=IR_VERSION,
+        producer_name="brewcast",
+        opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid("ai.onnx.ml", ML_OPSET)],
+    )
+
+
+def compose_model(
+    pre: Preprocessing, network, calibration: Calibration, metadata: dict[str, object] | None = None
+):
+    """pre + network + calibration as one checked ONNX model with metadata properties."""
+    import onnx
+    from onnx import compose
+
+    net = compose.add_prefix(network, prefix="net/")  # its inputs share the raw names
+    first = compose.merge_models(
+        _pre_graph(pre),
+        net,
+        io_map=[("pre/numeric", f"net/{NUMERIC_INPUT}")]
+        + [(f"pre/{name}", f"net/{name}") for name in CATEGORICAL],
+    )
+    full = compose.merge_models(
+        first,
+        _post_graph(calibration),
+        io_map=[("net/logit", "post/logit"), ("net/hours", "post/hours")],
+        outputs=list(OUTPUTS),
+    )
+    used = {name for node in full.graph.node for name in node.input}
+    unused = [init for init in full.graph.initializer if init.name not in used]
+    for init in unused:  # constants tf2onnx folded away
+        full.graph.initializer.remove(init)
+    full.graph.name = "fermentation_completion"
+    meta = {
+        "schema_fingerprint": schema_fingerprint(),
+        "calibration": json.dumps(
+            {"method": calibration.method, "a": calibration.a, "b": calibration.b}
+        ),
+        **{k: json.dumps(v) if not isinstance(v, str) else v for k, v in (metadata or {}).items()},
+    }
+    onnx.helper.set_model_props(full, meta)
+    onnx.checker.check_model(full, full_check=True)
+    return full
+
+
+def cpu_session(model_bytes: bytes, threads: int = 1):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # the CUDA provider's absence is not news on a CPU host
+    return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+
+
+def run_onnx(session, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    probability, hours = session.run(list(OUTPUTS), raw_inputs(frame))
+    return probability.ravel().astype(np.float64), hours.ravel().astype(np.float64)
+
+
+def export_model(
+    pre: Preprocessing,
+    keras_model,
+    calibration: Calibration,
+    parity_frame: pd.DataFrame,
+    metadata: dict[str, object] | None = None,
+) -> ExportResult:
+    """Compose the graph and check it against Keras on ``parity_frame`` (the test split)."""
+    full = compose_model(pre, network_to_onnx(keras_model), calibration, metadata)
+    session = cpu_session(full.SerializeToString())
+    probability, hours = run_onnx(session, parity_frame)
+    logit, keras_hours = predict_network(keras_model, pre.network_inputs(parity_frame))
+    error = float(np.max(np.abs(probability - calibration.apply(logit)))) if len(logit) else 0.0
+    hours_error = float(np.max(np.abs(hours - np.maximum(keras_hours, 0.0)))) if len(logit) else 0.0
+    result = ExportResult(full, error, hours_error, len(parity_frame))
+    if error > PARITY_LIMIT:
+        raise ParityError(
+            f"ONNX probability differs from Keras by {error:.3g} "
+            f"(limit {PARITY_LIMIT:g}) on {len(parity_frame)} test rows"
+        )
+    return result
