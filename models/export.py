@@ -193,6 +193,11 @@ def compose_model(
     unused = [init for init in full.graph.initializer if init.name not in used]
     for init in unused:  # constants tf2onnx folded away
         full.graph.initializer.remove(init)
+    seen = {}  # merge_models repeats each domain's opset import once per merged part
+    for opset in full.opset_import:
+        seen.setdefault(opset.domain, opset.version)
+    del full.opset_import[:]
+    full.opset_import.extend(onnx.helper.make_opsetid(d, v) for d, v in seen.items())
     full.graph.name = "fermentation_completion"
     meta = {
         "schema_fingerprint": schema_fingerprint(),

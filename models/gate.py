@@ -1,8 +1,8 @@
 """The promotion gate: a challenger becomes champion only if every check passes.
 
 Checks: ONNX parity; ECE and |prediction bias| under their limits overall and in every
-slice with enough rows; and not worse than the current champion beyond a tolerance, both
-scored on the same test rows. The verdict lists every check with its value and limit, so
+slice with enough rows; better than the non-ML slope rule; and not worse than the current
+champion beyond a tolerance, all scored on the same test rows. The verdict lists every check with its value and limit, so
 a rejected model says why.
 """
 
@@ -69,8 +69,10 @@ def promotion_gate(
     slices: pd.DataFrame,
     limits: GateLimits,
     champion: dict | None = None,
+    rule: dict | None = None,
 ) -> Verdict:
-    """``overall``/``champion``: metric dicts on the same test rows (``models.metrics``)."""
+    """``overall``/``champion``/``rule``: metric dicts on the same test rows
+    (``models.metrics``); ``rule`` is the non-ML baseline a model must beat to ship."""
     checks = [
         Check("parity_max_abs_error", parity_error, limits.parity, parity_error <= limits.parity),
         Check("ece", overall["ece"], limits.max_ece, overall["ece"] <= limits.max_ece),
@@ -96,6 +98,15 @@ def promotion_gate(
                 abs(row.bias),
                 limits.max_abs_bias,
                 abs(row.bias) <= limits.max_abs_bias,
+            )
+        )
+    if rule is not None:
+        checks.append(
+            Check(
+                "log_loss vs slope rule",
+                overall["log_loss"],
+                rule["log_loss"],
+                overall["log_loss"] < rule["log_loss"],
             )
         )
     if champion is not None:

@@ -367,6 +367,7 @@ def register(settings: Settings, workdir: Path) -> RegisteredModel:
         slices,
         GateLimits.from_settings(settings),
         champion,
+        evaluation["baselines"].get("slope_rule"),
     )
 
     metric_values = flatten_metrics("test", evaluation["test"], slices)

@@ -23,3 +23,38 @@ SMALL_WORLD = SimulationConfig(
 @pytest.fixture(scope="session")
 def small_world() -> Simulation:
     return simulate(SMALL_WORLD)
+
+
+TRAINING_WORLD = SimulationConfig(
+    start=pd.Timestamp("2026-01-01", tz="UTC"), days=240.0, fermenters=6, seed=5
+)
+TRAINING_OVERRIDES = dict(epochs=30, patience=5, gate_min_slice_rows=100)
+
+
+def publish_training_features(settings: Settings, world: Simulation) -> None:
+    """Labelled snapshots of ``world`` straight into lake/features (validation has its own
+    tests; here it would only cost time)."""
+    from brewcast import lake
+    from brewcast.schema import FEATURES
+    from models.dataset import LabelRules, build_snapshots
+
+    snaps = build_snapshots(world.batches, world.readings, LabelRules.from_settings(settings))
+    lake.replace_table(snaps, FEATURES, settings.lake_dir, "features", "snapshots")
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """One model trained through every stage up to (not including) MLflow registration:
+    (settings, workdir). Tests that register copy the workdir first."""
+    from models import pipeline
+
+    home = tmp_path_factory.mktemp("trained")
+    settings = Settings(home=home / "home", **TRAINING_OVERRIDES)
+    publish_training_features(settings, simulate(TRAINING_WORLD))
+    workdir = home / "work"
+    pipeline.prepare(settings, workdir)
+    pipeline.fit(settings, workdir, progress=False)
+    pipeline.calibrate(settings, workdir)
+    pipeline.export(settings, workdir)
+    pipeline.evaluate(settings, workdir)
+    return settings, workdir

@@ -1,0 +1,197 @@
+"""Training stages: the network beats the no-ML rule, calibration helps, the threshold
+follows the costs, the ONNX graph takes raw schema inputs and matches Keras."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pandas as pd
+import pytest
+
+from brewcast.schema import FEATURES, LABEL, categorical_features, numeric_features
+from models import metrics, pipeline
+from models.calibrate import Calibration
+from models.export import OUTPUTS, PARITY_LIMIT, cpu_session, run_onnx
+from models.gate import GateLimits, promotion_gate
+from models.inputs import CATEGORICAL, NUMERIC, raw_inputs
+from tests.conftest import TRAINING_OVERRIDES
+
+
+def _load(workdir, name):
+    return json.loads((workdir / name).read_text())
+
+
+def test_splits_keep_batches_apart(trained):
+    _, workdir = trained
+    frames = {s: pd.read_parquet(workdir / f"{s}.parquet") for s in ("train", "validation", "test")}
+    ids = [set(f["batch_id"]) for f in frames.values()]
+    assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
+    data = _load(workdir, "data.json")
+    assert len(data["data_snapshot_id"]) == 16 and data["test_batches"] >= 5
+
+
+def test_network_beats_the_rule_and_calibration_helps(trained):
+    _, workdir = trained
+    evaluation = _load(workdir, "evaluation.json")
+    test = evaluation["test"]
+    assert test["auc"] > 0.95
+    assert evaluation["beats_baselines"]["slope_rule"]
+    assert test["log_loss"] < evaluation["baselines"]["slope_rule"]["log_loss"]
+    cal = evaluation["calibration_validation"]
+    assert cal["validation_after"]["log_loss"] <= cal["validation_before"]["log_loss"] + 1e-9
+    fitted = _load(workdir, "fit.json")
+    assert 1 <= fitted["best_epoch"] <= fitted["epochs_run"] <= TRAINING_OVERRIDES["epochs"]
+
+
+def test_evaluation_matches_an_independent_computation(trained):
+    _, workdir = trained
+    test = pd.read_parquet(workdir / "test.parquet")
+    probability, _ = run_onnx(cpu_session((workdir / "model.onnx").read_bytes()), test)
+    from sklearn.metrics import log_loss, roc_auc_score
+
+    evaluation = _load(workdir, "evaluation.json")["test"]
+    assert evaluation["auc"] == pytest.approx(roc_auc_score(test[LABEL], probability))
+    assert evaluation["log_loss"] == pytest.approx(log_loss(test[LABEL], probability), rel=1e-6)
+    slices = pd.read_csv(workdir / "slices.csv")
+    assert set(slices["slice"]) == {"brand", "yeast_strain", "fermenter", "season"}
+    for key, part in slices.groupby("slice"):
+        assert part["rows"].sum() == len(test), key
+    for plot in (
+        "calibration",
+        "roc_pr",
+        "bias_by_slice",
+        "loss_curves",
+        "calibration_by_yeast_strain",
+    ):
+        assert (workdir / "plots" / f"{plot}.png").stat().st_size > 5000
+
+
+def test_threshold_follows_the_costs(trained):
+    settings, workdir = trained
+    threshold = _load(workdir, "calibration.json")["threshold"]
+    assert threshold["policy"] == "cost" and threshold["threshold"] > 0.5  # FP costs 10x
+    cheap_fp = settings.model_copy(update={"cost_false_finished": 1.0, "cost_late": 10.0})
+    other = workdir.parent / "cheap_fp"
+    other.mkdir(exist_ok=True)
+    for name in (
+        "train.parquet",
+        "validation.parquet",
+        "test.parquet",
+        "preprocessing.json",
+        "network.keras",
+    ):
+        (other / name).write_bytes((workdir / name).read_bytes())
+    assert pipeline.calibrate(cheap_fp, other)["threshold"]["threshold"] < threshold["threshold"]
+
+
+def test_onnx_graph_takes_the_schema_and_matches_keras(trained):
+    _, workdir = trained
+    model = onnx.load(str(workdir / "model.onnx"))
+    names = [i.name for i in model.graph.input]
+    assert names == [c.name for c in numeric_features()] + [c.name for c in categorical_features()]
+    assert [o.name for o in model.graph.output] == list(OUTPUTS)
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert {"schema_fingerprint", "calibration", "threshold", "data_snapshot_id"} <= set(meta)
+    parity = _load(workdir, "export.json")
+    assert parity["parity_max_abs_error"] < PARITY_LIMIT
+    assert parity["parity_rows"] == len(pd.read_parquet(workdir / "test.parquet"))
+
+
+def test_onnx_handles_unknown_categories_and_missing_numbers(trained):
+    _, workdir = trained
+    session = cpu_session((workdir / "model.onnx").read_bytes())
+    row = pd.read_parquet(workdir / "test.parquet").head(1)
+    base, _ = run_onnx(session, row)
+    unknown = row.copy()
+    unknown["brand"] = "mystery_ale"
+    oov = row.copy()
+    oov["brand"] = None
+    assert run_onnx(session, unknown)[0] == pytest.approx(run_onnx(session, oov)[0])
+    pre = json.loads((workdir / "preprocessing.json").read_text())
+    missing = row.copy()
+    missing["dissolved_oxygen_ppm"] = np.nan
+    filled = row.copy()
+    filled["dissolved_oxygen_ppm"] = pre["fill_values"]["dissolved_oxygen_ppm"]
+    assert run_onnx(session, missing)[0] == pytest.approx(run_onnx(session, filled)[0], abs=1e-6)
+    assert 0.0 <= base[0] <= 1.0
+    inputs = raw_inputs(row)
+    assert set(inputs) == set(NUMERIC + CATEGORICAL)
+    assert all(v.shape == (1, 1) for v in inputs.values())
+
+
+def test_schema_views_agree(trained):
+    """The one schema: GX suites, dataset, network inputs, ONNX inputs all derive from it."""
+    settings, workdir = trained
+    from validation.suites import build_expectations
+
+    suite_columns = {
+        e.column
+        for e in build_expectations(FEATURES, settings)
+        if getattr(e, "column", None) and not e.column.startswith("check_")
+    }
+    assert suite_columns == set(FEATURES.names)
+    test = pd.read_parquet(workdir / "test.parquet")
+    assert list(test.columns) == FEATURES.names
+    from models.network import _keras, masked_huber
+
+    net = _keras().models.load_model(
+        workdir / "network.keras", custom_objects={"masked_huber": masked_huber}
+    )
+    assert [i.name for i in net.inputs] == ["numeric", *CATEGORICAL]
+    assert net.inputs[0].shape[-1] == len(NUMERIC)
+
+
+def test_gate_checks():
+    slices = pd.DataFrame(
+        [
+            {"slice": "yeast_strain", "value": "a", "rows": 500, "ece": 0.02, "bias": 0.01},
+            {"slice": "yeast_strain", "value": "b", "rows": 500, "ece": 0.20, "bias": 0.09},
+            {"slice": "yeast_strain", "value": "thin", "rows": 10, "ece": 0.50, "bias": 0.40},
+        ]
+    )
+    overall = {"ece": 0.02, "bias": 0.01, "log_loss": 0.20, "auc": 0.95}
+    limits = GateLimits(min_slice_rows=100)
+    verdict = promotion_gate(1e-7, overall, slices, limits)
+    assert not verdict.passed
+    assert verdict.reasons == [
+        "slice yeast_strain=b ece: 0.2 vs limit 0.1",
+        "slice yeast_strain=b abs_bias: 0.09 vs limit 0.05",
+    ]
+    good = slices.iloc[[0, 2]]
+    assert promotion_gate(1e-7, overall, good, limits).passed  # the thin slice cannot fail
+    assert not promotion_gate(1e-3, overall, good, limits).passed  # parity
+    champion = {"log_loss": 0.15, "auc": 0.97}
+    verdict = promotion_gate(1e-7, overall, good, limits, champion)
+    assert {c.name for c in verdict.checks if not c.passed} == {
+        "log_loss vs champion",
+        "auc vs champion",
+    }
+    close = {"log_loss": 0.195, "auc": 0.955}
+    assert promotion_gate(1e-7, overall, good, limits, close).passed
+    verdict = promotion_gate(1e-7, overall, good, limits, rule={"log_loss": 0.18})
+    assert verdict.reasons == ["log_loss vs slope rule: 0.2 vs limit 0.18"]
+
+
+def test_too_little_data_is_a_clear_error(settings, small_world, tmp_path):
+    from tests.conftest import publish_training_features
+
+    few = small_world.batches.iloc[:8]["batch_id"]
+    world = type(small_world)(
+        small_world.config,
+        small_world.batches[small_world.batches["batch_id"].isin(few)],
+        small_world.readings[small_world.readings["batch_id"].isin(few)],
+        small_world.truth,
+    )
+    publish_training_features(settings, world)
+    with pytest.raises(pipeline.TrainingError, match="too little labelled data"):
+        pipeline.prepare(settings, tmp_path / "w")
+    with pytest.raises(pipeline.TrainingError, match="no published features"):
+        pipeline.prepare(settings.model_copy(update={"home": tmp_path / "empty"}), tmp_path / "w2")
+
+
+def test_calibration_applies_as_in_the_graph():
+    cal = Calibration("platt", 2.0, -1.0)
+    assert cal.apply(np.array([0.5]))[0] == pytest.approx(0.5)
+    assert metrics.log_loss([1], [0.5]) == pytest.approx(np.log(2))
