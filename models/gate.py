@@ -2,8 +2,8 @@
 
 Checks: ONNX parity; ECE and |prediction bias| under their limits overall and in every
 slice with enough rows; better than the non-ML slope rule; and not worse than the current
-champion beyond a tolerance, all scored on the same test rows. The verdict lists every check with its value and limit, so
-a rejected model says why.
+champion beyond a tolerance, all scored on the same test rows. The verdict lists every
+check with its value and limit, so a rejected model says why.
 """
 
 from __future__ import annotations
