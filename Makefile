@@ -29,10 +29,11 @@ lint: setup
 
 demo: setup
 	@echo "brewcast demo: not yet (the demo issue wires Airflow, MLflow and BentoML); for now it"
-	@echo "simulates a cellar, validates it and builds labelled snapshots under $(BREWCAST_HOME)"
+	@echo "simulates a cellar, validates it, builds snapshots and trains + registers a model"
 	$(BIN)/brewcast simulate --to lake
 	$(BIN)/brewcast validate || true  # the simulator's bad records are quarantined: exit 1
 	$(BIN)/brewcast features
+	$(BIN)/brewcast train --quiet
 
 bench: setup
 	$(BIN)/python -m benchmarks

@@ -341,6 +341,7 @@ def register(settings: Settings, workdir: Path) -> RegisteredModel:
     """Log the run, register the ONNX graph as ``challenger``, gate it, maybe promote it."""
     import mlflow
     import onnx
+    import onnxruntime as ort
     from mlflow import MlflowClient
     from mlflow.models import infer_signature
 
@@ -458,6 +459,10 @@ def register(settings: Settings, workdir: Path) -> RegisteredModel:
             signature=signature,
             input_example=example,
             registered_model_name=settings.model_name,
+            # one self-contained file (32 KB): serving downloads exactly one .onnx
+            save_as_external_data=False,
+            # the graph needs onnxruntime, not this project's whole lock file
+            pip_requirements=[f"onnx=={onnx.__version__}", f"onnxruntime=={ort.__version__}"],
         )
         log.info("MLflow logging took %.2f s", time.perf_counter() - started)
     version = str(info.registered_model_version)

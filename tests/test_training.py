@@ -195,3 +195,23 @@ def test_calibration_applies_as_in_the_graph():
     cal = Calibration("platt", 2.0, -1.0)
     assert cal.apply(np.array([0.5]))[0] == pytest.approx(0.5)
     assert metrics.log_loss([1], [0.5]) == pytest.approx(np.log(2))
+
+
+def test_training_is_seeded_and_reproducible(trained, tmp_path):
+    settings, workdir = trained
+    quick = settings.model_copy(update={"epochs": 2, "patience": 2})
+    logits = []
+    for run in ("a", "b"):
+        other = tmp_path / run
+        other.mkdir()
+        for name in ("train.parquet", "validation.parquet", "test.parquet", "preprocessing.json"):
+            (other / name).write_bytes((workdir / name).read_bytes())
+        pipeline.fit(quick, other, progress=False)
+        from models.network import predict_network
+
+        model = pipeline._load_network(other)
+        pre = pipeline._preprocessing(other)
+        logits.append(
+            predict_network(model, pre.network_inputs(pd.read_parquet(other / "test.parquet")))[0]
+        )
+    np.testing.assert_array_equal(logits[0], logits[1])

@@ -1,0 +1,159 @@
+"""MLflow: a real tracking server (SQLite, and PostgreSQL as backend), the registered model,
+its aliases and the promotion gate; and the default local store."""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+
+import numpy as np
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+from models import pipeline
+from models.export import cpu_session, run_onnx
+from models.registry import CHALLENGER, CHAMPION, MlflowServer, download_onnx, version_by_alias
+
+pytestmark = pytest.mark.slow
+
+
+def _copy(workdir, target):
+    shutil.copytree(workdir, target)
+    return target
+
+
+@pytest.fixture(scope="module")
+def sqlite_server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mlflow")
+    with MlflowServer(f"sqlite:///{root / 'mlflow.db'}", root / "artifacts") as server:
+        yield server
+
+
+def test_register_gate_and_promote_on_a_tracking_server(trained, sqlite_server, tmp_path):
+    import mlflow
+    from mlflow import MlflowClient
+
+    settings, workdir = trained
+    settings = settings.model_copy(
+        update={"mlflow_tracking_uri": sqlite_server.url, "home": tmp_path / "home"}
+    )
+    first = pipeline.register(settings, _copy(workdir, tmp_path / "w1"))
+    assert first.promoted and first.version == "1", first.verdict
+    assert version_by_alias(settings.model_name, CHAMPION).version == "1"
+    assert version_by_alias(settings.model_name, CHALLENGER).version == "1"
+    assert (settings.home / "validation" / "reference.json").exists()  # the champion's data
+
+    client = MlflowClient()
+    run = client.get_run(first.run_id)
+    for key in (
+        "test/auc",
+        "test/ece",
+        "test/bias",
+        "test/slice/yeast_strain/german_lager/auc",
+        "test/slice/fermenter/FV01/bias",
+        "threshold/threshold",
+        "threshold/expected_cost_per_row",
+        "calibration/a",
+        "onnx/parity_max_abs_error",
+        "validation/before_calibration/ece",
+        "validation/after_calibration/ece",
+        "baseline/slope_rule/log_loss",
+        "baseline/gradient_boosting/auc",
+        "gate/passed",
+    ):
+        assert key in run.data.metrics, key
+    assert run.data.params["data_snapshot_id"] == run.data.tags["data_snapshot_id"]
+    history = client.get_metric_history(first.run_id, "epoch/val_loss")
+    assert len(history) >= 2 and history[0].step == 1
+    artifacts = {a.path for a in client.list_artifacts(first.run_id, "plots")}
+    assert {
+        "plots/calibration.png",
+        "plots/roc_pr.png",
+        "plots/bias_by_slice.png",
+        "plots/loss_curves.png",
+    } <= artifacts
+    reports = {a.path for a in client.list_artifacts(first.run_id, "reports")}
+    assert {
+        "reports/threshold_report.json",
+        "reports/gate_verdict.json",
+        "reports/slices.csv",
+        "reports/calibration.json",
+    } <= reports
+
+    # What the registry serves is what was evaluated.
+    test = pd.read_parquet(workdir / "test.parquet")
+    served = download_onnx(f"models:/{settings.model_name}@{CHAMPION}", tmp_path / "dl")
+    np.testing.assert_allclose(
+        run_onnx(cpu_session(served), test)[0],
+        run_onnx(cpu_session((workdir / "model.onnx").read_bytes()), test)[0],
+        atol=1e-7,
+    )
+    tags = client.get_model_version(settings.model_name, "1").tags
+    assert float(tags["threshold"]) == pytest.approx(
+        pipeline._load(workdir / "calibration.json")["threshold"]["threshold"]
+    )
+
+    # A challenger failing the gate stays registered, not promoted, and says why.
+    strict = settings.model_copy(update={"gate_max_ece": 1e-6})
+    second = pipeline.register(strict, _copy(workdir, tmp_path / "w2"))
+    assert not second.promoted and second.version == "2"
+    assert any(r.startswith("ece:") for r in second.verdict["reasons"])
+    assert version_by_alias(settings.model_name, CHAMPION).version == "1"
+    assert version_by_alias(settings.model_name, CHALLENGER).version == "2"
+    version = client.get_model_version(settings.model_name, "2")
+    assert version.tags["gate"] == "rejected" and "ece" in version.description
+    assert client.get_run(second.run_id).data.tags["gate"] == "rejected"
+    verdict = mlflow.artifacts.load_dict(f"runs:/{second.run_id}/reports/gate_verdict.json")
+    assert not verdict["passed"] and verdict["reasons"]
+
+    # Against a champion: compared on the same test rows; an equal model passes.
+    third = pipeline.register(settings, _copy(workdir, tmp_path / "w3"))
+    names = {c["name"] for c in third.verdict["checks"]}
+    assert {"log_loss vs champion", "auc vs champion"} <= names
+    assert third.promoted and version_by_alias(settings.model_name, CHAMPION).version == "3"
+
+
+def test_default_local_store_keeps_everything_under_home(trained, tmp_path, monkeypatch):
+    settings, workdir = trained
+    monkeypatch.chdir(tmp_path)
+    settings = settings.model_copy(update={"home": tmp_path / "home"})
+    result = pipeline.register(settings, _copy(workdir, tmp_path / "w"))
+    assert result.promoted
+    assert settings.tracking_uri.startswith("sqlite:///")
+    assert (settings.home / "mlflow.db").exists()
+    assert list((settings.home / "mlartifacts").rglob("*.onnx"))
+    assert not (tmp_path / "mlruns").exists()
+
+
+@pytest.fixture
+def postgres_db():
+    admin = sa.create_engine(
+        "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres", isolation_level="AUTOCOMMIT"
+    )
+    name = f"mlflow_{uuid.uuid4().hex[:8]}"
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    except sa.exc.OperationalError as exc:
+        pytest.skip(f"PostgreSQL not reachable on 127.0.0.1:5432: {exc}")
+    yield f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}"
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def test_tracking_server_on_postgresql(trained, postgres_db, tmp_path):
+    settings, workdir = trained
+    with MlflowServer(postgres_db, tmp_path / "artifacts") as server:
+        settings = settings.model_copy(
+            update={"mlflow_tracking_uri": server.url, "home": tmp_path / "home"}
+        )
+        result = pipeline.register(settings, _copy(workdir, tmp_path / "w"))
+        assert result.promoted
+        assert version_by_alias(settings.model_name, CHAMPION).version == result.version
+    engine = sa.create_engine(postgres_db)
+    with engine.connect() as conn:
+        names = conn.execute(sa.text("select name from registered_models")).scalars().all()
+    engine.dispose()
+    assert names == [settings.model_name]
