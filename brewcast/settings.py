@@ -38,7 +38,7 @@ class Settings(BaseSettings):
 
     # simulator defaults (the demo's world)
     simulation_start: str = Field("2026-01-01", description="First pitch of the simulated world.")
-    simulation_days: int = Field(120, description="Length of the simulated world in days.")
+    simulation_days: int = Field(240, description="Length of the simulated world in days.")
     simulation_fermenters: int = Field(8, description="Fermenters in the simulated cellar.")
     drift_column: Literal["brand", "yeast_strain", "fermenter"] = Field(
         "yeast_strain", description="Slice column that the simulator's drift slows down."
