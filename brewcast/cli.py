@@ -225,5 +225,34 @@ def train(
     typer.echo(f"tracking: {settings.tracking_uri}")
 
 
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="HTTP port.")] = 3000,
+) -> None:
+    """Serve the MLflow champion over REST with BentoML (onnxruntime: CUDA if present)."""
+    import os
+    import sys
+
+    settings = get_settings()
+    os.environ.setdefault("BENTOML_HOME", str((settings.home / "bentoml").resolve()))
+    os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
+    bentoml = Path(sys.executable).with_name("bentoml")
+    root = Path(__file__).resolve().parents[1]
+    os.chdir(root)  # bentoml resolves serving.service from the project root
+    os.execv(
+        str(bentoml),
+        [
+            str(bentoml),
+            "serve",
+            "serving.service:FermentationService",
+            "--host",
+            host,
+            "--port",
+            str(port),
+        ],
+    )
+
+
 if __name__ == "__main__":
     app()

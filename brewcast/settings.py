@@ -119,6 +119,31 @@ class Settings(BaseSettings):
         0.01, description="How much worse than the champion (log loss, AUC) a challenger may be."
     )
 
+    # serving
+    require_gpu: bool = Field(False, description="Refuse to serve on the CPU (no silent fallback).")
+    prefer_gpu: bool = Field(True, description="Ask onnxruntime for CUDA first when it has it.")
+    use_tensorrt: bool = Field(False, description="Ask for TensorRT before CUDA.")
+    serving_threads: int = Field(0, description="onnxruntime intra-op threads (0: usable CPUs).")
+    serving_spinning: bool = Field(False, description="Let onnxruntime threads spin.")
+    serving_max_rows: int = Field(1000, description="Most rows one /predict may carry (413).")
+    serving_api_key: str | None = Field(
+        None, description="When set, /predict, /feedback and /reload need header X-API-Key."
+    )
+    serving_poll_seconds: float = Field(
+        30.0, description="How often the service checks MLflow for a new champion (0: never)."
+    )
+    prediction_log_url: str | None = Field(
+        None, description="Prediction log database (default: sqlite:///HOME/predictions.db)."
+    )
+    prediction_log_mode: Literal["sync", "async"] = Field(
+        "sync", description="sync: respond after commit (group commit); async: bounded queue."
+    )
+    prediction_log_queue: int = Field(10_000, description="Async mode's queue bound in rows.")
+
+    @property
+    def prediction_log(self) -> str:
+        return self.prediction_log_url or (f"sqlite:///{(self.home / 'predictions.db').resolve()}")
+
     @property
     def tracking_uri(self) -> str:
         return self.mlflow_tracking_uri or f"sqlite:///{(self.home / 'mlflow.db').resolve()}"

@@ -330,8 +330,16 @@ def _champion_on_test(
     champion = version_by_alias(settings.model_name, CHAMPION)
     if champion is None:
         return None, None
-    onnx_bytes = download_onnx(f"models:/{settings.model_name}@{CHAMPION}", workdir / "champion")
-    probability, _ = run_onnx(cpu_session(onnx_bytes), test)
+    try:
+        onnx_bytes = download_onnx(
+            f"models:/{settings.model_name}@{CHAMPION}", workdir / "champion"
+        )
+        probability, _ = run_onnx(cpu_session(onnx_bytes), test)
+    except Exception:
+        log.exception(
+            "champion version %s cannot be scored; gating without comparison", champion.version
+        )
+        return f"{champion.version} (unscorable)", None
     return champion.version, metrics.classification_report(
         test[LABEL].to_numpy(dtype=float), probability, threshold
     )

@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from brewcast.processes import ServerProcess, free_port
+
 CHALLENGER = "challenger"
 CHAMPION = "champion"
 
@@ -65,7 +67,10 @@ def download_onnx(model_uri: str, into: Path) -> bytes:
     files = sorted(local.rglob("*.onnx")) if local.is_dir() else [local]
     if not files:
         raise FileNotFoundError(f"no .onnx file in {model_uri}")
-    return files[0].read_bytes()
+    import onnx
+
+    # onnx.load pulls in weights saved as external data next to the file, if any
+    return onnx.load(str(files[0])).SerializeToString()
 
 
 def set_alias(model_name: str, alias: str, version: str) -> None:
@@ -74,9 +79,8 @@ def set_alias(model_name: str, alias: str, version: str) -> None:
     MlflowClient().set_registered_model_alias(model_name, alias, version)
 
 
-class MlflowServer:
-    """A real ``mlflow server`` in a subprocess (tests, the demo): started, waited for, and
-    stopped with its whole process group."""
+class MlflowServer(ServerProcess):
+    """A real ``mlflow server`` (tests, the demo) on a free port."""
 
     def __init__(
         self,
@@ -86,83 +90,34 @@ class MlflowServer:
         host: str = "127.0.0.1",
         log_file: Path | None = None,
     ):
-        self.backend_store_uri = backend_store_uri
-        self.artifacts_dir = Path(artifacts_dir)
-        self.host = host
-        self.port = port or free_port()
-        self.log_file = log_file or self.artifacts_dir.parent / f"mlflow-server-{self.port}.log"
-        self.process = None
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    def start(self, timeout: float = 120.0) -> MlflowServer:
-        import subprocess
         import sys
-        import time
-        import urllib.request
 
-        self.artifacts_dir.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+        self.url = f"http://{host}:{self.port}"
+        artifacts_dir = Path(artifacts_dir)
+        artifacts_dir.mkdir(parents=True, exist_ok=True)
         mlflow_cli = Path(sys.executable).with_name("mlflow")
-        command = [
-            str(mlflow_cli),
-            "server",
-            "--backend-store-uri",
-            self.backend_store_uri,
-            "--artifacts-destination",
-            str(self.artifacts_dir),
-            "--host",
-            self.host,
-            "--port",
-            str(self.port),
-            "--workers",
-            "1",
-        ]
-        env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
-        log = open(self.log_file, "ab")  # noqa: SIM115 - handed to the child process
-        self.process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        super().__init__(
+            [
+                str(mlflow_cli),
+                "server",
+                "--backend-store-uri",
+                backend_store_uri,
+                "--artifacts-destination",
+                str(artifacts_dir),
+                "--host",
+                host,
+                "--port",
+                str(self.port),
+                "--workers",
+                "1",
+            ],
+            health_url=f"{self.url}/health",
+            log_file=log_file or artifacts_dir.parent / f"mlflow-server-{self.port}.log",
+            env={
+                "MLFLOW_DISABLE_TELEMETRY": "true",
+                "DO_NOT_TRACK": "true",
+                # the job runner adds 7 consumer processes and ~8 s of start-up; unused
+                "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+            },
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"mlflow server exited with {self.process.returncode}; see {self.log_file}"
-                )
-            try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        return self
-            except OSError:
-                time.sleep(0.5)
-        self.stop()
-        raise TimeoutError(
-            f"mlflow server on {self.url} not healthy after {timeout:.0f} s; see {self.log_file}"
-        )
-
-    def stop(self) -> None:
-        import signal
-
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=20)
-        except Exception:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
-
-    def __enter__(self) -> MlflowServer:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

@@ -1,0 +1,87 @@
+"""Long-running servers in subprocesses (MLflow, BentoML, Airflow), for the demo and tests:
+started in their own process group, waited for on a health URL, stopped as a group."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    def __init__(
+        self,
+        command: list[str],
+        health_url: str,
+        log_file: Path,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+    ):
+        self.command, self.health_url, self.log_file = command, health_url, Path(log_file)
+        self.env = {**os.environ, **(env or {})}
+        self.cwd = cwd
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    def start(self, timeout: float = 120.0) -> ServerProcess:
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_file, "ab")  # noqa: SIM115 - handed to the child process
+        self.process = subprocess.Popen(
+            self.command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            cwd=self.cwd,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"{self.command[0]} exited with {self.process.returncode}; see {self.log_file}"
+                )
+            try:
+                with urllib.request.urlopen(self.health_url, timeout=2) as response:
+                    if response.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.5)
+        self.stop()
+        raise TimeoutError(
+            f"{self.health_url} not healthy after {timeout:.0f} s; see {self.log_file}"
+        )
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        try:
+            os.killpg(self.process.pid, sig)
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:  # a stuck server is killed, never left behind
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+        except ProcessLookupError:
+            pass
+
+    def kill(self) -> None:
+        """kill -9 the whole group: what a crash looks like."""
+        self.stop(signal.SIGKILL)
+
+    def __enter__(self) -> ServerProcess:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

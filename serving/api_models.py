@@ -1,0 +1,98 @@
+"""The REST API's request and response models, generated from the one schema.
+
+Numbers must be finite and inside the schema's valid range (a 422 names the field
+otherwise); categories are free strings, and values outside the vocabulary are served
+through the out-of-vocabulary bucket and flagged in the response. Unknown fields are
+refused, so a misspelt feature name cannot silently become a missing value.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from brewcast.schema import FEATURES, categorical_features, numeric_features
+
+
+def _snapshot_model() -> type[BaseModel]:
+    fields: dict = {
+        "batch_id": (
+            str | None,
+            Field(None, max_length=64, description="Batch, to join labels later."),
+        ),
+        "snapshot_time": (datetime | None, Field(None, description="Time t of the snapshot.")),
+    }
+    for col in numeric_features():
+        fields[col.name] = (
+            Annotated[float | None, Field(ge=col.min, le=col.max, allow_inf_nan=False)],
+            Field(
+                None,
+                description=f"{col.description} [{col.unit or '-'}], valid "
+                f"{col.min}..{col.max}; missing: the training median.",
+            ),
+        )
+    for col in categorical_features():
+        fields[col.name] = (
+            str | None,
+            Field(
+                None,
+                max_length=64,
+                description=(
+                    f"{col.description} One of {list(col.vocabulary or ())}; anything "
+                    f"else is served as out-of-vocabulary and flagged."
+                ),
+            ),
+        )
+    return create_model("Snapshot", __config__=ConfigDict(extra="forbid"), **fields)
+
+
+Snapshot = _snapshot_model()
+
+
+class PredictRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    rows: list[Snapshot] = Field(min_length=1, description="Fermentation snapshots to score.")
+
+
+class Prediction(BaseModel):
+    prediction_id: str
+    probability: float = Field(description="Calibrated P(terminal gravity within the horizon).")
+    decision: bool = Field(description="probability >= the model's threshold.")
+    hours_remaining: float
+    unknown_categories: list[str] = Field(default_factory=list)
+
+
+class PredictResponse(BaseModel):
+    model_version: str
+    threshold: float
+    horizon_hours: float
+    predictions: list[Prediction]
+
+
+class Label(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    prediction_id: str | None = Field(None, description="Label one prediction...")
+    batch_id: str | None = Field(None, description="...or every prediction of a batch.")
+    finished_within_horizon: bool | None = Field(
+        None, description="Ground truth of one prediction."
+    )
+    finished_at: datetime | None = Field(
+        None, description="When the batch reached terminal gravity (labels all its predictions)."
+    )
+
+
+class FeedbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    labels: list[Label] = Field(min_length=1)
+
+
+class FeedbackResponse(BaseModel):
+    accepted: int
+    unknown_prediction_ids: list[str] = Field(default_factory=list)
+
+
+def request_feature_names() -> list[str]:
+    """The schema features a request carries (tests assert this equals the schema)."""
+    return [n for n in Snapshot.model_fields if n in FEATURES.names]

@@ -1,0 +1,232 @@
+"""The served model: the MLflow champion, imported into the BentoML model store, loaded into
+an onnxruntime session, and swapped atomically when a new champion appears.
+
+The ONNX file carries its own threshold, calibration, horizon and schema fingerprint
+(metadata properties written at export), so what serving decides with is what the
+registry versioned. A model built from another schema is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from brewcast.schema import schema_fingerprint
+from brewcast.settings import Settings
+from models.export import OUTPUTS
+from models.inputs import raw_inputs
+from serving.runtime import Session, create_session
+
+log = logging.getLogger(__name__)
+
+BENTO_MODEL = "fermentation-completion"
+ONNX_FILE = "model.onnx"
+
+
+class ModelUnavailableError(RuntimeError):
+    """No champion could be loaded (none registered yet, or an incompatible one)."""
+
+
+@dataclass
+class ServedModel:
+    version: str
+    threshold: float
+    horizon_hours: float
+    calibration: dict
+    fingerprint: str
+    bento_tag: str
+    session: Session
+    loaded_at: pd.Timestamp = field(default_factory=lambda: pd.Timestamp.now("UTC"))
+
+    def predict(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        probability, hours = self.session.run(raw_inputs(frame), list(OUTPUTS))
+        return probability.ravel().astype(np.float64), hours.ravel().astype(np.float64)
+
+    def describe(self) -> dict:
+        return {
+            "model_version": self.version,
+            "threshold": self.threshold,
+            "horizon_hours": self.horizon_hours,
+            "calibration": self.calibration,
+            "schema_fingerprint": self.fingerprint,
+            "bento_model": self.bento_tag,
+            "execution_provider": self.session.provider,
+            "requested_providers": self.session.requested,
+            "intra_op_threads": self.session.intra_op_threads,
+            "loaded_at": self.loaded_at.isoformat(),
+        }
+
+
+def onnx_metadata(model_bytes: bytes) -> dict[str, str]:
+    import onnx
+
+    return {p.key: p.value for p in onnx.load_from_string(model_bytes).metadata_props}
+
+
+def champion_version(settings: Settings) -> str | None:
+    from models.registry import CHAMPION, configure, version_by_alias
+
+    configure(settings.tracking_uri)
+    version = version_by_alias(settings.model_name, CHAMPION)
+    return None if version is None else str(version.version)
+
+
+def _stored_models() -> list:
+    import bentoml
+
+    try:
+        return list(bentoml.models.list(BENTO_MODEL))
+    except bentoml.exceptions.NotFound:
+        return []
+
+
+def import_champion(settings: Settings, workdir: Path) -> str:
+    """Copy the MLflow champion into the BentoML model store (once per version); its tag."""
+    import bentoml
+
+    from models.registry import CHAMPION, download_onnx
+
+    version = champion_version(settings)
+    if version is None:
+        raise ModelUnavailableError(
+            f"no '{CHAMPION}' version of {settings.model_name} in MLflow at "
+            f"{settings.tracking_uri}; run `brewcast train` first"
+        )
+    for existing in _stored_models():
+        if (
+            existing.info.labels.get("mlflow_version") == version
+            and existing.info.labels.get("mlflow_model") == settings.model_name
+        ):
+            return str(existing.tag)
+    model_bytes = download_onnx(f"models:/{settings.model_name}/{version}", workdir)
+    meta = onnx_metadata(model_bytes)
+    with bentoml.models.create(
+        BENTO_MODEL,
+        labels={
+            "mlflow_model": settings.model_name,
+            "mlflow_version": version,
+            "schema_fingerprint": meta.get("schema_fingerprint", ""),
+        },
+        metadata={
+            "threshold": float(meta["threshold"]),
+            "calibration": meta["calibration"],
+            "horizon_hours": float(meta.get("horizon_hours", settings.horizon_hours)),
+            "tracking_uri": settings.tracking_uri,
+        },
+    ) as model:
+        Path(model.path, ONNX_FILE).write_bytes(model_bytes)
+    log.info(
+        "imported %s version %s into the BentoML store as %s",
+        settings.model_name,
+        version,
+        model.tag,
+    )
+    return str(model.tag)
+
+
+def load_bento_model(tag: str, settings: Settings) -> ServedModel:
+    import bentoml
+
+    stored = bentoml.models.get(tag)
+    model_bytes = Path(stored.path, ONNX_FILE).read_bytes()
+    meta = onnx_metadata(model_bytes)
+    fingerprint = meta.get("schema_fingerprint", "")
+    if fingerprint != schema_fingerprint():
+        raise ModelUnavailableError(
+            f"{tag} was built for schema {fingerprint or '(unknown)'}, this service speaks "
+            f"{schema_fingerprint()}: retrain, or serve the matching brewcast release"
+        )
+    session = create_session(
+        model_bytes,
+        require_gpu=settings.require_gpu,
+        prefer_gpu=settings.prefer_gpu,
+        threads=settings.serving_threads or None,
+        spinning=settings.serving_spinning,
+        use_tensorrt=settings.use_tensorrt,
+    )
+    return ServedModel(
+        version=stored.info.labels.get("mlflow_version", "unknown"),
+        threshold=float(meta["threshold"]),
+        horizon_hours=float(meta.get("horizon_hours", settings.horizon_hours)),
+        calibration=json.loads(meta["calibration"]),
+        fingerprint=fingerprint,
+        bento_tag=str(stored.tag),
+        session=session,
+    )
+
+
+class ModelHolder:
+    """Holds the current model; :meth:`refresh` swaps in a new champion atomically.
+
+    A request takes ``holder.current`` once and uses that object to the end, so a swap never
+    changes a model under a request in flight, and nothing is dropped.
+    """
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.current: ServedModel | None = None
+        self.last_error: str | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.swaps = 0
+
+    def refresh(self) -> bool:
+        """Load the champion if it changed; True when a new model was swapped in."""
+        with self._lock:
+            try:
+                version = champion_version(self.settings)
+                if version is None:
+                    raise ModelUnavailableError(f"no champion of {self.settings.model_name} yet")
+                if self.current is not None and self.current.version == version:
+                    return False
+                tag = import_champion(self.settings, self.settings.home / "serving" / "download")
+                model = load_bento_model(tag, self.settings)
+            except Exception as exc:
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                if self.current is None:
+                    self._load_latest_stored()
+                log.warning("model refresh failed: %s", self.last_error)
+                return False
+            previous = self.current.version if self.current else None
+            self.current = model  # the swap: one reference assignment
+            self.last_error = None
+            self.swaps += 1
+            log.info(
+                "serving %s version %s (was %s) on %s",
+                self.settings.model_name,
+                model.version,
+                previous,
+                model.session.provider,
+            )
+            return True
+
+    def _load_latest_stored(self) -> None:
+        """MLflow unreachable at start: serve the newest model already in the BentoML store."""
+
+        stored = sorted(_stored_models(), key=lambda m: m.info.creation_time)
+        if stored:
+            try:
+                self.current = load_bento_model(str(stored[-1].tag), self.settings)
+                log.warning("MLflow unavailable; serving %s from the BentoML store", stored[-1].tag)
+            except Exception as exc:
+                self.last_error = f"{type(exc).__name__}: {exc}"
+
+    def poll(self, every_seconds: float) -> threading.Thread:
+        """Check the champion alias every ``every_seconds`` in a daemon thread."""
+
+        def loop() -> None:
+            while not self._stop.wait(every_seconds):
+                self.refresh()
+
+        thread = threading.Thread(target=loop, name="champion-poller", daemon=True)
+        thread.start()
+        return thread
+
+    def stop(self) -> None:
+        self._stop.set()

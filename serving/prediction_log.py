@@ -1,0 +1,251 @@
+"""The durable prediction log: every served row, and the labels that arrive later.
+
+SQLite in WAL mode by default (PostgreSQL by URL in production), through SQLAlchemy Core.
+
+Two durability modes:
+
+* ``sync`` (default): :meth:`PredictionLog.write` returns only once the rows are committed,
+  so a response is sent only for logged rows. Concurrent requests share transactions
+  (group commit): one writer thread commits everything pending in one go and wakes every
+  waiter, so throughput does not pay one fsync per request.
+* ``async``: rows go to a bounded queue and the call returns at once; a crash can lose at
+  most the queue's contents, and rows refused by a full queue are counted as dropped
+  (exported as a metric), never silently.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import uuid
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pandas as pd
+import sqlalchemy as sa
+
+from brewcast.schema import slice_keys
+
+log = logging.getLogger(__name__)
+
+metadata = sa.MetaData()
+predictions = sa.Table(
+    "predictions",
+    metadata,
+    sa.Column("prediction_id", sa.String(36), primary_key=True),
+    sa.Column("served_at", sa.DateTime(timezone=True), nullable=False, index=True),
+    sa.Column("model_version", sa.String(32), nullable=False, index=True),
+    sa.Column("batch_id", sa.String(64), index=True),
+    sa.Column("snapshot_time", sa.DateTime(timezone=True)),
+    *(sa.Column(key, sa.String(64)) for key in slice_keys()),
+    sa.Column("features", sa.Text, nullable=False),
+    sa.Column("probability", sa.Float, nullable=False),
+    sa.Column("decision", sa.Boolean, nullable=False),
+    sa.Column("hours_remaining", sa.Float, nullable=False),
+    sa.Column("threshold", sa.Float, nullable=False),
+    sa.Column("unknown_categories", sa.Text, nullable=False, default=""),
+)
+labels = sa.Table(
+    "labels",
+    metadata,
+    sa.Column("label_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("prediction_id", sa.String(36), index=True),
+    sa.Column("batch_id", sa.String(64), index=True),
+    sa.Column("finished_within_horizon", sa.Boolean),
+    sa.Column("finished_at", sa.DateTime(timezone=True)),
+    sa.Column("source", sa.String(32), nullable=False),
+)
+
+Mode = Literal["sync", "async"]
+
+
+def new_prediction_id() -> str:
+    return str(uuid.uuid4())
+
+
+@dataclass
+class LogStats:
+    rows_written: int = 0
+    rows_dropped: int = 0
+    commits: int = 0
+    queue_depth: int = 0
+    write_errors: int = 0
+    commit_sizes: deque = field(default_factory=lambda: deque(maxlen=256), repr=False)
+
+
+def make_engine(url: str) -> sa.Engine:
+    engine = sa.create_engine(url, pool_pre_ping=True)
+    if engine.dialect.name == "sqlite":
+
+        @sa.event.listens_for(engine, "connect")
+        def _pragmas(connection, _record):
+            cursor = connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes
+            cursor.execute("PRAGMA busy_timeout=10000")  # several workers share the file
+            cursor.close()
+
+    return engine
+
+
+class PredictionLog:
+    def __init__(
+        self,
+        url: str,
+        mode: Mode = "sync",
+        queue_limit: int = 10_000,
+        max_rows_per_commit: int = 5_000,
+    ):
+        if mode not in ("sync", "async"):
+            raise ValueError(f"prediction log mode must be sync or async, not {mode!r}")
+        self.url, self.mode = url, mode
+        self.engine = make_engine(url)
+        metadata.create_all(self.engine)
+        self.queue_limit, self.max_rows_per_commit = queue_limit, max_rows_per_commit
+        self.stats = LogStats()
+        self._pending: deque[tuple[list[dict], Future | None]] = deque()
+        self._pending_rows = 0
+        self._cond = threading.Condition()
+        self._closed = False
+        self._writer = threading.Thread(target=self._run, name="prediction-log-writer", daemon=True)
+        self._writer.start()
+
+    # -- writing -------------------------------------------------------------------------
+    def write(self, rows: list[dict], timeout: float = 30.0) -> None:
+        """Log ``rows``. Sync: returns once committed (raises if the commit failed).
+        Async: returns at once; rows a full queue cannot take are counted as dropped."""
+        if not rows:
+            return
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("prediction log is closed")
+            if self.mode == "async" and self._pending_rows + len(rows) > self.queue_limit:
+                self.stats.rows_dropped += len(rows)
+                return
+            done: Future | None = Future() if self.mode == "sync" else None
+            self._pending.append((rows, done))
+            self._pending_rows += len(rows)
+            self.stats.queue_depth = self._pending_rows
+            self._cond.notify()
+        if done is not None:
+            done.result(timeout=timeout)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending and not self._closed:
+                    self._cond.wait()
+                if not self._pending and self._closed:
+                    return
+                group, count = [], 0
+                while self._pending and count < self.max_rows_per_commit:
+                    rows, done = self._pending.popleft()
+                    group.append((rows, done))
+                    count += len(rows)
+                self._pending_rows -= count
+                self.stats.queue_depth = self._pending_rows
+            self._commit(group, count)
+
+    def _commit(self, group: list[tuple[list[dict], Future | None]], count: int) -> None:
+        flat = [row for rows, _ in group for row in rows]
+        try:
+            if flat:
+                with self.engine.begin() as conn:
+                    conn.execute(predictions.insert(), flat)
+        except Exception as exc:
+            self.stats.write_errors += 1
+            log.exception("prediction log: commit of %d rows failed", count)
+            for _, done in group:
+                if done is not None:
+                    done.set_exception(exc)
+                else:
+                    self.stats.rows_dropped += count
+            return
+        if flat:
+            self.stats.rows_written += count
+            self.stats.commits += 1
+            self.stats.commit_sizes.append(count)
+        for _, done in group:
+            if done is not None:
+                done.set_result(None)
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Wait until everything queued before this call is committed (in either mode)."""
+        marker: Future = Future()
+        with self._cond:
+            self._pending.append(([], marker))
+            self._cond.notify()
+        marker.result(timeout=timeout)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._writer.join(timeout=30)
+        self.engine.dispose()
+
+    # -- labels and reads ------------------------------------------------------------------
+    def add_labels(self, rows: list[dict], source: str) -> int:
+        now = pd.Timestamp.now("UTC").to_pydatetime()
+        with self.engine.begin() as conn:
+            conn.execute(
+                labels.insert(), [{**r, "received_at": now, "source": source} for r in rows]
+            )
+        return len(rows)
+
+    def known_prediction_ids(self, ids: list[str]) -> set[str]:
+        if not ids:
+            return set()
+        with self.engine.connect() as conn:
+            found = conn.execute(
+                sa.select(predictions.c.prediction_id).where(predictions.c.prediction_id.in_(ids))
+            ).scalars()
+            return set(found)
+
+    def read_predictions(self, since: pd.Timestamp | None = None) -> pd.DataFrame:
+        query = sa.select(predictions)
+        if since is not None:
+            query = query.where(predictions.c.served_at >= since.to_pydatetime())
+        with self.engine.connect() as conn:
+            return pd.DataFrame(
+                conn.execute(query).mappings().all(), columns=[c.name for c in predictions.columns]
+            )
+
+    def read_labels(self) -> pd.DataFrame:
+        with self.engine.connect() as conn:
+            return pd.DataFrame(
+                conn.execute(sa.select(labels)).mappings().all(),
+                columns=[c.name for c in labels.columns],
+            )
+
+
+def prediction_row(
+    prediction_id: str,
+    served_at,
+    model_version: str,
+    threshold: float,
+    features: dict,
+    probability: float,
+    decision: bool,
+    hours: float,
+    unknown: list[str],
+) -> dict:
+    """One log row; the features are kept whole (JSON) and the slice keys as columns."""
+    return {
+        "prediction_id": prediction_id,
+        "served_at": served_at,
+        "model_version": model_version,
+        "batch_id": features.get("batch_id"),
+        "snapshot_time": features.get("snapshot_time"),
+        **{key: features.get(key) for key in slice_keys()},
+        "features": json.dumps(features, default=str, allow_nan=False),
+        "probability": probability,
+        "decision": decision,
+        "hours_remaining": hours,
+        "threshold": threshold,
+        "unknown_categories": ",".join(unknown),
+    }

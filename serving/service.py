@@ -1,0 +1,322 @@
+"""The BentoML service: ``bentoml serve serving.service:FermentationService``.
+
+* ``POST /predict``  body ``{"rows": [snapshot, ...]}`` -> per row a prediction id, the
+  calibrated probability, the decision at the model's threshold, hours remaining; plus
+  the model version and threshold. Every row is logged before the response is sent (sync
+  mode).
+* ``POST /feedback`` body ``{"labels": [...]}`` -> ground truth for earlier predictions.
+* ``POST /reload`` -> check MLflow for a new champion now (also polled in the background).
+* ``GET /metadata`` -> model version, threshold, calibration, execution provider in use,
+  schema; BentoML's ``/healthz``, ``/livez``, ``/readyz`` (ready once a model is loaded) and
+  ``/metrics`` (Prometheus, with brewcast's own metrics).
+
+Known BentoML costs, avoided: responses are pydantic models (a bare list/ndarray return
+regenerates a JSON schema per response), and OpenTelemetry is told to skip every URL.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+
+import bentoml
+import numpy as np
+import pandas as pd
+import prometheus_client
+from fastapi import FastAPI
+from starlette.responses import JSONResponse
+
+from brewcast.schema import FEATURES, OOV, categorical_features, schema_fingerprint, slice_keys
+from brewcast.settings import get_settings
+from serving.api_models import (
+    FeedbackResponse,
+    Label,
+    Prediction,
+    PredictResponse,
+    Snapshot,
+)
+from serving.model import ModelHolder
+from serving.prediction_log import PredictionLog, new_prediction_id, prediction_row
+
+log = logging.getLogger("brewcast.serving")
+
+PREDICTIONS = prometheus_client.Counter(
+    "brewcast_predictions_total", "Rows scored, by decision.", ["decision", "model_version"]
+)
+PROBABILITY_BY_SLICE = prometheus_client.Summary(
+    "brewcast_probability", "Served probabilities, by slice key and value.", ["slice", "value"]
+)
+UNKNOWN_CATEGORIES = prometheus_client.Counter(
+    "brewcast_unknown_categories_total",
+    "Categorical values served as out-of-vocabulary.",
+    ["column"],
+)
+MODEL_VERSION = prometheus_client.Gauge(
+    "brewcast_model_version", "Registered model version being served.", multiprocess_mode="max"
+)
+LOG_DROPPED = prometheus_client.Counter(
+    "brewcast_prediction_log_dropped_rows_total",
+    "Rows the async prediction log could not queue (never silent).",
+)
+LOG_WRITTEN = prometheus_client.Counter(
+    "brewcast_prediction_log_written_rows_total", "Rows committed to the prediction log."
+)
+MODEL_SECONDS = prometheus_client.Histogram(
+    "brewcast_model_seconds",
+    "onnxruntime time per request.",
+    buckets=(0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5),
+)
+
+CATEGORICAL = [c.name for c in categorical_features()]
+VOCABULARY = {c.name: set(c.vocabulary or ()) for c in categorical_features()}
+
+routes = FastAPI(title="brewcast metadata")
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+class RequestGuard:
+    """ASGI middleware for the JSON endpoints: a body over the size limit gets 413 before it
+    is read whole, and a body that is not JSON gets 400 saying so (BentoML would otherwise
+    report a confusing missing field)."""
+
+    JSON_ROUTES = ("/predict", "/feedback")
+
+    def __init__(self, app, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if (
+            scope["type"] != "http"
+            or scope["method"] != "POST"
+            or scope["path"] not in (self.JSON_ROUTES)
+        ):
+            return await self.app(scope, receive, send)
+        for name, value in scope.get("headers", []):
+            if name == b"content-length" and int(value) > self.max_bytes:
+                return await _error(413, f"request body over {self.max_bytes} bytes")(
+                    scope, receive, send
+                )
+        body, more = b"", True
+        while more:
+            message = await receive()
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.max_bytes:
+                return await _error(413, f"request body over {self.max_bytes} bytes")(
+                    scope, receive, send
+                )
+        try:
+            json.loads(body)
+        except ValueError as exc:
+            return await _error(400, f"request body is not valid JSON: {exc}")(scope, receive, send)
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        return await self.app(scope, replay, send)
+
+
+@bentoml.service(
+    name="brewcast",
+    workers=1,
+    threads=int(os.environ.get("BREWCAST_SERVING_API_THREADS", "4")),
+    traffic={"timeout": 30, "max_concurrency": 256},
+    metrics={"enabled": True},
+    logging={"access": {"enabled": os.environ.get("BREWCAST_ACCESS_LOG", "0") == "1"}},
+    tracing={"sample_rate": 0.0, "excluded_urls": [".*"]},
+)
+@bentoml.asgi_app(routes, path="/")
+class FermentationService:
+    def __init__(self) -> None:
+        self.settings = get_settings()
+        self.holder = ModelHolder(self.settings)
+        self.holder.refresh()
+        if self.settings.serving_poll_seconds > 0:
+            self.holder.poll(self.settings.serving_poll_seconds)
+        self.log = PredictionLog(
+            self.settings.prediction_log,
+            self.settings.prediction_log_mode,
+            self.settings.prediction_log_queue,
+        )
+        self._reported = (0, 0)
+        model = self.holder.current
+        if model is not None:
+            MODEL_VERSION.set(float(model.version) if model.version.isdigit() else 0)
+            log.info("brewcast serving version %s on %s", model.version, model.session.provider)
+        else:
+            log.warning("brewcast serving started without a model: %s", self.holder.last_error)
+
+    def __is_ready__(self) -> bool:
+        return self.holder.current is not None
+
+    @bentoml.on_shutdown
+    def shutdown(self) -> None:
+        self.holder.stop()
+        self.log.close()
+
+    def _authorised(self, ctx: bentoml.Context) -> bool:
+        key = self.settings.serving_api_key
+        return key is None or ctx.request.headers.get("x-api-key") == key
+
+    def _export_log_stats(self) -> None:
+        written, dropped = self.log.stats.rows_written, self.log.stats.rows_dropped
+        LOG_WRITTEN.inc(written - self._reported[0])
+        LOG_DROPPED.inc(dropped - self._reported[1])
+        self._reported = (written, dropped)
+
+    @bentoml.api(route="/predict")
+    def predict(self, rows: list[Snapshot], ctx: bentoml.Context) -> PredictResponse:
+        """Score fermentation snapshots with the champion model."""
+        if not self._authorised(ctx):
+            return _error(401, "missing or wrong X-API-Key header")
+        if not rows:
+            return _error(422, "rows: give at least one snapshot")
+        if len(rows) > self.settings.serving_max_rows:
+            return _error(
+                413,
+                f"rows: {len(rows)} snapshots in one request, the limit is "
+                f"{self.settings.serving_max_rows} (BREWCAST_SERVING_MAX_ROWS)",
+            )
+        model = self.holder.current  # this request's model, even if a swap happens now
+        if model is None:
+            return _error(503, f"no model loaded yet: {self.holder.last_error}")
+        records = [r.model_dump() for r in rows]
+        frame = pd.DataFrame.from_records(records)
+        started = time.perf_counter()
+        probability, hours = model.predict(frame)
+        MODEL_SECONDS.observe(time.perf_counter() - started)
+        decision = probability >= model.threshold
+        served_at = pd.Timestamp.now("UTC").to_pydatetime()
+        predictions, log_rows = [], []
+        for i, record in enumerate(records):
+            unknown = [
+                c for c in CATEGORICAL if record[c] is not None and record[c] not in VOCABULARY[c]
+            ]
+            pid = new_prediction_id()
+            p, d, h = float(probability[i]), bool(decision[i]), float(hours[i])
+            predictions.append(
+                Prediction(
+                    prediction_id=pid,
+                    probability=p,
+                    decision=d,
+                    hours_remaining=h,
+                    unknown_categories=unknown,
+                )
+            )
+            log_rows.append(
+                prediction_row(
+                    pid, served_at, model.version, model.threshold, record, p, d, h, unknown
+                )
+            )
+            for column in unknown:
+                UNKNOWN_CATEGORIES.labels(column).inc()
+        try:
+            self.log.write(log_rows)  # sync mode: committed before we answer
+        except Exception as exc:
+            log.exception("prediction log write failed")
+            return _error(503, f"prediction log unavailable, nothing was served: {exc}")
+        self._export_log_stats()
+        positives = int(decision.sum())
+        PREDICTIONS.labels("finished", model.version).inc(positives)
+        PREDICTIONS.labels("not_finished", model.version).inc(len(rows) - positives)
+        for key in slice_keys():
+            values = frame[key].fillna(OOV).to_numpy(dtype=object)
+            for value in np.unique(values):
+                mask = values == value
+                PROBABILITY_BY_SLICE.labels(key, str(value)).observe(
+                    float(probability[mask].mean())
+                )
+        return PredictResponse(
+            model_version=model.version,
+            threshold=model.threshold,
+            horizon_hours=model.horizon_hours,
+            predictions=predictions,
+        )
+
+    @bentoml.api(route="/feedback")
+    def feedback(self, labels: list[Label], ctx: bentoml.Context) -> FeedbackResponse:
+        """Ground truth for earlier predictions: by prediction id, or by batch finish time."""
+        if not self._authorised(ctx):
+            return _error(401, "missing or wrong X-API-Key header")
+        if not labels:
+            return _error(422, "labels: give at least one label")
+        for i, label in enumerate(labels):
+            if (label.prediction_id is None) == (label.batch_id is None):
+                return _error(422, f"labels[{i}]: give exactly one of prediction_id or batch_id")
+            if label.prediction_id is not None and label.finished_within_horizon is None:
+                return _error(
+                    422, f"labels[{i}]: a prediction_id label needs finished_within_horizon"
+                )
+            if label.batch_id is not None and label.finished_at is None:
+                return _error(422, f"labels[{i}]: a batch_id label needs finished_at")
+        self.log.flush()  # predictions answered a moment ago are committed even in async mode
+        ids = [label.prediction_id for label in labels if label.prediction_id]
+        unknown = sorted(set(ids) - self.log.known_prediction_ids(ids))
+        accepted = [
+            label.model_dump()
+            for label in labels
+            if label.prediction_id is None or label.prediction_id not in unknown
+        ]
+        self.log.add_labels(accepted, source="api")
+        return FeedbackResponse(accepted=len(accepted), unknown_prediction_ids=unknown)
+
+    @bentoml.api(route="/reload")
+    def reload(self, ctx: bentoml.Context) -> dict:
+        """Check MLflow for a new champion now; the swap is atomic, no request is dropped."""
+        if not self._authorised(ctx):
+            return _error(401, "missing or wrong X-API-Key header")
+        swapped = self.holder.refresh()
+        model = self.holder.current
+        if model is not None:
+            MODEL_VERSION.set(float(model.version) if model.version.isdigit() else 0)
+        return {
+            "swapped": swapped,
+            "model_version": model.version if model else None,
+            "error": self.holder.last_error,
+        }
+
+    @routes.get("/metadata")
+    def metadata(self) -> dict:
+        model = self.holder.current
+        return {
+            "model": model.describe() if model else None,
+            "model_error": self.holder.last_error,
+            "execution_provider": model.session.provider if model else None,
+            "schema": {
+                "fingerprint": schema_fingerprint(),
+                "features": [
+                    {
+                        "name": c.name,
+                        "dtype": c.dtype,
+                        "unit": c.unit,
+                        "min": c.min,
+                        "max": c.max,
+                        "vocabulary": list(c.vocabulary) if c.vocabulary else None,
+                    }
+                    for c in FEATURES.by_role("feature")
+                ],
+                "slice_keys": slice_keys(),
+            },
+            "prediction_log": {
+                "mode": self.log.mode,
+                "rows_written": self.log.stats.rows_written,
+                "rows_dropped": self.log.stats.rows_dropped,
+                "commits": self.log.stats.commits,
+            },
+            "max_rows_per_request": self.settings.serving_max_rows,
+        }
+
+
+FermentationService.add_asgi_middleware(
+    RequestGuard, max_bytes=int(os.environ.get("BREWCAST_SERVING_MAX_BODY_BYTES", 8 * 2**20))
+)
