@@ -20,11 +20,13 @@ import json
 import logging
 import os
 import time
+from http import HTTPStatus
 
 import bentoml
 import numpy as np
 import pandas as pd
 import prometheus_client
+from bentoml.exceptions import BentoMLException
 from fastapi import FastAPI
 from starlette.responses import JSONResponse
 
@@ -79,28 +81,44 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
-class RequestGuard:
-    """ASGI middleware for the JSON endpoints: a body over the size limit gets 413 before it
-    is read whole, and a body that is not JSON gets 400 saying so (BentoML would otherwise
-    report a confusing missing field)."""
+def _refuse(status: int, message: str) -> BentoMLException:
+    """An error raised inside an API method; BentoML answers ``status`` with the message."""
+    return BentoMLException(message, error_code=HTTPStatus(status))
 
-    JSON_ROUTES = ("/predict", "/feedback")
+
+class RequestGuard:
+    """ASGI middleware in front of the POST endpoints, answering ``{"error": message}``:
+
+    * 401 without the right ``X-API-Key`` (when ``BREWCAST_SERVING_API_KEY`` is set);
+    * 413 for a body over the byte limit (before it is read whole) or over the row limit;
+    * 400 for a body that is not JSON (BentoML would report a confusing missing field);
+    * 422 for an empty ``rows`` list.
+    """
+
+    ROUTES = ("/predict", "/feedback", "/reload")
 
     def __init__(self, app, max_bytes: int) -> None:
+        settings = get_settings()
         self.app, self.max_bytes = app, max_bytes
+        self.max_rows, self.api_key = settings.serving_max_rows, settings.serving_api_key
 
     async def __call__(self, scope, receive, send):
         if (
             scope["type"] != "http"
             or scope["method"] != "POST"
-            or scope["path"] not in (self.JSON_ROUTES)
+            or scope["path"] not in (self.ROUTES)
         ):
             return await self.app(scope, receive, send)
-        for name, value in scope.get("headers", []):
-            if name == b"content-length" and int(value) > self.max_bytes:
-                return await _error(413, f"request body over {self.max_bytes} bytes")(
-                    scope, receive, send
-                )
+        headers = dict(scope.get("headers", []))
+        if (
+            self.api_key is not None
+            and headers.get(b"x-api-key", b"").decode(errors="replace") != self.api_key
+        ):
+            return await _error(401, "missing or wrong X-API-Key header")(scope, receive, send)
+        if int(headers.get(b"content-length", b"0") or 0) > self.max_bytes:
+            return await _error(413, f"request body over {self.max_bytes} bytes")(
+                scope, receive, send
+            )
         body, more = b"", True
         while more:
             message = await receive()
@@ -110,10 +128,16 @@ class RequestGuard:
                 return await _error(413, f"request body over {self.max_bytes} bytes")(
                     scope, receive, send
                 )
-        try:
-            json.loads(body)
-        except ValueError as exc:
-            return await _error(400, f"request body is not valid JSON: {exc}")(scope, receive, send)
+        if scope["path"] != "/reload":
+            try:
+                payload = json.loads(body)
+            except ValueError as exc:
+                return await _error(400, f"request body is not valid JSON: {exc}")(
+                    scope, receive, send
+                )
+            problem = self._problem(scope["path"], payload)
+            if problem:
+                return await _error(*problem)(scope, receive, send)
         replayed = False
 
         async def replay():
@@ -124,6 +148,20 @@ class RequestGuard:
             return {"type": "http.request", "body": body, "more_body": False}
 
         return await self.app(scope, replay, send)
+
+    def _problem(self, path: str, payload) -> tuple[int, str] | None:
+        field = "rows" if path == "/predict" else "labels"
+        items = payload.get(field) if isinstance(payload, dict) else None
+        if not isinstance(items, list):
+            return 400, f'body must be a JSON object with a list "{field}"'
+        if not items:
+            return 422, f"{field}: give at least one"
+        if len(items) > self.max_rows:
+            return 413, (
+                f"{field}: {len(items)} in one request, the limit is {self.max_rows} "
+                f"(BREWCAST_SERVING_MAX_ROWS)"
+            )
+        return None
 
 
 @bentoml.service(
@@ -164,10 +202,6 @@ class FermentationService:
         self.holder.stop()
         self.log.close()
 
-    def _authorised(self, ctx: bentoml.Context) -> bool:
-        key = self.settings.serving_api_key
-        return key is None or ctx.request.headers.get("x-api-key") == key
-
     def _export_log_stats(self) -> None:
         written, dropped = self.log.stats.rows_written, self.log.stats.rows_dropped
         LOG_WRITTEN.inc(written - self._reported[0])
@@ -175,21 +209,11 @@ class FermentationService:
         self._reported = (written, dropped)
 
     @bentoml.api(route="/predict")
-    def predict(self, rows: list[Snapshot], ctx: bentoml.Context) -> PredictResponse:
+    def predict(self, rows: list[Snapshot]) -> PredictResponse:
         """Score fermentation snapshots with the champion model."""
-        if not self._authorised(ctx):
-            return _error(401, "missing or wrong X-API-Key header")
-        if not rows:
-            return _error(422, "rows: give at least one snapshot")
-        if len(rows) > self.settings.serving_max_rows:
-            return _error(
-                413,
-                f"rows: {len(rows)} snapshots in one request, the limit is "
-                f"{self.settings.serving_max_rows} (BREWCAST_SERVING_MAX_ROWS)",
-            )
         model = self.holder.current  # this request's model, even if a swap happens now
         if model is None:
-            return _error(503, f"no model loaded yet: {self.holder.last_error}")
+            raise _refuse(503, f"no model loaded yet: {self.holder.last_error}")
         records = [r.model_dump() for r in rows]
         frame = pd.DataFrame.from_records(records)
         started = time.perf_counter()
@@ -222,9 +246,9 @@ class FermentationService:
                 UNKNOWN_CATEGORIES.labels(column).inc()
         try:
             self.log.write(log_rows)  # sync mode: committed before we answer
-        except Exception as exc:
+        except Exception as exc:  # never answer rows that were not logged
             log.exception("prediction log write failed")
-            return _error(503, f"prediction log unavailable, nothing was served: {exc}")
+            raise _refuse(503, f"prediction log unavailable, nothing served: {exc}") from exc
         self._export_log_stats()
         positives = int(decision.sum())
         PREDICTIONS.labels("finished", model.version).inc(positives)
@@ -244,21 +268,17 @@ class FermentationService:
         )
 
     @bentoml.api(route="/feedback")
-    def feedback(self, labels: list[Label], ctx: bentoml.Context) -> FeedbackResponse:
+    def feedback(self, labels: list[Label]) -> FeedbackResponse:
         """Ground truth for earlier predictions: by prediction id, or by batch finish time."""
-        if not self._authorised(ctx):
-            return _error(401, "missing or wrong X-API-Key header")
-        if not labels:
-            return _error(422, "labels: give at least one label")
         for i, label in enumerate(labels):
             if (label.prediction_id is None) == (label.batch_id is None):
-                return _error(422, f"labels[{i}]: give exactly one of prediction_id or batch_id")
+                raise _refuse(422, f"labels[{i}]: give exactly one of prediction_id or batch_id")
             if label.prediction_id is not None and label.finished_within_horizon is None:
-                return _error(
+                raise _refuse(
                     422, f"labels[{i}]: a prediction_id label needs finished_within_horizon"
                 )
             if label.batch_id is not None and label.finished_at is None:
-                return _error(422, f"labels[{i}]: a batch_id label needs finished_at")
+                raise _refuse(422, f"labels[{i}]: a batch_id label needs finished_at")
         self.log.flush()  # predictions answered a moment ago are committed even in async mode
         ids = [label.prediction_id for label in labels if label.prediction_id]
         unknown = sorted(set(ids) - self.log.known_prediction_ids(ids))
@@ -271,10 +291,8 @@ class FermentationService:
         return FeedbackResponse(accepted=len(accepted), unknown_prediction_ids=unknown)
 
     @bentoml.api(route="/reload")
-    def reload(self, ctx: bentoml.Context) -> dict:
+    def reload(self) -> dict:
         """Check MLflow for a new champion now; the swap is atomic, no request is dropped."""
-        if not self._authorised(ctx):
-            return _error(401, "missing or wrong X-API-Key header")
         swapped = self.holder.refresh()
         model = self.holder.current
         if model is not None:

@@ -1,0 +1,242 @@
+"""The BentoML service, started for real (`bentoml serve` in a subprocess) with a real
+exported model, spoken to over real HTTP."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sqlite3
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+
+from brewcast.processes import ServerProcess, free_port
+from brewcast.schema import FEATURES
+from models import pipeline
+from models.export import cpu_session, run_onnx
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+KEY = {"X-API-Key": "test-key"}
+
+
+def start_service(home: Path, **env: str) -> tuple[ServerProcess, str]:
+    port = free_port()
+    bentoml = Path(sys.executable).with_name("bentoml")
+    server = ServerProcess(
+        [str(bentoml), "serve", "serving.service:FermentationService", "--host", "127.0.0.1",
+         "--port", str(port)],
+        health_url=f"http://127.0.0.1:{port}/readyz", log_file=home / f"bento-{port}.log",
+        env={"BREWCAST_HOME": str(home), "BENTOML_HOME": str(home / "bentoml"),
+             "BENTOML_DO_NOT_TRACK": "true", "BREWCAST_SERVING_POLL_SECONDS": "0",
+             "BREWCAST_SERVING_API_KEY": "test-key", **env},
+        cwd=ROOT)
+    return server.start(timeout=180), f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="module")
+def champion_home(trained, tmp_path_factory):
+    settings, workdir = trained
+    home = tmp_path_factory.mktemp("serving") / "home"
+    settings = settings.model_copy(update={"home": home})
+    work = home.parent / "work"
+    shutil.copytree(workdir, work)
+    assert pipeline.register(settings, work).promoted
+    return settings, work
+
+
+@pytest.fixture(scope="module")
+def service(champion_home):
+    settings, _ = champion_home
+    server, url = start_service(settings.home, BREWCAST_SERVING_MAX_ROWS="50")
+    yield server, url
+    server.stop()
+
+
+def _rows(frame: pd.DataFrame) -> list[dict]:
+    features = [c.name for c in FEATURES.by_role("feature")]
+    out = json.loads(frame[["batch_id", *features]].to_json(orient="records"))
+    for row, t in zip(out, frame["snapshot_time"], strict=True):
+        row["snapshot_time"] = t.isoformat()
+    return out
+
+
+def test_predictions_equal_in_process_onnxruntime(service, champion_home):
+    _, url = service
+    _, work = champion_home
+    test = pd.read_parquet(work / "test.parquet").head(40)
+    response = httpx.post(f"{url}/predict", json={"rows": _rows(test)}, headers=KEY, timeout=30)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    expected, hours = run_onnx(cpu_session((work / "model.onnx").read_bytes()), test)
+    got = np.array([p["probability"] for p in body["predictions"]])
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    np.testing.assert_allclose([p["hours_remaining"] for p in body["predictions"]], hours,
+                               atol=1e-3)
+    threshold = body["threshold"]
+    assert [p["decision"] for p in body["predictions"]] == [bool(p >= threshold) for p in got]
+    assert body["model_version"] == "1"
+    assert len({p["prediction_id"] for p in body["predictions"]}) == 40
+
+
+def test_metadata_health_and_metrics(service):
+    _, url = service
+    meta = httpx.get(f"{url}/metadata").json()
+    assert meta["execution_provider"] == "CPUExecutionProvider"  # no GPU on this machine
+    assert meta["model"]["requested_providers"][-1] == "CPUExecutionProvider"
+    assert meta["model"]["model_version"] == "1" and 0 < meta["model"]["threshold"] < 1
+    assert {f["name"] for f in meta["schema"]["features"]} == {
+        c.name for c in FEATURES.by_role("feature")}
+    for probe in ("healthz", "livez", "readyz"):
+        assert httpx.get(f"{url}/{probe}").status_code == 200
+    httpx.post(f"{url}/predict", json={"rows": [{"brand": "golden_pilsner"}]}, headers=KEY)
+    metrics = httpx.get(f"{url}/metrics").text
+    for name in ("brewcast_predictions_total", "brewcast_probability", "brewcast_model_version",
+                 "brewcast_prediction_log_written_rows_total"):
+        assert name in metrics, name
+
+
+BAD = {
+    "wrong type": ({"rows": [{"current_gravity_plato": "twelve"}]}, 400,
+                   "current_gravity_plato"),
+    "out of range": ({"rows": [{"current_gravity_plato": 99.0}]}, 400, "current_gravity_plato"),
+    "unknown field": ({"rows": [{"gravity": 12.0}]}, 400, "gravity"),
+    "empty list": ({"rows": []}, 422, "rows"),
+    "missing rows": ({"snapshots": []}, 400, "rows"),
+    "too many rows": ({"rows": [{}] * 51}, 413, "limit is 50"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_requests_get_a_4xx_naming_the_problem(service, case):
+    _, url = service
+    body, status, needle = BAD[case]
+    response = httpx.post(f"{url}/predict", json=body, headers=KEY)
+    assert response.status_code == status, response.text
+    assert needle in response.text
+
+
+@pytest.mark.parametrize("raw", ['{"rows": [{"current_gravity_plato": NaN}]}',
+                                 '{"rows": [{"current_gravity_plato": Infinity}]}'])
+def test_nan_and_infinity_are_refused(service, raw):
+    _, url = service
+    response = httpx.post(f"{url}/predict", content=raw, headers={
+        **KEY, "content-type": "application/json"})
+    assert response.status_code == 400 and "current_gravity_plato" in response.text
+
+
+def test_non_json_oversize_and_auth(service):
+    _, url = service
+    r = httpx.post(f"{url}/predict", content=b"not json", headers={
+        **KEY, "content-type": "application/json"})
+    assert r.status_code == 400 and "not valid JSON" in r.text
+    r = httpx.post(f"{url}/predict", json={"rows": [{}]})
+    assert r.status_code == 401 and "X-API-Key" in r.text
+    r = httpx.post(f"{url}/predict", content=b"x" * (9 * 2**20), headers=KEY)
+    assert r.status_code == 413
+
+
+def test_unknown_categories_are_served_as_oov_and_flagged(service):
+    _, url = service
+    rows = [{"brand": "mystery_ale", "fermenter": "FV01"}, {"brand": None, "fermenter": "FV01"}]
+    body = httpx.post(f"{url}/predict", json={"rows": rows}, headers=KEY).json()
+    first, second = body["predictions"]
+    assert first["unknown_categories"] == ["brand"] and second["unknown_categories"] == []
+    assert first["probability"] == pytest.approx(second["probability"])  # both OOV
+
+
+def test_feedback_round_trip(service, champion_home):
+    settings, work = champion_home
+    _, url = service
+    test = pd.read_parquet(work / "test.parquet").head(3)
+    served = httpx.post(f"{url}/predict", json={"rows": _rows(test)}, headers=KEY).json()
+    ids = [p["prediction_id"] for p in served["predictions"]]
+    labels = [{"prediction_id": ids[0], "finished_within_horizon": True},
+              {"prediction_id": "nope", "finished_within_horizon": False},
+              {"batch_id": test["batch_id"].iloc[1], "finished_at": "2026-09-01T00:00:00Z"}]
+    r = httpx.post(f"{url}/feedback", json={"labels": labels}, headers=KEY)
+    assert r.status_code == 200, r.text
+    assert r.json() == {"accepted": 2, "unknown_prediction_ids": ["nope"]}
+    bad = httpx.post(f"{url}/feedback", json={"labels": [{"prediction_id": ids[0]}]},
+                     headers=KEY)
+    assert bad.status_code == 422 and "finished_within_horizon" in bad.text
+    with sqlite3.connect(settings.home / "predictions.db") as db:
+        assert db.execute("select count(*) from labels where prediction_id = ?",
+                          (ids[0],)).fetchone()[0] == 1
+        row = db.execute("select batch_id, probability, model_version from predictions "
+                         "where prediction_id = ?", (ids[1],)).fetchone()
+    assert row[0] == test["batch_id"].iloc[1] and math.isclose(
+        row[1], served["predictions"][1]["probability"])
+
+
+def test_hot_swap_under_load_drops_nothing(service, champion_home):
+    settings, work = champion_home
+    _, url = service
+    rows = {"rows": _rows(pd.read_parquet(work / "test.parquet").head(5))}
+    stop = threading.Event()
+    results: list[tuple[int, str]] = []
+
+    def hammer():
+        with httpx.Client(timeout=30) as client:
+            while not stop.is_set():
+                r = client.post(f"{url}/predict", json=rows, headers=KEY)
+                results.append((r.status_code, r.json().get("model_version", "?")))
+
+    with ThreadPoolExecutor(8) as pool:
+        for _ in range(8):
+            pool.submit(hammer)
+        time.sleep(1.0)
+        second = work.parent / "work2"
+        shutil.copytree(work, second, dirs_exist_ok=True)
+        assert pipeline.register(settings, second).promoted  # version 2 is champion now
+        swap = httpx.post(f"{url}/reload", headers=KEY, timeout=60).json()
+        assert swap["swapped"] and swap["model_version"] == "2", swap
+        time.sleep(1.0)
+        stop.set()
+    statuses = {s for s, _ in results}
+    versions = [v for _, v in results]
+    assert statuses == {200}, statuses
+    assert versions[0] == "1" and versions[-1] == "2" and len(results) > 50
+    assert httpx.get(f"{url}/metadata").json()["model"]["model_version"] == "2"
+
+
+def test_sync_log_survives_kill_9_under_load(champion_home, tmp_path):
+    settings, work = champion_home
+    home = settings.home
+    server, url = start_service(home, BREWCAST_PREDICTION_LOG_URL=(
+        f"sqlite:///{tmp_path / 'crash.db'}"))
+    rows = {"rows": _rows(pd.read_parquet(work / "test.parquet").head(3))}
+    answered: list[str] = []
+    stop = threading.Event()
+
+    def hammer():
+        with httpx.Client(timeout=10) as client:
+            while not stop.is_set():
+                try:
+                    r = client.post(f"{url}/predict", json=rows, headers=KEY)
+                except httpx.HTTPError:
+                    return  # the server died mid-request: that response was never sent
+                if r.status_code == 200:
+                    answered.extend(p["prediction_id"] for p in r.json()["predictions"])
+
+    threads = [threading.Thread(target=hammer) for _ in range(8)]
+    for t in threads:
+        t.start()
+    time.sleep(2.0)
+    server.kill()
+    stop.set()
+    for t in threads:
+        t.join(timeout=20)
+    assert len(answered) > 30
+    with sqlite3.connect(tmp_path / "crash.db") as db:
+        logged = {r[0] for r in db.execute("select prediction_id from predictions")}
+    missing = set(answered) - logged
+    assert not missing, f"{len(missing)} answered predictions were not in the log"
