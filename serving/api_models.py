@@ -95,4 +95,5 @@ class FeedbackResponse(BaseModel):
 
 def request_feature_names() -> list[str]:
     """The schema features a request carries (tests assert this equals the schema)."""
-    return [n for n in Snapshot.model_fields if n in FEATURES.names]
+    features = {c.name for c in FEATURES.by_role("feature")}
+    return [n for n in Snapshot.model_fields if n in features]

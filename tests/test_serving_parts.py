@@ -1,0 +1,94 @@
+"""Serving parts without a server: provider choice, CPU counting, the prediction log."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pandas as pd
+import pytest
+
+from serving import runtime
+from serving.api_models import request_feature_names
+from serving.prediction_log import PredictionLog, new_prediction_id, prediction_row
+
+
+def test_provider_choice_prefers_the_gpu_when_the_build_has_it():
+    gpu_build = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert runtime.choose_providers(gpu_build) == ["CUDAExecutionProvider",
+                                                   "CPUExecutionProvider"]
+    assert runtime.choose_providers(gpu_build, use_tensorrt=True)[0] == (
+        "TensorrtExecutionProvider")
+    assert runtime.choose_providers(gpu_build, prefer_gpu=False) == ["CPUExecutionProvider"]
+    assert runtime.choose_providers(["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+
+
+def test_require_gpu_refuses_a_silent_cpu_fallback(trained):
+    """Real onnxruntime-gpu on this GPU-less host: CUDA is asked for, CPU is what runs."""
+    _, workdir = trained
+    model = (workdir / "model.onnx").read_bytes()
+    session = runtime.create_session(model, threads=1)
+    assert session.requested[0] == "CUDAExecutionProvider"
+    assert session.provider == "CPUExecutionProvider" and not session.on_gpu
+    with pytest.raises(runtime.GpuUnavailableError, match="runs on CPUExecutionProvider"):
+        runtime.create_session(model, require_gpu=True, threads=1)
+
+
+def test_usable_cpus_reads_cgroup_quotas(tmp_path):
+    (tmp_path / "cpu.max").write_text("150000 100000\n")
+    assert runtime.usable_cpus(tmp_path) == 1
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert runtime.usable_cpus(tmp_path) >= 1
+    v1 = tmp_path / "v1"
+    (v1 / "cpu").mkdir(parents=True)
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("100000")
+    (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000")
+    assert runtime.usable_cpus(v1) == 1
+
+
+def _rows(n: int) -> list[dict]:
+    now = pd.Timestamp.now("UTC").to_pydatetime()
+    return [prediction_row(new_prediction_id(), now, "1", 0.8, {"brand": "golden_pilsner"},
+                           0.5, False, 10.0, []) for _ in range(n)]
+
+
+def test_sync_log_group_commits_concurrent_writers(tmp_path):
+    log = PredictionLog(f"sqlite:///{tmp_path / 'p.db'}", "sync")
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda _: log.write(_rows(2)), range(200)))
+    assert log.stats.rows_written == 400
+    assert log.stats.commits < 200  # many requests shared a transaction
+    assert len(log.read_predictions()) == 400
+    log.close()
+    reopened = PredictionLog(f"sqlite:///{tmp_path / 'p.db'}", "sync")  # survives a restart
+    assert len(reopened.read_predictions()) == 400
+    reopened.close()
+
+
+def test_async_log_counts_every_dropped_row(tmp_path):
+    log = PredictionLog(f"sqlite:///{tmp_path / 'a.db'}", "async", queue_limit=5)
+    gate = threading.Lock()
+    gate.acquire()
+    original = log._commit
+
+    def slow_commit(group, count):
+        with gate:
+            original(group, count)
+
+    log._commit = slow_commit
+    for _ in range(10):
+        log.write(_rows(2))  # the writer is stuck on the first group: the queue fills
+    gate.release()
+    log.flush()
+    assert log.stats.rows_written + log.stats.rows_dropped == 20
+    assert log.stats.rows_dropped > 0
+    assert len(log.read_predictions()) == log.stats.rows_written
+    log.close()
+    with pytest.raises(ValueError, match="sync or async"):
+        PredictionLog(f"sqlite:///{tmp_path / 'b.db'}", "eventually")
+
+
+def test_request_model_follows_the_schema():
+    from brewcast.schema import FEATURES
+
+    assert set(request_feature_names()) == {c.name for c in FEATURES.by_role("feature")}
