@@ -74,6 +74,11 @@ class Settings(BaseSettings):
         description="Feature mean/median may move this many reference std (plus sampling "
         "noise) before the new data counts as grossly drifted.",
     )
+    drift_policy: Literal["warn", "quarantine"] = Field(
+        "warn",
+        description="Gross feature drift fails validation loudly; quarantine the "
+        "drifted partitions too, or keep their rows for retraining (default).",
+    )
     distribution_min_rows: int = Field(
         20, description="Partitions smaller than this get no distribution expectations."
     )
@@ -131,6 +136,9 @@ class Settings(BaseSettings):
     )
     serving_poll_seconds: float = Field(
         30.0, description="How often the service checks MLflow for a new champion (0: never)."
+    )
+    serving_url: str | None = Field(
+        None, description="The deployed service, told to reload after a promotion."
     )
     prediction_log_url: str | None = Field(
         None, description="Prediction log database (default: sqlite:///HOME/predictions.db)."

@@ -74,7 +74,8 @@ MODEL_SECONDS = prometheus_client.Histogram(
 CATEGORICAL = [c.name for c in categorical_features()]
 VOCABULARY = {c.name: set(c.vocabulary or ()) for c in categorical_features()}
 
-routes = FastAPI(title="brewcast metadata")
+# GET routes; docs off so BentoML's own Swagger UI at / and /docs stays the API's documentation.
+routes = FastAPI(title="brewcast metadata", docs_url=None, redoc_url=None, openapi_url=None)
 
 
 def _error(status: int, message: str) -> JSONResponse:

@@ -32,13 +32,27 @@ def start_service(home: Path, **env: str) -> tuple[ServerProcess, str]:
     port = free_port()
     bentoml = Path(sys.executable).with_name("bentoml")
     server = ServerProcess(
-        [str(bentoml), "serve", "serving.service:FermentationService", "--host", "127.0.0.1",
-         "--port", str(port)],
-        health_url=f"http://127.0.0.1:{port}/readyz", log_file=home / f"bento-{port}.log",
-        env={"BREWCAST_HOME": str(home), "BENTOML_HOME": str(home / "bentoml"),
-             "BENTOML_DO_NOT_TRACK": "true", "BREWCAST_SERVING_POLL_SECONDS": "0",
-             "BREWCAST_SERVING_API_KEY": "test-key", **env},
-        cwd=ROOT)
+        [
+            str(bentoml),
+            "serve",
+            "serving.service:FermentationService",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        health_url=f"http://127.0.0.1:{port}/readyz",
+        log_file=home / f"bento-{port}.log",
+        env={
+            "BREWCAST_HOME": str(home),
+            "BENTOML_HOME": str(home / "bentoml"),
+            "BENTOML_DO_NOT_TRACK": "true",
+            "BREWCAST_SERVING_POLL_SECONDS": "0",
+            "BREWCAST_SERVING_API_KEY": "test-key",
+            **env,
+        },
+        cwd=ROOT,
+    )
     return server.start(timeout=180), f"http://127.0.0.1:{port}"
 
 
@@ -79,8 +93,9 @@ def test_predictions_equal_in_process_onnxruntime(service, champion_home):
     expected, hours = run_onnx(cpu_session((work / "model.onnx").read_bytes()), test)
     got = np.array([p["probability"] for p in body["predictions"]])
     np.testing.assert_allclose(got, expected, atol=1e-6)
-    np.testing.assert_allclose([p["hours_remaining"] for p in body["predictions"]], hours,
-                               atol=1e-3)
+    np.testing.assert_allclose(
+        [p["hours_remaining"] for p in body["predictions"]], hours, atol=1e-3
+    )
     threshold = body["threshold"]
     assert [p["decision"] for p in body["predictions"]] == [bool(p >= threshold) for p in got]
     assert body["model_version"] == "1"
@@ -94,19 +109,23 @@ def test_metadata_health_and_metrics(service):
     assert meta["model"]["requested_providers"][-1] == "CPUExecutionProvider"
     assert meta["model"]["model_version"] == "1" and 0 < meta["model"]["threshold"] < 1
     assert {f["name"] for f in meta["schema"]["features"]} == {
-        c.name for c in FEATURES.by_role("feature")}
+        c.name for c in FEATURES.by_role("feature")
+    }
     for probe in ("healthz", "livez", "readyz"):
         assert httpx.get(f"{url}/{probe}").status_code == 200
     httpx.post(f"{url}/predict", json={"rows": [{"brand": "golden_pilsner"}]}, headers=KEY)
     metrics = httpx.get(f"{url}/metrics").text
-    for name in ("brewcast_predictions_total", "brewcast_probability", "brewcast_model_version",
-                 "brewcast_prediction_log_written_rows_total"):
+    for name in (
+        "brewcast_predictions_total",
+        "brewcast_probability",
+        "brewcast_model_version",
+        "brewcast_prediction_log_written_rows_total",
+    ):
         assert name in metrics, name
 
 
 BAD = {
-    "wrong type": ({"rows": [{"current_gravity_plato": "twelve"}]}, 400,
-                   "current_gravity_plato"),
+    "wrong type": ({"rows": [{"current_gravity_plato": "twelve"}]}, 400, "current_gravity_plato"),
     "out of range": ({"rows": [{"current_gravity_plato": 99.0}]}, 400, "current_gravity_plato"),
     "unknown field": ({"rows": [{"gravity": 12.0}]}, 400, "gravity"),
     "empty list": ({"rows": []}, 422, "rows"),
@@ -124,19 +143,26 @@ def test_bad_requests_get_a_4xx_naming_the_problem(service, case):
     assert needle in response.text
 
 
-@pytest.mark.parametrize("raw", ['{"rows": [{"current_gravity_plato": NaN}]}',
-                                 '{"rows": [{"current_gravity_plato": Infinity}]}'])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        '{"rows": [{"current_gravity_plato": NaN}]}',
+        '{"rows": [{"current_gravity_plato": Infinity}]}',
+    ],
+)
 def test_nan_and_infinity_are_refused(service, raw):
     _, url = service
-    response = httpx.post(f"{url}/predict", content=raw, headers={
-        **KEY, "content-type": "application/json"})
+    response = httpx.post(
+        f"{url}/predict", content=raw, headers={**KEY, "content-type": "application/json"}
+    )
     assert response.status_code == 400 and "current_gravity_plato" in response.text
 
 
 def test_non_json_oversize_and_auth(service):
     _, url = service
-    r = httpx.post(f"{url}/predict", content=b"not json", headers={
-        **KEY, "content-type": "application/json"})
+    r = httpx.post(
+        f"{url}/predict", content=b"not json", headers={**KEY, "content-type": "application/json"}
+    )
     assert r.status_code == 400 and "not valid JSON" in r.text
     r = httpx.post(f"{url}/predict", json={"rows": [{}]})
     assert r.status_code == 401 and "X-API-Key" in r.text
@@ -159,22 +185,30 @@ def test_feedback_round_trip(service, champion_home):
     test = pd.read_parquet(work / "test.parquet").head(3)
     served = httpx.post(f"{url}/predict", json={"rows": _rows(test)}, headers=KEY).json()
     ids = [p["prediction_id"] for p in served["predictions"]]
-    labels = [{"prediction_id": ids[0], "finished_within_horizon": True},
-              {"prediction_id": "nope", "finished_within_horizon": False},
-              {"batch_id": test["batch_id"].iloc[1], "finished_at": "2026-09-01T00:00:00Z"}]
+    labels = [
+        {"prediction_id": ids[0], "finished_within_horizon": True},
+        {"prediction_id": "nope", "finished_within_horizon": False},
+        {"batch_id": test["batch_id"].iloc[1], "finished_at": "2026-09-01T00:00:00Z"},
+    ]
     r = httpx.post(f"{url}/feedback", json={"labels": labels}, headers=KEY)
     assert r.status_code == 200, r.text
     assert r.json() == {"accepted": 2, "unknown_prediction_ids": ["nope"]}
-    bad = httpx.post(f"{url}/feedback", json={"labels": [{"prediction_id": ids[0]}]},
-                     headers=KEY)
+    bad = httpx.post(f"{url}/feedback", json={"labels": [{"prediction_id": ids[0]}]}, headers=KEY)
     assert bad.status_code == 422 and "finished_within_horizon" in bad.text
     with sqlite3.connect(settings.home / "predictions.db") as db:
-        assert db.execute("select count(*) from labels where prediction_id = ?",
-                          (ids[0],)).fetchone()[0] == 1
-        row = db.execute("select batch_id, probability, model_version from predictions "
-                         "where prediction_id = ?", (ids[1],)).fetchone()
+        assert (
+            db.execute("select count(*) from labels where prediction_id = ?", (ids[0],)).fetchone()[
+                0
+            ]
+            == 1
+        )
+        row = db.execute(
+            "select batch_id, probability, model_version from predictions where prediction_id = ?",
+            (ids[1],),
+        ).fetchone()
     assert row[0] == test["batch_id"].iloc[1] and math.isclose(
-        row[1], served["predictions"][1]["probability"])
+        row[1], served["predictions"][1]["probability"]
+    )
 
 
 def test_hot_swap_under_load_drops_nothing(service, champion_home):
@@ -211,8 +245,9 @@ def test_hot_swap_under_load_drops_nothing(service, champion_home):
 def test_sync_log_survives_kill_9_under_load(champion_home, tmp_path):
     settings, work = champion_home
     home = settings.home
-    server, url = start_service(home, BREWCAST_PREDICTION_LOG_URL=(
-        f"sqlite:///{tmp_path / 'crash.db'}"))
+    server, url = start_service(
+        home, BREWCAST_PREDICTION_LOG_URL=(f"sqlite:///{tmp_path / 'crash.db'}")
+    )
     rows = {"rows": _rows(pd.read_parquet(work / "test.parquet").head(3))}
     answered: list[str] = []
     stop = threading.Event()

@@ -15,10 +15,10 @@ from serving.prediction_log import PredictionLog, new_prediction_id, prediction_
 
 def test_provider_choice_prefers_the_gpu_when_the_build_has_it():
     gpu_build = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
-    assert runtime.choose_providers(gpu_build) == ["CUDAExecutionProvider",
-                                                   "CPUExecutionProvider"]
+    assert runtime.choose_providers(gpu_build) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
     assert runtime.choose_providers(gpu_build, use_tensorrt=True)[0] == (
-        "TensorrtExecutionProvider")
+        "TensorrtExecutionProvider"
+    )
     assert runtime.choose_providers(gpu_build, prefer_gpu=False) == ["CPUExecutionProvider"]
     assert runtime.choose_providers(["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
 
@@ -48,8 +48,12 @@ def test_usable_cpus_reads_cgroup_quotas(tmp_path):
 
 def _rows(n: int) -> list[dict]:
     now = pd.Timestamp.now("UTC").to_pydatetime()
-    return [prediction_row(new_prediction_id(), now, "1", 0.8, {"brand": "golden_pilsner"},
-                           0.5, False, 10.0, []) for _ in range(n)]
+    return [
+        prediction_row(
+            new_prediction_id(), now, "1", 0.8, {"brand": "golden_pilsner"}, 0.5, False, 10.0, []
+        )
+        for _ in range(n)
+    ]
 
 
 def test_sync_log_group_commits_concurrent_writers(tmp_path):

@@ -256,6 +256,10 @@ def test_gross_drift_in_new_features_fails_loudly(settings, clean_world):
     drifted = snaps.copy()
     late = drifted["snapshot_time"] > cut
     drifted.loc[late, "mean_temperature_c"] += 12.0  # a sensor re-scaled, say
+    warned = publish_features(settings, drifted, now=NOW)  # default: fail loudly, keep rows
+    assert not warned.success and "drift:mean:mean_temperature_c" in warned.failure_counts()
+    assert len(lake.read_table(settings.lake_dir, "features", FEATURES)) == len(snaps)
+    settings = settings.model_copy(update={"drift_policy": "quarantine"})
     run = publish_features(settings, drifted, now=NOW)
     assert "drift:mean:mean_temperature_c" in run.failure_counts()
     rejected = [o for o in run.outcomes if o.partition_rejected]

@@ -141,6 +141,7 @@ class Validator:
         from great_expectations.data_context.types.base import ProgressBarsConfig
 
         self.settings = settings
+        logging.getLogger("great_expectations").setLevel(logging.WARNING)  # INFO floods logs
         settings.home.mkdir(parents=True, exist_ok=True)  # GX keeps its project in HOME/gx
         self.context = gx.get_context(mode="file", project_root_dir=str(settings.home))
         bars = self.context.variables.progress_bars
@@ -332,13 +333,13 @@ def validate_parts(
             if f.scope == "table"
             or any(by_row.get(int(r)) and f.rule in by_row[int(r)] for r in rows)
         ]
-        if i in drift_parts:
-            mine = mine + drift_failures
         whole = (
             rejected_all
-            or i in drift_parts
+            or (i in drift_parts and settings.drift_policy == "quarantine")
             or (settings.validation_policy == "partition" and bool(mine))
         )
+        if i in drift_parts:  # reported (the run fails loudly) even when rows are kept
+            mine = mine + drift_failures
         reasons = pd.Series(
             [
                 "; ".join(f.rule for f in mine) if whole else "; ".join(by_row.get(int(r), []))
