@@ -85,3 +85,32 @@ class ServerProcess:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def airflow_env(
+    brewcast_home: Path,
+    sql_alchemy_conn: str | None = None,
+    executor: str = "LocalExecutor",
+    **extra: str,
+) -> dict[str, str]:
+    """Environment for Airflow in embedded mode: AIRFLOW_HOME under ``BREWCAST_HOME``,
+    SQLite metadata DB (unless ``sql_alchemy_conn``), this project's ``dags/``, no examples,
+    new DAGs unpaused (their asset triggers work from the start)."""
+    home = Path(brewcast_home).resolve()
+    airflow_home = home / "airflow"
+    airflow_home.mkdir(parents=True, exist_ok=True)
+    return {
+        "BREWCAST_HOME": str(home),
+        "AIRFLOW_HOME": str(airflow_home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+        "AIRFLOW__CORE__EXECUTOR": executor,
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": sql_alchemy_conn
+        or f"sqlite:///{airflow_home / 'airflow.db'}",
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+        **extra,
+    }
