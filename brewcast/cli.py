@@ -226,6 +226,28 @@ def train(
 
 
 @app.command()
+def monitor() -> None:
+    """Compare logged predictions with arrived labels: bias, calibration, drift, alerts."""
+    from brewcast import jobs
+
+    summary = jobs.monitor()
+    typer.echo(
+        f"{summary['labelled_predictions']} labelled predictions, "
+        f"{summary['pending_predictions']} pending; {len(summary['alerts'])} alert(s), "
+        f"{len(summary['drift_alarms'])} drift alarm(s)"
+    )
+    for alert in summary["alerts"]:
+        typer.echo(
+            f"  ALERT {alert['window']} {alert['slice']}={alert['value']} "
+            f"{alert['metric']} {alert['observed']:+.3f} (limit {alert['limit']:g}, "
+            f"{alert['support']} predictions)"
+        )
+    typer.echo(f"report: {summary['report']}")
+    if summary["retrain"]:
+        raise typer.Exit(1)
+
+
+@app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="HTTP port.")] = 3000,

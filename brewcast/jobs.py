@@ -142,3 +142,11 @@ def notify_serving(settings: Settings | None = None) -> dict:
     except OSError as exc:  # the service may be down; it will poll when it is back
         log.warning("could not reach the service at %s: %s", settings.serving_url, exc)
         return {"notified": False, "reason": str(exc)}
+
+
+def monitor(settings: Settings | None = None) -> dict:
+    """Join the prediction log with labels; metrics, alerts and drift; report and log."""
+    from monitoring.report import run_monitoring
+
+    settings = settings or get_settings()
+    return run_monitoring(settings)

@@ -148,6 +148,28 @@ class Settings(BaseSettings):
     )
     prediction_log_queue: int = Field(10_000, description="Async mode's queue bound in rows.")
 
+    # monitoring
+    monitor_experiment: str = Field("brewcast-monitoring", description="MLflow experiment.")
+    monitor_window_days: float = Field(7.0, description="Length of a monitoring window.")
+    monitor_min_support: int = Field(
+        60, description="Labelled predictions a slice needs before it may alarm."
+    )
+    monitor_min_batches: int = Field(
+        8,
+        description="Distinct batches a slice needs before it may alarm (snapshots of one "
+        "batch are not independent).",
+    )
+    monitor_max_abs_bias: float = Field(0.08, description="Largest |bias| before an alarm.")
+    monitor_max_hours_bias: float = Field(
+        8.0, description="Largest |mean(predicted - actual hours remaining)| before an alarm."
+    )
+    monitor_alpha: float = Field(
+        0.01, description="Family-wise error rate of the bias alarms (Holm over all tests)."
+    )
+    monitor_max_ece: float = Field(0.15, description="Largest ECE before an alarm.")
+    monitor_max_psi: float = Field(0.25, description="PSI of a feature before a drift alarm.")
+    monitor_webhook_url: str | None = Field(None, description="Alerts are POSTed here too.")
+
     @property
     def prediction_log(self) -> str:
         return self.prediction_log_url or (f"sqlite:///{(self.home / 'predictions.db').resolve()}")

@@ -151,12 +151,8 @@ def reliability_table(y, p, bins: int = 10, strategy: str = "uniform") -> pd.Dat
     if strategy == "uniform":
         edges = np.linspace(0.0, 1.0, bins + 1)
     elif strategy == "quantile":
-        edges = (
-            np.unique(np.quantile(p, np.linspace(0.0, 1.0, bins + 1)))
-            if p.size
-            else (np.array([0.0, 1.0]))
-        )
-        edges[0], edges[-1] = 0.0, 1.0
+        inner = np.quantile(p, np.linspace(0.0, 1.0, bins + 1))[1:-1] if p.size else []
+        edges = np.unique(np.concatenate([[0.0], inner, [1.0]]))
     else:
         raise ValueError(f"strategy must be uniform or quantile, not {strategy!r}")
     bucket = np.searchsorted(edges[1:-1], p, side="left")  # (low, high], as scikit-learn

@@ -495,7 +495,12 @@ def register(settings: Settings, workdir: Path) -> RegisteredModel:
     if verdict.passed:
         set_alias(settings.model_name, CHAMPION, version)
         # The champion's training data is the reference new data is validated against.
-        save_reference(settings, frames["train"])
+        from models.export import cpu_session, run_onnx
+
+        train_probability, _ = run_onnx(
+            cpu_session((workdir / "model.onnx").read_bytes()), frames["train"]
+        )
+        save_reference(settings, frames["train"], train_probability)
     result = RegisteredModel(
         run.info.run_id, version, verdict.passed, verdict.to_dict(), info.model_uri
     )

@@ -24,6 +24,8 @@ def configure(tracking_uri: str) -> None:
     os.environ.setdefault("DO_NOT_TRACK", "true")
     import mlflow
 
+    if tracking_uri.startswith("sqlite:///"):  # a local store: its folder may be new
+        Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
 

@@ -65,7 +65,11 @@ def parsed(tmp_path_factory):
 
 def test_dags_import_cleanly_and_cheaply(parsed):
     assert parsed["errors"] == {}
-    assert set(parsed["dags"]) == {"fermentation_ingest", "fermentation_training"}
+    assert set(parsed["dags"]) == {
+        "fermentation_ingest",
+        "fermentation_training",
+        "fermentation_monitoring",
+    }
     assert parsed["heavy"] == []  # no TensorFlow, GX, MLflow, pandas... at parse time
 
 
@@ -109,6 +113,12 @@ def test_training_dag_graph(parsed):
     assert dag["outlets"] == {
         "notify_serving": ["brewcast://registry/fermentation-completion/champion"]
     }
+
+
+def test_monitoring_dag_graph(parsed):
+    dag = parsed["dags"]["fermentation_monitoring"]
+    assert dag["tasks"] == {"monitor": ["request_retraining"], "request_retraining": []}
+    assert dag["outlets"] == {"request_retraining": ["brewcast://monitoring/retrain"]}
 
 
 @pytest.mark.slow

@@ -1,0 +1,389 @@
+"""Monitoring: what was predicted against what happened, window by window and slice by slice.
+
+Labels come from three places, best first: a label sent for the prediction itself
+(``/feedback`` with a prediction id), a batch finish time sent to ``/feedback``, or the
+batch's outcome derived from its readings in the validated lake. A prediction is labelled
+``finished_within_horizon = finish_time <= snapshot_time + horizon`` (a stuck batch never
+finishes).
+
+Per window: the metrics of ``models.metrics`` overall, per slice key, and per pair of slice
+keys where support allows; an alarm needs enough support, a bias beyond its limit *and* a
+bias test that survives the Holm correction over every (window, slice) tested, so many
+slices times many windows do not page on noise. Drift: PSI of each feature and of the
+served probability against the training reference, overall and per slice, needing no
+labels (an early warning while labels are pending).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from itertools import combinations
+
+import numpy as np
+import pandas as pd
+from scipy.stats import t as t_dist
+
+from brewcast.schema import slice_keys
+from brewcast.settings import Settings
+from models.metrics import Z95, classification_report, prediction_bias
+
+log = logging.getLogger(__name__)
+
+#: Likely causes per slice key (DOMAIN.md), named in every alert.
+LIKELY_CAUSES = {
+    "yeast_strain": "yeast health or vitality (pitch rate, oxygen, repitching), a supplier "
+    "change of the strain, or an attenuation shift",
+    "fermenter": "cooling capacity or a temperature sensor of that vessel, a CIP problem",
+    "brand": "a recipe change (original gravity, grist), or a new hop/yeast combination",
+    "season": "cellar ambient temperature reaching the fermenters",
+}
+
+
+@dataclass
+class Alert:
+    window: str
+    slice: str
+    value: str
+    metric: str
+    observed: float
+    limit: float
+    support: int
+    batches: int
+    p_value: float | None
+    likely_causes: str
+
+    def message(self) -> str:
+        return (
+            f"[{self.window}] {self.slice}={self.value}: {self.metric} {self.observed:+.3f} "
+            f"beyond ±{self.limit:g} over {self.support} predictions from {self.batches} "
+            f"batches (Holm-adjusted p={self.p_value if self.p_value is not None else 'n/a'}"
+            f"). Likely causes: {self.likely_causes}."
+        )
+
+
+@dataclass
+class MonitoringResult:
+    windows: pd.DataFrame  # one row per (window, slice, value): metrics + support
+    drift: pd.DataFrame  # one row per (slice, value, feature): PSI
+    alerts: list[Alert] = field(default_factory=list)
+    labelled: int = 0
+    pending: int = 0
+
+    @property
+    def retrain(self) -> bool:
+        return bool(self.alerts)
+
+    def summary(self) -> dict:
+        return {
+            "labelled_predictions": self.labelled,
+            "pending_predictions": self.pending,
+            "windows": sorted(self.windows["window"].unique().tolist())
+            if len(self.windows)
+            else [],
+            "alerts": [asdict(a) for a in self.alerts],
+            "retrain": self.retrain,
+            "drift_alarms": self.drift[self.drift["alarm"]].to_dict("records")
+            if len(self.drift)
+            else [],
+        }
+
+
+# ------------------------------------------------------------------------------------------
+# labels
+# ------------------------------------------------------------------------------------------
+
+
+def _lookup(keys: pd.Series, values: pd.Series) -> pd.Series:
+    """``values[key]`` per key, missing where absent (Series.map cannot do datetimes here)."""
+    return pd.Series(values.reindex(keys.to_numpy()).array, index=keys.index)
+
+
+def attach_labels(
+    predictions: pd.DataFrame, labels: pd.DataFrame, outcomes: pd.DataFrame, horizon_hours: float
+) -> pd.DataFrame:
+    """``predictions`` with ``label`` (float: 1, 0, or NaN while pending) and its source."""
+    out = predictions.copy()
+    at = pd.to_datetime(out["snapshot_time"], utc=True, format="mixed").fillna(
+        pd.to_datetime(out["served_at"], utc=True, format="mixed")
+    )
+    deadline = at + pd.Timedelta(hours=horizon_hours)
+    out["label"] = np.nan
+    out["label_source"] = None
+    out["actual_hours"] = np.nan  # hours from the snapshot to the finish (finished batches)
+
+    def by_finish(finish: pd.Series) -> pd.Series:
+        return (finish <= deadline).astype(float)
+
+    if len(outcomes):
+        known = outcomes[outcomes["status"] != "running"].set_index("batch_id")
+        finish = pd.to_datetime(_lookup(out["batch_id"], known["finish_time"]), utc=True)
+        status = _lookup(out["batch_id"], known["status"])
+        lake = by_finish(finish).where(status == "finished", 0.0).where(status.notna())
+        out.loc[lake.notna(), "label_source"] = "readings"
+        out["label"] = lake
+        out["actual_hours"] = ((finish - at).dt.total_seconds() / 3600).clip(lower=0)
+    if len(labels):
+        batch = (
+            labels.dropna(subset=["batch_id", "finished_at"])
+            .drop_duplicates("batch_id", keep="last")
+            .set_index("batch_id")
+        )
+        finish = pd.to_datetime(_lookup(out["batch_id"], batch["finished_at"]), utc=True)
+        sent = by_finish(finish).where(finish.notna())
+        out.loc[sent.notna(), "label"] = sent[sent.notna()]
+        out.loc[sent.notna(), "label_source"] = "feedback_batch"
+        hours = ((finish - at).dt.total_seconds() / 3600).clip(lower=0)
+        out.loc[hours.notna(), "actual_hours"] = hours[hours.notna()]
+        direct = (
+            labels.dropna(subset=["prediction_id", "finished_within_horizon"])
+            .drop_duplicates("prediction_id", keep="last")
+            .set_index("prediction_id")["finished_within_horizon"]
+            .astype(float)
+        )
+        own = _lookup(out["prediction_id"], direct)
+        out.loc[own.notna(), "label"] = own[own.notna()]
+        out.loc[own.notna(), "label_source"] = "feedback_prediction"
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# metrics, alarms
+# ------------------------------------------------------------------------------------------
+
+
+def _groups(frame: pd.DataFrame, min_support: int):
+    """(slice name, value, rows) overall, per key, and per pair of keys with support."""
+    yield "all", "all", frame
+    keys = slice_keys()
+    for key in keys:
+        for value, part in frame.groupby(frame[key].fillna("(missing)"), sort=True):
+            yield key, str(value), part
+    for a, b in combinations(keys, 2):
+        for (va, vb), part in frame.groupby(
+            [frame[a].fillna("(missing)"), frame[b].fillna("(missing)")], sort=True
+        ):
+            if len(part) >= min_support:
+                yield f"{a}*{b}", f"{va}*{vb}", part
+
+
+def window_metrics(
+    labelled: pd.DataFrame, window: str, min_support: int, min_batches: int
+) -> pd.DataFrame:
+    rows = []
+    for name, value, part in _groups(labelled, min_support):
+        threshold = float(part["threshold"].iloc[0])
+        report = classification_report(
+            part["label"],
+            part["probability"],
+            threshold,
+            part["batch_id"].fillna(part["prediction_id"]),
+        )
+        p_value = _p_value(report["bias"], report["bias_high"], report["batches"])
+        finished = part["actual_hours"].notna()
+        hours = prediction_bias(
+            part.loc[finished, "actual_hours"],
+            part.loc[finished, "hours_remaining"],
+            part.loc[finished, "batch_id"].fillna(part.loc[finished, "prediction_id"]),
+        )
+        report.update(
+            hours_bias=hours.value,
+            hours_bias_low=hours.low,
+            hours_bias_high=hours.high,
+            hours_rows=hours.n,
+            hours_bias_p_value=_p_value(hours.value, hours.high, hours.groups),
+        )
+        rows.append(
+            {
+                "window": window,
+                "slice": name,
+                "value": value,
+                **report,
+                "bias_p_value": p_value,
+                "supported": report["rows"] >= min_support and report["batches"] >= min_batches,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _p_value(value: float, high: float, clusters: int) -> float:
+    """Two-sided p of value == 0 from its 95% interval, against t with clusters-1 dof (few
+    batches make a cluster-robust standard error optimistic)."""
+    se = (high - value) / Z95 if np.isfinite(high) else float("nan")
+    if not se or not np.isfinite(se) or se <= 0:
+        return float("nan")
+    return float(2 * t_dist.sf(abs(value) / se, max(clusters - 1, 1)))
+
+
+def holm(p_values: np.ndarray) -> np.ndarray:
+    """Holm's step-down adjustment (family-wise error over every test in the run)."""
+    p = np.asarray(p_values, dtype=float)
+    order = np.argsort(p)
+    m = len(p)
+    adjusted = np.empty(m)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+#: (metric, p-value column, limit setting) of the statistically tested alarms.
+TESTED = (
+    ("prediction_bias", "bias", "bias_p_value", "monitor_max_abs_bias"),
+    ("hours_remaining_bias", "hours_bias", "hours_bias_p_value", "monitor_max_hours_bias"),
+)
+
+
+def find_alerts(windows: pd.DataFrame, settings: Settings) -> list[Alert]:
+    """Alarms with support, beyond their limit, and significant after Holm's correction over
+    every test of the run (both bias families, every window and slice)."""
+    supported = windows[windows["supported"]]
+    tests = [
+        (metric, column, limit_name, getattr(row, p_column), row)
+        for metric, column, p_column, limit_name in TESTED
+        for row in supported[supported[p_column].notna()].itertuples(index=False)
+    ]
+    alerts = []
+    adjusted = holm(np.array([test[3] for test in tests])) if tests else []
+    for (metric, column, limit_name, _, row), p_adjusted in zip(tests, adjusted, strict=True):
+        observed, limit = float(getattr(row, column)), float(getattr(settings, limit_name))
+        if abs(observed) > limit and p_adjusted < settings.monitor_alpha:
+            alerts.append(
+                Alert(
+                    row.window,
+                    row.slice,
+                    row.value,
+                    metric,
+                    observed,
+                    limit,
+                    int(row.rows),
+                    int(row.batches),
+                    float(p_adjusted),
+                    _causes(row.slice),
+                )
+            )
+    for row in supported.itertuples(index=False):
+        if row.ece > settings.monitor_max_ece and row.rows >= 2 * settings.monitor_min_support:
+            alerts.append(
+                Alert(
+                    row.window,
+                    row.slice,
+                    row.value,
+                    "ece",
+                    float(row.ece),
+                    settings.monitor_max_ece,
+                    int(row.rows),
+                    int(row.batches),
+                    None,
+                    _causes(row.slice),
+                )
+            )
+    return alerts
+
+
+def _causes(slice_name: str) -> str:
+    return LIKELY_CAUSES.get(
+        slice_name.split("*")[0],
+        "a change across the whole cellar (data pipeline, sensors, or the process itself)",
+    )
+
+
+# ------------------------------------------------------------------------------------------
+# drift (label-free)
+# ------------------------------------------------------------------------------------------
+
+
+def psi(expected: np.ndarray, actual: np.ndarray) -> float:
+    """Population stability index over the same bins; 0.1 watch, 0.25 act (convention)."""
+    e = np.clip(np.asarray(expected, float), 1e-4, None)
+    a = np.clip(np.asarray(actual, float), 1e-4, None)
+    e, a = e / e.sum(), a / a.sum()
+    return float(np.sum((a - e) * np.log(a / e)))
+
+
+def drift_table(
+    predictions: pd.DataFrame, reference: dict | None, settings: Settings
+) -> pd.DataFrame:
+    """PSI of each numeric feature (and the probability) vs the reference bins, overall and
+    per slice value with enough rows."""
+    if not reference or "bins" not in reference or predictions.empty:
+        return pd.DataFrame(columns=["slice", "value", "feature", "psi", "rows", "alarm"])
+    features = pd.json_normalize(predictions["features"].map(json.loads).tolist())
+    features["probability"] = predictions["probability"].to_numpy()
+    for key in slice_keys():
+        features[key] = predictions[key].to_numpy()
+    rows = []
+    groups = [("all", "all", features)] + [
+        (key, str(value), part)
+        for key in slice_keys()
+        for value, part in features.groupby(features[key].fillna("(missing)"), sort=True)
+        if len(part) >= settings.monitor_min_support
+    ]
+    for name, value, part in groups:
+        for feature, spec in reference["bins"].items():
+            if feature not in part:
+                continue
+            values = pd.to_numeric(part[feature], errors="coerce").dropna().to_numpy()
+            if len(values) < settings.monitor_min_support // 2:
+                continue
+            edges = np.asarray(spec["edges"], float)
+            counts = np.bincount(
+                np.clip(np.searchsorted(edges[1:-1], values, side="right"), 0, len(edges) - 2),
+                minlength=len(edges) - 1,
+            )
+            score = psi(np.asarray(spec["proportions"]), counts)
+            rows.append(
+                {
+                    "slice": name,
+                    "value": value,
+                    "feature": feature,
+                    "psi": score,
+                    "rows": len(values),
+                    "alarm": score > settings.monitor_max_psi,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------------------------------
+# the run
+# ------------------------------------------------------------------------------------------
+
+
+def monitor(
+    predictions: pd.DataFrame,
+    labels: pd.DataFrame,
+    outcomes: pd.DataFrame,
+    reference: dict | None,
+    settings: Settings,
+) -> MonitoringResult:
+    """Metrics per window and slice, alerts, drift, for every logged prediction."""
+    if predictions.empty:
+        return MonitoringResult(pd.DataFrame(), pd.DataFrame(), [], 0, 0)
+    joined = attach_labels(predictions, labels, outcomes, settings.horizon_hours)
+    labelled = joined[joined["label"].notna()]
+    served = pd.to_datetime(labelled["served_at"], utc=True, format="mixed")
+    days = settings.monitor_window_days
+    start = served.min().floor("D") if len(labelled) else None
+    frames = []
+    if start is not None:
+        index = ((served - start) / pd.Timedelta(days=days)).astype(int)
+        for i, part in labelled.groupby(index, sort=True):
+            lo = start + pd.Timedelta(days=days * i)
+            name = f"{lo:%Y-%m-%d}+{days:g}d"
+            for version, by_version in part.groupby("model_version", sort=True):
+                table = window_metrics(
+                    by_version, name, settings.monitor_min_support, settings.monitor_min_batches
+                )
+                table.insert(1, "model_version", version)
+                frames.append(table)
+    windows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    alerts = find_alerts(windows, settings) if len(windows) else []
+    recent = pd.to_datetime(joined["served_at"], utc=True, format="mixed")
+    latest = joined[recent >= recent.max() - pd.Timedelta(days=days)]
+    drift = drift_table(latest, reference, settings)
+    return MonitoringResult(
+        windows, drift, alerts, len(labelled), int(joined["label"].isna().sum())
+    )

@@ -1,0 +1,302 @@
+"""A monitoring run: read the prediction log and the labels, compute, and tell people.
+
+Outputs: one MLflow run per window in experiment ``brewcast-monitoring`` (stable keys
+``all/bias``, ``slice/yeast_strain/german_lager/bias``, ``drift/psi/<feature>``...), an HTML
+report a brewer can read (bias by slice over time, reliability diagrams, drift), a
+machine-readable ``summary.json``, and alerts to the log and, optionally, a webhook.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import logging
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from brewcast import lake
+from brewcast.schema import BATCHES, READINGS, slice_keys
+from brewcast.settings import Settings
+from monitoring.monitor import MonitoringResult, attach_labels, monitor
+
+log = logging.getLogger(__name__)
+
+METRICS = (
+    "rows",
+    "batches",
+    "bias",
+    "bias_low",
+    "bias_high",
+    "ece",
+    "auc",
+    "log_loss",
+    "precision",
+    "recall",
+    "decision_rate",
+    "mean_prediction",
+    "positive_rate",
+)
+
+
+def load_inputs(settings: Settings) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Predictions and labels from the prediction log, batch outcomes from the lake."""
+    from models.dataset import LabelRules, derive_outcomes
+    from serving.prediction_log import PredictionLog
+
+    prediction_log = PredictionLog(settings.prediction_log, "sync")
+    try:
+        predictions, labels = prediction_log.read_predictions(), prediction_log.read_labels()
+    finally:
+        prediction_log.close()
+    batches = lake.read_table(settings.lake_dir, "validated", BATCHES)
+    readings = lake.read_table(settings.lake_dir, "validated", READINGS)
+    outcomes = (
+        derive_outcomes(batches, readings, LabelRules.from_settings(settings))
+        if len(batches)
+        else pd.DataFrame(columns=["batch_id", "status", "finish_time"])
+    )
+    return predictions, labels, outcomes
+
+
+def run_monitoring(settings: Settings, log_to_mlflow: bool = True) -> dict:
+    from validation.reference import load_reference
+
+    predictions, labels, outcomes = load_inputs(settings)
+    result = monitor(predictions, labels, outcomes, load_reference(settings), settings)
+    out_dir = settings.home / "monitoring"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = result.summary()
+    report = write_html(result, predictions, labels, outcomes, settings, out_dir / "report.html")
+    summary["report"] = str(report)
+    if log_to_mlflow and len(result.windows):
+        summary["mlflow_runs"] = log_windows(result, settings)
+    lake.write_text(out_dir / "summary.json", json.dumps(summary, indent=2, default=str))
+    if len(result.windows):
+        result.windows.to_csv(out_dir / "windows.csv", index=False)
+    deliver_alerts(result, settings)
+    return summary
+
+
+def log_windows(result: MonitoringResult, settings: Settings) -> list[str]:
+    import mlflow
+
+    from models.evaluate import metric_key
+    from models.registry import configure, ensure_experiment
+
+    configure(settings.tracking_uri)
+    experiment = ensure_experiment(settings.monitor_experiment, settings.home / "mlartifacts")
+    run_ids = []
+    for (window, version), part in result.windows.groupby(["window", "model_version"]):
+        values = {}
+        for row in part.itertuples(index=False):
+            prefix = ("all",) if row.slice == "all" else ("slice", row.slice, row.value)
+            for name in METRICS:
+                value = float(getattr(row, name))
+                if np.isfinite(value):
+                    values[metric_key(*prefix, name)] = value
+        alerts = [a for a in result.alerts if a.window == window]
+        values["alerts"] = float(len(alerts))
+        with mlflow.start_run(experiment_id=experiment, run_name=f"monitor-{window}-v{version}"):
+            mlflow.set_tags(
+                {
+                    "window": window,
+                    "model_version": str(version),
+                    "alerts": "; ".join(a.message() for a in alerts)[:4000],
+                }
+            )
+            mlflow.log_metrics(values)
+            if len(result.drift):
+                overall = result.drift[result.drift["slice"] == "all"]
+                mlflow.log_metrics(
+                    {
+                        metric_key("drift", "psi", f): float(p)
+                        for f, p in zip(overall["feature"], overall["psi"], strict=True)
+                    }
+                )
+            run_ids.append(mlflow.active_run().info.run_id)
+    return run_ids
+
+
+def deliver_alerts(result: MonitoringResult, settings: Settings) -> None:
+    for alert in result.alerts:
+        log.warning("MONITORING ALERT %s", alert.message())
+    for row in result.drift[result.drift["alarm"]].itertuples() if len(result.drift) else []:
+        log.warning(
+            "DRIFT %s=%s: PSI of %s is %.3f over %d recent rows",
+            row.slice,
+            row.value,
+            row.feature,
+            row.psi,
+            row.rows,
+        )
+    if settings.monitor_webhook_url and result.alerts:
+        body = json.dumps(result.summary(), default=str).encode()
+        request = urllib.request.Request(
+            settings.monitor_webhook_url,
+            data=body,
+            method="POST",
+            headers={"content-type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10):
+                pass
+        except OSError as exc:  # the log above already carries every alert
+            log.error("alert webhook %s failed: %s", settings.monitor_webhook_url, exc)
+
+
+# ------------------------------------------------------------------------------------------
+# the HTML report
+# ------------------------------------------------------------------------------------------
+
+
+def _png(fig) -> str:
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def _bias_over_time(windows: pd.DataFrame, key: str, settings: Settings) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    part = windows[windows["slice"] == key]
+    for value, rows in part.groupby("value", sort=True):
+        rows = rows.sort_values("window")
+        ax.errorbar(
+            rows["window"],
+            rows["bias"],
+            yerr=[rows["bias"] - rows["bias_low"], rows["bias_high"] - rows["bias"]],
+            marker="o",
+            capsize=2,
+            label=value,
+            alpha=0.85,
+        )
+    for y in (-settings.monitor_max_abs_bias, settings.monitor_max_abs_bias):
+        ax.axhline(y, color="red", ls=":", lw=1)
+    ax.axhline(0, color="grey", lw=1)
+    ax.set(
+        title=f"Prediction bias by {key} over time (mean p - mean y, 95% interval)", ylabel="bias"
+    )
+    ax.tick_params(axis="x", rotation=30, labelsize=7)
+    ax.legend(fontsize=7, ncol=2)
+    return _png(fig)
+
+
+def _reliability(joined: pd.DataFrame, key: str | None) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from models.metrics import reliability_table
+
+    fig, ax = plt.subplots(figsize=(4.6, 4.2))
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
+    groups = (
+        [("all", joined)]
+        if key is None
+        else list(joined.groupby(joined[key].fillna("(missing)"), sort=True))
+    )
+    for value, part in groups:
+        if len(part) < 30:
+            continue
+        table = reliability_table(part["label"], part["probability"], 10)
+        ax.plot(
+            table["mean_predicted"],
+            table["observed_rate"],
+            marker="o",
+            ms=3,
+            label=f"{value} (n={len(part)})",
+        )
+    ax.set(
+        xlim=(0, 1),
+        ylim=(0, 1),
+        xlabel="predicted",
+        ylabel="observed",
+        title=f"Reliability{'' if key is None else ' by ' + key}",
+    )
+    ax.legend(fontsize=6)
+    return _png(fig)
+
+
+def write_html(
+    result: MonitoringResult,
+    predictions: pd.DataFrame,
+    labels: pd.DataFrame,
+    outcomes: pd.DataFrame,
+    settings: Settings,
+    path: Path,
+) -> Path:
+    parts = [
+        "<h1>brewcast monitoring</h1>",
+        f"<p>{len(predictions)} predictions logged, {result.labelled} labelled, "
+        f"{result.pending} waiting for their batch to finish. Windows of "
+        f"{settings.monitor_window_days:g} days; a slice alarms with at least "
+        f"{settings.monitor_min_support} labelled predictions, |bias| over "
+        f"{settings.monitor_max_abs_bias:g} and a Holm-adjusted p below "
+        f"{settings.monitor_alpha:g}.</p>",
+    ]
+    if result.alerts:
+        items = "".join(f"<li>{html.escape(a.message())}</li>" for a in result.alerts)
+        parts.append(f"<h2 style='color:#b00'>Alerts ({len(result.alerts)})</h2><ul>{items}</ul>")
+    else:
+        parts.append("<h2 style='color:#070'>No alerts</h2>")
+    if len(result.windows):
+        for key in slice_keys():
+            parts.append(f"<img src='{_bias_over_time(result.windows, key, settings)}'>")
+        joined = attach_labels(predictions, labels, outcomes, settings.horizon_hours)
+        joined = joined[joined["label"].notna()]
+        parts.append("<h2>Calibration</h2>")
+        parts.append(f"<img src='{_reliability(joined, None)}'>")
+        for key in slice_keys():
+            parts.append(f"<img src='{_reliability(joined, key)}'>")
+        latest = result.windows[result.windows["window"] == result.windows["window"].max()]
+        shown = latest[
+            [
+                "slice",
+                "value",
+                "model_version",
+                "rows",
+                "batches",
+                "bias",
+                "bias_low",
+                "bias_high",
+                "ece",
+                "auc",
+                "precision",
+                "recall",
+                "decision_rate",
+            ]
+        ]
+        parts.append(
+            "<h2>Latest window, every slice</h2>"
+            + shown.to_html(index=False, float_format=lambda x: f"{x:.3f}")
+        )
+    if len(result.drift):
+        drifted = result.drift.sort_values("psi", ascending=False).head(25)
+        parts.append(
+            "<h2>Drift (PSI vs the training reference, latest window)</h2>"
+            + drifted.to_html(index=False, float_format=lambda x: f"{x:.3f}")
+        )
+    page = (
+        "<!doctype html><html><head><meta charset='utf-8'><title>brewcast monitoring"
+        "</title><style>body{font-family:sans-serif;margin:2em;max-width:1100px}"
+        "table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;"
+        "padding:2px 6px}img{max-width:100%;margin:6px}</style></head><body>"
+        + "\n".join(parts)
+        + "</body></html>"
+    )
+    return lake.write_text(path, page)

@@ -1,0 +1,188 @@
+"""Monitoring: labels join by precedence, the statistics match hand examples, a biased slice
+alarms (and only it), and a run writes its report, summary, MLflow runs and webhook."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from monitoring.monitor import attach_labels, holm, monitor, psi
+
+RNG = np.random.default_rng(3)
+STRAINS = ["american_ale", "german_lager", "english_ale"]
+
+
+def _log(biased_strain: str | None = None, batches: int = 360, start="2026-03-01"):
+    """A prediction log as serving writes it, and the batches' outcomes: every batch has 10
+    snapshots 6 h apart ending at its finish; the model is sharp and calibrated, except
+    (optionally) on one strain where it calls 'finished' too early."""
+    rows, outcomes = [], []
+    t0 = pd.Timestamp(start, tz="UTC")
+    for b in range(batches):
+        strain = STRAINS[b % 3]
+        fermenter = f"FV0{RNG.integers(1, 5)}"
+        finish = t0 + pd.Timedelta(hours=float(RNG.uniform(60, 28 * 24)))
+        batch_id = f"B{b:04d}"
+        outcomes.append((batch_id, "finished", finish))
+        for k in range(10):
+            at = finish - pd.Timedelta(hours=6 * k)
+            finished_soon = k <= 4
+            p = 0.95 if finished_soon else 0.05
+            hours = 6.0 * k
+            if strain == biased_strain:
+                p, hours = (0.95, hours) if finished_soon else (0.55, hours - 20.0)
+            rows.append(
+                {
+                    "prediction_id": f"{batch_id}-{k}",
+                    "served_at": at,
+                    "model_version": "1",
+                    "batch_id": batch_id,
+                    "snapshot_time": at,
+                    "fermenter": fermenter,
+                    "brand": "golden_pilsner",
+                    "yeast_strain": strain,
+                    "season": "spring",
+                    "features": json.dumps({"current_gravity_plato": 3 + k * 0.8}),
+                    "probability": p,
+                    "decision": p >= 0.8,
+                    "hours_remaining": max(hours, 0.0),
+                    "threshold": 0.8,
+                    "unknown_categories": "",
+                }
+            )
+    outcomes = pd.DataFrame(outcomes, columns=["batch_id", "status", "finish_time"])
+    return pd.DataFrame(rows), outcomes
+
+
+NO_LABELS = pd.DataFrame(
+    columns=["prediction_id", "batch_id", "finished_within_horizon", "finished_at"]
+)
+
+
+def test_label_precedence_and_hours():
+    predictions, outcomes = _log(batches=3)
+    first = predictions["batch_id"] == "B0000"
+    finish = outcomes.set_index("batch_id").loc["B0000", "finish_time"]
+    labels = pd.DataFrame(
+        [
+            {
+                "prediction_id": "B0000-9",
+                "batch_id": None,
+                "finished_within_horizon": True,
+                "finished_at": None,
+            },
+            {
+                "prediction_id": None,
+                "batch_id": "B0001",
+                "finished_at": finish,
+                "finished_within_horizon": None,
+            },
+        ]
+    )
+    joined = attach_labels(predictions, labels, outcomes, 24.0).set_index("prediction_id")
+    assert joined.loc["B0000-0", "label"] == 1.0 and joined.loc["B0000-8", "label"] == 0.0
+    assert joined.loc["B0000-9", "label"] == 1.0  # the direct label wins over the readings
+    assert joined.loc["B0000-9", "label_source"] == "feedback_prediction"
+    assert (joined.loc[joined["batch_id"] == "B0001", "label_source"] == "feedback_batch").all()
+    assert joined.loc["B0000-3", "actual_hours"] == pytest.approx(18.0)
+    running = outcomes.assign(status="running")
+    pending = attach_labels(predictions[first], NO_LABELS, running, 24.0)
+    assert pending["label"].isna().all()
+
+
+def test_holm_and_psi_hand_examples():
+    np.testing.assert_allclose(holm(np.array([0.01, 0.04, 0.03])), [0.03, 0.06, 0.06])
+    assert psi([0.5, 0.5], [60, 40]) == pytest.approx(0.1 * np.log(1.2) - 0.1 * np.log(0.8))
+    assert psi([0.2, 0.8], [20, 80]) == pytest.approx(0.0)
+
+
+def test_calibrated_log_raises_no_alarm(settings):
+    predictions, outcomes = _log()
+    result = monitor(predictions, NO_LABELS, outcomes, None, settings)
+    assert result.labelled == len(predictions) and result.pending == 0
+    assert result.alerts == []
+    overall = result.windows[result.windows["slice"] == "all"]
+    assert overall["bias"].abs().max() < 0.02
+
+
+def test_a_biased_strain_alarms_in_its_slice_only(settings):
+    # A third of the rows biased by +0.25 leaves the mixed slices (fermenters) near +0.08.
+    settings = settings.model_copy(update={"monitor_max_abs_bias": 0.1})
+    predictions, outcomes = _log(biased_strain="german_lager")
+    result = monitor(predictions, NO_LABELS, outcomes, None, settings)
+    assert result.alerts
+    for alert in result.alerts:
+        # Every alarmed slice holds drifted rows; slices without lager never alarm.
+        rows = predictions
+        if alert.slice != "all":
+            for key, value in zip(alert.slice.split("*"), alert.value.split("*"), strict=True):
+                rows = rows[rows[key].fillna("(missing)") == value]
+        assert (rows["yeast_strain"] == "german_lager").mean() > 0.3, alert
+        assert alert.support >= settings.monitor_min_support and alert.likely_causes
+    strains = {a.value for a in result.alerts if a.slice == "yeast_strain"}
+    assert strains == {"german_lager"}
+    metrics = {a.metric for a in result.alerts if a.slice == "yeast_strain"}
+    assert {"prediction_bias", "hours_remaining_bias"} <= metrics
+    lager = next(
+        a for a in result.alerts if a.slice == "yeast_strain" and a.metric == "prediction_bias"
+    )
+    assert lager.observed == pytest.approx(0.25, abs=0.03) and "yeast" in lager.message()
+
+
+def test_run_writes_report_summary_mlflow_and_webhook(settings, monkeypatch):
+    from serving.prediction_log import PredictionLog
+
+    predictions, outcomes = _log(biased_strain="german_lager", batches=120)
+    log = PredictionLog(settings.prediction_log, "sync")
+    log.write(
+        [
+            {k: (v.to_pydatetime() if isinstance(v, pd.Timestamp) else v) for k, v in row.items()}
+            for row in predictions.to_dict("records")
+        ]
+    )
+    finish = outcomes.set_index("batch_id")["finish_time"]
+    log.add_labels(
+        [{"batch_id": b, "finished_at": f.to_pydatetime()} for b, f in finish.items()],
+        source="test",
+    )
+    log.close()
+    received = []
+
+    class Hook(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            received.append(json.loads(self.rfile.read(int(self.headers["content-length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.handle_request, daemon=True).start()
+    settings = settings.model_copy(
+        update={
+            "monitor_webhook_url": f"http://127.0.0.1:{server.server_port}/alerts",
+            "monitor_min_support": 40,
+            "monitor_min_batches": 6,
+        }
+    )
+    from monitoring.report import run_monitoring
+
+    summary = run_monitoring(settings)
+    server.server_close()
+    assert summary["retrain"] and summary["labelled_predictions"] == len(predictions)
+    report = (settings.home / "monitoring" / "report.html").read_text()
+    assert "german_lager" in report and "data:image/png;base64," in report
+    saved = json.loads((settings.home / "monitoring" / "summary.json").read_text())
+    assert saved["alerts"] == json.loads(json.dumps(summary["alerts"], default=str))
+    assert received and received[0]["retrain"] is True
+    import mlflow
+
+    runs = mlflow.search_runs(experiment_names=[settings.monitor_experiment])
+    assert len(runs) == len(summary["mlflow_runs"]) >= 1
+    assert "metrics.slice/yeast_strain/german_lager/bias" in runs.columns
