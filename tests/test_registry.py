@@ -4,7 +4,6 @@ its aliases and the promotion gate; and the default local store."""
 from __future__ import annotations
 
 import shutil
-import uuid
 
 import numpy as np
 import pandas as pd
@@ -126,33 +125,16 @@ def test_default_local_store_keeps_everything_under_home(trained, tmp_path, monk
     assert not (tmp_path / "mlruns").exists()
 
 
-@pytest.fixture
-def postgres_db():
-    admin = sa.create_engine(
-        "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres", isolation_level="AUTOCOMMIT"
-    )
-    name = f"mlflow_{uuid.uuid4().hex[:8]}"
-    try:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    except sa.exc.OperationalError as exc:
-        pytest.skip(f"PostgreSQL not reachable on 127.0.0.1:5432: {exc}")
-    yield f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}"
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-    admin.dispose()
-
-
-def test_tracking_server_on_postgresql(trained, postgres_db, tmp_path):
+def test_tracking_server_on_postgresql(trained, postgres_database, tmp_path):
     settings, workdir = trained
-    with MlflowServer(postgres_db, tmp_path / "artifacts") as server:
+    with MlflowServer(postgres_database, tmp_path / "artifacts") as server:
         settings = settings.model_copy(
             update={"mlflow_tracking_uri": server.url, "home": tmp_path / "home"}
         )
         result = pipeline.register(settings, _copy(workdir, tmp_path / "w"))
         assert result.promoted
         assert version_by_alias(settings.model_name, CHAMPION).version == result.version
-    engine = sa.create_engine(postgres_db)
+    engine = sa.create_engine(postgres_database)
     with engine.connect() as conn:
         names = conn.execute(sa.text("select name from registered_models")).scalars().all()
     engine.dispose()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import uuid
 
 import pandas as pd
 import pytest
@@ -288,27 +287,10 @@ def test_brewerypi_ingest_via_settings(settings, tmp_path, small_world, monkeypa
     assert len(lake.read_table(settings.lake_dir, "raw", READINGS)) == report.readings
 
 
-@pytest.fixture
-def postgres_url():
-    admin = sa.create_engine(
-        "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres", isolation_level="AUTOCOMMIT"
-    )
-    name = f"brewerypi_{uuid.uuid4().hex[:8]}"
-    try:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    except sa.exc.OperationalError as exc:
-        pytest.skip(f"PostgreSQL not reachable on 127.0.0.1:5432: {exc}")
-    yield f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}"
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-    admin.dispose()
-
-
-def test_brewerypi_on_postgresql(postgres_url, small_world):
+def test_brewerypi_on_postgresql(postgres_database, small_world):
     batches = small_world.batches.iloc[:12]
     readings = small_world.readings[small_world.readings["batch_id"].isin(batches["batch_id"])]
-    write_brewerypi(postgres_url, batches, readings)
-    got_b, got_r, _ = read_brewerypi(postgres_url, SMALL_WORLD.start, SMALL_WORLD.end)
+    write_brewerypi(postgres_database, batches, readings)
+    got_b, got_r, _ = read_brewerypi(postgres_database, SMALL_WORLD.start, SMALL_WORLD.end)
     assert sorted(got_b["batch_id"]) == sorted(batches["batch_id"])
     assert len(got_r) == readings["value"].notna().sum()
