@@ -189,3 +189,92 @@ def test_ingest_then_training_end_to_end(tmp_path):
             [client.get_experiment_by_name(settings.experiment).experiment_id]
         )
         assert len(runs) == 1 and runs[0].data.tags["gate"] == "passed"
+
+
+@pytest.mark.slow
+def test_a_dag_runs_through_a_real_celery_worker(tmp_path, postgres_database):
+    """Scale-out mode: PostgreSQL metadata DB, Redis broker, api-server + scheduler +
+    dag-processor + a Celery worker; fermentation_monitoring runs on the worker."""
+    import time
+
+    import redis
+    import sqlalchemy as sa
+
+    from brewcast.processes import ServerProcess, free_port
+
+    try:
+        redis.Redis(host="127.0.0.1", port=6379, socket_connect_timeout=2).ping()
+    except redis.exceptions.ConnectionError as exc:
+        pytest.skip(f"Redis not reachable on 127.0.0.1:6379: {exc}")
+    port = free_port()
+    db = postgres_database
+    env = airflow_env(
+        tmp_path / "home",
+        sql_alchemy_conn=db,
+        executor="CeleryExecutor",
+        # asyncpg is not installed: Airflow's async engine is not needed here
+        AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC="",
+        AIRFLOW__CELERY__BROKER_URL="redis://127.0.0.1:6379/7",
+        AIRFLOW__CELERY__RESULT_BACKEND=f"db+{db}",
+        AIRFLOW__CELERY__WORKER_CONCURRENCY="2",
+        AIRFLOW__API__HOST="127.0.0.1",
+        AIRFLOW__API__PORT=str(port),
+        AIRFLOW__API__BASE_URL=f"http://127.0.0.1:{port}",  # workers call its execution API
+        AIRFLOW__API_AUTH__JWT_SECRET="brewcast-test-jwt-secret-0123456789abcdef0123456789",
+        AIRFLOW__CORE__FERNET_KEY="0oSs62yfslaVhttMSnm9E-NKVXgzTTglQoGYe2Ple0A=",
+        AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL="5",
+    )
+    _run([AIRFLOW, "db", "migrate"], env)
+    logs = tmp_path / "logs"
+    components = {
+        name: ServerProcess(
+            [AIRFLOW, *name.split()],
+            f"http://127.0.0.1:{port}/api/v2/monitor/health",
+            logs / f"{name}.log",
+            env,
+        )
+        for name in ("api-server", "scheduler", "dag-processor", "celery worker")
+    }
+    try:
+        for name, process in components.items():
+            if name == "api-server":
+                process.start(timeout=180)
+            else:  # health is the api-server's; these only need to be running
+                process.health_url = f"http://127.0.0.1:{port}/api/v2/monitor/health"
+                process.start(timeout=60)
+        engine = sa.create_engine(db)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # the dag-processor must have parsed the DAG
+            with engine.connect() as conn:
+                if conn.execute(
+                    sa.text("select count(*) from dag where dag_id = 'fermentation_monitoring'")
+                ).scalar():
+                    break
+            time.sleep(1)
+        _run([AIRFLOW, "dags", "trigger", "fermentation_monitoring"], env)
+        state = None
+        while time.monotonic() < deadline + 180:
+            with engine.connect() as conn:
+                state = conn.execute(
+                    sa.text("select state from dag_run where dag_id = 'fermentation_monitoring'")
+                ).scalar()
+            if state in ("success", "failed"):
+                break
+            time.sleep(1)
+        with engine.connect() as conn:
+            tasks = dict(
+                conn.execute(
+                    sa.text(
+                        "select task_id, state from task_instance where dag_id = "
+                        "'fermentation_monitoring'"
+                    )
+                ).all()
+            )
+        engine.dispose()
+        worker_log = (logs / "celery worker.log").read_text()
+        assert state == "success", (tasks, worker_log[-2000:])
+        assert tasks == {"monitor": "success", "request_retraining": "skipped"}
+        assert "fermentation_monitoring" in worker_log  # executed by the Celery worker
+    finally:
+        for process in reversed(list(components.values())):
+            process.stop()
