@@ -225,6 +225,33 @@ def train(
     typer.echo(f"tracking: {settings.tracking_uri}")
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def airflow(
+    ctx: typer.Context,
+    port: Annotated[int, typer.Option(help="API server / UI port.")] = 8080,
+) -> None:
+    """Run `airflow ARGS...` in brewcast's embedded setup: AIRFLOW_HOME under BREWCAST_HOME,
+    SQLite, LocalExecutor, this project's dags/ (e.g. `brewcast airflow standalone`,
+    `brewcast airflow dags test fermentation_ingest 2026-08-20T01:00:00+00:00`)."""
+    import os
+    import sys
+
+    from brewcast.processes import airflow_env
+
+    settings = get_settings()
+    env = airflow_env(
+        settings.home,
+        AIRFLOW__API__HOST="127.0.0.1",
+        AIRFLOW__API__PORT=str(port),
+        AIRFLOW__API__BASE_URL=f"http://127.0.0.1:{port}",
+    )
+    passwords = Path(env["AIRFLOW_HOME"]) / "simple_auth_manager_passwords.json.generated"
+    if not passwords.exists():  # a known login for the UI: admin / admin
+        passwords.write_text('{"admin": "admin"}')
+    binary = str(Path(sys.executable).with_name("airflow"))
+    os.execve(binary, [binary, *ctx.args], {**os.environ, **env})
+
+
 @app.command()
 def monitor() -> None:
     """Compare logged predictions with arrived labels: bias, calibration, drift, alerts."""

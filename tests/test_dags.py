@@ -278,3 +278,48 @@ def test_a_dag_runs_through_a_real_celery_worker(tmp_path, postgres_database):
     finally:
         for process in reversed(list(components.values())):
             process.stop()
+
+
+@pytest.mark.slow
+def test_embedded_airflow_standalone_serves_the_dags(tmp_path):
+    """`brewcast airflow standalone`: SQLite, LocalExecutor, the UI/API up, our DAGs there."""
+    import urllib.request
+
+    from brewcast.processes import ServerProcess, free_port
+
+    port = free_port()
+    brewcast = str(Path(sys.executable).with_name("brewcast"))
+    server = ServerProcess(
+        [brewcast, "airflow", "--port", str(port), "standalone"],
+        f"http://127.0.0.1:{port}/api/v2/monitor/health",
+        tmp_path / "standalone.log",
+        {"BREWCAST_HOME": str(tmp_path)},
+    )
+    try:
+        server.start(timeout=240)
+        token_request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/auth/token",
+            method="POST",
+            data=json.dumps({"username": "admin", "password": "admin"}).encode(),
+            headers={"content-type": "application/json"},
+        )
+        with urllib.request.urlopen(token_request, timeout=30) as response:
+            token = json.loads(response.read())["access_token"]
+        import time
+
+        deadline, dag_ids = time.monotonic() + 120, set()
+        while time.monotonic() < deadline and len(dag_ids) < 3:
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port}/api/v2/dags", headers={"Authorization": f"Bearer {token}"}
+            )
+            with urllib.request.urlopen(request, timeout=30) as response:
+                dag_ids = {d["dag_id"] for d in json.loads(response.read())["dags"]}
+            time.sleep(2)
+        assert dag_ids == {
+            "fermentation_ingest",
+            "fermentation_training",
+            "fermentation_monitoring",
+        }
+        assert (tmp_path / "airflow" / "airflow.db").exists()
+    finally:
+        server.stop()
