@@ -6,7 +6,7 @@ import json
 import platform
 from pathlib import Path
 
-from benchmarks import pipeline
+from benchmarks import airflow_overhead, pipeline
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -22,7 +22,11 @@ def main() -> None:
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "latest.json").write_text(json.dumps(results, indent=2))
-    table = pipeline.markdown(results["pipeline"])
+    table = (
+        pipeline.markdown(results["pipeline"])
+        + "\n"
+        + airflow_overhead.markdown(results["airflow"])
+    )
     (RESULTS / "latest.md").write_text(table)
     print(table)
     print(f"wrote {RESULTS / 'latest.json'}")
