@@ -4,9 +4,11 @@ the real scheduler create a training run."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -171,7 +173,19 @@ def test_ingest_then_training_end_to_end(tmp_path):
         db.close()
 
         # The real scheduler turns the queued asset event into a training run.
-        _run([AIRFLOW, "scheduler", "--num-runs", "2"], env, timeout=180)
+        scheduler = subprocess.Popen(
+            [AIRFLOW, "scheduler", "--num-runs", "2"],
+            env={**os.environ, **env},
+            cwd=PROJECT_ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        try:
+            assert scheduler.wait(timeout=180) == 0
+        finally:  # its LocalExecutor workers outlive it: end the whole group
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(scheduler.pid, signal.SIGKILL)
         db = sqlite3.connect(home / "airflow" / "airflow.db")
         triggered = db.execute(
             "select run_type from dag_run where dag_id='fermentation_training'"
