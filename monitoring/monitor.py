@@ -28,6 +28,7 @@ from scipy.stats import t as t_dist
 from brewcast.schema import slice_keys
 from brewcast.settings import Settings
 from models.metrics import Z95, classification_report, prediction_bias
+from validation.reference import bin_counts
 
 log = logging.getLogger(__name__)
 
@@ -328,11 +329,7 @@ def drift_table(
             values = pd.to_numeric(part[feature], errors="coerce").dropna().to_numpy()
             if len(values) < settings.monitor_min_support // 2:
                 continue
-            edges = np.asarray(spec["edges"], float)
-            counts = np.bincount(
-                np.clip(np.searchsorted(edges[1:-1], values, side="right"), 0, len(edges) - 2),
-                minlength=len(edges) - 1,
-            )
+            counts = bin_counts(spec["edges"], values)
             score = psi(np.asarray(spec["proportions"]), counts)
             rows.append(
                 {

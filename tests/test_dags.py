@@ -266,22 +266,29 @@ def test_a_dag_runs_through_a_real_celery_worker(tmp_path, postgres_database):
                     break
             time.sleep(1)
         _run([AIRFLOW, "dags", "trigger", "fermentation_monitoring"], env)
-        state = None
-        while time.monotonic() < deadline + 180:
+        state, run_id = None, None
+        while time.monotonic() < deadline + 180:  # our manual run (the scheduler may add its own)
             with engine.connect() as conn:
-                state = conn.execute(
-                    sa.text("select state from dag_run where dag_id = 'fermentation_monitoring'")
-                ).scalar()
-            if state in ("success", "failed"):
-                break
+                row = conn.execute(
+                    sa.text(
+                        "select run_id, state from dag_run where "
+                        "dag_id = 'fermentation_monitoring' "
+                        "and run_type = 'manual'"
+                    )
+                ).first()
+            if row is not None:
+                run_id, state = row
+                if state in ("success", "failed"):
+                    break
             time.sleep(1)
         with engine.connect() as conn:
             tasks = dict(
                 conn.execute(
                     sa.text(
                         "select task_id, state from task_instance where dag_id = "
-                        "'fermentation_monitoring'"
-                    )
+                        "'fermentation_monitoring' and run_id = :run"
+                    ),
+                    {"run": run_id},
                 ).all()
             )
         engine.dispose()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from brewcast.lake import write_text
@@ -36,12 +37,38 @@ def compute_reference(features: pd.DataFrame) -> dict[str, dict[str, float]]:
     return stats
 
 
-def save_reference(settings: Settings, features: pd.DataFrame) -> Path:
+def bin_counts(edges, values) -> np.ndarray:
+    """Counts of ``values`` in the bins ``edges`` (outside values go to the end bins)."""
+    inner = np.searchsorted(np.asarray(edges, float)[1:-1], values, side="right")
+    return np.bincount(inner, minlength=len(edges) - 1)
+
+
+def reference_bins(frame: pd.DataFrame, probabilities=None, bins: int = 10) -> dict:
+    """Decile bins of every numeric feature (and of the model's probabilities) for PSI."""
+    out = {}
+    columns = {c.name: frame[c.name] for c in numeric_features()}
+    if probabilities is not None:
+        columns["probability"] = pd.Series(probabilities)
+    for name, series in columns.items():
+        values = series.dropna().to_numpy(dtype=float)
+        if values.size < bins:
+            continue
+        edges = np.unique(np.quantile(values, np.linspace(0, 1, bins + 1)))
+        if edges.size < 3:
+            continue
+        counts = bin_counts(edges, values)
+        out[name] = {"edges": edges.tolist(), "proportions": (counts / counts.sum()).tolist()}
+    return out
+
+
+def save_reference(settings: Settings, features: pd.DataFrame, probabilities=None) -> Path:
     """Save the statistics of ``features`` (a training split) and the last time they cover:
-    only snapshots after that time are compared against them."""
+    only snapshots after that time are compared against them. With the model's
+    ``probabilities`` on those rows, monitoring can watch prediction drift too."""
     reference = {
         "until": features["snapshot_time"].max().isoformat(),
         "features": compute_reference(features),
+        "bins": reference_bins(features, probabilities),
     }
     return write_text(reference_path(settings), json.dumps(reference, indent=2))
 

@@ -1,0 +1,203 @@
+"""Serving: the BentoML service vs a bare Starlette+onnxruntime app (the floor of HTTP cost)
+vs onnxruntime in-process (the ceiling), same model, same rows, measured in one run.
+
+A load generator in its own process (closed loop) sends batch-1 requests at concurrency 1,
+16 and 64 and 64-row requests at concurrency 16; non-2xx are counted apart. Reported:
+req/s, rows/s, p50/p99, and the ratios BentoML / bare and bare / in-process.
+Targets on 2 cores: batch-1 >= 2,000 req/s at p99 <= 20 ms; 64-row >= 150,000 rows/s.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from brewcast import lake
+from brewcast.processes import PROJECT_ROOT, ServerProcess, free_port
+from brewcast.schema import FEATURES
+from brewcast.settings import Settings
+
+SCENARIOS = (("batch1", 1, 1), ("batch1", 1, 16), ("batch1", 1, 64), ("batch64", 64, 16))
+SECONDS = 6.0
+
+
+def _champion(home: Path) -> Path:
+    """A small but real champion: simulated cellar -> features -> every training stage."""
+    from ingest.simulator import SimulationConfig, simulate
+    from models import pipeline
+    from models.dataset import LabelRules, build_snapshots
+
+    settings = Settings(
+        home=home,
+        epochs=8,
+        patience=3,
+        gate_max_ece=1.0,
+        gate_max_slice_ece=1.0,
+        gate_max_abs_bias=1.0,
+    )
+    world = simulate(SimulationConfig(days=240, fermenters=8, seed=3))
+    lake.replace_table(
+        build_snapshots(world.batches, world.readings, LabelRules()),
+        FEATURES,
+        settings.lake_dir,
+        "features",
+        "snapshots",
+    )
+    work = home / "work"
+    pipeline.prepare(settings, work)
+    pipeline.fit(settings, work, progress=False)
+    pipeline.calibrate(settings, work)
+    pipeline.export(settings, work)
+    pipeline.evaluate(settings, work)
+    pipeline.register(settings, work)
+    return work
+
+
+def _bodies(work: Path, folder: Path) -> dict[str, Path]:
+    test = pd.read_parquet(work / "test.parquet")
+    features = [c.name for c in FEATURES.by_role("feature")]
+    out = {}
+    for name, n in (("batch1", 1), ("batch64", 64)):
+        rows = json.loads(test[features].head(n).to_json(orient="records"))
+        path = folder / f"{name}.json"
+        path.write_text(json.dumps({"rows": rows}))
+        out[name] = path
+    return out
+
+
+def _in_process(work: Path) -> dict:
+    from models.export import OUTPUTS
+    from models.inputs import raw_inputs
+    from serving.runtime import create_session
+
+    session = create_session((work / "model.onnx").read_bytes(), prefer_gpu=False, threads=1)
+    test = pd.read_parquet(work / "test.parquet")
+    out = {}
+    for name, n in (("batch1", 1), ("batch64", 64)):
+        inputs = raw_inputs(test.head(n))
+        times = []
+        for _ in range(300):
+            started = time.perf_counter()
+            session.run(inputs, list(OUTPUTS))
+            times.append(time.perf_counter() - started)
+        p50 = statistics.median(times)
+        out[name] = {"p50_ms": p50 * 1000, "rows_per_s": n / p50}
+    return out
+
+
+def _load(url: str, concurrency: int, body: Path) -> dict:
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.load", url, str(concurrency), str(SECONDS), str(body)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=PROJECT_ROOT,
+    )
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def run() -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        home = Path(tmp) / "home"
+        print("serving: training a model to serve ...", flush=True)
+        work = _champion(home)
+        bodies = _bodies(work, Path(tmp))
+        results: dict = {"in_process": _in_process(work), "bentoml": {}, "bare": {}}
+        bento_port, bare_port = free_port(), free_port()
+        servers = {
+            "bentoml": ServerProcess(
+                [
+                    str(Path(sys.executable).with_name("bentoml")),
+                    "serve",
+                    "serving.service:FermentationService",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(bento_port),
+                ],
+                f"http://127.0.0.1:{bento_port}/readyz",
+                Path(tmp) / "bento.log",
+                {
+                    "BREWCAST_HOME": str(home),
+                    "BENTOML_HOME": str(home / "bentoml"),
+                    "BENTOML_DO_NOT_TRACK": "true",
+                    "BREWCAST_SERVING_POLL_SECONDS": "0",
+                    "BREWCAST_SERVING_THREADS": "1",
+                },
+                cwd=PROJECT_ROOT,
+            ),
+            "bare": ServerProcess(
+                [
+                    str(Path(sys.executable).with_name("uvicorn")),
+                    "benchmarks.bare_app:app",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(bare_port),
+                    "--log-level",
+                    "warning",
+                    "--no-access-log",
+                ],
+                f"http://127.0.0.1:{bare_port}/healthz",
+                Path(tmp) / "bare.log",
+                {"BARE_MODEL": str(work / "model.onnx")},
+                cwd=PROJECT_ROOT,
+            ),
+        }
+        urls = {
+            "bentoml": f"http://127.0.0.1:{bento_port}/predict",
+            "bare": f"http://127.0.0.1:{bare_port}/predict",
+        }
+        for name, server in servers.items():
+            server.start(timeout=180)
+            try:
+                _load(urls[name], 4, bodies["batch1"])  # warm-up
+                for body, rows, concurrency in SCENARIOS:
+                    print(f"serving: {name} {body} x{concurrency} ...", flush=True)
+                    r = _load(urls[name], concurrency, bodies[body])
+                    r["rows_per_s"] = r["req_per_s"] * rows
+                    results[name][f"{body}_c{concurrency}"] = r
+            finally:
+                server.stop()
+        results["ratio_bentoml_to_bare_req_per_s"] = {
+            key: results["bentoml"][key]["req_per_s"] / results["bare"][key]["req_per_s"]
+            for key in results["bentoml"]
+        }
+        results["cpus"] = os.cpu_count()
+        return results
+
+
+def markdown(result: dict) -> str:
+    lines = [
+        "| scenario | BentoML req/s | p50 / p99 ms | non-2xx | bare req/s | p50 / p99 ms "
+        "| BentoML / bare |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for key, ratio in result["ratio_bentoml_to_bare_req_per_s"].items():
+        b, f = result["bentoml"][key], result["bare"][key]
+        lines.append(
+            f"| {key} | {b['req_per_s']:.0f} | {b['p50_ms']:.1f} / {b['p99_ms']:.1f} | "
+            f"{b['non_2xx']} | {f['req_per_s']:.0f} | {f['p50_ms']:.1f} / "
+            f"{f['p99_ms']:.1f} | {ratio:.0%} |"
+        )
+    ip = result["in_process"]
+    lines.append(
+        f"\nIn-process onnxruntime (1 thread): batch 1 p50 {ip['batch1']['p50_ms']:.3f} ms "
+        f"({ip['batch1']['rows_per_s']:.0f} rows/s); batch 64 p50 "
+        f"{ip['batch64']['p50_ms']:.3f} ms ({ip['batch64']['rows_per_s']:.0f} rows/s)."
+    )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    outcome = run()
+    print(json.dumps(outcome, indent=2))
+    print(markdown(outcome))
