@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 from pathlib import Path
 
-from benchmarks import airflow_overhead, pipeline
+from benchmarks import airflow_overhead, pipeline, serving
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -14,18 +15,23 @@ RESULTS = Path(__file__).parent / "results"
 def main() -> None:
     results = {
         "machine": {
-            "cpus": __import__("os").cpu_count(),
+            "cpus": os.cpu_count(),
             "python": platform.python_version(),
             "platform": platform.platform(),
         },
         "pipeline": pipeline.run(),
+        "serving": serving.run(),
+        "airflow": airflow_overhead.run(),
+        "gpu": "not measured: no GPU on this machine",
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "latest.json").write_text(json.dumps(results, indent=2))
-    table = (
-        pipeline.markdown(results["pipeline"])
-        + "\n"
-        + airflow_overhead.markdown(results["airflow"])
+    table = "\n".join(
+        [
+            pipeline.markdown(results["pipeline"]),
+            serving.markdown(results["serving"]),
+            airflow_overhead.markdown(results["airflow"]),
+        ]
     )
     (RESULTS / "latest.md").write_text(table)
     print(table)

@@ -21,7 +21,7 @@ import threading
 import uuid
 from collections import deque
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -75,7 +75,6 @@ class LogStats:
     commits: int = 0
     queue_depth: int = 0
     write_errors: int = 0
-    commit_sizes: deque = field(default_factory=lambda: deque(maxlen=256), repr=False)
 
 
 def make_engine(url: str) -> sa.Engine:
@@ -172,7 +171,6 @@ class PredictionLog:
         if flat:
             self.stats.rows_written += count
             self.stats.commits += 1
-            self.stats.commit_sizes.append(count)
         for _, done in group:
             if done is not None:
                 done.set_result(None)
