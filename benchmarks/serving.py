@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from brewcast import lake
-from brewcast.processes import PROJECT_ROOT, ServerProcess, free_port
+from brewcast.processes import PROJECT_ROOT, ServerProcess, bento_server, free_port
 from brewcast.schema import FEATURES
 from brewcast.settings import Settings
 
@@ -51,12 +51,7 @@ def _champion(home: Path) -> Path:
         "features",
         "snapshots",
     )
-    work = home / "work"
-    pipeline.prepare(settings, work)
-    pipeline.fit(settings, work, progress=False)
-    pipeline.calibrate(settings, work)
-    pipeline.export(settings, work)
-    pipeline.evaluate(settings, work)
+    work = pipeline.build(settings, home / "work", progress=False)
     pipeline.register(settings, work)
     return work
 
@@ -113,26 +108,8 @@ def run() -> dict:
         results: dict = {"in_process": _in_process(work), "bentoml": {}, "bare": {}}
         bento_port, bare_port = free_port(), free_port()
         servers = {
-            "bentoml": ServerProcess(
-                [
-                    str(Path(sys.executable).with_name("bentoml")),
-                    "serve",
-                    "serving.service:FermentationService",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(bento_port),
-                ],
-                f"http://127.0.0.1:{bento_port}/readyz",
-                Path(tmp) / "bento.log",
-                {
-                    "BREWCAST_HOME": str(home),
-                    "BENTOML_HOME": str(home / "bentoml"),
-                    "BENTOML_DO_NOT_TRACK": "true",
-                    "BREWCAST_SERVING_POLL_SECONDS": "0",
-                    "BREWCAST_SERVING_THREADS": "1",
-                },
-                cwd=PROJECT_ROOT,
+            "bentoml": bento_server(
+                home, bento_port, BREWCAST_SERVING_POLL_SECONDS="0", BREWCAST_SERVING_THREADS="1"
             ),
             "bare": ServerProcess(
                 [

@@ -119,3 +119,30 @@ def airflow_env(
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         **extra,
     }
+
+
+def bento_server(brewcast_home: Path, port: int, **env: str) -> ServerProcess:
+    """``bentoml serve serving.service:FermentationService`` for ``brewcast_home`` (its
+    BentoML store under it), ready when ``/readyz`` answers."""
+    bentoml = str(Path(sys.executable).with_name("bentoml"))
+    home = Path(brewcast_home)
+    return ServerProcess(
+        [
+            bentoml,
+            "serve",
+            "serving.service:FermentationService",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        health_url=f"http://127.0.0.1:{port}/readyz",
+        log_file=home / f"bento-{port}.log",
+        env={
+            "BREWCAST_HOME": str(home),
+            "BENTOML_HOME": str(home / "bentoml"),
+            "BENTOML_DO_NOT_TRACK": "true",
+            **env,
+        },
+        cwd=PROJECT_ROOT,
+    )

@@ -508,6 +508,16 @@ def register(settings: Settings, workdir: Path) -> RegisteredModel:
     return result
 
 
+def build(settings: Settings, workdir: Path, progress: bool = True) -> Path:
+    """Every stage up to (not including) registration, in one process."""
+    for stage in (prepare, fit, calibrate, export, evaluate):
+        started = time.perf_counter()
+        log.info("training stage %s ...", stage.__name__)
+        stage(settings, workdir, **({"progress": progress} if stage is fit else {}))
+        log.info("training stage %s done in %.1f s", stage.__name__, time.perf_counter() - started)
+    return workdir
+
+
 def train_and_register(
     settings: Settings, workdir: Path | None = None, progress: bool = True
 ) -> RegisteredModel:
@@ -515,9 +525,4 @@ def train_and_register(
     workdir = workdir or settings.home / "training" / pd.Timestamp.now("UTC").strftime(
         "%Y%m%dT%H%M%S"
     )
-    for stage in (prepare, fit, calibrate, export, evaluate):
-        started = time.perf_counter()
-        log.info("training stage %s ...", stage.__name__)
-        stage(settings, workdir, **({"progress": progress} if stage is fit else {}))
-        log.info("training stage %s done in %.1f s", stage.__name__, time.perf_counter() - started)
-    return register(settings, workdir)
+    return register(settings, build(settings, workdir, progress))

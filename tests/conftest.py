@@ -51,13 +51,7 @@ def trained(tmp_path_factory):
     home = tmp_path_factory.mktemp("trained")
     settings = Settings(home=home / "home", **TRAINING_OVERRIDES)
     publish_training_features(settings, simulate(TRAINING_WORLD))
-    workdir = home / "work"
-    pipeline.prepare(settings, workdir)
-    pipeline.fit(settings, workdir, progress=False)
-    pipeline.calibrate(settings, workdir)
-    pipeline.export(settings, workdir)
-    pipeline.evaluate(settings, workdir)
-    return settings, workdir
+    return settings, pipeline.build(settings, home / "work", progress=False)
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ import json
 import math
 import shutil
 import sqlite3
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -18,40 +17,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from brewcast.processes import ServerProcess, free_port
+from brewcast.processes import ServerProcess, bento_server, free_port
 from brewcast.schema import FEATURES
 from models import pipeline
 from models.export import cpu_session, run_onnx
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[1]
 KEY = {"X-API-Key": "test-key"}
 
 
 def start_service(home: Path, **env: str) -> tuple[ServerProcess, str]:
     port = free_port()
-    bentoml = Path(sys.executable).with_name("bentoml")
-    server = ServerProcess(
-        [
-            str(bentoml),
-            "serve",
-            "serving.service:FermentationService",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        health_url=f"http://127.0.0.1:{port}/readyz",
-        log_file=home / f"bento-{port}.log",
-        env={
-            "BREWCAST_HOME": str(home),
-            "BENTOML_HOME": str(home / "bentoml"),
-            "BENTOML_DO_NOT_TRACK": "true",
-            "BREWCAST_SERVING_POLL_SECONDS": "0",
-            "BREWCAST_SERVING_API_KEY": "test-key",
-            **env,
-        },
-        cwd=ROOT,
+    server = bento_server(
+        home, port, BREWCAST_SERVING_POLL_SECONDS="0", BREWCAST_SERVING_API_KEY="test-key", **env
     )
     return server.start(timeout=180), f"http://127.0.0.1:{port}"
 
