@@ -176,10 +176,6 @@ class RequestGuard:
 )
 @bentoml.asgi_app(routes, path="/")
 class FermentationService:
-    # Recorded by `bentoml build` so a containerised bento carries the champion it was built
-    # with (served when MLflow is unreachable); resolved lazily, never at import.
-    bundled_model = bentoml.models.BentoModel("fermentation-completion:latest")
-
     def __init__(self) -> None:
         self.settings = get_settings()
         self.holder = ModelHolder(self.settings)
