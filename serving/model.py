@@ -20,7 +20,7 @@ import pandas as pd
 from brewcast.schema import schema_fingerprint
 from brewcast.settings import Settings
 from models.export import OUTPUTS
-from models.inputs import raw_inputs
+from models.inputs import raw_inputs_from_records
 from serving.runtime import Session, create_session
 
 log = logging.getLogger(__name__)
@@ -44,8 +44,9 @@ class ServedModel:
     session: Session
     loaded_at: pd.Timestamp = field(default_factory=lambda: pd.Timestamp.now("UTC"))
 
-    def predict(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-        probability, hours = self.session.run(raw_inputs(frame), list(OUTPUTS))
+    def predict(self, records: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+        """Probability and hours remaining for request rows (dicts of schema features)."""
+        probability, hours = self.session.run(raw_inputs_from_records(records), list(OUTPUTS))
         return probability.ravel().astype(np.float64), hours.ravel().astype(np.float64)
 
     def describe(self) -> dict:

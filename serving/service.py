@@ -23,7 +23,6 @@ import time
 from http import HTTPStatus
 
 import bentoml
-import numpy as np
 import pandas as pd
 import prometheus_client
 from bentoml.exceptions import BentoMLException
@@ -216,9 +215,8 @@ class FermentationService:
         if model is None:
             raise _refuse(503, f"no model loaded yet: {self.holder.last_error}")
         records = [r.model_dump() for r in rows]
-        frame = pd.DataFrame.from_records(records)
         started = time.perf_counter()
-        probability, hours = model.predict(frame)
+        probability, hours = model.predict(records)
         MODEL_SECONDS.observe(time.perf_counter() - started)
         decision = probability >= model.threshold
         served_at = pd.Timestamp.now("UTC").to_pydatetime()
@@ -255,12 +253,11 @@ class FermentationService:
         PREDICTIONS.labels("finished", model.version).inc(positives)
         PREDICTIONS.labels("not_finished", model.version).inc(len(rows) - positives)
         for key in slice_keys():
-            values = frame[key].fillna(OOV).to_numpy(dtype=object)
-            for value in np.unique(values):
-                mask = values == value
-                PROBABILITY_BY_SLICE.labels(key, str(value)).observe(
-                    float(probability[mask].mean())
-                )
+            by_value: dict[str, list[float]] = {}
+            for record, p in zip(records, probability, strict=True):
+                by_value.setdefault(record[key] or OOV, []).append(float(p))
+            for value, ps in by_value.items():
+                PROBABILITY_BY_SLICE.labels(key, value).observe(sum(ps) / len(ps))
         return PredictResponse(
             model_version=model.version,
             threshold=model.threshold,

@@ -96,3 +96,30 @@ def test_request_model_follows_the_schema():
     from brewcast.schema import FEATURES
 
     assert set(request_feature_names()) == {c.name for c in FEATURES.by_role("feature")}
+
+
+def test_request_rows_become_the_same_inputs_as_a_frame(trained):
+    """The serving hot path skips pandas; it must feed the graph exactly what training and
+    evaluation feed it (missing numbers NaN, missing categories empty strings)."""
+    import json
+
+    import numpy as np
+
+    from brewcast.schema import FEATURES
+    from models.inputs import raw_inputs, raw_inputs_from_records
+
+    _, workdir = trained
+    frame = pd.read_parquet(workdir / "test.parquet").head(50).reset_index(drop=True)
+    frame.loc[0, "dissolved_oxygen_ppm"] = np.nan
+    frame.loc[1, "brand"] = None
+    frame.loc[2, "yeast_strain"] = "mystery"
+    features = [c.name for c in FEATURES.by_role("feature")]
+    records = json.loads(frame[features].to_json(orient="records"))
+    expected, got = raw_inputs(frame), raw_inputs_from_records(records)
+    assert set(expected) == set(got)
+    for name, values in expected.items():
+        assert got[name].shape == values.shape and got[name].dtype == values.dtype, name
+        if values.dtype == object:
+            assert got[name].tolist() == values.tolist(), name
+        else:
+            np.testing.assert_array_equal(got[name], values, err_msg=name)
