@@ -6,21 +6,20 @@ from __future__ import annotations
 import os
 
 import numpy as np
-import pandas as pd
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from models.export import OUTPUTS, cpu_session
-from models.inputs import raw_inputs
+from models.inputs import raw_inputs_from_records
 
 SESSION = cpu_session(open(os.environ["BARE_MODEL"], "rb").read())  # noqa: SIM115
 
 
 async def predict(request: Request) -> JSONResponse:
     rows = (await request.json())["rows"]
-    probability, hours = SESSION.run(list(OUTPUTS), raw_inputs(pd.DataFrame.from_records(rows)))
+    probability, hours = SESSION.run(list(OUTPUTS), raw_inputs_from_records(rows))
     return JSONResponse(
         {
             "predictions": [
