@@ -7,7 +7,7 @@ import os
 import platform
 from pathlib import Path
 
-from benchmarks import airflow_overhead, pipeline, serving
+from benchmarks import airflow_overhead, inference, pipeline, serving
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -20,6 +20,7 @@ def main() -> None:
             "platform": platform.platform(),
         },
         "pipeline": pipeline.run(),
+        "inference": inference.run(),
         "serving": serving.run(),
         "airflow": airflow_overhead.run(),
         "gpu": "not measured: no GPU on this machine",

@@ -1,0 +1,138 @@
+"""Inference: the same trained model through Keras `predict`, Keras `model(x)` and
+onnxruntime in-process (1 thread and all usable threads, spinning off and on), at batch 1,
+64 and 4096: p50/p99 per call, rows/s, and parity with Keras.
+
+Keras is given its inputs already preprocessed (imputed, indexed), so it is timed on less
+work than onnxruntime, whose graph starts from the raw schema columns. Targets: ORT >= 1000x
+faster than `predict` at batch 1; ORT batch 1 <= 10 us; batch 4096 >= 8M rows/s on CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+BATCHES = (1, 64, 4096)
+
+
+def _model(home: Path) -> Path:
+    from brewcast import lake
+    from brewcast.schema import FEATURES
+    from brewcast.settings import Settings
+    from ingest.simulator import SimulationConfig, simulate
+    from models import pipeline
+    from models.dataset import LabelRules, build_snapshots
+
+    settings = Settings(home=home, epochs=5, patience=2)
+    world = simulate(SimulationConfig(days=240, fermenters=8, seed=4))
+    lake.replace_table(
+        build_snapshots(world.batches, world.readings, LabelRules()),
+        FEATURES,
+        settings.lake_dir,
+        "features",
+        "snapshots",
+    )
+    return pipeline.build(settings, home / "work", progress=False)
+
+
+def _time(fn, repeats: int) -> dict:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    times.sort()
+    return {
+        "p50_ms": statistics.median(times) * 1000,
+        "p99_ms": times[min(len(times) - 1, int(0.99 * len(times)))] * 1000,
+    }
+
+
+def run() -> dict:
+    from models import pipeline
+    from models.calibrate import Calibration
+    from models.export import OUTPUTS
+    from models.inputs import raw_inputs
+    from models.network import predict_network
+    from serving.runtime import create_session, usable_cpus
+
+    with tempfile.TemporaryDirectory() as tmp:
+        print("inference: training a model ...", flush=True)
+        work = _model(Path(tmp))
+        keras_model = pipeline._load_network(work)
+        pre = pipeline._preprocessing(work)
+        calibration = Calibration(
+            **json.loads((work / "calibration.json").read_text())["calibration"]
+        )
+        model_bytes = (work / "model.onnx").read_bytes()
+        test = pd.read_parquet(work / "test.parquet")
+    threads = usable_cpus()
+    sessions = {
+        f"ort_{n}thread{'s' if n > 1 else ''}_spin_{'on' if spin else 'off'}": create_session(
+            model_bytes, prefer_gpu=False, threads=n, spinning=spin
+        )
+        for n in sorted({1, threads})
+        for spin in (False, True)
+    }
+    result: dict = {"threads_available": threads, "batches": {}}
+    for batch in BATCHES:
+        frame = test.sample(batch, replace=batch > len(test), random_state=0).reset_index(drop=True)
+        raw, net_inputs = raw_inputs(frame), pre.network_inputs(frame)
+        rows: dict = {}
+        reps_keras = 20 if batch < 4096 else 5
+        rows["keras_predict"] = _time(
+            lambda x=net_inputs: keras_model.predict(x, verbose=0), reps_keras
+        )
+        rows["keras_call"] = _time(
+            lambda x=net_inputs: keras_model(x, training=False), reps_keras * 3
+        )
+        for name, session in sessions.items():
+            rows[name] = _time(
+                lambda s=session, x=raw: s.run(x, list(OUTPUTS)), 2000 if batch == 1 else 200
+            )
+        for timing in rows.values():
+            timing["rows_per_s"] = batch / (timing["p50_ms"] / 1000)
+        logit, _ = predict_network(keras_model, net_inputs)
+        probability = sessions[next(iter(sessions))].run(raw, list(OUTPUTS))[0].ravel()
+        rows["parity_max_abs_error"] = float(np.max(np.abs(probability - calibration.apply(logit))))
+        result["batches"][str(batch)] = rows
+    one = result["batches"]["1"]
+    result["ratio_ort_vs_predict_batch1"] = (
+        one["keras_predict"]["p50_ms"] / one["ort_1thread_spin_off"]["p50_ms"]
+    )
+    return result
+
+
+def markdown(result: dict) -> str:
+    names = [k for k in result["batches"]["1"] if k != "parity_max_abs_error"]
+    lines = [
+        "| path | " + " | ".join(f"batch {b} p50 ms (rows/s)" for b in BATCHES) + " |",
+        "|---|" + "---:|" * len(BATCHES),
+    ]
+    for name in names:
+        cells = [
+            f"{result['batches'][str(b)][name]['p50_ms']:.3f} "
+            f"({result['batches'][str(b)][name]['rows_per_s']:,.0f})"
+            for b in BATCHES
+        ]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    parity = max(result["batches"][str(b)]["parity_max_abs_error"] for b in BATCHES)
+    lines.append(
+        f"\nonnxruntime is {result['ratio_ort_vs_predict_batch1']:,.0f}x faster than "
+        f"Keras predict at batch 1; max |ORT - Keras| {parity:.1e}; "
+        f"{result['threads_available']} usable CPU(s)."
+    )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    outcome = run()
+    print(json.dumps(outcome, indent=2))
+    print(markdown(outcome))
