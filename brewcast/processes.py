@@ -3,6 +3,7 @@ started in their own process group, waited for on a health URL, stopped as a gro
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -66,8 +67,16 @@ class ServerProcess:
         )
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> None:
+        """Signal the process group, wait, and end any descendant that left the group
+        (BentoML puts each worker in a group of its own, so a group SIGKILL misses them)."""
+        import psutil
+
         if self.process is None or self.process.poll() is not None:
             return
+        try:
+            descendants = psutil.Process(self.process.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            descendants = []
         try:
             os.killpg(self.process.pid, sig)
             self.process.wait(timeout=timeout)
@@ -76,6 +85,15 @@ class ServerProcess:
             self.process.wait(timeout=10)
         except ProcessLookupError:
             pass
+        for child in descendants:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                if sig != signal.SIGKILL:
+                    try:
+                        child.wait(timeout=10)
+                        continue
+                    except psutil.TimeoutExpired:
+                        pass
+                child.kill()
 
     def kill(self) -> None:
         """kill -9 the whole group: what a crash looks like."""
