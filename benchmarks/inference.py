@@ -18,27 +18,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from benchmarks import small_model
+
 BATCHES = (1, 64, 4096)
-
-
-def _model(home: Path) -> Path:
-    from brewcast import lake
-    from brewcast.schema import FEATURES
-    from brewcast.settings import Settings
-    from ingest.simulator import SimulationConfig, simulate
-    from models import pipeline
-    from models.dataset import LabelRules, build_snapshots
-
-    settings = Settings(home=home, epochs=5, patience=2)
-    world = simulate(SimulationConfig(days=240, fermenters=8, seed=4))
-    lake.replace_table(
-        build_snapshots(world.batches, world.readings, LabelRules()),
-        FEATURES,
-        settings.lake_dir,
-        "features",
-        "snapshots",
-    )
-    return pipeline.build(settings, home / "work", progress=False)
 
 
 def _time(fn, repeats: int) -> dict:
@@ -65,7 +47,7 @@ def run() -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         print("inference: training a model ...", flush=True)
-        work = _model(Path(tmp))
+        work = small_model(Path(tmp), seed=4, epochs=5, patience=2)
         keras_model = pipeline._load_network(work)
         pre = pipeline._preprocessing(work)
         calibration = Calibration(

@@ -20,40 +20,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from brewcast import lake
+from benchmarks import small_model
 from brewcast.processes import PROJECT_ROOT, ServerProcess, bento_server, free_port
 from brewcast.schema import FEATURES
-from brewcast.settings import Settings
 
 SCENARIOS = (("batch1", 1, 1), ("batch1", 1, 16), ("batch1", 1, 64), ("batch64", 64, 16))
 SECONDS = 6.0
-
-
-def _champion(home: Path) -> Path:
-    """A small but real champion: simulated cellar -> features -> every training stage."""
-    from ingest.simulator import SimulationConfig, simulate
-    from models import pipeline
-    from models.dataset import LabelRules, build_snapshots
-
-    settings = Settings(
-        home=home,
-        epochs=8,
-        patience=3,
-        gate_max_ece=1.0,
-        gate_max_slice_ece=1.0,
-        gate_max_abs_bias=1.0,
-    )
-    world = simulate(SimulationConfig(days=240, fermenters=8, seed=3))
-    lake.replace_table(
-        build_snapshots(world.batches, world.readings, LabelRules()),
-        FEATURES,
-        settings.lake_dir,
-        "features",
-        "snapshots",
-    )
-    work = pipeline.build(settings, home / "work", progress=False)
-    pipeline.register(settings, work)
-    return work
 
 
 def _bodies(work: Path, folder: Path) -> dict[str, Path]:
@@ -103,7 +75,16 @@ def run() -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp) / "home"
         print("serving: training a model to serve ...", flush=True)
-        work = _champion(home)
+        work = small_model(
+            home,
+            seed=3,
+            register=True,
+            epochs=8,
+            patience=3,
+            gate_max_ece=1.0,
+            gate_max_slice_ece=1.0,
+            gate_max_abs_bias=1.0,
+        )
         bodies = _bodies(work, Path(tmp))
         results: dict = {"in_process": _in_process(work), "bentoml": {}, "bare": {}}
         bento_port, bare_port = free_port(), free_port()
