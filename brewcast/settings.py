@@ -45,7 +45,16 @@ class Settings(BaseSettings):
     )
     drift_value: str | None = Field(None, description="Slice value to slow down (none: no drift).")
     drift_start: str = Field("2026-03-01", description="Pitch date from which the drift applies.")
-    drift_hours: float = Field(18.0, description="Hours the drift adds to the curve's midpoint.")
+    drift_late_slope_factor: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="Drift as a sluggish finish: the gravity curve's slope after its "
+        "midpoint is multiplied by this (1: no slowdown).",
+    )
+    drift_midpoint_hours: float = Field(
+        0.0, description="Drift as a late start: hours added to the curve's midpoint."
+    )
 
     # labels and snapshots
     horizon_hours: float = Field(24.0, description="Predict finishing within this horizon.")

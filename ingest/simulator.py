@@ -69,12 +69,25 @@ GRAVITY_SAMPLE_HOURS = (8.0, 14.0, 20.0)  # cellar rounds; each may be skipped
 
 @dataclass(frozen=True)
 class Drift:
-    """From ``start`` on, batches whose ``column`` equals ``value`` ferment slower."""
+    """From ``start`` on, batches whose ``column`` equals ``value`` ferment slower.
+
+    Two knobs. ``late_slope_factor`` is a *sluggish finish* (tired or flocculent yeast): the
+    curve is unchanged up to its midpoint, then falls at ``factor * B``. Nothing observable
+    at the midpoint tells it apart from a healthy batch, and a slowing slope even looks like
+    an approaching plateau, so a model's hours remaining come out short: monitoring has to
+    find it from the labels. ``midpoint_shift_hours`` delays the whole curve (a late start),
+    which the gravity seen so far reveals to a model.
+    """
 
     column: str
     value: str
     start: pd.Timestamp
-    midpoint_shift_hours: float = 18.0
+    late_slope_factor: float = 0.5
+    midpoint_shift_hours: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.late_slope_factor <= 1:
+            raise ValueError(f"late_slope_factor must be in (0, 1], got {self.late_slope_factor}")
 
 
 @dataclass(frozen=True)
@@ -122,17 +135,30 @@ class Simulation:
     truth: pd.DataFrame  # per batch: true parameters, finish time, stuck, drifted, corrupted
 
 
+def _phase(t_hours: np.ndarray, slope: float, midpoint: float, late_slope: float) -> np.ndarray:
+    """``B (t - M)``, with the slope ``late_slope`` after the midpoint (continuous at M)."""
+    t = np.asarray(t_hours, dtype="float64") - midpoint
+    return np.where(t < 0, slope * t, late_slope * t)
+
+
 def logistic_gravity(
-    t_hours: np.ndarray, p0: float, pe: float, slope: float, midpoint: float
+    t_hours: np.ndarray,
+    p0: float,
+    pe: float,
+    slope: float,
+    midpoint: float,
+    late_slope: float | None = None,
 ) -> np.ndarray:
-    """DOMAIN.md's four-parameter logistic gravity curve."""
-    return pe + (p0 - pe) / (1.0 + np.exp(np.clip(slope * (t_hours - midpoint), -60, 60)))
+    """DOMAIN.md's four-parameter logistic gravity curve (optionally slower after M)."""
+    phase = _phase(t_hours, slope, midpoint, slope if late_slope is None else late_slope)
+    return pe + (p0 - pe) / (1.0 + np.exp(np.clip(phase, -60, 60)))
 
 
 def hours_to_terminal(
     p0: float, pe: float, slope: float, midpoint: float, tolerance: float
 ) -> float:
-    """Hours after pitch when the curve comes within ``tolerance`` of its plateau ``pe``."""
+    """Hours after pitch when the curve comes within ``tolerance`` of its plateau ``pe``
+    (``slope`` is the slope after the midpoint, where the plateau is approached)."""
     drop = p0 - pe
     if drop <= tolerance:
         return 0.0
@@ -228,14 +254,16 @@ def _simulate_batch(
         and start_ts >= cfg.drift.start
         and meta[cfg.drift.column] == cfg.drift.value
     )
+    late_slope = slope
     if drifted:
         midpoint += cfg.drift.midpoint_shift_hours
+        late_slope = slope * cfg.drift.late_slope_factor
 
     if stuck:
         finish_h = np.nan
-        duration = midpoint + 6.0 / slope + rng.uniform(48, 96)
+        duration = midpoint + 6.0 / late_slope + rng.uniform(48, 96)
     else:
-        finish_h = hours_to_terminal(og, pe, slope, midpoint, cfg.terminal_tolerance_plato)
+        finish_h = hours_to_terminal(og, pe, late_slope, midpoint, cfg.terminal_tolerance_plato)
         duration = finish_h + rng.uniform(36, 72)  # plateau + diacetyl rest before crash
     end_h = start_h + duration
     observed_until = min(end_h, world_end_h) - start_h
@@ -249,13 +277,13 @@ def _simulate_batch(
     rel = rel[(rel > 0.5) & (rel <= observed_until)]
     rel = rel[rng.random(rel.size) >= cfg.gravity_skip_probability]
     gravity_h = np.concatenate([[0.05], rel])
-    gravity = logistic_gravity(gravity_h, og, pe, slope, midpoint)
+    gravity = logistic_gravity(gravity_h, og, pe, slope, midpoint, late_slope)
     gravity = np.round(gravity + rng.normal(0, cfg.gravity_noise_plato, gravity.size), 1)
 
     # Temperature: fine cadence; pitch temperature relaxes to set point, overshoot with activity.
     step = cfg.temperature_every_minutes / 60.0
     temp_h = np.arange(0.0, observed_until, step)
-    s = 1.0 / (1.0 + np.exp(-np.clip(slope * (temp_h - midpoint), -60, 60)))
+    s = 1.0 / (1.0 + np.exp(-np.clip(_phase(temp_h, slope, midpoint, late_slope), -60, 60)))
     activity = 4.0 * s * (1.0 - s)
     temperature = (
         set_temp
@@ -281,6 +309,7 @@ def _simulate_batch(
         "terminal_gravity_plato": pe,
         "midpoint_hours": midpoint,
         "slope_per_hour": slope,
+        "late_slope_per_hour": late_slope,
         "effective_temperature_c": effective_temp,
         "cooling_capacity": cooling,
         "stuck": stuck,

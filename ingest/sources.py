@@ -72,7 +72,8 @@ def simulation_config(settings: Settings, **overrides: object) -> SimulationConf
             settings.drift_column,
             settings.drift_value,
             pd.Timestamp(settings.drift_start, tz="UTC"),
-            settings.drift_hours,
+            late_slope_factor=settings.drift_late_slope_factor,
+            midpoint_shift_hours=settings.drift_midpoint_hours,
         )
     values.update(overrides)
     return SimulationConfig(**values)  # type: ignore[arg-type]

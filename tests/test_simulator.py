@@ -117,7 +117,7 @@ def test_bad_records_exist_but_are_rare(small_world):
 
 
 def test_drift_changes_only_its_slice_after_its_start():
-    drift = Drift("yeast_strain", "german_lager", pd.Timestamp("2026-04-01", tz="UTC"), 18.0)
+    drift = Drift("yeast_strain", "german_lager", pd.Timestamp("2026-04-01", tz="UTC"))
     base = simulate(LONG_WORLD)
     drifted = simulate(dataclasses.replace(LONG_WORLD, drift=drift))
     a = base.truth.merge(base.batches[["batch_id", "yeast_strain", "start_time"]], on="batch_id")
@@ -132,18 +132,39 @@ def test_drift_changes_only_its_slice_after_its_start():
     merged = drifted.truth.merge(drifted.batches, on="batch_id")
     assert (merged.loc[merged["drifted"], "yeast_strain"] == "german_lager").all()
     assert (merged.loc[merged["drifted"], "start_time"] >= drift.start).all()
-    # Drifted lagers take about 18 h longer than lagers of the same world before the drift.
+    # The first drifted batch is the same batch in both worlds up to its midpoint; after it,
+    # the sluggish finish (half the slope) doubles the time from midpoint to terminal.
+    same = a.set_index("batch_id").loc[first]
+    assert b.loc[first, "midpoint_hours"] == pytest.approx(same["midpoint_hours"])
+    assert b.loc[first, "hours_to_finish"] - b.loc[first, "midpoint_hours"] == pytest.approx(
+        2 * (same["hours_to_finish"] - same["midpoint_hours"])
+    )
+    # Drifted lagers finish days later than lagers of the same world before the drift.
     lagers = merged[(merged["yeast_strain"] == "german_lager") & ~merged["stuck"]]
     slower = (
         lagers[lagers["drifted"]]["hours_to_finish"].median()
         - lagers[~lagers["drifted"]]["hours_to_finish"].median()
     )
-    assert 10 < slower < 30
+    assert 40 < slower < 120
     ales = merged[(merged["yeast_strain"] == "american_ale") & ~merged["stuck"]]
     late = ales["start_time"] >= drift.start
     assert (
         abs(ales[late]["hours_to_finish"].median() - ales[~late]["hours_to_finish"].median()) < 10
     )
+
+
+def test_sluggish_finish_is_the_same_curve_until_its_midpoint():
+    t = np.linspace(0, 200, 401)
+    healthy = logistic_gravity(t, 12.0, 3.0, 0.05, 80.0)
+    sluggish = logistic_gravity(t, 12.0, 3.0, 0.05, 80.0, late_slope=0.025)
+    np.testing.assert_array_equal(sluggish[t <= 80], healthy[t <= 80])
+    assert (sluggish[t > 80] > healthy[t > 80]).all()
+    # Halfway down at the midpoint in both; the sluggish one is at the healthy one's
+    # gravity of (t - M) / 2 later.
+    assert sluggish[t == 80][0] == pytest.approx(7.5)
+    np.testing.assert_allclose(sluggish[t == 180], healthy[t == 130])
+    with pytest.raises(ValueError, match="late_slope_factor"):
+        Drift("yeast_strain", "german_lager", pd.Timestamp("2026-01-01", tz="UTC"), 0.0)
 
 
 def test_config_rejects_nonsense():
