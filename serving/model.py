@@ -17,16 +17,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from brewcast.schema import schema_fingerprint
+from brewcast.schema import categorical_features, schema_fingerprint
 from brewcast.settings import Settings
 from models.export import OUTPUTS
 from models.inputs import raw_inputs_from_records
+from serving.prediction_log import new_prediction_id, prediction_row
 from serving.runtime import Session, create_session
 
 log = logging.getLogger(__name__)
 
 BENTO_MODEL = "fermentation-completion"
 ONNX_FILE = "model.onnx"
+VOCABULARY = {c.name: frozenset(c.vocabulary or ()) for c in categorical_features()}
 
 
 class ModelUnavailableError(RuntimeError):
@@ -48,6 +50,32 @@ class ServedModel:
         """Probability and hours remaining for request rows (dicts of schema features)."""
         probability, hours = self.session.run(raw_inputs_from_records(records), list(OUTPUTS))
         return probability.ravel().astype(np.float64), hours.ravel().astype(np.float64)
+
+    def score(self, records: list[dict], served_at) -> list[dict]:
+        """Predict, decide at the model's threshold, and build one prediction-log row per
+        record: what the service answers and logs (and what a replay logs in process)."""
+        probability, hours = self.predict(records)
+        rows = []
+        for record, p, h in zip(records, probability.tolist(), hours.tolist(), strict=True):
+            unknown = [
+                name
+                for name, known in VOCABULARY.items()
+                if record.get(name) is not None and record[name] not in known
+            ]
+            rows.append(
+                prediction_row(
+                    new_prediction_id(),
+                    served_at,
+                    self.version,
+                    self.threshold,
+                    record,
+                    p,
+                    p >= self.threshold,
+                    h,
+                    unknown,
+                )
+            )
+        return rows
 
     def describe(self) -> dict:
         return {
@@ -135,7 +163,17 @@ def load_bento_model(tag: str, settings: Settings) -> ServedModel:
     import bentoml
 
     stored = bentoml.models.get(tag)
-    model_bytes = Path(stored.path, ONNX_FILE).read_bytes()
+    return served_model(
+        Path(stored.path, ONNX_FILE).read_bytes(),
+        stored.info.labels.get("mlflow_version", "unknown"),
+        str(stored.tag),
+        settings,
+    )
+
+
+def served_model(model_bytes: bytes, version: str, tag: str, settings: Settings) -> ServedModel:
+    """An exported ONNX model in an onnxruntime session, with what its metadata carries;
+    refused when it was built for another schema."""
     meta = onnx_metadata(model_bytes)
     fingerprint = meta.get("schema_fingerprint", "")
     if fingerprint != schema_fingerprint():
@@ -152,12 +190,12 @@ def load_bento_model(tag: str, settings: Settings) -> ServedModel:
         use_tensorrt=settings.use_tensorrt,
     )
     return ServedModel(
-        version=stored.info.labels.get("mlflow_version", "unknown"),
+        version=version,
         threshold=float(meta["threshold"]),
         horizon_hours=float(meta.get("horizon_hours", settings.horizon_hours)),
         calibration=json.loads(meta["calibration"]),
         fingerprint=fingerprint,
-        bento_tag=str(stored.tag),
+        bento_tag=tag,
         session=session,
     )
 
