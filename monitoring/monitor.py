@@ -55,12 +55,16 @@ class Alert:
     p_value: float | None
     likely_causes: str
 
+    def evidence(self) -> str:
+        if self.p_value is None:
+            return "calibration error, no test"
+        return f"Holm-adjusted p={self.p_value:.2g}"
+
     def message(self) -> str:
         return (
             f"[{self.window}] {self.slice}={self.value}: {self.metric} {self.observed:+.3f} "
             f"beyond ±{self.limit:g} over {self.support} predictions from {self.batches} "
-            f"batches (Holm-adjusted p={self.p_value if self.p_value is not None else 'n/a'}"
-            f"). Likely causes: {self.likely_causes}."
+            f"batches ({self.evidence()}). Likely causes: {self.likely_causes}."
         )
 
 
@@ -101,14 +105,19 @@ def _lookup(keys: pd.Series, values: pd.Series) -> pd.Series:
     return pd.Series(values.reindex(keys.to_numpy()).array, index=keys.index)
 
 
+def prediction_time(predictions: pd.DataFrame) -> pd.Series:
+    """When a prediction is about: its snapshot time, else when it was served. Windows go by
+    this, so a late replay of past snapshots lands in the windows it describes."""
+    served = pd.to_datetime(predictions["served_at"], utc=True, format="mixed")
+    return pd.to_datetime(predictions["snapshot_time"], utc=True, format="mixed").fillna(served)
+
+
 def attach_labels(
     predictions: pd.DataFrame, labels: pd.DataFrame, outcomes: pd.DataFrame, horizon_hours: float
 ) -> pd.DataFrame:
     """``predictions`` with ``label`` (float: 1, 0, or NaN while pending) and its source."""
     out = predictions.copy()
-    at = pd.to_datetime(out["snapshot_time"], utc=True, format="mixed").fillna(
-        pd.to_datetime(out["served_at"], utc=True, format="mixed")
-    )
+    at = prediction_time(out)
     deadline = at + pd.Timedelta(hours=horizon_hours)
     out["label"] = np.nan
     out["label_source"] = None
@@ -360,13 +369,13 @@ def monitor(
     if predictions.empty:
         return MonitoringResult(pd.DataFrame(), pd.DataFrame(), [], 0, 0)
     joined = attach_labels(predictions, labels, outcomes, settings.horizon_hours)
+    joined["at"] = prediction_time(joined)
     labelled = joined[joined["label"].notna()]
-    served = pd.to_datetime(labelled["served_at"], utc=True, format="mixed")
     days = settings.monitor_window_days
-    start = served.min().floor("D") if len(labelled) else None
     frames = []
-    if start is not None:
-        index = ((served - start) / pd.Timedelta(days=days)).astype(int)
+    if len(labelled):
+        start = labelled["at"].min().floor("D")
+        index = ((labelled["at"] - start) / pd.Timedelta(days=days)).astype(int)
         for i, part in labelled.groupby(index, sort=True):
             lo = start + pd.Timedelta(days=days * i)
             name = f"{lo:%Y-%m-%d}+{days:g}d"
@@ -378,8 +387,7 @@ def monitor(
                 frames.append(table)
     windows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     alerts = find_alerts(windows, settings) if len(windows) else []
-    recent = pd.to_datetime(joined["served_at"], utc=True, format="mixed")
-    latest = joined[recent >= recent.max() - pd.Timedelta(days=days)]
+    latest = joined[joined["at"] >= joined["at"].max() - pd.Timedelta(days=days)]
     drift = drift_table(latest, reference, settings)
     return MonitoringResult(
         windows, drift, alerts, len(labelled), int(joined["label"].isna().sum())

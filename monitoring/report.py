@@ -234,6 +234,30 @@ def _reliability(joined: pd.DataFrame, key: str | None) -> str:
     return _png(fig)
 
 
+def _alerts_table(result: MonitoringResult) -> str:
+    """One row per alert, then each slice key's likely causes once (not once per row)."""
+    rows = pd.DataFrame(
+        [
+            {
+                "window": a.window,
+                "slice": f"{a.slice} = {a.value}",
+                "metric": a.metric,
+                "observed": f"{a.observed:+.3f}",
+                "limit": f"±{a.limit:g}",
+                "predictions": a.support,
+                "batches": a.batches,
+                "evidence": a.evidence(),
+            }
+            for a in result.alerts
+        ]
+    )
+    causes = {a.slice.split("*")[0]: a.likely_causes for a in result.alerts}
+    notes = "".join(
+        f"<li><b>{html.escape(key)}</b>: {html.escape(text)}</li>" for key, text in causes.items()
+    )
+    return rows.to_html(index=False) + f"<p>Likely causes, by slice:</p><ul>{notes}</ul>"
+
+
 def write_html(
     result: MonitoringResult,
     predictions: pd.DataFrame,
@@ -252,12 +276,13 @@ def write_html(
         f"{settings.monitor_alpha:g}.</p>",
     ]
     if result.alerts:
-        items = "".join(f"<li>{html.escape(a.message())}</li>" for a in result.alerts)
-        parts.append(f"<h2 style='color:#b00'>Alerts ({len(result.alerts)})</h2><ul>{items}</ul>")
+        parts.append(f"<h2 style='color:#b00'>Alerts ({len(result.alerts)})</h2>")
+        parts.append(_alerts_table(result))
     else:
         parts.append("<h2 style='color:#070'>No alerts</h2>")
     if len(result.windows):
-        for key in slice_keys():
+        alarmed = {a.slice for a in result.alerts}
+        for key in sorted(slice_keys(), key=lambda k: k not in alarmed):  # alarmed ones first
             parts.append(f"<img src='{_bias_over_time(result.windows, key, settings)}'>")
         joined = attach_labels(predictions, labels, outcomes, settings.horizon_hours)
         joined = joined[joined["label"].notna()]

@@ -1,0 +1,97 @@
+"""Replay a brewery through a model, the way a cellar uses the service.
+
+Every ``snapshot_every_hours`` each running batch is scored from what was known then; once
+a batch finishes, its finish time arrives as a label. The monitoring acceptance test replays
+a simulated year in process (rows logged as the service logs them, served at their snapshot
+time); the demo replays the same stream over HTTP into the running BentoML service.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import pandas as pd
+
+from models.dataset import LabelRules, build_snapshots, derive_outcomes
+from serving.api_models import Snapshot
+
+#: The request fields of a snapshot (the schema's features, batch id and snapshot time).
+REQUEST_FIELDS = tuple(Snapshot.model_fields)
+
+
+def snapshot_requests(
+    batches: pd.DataFrame,
+    readings: pd.DataFrame,
+    rules: LabelRules,
+    since: pd.Timestamp,
+    until: pd.Timestamp,
+) -> pd.DataFrame:
+    """The snapshots taken in ``[since, until)``, in time order, as request rows.
+
+    Built from the whole world (which knows how every batch ends), cut to what each
+    snapshot could see: ``build_snapshots`` never looks past the snapshot time.
+    """
+    snapshots = build_snapshots(batches, readings, rules)
+    at = snapshots["snapshot_time"]
+    chosen = snapshots[(at >= since) & (at < until)]
+    return chosen.sort_values(["snapshot_time", "batch_id"], kind="mergesort")[
+        list(REQUEST_FIELDS)
+    ].reset_index(drop=True)
+
+
+def finish_labels(
+    batches: pd.DataFrame,
+    readings: pd.DataFrame,
+    rules: LabelRules,
+    since: pd.Timestamp,
+    until: pd.Timestamp,
+) -> pd.DataFrame:
+    """``/feedback`` rows (batch id, finish time) for batches that finished in the span, in
+    the order they finished."""
+    outcomes = derive_outcomes(batches, readings, rules)
+    finished = outcomes[
+        (outcomes["status"] == "finished")
+        & (outcomes["finish_time"] >= since)
+        & (outcomes["finish_time"] < until)
+    ]
+    return (
+        finished.rename(columns={"finish_time": "finished_at"})[["batch_id", "finished_at"]]
+        .sort_values(["finished_at", "batch_id"], kind="mergesort")
+        .reset_index(drop=True)
+    )
+
+
+def records(frame: pd.DataFrame) -> list[dict]:
+    """JSON-ready dicts: missing values as None, times as ISO strings."""
+    out = []
+    for row in frame.to_dict("records"):
+        clean = {}
+        for key, value in row.items():
+            if value is None or value is pd.NaT or (isinstance(value, float) and math.isnan(value)):
+                clean[key] = None
+            elif isinstance(value, pd.Timestamp):
+                clean[key] = value.isoformat()
+            else:
+                clean[key] = value
+        out.append(clean)
+    return out
+
+
+def chunks(frame: pd.DataFrame, size: int) -> Iterator[pd.DataFrame]:
+    for start in range(0, len(frame), size):
+        yield frame.iloc[start : start + size]
+
+
+def log_in_process(model, requests: pd.DataFrame, prediction_log, chunk: int = 512) -> int:
+    """Score ``requests`` with a :class:`serving.model.ServedModel` and log every row as the
+    service would, served at its snapshot time; rows logged."""
+    logged = 0
+    for part in chunks(requests, chunk):
+        rows = model.score(records(part), None)
+        for row, at in zip(rows, part["snapshot_time"], strict=True):
+            row["served_at"] = at.to_pydatetime()
+            row["snapshot_time"] = at.to_pydatetime()
+        prediction_log.write(rows)
+        logged += len(rows)
+    return logged

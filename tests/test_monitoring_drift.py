@@ -1,0 +1,111 @@
+"""Monitoring's acceptance test on the simulator: a model trained on a whole clean year
+serves the next months; a sluggish finish injected into one yeast strain is caught in that
+strain within days, and nothing alarms on the clean world or on slices without that strain.
+
+The model is trained by the real pipeline (Keras, calibration, ONNX export) and served by
+the real onnxruntime session; predictions are logged as the service logs them and labelled
+from the batches' readings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pandas as pd
+import pytest
+
+from brewcast import lake
+from brewcast.schema import FEATURES
+from brewcast.settings import Settings
+from ingest.simulator import RECIPES, Drift, SimulationConfig, simulate
+from models import pipeline
+from models.dataset import LabelRules, build_snapshots, derive_outcomes
+from monitoring.monitor import monitor
+from monitoring.replay import log_in_process, snapshot_requests
+from serving.model import served_model
+from serving.prediction_log import PredictionLog
+
+pytestmark = pytest.mark.slow
+
+DEPLOYED = pd.Timestamp("2026-01-01", tz="UTC")
+DRIFT = Drift("yeast_strain", "german_lager", pd.Timestamp("2026-02-01", tz="UTC"), 0.5)
+MONITORED_DAYS = 120
+WORLD = SimulationConfig(
+    start=pd.Timestamp("2025-01-01", tz="UTC"),
+    days=365 + MONITORED_DAYS + 30,
+    fermenters=12,
+    seed=5,
+    bad_reading_rate=0.0,
+    bad_batch_rate=0.0,
+)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """A champion trained on every batch that finished in the clean year before deployment."""
+    home = tmp_path_factory.mktemp("drift")
+    settings = Settings(home=home, seed=WORLD.seed)
+    rules = LabelRules.from_settings(settings)
+    year = simulate(WORLD)
+    outcomes = derive_outcomes(year.batches, year.readings, rules)
+    snapshots = build_snapshots(year.batches, year.readings, rules, outcomes)
+    known_by_deployment = snapshots.groupby("batch_id")["snapshot_time"].transform("max") < DEPLOYED
+    train = snapshots[known_by_deployment].reset_index(drop=True)
+    assert train["snapshot_time"].min() < DEPLOYED - pd.Timedelta(days=330)  # a whole year
+    lake.write_partitions(train, FEATURES, settings.lake_dir, "features", "year")
+    workdir = pipeline.build(settings, home / "training", progress=False)
+    model = served_model((workdir / "model.onnx").read_bytes(), "1", "drift-test", settings)
+    return settings, rules, model
+
+
+def _monitor_world(served, world: SimulationConfig, name: str):
+    settings, rules, model = served
+    sim = simulate(world)
+    requests = snapshot_requests(
+        sim.batches,
+        sim.readings,
+        rules,
+        DEPLOYED,
+        DEPLOYED + pd.Timedelta(days=MONITORED_DAYS),
+    )
+    prediction_log = PredictionLog(f"sqlite:///{settings.home / name}.db", "sync")
+    try:
+        assert log_in_process(model, requests, prediction_log) == len(requests)
+        predictions, labels = prediction_log.read_predictions(), prediction_log.read_labels()
+    finally:
+        prediction_log.close()
+    outcomes = derive_outcomes(sim.batches, sim.readings, rules)
+    return sim, monitor(predictions, labels, outcomes, None, settings)
+
+
+def test_clean_months_raise_no_alarm(served):
+    _, result = _monitor_world(served, WORLD, "clean")
+    supported = result.windows[result.windows["supported"]]
+    # A long run: many windows and slices were tested, and none paged.
+    assert supported["window"].nunique() >= 15
+    assert len(supported) >= 200
+    assert result.alerts == [], [a.message() for a in result.alerts]
+
+
+def test_sluggish_lager_is_caught_within_days_and_only_where_lagers_are(served):
+    sim, result = _monitor_world(served, dataclasses.replace(WORLD, drift=DRIFT), "drifted")
+    window = pd.Timedelta(days=served[0].monitor_window_days)
+    assert sim.truth["drifted"].sum() >= 20
+    alerts = result.alerts
+    assert alerts, "the drift went unnoticed"
+    strain_alerts = [a for a in alerts if a.slice == "yeast_strain" and a.value == "german_lager"]
+    first = min(pd.Timestamp(a.window.split("+")[0], tz="UTC") for a in strain_alerts)
+    # The first window holding drifted batches' labels already alarms on the strain.
+    assert first <= DRIFT.start + window
+    by_metric = {a.metric for a in strain_alerts}
+    assert {"prediction_bias", "hours_remaining_bias"} <= by_metric
+    hours = [a.observed for a in strain_alerts if a.metric == "hours_remaining_bias"]
+    assert max(hours) < -8  # predicted finishes come too early: the yeast is slower now
+    assert all("yeast health" in a.likely_causes for a in strain_alerts)
+    # Only slices that hold lagers alarm: never another strain, nor a brand without lager.
+    lager_brands = {brand for brand, r in RECIPES.items() if "german_lager" in r.strains}
+    for alert in alerts:
+        pairs = dict(zip(alert.slice.split("*"), alert.value.split("*"), strict=True))
+        assert pairs.get("yeast_strain", "german_lager") == "german_lager", alert.message()
+        assert pairs.get("brand", next(iter(lager_brands))) in lager_brands, alert.message()
+        assert pd.Timestamp(alert.window.split("+")[0], tz="UTC") > DRIFT.start - window
