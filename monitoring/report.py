@@ -212,10 +212,13 @@ def _reliability(joined: pd.DataFrame, key: str | None) -> str:
         if key is None
         else list(joined.groupby(joined[key].fillna("(missing)"), sort=True))
     )
+    # Per slice: fewer, wider bins and only slices with the rows to fill them (otherwise
+    # the plot is noise); overall: ten bins.
+    bins, least = (10, 30) if key is None else (5, 100)
     for value, part in groups:
-        if len(part) < 30:
+        if len(part) < least:
             continue
-        table = reliability_table(part["label"], part["probability"], 10)
+        table = reliability_table(part["label"], part["probability"], bins)
         ax.plot(
             table["mean_predicted"],
             table["observed_rate"],
