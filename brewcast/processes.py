@@ -20,6 +20,35 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def stop_tree(pid: int, sig: int = signal.SIGTERM, timeout: float = 30.0) -> None:
+    """Signal ``pid``'s process group, wait, and end any descendant that left the group
+    (BentoML puts each worker in a group of its own, so a group signal misses them). What
+    does not stop within ``timeout`` is killed: a stuck server is never left behind."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        descendants = root.children(recursive=True)
+    except psutil.NoSuchProcess:
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+    _, alive = psutil.wait_procs([root], timeout=timeout)
+    if alive:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+        psutil.wait_procs(alive, timeout=10)
+    _, alive = psutil.wait_procs(descendants, timeout=0 if sig == signal.SIGKILL else 10)
+    for child in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()
+
+
+def brewcast_command(*args: str) -> list[str]:
+    """``brewcast ARGS`` from this environment (the console script beside this Python)."""
+    return [str(Path(sys.executable).with_name("brewcast")), *args]
+
+
 class ServerProcess:
     def __init__(
         self,
@@ -67,33 +96,11 @@ class ServerProcess:
         )
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> None:
-        """Signal the process group, wait, and end any descendant that left the group
-        (BentoML puts each worker in a group of its own, so a group SIGKILL misses them)."""
-        import psutil
-
         if self.process is None or self.process.poll() is not None:
             return
-        try:
-            descendants = psutil.Process(self.process.pid).children(recursive=True)
-        except psutil.NoSuchProcess:
-            descendants = []
-        try:
-            os.killpg(self.process.pid, sig)
-            self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:  # a stuck server is killed, never left behind
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
-        except ProcessLookupError:
-            pass
-        for child in descendants:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                if sig != signal.SIGKILL:
-                    try:
-                        child.wait(timeout=10)
-                        continue
-                    except psutil.TimeoutExpired:
-                        pass
-                child.kill()
+        stop_tree(self.process.pid, sig, timeout)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=10)  # reap it
 
     def kill(self) -> None:
         """kill -9 the whole group: what a crash looks like."""
