@@ -49,8 +49,12 @@ def fermentation_training():
         @task(task_id=name, execution_timeout=timeout)
         def run(path: str) -> str:
             from brewcast import jobs
+            from models.pipeline import NoTrainingDataError
 
-            jobs.train_stage(name, path)
+            try:
+                jobs.train_stage(name, path)
+            except NoTrainingDataError as exc:  # e.g. the weekly run before any ingest
+                raise AirflowSkipException(str(exc)) from exc
             return path
 
         return run

@@ -33,6 +33,10 @@ class TrainingError(RuntimeError):
     """Training cannot go on (too little data, a failed export...); the message says why."""
 
 
+class NoTrainingDataError(TrainingError):
+    """Nothing published to train on yet: a scheduled run skips, it does not fail."""
+
+
 def _json(path: Path, data) -> Path:
     path.write_text(json.dumps(data, indent=2, default=float))
     return path
@@ -88,7 +92,7 @@ def prepare(settings: Settings, workdir: Path) -> dict:
     files = lake.partition_files(settings.lake_dir, "features", FEATURES)
     features = lake.read_table(settings.lake_dir, "features", FEATURES)
     if features.empty:
-        raise TrainingError(
+        raise NoTrainingDataError(
             f"no published features under {settings.lake_dir}/features; run "
             "`brewcast features` (after ingest and validate) first"
         )

@@ -187,7 +187,7 @@ def test_too_little_data_is_a_clear_error(settings, small_world, tmp_path):
     publish_training_features(settings, world)
     with pytest.raises(pipeline.TrainingError, match="too little labelled data"):
         pipeline.prepare(settings, tmp_path / "w")
-    with pytest.raises(pipeline.TrainingError, match="no published features"):
+    with pytest.raises(pipeline.NoTrainingDataError, match="no published features"):
         pipeline.prepare(settings.model_copy(update={"home": tmp_path / "empty"}), tmp_path / "w2")
 
 
