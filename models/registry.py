@@ -43,7 +43,12 @@ def ensure_experiment(name: str, artifact_root: Path | None) -> str:
     if artifact_root is not None and not tracking.startswith(("http://", "https://")):
         location = (Path(artifact_root).resolve() / name).as_uri()
     try:
-        return mlflow.create_experiment(name, artifact_location=location)
+        return mlflow.create_experiment(
+            name,
+            artifact_location=location,
+            # the UI then opens on runs and metrics, not on GenAI traces
+            tags={"mlflow.experimentKind": "custom_model_development"},
+        )
     except mlflow.exceptions.MlflowException:  # created meanwhile by a concurrent run
         return mlflow.get_experiment_by_name(name).experiment_id
 
