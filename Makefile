@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export BREWCAST_HOME ?= $(CURDIR)/.brewcast
 
-.PHONY: setup test test-fast lint demo bench stop clean
+.PHONY: setup browser test test-fast lint demo bench stop clean
 
 setup: $(VENV)/.synced
 
@@ -17,7 +17,15 @@ $(VENV)/.synced: pyproject.toml uv.lock
 	$(UV) sync --frozen
 	@touch $@
 
-test: lint  ## lint, then everything, slow end-to-end tests included
+# Headless Chromium for the screenshot test (Debian's package; as root on these machines).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	      apt-get install -y -qq --no-install-recommends chromium >/dev/null; \
+	  else echo "Chromium missing: install it (Debian: apt-get install chromium) for the screenshot test"; fi; }
+
+test: lint browser  ## lint, then everything, slow end-to-end tests included
 	$(BIN)/pytest
 
 test-fast: setup  ## skip the slow end-to-end tests
@@ -27,19 +35,14 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-demo: setup
-	@echo "brewcast demo: not yet (the demo issue wires Airflow, MLflow and BentoML); for now it"
-	@echo "simulates a cellar, validates it, builds snapshots and trains + registers a model"
-	$(BIN)/brewcast simulate --to lake
-	$(BIN)/brewcast validate || true  # the simulator's bad records are quarantined: exit 1
-	$(BIN)/brewcast features
-	$(BIN)/brewcast train --quiet
+demo: setup  ## MLflow + Airflow + BentoML up, a simulated year through them, monitoring
+	$(BIN)/brewcast demo
 
 bench: setup
 	$(BIN)/python -m benchmarks
 
-stop:
-	@echo "nothing started yet"
+stop:  ## stop what `make demo` started (by pid)
+	@if [ -x $(BIN)/brewcast ]; then $(BIN)/brewcast stop; else echo "nothing to stop"; fi
 
 clean:
 	rm -rf $(VENV) .brewcast .pytest_cache .ruff_cache

@@ -253,6 +253,45 @@ def airflow(
 
 
 @app.command()
+def demo(
+    history_days: Annotated[int, typer.Option(help="Days of history to train on.")] = 365,
+    live_days: Annotated[int, typer.Option(help="Days replayed through the service.")] = 56,
+    drift_after_days: Annotated[
+        int, typer.Option(help="Live days before the yeast turns sluggish.")
+    ] = 14,
+    fermenters: Annotated[int, typer.Option(help="Fermenters in the cellar.")] = 12,
+    mlflow_port: Annotated[int, typer.Option(help="MLflow UI port.")] = 5000,
+    airflow_port: Annotated[int, typer.Option(help="Airflow UI port.")] = 8080,
+    serving_port: Annotated[int, typer.Option(help="BentoML port.")] = 3000,
+) -> None:
+    """The whole loop: MLflow, Airflow and BentoML up; a simulated year ingested and trained
+    through Airflow; live weeks with a drift replayed through the service; monitoring."""
+    from brewcast import demo as demo_run
+
+    world = demo_run.DemoWorld(
+        history_days=history_days,
+        live_days=live_days,
+        drift_after_days=drift_after_days,
+        fermenters=fermenters,
+    )
+    ports = demo_run.DemoPorts(mlflow=mlflow_port, airflow=airflow_port, serving=serving_port)
+    try:
+        result = demo_run.run(get_settings().home, world, ports)
+    except (RuntimeError, TimeoutError) as exc:
+        raise _fail(f"{exc} (`brewcast stop` ends what the demo started)", 1) from exc
+    typer.echo("\n".join(result.lines()))
+
+
+@app.command()
+def stop() -> None:
+    """Stop the servers `brewcast demo` started (by pid)."""
+    from brewcast import demo as demo_run
+
+    stopped = demo_run.stop(get_settings().home)
+    typer.echo(f"stopped {', '.join(stopped)}" if stopped else "nothing to stop")
+
+
+@app.command()
 def monitor() -> None:
     """Compare logged predictions with arrived labels: bias, calibration, drift, alerts."""
     from brewcast import jobs

@@ -1,0 +1,483 @@
+"""``make demo``: brewcast's whole loop on one machine, on the embedded defaults.
+
+1. start an MLflow server (SQLite), Airflow standalone (SQLite, LocalExecutor) and, once a
+   champion exists, the BentoML service, each in its own process group, pids written to
+   ``BREWCAST_HOME/demo/pids.json`` (``make stop`` ends them);
+2. through Airflow: ingest a simulated year (validation, labels) in one run of
+   ``fermentation_ingest``; its labelled-data asset triggers ``fermentation_training``,
+   which trains, registers and promotes the champion;
+3. replay the following weeks through the service over HTTP, as the cellar would: a
+   snapshot of every running batch every few hours, each finished batch's finish time sent
+   to ``/feedback``; one yeast strain turns sluggish part-way (the simulator's drift);
+4. run ``fermentation_monitoring`` through Airflow, which finds the drift and asks for
+   retraining (an asset event), and print where to look.
+
+Re-running is safe: it stops what an earlier demo left running and starts from a clean
+demo home, so the same command gives the same world, model and alerts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from brewcast.processes import (
+    PROJECT_ROOT,
+    ServerProcess,
+    bento_server,
+    brewcast_command,
+    stop_tree,
+)
+
+log = logging.getLogger(__name__)
+
+AIRFLOW_USER = ("admin", "admin")
+
+
+@dataclass(frozen=True)
+class DemoWorld:
+    """The simulated cellar: a year of history to train on, then live weeks with a drift."""
+
+    history_days: int = 365
+    live_days: int = 56
+    drift_after_days: int = 14
+    fermenters: int = 12
+    seed: int = 42
+    drift_strain: str = "german_lager"
+    drift_late_slope_factor: float = 0.5
+
+    @property
+    def live_start(self) -> pd.Timestamp:
+        """Deployment: yesterday minus the live weeks (so nothing lies in the future)."""
+        return pd.Timestamp.now("UTC").floor("D") - pd.Timedelta(days=self.live_days + 1)
+
+    @property
+    def start(self) -> pd.Timestamp:
+        return self.live_start - pd.Timedelta(days=self.history_days)
+
+    @property
+    def live_end(self) -> pd.Timestamp:
+        return self.live_start + pd.Timedelta(days=self.live_days)
+
+    @property
+    def drift_start(self) -> pd.Timestamp:
+        return self.live_start + pd.Timedelta(days=self.drift_after_days)
+
+    def environment(self) -> dict[str, str]:
+        """The ``BREWCAST_*`` settings that describe this world to every process."""
+        return {
+            "BREWCAST_SOURCE": "simulator",
+            "BREWCAST_SEED": str(self.seed),
+            "BREWCAST_SIMULATION_START": f"{self.start:%Y-%m-%d}",
+            # the world runs on past the live weeks so their batches can finish
+            "BREWCAST_SIMULATION_DAYS": str(self.history_days + self.live_days + 20),
+            "BREWCAST_SIMULATION_FERMENTERS": str(self.fermenters),
+            "BREWCAST_DRIFT_COLUMN": "yeast_strain",
+            "BREWCAST_DRIFT_VALUE": self.drift_strain,
+            "BREWCAST_DRIFT_START": f"{self.drift_start:%Y-%m-%d}",
+            "BREWCAST_DRIFT_LATE_SLOPE_FACTOR": str(self.drift_late_slope_factor),
+        }
+
+
+@dataclass(frozen=True)
+class DemoPorts:
+    mlflow: int = 5000
+    airflow: int = 8080
+    serving: int = 3000
+
+
+# ------------------------------------------------------------------------------------------
+# pids: what the demo started, so `make stop` can end exactly that
+# ------------------------------------------------------------------------------------------
+
+
+def demo_dir(home: Path) -> Path:
+    return Path(home).resolve() / "demo"
+
+
+def _pid_file(home: Path) -> Path:
+    return demo_dir(home) / "pids.json"
+
+
+def _record(home: Path, name: str, server: ServerProcess) -> None:
+    import psutil
+
+    path = _pid_file(home)
+    pids = json.loads(path.read_text()) if path.exists() else {}
+    pids[name] = {"pid": server.pid, "started": psutil.Process(server.pid).create_time()}
+    path.write_text(json.dumps(pids, indent=2))
+
+
+def stop(home: Path) -> list[str]:
+    """Stop every process the demo started (by pid, checked against its start time so a
+    recycled pid is never signalled); the names stopped."""
+    import psutil
+
+    path = _pid_file(home)
+    if not path.exists():
+        return []
+    stopped = []
+    for name, entry in json.loads(path.read_text()).items():
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if abs(psutil.Process(entry["pid"]).create_time() - entry["started"]) < 1e-3:
+                stop_tree(entry["pid"])
+                stopped.append(name)
+    path.unlink()
+    return stopped
+
+
+# ------------------------------------------------------------------------------------------
+# the Airflow REST API (v2, JWT from the simple auth manager)
+# ------------------------------------------------------------------------------------------
+
+
+class AirflowApi:
+    def __init__(self, base_url: str, user: tuple[str, str] = AIRFLOW_USER):
+        import httpx
+
+        self.base_url = base_url.rstrip("/")
+        token = httpx.post(
+            f"{self.base_url}/auth/token",
+            json={"username": user[0], "password": user[1]},
+            timeout=30,
+        )
+        token.raise_for_status()
+        self.client = httpx.Client(
+            base_url=f"{self.base_url}/api/v2",
+            headers={"Authorization": f"Bearer {token.json()['access_token']}"},
+            timeout=30,
+        )
+
+    def wait_for_dags(self, dag_ids: list[str], timeout: float = 180) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            known = {d["dag_id"] for d in self.client.get("/dags").json().get("dags", [])}
+            if set(dag_ids) <= known:
+                return
+            time.sleep(2)
+        raise TimeoutError(f"Airflow did not parse {dag_ids} in {timeout:.0f} s")
+
+    def trigger(
+        self,
+        dag_id: str,
+        start: pd.Timestamp | None = None,
+        end: pd.Timestamp | None = None,
+        note: str | None = None,
+    ) -> str:
+        """A manual run; with ``start``/``end`` it owns that data interval."""
+        at = end or pd.Timestamp.now("UTC")
+        body: dict = {"logical_date": at.isoformat(), "note": note}
+        if start is not None:
+            body |= {"data_interval_start": start.isoformat(), "data_interval_end": at.isoformat()}
+        response = self.client.post(f"/dags/{dag_id}/dagRuns", json=body)
+        response.raise_for_status()
+        return response.json()["dag_run_id"]
+
+    def runs(self, dag_id: str) -> list[dict]:
+        response = self.client.get(f"/dags/{dag_id}/dagRuns", params={"order_by": "-run_after"})
+        response.raise_for_status()
+        return response.json()["dag_runs"]
+
+    def wait(
+        self,
+        dag_id: str,
+        run_id: str | None = None,
+        run_type: str | None = None,
+        after: pd.Timestamp | None = None,
+        timeout: float = 900,
+    ) -> dict:
+        """Wait until the run (or the newest run of ``run_type`` queued after ``after``)
+        finishes; it, or an error naming its failed tasks."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for run in self.runs(dag_id):
+                if run_id is not None and run["dag_run_id"] != run_id:
+                    continue
+                if run_type is not None and run["run_type"] != run_type:
+                    continue
+                if after is not None and pd.Timestamp(run["queued_at"]) < after:
+                    continue
+                if run["state"] == "success":
+                    return run
+                if run["state"] == "failed":
+                    raise RuntimeError(
+                        f"{dag_id} run {run['dag_run_id']} failed: "
+                        f"{self.failed_tasks(dag_id, run['dag_run_id'])}"
+                    )
+                break
+            time.sleep(3)
+        raise TimeoutError(f"{dag_id} did not finish in {timeout:.0f} s")
+
+    def failed_tasks(self, dag_id: str, run_id: str) -> list[str]:
+        response = self.client.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances")
+        return [
+            t["task_id"]
+            for t in response.json().get("task_instances", [])
+            if t["state"] == "failed"
+        ]
+
+
+# ------------------------------------------------------------------------------------------
+# the demo
+# ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DemoResult:
+    mlflow_url: str
+    airflow_url: str
+    serving_url: str
+    report: str
+    training_experiment: str  # experiment id
+    monitoring_experiment: str
+    monitoring_runs: list[str]  # one per window
+    predictions: int
+    labels: int
+    alerts: list[str]
+    retraining_requested: bool
+    champion_version: str
+    model_name: str
+
+    def lines(self) -> list[str]:
+        experiments = f"{self.mlflow_url}/#/experiments"
+        compare = (
+            f"{self.mlflow_url}/#/compare-runs?runs="
+            + json.dumps(self.monitoring_runs, separators=(",", ":"))
+            + f'&experiments=["{self.monitoring_experiment}"]'
+        )
+        out = [
+            "",
+            "brewcast demo: done. Where to look:",
+            f"  MLflow UI       {experiments}",
+            f"    training      {experiments}/{self.training_experiment}/runs"
+            "?workflowType=machine_learning (metrics, plots, the gate's verdict)",
+            f"    monitoring    {compare} (the windows side by side)",
+            f"    the model     {self.mlflow_url}/#/models/{self.model_name} "
+            f"(champion: version {self.champion_version})",
+            f"  Airflow UI      {self.airflow_url}/dags  (login {AIRFLOW_USER[0]} / "
+            f"{AIRFLOW_USER[1]}): fermentation_ingest -> fermentation_training -> "
+            "fermentation_monitoring",
+            f"  BentoML         {self.serving_url}/  (Swagger UI; /metadata, /metrics)",
+            f"  Monitoring      file://{self.report}",
+            "",
+            f"  {self.predictions} predictions served, {self.labels} batch finishes fed back; "
+            f"{len(self.alerts)} alert(s):",
+            *[f"    {a}" for a in self.alerts[:8]],
+        ]
+        if len(self.alerts) > 8:
+            out.append(f"    ... and {len(self.alerts) - 8} more in the report")
+        if self.retraining_requested:
+            out.append(
+                "  Monitoring asked for retraining: see the asset-triggered "
+                "fermentation_training run in Airflow."
+            )
+        out.append("  `make stop` stops the servers.")
+        return out
+
+
+def run(
+    home: Path,
+    world: DemoWorld | None = None,
+    ports: DemoPorts | None = None,
+    progress: bool = True,
+) -> DemoResult:
+    world, ports = world or DemoWorld(), ports or DemoPorts()
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
+    home = Path(home).resolve()
+    stopped = stop(home)
+    if stopped:
+        log.info("stopped the previous demo's %s", ", ".join(stopped))
+    _require_free_ports(ports)
+    _fresh_home(home)
+    demo_dir(home).mkdir(parents=True, exist_ok=True)
+    (demo_dir(home) / "world.json").write_text(json.dumps(asdict(world), indent=2))
+
+    mlflow_url = f"http://127.0.0.1:{ports.mlflow}"
+    serving_url = f"http://127.0.0.1:{ports.serving}"
+    airflow_url = f"http://127.0.0.1:{ports.airflow}"
+    env = {
+        "BREWCAST_HOME": str(home),
+        "BREWCAST_MLFLOW_TRACKING_URI": mlflow_url,
+        "BREWCAST_SERVING_URL": serving_url,
+        **world.environment(),
+    }
+    os.environ.update(env)  # this process reads the same settings
+
+    _step("starting MLflow", mlflow_url)
+    from models.registry import MlflowServer
+
+    mlflow = MlflowServer(
+        f"sqlite:///{home / 'mlflow.db'}",
+        home / "mlartifacts",
+        port=ports.mlflow,
+        log_file=demo_dir(home) / "mlflow.log",
+    ).start(timeout=180)
+    _record(home, "mlflow", mlflow)
+
+    _step("starting Airflow standalone", airflow_url)
+    airflow = ServerProcess(
+        brewcast_command("airflow", "--port", str(ports.airflow), "standalone"),
+        f"{airflow_url}/api/v2/monitor/health",
+        demo_dir(home) / "airflow.log",
+        env=env,
+        cwd=PROJECT_ROOT,
+    ).start(timeout=300)
+    _record(home, "airflow", airflow)
+    api = AirflowApi(airflow_url)
+    api.wait_for_dags(["fermentation_ingest", "fermentation_training", "fermentation_monitoring"])
+
+    _step(
+        f"ingesting {world.history_days} days of history through fermentation_ingest",
+        f"{world.start:%Y-%m-%d} .. {world.live_start:%Y-%m-%d}",
+    )
+    triggered = pd.Timestamp.now("UTC")
+    run_id = api.trigger(
+        "fermentation_ingest",
+        world.start,
+        world.live_start,
+        note="brewcast demo: the year of history",
+    )
+    api.wait("fermentation_ingest", run_id=run_id, timeout=900)
+    _step("training, registering and promoting (asset-triggered fermentation_training)")
+    training = api.wait(
+        "fermentation_training", run_type="asset_triggered", after=triggered, timeout=1500
+    )
+
+    from brewcast.settings import get_settings
+    from models.registry import configure, version_by_alias
+
+    settings = get_settings()
+    configure(settings.tracking_uri)
+    champion = version_by_alias(settings.model_name, "champion")
+    if champion is None:
+        raise RuntimeError(f"training run {training['dag_run_id']} registered no champion")
+
+    _step("starting the BentoML service", serving_url)
+    serving = bento_server(home, ports.serving, **env)
+    serving.log_file = demo_dir(home) / "bentoml.log"
+    serving.start(timeout=300)
+    _record(home, "bentoml", serving)
+
+    predictions, labels = replay_live(world, settings, serving_url, progress)
+
+    _step("monitoring (fermentation_monitoring)")
+    run_id = api.trigger("fermentation_monitoring", note="brewcast demo: after the live weeks")
+    api.wait("fermentation_monitoring", run_id=run_id, timeout=600)
+    summary = json.loads((home / "monitoring" / "summary.json").read_text())
+    alerts = [
+        f"[{a['window']}] {a['slice']}={a['value']}: {a['metric']} {a['observed']:+.3f} "
+        f"(limit {a['limit']:g}, {a['batches']} batches)"
+        for a in summary["alerts"]
+    ]
+    return DemoResult(
+        mlflow_url=mlflow_url,
+        airflow_url=airflow_url,
+        serving_url=serving_url,
+        report=summary["report"],
+        training_experiment=_experiment_id(settings.experiment),
+        monitoring_experiment=_experiment_id(settings.monitor_experiment),
+        monitoring_runs=summary.get("mlflow_runs", []),
+        predictions=predictions,
+        labels=labels,
+        alerts=alerts,
+        retraining_requested=bool(summary["retrain"]),
+        champion_version=str(champion.version),
+        model_name=settings.model_name,
+    )
+
+
+def replay_live(world: DemoWorld, settings, serving_url: str, progress: bool) -> tuple[int, int]:
+    """Post the live weeks' snapshots to ``/predict`` tick by tick, and each batch's finish to
+    ``/feedback`` once it happened; (predictions, labels) sent."""
+    import httpx
+    from rich.progress import Progress
+
+    from ingest.simulator import simulate
+    from ingest.sources import simulation_config
+    from models.dataset import LabelRules
+    from monitoring.replay import finish_labels, records, snapshot_requests
+
+    sim = simulate(simulation_config(settings))
+    rules = LabelRules.from_settings(settings)
+    requests = snapshot_requests(sim.batches, sim.readings, rules, world.live_start, world.live_end)
+    finishes = finish_labels(sim.batches, sim.readings, rules, world.live_start, world.live_end)
+    sent_predictions = sent_labels = 0
+    with (
+        httpx.Client(base_url=serving_url, timeout=60) as client,
+        Progress(disable=not progress, transient=True) as bar,
+    ):
+        ticks = list(requests.groupby("snapshot_time", sort=True))
+        task = bar.add_task("replaying the live weeks through the service", total=len(ticks))
+        finished_at = finishes["finished_at"]
+        labelled = 0  # finishes[:labelled] were sent: they happened before the current tick
+        for at, rows in ticks:
+            response = client.post("/predict", json={"rows": records(rows)})
+            response.raise_for_status()
+            sent_predictions += len(rows)
+            happened = int((finished_at <= at).sum())
+            if happened > labelled:
+                due = finishes.iloc[labelled:happened]
+                client.post("/feedback", json={"labels": records(due)}).raise_for_status()
+                labelled = happened
+            bar.advance(task)
+        if labelled < len(finishes):
+            rest = finishes.iloc[labelled:]
+            client.post("/feedback", json={"labels": records(rest)}).raise_for_status()
+        sent_labels = len(finishes)
+    log.info("replayed %d predictions and %d batch finishes", sent_predictions, sent_labels)
+    return sent_predictions, sent_labels
+
+
+def _experiment_id(name: str) -> str:
+    import mlflow
+
+    experiment = mlflow.get_experiment_by_name(name)
+    return experiment.experiment_id if experiment else ""
+
+
+def _require_free_ports(ports: DemoPorts) -> None:
+    """Refuse to start beside something already listening (its health URL would answer for
+    a server the demo did not start)."""
+    import socket
+
+    for name, port in asdict(ports).items():
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                raise RuntimeError(
+                    f"port {port} ({name}) is already in use: stop what listens there, or "
+                    f"pass --{name}-port"
+                )
+
+
+def _fresh_home(home: Path) -> None:
+    """Remove an earlier demo's state (stores, lake, logs) so the demo starts clean."""
+    for name in (
+        "lake",
+        "drop",
+        "serving",
+        "validation",
+        "airflow",
+        "bentoml",
+        "mlartifacts",
+        "training",
+        "monitoring",
+        "gx",
+        "features",
+        "demo",
+        "reference",
+    ):
+        shutil.rmtree(home / name, ignore_errors=True)
+    for name in ("mlflow.db", "predictions.db", "predictions.db-wal", "predictions.db-shm"):
+        (home / name).unlink(missing_ok=True)
+
+
+def _step(what: str, detail: str = "") -> None:
+    print(f"==> {what}{': ' + detail if detail else ''}", flush=True)
