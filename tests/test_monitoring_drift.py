@@ -83,7 +83,7 @@ def test_clean_months_raise_no_alarm(served):
     supported = result.windows[result.windows["supported"]]
     # A long run: many windows and slices were tested, and none paged.
     assert supported["window"].nunique() >= 15
-    assert len(supported) >= 200
+    assert len(supported) >= 40  # (window, slice) cells with support, two bias tests each
     assert result.alerts == [], [a.message() for a in result.alerts]
 
 
