@@ -1,5 +1,8 @@
 """`brewcast demo` end to end (MLflow, Airflow standalone, BentoML, replay, monitoring), its
-pages looked at in headless Chromium, and `brewcast stop` ending exactly what it started."""
+pages looked at in headless Chromium, and `brewcast stop` ending exactly what it started.
+
+The demo also covers the embedded Airflow: `brewcast airflow standalone` on SQLite with
+LocalExecutor, the simple auth manager's admin login, and the three DAGs over REST."""
 
 from __future__ import annotations
 
@@ -87,7 +90,8 @@ def test_demo_runs_the_whole_loop_and_its_pages_render(tmp_path):
 
     home = tmp_path / "home"
     ports = {"mlflow": free_port(), "airflow": free_port(), "serving": free_port()}
-    env = {**os.environ, "BREWCAST_HOME": str(home)}
+    # Airflow's tasks inherit these: a shorter fit keeps the test's minutes down.
+    env = {**os.environ, "BREWCAST_HOME": str(home), "BREWCAST_EPOCHS": "25"}
     command = [
         BREWCAST,
         "demo",
@@ -110,6 +114,7 @@ def test_demo_runs_the_whole_loop_and_its_pages_render(tmp_path):
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         out = done.stdout
         assert "brewcast demo: done" in out
+        assert (home / "airflow" / "airflow.db").exists()  # embedded: SQLite under HOME
         urls = {
             line.split()[0]: line.split()[1]
             for line in (raw.strip() for raw in out.splitlines())
