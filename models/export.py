@@ -169,6 +169,46 @@ def _model(graph):
     )
 
 
+#: Ops of the guard Keras 3 puts before an embedding's gather (``where(i < 0, i + V, i)``),
+#: which tf2onnx writes as eight nodes per embedding.
+_GUARD_OPS = {"Add", "Mul", "Cast", "Less", "Not"}
+
+
+def drop_negative_index_guards(graph) -> int:
+    """Feed each embedding's Gather its vocabulary index directly; the guards removed.
+
+    The indices come from this graph's own LabelEncoders, whose default (out of vocabulary)
+    is 0, so they are never negative and the guard never changes a value: it only costs
+    32 of the graph's ~70 nodes, most of a batch-1 call. Gathers whose index is not such a
+    guard over a single ``pre/`` index are left as they are.
+    """
+    producer = {out: node for node in graph.node for out in node.output}
+    rewired = 0
+    for gather in (n for n in graph.node if n.op_type == "Gather"):
+        roots, stack, pure = set(), [gather.input[1]], True
+        while stack and pure:
+            name = stack.pop()
+            if name.startswith("pre/"):
+                roots.add(name)
+                continue
+            node = producer.get(name)
+            if node is None:  # an initializer (the vocabulary size, a constant)
+                continue
+            pure = node.op_type in _GUARD_OPS
+            stack.extend(node.input)
+        if pure and len(roots) == 1 and gather.input[1] not in roots:
+            gather.input[1] = roots.pop()
+            rewired += 1
+    outputs = {o.name for o in graph.output}
+    while True:  # prune what no longer feeds anything
+        consumed = {name for node in graph.node for name in node.input} | outputs
+        dead = [n for n in graph.node if not any(out in consumed for out in n.output)]
+        if not dead:
+            return rewired
+        for node in dead:
+            graph.node.remove(node)
+
+
 def compose_model(
     pre: Preprocessing, network, calibration: Calibration, metadata: dict[str, object] | None = None
 ):
@@ -189,6 +229,7 @@ def compose_model(
         io_map=[("net/logit", "post/logit"), ("net/hours", "post/hours")],
         outputs=list(OUTPUTS),
     )
+    drop_negative_index_guards(full.graph)
     used = {name for node in full.graph.node for name in node.input}
     unused = [init for init in full.graph.initializer if init.name not in used]
     for init in unused:  # constants tf2onnx folded away

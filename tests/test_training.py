@@ -92,6 +92,12 @@ def test_onnx_graph_takes_the_schema_and_matches_keras(trained):
     names = [i.name for i in model.graph.input]
     assert names == [c.name for c in numeric_features()] + [c.name for c in categorical_features()]
     assert [o.name for o in model.graph.output] == list(OUTPUTS)
+    # Embeddings gather the LabelEncoders' indices directly: Keras' negative-index guard
+    # (never true here) is gone, and with it half of the graph's nodes.
+    gathers = [n for n in model.graph.node if n.op_type == "Gather"]
+    assert len(gathers) == len(CATEGORICAL)
+    assert {g.input[1] for g in gathers} == {f"pre/{name}" for name in CATEGORICAL}
+    assert not {"Less", "Not"} & {n.op_type for n in model.graph.node}
     meta = {p.key: p.value for p in model.metadata_props}
     assert {"schema_fingerprint", "calibration", "threshold", "data_snapshot_id"} <= set(meta)
     parity = _load(workdir, "export.json")
