@@ -186,3 +186,33 @@ def test_run_writes_report_summary_mlflow_and_webhook(settings, monkeypatch):
     runs = mlflow.search_runs(experiment_names=[settings.monitor_experiment])
     assert len(runs) == len(summary["mlflow_runs"]) >= 1
     assert "metrics.slice/yeast_strain/german_lager/bias" in runs.columns
+
+
+def test_replay_sends_what_was_known_then_and_finishes_in_order(small_world):
+    """The replay's requests are snapshot rows in time order with JSON-ready values, and
+    its labels are the batches that finished inside the span, in the order they did."""
+    from models.dataset import LabelRules, derive_outcomes
+    from monitoring.replay import REQUEST_FIELDS, finish_labels, records, snapshot_requests
+
+    rules = LabelRules()
+    since = small_world.config.start + pd.Timedelta(days=10)
+    until = since + pd.Timedelta(days=10)
+    requests = snapshot_requests(small_world.batches, small_world.readings, rules, since, until)
+    assert list(requests.columns) == list(REQUEST_FIELDS)
+    assert requests["snapshot_time"].is_monotonic_increasing
+    assert requests["snapshot_time"].between(since, until, inclusive="left").all()
+    sent = records(requests)
+    json.dumps(sent, allow_nan=False)  # nothing a JSON body cannot carry
+    assert sent[0]["snapshot_time"] == requests["snapshot_time"].iloc[0].isoformat()
+    missing = requests.isna()
+    assert all(
+        (sent[i][c] is None) == bool(missing.iloc[i][c]) for i in range(len(sent)) for c in missing
+    )
+
+    finishes = finish_labels(small_world.batches, small_world.readings, rules, since, until)
+    outcomes = derive_outcomes(small_world.batches, small_world.readings, rules)
+    inside = outcomes[
+        (outcomes["status"] == "finished") & outcomes["finish_time"].between(since, until, "left")
+    ]
+    assert set(finishes["batch_id"]) == set(inside["batch_id"]) and len(finishes) > 0
+    assert finishes["finished_at"].is_monotonic_increasing
