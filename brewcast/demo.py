@@ -130,7 +130,7 @@ def stop(home: Path) -> list[str]:
             if abs(psutil.Process(entry["pid"]).create_time() - entry["started"]) < 1e-3:
                 stop_tree(entry["pid"])
                 stopped.append(name)
-    path.unlink()
+    path.unlink(missing_ok=True)  # a concurrent `brewcast stop` may have removed it
     return stopped
 
 
