@@ -1,9 +1,11 @@
 """Serving: the BentoML service vs a bare Starlette+onnxruntime app (the floor of HTTP cost)
 vs onnxruntime in-process (the ceiling), same model, same rows, measured in one run.
 
-A load generator in its own process (closed loop) sends batch-1 requests at concurrency 1,
-16 and 64 and 64-row requests at concurrency 16; non-2xx are counted apart. Reported:
-req/s, rows/s, p50/p99, and the ratios BentoML / bare and bare / in-process.
+A load generator in its own process sends batch-1 requests in a closed loop at concurrency
+1, 16 and 64, 64-row requests at concurrency 16, and batch-1 requests in an open loop at a
+fixed rate (the same offered load to both servers); non-2xx are counted apart. Reported:
+req/s, rows/s, p50/p99, the servers' CPU time per request (their whole process trees), and
+the ratios BentoML / bare and bare / in-process.
 Targets on 2 cores: batch-1 >= 2,000 req/s at p99 <= 20 ms; 64-row >= 150,000 rows/s.
 """
 
@@ -24,7 +26,14 @@ from benchmarks import small_model
 from brewcast.processes import PROJECT_ROOT, ServerProcess, bento_server, free_port
 from brewcast.schema import FEATURES
 
-SCENARIOS = (("batch1", 1, 1), ("batch1", 1, 16), ("batch1", 1, 64), ("batch64", 64, 16))
+#: (body, rows per request, concurrency or outstanding limit, open-loop rate or None)
+SCENARIOS = (
+    ("batch1", 1, 1, None),
+    ("batch1", 1, 16, None),
+    ("batch1", 1, 64, None),
+    ("batch64", 64, 16, None),
+    ("batch1", 1, 64, 100.0),
+)
 SECONDS = 6.0
 
 
@@ -60,9 +69,34 @@ def _in_process(work: Path) -> dict:
     return out
 
 
-def _load(url: str, concurrency: int, body: Path) -> dict:
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU of a server's process tree so far (its workers included)."""
+    import psutil
+
+    root = psutil.Process(pid)
+    total = 0.0
+    for process in (root, *root.children(recursive=True)):
+        try:
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
+def _load(url: str, concurrency: int, body: Path, rate: float | None = None) -> dict:
+    extra = [str(rate)] if rate else []
     result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.load", url, str(concurrency), str(SECONDS), str(body)],
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.load",
+            url,
+            str(concurrency),
+            str(SECONDS),
+            str(body),
+            *extra,
+        ],
         capture_output=True,
         text=True,
         check=True,
@@ -118,11 +152,15 @@ def run() -> dict:
             server.start(timeout=180)
             try:
                 _load(urls[name], 4, bodies["batch1"])  # warm-up
-                for body, rows, concurrency in SCENARIOS:
-                    print(f"serving: {name} {body} x{concurrency} ...", flush=True)
-                    r = _load(urls[name], concurrency, bodies[body])
+                for body, rows, concurrency, rate in SCENARIOS:
+                    key = f"{body}_rate{rate:g}" if rate else f"{body}_c{concurrency}"
+                    print(f"serving: {name} {key} ...", flush=True)
+                    cpu_before = _cpu_seconds(server.pid)
+                    r = _load(urls[name], concurrency, bodies[body], rate)
+                    cpu = _cpu_seconds(server.pid) - cpu_before
                     r["rows_per_s"] = r["req_per_s"] * rows
-                    results[name][f"{body}_c{concurrency}"] = r
+                    r["cpu_ms_per_request"] = 1000 * cpu / max(r["requests"] + r["non_2xx"], 1)
+                    results[name][key] = r
             finally:
                 server.stop()
         results["ratio_bentoml_to_bare_req_per_s"] = {
@@ -135,16 +173,17 @@ def run() -> dict:
 
 def markdown(result: dict) -> str:
     lines = [
-        "| scenario | BentoML req/s | p50 / p99 ms | non-2xx | bare req/s | p50 / p99 ms "
-        "| BentoML / bare |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| scenario | BentoML req/s | p50 / p99 ms | non-2xx | CPU ms/req | bare req/s "
+        "| p50 / p99 ms | CPU ms/req | BentoML / bare |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for key, ratio in result["ratio_bentoml_to_bare_req_per_s"].items():
         b, f = result["bentoml"][key], result["bare"][key]
         lines.append(
             f"| {key} | {b['req_per_s']:.0f} | {b['p50_ms']:.1f} / {b['p99_ms']:.1f} | "
-            f"{b['non_2xx']} | {f['req_per_s']:.0f} | {f['p50_ms']:.1f} / "
-            f"{f['p99_ms']:.1f} | {ratio:.0%} |"
+            f"{b['non_2xx']} | {b['cpu_ms_per_request']:.2f} | {f['req_per_s']:.0f} | "
+            f"{f['p50_ms']:.1f} / {f['p99_ms']:.1f} | {f['cpu_ms_per_request']:.2f} | "
+            f"{ratio:.0%} |"
         )
     ip = result["in_process"]
     lines.append(
