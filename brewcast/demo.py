@@ -402,14 +402,15 @@ def replay_live(world: DemoWorld, settings, serving_url: str, progress: bool) ->
 
     from ingest.simulator import simulate
     from ingest.sources import simulation_config
-    from models.dataset import LabelRules
+    from models.dataset import LabelRules, derive_outcomes
     from monitoring.replay import finish_labels, records, snapshot_requests
 
     sim = simulate(simulation_config(settings))
     rules = LabelRules.from_settings(settings)
-    requests = snapshot_requests(sim.batches, sim.readings, rules, world.live_start, world.live_end)
-    finishes = finish_labels(sim.batches, sim.readings, rules, world.live_start, world.live_end)
-    sent_predictions = sent_labels = 0
+    outcomes = derive_outcomes(sim.batches, sim.readings, rules)
+    live = (world.live_start, world.live_end)
+    requests = snapshot_requests(sim.batches, sim.readings, rules, *live, outcomes)
+    finishes = finish_labels(outcomes, *live)
     with (
         httpx.Client(base_url=serving_url, timeout=60) as client,
         Progress(disable=not progress, transient=True) as bar,
@@ -419,9 +420,7 @@ def replay_live(world: DemoWorld, settings, serving_url: str, progress: bool) ->
         finished_at = finishes["finished_at"]
         labelled = 0  # finishes[:labelled] were sent: they happened before the current tick
         for at, rows in ticks:
-            response = client.post("/predict", json={"rows": records(rows)})
-            response.raise_for_status()
-            sent_predictions += len(rows)
+            client.post("/predict", json={"rows": records(rows)}).raise_for_status()
             happened = int((finished_at <= at).sum())
             if happened > labelled:
                 due = finishes.iloc[labelled:happened]
@@ -431,9 +430,8 @@ def replay_live(world: DemoWorld, settings, serving_url: str, progress: bool) ->
         if labelled < len(finishes):
             rest = finishes.iloc[labelled:]
             client.post("/feedback", json={"labels": records(rest)}).raise_for_status()
-        sent_labels = len(finishes)
-    log.info("replayed %d predictions and %d batch finishes", sent_predictions, sent_labels)
-    return sent_predictions, sent_labels
+    log.info("replayed %d predictions and %d batch finishes", len(requests), len(finishes))
+    return len(requests), len(finishes)
 
 
 def _experiment_id(name: str) -> str:

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pandas as pd
 
-from models.dataset import LabelRules, build_snapshots, derive_outcomes
+from models.dataset import LabelRules, build_snapshots
 from serving.api_models import Snapshot
 
 #: The request fields of a snapshot (the schema's features, batch id and snapshot time).
@@ -26,13 +26,15 @@ def snapshot_requests(
     rules: LabelRules,
     since: pd.Timestamp,
     until: pd.Timestamp,
+    outcomes: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """The snapshots taken in ``[since, until)``, in time order, as request rows.
 
     Built from the whole world (which knows how every batch ends), cut to what each
-    snapshot could see: ``build_snapshots`` never looks past the snapshot time.
+    snapshot could see: ``build_snapshots`` never looks past the snapshot time. Pass the
+    world's ``outcomes`` when you have them (they are derived otherwise).
     """
-    snapshots = build_snapshots(batches, readings, rules)
+    snapshots = build_snapshots(batches, readings, rules, outcomes)
     at = snapshots["snapshot_time"]
     chosen = snapshots[(at >= since) & (at < until)]
     return chosen.sort_values(["snapshot_time", "batch_id"], kind="mergesort")[
@@ -40,16 +42,9 @@ def snapshot_requests(
     ].reset_index(drop=True)
 
 
-def finish_labels(
-    batches: pd.DataFrame,
-    readings: pd.DataFrame,
-    rules: LabelRules,
-    since: pd.Timestamp,
-    until: pd.Timestamp,
-) -> pd.DataFrame:
+def finish_labels(outcomes: pd.DataFrame, since: pd.Timestamp, until: pd.Timestamp) -> pd.DataFrame:
     """``/feedback`` rows (batch id, finish time) for batches that finished in the span, in
-    the order they finished."""
-    outcomes = derive_outcomes(batches, readings, rules)
+    the order they finished (``outcomes`` from :func:`models.dataset.derive_outcomes`)."""
     finished = outcomes[
         (outcomes["status"] == "finished")
         & (outcomes["finish_time"] >= since)

@@ -197,7 +197,10 @@ def test_replay_sends_what_was_known_then_and_finishes_in_order(small_world):
     rules = LabelRules()
     since = small_world.config.start + pd.Timedelta(days=10)
     until = since + pd.Timedelta(days=10)
-    requests = snapshot_requests(small_world.batches, small_world.readings, rules, since, until)
+    outcomes = derive_outcomes(small_world.batches, small_world.readings, rules)
+    requests = snapshot_requests(
+        small_world.batches, small_world.readings, rules, since, until, outcomes
+    )
     assert list(requests.columns) == list(REQUEST_FIELDS)
     assert requests["snapshot_time"].is_monotonic_increasing
     assert requests["snapshot_time"].between(since, until, inclusive="left").all()
@@ -209,8 +212,7 @@ def test_replay_sends_what_was_known_then_and_finishes_in_order(small_world):
         (sent[i][c] is None) == bool(missing.iloc[i][c]) for i in range(len(sent)) for c in missing
     )
 
-    finishes = finish_labels(small_world.batches, small_world.readings, rules, since, until)
-    outcomes = derive_outcomes(small_world.batches, small_world.readings, rules)
+    finishes = finish_labels(outcomes, since, until)
     inside = outcomes[
         (outcomes["status"] == "finished") & outcomes["finish_time"].between(since, until, "left")
     ]

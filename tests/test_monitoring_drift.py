@@ -61,12 +61,14 @@ def served(tmp_path_factory):
 def _monitor_world(served, world: SimulationConfig, name: str):
     settings, rules, model = served
     sim = simulate(world)
+    outcomes = derive_outcomes(sim.batches, sim.readings, rules)
     requests = snapshot_requests(
         sim.batches,
         sim.readings,
         rules,
         DEPLOYED,
         DEPLOYED + pd.Timedelta(days=MONITORED_DAYS),
+        outcomes,
     )
     prediction_log = PredictionLog(f"sqlite:///{settings.home / name}.db", "sync")
     try:
@@ -74,7 +76,6 @@ def _monitor_world(served, world: SimulationConfig, name: str):
         predictions, labels = prediction_log.read_predictions(), prediction_log.read_labels()
     finally:
         prediction_log.close()
-    outcomes = derive_outcomes(sim.batches, sim.readings, rules)
     return sim, monitor(predictions, labels, outcomes, None, settings)
 
 
