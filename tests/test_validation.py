@@ -233,6 +233,19 @@ def test_lake_with_simulated_bad_records_loses_nothing(settings, small_world):
     validated = lake.read_table(settings.lake_dir, "validated", READINGS)
     quarantined = lake.read_table(settings.lake_dir, "quarantine", READINGS)
     assert len(validated) + len(quarantined) == len(small_world.readings)
+    # One checkpoint run spans every partition; each partition's report names only its rows.
+    hit = [o for o in run.outcomes if o.rows_quarantined]
+    assert len({o.date for o in hit}) > 1
+    for outcome in run.outcomes:
+        if not outcome.rows_quarantined:
+            assert outcome.failures == []
+            continue
+        reasons = pd.read_parquet(outcome.quarantine_file)[REASONS_COLUMN].str.split("; ")
+        assert len(reasons) == outcome.rows_quarantined and reasons.map(len).gt(0).all()
+        assert {f.rule for f in outcome.failures} == set(reasons.explode())
+        for failure in outcome.failures:
+            assert failure.unexpected_count == reasons.map(lambda rs: failure.rule in rs).sum()
+            assert 0 < len(failure.examples) <= failure.unexpected_count
 
 
 def test_partition_policy_quarantines_the_whole_partition(lake_with_batches, clean_world, tmp_path):

@@ -324,14 +324,15 @@ def validate_parts(
             if drift_failures:
                 drift_parts = set(np.unique(owner[new_rows]).tolist())
 
+    failing_rows = [_rows_by_part(f, owner) for f in failures]
+    starts = np.concatenate([[0], np.cumsum([len(p.frame) for p in parts])])
     outcomes = []
     for i, part in enumerate(parts):
-        rows = np.flatnonzero(owner == i)
+        size = int(starts[i + 1] - starts[i])
         mine = [
-            f
-            for f in failures
-            if f.scope == "table"
-            or any(by_row.get(int(r)) and f.rule in by_row[int(r)] for r in rows)
+            f if f.scope == "table" else _only_rows(f, by_part[i], checked, table)
+            for f, by_part in zip(failures, failing_rows, strict=True)
+            if f.scope == "table" or i in by_part
         ]
         whole = (
             rejected_all
@@ -340,14 +341,14 @@ def validate_parts(
         )
         if i in drift_parts:  # reported (the run fails loudly) even when rows are kept
             mine = mine + drift_failures
-        reasons = pd.Series(
-            [
-                "; ".join(f.rule for f in mine) if whole else "; ".join(by_row.get(int(r), []))
-                for r in rows
-            ],
-            dtype="string",
-        )
-        bad = np.ones(len(rows), bool) if whole else reasons.str.len().to_numpy() > 0
+        if whole:
+            reasons = ["; ".join(f.rule for f in mine)] * size
+        else:  # each failing row's own rules; only failing rows are visited
+            reasons = [""] * size
+            for row in {r for by_part in failing_rows for r in by_part.get(i, ())}:
+                reasons[row - starts[i]] = "; ".join(by_row[row])
+        reasons = pd.Series(reasons, dtype="string")
+        bad = np.ones(size, bool) if whole else reasons.str.len().to_numpy() > 0
         outcomes.append(
             _write_outputs(
                 settings,
@@ -356,20 +357,30 @@ def validate_parts(
                 publish_stage,
                 bad,
                 reasons,
-                [_only_rows(f, rows, checked, table) for f in mine],
+                mine,
                 whole,
             )
         )
     return outcomes
 
 
-def _only_rows(
-    failure: FailedExpectation, rows: np.ndarray, checked: pd.DataFrame, table: Table
-) -> FailedExpectation:
-    """A run-wide failure narrowed to one partition's rows (its count and examples)."""
+def _rows_by_part(failure: FailedExpectation, owner: np.ndarray) -> dict[int, list[int]]:
+    """A row-level failure's failing row numbers, grouped by the partition that owns them
+    (one pass over them: a run over thousands of partitions stays linear)."""
     if failure.scope == "table" or not failure.examples_index:
-        return failure
-    mine = [i for i in failure.examples_index if rows[0] <= i <= rows[-1]]
+        return {}
+    rows = np.asarray(failure.examples_index)
+    owners = owner[rows]
+    order = np.argsort(owners, kind="stable")
+    part_ids, starts = np.unique(owners[order], return_index=True)
+    groups = np.split(rows[order], starts[1:])
+    return {int(p): g.tolist() for p, g in zip(part_ids, groups, strict=True)}
+
+
+def _only_rows(
+    failure: FailedExpectation, mine: list[int], checked: pd.DataFrame, table: Table
+) -> FailedExpectation:
+    """A run-wide failure narrowed to one partition's failing rows (count and examples)."""
     return FailedExpectation(
         failure.rule,
         failure.expectation,
