@@ -14,6 +14,6 @@ COPY models ./models
 COPY serving ./serving
 COPY monitoring ./monitoring
 COPY dags ./dags
-RUN uv sync --frozen --no-dev --extra production
+RUN uv sync --frozen --no-dev --extra production --compile-bytecode
 EXPOSE 3000 5000 8080
 CMD ["brewcast", "--help"]
