@@ -141,7 +141,25 @@ _ARROW_TYPES: dict[str, pa.DataType] = {
 }
 
 
+#: The pandas dtype each column type is conformed to (what reading our own Parquet gives);
+#: dtype objects, not aliases: ``"string"`` would also match pandas' NaN-missing ``str``.
+_PANDAS_DTYPES = {
+    name: pd.api.types.pandas_dtype(dtype)
+    for name, dtype in {
+        "float64": "float64",
+        "int64": "int64",
+        "nullable int64": "Int64",
+        "string": "string",
+        "timestamp": "datetime64[us, UTC]",
+        "bool": "boolean",
+    }.items()
+}
+
+
 def _cast(series: pd.Series, col: Column) -> pd.Series:
+    nullable_int = col.dtype == "int64" and col.nullable
+    if series.dtype == _PANDAS_DTYPES["nullable int64" if nullable_int else col.dtype]:
+        return series  # already right, e.g. read back from the lake: nothing to convert
     if col.dtype == "float64":
         if series.dtype == object or pd.api.types.is_string_dtype(series.dtype):
             numeric = pd.to_numeric(series, errors="coerce")

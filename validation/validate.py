@@ -246,10 +246,17 @@ def _failures(
     return failures, by_row
 
 
-def _examples(frame: pd.DataFrame, rows: list[int], table: Table, column: str | None) -> list[dict]:
-    """The first failing rows, as JSON records of the key columns and the checked column."""
+def _examples(
+    frame: pd.DataFrame,
+    rows: list[int],
+    table: Table,
+    column: str | None,
+    limit: int | None = EXAMPLES_PER_FAILURE,
+) -> list[dict]:
+    """The first ``limit`` failing rows (all given, with None), as JSON records of the key
+    columns and the checked column."""
     shown = [c for c in dict.fromkeys((*table.key, column)) if c and c in frame.columns]
-    head = frame.loc[rows[:EXAMPLES_PER_FAILURE], shown]
+    head = frame.loc[rows[:limit], shown]
     return json.loads(head.to_json(orient="records", date_format="iso")) if rows else []
 
 
@@ -325,13 +332,17 @@ def validate_parts(
                 drift_parts = set(np.unique(owner[new_rows]).tolist())
 
     failing_rows = [_rows_by_part(f, owner) for f in failures]
+    narrowed = [
+        _narrow_by_part(f, rows, checked, table)
+        for f, rows in zip(failures, failing_rows, strict=True)
+    ]
     starts = np.concatenate([[0], np.cumsum([len(p.frame) for p in parts])])
     outcomes = []
     for i, part in enumerate(parts):
         size = int(starts[i + 1] - starts[i])
         mine = [
-            f if f.scope == "table" else _only_rows(f, by_part[i], checked, table)
-            for f, by_part in zip(failures, failing_rows, strict=True)
+            f if f.scope == "table" else by_part[i]
+            for f, by_part in zip(failures, narrowed, strict=True)
             if f.scope == "table" or i in by_part
         ]
         whole = (
@@ -377,20 +388,36 @@ def _rows_by_part(failure: FailedExpectation, owner: np.ndarray) -> dict[int, li
     return {int(p): g.tolist() for p, g in zip(part_ids, groups, strict=True)}
 
 
-def _only_rows(
-    failure: FailedExpectation, mine: list[int], checked: pd.DataFrame, table: Table
-) -> FailedExpectation:
-    """A run-wide failure narrowed to one partition's failing rows (count and examples)."""
-    return FailedExpectation(
-        failure.rule,
-        failure.expectation,
-        failure.scope,
-        failure.column,
-        len(mine),
-        failure.observed,
-        _examples(checked, mine, table, failure.column),
-        failure.error,
+def _narrow_by_part(
+    failure: FailedExpectation,
+    rows_by_part: dict[int, list[int]],
+    checked: pd.DataFrame,
+    table: Table,
+) -> dict[int, FailedExpectation]:
+    """A run-wide row-level failure narrowed to each partition it touches (that partition's
+    count and examples). The examples of every partition come from one lookup into the
+    run's frame: one per partition costs a take over thousands of Arrow chunks each time."""
+    if not rows_by_part:
+        return {}
+    shown = {p: rows[:EXAMPLES_PER_FAILURE] for p, rows in rows_by_part.items()}
+    examples = iter(
+        _examples(
+            checked, [r for rows in shown.values() for r in rows], table, failure.column, limit=None
+        )
     )
+    return {
+        p: FailedExpectation(
+            failure.rule,
+            failure.expectation,
+            failure.scope,
+            failure.column,
+            len(rows_by_part[p]),
+            failure.observed,
+            [next(examples) for _ in rows],
+            failure.error,
+        )
+        for p, rows in shown.items()
+    }
 
 
 def _write_outputs(
