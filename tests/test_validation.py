@@ -244,7 +244,7 @@ def test_lake_with_simulated_bad_records_loses_nothing(settings, small_world):
         assert len(reasons) == outcome.rows_quarantined and reasons.map(len).gt(0).all()
         assert {f.rule for f in outcome.failures} == set(reasons.explode())
         for failure in outcome.failures:
-            assert failure.unexpected_count == reasons.map(lambda rs: failure.rule in rs).sum()
+            assert failure.unexpected_count == sum(failure.rule in rs for rs in reasons)
             assert 0 < len(failure.examples) <= failure.unexpected_count
 
 
