@@ -65,6 +65,12 @@ def test_register_gate_and_promote_on_a_tracking_server(trained, sqlite_server, 
     assert run.data.params["data_snapshot_id"] == run.data.tags["data_snapshot_id"]
     history = client.get_metric_history(first.run_id, "epoch/val_loss")
     assert len(history) >= 2 and history[0].step == 1
+    # the summary metrics are the logged model's too (MLflow 3's Models view), curves not
+    logged_model = client.get_logged_model(first.model_uri.removeprefix("models:/"))
+    linked = {m.key: m.value for m in logged_model.metrics}
+    assert linked["test/auc"] == run.data.metrics["test/auc"]
+    assert not any(key.startswith("epoch/") for key in linked)
+    assert 0 < first.mlflow_logging_seconds < 60
     artifacts = {a.path for a in client.list_artifacts(first.run_id, "plots")}
     assert {
         "plots/calibration.png",
