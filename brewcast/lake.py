@@ -116,8 +116,8 @@ def read_table(
     files = partition_files(lake_dir, stage, spec, dates)
     if not files:
         return spec.empty()
-    frames = [pq.read_table(f, schema=spec.arrow_schema()).to_pandas() for f in files]
-    frame = pd.concat(frames, ignore_index=True)
+    schema = spec.arrow_schema()  # one conversion to pandas, not one per file
+    frame = pa.concat_tables([pq.read_table(f, schema=schema) for f in files]).to_pandas()
     frame = frame.drop_duplicates(list(spec.key), keep="last")
     return spec.conform(frame, source=str(table_dir(lake_dir, stage, spec)))
 
