@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -85,6 +86,39 @@ def test_sync_log_group_commits_concurrent_writers(tmp_path):
     reopened = PredictionLog(f"sqlite:///{tmp_path / 'p.db'}", "sync")  # survives a restart
     assert len(reopened.read_predictions()) == 400
     reopened.close()
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_log_rows_read_back_as_written(database, tmp_path, request):
+    """SQLite rows go in through the driver, PostgreSQL rows through SQLAlchemy: both read
+    back to the same values."""
+    url = (
+        f"sqlite:///{tmp_path / 'r.db'}"
+        if database == "sqlite"
+        else request.getfixturevalue("postgres_database")
+    )
+    served_at = pd.Timestamp("2026-03-01 12:30:15.250", tz="UTC").to_pydatetime()
+    features = {"brand": "golden_pilsner", "snapshot_time": served_at, "gravity_plato": 3.5}
+    rows = [
+        prediction_row(i, served_at, "7", 0.61, features, p, p >= 0.61, 30.0 * p, unknown)
+        for i, p, unknown in zip(
+            new_prediction_ids(3), (0.2, 0.61, 0.9), ([], ["yeast_strain"], []), strict=True
+        )
+    ]
+    log = PredictionLog(url, "sync")
+    log.write(rows)
+    back = log.read_predictions().set_index("prediction_id").loc[[r["prediction_id"] for r in rows]]
+    log.close()
+    assert back["probability"].tolist() == [0.2, 0.61, 0.9]
+    assert back["decision"].tolist() == [False, True, True]
+    assert back["brand"].tolist() == ["golden_pilsner"] * 3
+    assert back["unknown_categories"].tolist() == ["", "yeast_strain", ""]
+    for value in back["served_at"]:  # SQLite keeps naive UTC, PostgreSQL an aware time
+        stamp = pd.Timestamp(value)
+        assert (stamp if stamp.tzinfo else stamp.tz_localize("UTC")) == pd.Timestamp(served_at)
+    stored = json.loads(back["features"].iloc[0])
+    assert stored["gravity_plato"] == 3.5
+    assert pd.Timestamp(stored["snapshot_time"]) == pd.Timestamp(served_at)
 
 
 def test_async_log_counts_every_dropped_row(tmp_path):
