@@ -16,13 +16,13 @@ regenerates a JSON schema per response), and OpenTelemetry is told to skip every
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
 from http import HTTPStatus
 
 import bentoml
+import orjson
 import pandas as pd
 import prometheus_client
 from bentoml.exceptions import BentoMLException
@@ -128,8 +128,8 @@ class RequestGuard:
                 )
         if scope["path"] != "/reload":
             try:
-                payload = json.loads(body)
-            except ValueError as exc:
+                payload = orjson.loads(body)  # ~5x json.loads: this parse is on every request
+            except orjson.JSONDecodeError as exc:
                 return await _error(400, f"request body is not valid JSON: {exc}")(
                     scope, receive, send
                 )
