@@ -14,15 +14,19 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from brewcast.schema import TABLES, Table
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 Stage = Literal["raw", "validated", "quarantine", "features"]
 STAGES: tuple[str, ...] = ("raw", "validated", "quarantine", "features")
@@ -41,6 +45,21 @@ def part_label(*parts: object) -> str:
     return re.sub(r"[^A-Za-z0-9.=-]+", "-", text).strip("-")
 
 
+#: Threads for reading and writing many small Parquet files: Arrow releases the GIL while
+#: it encodes, compresses and does file I/O, so a few threads overlap that work.
+IO_THREADS = 4
+
+
+def io_map(function: Callable[[T], R], items: Iterable[T]) -> list[R]:
+    """``[function(item) for item in items]`` on :data:`IO_THREADS` threads, in order; the
+    first exception is raised."""
+    items = list(items)
+    if len(items) < 2:
+        return [function(item) for item in items]
+    with ThreadPoolExecutor(IO_THREADS, thread_name_prefix="lake-io") as pool:
+        return list(pool.map(function, items))
+
+
 def write_partitions(
     frame: pd.DataFrame, table: Table, lake_dir: Path, stage: str, label: str
 ) -> list[Path]:
@@ -53,17 +72,24 @@ def write_partitions(
         return []
     base = table_dir(lake_dir, stage, table)
     dates = frame[table.partition_by].dt.strftime("%Y-%m-%d")
-    pending: list[tuple[Path, Path]] = []
-    try:
-        for date, part in frame.groupby(dates, sort=True):
+    schema = table.arrow_schema()
+
+    def write_temp(item: tuple[str, pd.DataFrame]) -> tuple[Path, Path] | BaseException:
+        date, part = item
+        final = base / f"date={date}" / f"part-{label}.parquet"
+        try:
             part = part.sort_values(list(table.key), kind="mergesort").reset_index(drop=True)
-            final = base / f"date={date}" / f"part-{label}.parquet"
-            arrow = pa.Table.from_pandas(part, schema=table.arrow_schema(), preserve_index=False)
-            pending.append((_write_temp(final, arrow), final))
-    except BaseException:
+            arrow = pa.Table.from_pandas(part, schema=schema, preserve_index=False)
+            return _write_temp(final, arrow), final
+        except BaseException as exc:  # raised once every thread is done, see below
+            return exc
+
+    written = io_map(write_temp, frame.groupby(dates, sort=True))
+    pending = [w for w in written if not isinstance(w, BaseException)]
+    if len(pending) < len(written):  # all or nothing: no partition is renamed into place
         for tmp, _ in pending:
             tmp.unlink(missing_ok=True)
-        raise
+        raise next(w for w in written if isinstance(w, BaseException))
     for tmp, final in pending:
         os.replace(tmp, final)
     return [final for _, final in pending]
@@ -117,7 +143,7 @@ def read_table(
     if not files:
         return spec.empty()
     schema = spec.arrow_schema()  # one conversion to pandas, not one per file
-    frame = pa.concat_tables([pq.read_table(f, schema=schema) for f in files]).to_pandas()
+    frame = pa.concat_tables(io_map(lambda f: pq.read_table(f, schema=schema), files)).to_pandas()
     frame = frame.drop_duplicates(list(spec.key), keep="last")
     return spec.conform(frame, source=str(table_dir(lake_dir, stage, spec)))
 

@@ -337,7 +337,7 @@ def validate_parts(
         for f, rows in zip(failures, failing_rows, strict=True)
     ]
     starts = np.concatenate([[0], np.cumsum([len(p.frame) for p in parts])])
-    outcomes = []
+    writes = []  # each partition's two output files, written on the I/O threads at the end
     for i, part in enumerate(parts):
         size = int(starts[i + 1] - starts[i])
         mine = [
@@ -360,19 +360,8 @@ def validate_parts(
                 reasons[row - starts[i]] = "; ".join(by_row[row])
         reasons = pd.Series(reasons, dtype="string")
         bad = np.ones(size, bool) if whole else reasons.str.len().to_numpy() > 0
-        outcomes.append(
-            _write_outputs(
-                settings,
-                table,
-                part,
-                publish_stage,
-                bad,
-                reasons,
-                mine,
-                whole,
-            )
-        )
-    return outcomes
+        writes.append((settings, table, part, publish_stage, bad, reasons, mine, whole))
+    return lake.io_map(lambda args: _write_outputs(*args), writes)
 
 
 def _rows_by_part(failure: FailedExpectation, owner: np.ndarray) -> dict[int, list[int]]:
@@ -493,6 +482,14 @@ def _needs_validation(settings: Settings, raw_file: Path, table: Table, stage: s
     return not (published.exists() and published.stat().st_mtime_ns >= raw_file.stat().st_mtime_ns)
 
 
+def _read_or_error(path: Path) -> pa.Table | Exception:
+    """A raw file's Arrow table, or why it cannot be read (it is quarantined, not raised)."""
+    try:
+        return pq.read_table(path)
+    except (pa.ArrowException, OSError) as exc:
+        return exc
+
+
 def validate_lake(
     settings: Settings, everything: bool = False, now: pd.Timestamp | None = None
 ) -> ValidationRun:
@@ -510,9 +507,11 @@ def validate_lake(
             f for f in files if everything or _needs_validation(settings, f, table, "validated")
         ]
         parts = []
-        for path in todo:
+        for path, read in zip(todo, lake.io_map(_read_or_error, todo), strict=True):
             try:
-                frame = table.conform(pq.read_table(path).to_pandas(), source=str(path))
+                if isinstance(read, Exception):
+                    raise read
+                frame = table.conform(read.to_pandas(), source=str(path))
             except (SchemaError, pa.ArrowException, OSError) as exc:
                 lake.quarantine_file(settings.lake_dir, path, str(exc), move=False)
                 continue
