@@ -338,6 +338,8 @@ def validate_parts(
     ]
     starts = np.concatenate([[0], np.cumsum([len(p.frame) for p in parts])])
     writes = []  # each partition's two output files, written on the I/O threads at the end
+    # One conversion to Arrow for the run; each partition writes zero-copy slices of it.
+    arrow = pa.Table.from_pandas(frame, schema=table.arrow_schema(), preserve_index=False)
     for i, part in enumerate(parts):
         size = int(starts[i + 1] - starts[i])
         mine = [
@@ -360,7 +362,8 @@ def validate_parts(
                 reasons[row - starts[i]] = "; ".join(by_row[row])
         reasons = pd.Series(reasons, dtype="string")
         bad = np.ones(size, bool) if whole else reasons.str.len().to_numpy() > 0
-        writes.append((settings, table, part, publish_stage, bad, reasons, mine, whole))
+        rows = arrow.slice(int(starts[i]), size)
+        writes.append((settings, table, part, rows, publish_stage, bad, reasons, mine, whole))
     return lake.io_map(lambda args: _write_outputs(*args), writes)
 
 
@@ -413,46 +416,44 @@ def _write_outputs(
     settings: Settings,
     table: Table,
     part: Part,
+    rows: pa.Table,
     publish_stage: str,
     bad: np.ndarray,
     reasons: pd.Series,
     failures: list[FailedExpectation],
     whole: bool,
 ) -> PartitionOutcome:
-    frame = part.frame.reset_index(drop=True)
-    good_rows, bad_rows = frame[~bad], frame[bad]
+    """Write one partition's good rows to ``publish_stage`` and its bad rows, with their
+    reasons, to quarantine (``rows``: the partition as Arrow, sliced from the run's table)."""
+    good_count, bad_count = int((~bad).sum()), int(bad.sum())
     name = f"part-{part.label}.parquet"
     date_dir = f"date={part.date}"
     published = lake.table_dir(settings.lake_dir, publish_stage, table) / date_dir / name
     quarantined = lake.table_dir(settings.lake_dir, "quarantine", table) / date_dir / name
     reason_file = quarantined.with_name(f"part-{part.label}.reason.json")
-    if len(good_rows):
-        lake.write_file(
-            published,
-            pa.Table.from_pandas(good_rows, schema=table.arrow_schema(), preserve_index=False),
-        )
+    if good_count:
+        lake.write_file(published, rows if not bad_count else rows.filter(pa.array(~bad)))
     else:
         published.unlink(missing_ok=True)
     outcome = PartitionOutcome(
         table=table.name,
         source=part.source,
         date=part.date,
-        rows_in=len(frame),
-        rows_published=len(good_rows),
-        rows_quarantined=len(bad_rows),
-        partition_rejected=bool(whole and len(frame)),
+        rows_in=rows.num_rows,
+        rows_published=good_count,
+        rows_quarantined=bad_count,
+        partition_rejected=bool(whole and rows.num_rows),
         failures=failures,
-        published_file=str(published) if len(good_rows) else None,
-        quarantine_file=str(quarantined) if len(bad_rows) else None,
+        published_file=str(published) if good_count else None,
+        quarantine_file=str(quarantined) if bad_count else None,
     )
-    if len(bad_rows):
-        schema = table.arrow_schema().append(pa.field(REASONS_COLUMN, pa.string()))
+    if bad_count:
+        bad_rows = rows if not good_count else rows.filter(pa.array(bad))
         lake.write_file(
             quarantined,
-            pa.Table.from_pandas(
-                bad_rows.assign(**{REASONS_COLUMN: reasons[bad].to_numpy()}),
-                schema=schema,
-                preserve_index=False,
+            bad_rows.append_column(
+                pa.field(REASONS_COLUMN, pa.string()),
+                pa.array(reasons[bad].to_numpy(dtype=object), pa.string()),
             ),
         )
         report = _public(outcome)
@@ -462,7 +463,7 @@ def _write_outputs(
     else:
         quarantined.unlink(missing_ok=True)
         reason_file.unlink(missing_ok=True)
-    if outcome.rows_published + outcome.rows_quarantined != outcome.rows_in:
+    if outcome.rows_published + outcome.rows_quarantined != len(part.frame):
         raise AssertionError(f"{part.source}: rows lost in validation ({outcome})")
     return outcome
 
