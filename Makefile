@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export BREWCAST_HOME ?= $(CURDIR)/.brewcast
 
-.PHONY: setup browser test test-fast lint demo bench stop clean
+.PHONY: setup browser wrk test test-fast lint demo bench stop clean
 
 setup: $(VENV)/.synced
 
@@ -40,7 +40,16 @@ lint: setup
 demo: setup  ## MLflow + Airflow + BentoML up, a simulated year through them, monitoring
 	$(BIN)/brewcast demo
 
-bench: setup
+# wrk, the serving benchmark's closed-loop load generator (C: it leaves the shared cores to
+# the servers being measured); without it the benchmark falls back to Python's httpx.
+wrk:
+	@command -v wrk >/dev/null 2>&1 || { \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	      apt-get install -y -qq --no-install-recommends wrk >/dev/null; \
+	  else echo "wrk missing (Debian: apt-get install wrk): the benchmark uses httpx instead"; fi; }
+
+bench: setup wrk
 	$(BIN)/python -m benchmarks
 
 stop:  ## stop what `make demo` started (by pid)

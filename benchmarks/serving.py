@@ -1,9 +1,10 @@
 """Serving: the BentoML service vs a bare Starlette+onnxruntime app (the floor of HTTP cost)
 vs onnxruntime in-process (the ceiling), same model, same rows, measured in one run.
 
-A load generator in its own process sends batch-1 requests in a closed loop at concurrency
-1, 16 and 64, 64-row requests at concurrency 16, and batch-1 requests in an open loop at a
-fixed rate (the same offered load to both servers); non-2xx are counted apart. Reported:
+A load generator in its own process (wrk when installed, else httpx) sends batch-1 requests
+in a closed loop at concurrency 1, 16 and 64, 64-row requests at concurrency 16, and batch-1
+requests in an open loop at a fixed rate (the same offered load to both servers); non-2xx
+are counted apart. Reported:
 req/s, rows/s, p50/p99, the servers' CPU time per request (their whole process trees), and
 the ratios BentoML / bare and bare / in-process.
 Targets on 2 cores: batch-1 >= 2,000 req/s at p99 <= 20 ms; 64-row >= 150,000 rows/s.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -168,6 +170,7 @@ def run() -> dict:
             for key in results["bentoml"]
         }
         results["cpus"] = os.cpu_count()
+        results["closed_loop_generator"] = "wrk" if shutil.which("wrk") else "httpx"
         return results
 
 
@@ -186,6 +189,10 @@ def markdown(result: dict) -> str:
             f"{ratio:.0%} |"
         )
     ip = result["in_process"]
+    lines.append(
+        f"\nClosed loops by {result.get('closed_loop_generator', 'httpx')}, the open loop by "
+        "httpx (both in their own process, on the same cores as the servers)."
+    )
     lines.append(
         f"\nIn-process onnxruntime (1 thread): batch 1 p50 {ip['batch1']['p50_ms']:.3f} ms "
         f"({ip['batch1']['rows_per_s']:.0f} rows/s); batch 64 p50 "
