@@ -166,21 +166,28 @@ class PredictionLog:
     def write(self, rows: list[dict], timeout: float = 30.0) -> None:
         """Log ``rows``. Sync: returns once committed (raises if the commit failed).
         Async: returns at once; rows a full queue cannot take are counted as dropped."""
+        committed = self.submit(rows)
+        if committed is not None:
+            committed.result(timeout=timeout)
+
+    def submit(self, rows: list[dict]) -> Future | None:
+        """Queue ``rows`` without waiting. Sync mode: a future that completes when they are
+        committed (an event loop awaits it with ``asyncio.wrap_future``); async mode: None
+        (rows a full queue cannot take are counted as dropped)."""
         if not rows:
-            return
+            return None
         with self._cond:
             if self._closed:
                 raise RuntimeError("prediction log is closed")
             if self.mode == "async" and self._pending_rows + len(rows) > self.queue_limit:
                 self.stats.rows_dropped += len(rows)
-                return
+                return None
             done: Future | None = Future() if self.mode == "sync" else None
             self._pending.append((rows, done))
             self._pending_rows += len(rows)
             self.stats.queue_depth = self._pending_rows
             self._cond.notify()
-        if done is not None:
-            done.result(timeout=timeout)
+        return done
 
     def _run(self) -> None:
         while True:
