@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal, TypeVar
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -71,20 +72,30 @@ def write_partitions(
     if frame.empty:
         return []
     base = table_dir(lake_dir, stage, table)
-    dates = frame[table.partition_by].dt.strftime("%Y-%m-%d")
-    schema = table.arrow_schema()
+    # Sorted by (day, key) and converted to Arrow once; each partition is a zero-copy slice
+    # (a groupby, sort and conversion per partition cost 1M readings ~20 s).
+    days = frame[table.partition_by].dt.floor("D")
+    ordered = frame.assign(_day=days).sort_values(["_day", *table.key], kind="mergesort")
+    day_index = pd.DatetimeIndex(ordered.pop("_day"))
+    arrow = pa.Table.from_pandas(ordered, schema=table.arrow_schema(), preserve_index=False)
+    _, starts = np.unique(day_index.asi8, return_index=True)  # sorted: each day's first row
+    ends = [*starts[1:], len(ordered)]
+    slices = [
+        (date, arrow.slice(int(start), int(end - start)))
+        for date, start, end in zip(
+            day_index[starts].strftime("%Y-%m-%d"), starts, ends, strict=True
+        )
+    ]
 
-    def write_temp(item: tuple[str, pd.DataFrame]) -> tuple[Path, Path] | BaseException:
+    def write_temp(item: tuple[str, pa.Table]) -> tuple[Path, Path] | BaseException:
         date, part = item
         final = base / f"date={date}" / f"part-{label}.parquet"
         try:
-            part = part.sort_values(list(table.key), kind="mergesort").reset_index(drop=True)
-            arrow = pa.Table.from_pandas(part, schema=schema, preserve_index=False)
-            return _write_temp(final, arrow), final
+            return _write_temp(final, part), final
         except BaseException as exc:  # raised once every thread is done, see below
             return exc
 
-    written = io_map(write_temp, frame.groupby(dates, sort=True))
+    written = io_map(write_temp, slices)
     pending = [w for w in written if not isinstance(w, BaseException)]
     if len(pending) < len(written):  # all or nothing: no partition is renamed into place
         for tmp, _ in pending:
