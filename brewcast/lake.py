@@ -145,6 +145,17 @@ def partition_files(
     )
 
 
+def read_file(path: Path, schema: pa.Schema | None = None) -> pa.Table:
+    """One Parquet file, as ``schema`` when given. ``ParquetFile.read`` takes half the time
+    of ``pq.read_table`` on the lake's small files (no dataset discovery per file)."""
+    table = pq.ParquetFile(path).read()
+    if schema is None:
+        return table
+    if table.schema.names != schema.names:  # columns missing or reordered: let Arrow align
+        return pq.read_table(path, schema=schema)
+    return table.cast(schema)
+
+
 def read_table(
     lake_dir: Path, stage: str, table: Table | str, dates: Iterable[str] | None = None
 ) -> pd.DataFrame:
@@ -154,7 +165,7 @@ def read_table(
     if not files:
         return spec.empty()
     schema = spec.arrow_schema()  # one conversion to pandas, not one per file
-    frame = pa.concat_tables(io_map(lambda f: pq.read_table(f, schema=schema), files)).to_pandas()
+    frame = pa.concat_tables(io_map(lambda f: read_file(f, schema), files)).to_pandas()
     frame = frame.drop_duplicates(list(spec.key), keep="last")
     return spec.conform(frame, source=str(table_dir(lake_dir, stage, spec)))
 

@@ -486,7 +486,7 @@ def _needs_validation(settings: Settings, raw_file: Path, table: Table, stage: s
 def _read_or_error(path: Path) -> pa.Table | Exception:
     """A raw file's Arrow table, or why it cannot be read (it is quarantined, not raised)."""
     try:
-        return pq.read_table(path)
+        return lake.read_file(path)
     except (pa.ArrowException, OSError) as exc:
         return exc
 
