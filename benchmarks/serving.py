@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import pandas as pd
@@ -163,6 +164,13 @@ def run() -> dict:
                     r["rows_per_s"] = r["req_per_s"] * rows
                     r["cpu_ms_per_request"] = 1000 * cpu / max(r["requests"] + r["non_2xx"], 1)
                     results[name][key] = r
+                if name == "bentoml":  # how well the prediction log grouped its commits
+                    with urllib.request.urlopen(urls[name].replace("/predict", "/metadata")) as m:
+                        stats = json.load(m)["prediction_log"]
+                    results["prediction_log"] = {
+                        **stats,
+                        "rows_per_commit": stats["rows_written"] / max(stats["commits"], 1),
+                    }
             finally:
                 server.stop()
         results["ratio_bentoml_to_bare_req_per_s"] = {
@@ -189,6 +197,12 @@ def markdown(result: dict) -> str:
             f"{ratio:.0%} |"
         )
     ip = result["in_process"]
+    log_stats = result.get("prediction_log")
+    if log_stats:
+        lines.append(
+            f"\nBentoML's prediction log (sync, SQLite): {log_stats['rows_written']:,} rows in "
+            f"{log_stats['commits']:,} commits ({log_stats['rows_per_commit']:.1f} rows each)."
+        )
     lines.append(
         f"\nClosed loops by {result.get('closed_loop_generator', 'httpx')}, the open loop by "
         "httpx (both in their own process, on the same cores as the servers)."
