@@ -17,6 +17,7 @@ regenerates a JSON schema per response), and OpenTelemetry is told to skip every
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -208,6 +209,11 @@ class FermentationService:
             log.info("brewcast serving version %s on %s", model.version, model.session.provider)
         else:
             log.warning("brewcast serving started without a model: %s", self.holder.last_error)
+        # Everything loaded so far (BentoML, pydantic, onnx, MLflow's client...) lives as long
+        # as the worker: out of the collector's sight, a full collection no longer walks it.
+        # Without this, p99 at concurrency 1 was 100-130 ms (a gen-2 collection) against 6.
+        gc.collect()
+        gc.freeze()
 
     def __is_ready__(self) -> bool:
         return self.holder.current is not None
