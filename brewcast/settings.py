@@ -140,6 +140,11 @@ class Settings(BaseSettings):
     serving_threads: int = Field(0, description="onnxruntime intra-op threads (0: usable CPUs).")
     serving_spinning: bool = Field(False, description="Let onnxruntime threads spin.")
     serving_max_rows: int = Field(1000, description="Most rows one /predict may carry (413).")
+    serving_inline_rows: int = Field(
+        256,
+        ge=0,
+        description="/predict scores up to this many rows on the event loop, more on a thread.",
+    )
     serving_api_key: str | None = Field(
         None, description="When set, /predict, /feedback and /reload need header X-API-Key."
     )

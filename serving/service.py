@@ -75,8 +75,6 @@ MODEL_SECONDS = prometheus_client.Histogram(
 )
 
 
-#: Requests with up to this many rows are scored on the event loop, bigger ones on a thread.
-INLINE_SCORING_ROWS = 256
 LOG_COMMIT_TIMEOUT_S = 30.0
 
 # GET routes; docs off so BentoML's own Swagger UI at / and /docs stays the API's documentation.
@@ -240,8 +238,9 @@ class FermentationService:
         started = time.perf_counter()
         # Async, so a request waiting for its log commit holds no thread: every waiting
         # request joins the next group commit. Small requests score on the event loop
-        # (~0.1 ms); big ones on a thread, so they do not stall it.
-        if len(records) <= INLINE_SCORING_ROWS:
+        # (~0.1 ms); big ones on a thread, so they do not stall it
+        # (BREWCAST_SERVING_INLINE_ROWS).
+        if len(records) <= self.settings.serving_inline_rows:
             log_rows = model.score(records, served_at)
         else:
             log_rows = await anyio.to_thread.run_sync(model.score, records, served_at)

@@ -48,7 +48,11 @@ def champion_home(trained, tmp_path_factory):
 @pytest.fixture(scope="module")
 def service(champion_home):
     settings, _ = champion_home
-    server, url = start_service(settings.home, BREWCAST_SERVING_MAX_ROWS="50")
+    # Inline scoring up to 10 rows: the 40-row parity test is scored on a thread, the
+    # smaller requests on the event loop; both paths are checked.
+    server, url = start_service(
+        settings.home, BREWCAST_SERVING_MAX_ROWS="50", BREWCAST_SERVING_INLINE_ROWS="10"
+    )
     yield server, url
     server.stop()
 
