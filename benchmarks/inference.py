@@ -21,6 +21,7 @@ import pandas as pd
 from benchmarks import small_model
 
 BATCHES = (1, 64, 4096)
+GPU_BATCHES = (1, 64, 4096, 65536)
 
 
 def _time(fn, repeats: int) -> dict:
@@ -96,6 +97,45 @@ def run() -> dict:
     result["ratio_ort_vs_predict_batch1"] = (
         one["keras_predict"]["p50_ms"] / one["ort_1thread_spin_off"]["p50_ms"]
     )
+    result["gpu"] = gpu(model_bytes, test)
+    return result
+
+
+def gpu(model_bytes: bytes, test: pd.DataFrame) -> dict:
+    """The same model on onnxruntime's CUDA provider, as serving runs it (``Session.run``;
+    its string inputs cannot be I/O-bound), against the CPU with all usable threads, at batch
+    1, 64, 4096 and 65536; or why it was not measured. On a GPU host this has not run yet
+    (none lent); its measuring code is tested with a CPU session standing in."""
+    import onnxruntime as ort
+
+    from models.export import OUTPUTS
+    from models.inputs import raw_inputs
+    from serving.runtime import CUDA, create_session, usable_cpus
+
+    if CUDA not in ort.get_available_providers():
+        return {"measured": False, "why": "this onnxruntime build has no CUDA provider"}
+    on_gpu = create_session(model_bytes, prefer_gpu=True, threads=1)
+    if not on_gpu.on_gpu:
+        return {
+            "measured": False,
+            "why": f"no usable CUDA device: onnxruntime fell back to {on_gpu.provider}",
+        }
+    on_cpu = create_session(model_bytes, prefer_gpu=False, threads=usable_cpus())
+    result: dict = {"measured": True, "provider": on_gpu.provider, "batches": {}}
+    for batch in GPU_BATCHES:
+        frame = test.sample(batch, replace=batch > len(test), random_state=0)
+        raw = raw_inputs(frame.reset_index(drop=True))
+        repeats = 500 if batch <= 64 else 50 if batch <= 4096 else 10
+        rows = {
+            name: _time(lambda s=session, x=raw: s.run(x, list(OUTPUTS)), repeats)
+            for name, session in (("cuda", on_gpu), ("cpu", on_cpu))
+        }
+        for timing in rows.values():
+            timing["rows_per_s"] = batch / (timing["p50_ms"] / 1000)
+        gpu_p, cpu_p = (s.run(raw, list(OUTPUTS))[0].ravel() for s in (on_gpu, on_cpu))
+        rows["parity_max_abs_error"] = float(np.max(np.abs(gpu_p - cpu_p)))
+        rows["cuda_speedup"] = rows["cpu"]["p50_ms"] / rows["cuda"]["p50_ms"]
+        result["batches"][str(batch)] = rows
     return result
 
 
@@ -136,6 +176,21 @@ def markdown(result: dict) -> str:
         f"Keras predict at batch 1; max |ORT - Keras| {parity:.1e}; "
         f"{result['threads_available']} usable CPU(s)."
     )
+    gpu_result = result.get("gpu", {})
+    if not gpu_result.get("measured"):
+        lines.append(f"\nGPU: not measured ({gpu_result.get('why', 'not run')}).")
+    else:
+        lines.append(f"\nGPU ({gpu_result['provider']}) against all CPU threads:")
+        lines.append(
+            "\n| batch | CUDA p50 ms (rows/s) | CPU p50 ms (rows/s) | speed-up | max diff |"
+        )
+        lines.append("|---:|---:|---:|---:|---:|")
+        for batch, r in gpu_result["batches"].items():
+            lines.append(
+                f"| {batch} | {r['cuda']['p50_ms']:.3f} ({r['cuda']['rows_per_s']:,.0f}) | "
+                f"{r['cpu']['p50_ms']:.3f} ({r['cpu']['rows_per_s']:,.0f}) | "
+                f"{r['cuda_speedup']:.1f}x | {r['parity_max_abs_error']:.1e} |"
+            )
     return "\n".join(lines) + "\n"
 
 

@@ -166,7 +166,9 @@ def run() -> dict:
                     results[name][key] = r
                 if name == "bentoml":  # how well the prediction log grouped its commits
                     with urllib.request.urlopen(urls[name].replace("/predict", "/metadata")) as m:
-                        stats = json.load(m)["prediction_log"]
+                        metadata = json.load(m)
+                    stats = metadata["prediction_log"]
+                    results["execution_provider"] = metadata["execution_provider"]
                     results["prediction_log"] = {
                         **stats,
                         "rows_per_commit": stats["rows_written"] / max(stats["commits"], 1),

@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 TENSORRT = "TensorrtExecutionProvider"
-#: Rows from which a CUDA session binds inputs/outputs explicitly (one copy each way).
+#: Rows from which a CUDA session binds inputs/outputs explicitly (one copy each way), when
+#: every input is numeric: onnxruntime binds no string tensors.
 IO_BINDING_MIN_ROWS = 1024
 
 
@@ -87,14 +88,19 @@ class Session:
 
     def run(self, inputs: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
         rows = len(next(iter(inputs.values()))) if inputs else 0
-        if self.on_gpu and rows >= IO_BINDING_MIN_ROWS:
+        if (
+            self.on_gpu
+            and rows >= IO_BINDING_MIN_ROWS
+            and all(value.dtype != object for value in inputs.values())
+        ):
             return self._run_bound(inputs, outputs)
         return self.session.run(outputs, inputs)
 
     def _run_bound(self, inputs: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
-        """Large batches on the GPU: bind inputs and outputs once instead of per-call copies.
-
-        Not exercised on these CPU-only machines (see the benchmarks' GPU section).
+        """Large numeric batches on the GPU: bind inputs and outputs once instead of per-call
+        copies. brewcast's own graphs take string columns, which cannot be bound (binding
+        them raised, which a CPU stand-in for the GPU session found), so they run unbound;
+        a numeric-only graph is bound. Not run on a GPU yet: none was lent.
         """
         binding = self.session.io_binding()
         for name, value in inputs.items():

@@ -175,3 +175,31 @@ def test_request_rows_become_the_same_inputs_as_a_frame(trained):
             assert got[name].tolist() == values.tolist(), name
         else:
             np.testing.assert_array_equal(got[name], values, err_msg=name)
+
+
+def test_large_numeric_batches_are_io_bound_on_a_gpu_session(monkeypatch):
+    """No GPU here: a CPU session labelled CUDA stands in, which takes the same I/O-binding
+    code (binding to "cpu" works on either)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "numeric",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    session = runtime.create_session(model.SerializeToString(), prefer_gpu=False, threads=1)
+    session.provider = runtime.CUDA
+    bound = []
+    real = session._run_bound
+    monkeypatch.setattr(session, "_run_bound", lambda *a: bound.append(1) or real(*a))
+    x = np.arange(2048, dtype=np.float32).reshape(-1, 1)
+    (y,) = session.run({"x": x}, ["y"])
+    assert bound and np.array_equal(y, x)
+    (y,) = session.run({"x": x[:10]}, ["y"])  # small batches are not bound
+    assert len(bound) == 1 and np.array_equal(y, x[:10])
+    onnx.checker.check_model(model)

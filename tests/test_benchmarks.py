@@ -1,0 +1,86 @@
+"""The parts of the benchmark suite that run without a load: the GPU section and the wrk
+output parser. The benchmarks themselves run with `make bench`, never here."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from benchmarks import inference, load
+from serving import runtime
+
+
+def test_gpu_section_says_why_it_was_not_measured_here(trained):
+    _, work = trained
+    model = (work / "model.onnx").read_bytes()
+    result = inference.gpu(model, pd.read_parquet(work / "test.parquet"))
+    assert result["measured"] is False
+    assert "CUDA" in result["why"]
+    assert "GPU: not measured (" in inference.markdown(_with_gpu(result))
+
+
+def test_gpu_section_measures_a_cuda_session(trained, monkeypatch):
+    """No GPU exists here, so a CPU session stands in for the CUDA one (labelled CUDA, so it
+    takes serving's I/O-binding path from 1,024 rows): this checks the measuring code, not
+    a GPU."""
+    _, work = trained
+    real = runtime.create_session
+
+    def stand_in(model_bytes, prefer_gpu=True, **kwargs):
+        session = real(model_bytes, prefer_gpu=False, **kwargs)
+        if prefer_gpu:
+            session.provider = runtime.CUDA
+        return session
+
+    monkeypatch.setattr(runtime, "create_session", stand_in)
+    monkeypatch.setattr(inference, "GPU_BATCHES", (1, 2048))
+    result = inference.gpu(
+        (work / "model.onnx").read_bytes(), pd.read_parquet(work / "test.parquet")
+    )
+    assert result["measured"] and result["provider"] == runtime.CUDA
+    for batch in ("1", "2048"):
+        rows = result["batches"][batch]
+        assert rows["parity_max_abs_error"] < 1e-6  # bound inputs give the same answers
+        assert rows["cuda"]["rows_per_s"] > 0 and rows["cuda_speedup"] > 0
+    assert "| 2048 |" in inference.markdown(_with_gpu(result))
+
+
+def _with_gpu(gpu: dict) -> dict:
+    row = {"p50_ms": 1.0, "p99_ms": 1.0, "rows_per_s": 1.0}
+    batches = {str(b): {"ort": row, "parity_max_abs_error": 0.0} for b in inference.BATCHES}
+    return {
+        "batches": batches,
+        "ratio_ort_vs_predict_batch1": 1.0,
+        "threads_available": 2,
+        "gpu": gpu,
+    }
+
+
+WRK_OUTPUT = """Running 4s test @ http://127.0.0.1:1/predict
+  1 threads and 64 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency    12.53ms    3.10ms  40.00ms   90.50%
+    Req/Sec     5.15k   300.00     5.60k    100.00%
+  Latency Distribution
+     50%   12.11ms
+     75%   13.00ms
+     90%   15.00ms
+     99%   17.72ms
+  20587 requests in 4.02s, 9.00MB read
+  Non-2xx or 3xx responses: 7
+Requests/sec:   5121.14
+"""
+
+
+def test_wrk_output_is_parsed(monkeypatch, tmp_path):
+    class Done:
+        stdout = WRK_OUTPUT
+
+    monkeypatch.setattr(load.subprocess, "run", lambda *a, **k: Done())
+    body = tmp_path / "body.json"
+    body.write_text("{}")
+    result = load.wrk("http://127.0.0.1:1/predict", 64, 4, str(body))
+    assert result["requests"] == 20587 - 7 and result["non_2xx"] == 7
+    assert result["p50_ms"] == pytest.approx(12.11) and result["p99_ms"] == pytest.approx(17.72)
+    assert result["req_per_s"] == pytest.approx((20587 - 7) / 4.02)
+    assert load._ms("850us") == pytest.approx(0.85) and load._ms("1.5s") == 1500.0
