@@ -19,13 +19,18 @@ $(VENV)/.synced: pyproject.toml uv.lock Makefile
 	$(UV) sync --frozen --compile-bytecode
 	@touch $@
 
-# Headless Chromium for the screenshot test (Debian's package; as root on these machines).
-browser:
-	@command -v chromium >/dev/null 2>&1 || { \
+# Installs Debian package $(1) (as root, when its command is missing), else prints $(2).
+define debian_tool
+	@command -v $(1) >/dev/null 2>&1 || { \
 	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-	      apt-get install -y -qq --no-install-recommends chromium >/dev/null; \
-	  else echo "Chromium missing: install it (Debian: apt-get install chromium) for the screenshot test"; fi; }
+	      apt-get install -y -qq --no-install-recommends $(1) >/dev/null; \
+	  else echo "$(2)"; fi; }
+endef
+
+# Headless Chromium for the screenshot test (Debian's package; as root on these machines).
+browser:
+	$(call debian_tool,chromium,Chromium missing: install it (Debian: apt-get install chromium) for the screenshot test)
 
 test: lint browser  ## lint, then everything, slow end-to-end tests included
 	$(BIN)/pytest
@@ -43,11 +48,7 @@ demo: setup  ## MLflow + Airflow + BentoML up, a simulated year through them, mo
 # wrk, the serving benchmark's closed-loop load generator (C: it leaves the shared cores to
 # the servers being measured); without it the benchmark falls back to Python's httpx.
 wrk:
-	@command -v wrk >/dev/null 2>&1 || { \
-	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-	      apt-get install -y -qq --no-install-recommends wrk >/dev/null; \
-	  else echo "wrk missing (Debian: apt-get install wrk): the benchmark uses httpx instead"; fi; }
+	$(call debian_tool,wrk,wrk missing (Debian: apt-get install wrk): the benchmark uses httpx instead)
 
 bench: setup wrk
 	$(BIN)/python -m benchmarks
