@@ -24,7 +24,8 @@ BATCHES = (1, 64, 4096)
 GPU_BATCHES = (1, 64, 4096, 65536)
 
 
-def _time(fn, repeats: int) -> dict:
+def _time(fn, repeats: int, rows: int) -> dict:
+    """p50/p99 of ``fn`` over ``repeats`` calls (after one warm-up), and rows/s at the p50."""
     fn()  # warm-up
     times = []
     for _ in range(repeats):
@@ -32,10 +33,17 @@ def _time(fn, repeats: int) -> dict:
         fn()
         times.append(time.perf_counter() - started)
     times.sort()
+    p50 = statistics.median(times)
     return {
-        "p50_ms": statistics.median(times) * 1000,
+        "p50_ms": p50 * 1000,
         "p99_ms": times[min(len(times) - 1, int(0.99 * len(times)))] * 1000,
+        "rows_per_s": rows / p50,
     }
+
+
+def _sample(test: pd.DataFrame, batch: int) -> pd.DataFrame:
+    """``batch`` test rows (drawn with replacement when the test split is smaller)."""
+    return test.sample(batch, replace=batch > len(test), random_state=0).reset_index(drop=True)
 
 
 def run() -> dict:
@@ -71,23 +79,23 @@ def run() -> dict:
     )
     result: dict = {"threads_available": threads, "batches": {}}
     for batch in BATCHES:
-        frame = test.sample(batch, replace=batch > len(test), random_state=0).reset_index(drop=True)
+        frame = _sample(test, batch)
         raw, net_inputs = raw_inputs(frame), pre.network_inputs(frame)
         rows: dict = {}
         reps_keras = 20 if batch < 4096 else 5
         rows["keras_predict"] = _time(
-            lambda x=net_inputs: keras_model.predict(x, verbose=0), reps_keras
+            lambda x=net_inputs: keras_model.predict(x, verbose=0), reps_keras, batch
         )
         rows["keras_call"] = _time(
-            lambda x=net_inputs: keras_model(x, training=False), reps_keras * 3
+            lambda x=net_inputs: keras_model(x, training=False), reps_keras * 3, batch
         )
         for name, session in sessions.items():
             outputs = ["floor"] if name == "ort_inputs_only_floor" else list(OUTPUTS)
             rows[name] = _time(
-                lambda s=session, x=raw, o=outputs: s.run(x, o), 2000 if batch == 1 else 200
+                lambda s=session, x=raw, o=outputs: s.run(x, o),
+                2000 if batch == 1 else 200,
+                batch,
             )
-        for timing in rows.values():
-            timing["rows_per_s"] = batch / (timing["p50_ms"] / 1000)
         logit, _ = predict_network(keras_model, net_inputs)
         first = sessions[next(iter(sessions))]
         probability = first.run(raw, list(OUTPUTS))[0].ravel()
@@ -123,15 +131,12 @@ def gpu(model_bytes: bytes, test: pd.DataFrame) -> dict:
     on_cpu = create_session(model_bytes, prefer_gpu=False, threads=usable_cpus())
     result: dict = {"measured": True, "provider": on_gpu.provider, "batches": {}}
     for batch in GPU_BATCHES:
-        frame = test.sample(batch, replace=batch > len(test), random_state=0)
-        raw = raw_inputs(frame.reset_index(drop=True))
+        raw = raw_inputs(_sample(test, batch))
         repeats = 500 if batch <= 64 else 50 if batch <= 4096 else 10
         rows = {
-            name: _time(lambda s=session, x=raw: s.run(x, list(OUTPUTS)), repeats)
+            name: _time(lambda s=session, x=raw: s.run(x, list(OUTPUTS)), repeats, batch)
             for name, session in (("cuda", on_gpu), ("cpu", on_cpu))
         }
-        for timing in rows.values():
-            timing["rows_per_s"] = batch / (timing["p50_ms"] / 1000)
         gpu_p, cpu_p = (s.run(raw, list(OUTPUTS))[0].ravel() for s in (on_gpu, on_cpu))
         rows["parity_max_abs_error"] = float(np.max(np.abs(gpu_p - cpu_p)))
         rows["cuda_speedup"] = rows["cpu"]["p50_ms"] / rows["cuda"]["p50_ms"]

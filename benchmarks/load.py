@@ -159,15 +159,16 @@ def wrk(url: str, concurrency: int, seconds: float, body_file: str) -> dict:
     if done is None:
         raise RuntimeError(f"unexpected wrk output:\n{out}")
     non_2xx = re.search(r"Non-2xx or 3xx responses: ([0-9]+)", out)
+    answered_not_2xx = int(non_2xx[1]) if non_2xx else 0
     errors = re.search(
         r"Socket errors: connect ([0-9]+), read ([0-9]+), write ([0-9]+), timeout ([0-9]+)", out
     )
-    failed = (int(non_2xx[1]) if non_2xx else 0) + (sum(map(int, errors.groups())) if errors else 0)
+    socket_errors = sum(map(int, errors.groups())) if errors else 0
     elapsed = _ms(done[2] + done[3]) / 1000
-    ok = int(done[1]) - (int(non_2xx[1]) if non_2xx else 0)
+    ok = int(done[1]) - answered_not_2xx
     return {
         "requests": ok,
-        "non_2xx": failed,
+        "non_2xx": answered_not_2xx + socket_errors,
         "seconds": elapsed,
         "req_per_s": ok / elapsed,
         "p50_ms": _ms(_find(r"(?m)^\s*50%\s+(\S+)", out)),
@@ -181,10 +182,11 @@ if __name__ == "__main__":
     with open(body_file, "rb") as handle:
         payload = handle.read()
     if len(sys.argv) > 5:
-        run = open_loop(url, int(concurrency), float(seconds), payload, float(sys.argv[5]))
+        result = asyncio.run(
+            open_loop(url, int(concurrency), float(seconds), payload, float(sys.argv[5]))
+        )
     elif shutil.which("wrk"):
-        print(json.dumps(wrk(url, int(concurrency), float(seconds), body_file)))
-        sys.exit()
+        result = wrk(url, int(concurrency), float(seconds), body_file)
     else:
-        run = main(url, int(concurrency), float(seconds), payload)
-    print(json.dumps(asyncio.run(run)))
+        result = asyncio.run(main(url, int(concurrency), float(seconds), payload))
+    print(json.dumps(result))

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -180,7 +179,7 @@ def run() -> dict:
             for key in results["bentoml"]
         }
         results["cpus"] = os.cpu_count()
-        results["closed_loop_generator"] = "wrk" if shutil.which("wrk") else "httpx"
+        results["closed_loop_generator"] = results["bentoml"]["batch1_c1"]["generator"]
         return results
 
 
