@@ -34,6 +34,8 @@ from brewcast.schema import slice_keys
 log = logging.getLogger(__name__)
 
 SLICE_KEYS = slice_keys()
+#: How long a writer waits for its rows' commit before giving up (and answering an error).
+COMMIT_TIMEOUT_S = 30.0
 metadata = sa.MetaData()
 predictions = sa.Table(
     "predictions",
@@ -163,7 +165,7 @@ class PredictionLog:
         self._writer.start()
 
     # -- writing -------------------------------------------------------------------------
-    def write(self, rows: list[dict], timeout: float = 30.0) -> None:
+    def write(self, rows: list[dict], timeout: float = COMMIT_TIMEOUT_S) -> None:
         """Log ``rows``. Sync: returns once committed (raises if the commit failed).
         Async: returns at once; rows a full queue cannot take are counted as dropped."""
         committed = self.submit(rows)
@@ -227,7 +229,7 @@ class PredictionLog:
             if done is not None:
                 done.set_result(None)
 
-    def flush(self, timeout: float = 30.0) -> None:
+    def flush(self, timeout: float = COMMIT_TIMEOUT_S) -> None:
         """Wait until everything queued before this call is committed (in either mode)."""
         marker: Future = Future()
         with self._cond:

@@ -43,7 +43,7 @@ from serving.api_models import (
     Snapshot,
 )
 from serving.model import ModelHolder
-from serving.prediction_log import PredictionLog
+from serving.prediction_log import COMMIT_TIMEOUT_S, PredictionLog
 
 log = logging.getLogger("brewcast.serving")
 
@@ -74,8 +74,6 @@ MODEL_SECONDS = prometheus_client.Histogram(
     buckets=(0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5),
 )
 
-
-LOG_COMMIT_TIMEOUT_S = 30.0
 
 # GET routes; docs off so BentoML's own Swagger UI at / and /docs stays the API's documentation.
 routes = FastAPI(title="brewcast metadata", docs_url=None, redoc_url=None, openapi_url=None)
@@ -262,7 +260,7 @@ class FermentationService:
         try:
             committed = self.log.submit(log_rows)
             if committed is not None:  # sync mode: committed before we answer
-                await asyncio.wait_for(asyncio.wrap_future(committed), LOG_COMMIT_TIMEOUT_S)
+                await asyncio.wait_for(asyncio.wrap_future(committed), COMMIT_TIMEOUT_S)
         except Exception as exc:  # never answer rows that were not logged
             log.exception("prediction log write failed")
             raise _refuse(503, f"prediction log unavailable, nothing served: {exc}") from exc
