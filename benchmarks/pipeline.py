@@ -22,10 +22,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from brewcast.jobs import TRAINING_STAGES
+
 READINGS_PER_FERMENTER_DAY = 44.0  # measured: 48 temperature + ~2.5 gravity, less cleaning
 SIZES = (10_000, 100_000, 1_000_000)
-TRAINING = ("prepare", "fit", "calibrate", "export", "evaluate")
-STAGES = ("simulate", "ingest", "validate", "features", *TRAINING, "register")
+STAGES = ("simulate", "ingest", "validate", "features", *TRAINING_STAGES, "register")
 FERMENTERS = 12
 
 
@@ -64,7 +65,7 @@ def measure(target_readings: int) -> dict:
             "features": lambda: jobs.build_features(settings),
             **{
                 stage: (lambda stage=stage: jobs.train_stage(stage, workdir, settings))
-                for stage in TRAINING
+                for stage in TRAINING_STAGES
             },
             "register": lambda: jobs.register(workdir, settings),
         }
