@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import uuid
@@ -12,7 +13,7 @@ import pytest
 
 from serving import runtime
 from serving.api_models import request_feature_names
-from serving.prediction_log import PredictionLog, new_prediction_ids, prediction_row
+from serving.prediction_log import PredictionLog, metadata, new_prediction_ids, prediction_row
 
 
 def test_provider_choice_prefers_the_gpu_when_the_build_has_it():
@@ -48,12 +49,15 @@ def test_usable_cpus_reads_cgroup_quotas(tmp_path):
     assert runtime.usable_cpus(v1) == 1
 
 
-def test_prediction_ids_are_random_uuid4():
-    ids = new_prediction_ids(10_000)
+def test_prediction_ids_are_time_ordered_uuid7():
+    ids = new_prediction_ids(10_000, now_ms=1_795_000_000_123)
     assert len(set(ids)) == 10_000
     for text in ids[:500]:
         parsed = uuid.UUID(text)
-        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122 and str(parsed) == text
+        assert parsed.version == 7 and parsed.variant == uuid.RFC_4122 and str(parsed) == text
+        assert int(parsed.hex[:12], 16) == 1_795_000_000_123  # the milliseconds, big-endian
+    later = new_prediction_ids(50, now_ms=1_795_000_000_124)
+    assert max(ids) < min(later)  # the primary-key index grows at its right edge
     assert new_prediction_ids(0) == []
 
 
@@ -119,6 +123,52 @@ def test_log_rows_read_back_as_written(database, tmp_path, request):
     stored = json.loads(back["features"].iloc[0])
     assert stored["gravity_plato"] == 3.5
     assert pd.Timestamp(stored["snapshot_time"]) == pd.Timestamp(served_at)
+
+
+def test_write_async_waits_for_the_group_commit_and_reports_failure(tmp_path):
+    """The event-loop path: many concurrent waiters share commits, each returns only once its
+    rows are in the database, and a failed commit raises in every waiter of its group."""
+    log = PredictionLog(f"sqlite:///{tmp_path / 'w.db'}", "sync")
+
+    async def many() -> None:
+        await asyncio.gather(*(log.write_async(_rows(2)) for _ in range(100)))
+
+    asyncio.run(many())
+    assert log.stats.rows_written == 200 and log.stats.commits < 100
+    assert len(log.read_predictions()) == 200
+    with log.engine.begin() as conn:
+        conn.exec_driver_sql("DROP TABLE predictions")
+
+    async def failing() -> list:
+        return await asyncio.gather(
+            *(log.write_async(_rows(1)) for _ in range(5)), return_exceptions=True
+        )
+
+    outcomes = asyncio.run(failing())
+    assert all(isinstance(o, Exception) and "predictions" in str(o) for o in outcomes)
+    log.close()
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_failed_commit_is_reported_then_the_log_reconnects(database, tmp_path, request):
+    """A commit that fails raises to the waiting request (which answers 503, nothing
+    served); the writer drops its connection and the next commit works again."""
+    url = (
+        f"sqlite:///{tmp_path / 'f.db'}"
+        if database == "sqlite"
+        else request.getfixturevalue("postgres_database")
+    )
+    log = PredictionLog(url, "sync")
+    log.write(_rows(2))
+    with log.engine.begin() as conn:  # the table disappears under the writer
+        conn.exec_driver_sql("DROP TABLE predictions")
+    with pytest.raises(Exception, match="predictions"):
+        log.write(_rows(3))
+    assert log.stats.write_errors == 1 and log.stats.rows_written == 2
+    metadata.create_all(log.engine)
+    log.write(_rows(4))
+    assert log.stats.rows_written == 6 and len(log.read_predictions()) == 4
+    log.close()
 
 
 def test_async_log_counts_every_dropped_row(tmp_path):
