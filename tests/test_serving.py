@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 
 from brewcast.processes import ServerProcess, bento_server, free_port
-from brewcast.schema import FEATURES
+from brewcast.schema import FEATURES, OOV
 from models import pipeline
 from models.export import cpu_session, run_onnx
 
@@ -95,15 +95,42 @@ def test_metadata_health_and_metrics(service):
     }
     for probe in ("healthz", "livez", "readyz"):
         assert httpx.get(f"{url}/{probe}").status_code == 200
-    httpx.post(f"{url}/predict", json={"rows": [{"brand": "golden_pilsner"}]}, headers=KEY)
-    metrics = httpx.get(f"{url}/metrics").text
-    for name in (
-        "brewcast_predictions_total",
-        "brewcast_probability",
-        "brewcast_model_version",
-        "brewcast_prediction_log_written_rows_total",
-    ):
-        assert name in metrics, name
+    before = _metric_samples(url)
+    rows = [{"brand": "golden_pilsner"}, {"brand": "golden_pilsner"}, {"brand": "no_such_beer"}]
+    response = httpx.post(f"{url}/predict", json={"rows": rows}, headers=KEY)
+    assert response.status_code == 200, response.text
+    finished = sum(p["decision"] for p in response.json()["predictions"])
+    after = _metric_samples(url)
+
+    def delta(name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    assert delta("brewcast_predictions_total", decision="finished", model_version="1") == finished
+    assert delta("brewcast_predictions_total", decision="not_finished", model_version="1") == (
+        3 - finished
+    )
+    assert delta("brewcast_unknown_categories_total", column="brand") == 1
+    # One observation per request and slice value: the two pilsners' mean, the unknown brand
+    # under the out-of-vocabulary label (a client cannot add label values).
+    assert delta("brewcast_probability_count", slice="brand", value="golden_pilsner") == 1
+    assert delta("brewcast_probability_count", slice="brand", value=OOV) == 1
+    assert not any(dict(labels).get("value") == "no_such_beer" for _, labels in after)
+    assert delta("brewcast_prediction_log_written_rows_total") == 3
+    assert after[("brewcast_model_version", ())] == 1
+
+
+def _metric_samples(url: str) -> dict[tuple[str, tuple], float]:
+    """The service's Prometheus samples by (name, sorted labels); BentoML's multiprocess
+    registry adds a ``pid`` label to gauges, dropped here."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    samples = {}
+    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text):
+        for sample in family.samples:
+            labels = tuple(sorted((k, v) for k, v in sample.labels.items() if k != "pid"))
+            samples[(sample.name, labels)] = sample.value
+    return samples
 
 
 BAD = {
