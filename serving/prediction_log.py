@@ -215,17 +215,17 @@ class PredictionLog:
         self._enqueue(rows, done)
         return done
 
-    async def write_async(self, rows: list[dict], timeout: float = COMMIT_TIMEOUT_S) -> None:
+    async def write_async(self, rows: list[dict]) -> None:
         """:meth:`write` for an event loop: waits for the commit (sync mode) holding no
         thread. The writer wakes the loop once per commit for all its waiters, where
-        ``asyncio.wrap_future`` would wake it once per request."""
+        ``asyncio.wrap_future`` would wake it once per request. The caller bounds the wait
+        (BentoML's traffic timeout cancels the request; a cancelled waiter is skipped)."""
         if self.mode == "async":
             self._enqueue(rows, None)
             return
         done = asyncio.get_running_loop().create_future()
         self._enqueue(rows, done)
-        async with asyncio.timeout(timeout):
-            await done
+        await done
 
     def _enqueue(self, rows: list[dict], done: Waiter) -> None:
         if not rows:

@@ -42,7 +42,7 @@ from serving.api_models import (
     Snapshot,
 )
 from serving.model import VOCABULARY, ModelHolder
-from serving.prediction_log import SLICE_KEYS, PredictionLog
+from serving.prediction_log import COMMIT_TIMEOUT_S, SLICE_KEYS, PredictionLog
 
 log = logging.getLogger("brewcast.serving")
 
@@ -214,7 +214,8 @@ class RequestGuard:
     name="brewcast",
     workers=1,
     threads=int(os.environ.get("BREWCAST_SERVING_API_THREADS", "4")),
-    traffic={"timeout": 30, "max_concurrency": 256},
+    # The timeout bounds every request, its prediction-log commit included (then a 504).
+    traffic={"timeout": COMMIT_TIMEOUT_S, "max_concurrency": 256},
     metrics={"enabled": True},
     logging={"access": {"enabled": os.environ.get("BREWCAST_ACCESS_LOG", "0") == "1"}},
     tracing={"sample_rate": 0.0, "excluded_urls": [".*"]},

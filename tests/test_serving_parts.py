@@ -146,6 +146,18 @@ def test_write_async_waits_for_the_group_commit_and_reports_failure(tmp_path):
 
     outcomes = asyncio.run(failing())
     assert all(isinstance(o, Exception) and "predictions" in str(o) for o in outcomes)
+    metadata.create_all(log.engine)
+    original, gate = log._commit, threading.Event()
+    log._commit = lambda group, count: (gate.wait(10), original(group, count))
+
+    async def abandoned() -> None:  # as when BentoML's timeout cancels the request
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(log.write_async(_rows(1)), 0.05)
+        gate.set()
+        await log.write_async(_rows(2))
+
+    asyncio.run(abandoned())
+    assert len(log.read_predictions()) == 3  # the abandoned row was still committed
     log.close()
 
 
