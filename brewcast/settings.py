@@ -139,7 +139,15 @@ class Settings(BaseSettings):
     use_tensorrt: bool = Field(False, description="Ask for TensorRT before CUDA.")
     serving_threads: int = Field(0, description="onnxruntime intra-op threads (0: usable CPUs).")
     serving_spinning: bool = Field(False, description="Let onnxruntime threads spin.")
+    serving_workers: int = Field(
+        1, ge=1, description="BentoML worker processes (each loads the model and logs rows)."
+    )
+    serving_api_threads: int = Field(4, ge=1, description="Threads per worker for sync APIs.")
     serving_max_rows: int = Field(1000, description="Most rows one /predict may carry (413).")
+    serving_max_body_bytes: int = Field(
+        8 * 2**20, ge=1, description="Largest request body (413 before it is read whole)."
+    )
+    serving_access_log: bool = Field(False, description="BentoML's per-request access log.")
     serving_inline_rows: int = Field(
         256,
         ge=0,

@@ -19,7 +19,6 @@ from __future__ import annotations
 import gc
 import json
 import logging
-import os
 import time
 from http import HTTPStatus
 
@@ -210,14 +209,18 @@ class RequestGuard:
         return None
 
 
+#: Read once at import: BentoML takes the service's configuration from its decorator.
+_SETTINGS = get_settings()
+
+
 @bentoml.service(
     name="brewcast",
-    workers=1,
-    threads=int(os.environ.get("BREWCAST_SERVING_API_THREADS", "4")),
+    workers=_SETTINGS.serving_workers,
+    threads=_SETTINGS.serving_api_threads,
     # The timeout bounds every request, its prediction-log commit included (then a 504).
     traffic={"timeout": COMMIT_TIMEOUT_S, "max_concurrency": 256},
     metrics={"enabled": True},
-    logging={"access": {"enabled": os.environ.get("BREWCAST_ACCESS_LOG", "0") == "1"}},
+    logging={"access": {"enabled": _SETTINGS.serving_access_log}},
     tracing={"sample_rate": 0.0, "excluded_urls": [".*"]},
 )
 @bentoml.asgi_app(routes, path="/")
@@ -374,6 +377,4 @@ class FermentationService:
         }
 
 
-FermentationService.add_asgi_middleware(
-    RequestGuard, max_bytes=int(os.environ.get("BREWCAST_SERVING_MAX_BODY_BYTES", 8 * 2**20))
-)
+FermentationService.add_asgi_middleware(RequestGuard, max_bytes=_SETTINGS.serving_max_body_bytes)

@@ -51,7 +51,10 @@ def service(champion_home):
     # Inline scoring up to 10 rows: the 40-row parity test is scored on a thread, the
     # smaller requests on the event loop; both paths are checked.
     server, url = start_service(
-        settings.home, BREWCAST_SERVING_MAX_ROWS="50", BREWCAST_SERVING_INLINE_ROWS="10"
+        settings.home,
+        BREWCAST_SERVING_MAX_ROWS="50",
+        BREWCAST_SERVING_INLINE_ROWS="10",
+        BREWCAST_SERVING_MAX_BODY_BYTES=str(2**20),
     )
     yield server, url
     server.stop()
@@ -175,8 +178,8 @@ def test_non_json_oversize_and_auth(service):
     assert r.status_code == 400 and "not valid JSON" in r.text
     r = httpx.post(f"{url}/predict", json={"rows": [{}]})
     assert r.status_code == 401 and "X-API-Key" in r.text
-    r = httpx.post(f"{url}/predict", content=b"x" * (9 * 2**20), headers=KEY)
-    assert r.status_code == 413
+    r = httpx.post(f"{url}/predict", content=b"x" * (2 * 2**20), headers=KEY)
+    assert r.status_code == 413 and f"over {2**20} bytes" in r.text
 
 
 def test_unknown_categories_are_served_as_oov_and_flagged(service):
