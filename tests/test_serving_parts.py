@@ -161,6 +161,51 @@ def test_write_async_waits_for_the_group_commit_and_reports_failure(tmp_path):
     log.close()
 
 
+def test_workers_starting_together_all_get_the_tables(tmp_path):
+    """BentoML starts its workers at once; each creates the log's tables if missing. Without
+    the retry, 8 simultaneous creations failed with "table already exists" in 10 of 10
+    tries."""
+    from serving.prediction_log import create_tables, make_engine
+
+    engines = [make_engine(f"sqlite:///{tmp_path / 'p.db'}") for _ in range(8)]
+    barrier, errors = threading.Barrier(len(engines)), []
+
+    def start(engine) -> None:
+        barrier.wait()
+        try:
+            create_tables(engine)
+        except Exception as exc:  # collected: the assertion below names it
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start, args=(e,)) for e in engines]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    log = PredictionLog(f"sqlite:///{tmp_path / 'p.db'}", "sync")
+    log.write(_rows(1))
+    assert len(log.read_predictions()) == 1
+    log.close()
+
+
+def test_sqlite_writers_take_turns_through_the_lock_file(tmp_path):
+    """Another process's writer holds the turn: our commit waits for it, then goes through."""
+    import fcntl
+
+    log = PredictionLog(f"sqlite:///{tmp_path / 't.db'}", "sync")
+    log.write(_rows(1))  # opens the writer's connection and its lock file
+    with open(tmp_path / "t.db-writers.lock", "a") as other:
+        fcntl.flock(other, fcntl.LOCK_EX)
+        waiting = log.submit(_rows(2))
+        with pytest.raises(TimeoutError):
+            waiting.result(timeout=0.3)  # cannot commit while the other writer has its turn
+        fcntl.flock(other, fcntl.LOCK_UN)
+    waiting.result(timeout=10)
+    assert len(log.read_predictions()) == 3
+    log.close()
+
+
 @pytest.mark.parametrize("database", ["sqlite", "postgresql"])
 def test_failed_commit_is_reported_then_the_log_reconnects(database, tmp_path, request):
     """A commit that fails raises to the waiting request (which answers 503, nothing
