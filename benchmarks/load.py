@@ -143,6 +143,8 @@ def wrk(url: str, concurrency: int, seconds: float, body_file: str) -> dict:
                 f"-c{concurrency}",
                 f"-d{max(1, round(seconds))}s",
                 "--latency",
+                "--timeout",  # the service's own (a slow answer is latency, not an error)
+                "30s",
                 "-s",
                 script.name,
                 url,

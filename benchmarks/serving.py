@@ -4,7 +4,8 @@ vs onnxruntime in-process (the ceiling), same model, same rows, measured in one 
 A load generator in its own process (wrk when installed, else httpx) sends batch-1 requests
 in a closed loop at concurrency 1, 16 and 64, 64-row requests at concurrency 16, and batch-1
 requests in an open loop at a fixed rate (the same offered load to both servers); non-2xx
-are counted apart. Reported:
+are counted apart. Both servers run with 1 worker process, then with 2 (one per core).
+Reported:
 req/s, rows/s, p50/p99, the servers' CPU time per request (their whole process trees), and
 the ratios BentoML / bare and bare / in-process.
 Targets on 2 cores: batch-1 >= 2,000 req/s at p99 <= 20 ms; 64-row >= 150,000 rows/s.
@@ -107,7 +108,86 @@ def _load(url: str, concurrency: int, body: Path, rate: float | None = None) -> 
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def run() -> dict:
+#: Worker processes per server: one (the per-request overhead, process against process)
+#: and one per core of these machines (what a dedicated 2-core host would run).
+WORKERS = (1, 2)
+
+
+def _servers(home: Path, work: Path, tmp: Path, workers: int) -> dict[str, tuple]:
+    """BentoML and the bare app, each with ``workers`` processes: (server, /predict URL)."""
+    bento_port, bare_port = free_port(), free_port()
+    bento = bento_server(
+        home,
+        bento_port,
+        BREWCAST_SERVING_POLL_SECONDS="0",
+        BREWCAST_SERVING_THREADS="1",
+        BREWCAST_SERVING_WORKERS=str(workers),
+    )
+    bare = ServerProcess(
+        [
+            str(Path(sys.executable).with_name("uvicorn")),
+            "benchmarks.bare_app:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(bare_port),
+            "--workers",
+            str(workers),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ],
+        f"http://127.0.0.1:{bare_port}/healthz",
+        tmp / f"bare-{workers}.log",
+        {"BARE_MODEL": str(work / "model.onnx")},
+        cwd=PROJECT_ROOT,
+    )
+    return {
+        "bentoml": (bento, f"http://127.0.0.1:{bento_port}/predict"),
+        "bare": (bare, f"http://127.0.0.1:{bare_port}/predict"),
+    }
+
+
+def _compare(home: Path, work: Path, tmp: Path, bodies: dict, workers: int) -> dict:
+    """Both servers up at once; each scenario loads BentoML, then the bare app, back to back,
+    so that the machine's drift over minutes (2x here) falls on both sides of a ratio."""
+    results: dict = {"workers": workers, "bentoml": {}, "bare": {}}
+    servers = _servers(home, work, tmp, workers)
+    try:
+        for server, url in servers.values():
+            server.start(timeout=180)
+            _load(url, 4, bodies["batch1"])  # warm-up
+        for body, rows, concurrency, rate in SCENARIOS:
+            key = f"{body}_rate{rate:g}" if rate else f"{body}_c{concurrency}"
+            for name, (server, url) in servers.items():
+                print(f"serving: {name} x{workers} {key} ...", flush=True)
+                cpu_before = _cpu_seconds(server.pid)
+                r = _load(url, concurrency, bodies[body], rate)
+                cpu = _cpu_seconds(server.pid) - cpu_before
+                r["rows_per_s"] = r["req_per_s"] * rows
+                r["cpu_ms_per_request"] = 1000 * cpu / max(r["requests"] + r["non_2xx"], 1)
+                results[name][key] = r
+        # How well the prediction log grouped its commits (the answering worker's counts).
+        metadata_url = servers["bentoml"][1].replace("/predict", "/metadata")
+        with urllib.request.urlopen(metadata_url) as m:
+            metadata = json.load(m)
+    finally:
+        for server, _ in servers.values():
+            server.stop()
+    stats = metadata["prediction_log"]
+    results["execution_provider"] = metadata["execution_provider"]
+    results["prediction_log"] = {
+        **stats,
+        "rows_per_commit": stats["rows_written"] / max(stats["commits"], 1),
+    }
+    results["ratio_bentoml_to_bare_req_per_s"] = {
+        key: results["bentoml"][key]["req_per_s"] / results["bare"][key]["req_per_s"]
+        for key in results["bentoml"]
+    }
+    return results
+
+
+def run(workers: tuple[int, ...] = WORKERS) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp) / "home"
         print("serving: training a model to serve ...", flush=True)
@@ -122,88 +202,41 @@ def run() -> dict:
             gate_max_abs_bias=1.0,
         )
         bodies = _bodies(work, Path(tmp))
-        results: dict = {"in_process": _in_process(work), "bentoml": {}, "bare": {}}
-        bento_port, bare_port = free_port(), free_port()
-        servers = {
-            "bentoml": bento_server(
-                home, bento_port, BREWCAST_SERVING_POLL_SECONDS="0", BREWCAST_SERVING_THREADS="1"
-            ),
-            "bare": ServerProcess(
-                [
-                    str(Path(sys.executable).with_name("uvicorn")),
-                    "benchmarks.bare_app:app",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(bare_port),
-                    "--log-level",
-                    "warning",
-                    "--no-access-log",
-                ],
-                f"http://127.0.0.1:{bare_port}/healthz",
-                Path(tmp) / "bare.log",
-                {"BARE_MODEL": str(work / "model.onnx")},
-                cwd=PROJECT_ROOT,
-            ),
+        results: dict = {"in_process": _in_process(work), "cpus": os.cpu_count()}
+        results["by_workers"] = {
+            str(n): _compare(home, work, Path(tmp), bodies, n) for n in workers
         }
-        urls = {
-            "bentoml": f"http://127.0.0.1:{bento_port}/predict",
-            "bare": f"http://127.0.0.1:{bare_port}/predict",
-        }
-        for name, server in servers.items():
-            server.start(timeout=180)
-            try:
-                _load(urls[name], 4, bodies["batch1"])  # warm-up
-                for body, rows, concurrency, rate in SCENARIOS:
-                    key = f"{body}_rate{rate:g}" if rate else f"{body}_c{concurrency}"
-                    print(f"serving: {name} {key} ...", flush=True)
-                    cpu_before = _cpu_seconds(server.pid)
-                    r = _load(urls[name], concurrency, bodies[body], rate)
-                    cpu = _cpu_seconds(server.pid) - cpu_before
-                    r["rows_per_s"] = r["req_per_s"] * rows
-                    r["cpu_ms_per_request"] = 1000 * cpu / max(r["requests"] + r["non_2xx"], 1)
-                    results[name][key] = r
-                if name == "bentoml":  # how well the prediction log grouped its commits
-                    with urllib.request.urlopen(urls[name].replace("/predict", "/metadata")) as m:
-                        metadata = json.load(m)
-                    stats = metadata["prediction_log"]
-                    results["execution_provider"] = metadata["execution_provider"]
-                    results["prediction_log"] = {
-                        **stats,
-                        "rows_per_commit": stats["rows_written"] / max(stats["commits"], 1),
-                    }
-            finally:
-                server.stop()
-        results["ratio_bentoml_to_bare_req_per_s"] = {
-            key: results["bentoml"][key]["req_per_s"] / results["bare"][key]["req_per_s"]
-            for key in results["bentoml"]
-        }
-        results["cpus"] = os.cpu_count()
-        results["closed_loop_generator"] = results["bentoml"]["batch1_c1"]["generator"]
+        first = results["by_workers"][str(workers[0])]
+        results["execution_provider"] = first.get("execution_provider")
+        results["closed_loop_generator"] = first["bentoml"]["batch1_c1"]["generator"]
         return results
 
 
 def markdown(result: dict) -> str:
-    lines = [
-        "| scenario | BentoML req/s | p50 / p99 ms | non-2xx | CPU ms/req | bare req/s "
-        "| p50 / p99 ms | CPU ms/req | BentoML / bare |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for key, ratio in result["ratio_bentoml_to_bare_req_per_s"].items():
-        b, f = result["bentoml"][key], result["bare"][key]
-        lines.append(
-            f"| {key} | {b['req_per_s']:.0f} | {b['p50_ms']:.1f} / {b['p99_ms']:.1f} | "
-            f"{b['non_2xx']} | {b['cpu_ms_per_request']:.2f} | {f['req_per_s']:.0f} | "
-            f"{f['p50_ms']:.1f} / {f['p99_ms']:.1f} | {f['cpu_ms_per_request']:.2f} | "
-            f"{ratio:.0%} |"
-        )
+    lines = []
+    for workers, one in result["by_workers"].items():
+        lines += [
+            f"\nBoth servers with {workers} worker process{'es' if workers != '1' else ''}:\n",
+            "| scenario | BentoML req/s | p50 / p99 ms | non-2xx | CPU ms/req | bare req/s "
+            "| p50 / p99 ms | CPU ms/req | BentoML / bare |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for key, ratio in one["ratio_bentoml_to_bare_req_per_s"].items():
+            b, f = one["bentoml"][key], one["bare"][key]
+            lines.append(
+                f"| {key} | {b['req_per_s']:.0f} | {b['p50_ms']:.1f} / {b['p99_ms']:.1f} | "
+                f"{b['non_2xx']} | {b['cpu_ms_per_request']:.2f} | {f['req_per_s']:.0f} | "
+                f"{f['p50_ms']:.1f} / {f['p99_ms']:.1f} | {f['cpu_ms_per_request']:.2f} | "
+                f"{ratio:.0%} |"
+            )
+        log_stats = one.get("prediction_log")
+        if log_stats:
+            lines.append(
+                f"\nBentoML's prediction log (sync, SQLite; the answering worker's count): "
+                f"{log_stats['rows_written']:,} rows in {log_stats['commits']:,} commits "
+                f"({log_stats['rows_per_commit']:.1f} rows each)."
+            )
     ip = result["in_process"]
-    log_stats = result.get("prediction_log")
-    if log_stats:
-        lines.append(
-            f"\nBentoML's prediction log (sync, SQLite): {log_stats['rows_written']:,} rows in "
-            f"{log_stats['commits']:,} commits ({log_stats['rows_per_commit']:.1f} rows each)."
-        )
     lines.append(
         f"\nClosed loops by {result.get('closed_loop_generator', 'httpx')}, the open loop by "
         "httpx (both in their own process, on the same cores as the servers)."
