@@ -105,8 +105,41 @@ def run() -> dict:
     result["ratio_ort_vs_predict_batch1"] = (
         one["keras_predict"]["p50_ms"] / one["ort_1thread_spin_off"]["p50_ms"]
     )
+    result["kernel_profile_4096"] = kernel_profile(model_bytes, raw_inputs(_sample(test, 4096)))
     result["gpu"] = gpu(model_bytes, test)
     return result
+
+
+def kernel_profile(model_bytes: bytes, inputs: dict, calls: int = 50) -> dict:
+    """Where one call's time goes inside the graph (1 thread), from onnxruntime's own
+    profiler: kernel microseconds per call by op type, and the rows/s the matrix products
+    alone would allow (a bound no input contract can lift)."""
+    import onnxruntime as ort
+
+    from models.export import OUTPUTS
+
+    with tempfile.TemporaryDirectory() as tmp:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = options.inter_op_num_threads = 1
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(tmp) / "ort")
+        session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+        for _ in range(calls):
+            session.run(list(OUTPUTS), inputs)
+        events = json.loads(Path(session.end_profiling()).read_text())
+    by_op: dict[str, float] = {}
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            op = event["args"]["op_name"]
+            by_op[op] = by_op.get(op, 0.0) + event["dur"] / calls
+    rows = len(next(iter(inputs.values())))
+    products = sum(us for op, us in by_op.items() if "Gemm" in op or "MatMul" in op)
+    return {
+        "rows": rows,
+        "kernel_us_per_call": sum(by_op.values()),
+        "by_op_us_per_call": dict(sorted(by_op.items(), key=lambda kv: -kv[1])),
+        "matrix_products_only_rows_per_s": rows / (products / 1e6) if products else None,
+    }
 
 
 def gpu(model_bytes: bytes, test: pd.DataFrame) -> dict:
@@ -181,6 +214,15 @@ def markdown(result: dict) -> str:
         f"Keras predict at batch 1; max |ORT - Keras| {parity:.1e}; "
         f"{result['threads_available']} usable CPU(s)."
     )
+    kernels = result.get("kernel_profile_4096")
+    if kernels:
+        ops = list(kernels["by_op_us_per_call"].items())[:6]
+        top = ", ".join(f"{op} {us:.0f}" for op, us in ops)
+        lines.append(
+            f"\nInside the graph at batch {kernels['rows']} (1 thread, onnxruntime's profiler): "
+            f"{kernels['kernel_us_per_call']:.0f} us of kernels per call ({top} us); the "
+            f"matrix products alone allow {kernels['matrix_products_only_rows_per_s']:,.0f} rows/s."
+        )
     gpu_result = result.get("gpu", {})
     if not gpu_result.get("measured"):
         lines.append(f"\nGPU: not measured ({gpu_result.get('why', 'not run')}).")

@@ -1,5 +1,5 @@
-"""The parts of the benchmark suite that run without a load: the GPU section and the wrk
-output parser. The benchmarks themselves run with `make bench`, never here."""
+"""The parts of the benchmark suite that run without a load: the GPU section, the kernel
+profile and the wrk output parser. The benchmarks themselves run with `make bench`, never here."""
 
 from __future__ import annotations
 
@@ -84,3 +84,19 @@ def test_wrk_output_is_parsed(monkeypatch, tmp_path):
     assert result["p50_ms"] == pytest.approx(12.11) and result["p99_ms"] == pytest.approx(17.72)
     assert result["req_per_s"] == pytest.approx((20587 - 7) / 4.02)
     assert load._ms("850us") == pytest.approx(0.85) and load._ms("1.5s") == 1500.0
+
+
+def test_kernel_profile_accounts_for_the_graph(trained):
+    """onnxruntime's profiler, read back: every op of the model shows up, the total is the
+    sum of its parts, and the matrix-product bound is at least the whole graph's rate."""
+    from models.inputs import raw_inputs
+
+    _, work = trained
+    frame = pd.read_parquet(work / "test.parquet").head(256)
+    profile = inference.kernel_profile((work / "model.onnx").read_bytes(), raw_inputs(frame), 5)
+    ops = profile["by_op_us_per_call"]
+    assert profile["rows"] == 256
+    assert "LabelEncoder" in ops and any("Gemm" in op or "MatMul" in op for op in ops)
+    assert profile["kernel_us_per_call"] == pytest.approx(sum(ops.values()))
+    whole_graph_rate = 256 / (profile["kernel_us_per_call"] / 1e6)
+    assert profile["matrix_products_only_rows_per_s"] > whole_graph_rate
