@@ -12,6 +12,7 @@ and the test split is the most recent data, as in production.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,7 +65,12 @@ def _hours(ts: pd.Series | pd.DatetimeIndex) -> np.ndarray:
     return np.asarray(pd.DatetimeIndex(ts).as_unit("us").asi8, dtype="float64") / 3.6e9
 
 
-def _original_gravity(batch: pd.Series, first_gravity: float) -> float:
+def _hour(stamp) -> float:
+    """:func:`_hours` of one timestamp, without building a Series for it."""
+    return float(pd.Timestamp(stamp).value // 1000) / 3.6e9  # value: always nanoseconds
+
+
+def _original_gravity(batch: Mapping, first_gravity: float) -> float:
     og = batch["original_gravity_plato"]
     low, high = FEATURES["original_gravity_plato"].min, FEATURES["original_gravity_plato"].max
     return float(og) if pd.notna(og) and low <= og <= high else first_gravity
@@ -91,7 +97,7 @@ def derive_outcomes(
             terminal = float(np.median(smooth[times >= last - 24.0]))
             reached = np.flatnonzero(smooth <= terminal + rules.terminal_tolerance_plato)
             first_reached = times[reached[0]]
-            og = _original_gravity(pd.Series(batch._asdict()), float(g["value"].iloc[0]))
+            og = _original_gravity(batch._asdict(), float(g["value"].iloc[0]))
             attenuation = (og - terminal) / og if og > 0 else np.nan
             closed = pd.notna(batch.end_time)
             if closed or (
@@ -125,20 +131,49 @@ def build_snapshots(
     known = outcomes[outcomes["status"] != "running"].set_index("batch_id")
     gravity = dict(tuple(_plausible(readings, "gravity_plato").groupby("batch_id", sort=False)))
     temperature = dict(tuple(_plausible(readings, "temperature_c").groupby("batch_id", sort=False)))
-    frames = []
+    parts: list[tuple[object, dict[str, np.ndarray]]] = []
     for batch in batches[batches["batch_id"].isin(known.index)].itertuples(index=False):
         g = gravity.get(batch.batch_id)
         if g is None:
             continue
-        frames.append(
-            _batch_snapshots(
-                batch, g, temperature.get(batch.batch_id), known.loc[batch.batch_id], rules
-            )
+        columns = _batch_snapshots(
+            batch, g, temperature.get(batch.batch_id), known.loc[batch.batch_id], rules
         )
-    if not frames:
+        if columns is not None:
+            parts.append((batch, columns))
+    if not parts:
         return FEATURES.empty()
-    frame = pd.concat(frames, ignore_index=True)
+    # One frame from all batches' columns: a DataFrame per batch and their concat were
+    # half of this function's time at 3,800 batches.
+    counts = [len(columns["hours_since_pitch"]) for _, columns in parts]
+    frame = pd.DataFrame(
+        {
+            **{
+                name: np.repeat([getattr(b, name) for b, _ in parts], counts) for name in _PER_BATCH
+            },
+            **{name: np.concatenate([c[name] for _, c in parts]) for name in parts[0][1]},
+        }
+    )
+    frame["season"] = season_of(pd.Series(np.repeat([b.start_time for b, _ in parts], counts)))
+    hours = frame.pop("snapshot_hours")
+    frame["snapshot_time"] = pd.to_datetime(
+        np.round(hours.to_numpy() * 3.6e9).astype("int64"), unit="us", utc=True
+    )
     return FEATURES.conform(frame, source="dataset builder")
+
+
+#: Snapshot columns that are the batch's own attributes, the same for all its snapshots.
+_PER_BATCH = (
+    "batch_id",
+    "fermenter",
+    "brand",
+    "yeast_strain",
+    "pitch_temperature_c",
+    "pitch_rate_million_cells_per_ml_plato",
+    "dissolved_oxygen_ppm",
+    "ambient_temperature_c",
+    "yeast_generation",
+)
 
 
 def _batch_snapshots(
@@ -147,28 +182,26 @@ def _batch_snapshots(
     temperature: pd.DataFrame | None,
     outcome: pd.Series,
     rules: LabelRules,
-) -> pd.DataFrame:
-    start = _hours(pd.Series([batch.start_time]))[0]
+) -> dict[str, np.ndarray] | None:
+    """One batch's snapshot columns (those that vary between its snapshots), or None when
+    it has no snapshot yet."""
+    start = _hour(batch.start_time)
     g_t = _hours(gravity["timestamp"])
     g_v = gravity["value"].to_numpy()
-    finish = (
-        np.nan
-        if pd.isna(outcome["finish_time"])
-        else _hours(pd.Series([outcome["finish_time"]]))[0]
-    )
+    finish = np.nan if pd.isna(outcome["finish_time"]) else _hour(outcome["finish_time"])
     until = g_t[-1] if np.isnan(finish) else min(g_t[-1], finish + rules.horizon_hours)
     t = start + np.arange(
         rules.snapshot_every_hours, until - start + 1e-9, rules.snapshot_every_hours
     )
     if t.size == 0:
-        return pd.DataFrame()
+        return None
 
     # Gravity known at t: readings with time <= t (searchsorted side="right").
     n = np.searchsorted(g_t, t, side="right")
     has = n > 0
     last = np.where(has, n - 1, 0)
     current = np.where(has, g_v[last], np.nan)
-    og = _original_gravity(pd.Series(batch._asdict()), float(g_v[0]))
+    og = _original_gravity(batch._asdict(), float(g_v[0]))
     # Least-squares slope over readings in (t - window, t], from cumulative sums.
     lo = np.searchsorted(g_t, t - SLOPE_WINDOW_HOURS, side="right")
     x = g_t - start
@@ -203,33 +236,20 @@ def _batch_snapshots(
         finished = finish <= t + rules.horizon_hours
         remaining = np.maximum(finish - t, 0.0)
 
-    snapshot_time = pd.to_datetime(np.round(t * 3.6e9).astype("int64"), unit="us", utc=True)
-    return pd.DataFrame(
-        {
-            "batch_id": batch.batch_id,
-            "snapshot_time": snapshot_time,
-            "fermenter": batch.fermenter,
-            "brand": batch.brand,
-            "yeast_strain": batch.yeast_strain,
-            "season": season_of(pd.Series([batch.start_time] * t.size)).to_numpy(),
-            "hours_since_pitch": t - start,
-            "original_gravity_plato": og,
-            "pitch_temperature_c": batch.pitch_temperature_c,
-            "pitch_rate_million_cells_per_ml_plato": batch.pitch_rate_million_cells_per_ml_plato,
-            "dissolved_oxygen_ppm": batch.dissolved_oxygen_ppm,
-            "ambient_temperature_c": batch.ambient_temperature_c,
-            "yeast_generation": batch.yeast_generation,
-            "current_gravity_plato": current,
-            "apparent_attenuation": (og - current) / og,
-            "gravity_slope_plato_per_day": slope,
-            "hours_since_last_gravity": np.where(has, t - g_t[last], np.nan),
-            "gravity_readings_count": n.astype("float64"),
-            "current_temperature_c": current_temp,
-            "mean_temperature_c": mean_temp,
-            "finished_within_horizon": finished,
-            "hours_remaining": remaining,
-        }
-    )
+    return {
+        "snapshot_hours": t,
+        "hours_since_pitch": t - start,
+        "original_gravity_plato": np.full(t.size, og),
+        "current_gravity_plato": current,
+        "apparent_attenuation": (og - current) / og,
+        "gravity_slope_plato_per_day": slope,
+        "hours_since_last_gravity": np.where(has, t - g_t[last], np.nan),
+        "gravity_readings_count": n.astype("float64"),
+        "current_temperature_c": current_temp,
+        "mean_temperature_c": mean_temp,
+        "finished_within_horizon": finished,
+        "hours_remaining": remaining,
+    }
 
 
 def split_by_batch_time(
