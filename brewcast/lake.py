@@ -197,8 +197,20 @@ def replace_table(
 
 def quarantine_file(lake_dir: Path, path: Path, reason: str, move: bool = True) -> Path:
     """Keep a file that cannot be read as a table, byte for byte, with a JSON reason, in
-    ``quarantine/files/``. Moves it (a drop file) or copies it (a lake file)."""
-    target = Path(lake_dir) / "quarantine" / "files" / path.name
+    ``quarantine/files/``. Moves it (a drop file) or copies it (a lake file).
+
+    Names never collide: a lake file is kept under its whole lake path (each date partition
+    holds files of the same names; quarantining it again replaces its own copy), and a drop
+    file whose name is already there gets a numbered one (the same name dropped twice)."""
+    lake_dir = Path(lake_dir)
+    folder = lake_dir / "quarantine" / "files"
+    if path.resolve().is_relative_to(lake_dir.resolve()):
+        target = folder / "__".join(path.resolve().relative_to(lake_dir.resolve()).parts)
+    else:
+        target, n = folder / path.name, 1
+        while target.exists():
+            n += 1
+            target = folder / f"{path.stem}-{n}{path.suffix}"
     target.parent.mkdir(parents=True, exist_ok=True)
     (shutil.move if move else shutil.copy2)(str(path), target)
     write_text(

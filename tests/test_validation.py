@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
@@ -222,6 +223,33 @@ def test_clean_lake_passes_and_revalidation_is_idempotent(settings, clean_world)
     assert validate_lake(settings, now=NOW).outcomes == []  # nothing new
     again = validate_lake(settings, everything=True, now=NOW)
     assert again.totals() == totals and digest() == before
+
+
+def test_lake_files_that_cannot_be_conformed_are_quarantined_whole_and_alone(settings, clean_world):
+    """Raw files of one schema are conformed together; when that fails (here a missing key
+    in two files), each file is tried alone, and only the culprits go to quarantine, kept
+    under names that do not collide (every date partition holds a file of the same name)."""
+    ingest_interval(settings, "simulator", CLEAN.start, CLEAN.end, CLEAN)
+    files = lake.partition_files(settings.lake_dir, "raw", READINGS)
+    bad = [files[0], files[-1]]
+    assert bad[0].name == bad[1].name
+    for path in bad:
+        table = pq.read_table(path)
+        ids = table.column("batch_id").to_pylist()
+        ids[0] = None
+        column = table.schema.get_field_index("batch_id")
+        pq.write_table(table.set_column(column, "batch_id", pa.array(ids, pa.string())), path)
+    bad_rows = sum(pq.read_metadata(p).num_rows for p in bad)
+
+    run = validate_lake(settings, now=NOW)
+    totals = run.totals()["readings"]
+    assert totals["published"] == len(clean_world.readings) - bad_rows
+    kept = sorted((settings.lake_dir / "quarantine" / "files").glob("*.parquet"))
+    assert len(kept) == 2
+    for path, copy in zip(bad, kept, strict=True):
+        assert copy.read_bytes() == path.read_bytes()  # every byte kept
+        reason = json.loads(copy.with_name(copy.name + ".reason.json").read_text())
+        assert "batch_id" in reason["reason"] and reason["from"] == str(path)
 
 
 def test_lake_with_simulated_bad_records_loses_nothing(settings, small_world):

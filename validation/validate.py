@@ -11,6 +11,7 @@ rewrites the same files, so validation is idempotent.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import shutil
@@ -491,6 +492,38 @@ def _read_or_error(path: Path) -> pa.Table | Exception:
         return exc
 
 
+def _conform_files(
+    table: Table, paths: list[Path], reads: list[pa.Table | Exception]
+) -> list[pd.DataFrame | Exception]:
+    """Each raw file as a conformed frame, or why it cannot be (to quarantine it whole).
+
+    Files of one schema are converted and conformed together, then sliced: one pandas
+    conversion and one conform per call instead of one each per file (3,800 files at 1M
+    readings, most of validate's time). Mixed schemas, or a conform error, fall back to
+    file by file, so a bad file takes only itself to quarantine."""
+    tables = [r for r in reads if not isinstance(r, Exception)]
+    if len(tables) > 1 and all(t.schema == tables[0].schema for t in tables):
+        try:
+            whole = table.conform(pa.concat_tables(tables).to_pandas(), source="raw files")
+        except (SchemaError, pa.ArrowException):
+            pass  # find the culprit file by file below
+        else:
+            starts = np.cumsum([0, *(t.num_rows for t in tables)])
+            slices = iter(
+                whole.iloc[a:b].reset_index(drop=True) for a, b in itertools.pairwise(starts)
+            )
+            return [r if isinstance(r, Exception) else next(slices) for r in reads]
+    out: list[pd.DataFrame | Exception] = []
+    for path, read in zip(paths, reads, strict=True):
+        try:
+            if isinstance(read, Exception):
+                raise read
+            out.append(table.conform(read.to_pandas(), source=str(path)))
+        except (SchemaError, pa.ArrowException, OSError) as exc:
+            out.append(exc)
+    return out
+
+
 def validate_lake(
     settings: Settings, everything: bool = False, now: pd.Timestamp | None = None
 ) -> ValidationRun:
@@ -508,13 +541,10 @@ def validate_lake(
             f for f in files if everything or _needs_validation(settings, f, table, "validated")
         ]
         parts = []
-        for path, read in zip(todo, lake.io_map(_read_or_error, todo), strict=True):
-            try:
-                if isinstance(read, Exception):
-                    raise read
-                frame = table.conform(read.to_pandas(), source=str(path))
-            except (SchemaError, pa.ArrowException, OSError) as exc:
-                lake.quarantine_file(settings.lake_dir, path, str(exc), move=False)
+        conformed = _conform_files(table, todo, lake.io_map(_read_or_error, todo))
+        for path, frame in zip(todo, conformed, strict=True):
+            if isinstance(frame, Exception):
+                lake.quarantine_file(settings.lake_dir, path, str(frame), move=False)
                 continue
             parts.append(
                 Part(frame, path.parent.name.removeprefix("date="), _label_of(path), str(path))
