@@ -132,6 +132,21 @@ def test_bad_drop_files_are_rejected_with_reasons_and_kept(settings, small_world
     assert report.readings == 10 and report.batches == 3  # good files still went through
 
 
+def test_a_bad_file_dropped_twice_under_one_name_is_kept_twice(settings):
+    drop = settings.drop_path
+    drop.mkdir(parents=True)
+    first, second = "batch_id,tag\nb1,x\n", "batch_id,tag\nb2,y\n"
+    for content in (first, second):
+        (drop / "readings_bad.csv").write_text(content)
+        assert "readings_bad.csv" in ingest_drop_folder(settings).rejected
+    kept = settings.lake_dir / "quarantine" / "files"
+    assert (kept / "readings_bad.csv").read_text() == first
+    assert (kept / "readings_bad-2.csv").read_text() == second
+    assert json.loads((kept / "readings_bad-2.csv.reason.json").read_text())["file"] == (
+        "readings_bad.csv"
+    )
+
+
 def test_missing_drop_folder_is_a_clear_error(settings):
     with pytest.raises(IngestError, match=r"drop folder .* does not exist"):
         ingest_drop_folder(settings)
