@@ -153,4 +153,9 @@ def markdown(result: dict) -> str:
 
 
 if __name__ == "__main__":
-    print(json.dumps(measure(int(sys.argv[1]))))
+    if len(sys.argv) > 1:  # one size, in this fresh process (how run() measures each size)
+        print(json.dumps(measure(int(sys.argv[1]))))
+    else:
+        outcome = run()
+        print(json.dumps(outcome, indent=2))
+        print(markdown(outcome))
