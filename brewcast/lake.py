@@ -202,10 +202,10 @@ def quarantine_file(lake_dir: Path, path: Path, reason: str, move: bool = True) 
     Names never collide: a lake file is kept under its whole lake path (each date partition
     holds files of the same names; quarantining it again replaces its own copy), and a drop
     file whose name is already there gets a numbered one (the same name dropped twice)."""
-    lake_dir = Path(lake_dir)
-    folder = lake_dir / "quarantine" / "files"
-    if path.resolve().is_relative_to(lake_dir.resolve()):
-        target = folder / "__".join(path.resolve().relative_to(lake_dir.resolve()).parts)
+    folder = Path(lake_dir) / "quarantine" / "files"
+    source, lake_root = path.resolve(), Path(lake_dir).resolve()
+    if source.is_relative_to(lake_root):
+        target = folder / "__".join(source.relative_to(lake_root).parts)
     else:
         target, n = folder / path.name, 1
         while target.exists():

@@ -245,6 +245,8 @@ class PredictionLog:
         """Queue ``rows`` without waiting. Sync mode: a future that completes when they are
         committed; async mode: None (rows a full queue cannot take are counted as
         dropped)."""
+        if not rows:
+            return None
         done: Future | None = Future() if self.mode == "sync" else None
         self._enqueue(rows, done)
         return done
@@ -254,6 +256,8 @@ class PredictionLog:
         thread. The writer wakes the loop once per commit for all its waiters, where
         ``asyncio.wrap_future`` would wake it once per request. The caller bounds the wait
         (BentoML's traffic timeout cancels the request; a cancelled waiter is skipped)."""
+        if not rows:
+            return
         if self.mode == "async":
             self._enqueue(rows, None)
             return
@@ -262,12 +266,6 @@ class PredictionLog:
         await done
 
     def _enqueue(self, rows: list[dict], done: Waiter) -> None:
-        if not rows:
-            if isinstance(done, Future):
-                done.set_result(None)
-            elif done is not None:
-                done.get_loop().call_soon(_settle, [done], None)
-            return
         with self._cond:
             if self._closed:
                 raise RuntimeError("prediction log is closed")
