@@ -354,6 +354,9 @@ class PredictionLog:
 
     # -- labels and reads ------------------------------------------------------------------
     def add_labels(self, rows: list[dict], source: str) -> int:
+        """Store labels; none is a no-op (an INSERT of no rows would insert an empty one)."""
+        if not rows:
+            return 0
         now = pd.Timestamp.now("UTC").to_pydatetime()
         with self.engine.begin() as conn:
             conn.execute(
