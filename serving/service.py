@@ -10,8 +10,17 @@
   schema; BentoML's ``/healthz``, ``/livez``, ``/readyz`` (ready once a model is loaded) and
   ``/metrics`` (Prometheus, with brewcast's own metrics).
 
-Known BentoML costs, avoided: responses are pydantic models (a bare list/ndarray return
-regenerates a JSON schema per response), and OpenTelemetry is told to skip every URL.
+Known BentoML costs, avoided:
+
+* a bare list/ndarray return regenerates a JSON schema per response: ``/predict`` answers
+  JSON bytes it built with orjson (BentoML passes a returned ``Response`` through), while
+  ``output_spec`` keeps ``PredictResponse`` as the documented schema;
+* the request models are positional-only ("root") inputs, so BentoML hands the validated
+  model over as it is instead of copying its fields one by one (through a pydantic
+  deprecation warning on every request); the JSON body is the same;
+* BentoML binds an API method anew on every request (``inspect.signature``,
+  ``functools.wraps``): the service binds each once at start;
+* OpenTelemetry is told to skip every URL.
 """
 
 from __future__ import annotations
@@ -29,16 +38,16 @@ import pandas as pd
 import prometheus_client
 from bentoml.exceptions import BentoMLException
 from fastapi import FastAPI
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 from brewcast.schema import FEATURES, OOV, schema_fingerprint, slice_keys
 from brewcast.settings import get_settings
 from serving.api_models import (
+    FeedbackRequest,
     FeedbackResponse,
-    Label,
-    Prediction,
+    PredictRequest,
     PredictResponse,
-    Snapshot,
+    predict_response_json,
 )
 from serving.model import VOCABULARY, ModelHolder
 from serving.prediction_log import COMMIT_TIMEOUT_S, SLICE_KEYS, PredictionLog
@@ -226,6 +235,10 @@ _SETTINGS = get_settings()
 @bentoml.asgi_app(routes, path="/")
 class FermentationService:
     def __init__(self) -> None:
+        # BentoML's API descriptor builds a bound method on every request; an instance
+        # attribute shadows it (a non-data descriptor), so each is bound once, here.
+        for name in FermentationService.apis:
+            setattr(self, name, getattr(self, name))
         self.settings = get_settings()
         self.holder = ModelHolder(self.settings)
         self.holder.refresh()
@@ -259,19 +272,23 @@ class FermentationService:
         self.log.close()
 
     def _export_log_stats(self) -> None:
+        """Counter increments are shared-memory writes under BentoML's multiprocess
+        Prometheus: only the ones that change something are made."""
         written, dropped = self.log.stats.rows_written, self.log.stats.rows_dropped
-        LOG_WRITTEN.inc(written - self._reported[0])
-        LOG_DROPPED.inc(dropped - self._reported[1])
+        if written != self._reported[0]:
+            LOG_WRITTEN.inc(written - self._reported[0])
+        if dropped != self._reported[1]:
+            LOG_DROPPED.inc(dropped - self._reported[1])
         self._reported = (written, dropped)
 
-    @bentoml.api(route="/predict")
-    async def predict(self, rows: list[Snapshot]) -> PredictResponse:
+    @bentoml.api(route="/predict", output_spec=PredictResponse)
+    async def predict(self, request: PredictRequest, /) -> Response:
         """Score fermentation snapshots with the champion model."""
         model = self.holder.current  # this request's model, even if a swap happens now
         if model is None:
             raise _refuse(503, f"no model loaded yet: {self.holder.last_error}")
         # The validated fields (extra fields are refused), without model_dump's copy.
-        records = [vars(r) for r in rows]
+        records = [vars(r) for r in request.rows]
         served_at = pd.Timestamp.now("UTC").to_pydatetime()
         started = time.perf_counter()
         # Async, so a request waiting for its log commit holds no thread: every waiting
@@ -290,28 +307,15 @@ class FermentationService:
             raise _refuse(503, f"prediction log unavailable, nothing served: {exc}") from exc
         self._export_log_stats()
         self.metrics.record(model.version, records, log_rows)
-        return PredictResponse.model_construct(
-            model_version=model.version,
-            threshold=model.threshold,
-            horizon_hours=model.horizon_hours,
-            # Our own values, already typed: built without pydantic's validation.
-            predictions=[
-                Prediction.model_construct(
-                    prediction_id=row["prediction_id"],
-                    probability=row["probability"],
-                    decision=row["decision"],
-                    hours_remaining=row["hours_remaining"],
-                    unknown_categories=(
-                        row["unknown_categories"].split(",") if row["unknown_categories"] else []
-                    ),
-                )
-                for row in log_rows
-            ],
+        return Response(
+            predict_response_json(model.version, model.threshold, model.horizon_hours, log_rows),
+            media_type="application/json",
         )
 
     @bentoml.api(route="/feedback")
-    def feedback(self, labels: list[Label]) -> FeedbackResponse:
+    def feedback(self, request: FeedbackRequest, /) -> FeedbackResponse:
         """Ground truth for earlier predictions: by prediction id, or by batch finish time."""
+        labels = request.labels
         for i, label in enumerate(labels):
             if (label.prediction_id is None) == (label.batch_id is None):
                 raise _refuse(422, f"labels[{i}]: give exactly one of prediction_id or batch_id")

@@ -182,6 +182,23 @@ def test_non_json_oversize_and_auth(service):
     assert r.status_code == 413 and f"over {2**20} bytes" in r.text
 
 
+def test_openapi_documents_the_request_and_response_models(service):
+    """/predict answers bytes and takes its body as one model; the API docs must still say
+    what goes in and what comes out."""
+    _, url = service
+    spec = httpx.get(f"{url}/docs.json").json()["paths"]["/predict"]["post"]
+    request = spec["requestBody"]["content"]["application/json"]["schema"]
+    response = spec["responses"]["200"]["content"]["application/json"]["schema"]
+    assert request["required"] == ["rows"] and request["properties"]["rows"]["minItems"] == 1
+    assert request["additionalProperties"] is False
+    assert set(response["required"]) == {
+        "model_version",
+        "threshold",
+        "horizon_hours",
+        "predictions",
+    }
+
+
 def test_unknown_categories_are_served_as_oov_and_flagged(service):
     _, url = service
     rows = [{"brand": "mystery_ale", "fermenter": "FV01"}, {"brand": None, "fermenter": "FV01"}]
@@ -207,6 +224,11 @@ def test_feedback_round_trip(service, champion_home):
     assert r.json() == {"accepted": 2, "unknown_prediction_ids": ["nope"]}
     bad = httpx.post(f"{url}/feedback", json={"labels": [{"prediction_id": ids[0]}]}, headers=KEY)
     assert bad.status_code == 422 and "finished_within_horizon" in bad.text
+    # Nothing to accept is an answer, not a 500 (it once tried to insert an empty label).
+    only_unknown = [{"prediction_id": "gone", "finished_within_horizon": True}]
+    r = httpx.post(f"{url}/feedback", json={"labels": only_unknown}, headers=KEY)
+    assert r.status_code == 200, r.text
+    assert r.json() == {"accepted": 0, "unknown_prediction_ids": ["gone"]}
     with sqlite3.connect(settings.home / "predictions.db") as db:
         assert (
             db.execute("select count(*) from labels where prediction_id = ?", (ids[0],)).fetchone()[

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from serving import runtime
-from serving.api_models import request_feature_names
+from serving.api_models import PredictResponse, predict_response_json, request_feature_names
 from serving.prediction_log import PredictionLog, metadata, new_prediction_ids, prediction_row
 
 
@@ -255,6 +255,47 @@ def test_request_model_follows_the_schema():
     from brewcast.schema import FEATURES
 
     assert set(request_feature_names()) == {c.name for c in FEATURES.by_role("feature")}
+
+
+def test_response_json_is_what_pydantic_makes_of_the_response_model():
+    """/predict answers bytes from orjson, not the model's serialiser; they must agree."""
+    rows = [
+        {
+            "prediction_id": "0190a3b4-0000-7000-8000-000000000001",
+            "probability": 0.8125,
+            "decision": True,
+            "hours_remaining": 3.5,
+            "unknown_categories": "brand,fermenter",
+        },
+        {
+            "prediction_id": "0190a3b4-0000-7000-8000-000000000002",
+            "probability": 1e-7,
+            "decision": False,
+            "hours_remaining": 80.25,
+            "unknown_categories": "",
+        },
+    ]
+    got = predict_response_json("12", 0.4, 24.0, rows)
+    expected = PredictResponse(
+        model_version="12",
+        threshold=0.4,
+        horizon_hours=24.0,
+        predictions=[
+            {**row, "unknown_categories": ["brand", "fermenter"] if i == 0 else []}
+            for i, row in enumerate(rows)
+        ],
+    )
+    assert json.loads(got) == json.loads(expected.model_dump_json())
+    assert PredictResponse.model_validate_json(got) == expected
+
+
+def test_no_labels_is_a_no_op(tmp_path):
+    log = PredictionLog(f"sqlite:///{tmp_path / 'l.db'}", "sync")
+    try:
+        assert log.add_labels([], source="api") == 0
+        assert log.read_labels().empty
+    finally:
+        log.close()
 
 
 def test_request_rows_become_the_same_inputs_as_a_frame(trained):
