@@ -1,5 +1,7 @@
-"""Serving: the BentoML service vs a bare Starlette+onnxruntime app (the floor of HTTP cost)
-vs onnxruntime in-process (the ceiling), same model, same rows, measured in one run.
+"""Serving: the BentoML service vs BentoML's own floor (an empty service configured the
+same, with the same request model: what the framework costs) vs a bare Starlette+onnxruntime
+app (the floor of HTTP cost) vs onnxruntime in-process (the ceiling), same model, same
+rows, measured in one run.
 
 A load generator in its own process (wrk when installed, else httpx) sends batch-1 requests
 in a closed loop at concurrency 1, 16 and 64, 64-row requests at concurrency 16, and batch-1
@@ -7,7 +9,8 @@ requests in an open loop at a fixed rate (the same offered load to both servers)
 are counted apart. Both servers run with 1 worker process, then with 2 (one per core).
 Reported:
 req/s, rows/s, p50/p99, the servers' CPU time per request (their whole process trees), and
-the ratios BentoML / bare and bare / in-process.
+the ratios BentoML / bare, BentoML floor / bare (the framework's share of the gap) and
+BentoML / BentoML floor (brewcast's own share).
 Targets on 2 cores: batch-1 >= 2,000 req/s at p99 <= 20 ms; 64-row >= 150,000 rows/s.
 """
 
@@ -114,13 +117,20 @@ WORKERS = (1, 2)
 
 
 def _servers(home: Path, work: Path, tmp: Path, workers: int) -> dict[str, tuple]:
-    """BentoML and the bare app, each with ``workers`` processes: (server, /predict URL)."""
-    bento_port, bare_port = free_port(), free_port()
+    """brewcast's BentoML service, BentoML's floor and the bare app, each with ``workers``
+    processes: (server, /predict URL)."""
+    bento_port, floor_port, bare_port = free_port(), free_port(), free_port()
     bento = bento_server(
         home,
         bento_port,
         BREWCAST_SERVING_POLL_SECONDS="0",
         BREWCAST_SERVING_THREADS="1",
+        BREWCAST_SERVING_WORKERS=str(workers),
+    )
+    floor = bento_server(
+        home,
+        floor_port,
+        "benchmarks.bentoml_floor:BentoMLFloor",
         BREWCAST_SERVING_WORKERS=str(workers),
     )
     bare = ServerProcess(
@@ -144,14 +154,15 @@ def _servers(home: Path, work: Path, tmp: Path, workers: int) -> dict[str, tuple
     )
     return {
         "bentoml": (bento, f"http://127.0.0.1:{bento_port}/predict"),
+        "bentoml_floor": (floor, f"http://127.0.0.1:{floor_port}/predict"),
         "bare": (bare, f"http://127.0.0.1:{bare_port}/predict"),
     }
 
 
 def _compare(home: Path, work: Path, tmp: Path, bodies: dict, workers: int) -> dict:
-    """Both servers up at once; each scenario loads BentoML, then the bare app, back to back,
+    """All servers up at once; each scenario loads them one after the other, back to back,
     so that the machine's drift over minutes (2x here) falls on both sides of a ratio."""
-    results: dict = {"workers": workers, "bentoml": {}, "bare": {}}
+    results: dict = {"workers": workers, "bentoml": {}, "bentoml_floor": {}, "bare": {}}
     servers = _servers(home, work, tmp, workers)
     try:
         for server, url in servers.values():
@@ -180,11 +191,20 @@ def _compare(home: Path, work: Path, tmp: Path, bodies: dict, workers: int) -> d
         **stats,
         "rows_per_commit": stats["rows_written"] / max(stats["commits"], 1),
     }
-    results["ratio_bentoml_to_bare_req_per_s"] = {
-        key: results["bentoml"][key]["req_per_s"] / results["bare"][key]["req_per_s"]
-        for key in results["bentoml"]
-    }
+    for name, over, under in RATIOS:
+        results[name] = {
+            key: results[over][key]["req_per_s"] / results[under][key]["req_per_s"]
+            for key in results[over]
+        }
     return results
+
+
+#: (JSON key, server, against server): req/s of one over the other, per scenario.
+RATIOS = (
+    ("ratio_bentoml_to_bare_req_per_s", "bentoml", "bare"),
+    ("ratio_floor_to_bare_req_per_s", "bentoml_floor", "bare"),
+    ("ratio_bentoml_to_floor_req_per_s", "bentoml", "bentoml_floor"),
+)
 
 
 def run(workers: tuple[int, ...] = WORKERS) -> dict:
@@ -216,18 +236,23 @@ def markdown(result: dict) -> str:
     lines = []
     for workers, one in result["by_workers"].items():
         lines += [
-            f"\nBoth servers with {workers} worker process{'es' if workers != '1' else ''}:\n",
-            "| scenario | BentoML req/s | p50 / p99 ms | non-2xx | CPU ms/req | bare req/s "
-            "| p50 / p99 ms | CPU ms/req | BentoML / bare |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+            f"\nEach server with {workers} worker process{'es' if workers != '1' else ''}:\n",
+            "| scenario | BentoML req/s | p50 / p99 ms | non-2xx (all) | CPU ms/req "
+            "| floor req/s | p50 / p99 ms | CPU ms/req | bare req/s | p50 / p99 ms | CPU ms/req "
+            "| BentoML / bare | floor / bare | BentoML / floor |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
-        for key, ratio in one["ratio_bentoml_to_bare_req_per_s"].items():
-            b, f = one["bentoml"][key], one["bare"][key]
+        for key in one["ratio_bentoml_to_bare_req_per_s"]:
+            b, fl, f = (one[name][key] for name in ("bentoml", "bentoml_floor", "bare"))
             lines.append(
                 f"| {key} | {b['req_per_s']:.0f} | {b['p50_ms']:.1f} / {b['p99_ms']:.1f} | "
-                f"{b['non_2xx']} | {b['cpu_ms_per_request']:.2f} | {f['req_per_s']:.0f} | "
+                f"{b['non_2xx'] + fl['non_2xx'] + f['non_2xx']} | "
+                f"{b['cpu_ms_per_request']:.2f} | "
+                f"{fl['req_per_s']:.0f} | {fl['p50_ms']:.1f} / {fl['p99_ms']:.1f} | "
+                f"{fl['cpu_ms_per_request']:.2f} | {f['req_per_s']:.0f} | "
                 f"{f['p50_ms']:.1f} / {f['p99_ms']:.1f} | {f['cpu_ms_per_request']:.2f} | "
-                f"{ratio:.0%} |"
+                + " | ".join(f"{one[name][key]:.0%}" for name, _, _ in RATIOS)
+                + " |"
             )
         log_stats = one.get("prediction_log")
         if log_stats:

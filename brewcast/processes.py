@@ -146,16 +146,21 @@ def airflow_env(
     }
 
 
-def bento_server(brewcast_home: Path, port: int, **env: str) -> ServerProcess:
-    """``bentoml serve serving.service:FermentationService`` for ``brewcast_home`` (its
-    BentoML store under it), ready when ``/readyz`` answers."""
+def bento_server(
+    brewcast_home: Path,
+    port: int,
+    service: str = "serving.service:FermentationService",
+    **env: str,
+) -> ServerProcess:
+    """``bentoml serve SERVICE`` (brewcast's by default) for ``brewcast_home`` (its BentoML
+    store under it), ready when ``/readyz`` answers."""
     bentoml = str(Path(sys.executable).with_name("bentoml"))
     home = Path(brewcast_home)
     return ServerProcess(
         [
             bentoml,
             "serve",
-            "serving.service:FermentationService",
+            service,
             "--host",
             "127.0.0.1",
             "--port",
