@@ -136,6 +136,20 @@ def create_tables(engine: sa.Engine, attempts: int = 5) -> None:
             time.sleep(0.05 * (attempt + 1))
 
 
+def _memoized(process):
+    """``process`` remembering its answers: each distinct value is converted once."""
+    seen: dict = {}
+
+    def run(value):
+        try:
+            return seen[value]
+        except KeyError:
+            seen[value] = out = process(value)
+            return out
+
+    return run
+
+
 class _SqliteInserter:
     """SQLite: the writer thread keeps one driver connection and calls its ``executemany``
     on tuples built with the columns' own bind processors. SQLAlchemy's per-row parameter
@@ -156,6 +170,9 @@ class _SqliteInserter:
             for n in names
         ]
         self._plan = list(zip(names, processors, strict=True))
+        #: Columns whose values repeat within a commit (a request's rows share one served_at)
+        #: and whose processor is slow Python (SQLAlchemy formats a datetime through a dict).
+        self._memoized = {n for n in names if isinstance(columns[n].type, sa.DateTime)}
         self._sql = str(compiled)
         database = engine.url.database
         self._turns = (
@@ -166,10 +183,14 @@ class _SqliteInserter:
         self._connection = engine.raw_connection()
 
     def __call__(self, rows: list[dict]) -> None:
+        plan = [
+            (name, _memoized(process) if name in self._memoized else process)
+            for name, process in self._plan
+        ]
         parameters = [
             tuple(
                 row.get(name) if process is None else process(row.get(name))
-                for name, process in self._plan
+                for name, process in plan
             )
             for row in rows
         ]
