@@ -49,8 +49,9 @@ from serving.api_models import (
     PredictResponse,
     predict_response_json,
 )
+from serving.bento_config import service_config
 from serving.model import VOCABULARY, ModelHolder
-from serving.prediction_log import COMMIT_TIMEOUT_S, SLICE_KEYS, PredictionLog
+from serving.prediction_log import SLICE_KEYS, PredictionLog
 
 log = logging.getLogger("brewcast.serving")
 
@@ -222,16 +223,7 @@ class RequestGuard:
 _SETTINGS = get_settings()
 
 
-@bentoml.service(
-    name="brewcast",
-    workers=_SETTINGS.serving_workers,
-    threads=_SETTINGS.serving_api_threads,
-    # The timeout bounds every request, its prediction-log commit included (then a 504).
-    traffic={"timeout": COMMIT_TIMEOUT_S, "max_concurrency": 256},
-    metrics={"enabled": True},
-    logging={"access": {"enabled": _SETTINGS.serving_access_log}},
-    tracing={"sample_rate": 0.0, "excluded_urls": [".*"]},
-)
+@bentoml.service(name="brewcast", **service_config(_SETTINGS))
 @bentoml.asgi_app(routes, path="/")
 class FermentationService:
     def __init__(self) -> None:
