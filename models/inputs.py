@@ -68,12 +68,14 @@ def raw_inputs(frame: pd.DataFrame) -> dict[str, np.ndarray]:
 def raw_inputs_from_records(records: list[dict]) -> dict[str, np.ndarray]:
     """:func:`raw_inputs` for request rows (dicts), without building a DataFrame: the serving
     hot path (pandas costs ~1.7 ms a request here, this ~20 us)."""
-    out: dict[str, np.ndarray] = {}
-    for name in NUMERIC:
-        column = [r.get(name) for r in records]
-        out[name] = np.array(
-            [np.nan if v is None else v for v in column], dtype=np.float32
-        ).reshape(-1, 1)
+    # One conversion for every number (numpy reads None as NaN), then a contiguous row of
+    # the transpose per column: a third of one conversion per column at batch 1.
+    numbers = (
+        np.array([r.get(name) for r in records for name in NUMERIC], dtype=np.float32)
+        .reshape(len(records), len(NUMERIC))
+        .T.copy()
+    )
+    out: dict[str, np.ndarray] = {name: numbers[i].reshape(-1, 1) for i, name in enumerate(NUMERIC)}
     for name in CATEGORICAL:
         out[name] = np.array([r.get(name) or "" for r in records], dtype=object).reshape(-1, 1)
     return out
