@@ -55,6 +55,13 @@ class ServedModel:
         """Predict, decide at the model's threshold, and build one prediction-log row per
         record: what the service answers and logs (and what a replay logs in process)."""
         probability, hours = self.predict(records)
+        return self.log_rows(records, served_at, probability, hours)
+
+    def log_rows(
+        self, records: list[dict], served_at, probability: np.ndarray, hours: np.ndarray
+    ) -> list[dict]:
+        """The prediction-log rows of ``records`` scored ``probability`` and ``hours``,
+        decided at the model's threshold."""
         ids = new_prediction_ids(len(records))
         rows = []
         for prediction_id, record, p, h in zip(

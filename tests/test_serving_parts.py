@@ -351,3 +351,99 @@ def test_large_numeric_batches_are_io_bound_on_a_gpu_session(monkeypatch):
     (y,) = session.run({"x": x[:10]}, ["y"])  # small batches are not bound
     assert len(bound) == 1 and np.array_equal(y, x[:10])
     onnx.checker.check_model(model)
+
+
+def _records(workdir, n: int) -> list[dict]:
+    from brewcast.schema import FEATURES
+
+    frame = pd.read_parquet(workdir / "test.parquet").head(n)
+    return json.loads(
+        frame[[c.name for c in FEATURES.by_role("feature")]].to_json(orient="records")
+    )
+
+
+def test_requests_of_one_loop_turn_are_scored_in_one_call(trained):
+    """Five concurrent requests: one onnxruntime call, and each gets what scoring it alone
+    gives (the real exported model)."""
+    import numpy as np
+
+    from serving.coalesce import ScoringCoalescer
+    from serving.model import served_model
+
+    settings, workdir = trained
+    model = served_model((workdir / "model.onnx").read_bytes(), "7", "test", settings)
+    records = _records(workdir, 9)
+    requests = [records[0:1], records[1:3], records[3:4], records[4:8], records[8:9]]
+    coalescer = ScoringCoalescer()
+
+    async def serve_all():
+        return await asyncio.gather(*(coalescer.score(model, r, None) for r in requests))
+
+    answers = asyncio.run(serve_all())
+    assert coalescer.calls == 1
+    for request, rows in zip(requests, answers, strict=True):
+        alone = model.score(request, None)
+        assert len(rows) == len(request)
+        np.testing.assert_allclose(
+            [r["probability"] for r in rows], [r["probability"] for r in alone], atol=1e-6
+        )
+        np.testing.assert_allclose(
+            [r["hours_remaining"] for r in rows], [r["hours_remaining"] for r in alone], atol=1e-4
+        )
+        assert [r["decision"] for r in rows] == [
+            r["probability"] >= 0.0 + model.threshold for r in rows
+        ]
+    ids = [r["prediction_id"] for rows in answers for r in rows]
+    assert len(set(ids)) == 9
+
+
+class _PickyModel:
+    """Stands in for a ServedModel whose call fails on one request's rows, to check that
+    coalescing gives that error to that request only."""
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def predict(self, records):
+        import numpy as np
+
+        self.calls.append(len(records))
+        if any(r.get("poison") for r in records):
+            raise ValueError("poisoned row")
+        return np.full(len(records), 0.5), np.full(len(records), 3.0)
+
+    def log_rows(self, records, served_at, probability, hours):
+        return [{"p": p, "h": h} for p, h in zip(probability, hours, strict=True)]
+
+
+def test_a_failing_request_fails_alone_when_coalesced():
+    from serving.coalesce import ScoringCoalescer
+
+    model, coalescer = _PickyModel(), ScoringCoalescer()
+    requests = [[{}], [{"poison": True}], [{}, {}]]
+
+    async def serve_all():
+        return await asyncio.gather(
+            *(coalescer.score(model, r, None) for r in requests), return_exceptions=True
+        )
+
+    first, second, third = asyncio.run(serve_all())
+    assert model.calls == [4, 1, 1, 2]  # together, then each alone
+    assert first == [{"p": 0.5, "h": 3.0}] and len(third) == 2
+    assert isinstance(second, ValueError)
+
+
+def test_a_cancelled_request_is_skipped_and_the_rest_are_answered():
+    from serving.coalesce import ScoringCoalescer
+
+    model, coalescer = _PickyModel(), ScoringCoalescer()
+
+    async def serve():
+        gone = asyncio.ensure_future(coalescer.score(model, [{}], None))
+        kept = asyncio.ensure_future(coalescer.score(model, [{}, {}], None))
+        await asyncio.sleep(0)  # both queued
+        gone.cancel()
+        return await kept, gone
+
+    kept, gone = asyncio.run(serve())
+    assert len(kept) == 2 and gone.cancelled()
