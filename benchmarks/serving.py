@@ -75,6 +75,35 @@ def _in_process(work: Path) -> dict:
     return out
 
 
+def _log_ceiling(work: Path, folder: Path, seconds: float = 4.0) -> dict:
+    """What the prediction log alone commits: sync mode on SQLite, the 64-row body's real log
+    rows per commit, one writer, in process, nothing else running. A service that logs every
+    row to SQLite before answering cannot serve more rows/s than this, with any number of
+    workers (their commits take turns)."""
+    from brewcast.settings import Settings
+    from serving.model import served_model
+    from serving.prediction_log import PredictionLog, new_prediction_ids
+
+    settings = Settings(home=folder / "ceiling")
+    model = served_model((work / "model.onnx").read_bytes(), "1", "ceiling", settings)
+    features = [c.name for c in FEATURES.by_role("feature")]
+    records = json.loads(
+        pd.read_parquet(work / "test.parquet")[features].head(64).to_json(orient="records")
+    )
+    rows = model.score(records, pd.Timestamp.now("UTC").to_pydatetime())
+    log = PredictionLog(f"sqlite:///{settings.home / 'ceiling.db'}", "sync")
+    try:
+        written, began = 0, time.perf_counter()
+        while time.perf_counter() - began < seconds:
+            ids = new_prediction_ids(len(rows))
+            log.write([{**row, "prediction_id": i} for row, i in zip(rows, ids, strict=True)])
+            written += len(rows)
+        elapsed = time.perf_counter() - began
+    finally:
+        log.close()
+    return {"rows_per_commit": len(rows), "rows_per_s": written / elapsed}
+
+
 def _cpu_seconds(pid: int) -> float:
     """User + system CPU of a server's process tree so far (its workers included)."""
     import psutil
@@ -222,7 +251,11 @@ def run(workers: tuple[int, ...] = WORKERS) -> dict:
             gate_max_abs_bias=1.0,
         )
         bodies = _bodies(work, Path(tmp))
-        results: dict = {"in_process": _in_process(work), "cpus": os.cpu_count()}
+        results: dict = {
+            "in_process": _in_process(work),
+            "prediction_log_ceiling": _log_ceiling(work, Path(tmp)),
+            "cpus": os.cpu_count(),
+        }
         results["by_workers"] = {
             str(n): _compare(home, work, Path(tmp), bodies, n) for n in workers
         }
@@ -261,6 +294,13 @@ def markdown(result: dict) -> str:
                 f"{log_stats['rows_written']:,} rows in {log_stats['commits']:,} commits "
                 f"({log_stats['rows_per_commit']:.1f} rows each)."
             )
+    ceiling = result.get("prediction_log_ceiling")
+    if ceiling:
+        lines.append(
+            f"\nThe prediction log alone (sync, SQLite, {ceiling['rows_per_commit']} rows a "
+            f"commit, one writer, in process): {ceiling['rows_per_s']:,.0f} rows/s, the most "
+            "any number of workers logging to SQLite can serve."
+        )
     ip = result["in_process"]
     lines.append(
         f"\nClosed loops by {result.get('closed_loop_generator', 'httpx')}, the open loop by "

@@ -1,5 +1,6 @@
 """The parts of the benchmark suite that run without a load: the GPU section, the kernel
-profile and the wrk output parser. The benchmarks themselves run with `make bench`, never here."""
+profile, the wrk output parser, the serving table and the prediction log's ceiling. The
+benchmarks themselves run with `make bench`, never here."""
 
 from __future__ import annotations
 
@@ -100,3 +101,44 @@ def test_kernel_profile_accounts_for_the_graph(trained):
     assert profile["kernel_us_per_call"] == pytest.approx(sum(ops.values()))
     whole_graph_rate = 256 / (profile["kernel_us_per_call"] / 1e6)
     assert profile["matrix_products_only_rows_per_s"] > whole_graph_rate
+
+
+def test_serving_table_puts_brewcast_against_the_floor_and_the_bare_app(trained, tmp_path):
+    """The three-server table and its ratios, from made-up loads; the log ceiling is real."""
+    from benchmarks import serving
+
+    def load(req_per_s: float) -> dict:
+        return {
+            "req_per_s": req_per_s,
+            "p50_ms": 1.0,
+            "p99_ms": 2.0,
+            "non_2xx": 0,
+            "cpu_ms_per_request": 1000 / req_per_s,
+        }
+
+    one = {
+        "bentoml": {"batch1_c16": load(1000)},
+        "bentoml_floor": {"batch1_c16": load(2500)},
+        "bare": {"batch1_c16": load(4000)},
+    }
+    for name, over, under in serving.RATIOS:
+        one[name] = {
+            "batch1_c16": one[over]["batch1_c16"]["req_per_s"]
+            / one[under]["batch1_c16"]["req_per_s"]
+        }
+    _, work = trained
+    ceiling = serving._log_ceiling(work, tmp_path, seconds=0.5)
+    assert ceiling["rows_per_commit"] == 64 and ceiling["rows_per_s"] > 0
+    table = serving.markdown(
+        {
+            "by_workers": {"2": one},
+            "in_process": {
+                "batch1": {"p50_ms": 0.1, "rows_per_s": 10_000},
+                "batch64": {"p50_ms": 0.2, "rows_per_s": 320_000},
+            },
+            "prediction_log_ceiling": ceiling,
+        }
+    )
+    assert "| batch1_c16 | 1000 |" in table
+    assert "| 25% | 62% | 40% |" in table  # BentoML / bare, floor / bare, BentoML / floor
+    assert "64 rows a commit" in table
