@@ -35,12 +35,11 @@ import anyio.to_thread
 import bentoml
 import orjson
 import pandas as pd
-import prometheus_client
 from bentoml.exceptions import BentoMLException
 from fastapi import FastAPI
 from starlette.responses import JSONResponse, Response
 
-from brewcast.schema import FEATURES, OOV, schema_fingerprint, slice_keys
+from brewcast.schema import FEATURES, schema_fingerprint, slice_keys
 from brewcast.settings import get_settings
 from serving.api_models import (
     FeedbackRequest,
@@ -51,73 +50,11 @@ from serving.api_models import (
 )
 from serving.bento_config import service_config
 from serving.coalesce import ScoringCoalescer
-from serving.model import VOCABULARY, ModelHolder
-from serving.prediction_log import SLICE_KEYS, PredictionLog
+from serving.metrics import MODEL_VERSION, RequestMetrics, flush_all
+from serving.model import ModelHolder
+from serving.prediction_log import PredictionLog
 
 log = logging.getLogger("brewcast.serving")
-
-PREDICTIONS = prometheus_client.Counter(
-    "brewcast_predictions_total", "Rows scored, by decision.", ["decision", "model_version"]
-)
-PROBABILITY_BY_SLICE = prometheus_client.Summary(
-    "brewcast_probability", "Served probabilities, by slice key and value.", ["slice", "value"]
-)
-UNKNOWN_CATEGORIES = prometheus_client.Counter(
-    "brewcast_unknown_categories_total",
-    "Categorical values served as out-of-vocabulary.",
-    ["column"],
-)
-MODEL_VERSION = prometheus_client.Gauge(
-    "brewcast_model_version", "Registered model version being served.", multiprocess_mode="max"
-)
-LOG_DROPPED = prometheus_client.Counter(
-    "brewcast_prediction_log_dropped_rows_total",
-    "Rows the async prediction log could not queue (never silent).",
-)
-LOG_WRITTEN = prometheus_client.Counter(
-    "brewcast_prediction_log_written_rows_total", "Rows committed to the prediction log."
-)
-MODEL_SECONDS = prometheus_client.Histogram(
-    "brewcast_model_seconds",
-    "Scoring time per request: onnxruntime and building the log rows.",
-    buckets=(0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5),
-)
-
-
-class RequestMetrics:
-    """brewcast's per-request metrics. Label children are looked up once (``labels()`` costs
-    ~2 us, and a batch-1 request needed eight), and slice values outside the schema's
-    vocabulary are counted as out-of-vocabulary: a client cannot grow the label set, and so
-    Prometheus's memory, without bound."""
-
-    def __init__(self) -> None:
-        self._children: dict[tuple, object] = {}
-
-    def _child(self, metric, *labels: str):
-        child = self._children.get((metric, labels))
-        if child is None:
-            child = self._children[(metric, labels)] = metric.labels(*labels)
-        return child
-
-    def record(self, model_version: str, records: list[dict], log_rows: list[dict]) -> None:
-        positives = sum(row["decision"] for row in log_rows)
-        negatives = len(log_rows) - positives
-        for decision, count in (("finished", positives), ("not_finished", negatives)):
-            if count:
-                self._child(PREDICTIONS, decision, model_version).inc(count)
-        for row in log_rows:
-            if row["unknown_categories"]:
-                for column in row["unknown_categories"].split(","):
-                    self._child(UNKNOWN_CATEGORIES, column).inc()
-        for key in SLICE_KEYS:
-            known = VOCABULARY[key]
-            by_value: dict[str, list[float]] = {}
-            for record, row in zip(records, log_rows, strict=True):
-                value = record[key] if record[key] in known else OOV
-                by_value.setdefault(value, []).append(row["probability"])
-            for value, ps in by_value.items():
-                self._child(PROBABILITY_BY_SLICE, key, value).observe(sum(ps) / len(ps))
-
 
 # GET routes; docs off so BentoML's own Swagger UI at / and /docs stays the API's documentation.
 routes = FastAPI(title="brewcast metadata", docs_url=None, redoc_url=None, openapi_url=None)
@@ -148,7 +85,9 @@ class RequestGuard:
     * 401 without the right ``X-API-Key`` (when ``BREWCAST_SERVING_API_KEY`` is set);
     * 413 for a body over the byte limit (before it is read whole) or over the row limit;
     * 400 for a body that is not JSON (BentoML would report a confusing missing field);
-    * 422 for an empty ``rows`` list.
+    * 422 for an empty ``rows`` list;
+
+    and, before BentoML answers ``GET /metrics``, flushes the metrics this worker added up.
     """
 
     ROUTES = ("/predict", "/feedback", "/reload")
@@ -159,6 +98,8 @@ class RequestGuard:
         self.max_rows, self.api_key = settings.serving_max_rows, settings.serving_api_key
 
     async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"] == "/metrics":
+            flush_all()  # what this worker added up, before BentoML reads the shared files
         if (
             scope["type"] != "http"
             or scope["method"] != "POST"
@@ -242,8 +183,10 @@ class FermentationService:
             self.settings.prediction_log_mode,
             self.settings.prediction_log_queue,
         )
-        self._reported = (0, 0)
-        self.metrics = RequestMetrics()
+        self.metrics = RequestMetrics(
+            lambda: (self.log.stats.rows_written, self.log.stats.rows_dropped)
+        )
+        self.metrics.start()
         self.coalescer = ScoringCoalescer()
         model = self.holder.current
         if model is not None:
@@ -264,16 +207,7 @@ class FermentationService:
     def shutdown(self) -> None:
         self.holder.stop()
         self.log.close()
-
-    def _export_log_stats(self) -> None:
-        """Counter increments are shared-memory writes under BentoML's multiprocess
-        Prometheus: only the ones that change something are made."""
-        written, dropped = self.log.stats.rows_written, self.log.stats.rows_dropped
-        if written != self._reported[0]:
-            LOG_WRITTEN.inc(written - self._reported[0])
-        if dropped != self._reported[1]:
-            LOG_DROPPED.inc(dropped - self._reported[1])
-        self._reported = (written, dropped)
+        self.metrics.stop()
 
     @bentoml.api(route="/predict", output_spec=PredictResponse)
     async def predict(self, request: PredictRequest, /) -> Response:
@@ -293,14 +227,13 @@ class FermentationService:
             log_rows = await self.coalescer.score(model, records, served_at)
         else:
             log_rows = await anyio.to_thread.run_sync(model.score, records, served_at)
-        MODEL_SECONDS.observe(time.perf_counter() - started)
+        model_seconds = time.perf_counter() - started
         try:
             await self.log.write_async(log_rows)
         except Exception as exc:  # never answer rows that were not logged
             log.exception("prediction log write failed")
             raise _refuse(503, f"prediction log unavailable, nothing served: {exc}") from exc
-        self._export_log_stats()
-        self.metrics.record(model.version, records, log_rows)
+        self.metrics.record(model.version, records, log_rows, model_seconds)
         return Response(
             predict_response_json(model.version, model.threshold, model.horizon_hours, log_rows),
             media_type="application/json",

@@ -114,10 +114,15 @@ def test_metadata_health_and_metrics(service):
         3 - finished
     )
     assert delta("brewcast_unknown_categories_total", column="brand") == 1
-    # One observation per request and slice value: the two pilsners' mean, the unknown brand
+    # A row per count and its probability in the sum: the two pilsners, and the unknown brand
     # under the out-of-vocabulary label (a client cannot add label values).
-    assert delta("brewcast_probability_count", slice="brand", value="golden_pilsner") == 1
+    probabilities = [p["probability"] for p in response.json()["predictions"]]
+    assert delta("brewcast_probability_count", slice="brand", value="golden_pilsner") == 2
+    assert delta("brewcast_probability_sum", slice="brand", value="golden_pilsner") == (
+        pytest.approx(probabilities[0] + probabilities[1])
+    )
     assert delta("brewcast_probability_count", slice="brand", value=OOV) == 1
+    assert delta("brewcast_model_seconds_count") == 1
     assert not any(dict(labels).get("value") == "no_such_beer" for _, labels in after)
     assert delta("brewcast_prediction_log_written_rows_total") == 3
     assert after[("brewcast_model_version", ())] == 1

@@ -447,3 +447,64 @@ def test_a_cancelled_request_is_skipped_and_the_rest_are_answered():
 
     kept, gone = asyncio.run(serve())
     assert len(kept) == 2 and gone.cancelled()
+
+
+def test_metrics_are_added_up_then_written_once_per_series():
+    """Nothing reaches Prometheus before a flush; then the counts, sums and buckets are
+    what one observe() per row (or request) would have written."""
+    from prometheus_client import REGISTRY
+
+    from brewcast.schema import OOV
+    from serving.metrics import RequestMetrics
+
+    def value(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    def snapshot() -> dict:
+        return {
+            "finished": value(
+                "brewcast_predictions_total", decision="finished", model_version="m-test"
+            ),
+            "not_finished": value(
+                "brewcast_predictions_total", decision="not_finished", model_version="m-test"
+            ),
+            "pils_n": value("brewcast_probability_count", slice="brand", value="golden_pilsner"),
+            "pils_sum": value("brewcast_probability_sum", slice="brand", value="golden_pilsner"),
+            "oov_n": value("brewcast_probability_count", slice="brand", value=OOV),
+            "unknown_brand": value("brewcast_unknown_categories_total", column="brand"),
+            "seconds_n": value("brewcast_model_seconds_count"),
+            "seconds_sum": value("brewcast_model_seconds_sum"),
+            "le_1ms": value("brewcast_model_seconds_bucket", le="0.001"),
+            "le_5ms": value("brewcast_model_seconds_bucket", le="0.005"),
+            "written": value("brewcast_prediction_log_written_rows_total"),
+        }
+
+    def record(brand: str, probability: float, decision: bool) -> tuple[dict, dict]:
+        slices = {"fermenter": "FV01", "brand": brand, "yeast_strain": None, "season": None}
+        unknown = "brand" if brand == "mystery_ale" else ""
+        return slices, {
+            "probability": probability,
+            "decision": decision,
+            "unknown_categories": unknown,
+        }
+
+    log_rows_written = [0]
+    metrics = RequestMetrics(lambda: (log_rows_written[0], 0))
+    before = snapshot()
+    first = [record("golden_pilsner", 0.25, False), record("golden_pilsner", 0.5, True)]
+    second = [record("mystery_ale", 0.75, True)]
+    for rows, seconds in ((first, 0.0008), (second, 0.003)):
+        metrics.record("m-test", [r for r, _ in rows], [p for _, p in rows], seconds)
+    log_rows_written[0] = 3
+    assert snapshot() == before  # added up, not written yet
+    metrics.flush()
+    after = snapshot()
+    delta = {k: after[k] - before[k] for k in after}
+    assert delta["finished"] == 2 and delta["not_finished"] == 1
+    assert delta["pils_n"] == 2 and delta["pils_sum"] == pytest.approx(0.75)
+    assert delta["oov_n"] == 1 and delta["unknown_brand"] == 1
+    assert delta["seconds_n"] == 2 and delta["seconds_sum"] == pytest.approx(0.0038)
+    assert delta["le_1ms"] == 1 and delta["le_5ms"] == 2  # cumulative buckets
+    assert delta["written"] == 3
+    metrics.flush()  # nothing new: nothing written twice
+    assert snapshot() == after
