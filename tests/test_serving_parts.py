@@ -94,15 +94,20 @@ def test_sync_log_group_commits_concurrent_writers(tmp_path):
 
 @pytest.mark.parametrize("database", ["sqlite", "postgresql"])
 def test_log_rows_read_back_as_written(database, tmp_path, request):
-    """SQLite rows go in through the driver, PostgreSQL rows through SQLAlchemy: both read
-    back to the same values."""
+    """SQLite rows go in through the driver's executemany, PostgreSQL rows through COPY:
+    both read back to the same values, text that COPY must escape included."""
     url = (
         f"sqlite:///{tmp_path / 'r.db'}"
         if database == "sqlite"
         else request.getfixturevalue("postgres_database")
     )
     served_at = pd.Timestamp("2026-03-01 12:30:15.250", tz="UTC").to_pydatetime()
-    features = {"brand": "golden_pilsner", "snapshot_time": served_at, "gravity_plato": 3.5}
+    features = {
+        "brand": "golden_pilsner",
+        "snapshot_time": served_at,
+        "gravity_plato": 3.5,
+        "batch_id": "B-1\tof\\N\nbatch\r",  # COPY's separators and its NULL marker
+    }
     rows = [
         prediction_row(i, served_at, "7", 0.61, features, p, p >= 0.61, 30.0 * p, unknown)
         for i, p, unknown in zip(
@@ -120,6 +125,8 @@ def test_log_rows_read_back_as_written(database, tmp_path, request):
     for value in back["served_at"]:  # SQLite keeps naive UTC, PostgreSQL an aware time
         stamp = pd.Timestamp(value)
         assert (stamp if stamp.tzinfo else stamp.tz_localize("UTC")) == pd.Timestamp(served_at)
+    assert back["batch_id"].tolist() == ["B-1\tof\\N\nbatch\r"] * 3
+    assert back["snapshot_time"].notna().all() and back["threshold"].tolist() == [0.61] * 3
     stored = json.loads(back["features"].iloc[0])
     assert stored["gravity_plato"] == 3.5
     assert pd.Timestamp(stored["snapshot_time"]) == pd.Timestamp(served_at)
