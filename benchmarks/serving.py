@@ -75,33 +75,56 @@ def _in_process(work: Path) -> dict:
     return out
 
 
-def _log_ceiling(work: Path, folder: Path, seconds: float = 4.0) -> dict:
-    """What the prediction log alone commits: sync mode on SQLite, the 64-row body's real log
-    rows per commit, one writer, in process, nothing else running. A service that logs every
-    row to SQLite before answering cannot serve more rows/s than this, with any number of
-    workers (their commits take turns)."""
+def _log_rows(work: Path, folder: Path) -> list[dict]:
+    """The prediction-log rows of the 64-row body, as the service builds them."""
     from brewcast.settings import Settings
     from serving.model import served_model
-    from serving.prediction_log import PredictionLog, new_prediction_ids
 
-    settings = Settings(home=folder / "ceiling")
-    model = served_model((work / "model.onnx").read_bytes(), "1", "ceiling", settings)
+    model = served_model(
+        (work / "model.onnx").read_bytes(), "1", "ceiling", Settings(home=folder / "ceiling")
+    )
     features = [c.name for c in FEATURES.by_role("feature")]
     records = json.loads(
         pd.read_parquet(work / "test.parquet")[features].head(64).to_json(orient="records")
     )
-    rows = model.score(records, pd.Timestamp.now("UTC").to_pydatetime())
-    log = PredictionLog(f"sqlite:///{settings.home / 'ceiling.db'}", "sync")
+    return model.score(records, pd.Timestamp.now("UTC").to_pydatetime())
+
+
+def _log_ceiling(url: str, rows: list[dict], seconds: float) -> float:
+    """Rows/s the prediction log alone commits at ``url``: sync mode, ``rows`` a commit
+    (fresh ids each time), one writer, in process, nothing else running."""
+    from serving.prediction_log import PredictionLog, new_prediction_ids
+
+    log = PredictionLog(url, "sync")
     try:
         written, began = 0, time.perf_counter()
         while time.perf_counter() - began < seconds:
             ids = new_prediction_ids(len(rows))
             log.write([{**row, "prediction_id": i} for row, i in zip(rows, ids, strict=True)])
             written += len(rows)
-        elapsed = time.perf_counter() - began
+        return written / (time.perf_counter() - began)
     finally:
         log.close()
-    return {"rows_per_commit": len(rows), "rows_per_s": written / elapsed}
+
+
+def _log_ceilings(work: Path, folder: Path, seconds: float = 4.0) -> dict:
+    """The prediction log's ceiling on SQLite (the default) and on this machine's PostgreSQL
+    (production's database; measured in a scratch database when the server is there). A
+    service that logs every row before answering cannot serve more rows/s than its log
+    commits; on SQLite that holds for any number of workers (their commits take turns)."""
+    import sqlalchemy as sa
+
+    from brewcast.processes import LOCAL_POSTGRES, scratch_postgres_database
+
+    rows = _log_rows(work, folder)
+    out: dict = {"rows_per_commit": len(rows)}
+    out["sqlite"] = _log_ceiling(f"sqlite:///{folder / 'ceiling' / 'log.db'}", rows, seconds)
+    try:
+        with scratch_postgres_database("brewcast_bench") as url:
+            out["postgresql"] = _log_ceiling(url, rows, seconds)
+    except sa.exc.OperationalError as exc:
+        out["postgresql"] = f"not measured: no PostgreSQL at {LOCAL_POSTGRES} ({exc.orig})"
+    return out
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -253,7 +276,7 @@ def run(workers: tuple[int, ...] = WORKERS) -> dict:
         bodies = _bodies(work, Path(tmp))
         results: dict = {
             "in_process": _in_process(work),
-            "prediction_log_ceiling": _log_ceiling(work, Path(tmp)),
+            "prediction_log_ceiling": _log_ceilings(work, Path(tmp)),
             "cpus": os.cpu_count(),
         }
         results["by_workers"] = {
@@ -296,10 +319,14 @@ def markdown(result: dict) -> str:
             )
     ceiling = result.get("prediction_log_ceiling")
     if ceiling:
+        rates = ", ".join(
+            f"{database} {rate:,.0f} rows/s" if isinstance(rate, float) else f"{database} {rate}"
+            for database, rate in ceiling.items()
+            if database != "rows_per_commit"
+        )
         lines.append(
-            f"\nThe prediction log alone (sync, SQLite, {ceiling['rows_per_commit']} rows a "
-            f"commit, one writer, in process): {ceiling['rows_per_s']:,.0f} rows/s, the most "
-            "any number of workers logging to SQLite can serve."
+            f"\nThe prediction log alone (sync, {ceiling['rows_per_commit']} rows a commit, "
+            f"one writer, in process): {rates}."
         )
     ip = result["in_process"]
     lines.append(

@@ -1,5 +1,6 @@
 """Long-running servers in subprocesses (MLflow, BentoML, Airflow), for the demo and tests:
-started in their own process group, waited for on a health URL, stopped as a group."""
+started in their own process group, waited for on a health URL, stopped as a group; and
+scratch databases on this machine's PostgreSQL server."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -176,3 +178,29 @@ def bento_server(
         },
         cwd=PROJECT_ROOT,
     )
+
+
+#: This machine's PostgreSQL server, as the tests and benchmarks reach it.
+LOCAL_POSTGRES = "postgresql+psycopg2://postgres@127.0.0.1:5432"
+
+
+@contextlib.contextmanager
+def scratch_postgres_database(prefix: str, server: str = LOCAL_POSTGRES) -> Iterator[str]:
+    """A new, empty database on ``server`` for the duration: its URL. Dropped afterwards,
+    connections and all. Raises sqlalchemy's OperationalError when the server is not there."""
+    import uuid
+
+    import sqlalchemy as sa
+
+    admin = sa.create_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT")
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        try:
+            yield f"{server}/{name}"
+        finally:
+            with admin.connect() as conn:
+                conn.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+    finally:
+        admin.dispose()

@@ -57,20 +57,15 @@ def trained(tmp_path_factory):
 @pytest.fixture
 def postgres_database():
     """A scratch PostgreSQL database on this machine's server (dropped afterwards); its URL."""
-    import uuid
+    import contextlib
 
     import sqlalchemy as sa
 
-    admin = sa.create_engine(
-        "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres", isolation_level="AUTOCOMMIT"
-    )
-    name = f"brewcast_test_{uuid.uuid4().hex[:8]}"
-    try:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    except sa.exc.OperationalError as exc:
-        pytest.skip(f"PostgreSQL not reachable on 127.0.0.1:5432: {exc}")
-    yield f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}"
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-    admin.dispose()
+    from brewcast.processes import LOCAL_POSTGRES, scratch_postgres_database
+
+    with contextlib.ExitStack() as stack:
+        try:
+            url = stack.enter_context(scratch_postgres_database("brewcast_test"))
+        except sa.exc.OperationalError as exc:
+            pytest.skip(f"PostgreSQL not reachable at {LOCAL_POSTGRES}: {exc}")
+        yield url
