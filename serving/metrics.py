@@ -44,7 +44,7 @@ LOG_WRITTEN = prometheus_client.Counter(
 )
 MODEL_SECONDS = prometheus_client.Histogram(
     "brewcast_model_seconds",
-    "Scoring time per request: onnxruntime and building the log rows.",
+    "Scoring time per request: onnxruntime (one call for a loop turn's requests) and the log rows.",
     buckets=(0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5),
 )
 
