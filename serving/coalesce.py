@@ -39,7 +39,6 @@ class ScoringCoalescer:
 
     def __init__(self) -> None:
         self._queued: dict[asyncio.AbstractEventLoop, list[_Request]] = {}
-        self.calls = 0  # model calls made (tests measure the coalescing by it)
 
     async def score(self, model: ServedModel, records: list[dict], served_at) -> list[dict]:
         loop = asyncio.get_running_loop()
@@ -62,7 +61,6 @@ class ScoringCoalescer:
                 continue
             model = requests[0].model
             try:
-                self.calls += 1
                 probability, hours = model.predict([r for q in requests for r in q.records])
             except Exception:
                 log.warning("coalesced scoring failed; scoring each request alone", exc_info=True)
@@ -77,7 +75,6 @@ class ScoringCoalescer:
 
     def _score_alone(self, request: _Request) -> None:
         try:
-            self.calls += 1
             probability, hours = request.model.predict(request.records)
         except Exception as exc:
             if not request.done.done():
