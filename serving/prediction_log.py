@@ -227,7 +227,7 @@ def _copy_text(value) -> str:
     if isinstance(value, bool):
         return "t" if value else "f"
     if isinstance(value, float):
-        return repr(value)  # PostgreSQL reads nan and inf too
+        return float.__repr__(value)  # numpy's floats too; PostgreSQL reads nan and inf
     if hasattr(value, "isoformat"):
         return value.isoformat()  # a timestamp with its offset
     return str(value).translate(_COPY_ESCAPES)
