@@ -99,18 +99,20 @@ class RequestMetrics:
                 for column in row["unknown_categories"].split(","):
                     child = self._child(UNKNOWN_CATEGORIES, column)
                     counts[child] = counts.get(child, 0) + 1
-        observed: dict[object, list[float]] = {}
+        by_slice: dict[tuple[str, str], list[float]] = {}
         for key in SLICE_KEYS:
             known = VOCABULARY[key]
             for record, row in zip(records, log_rows, strict=True):
                 value = record[key] if record[key] in known else OOV
-                child = self._child(PROBABILITY_BY_SLICE, key, value)
-                acc = observed.get(child)
+                acc = by_slice.get((key, value))
                 if acc is None:
-                    observed[child] = [1, row["probability"]]
+                    by_slice[(key, value)] = [1, row["probability"]]
                 else:
                     acc[0] += 1
                     acc[1] += row["probability"]
+        observed = {
+            self._child(PROBABILITY_BY_SLICE, *labels): acc for labels, acc in by_slice.items()
+        }
         bucket = next(
             (i for i, bound in enumerate(MODEL_SECONDS._upper_bounds) if model_seconds <= bound),
             len(self._seconds) - 1,
