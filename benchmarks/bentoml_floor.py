@@ -2,9 +2,9 @@
 ``service_config``: workers, traffic timeout and concurrency limit, its HTTP metrics, tracing
 and access log; the start-up heap frozen) with the same request model, but no model, no
 prediction log, no guard and no metrics of brewcast's: it validates the rows and answers
-fixed bytes. What a request costs
-here, every BentoML service with those features pays; what brewcast's service costs on top
-is brewcast's own. Run: bentoml serve benchmarks.bentoml_floor:BentoMLFloor."""
+fixed bytes. What a request costs here, every BentoML service with those features pays;
+what brewcast's service costs on top is brewcast's own.
+Run: bentoml serve benchmarks.bentoml_floor:BentoMLFloor."""
 
 from __future__ import annotations
 

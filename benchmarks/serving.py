@@ -75,18 +75,15 @@ def _in_process(work: Path) -> dict:
     return out
 
 
-def _log_rows(work: Path, folder: Path) -> list[dict]:
-    """The prediction-log rows of the 64-row body, as the service builds them."""
+def _log_rows(work: Path, folder: Path, body: Path) -> list[dict]:
+    """The prediction-log rows of a request body's rows, as the service builds them."""
     from brewcast.settings import Settings
     from serving.model import served_model
 
     model = served_model(
         (work / "model.onnx").read_bytes(), "1", "ceiling", Settings(home=folder / "ceiling")
     )
-    features = [c.name for c in FEATURES.by_role("feature")]
-    records = json.loads(
-        pd.read_parquet(work / "test.parquet")[features].head(64).to_json(orient="records")
-    )
+    records = json.loads(body.read_text())["rows"]
     return model.score(records, pd.Timestamp.now("UTC").to_pydatetime())
 
 
@@ -107,7 +104,7 @@ def _log_ceiling(url: str, rows: list[dict], seconds: float) -> float:
         log.close()
 
 
-def _log_ceilings(work: Path, folder: Path, seconds: float = 4.0) -> dict:
+def _log_ceilings(work: Path, folder: Path, body: Path, seconds: float = 4.0) -> dict:
     """The prediction log's ceiling on SQLite (the default) and on this machine's PostgreSQL
     (production's database; measured in a scratch database when the server is there). A
     service that logs every row before answering cannot serve more rows/s than its log
@@ -116,7 +113,7 @@ def _log_ceilings(work: Path, folder: Path, seconds: float = 4.0) -> dict:
 
     from brewcast.processes import LOCAL_POSTGRES, scratch_postgres_database
 
-    rows = _log_rows(work, folder)
+    rows = _log_rows(work, folder, body)
     out: dict = {"rows_per_commit": len(rows)}
     out["sqlite"] = _log_ceiling(f"sqlite:///{folder / 'ceiling' / 'log.db'}", rows, seconds)
     try:
@@ -276,7 +273,7 @@ def run(workers: tuple[int, ...] = WORKERS) -> dict:
         bodies = _bodies(work, Path(tmp))
         results: dict = {
             "in_process": _in_process(work),
-            "prediction_log_ceiling": _log_ceilings(work, Path(tmp)),
+            "prediction_log_ceiling": _log_ceilings(work, Path(tmp), bodies["batch64"]),
             "cpus": os.cpu_count(),
         }
         results["by_workers"] = {

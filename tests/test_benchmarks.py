@@ -127,7 +127,8 @@ def test_serving_table_puts_brewcast_against_the_floor_and_the_bare_app(trained,
             / one[under]["batch1_c16"]["req_per_s"]
         }
     _, work = trained
-    ceiling = serving._log_ceilings(work, tmp_path, seconds=0.5)
+    body = serving._bodies(work, tmp_path)["batch64"]
+    ceiling = serving._log_ceilings(work, tmp_path, body, seconds=0.5)
     assert ceiling["rows_per_commit"] == 64 and ceiling["sqlite"] > 0
     postgresql = ceiling["postgresql"]  # measured where a server runs, as on these machines
     assert postgresql > 0 if isinstance(postgresql, float) else "no PostgreSQL" in postgresql
