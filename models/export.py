@@ -2,9 +2,11 @@
 
 It is composed of three parts, merged with ``onnx.compose``:
 
-* ``pre`` (hand-built): one ``[N, 1]`` input per schema feature — numbers as float32, with
-  NaN imputed by the training medians (``IsNaN`` + ``Where``), categories as strings mapped
-  to vocabulary indices by ``ai.onnx.ml.LabelEncoder`` (unknown -> 0, the OOV index);
+* ``pre`` (hand-built): two inputs (:func:`models.inputs.raw_inputs`) — the numbers as one
+  float32 matrix, NaN imputed by the training medians (``IsNaN`` + ``Where``), the
+  categories as one string matrix, looked up in one ``ai.onnx.ml.LabelEncoder`` over every
+  column's vocabulary, then mapped to each column's own vocabulary index by a table
+  (unknown -> 0, the OOV index) and split into columns;
 * ``net``: the Keras network (its Normalization layer included), converted with
   ``tf2onnx.convert.from_function`` and an explicit input signature. ``model.export``
   leaves the Normalization statistics as extra graph *inputs*, so the captured constants
@@ -26,7 +28,15 @@ import pandas as pd
 
 from brewcast.schema import schema_fingerprint
 from models.calibrate import Calibration
-from models.inputs import CATEGORICAL, NUMERIC, NUMERIC_INPUT, Preprocessing, raw_inputs
+from models.inputs import (
+    CATEGORICAL,
+    NUMERIC,
+    NUMERIC_INPUT,
+    RAW_CATEGORICAL,
+    RAW_NUMERIC,
+    Preprocessing,
+    raw_inputs,
+)
 from models.network import predict_network
 
 PARITY_LIMIT = 1e-4
@@ -94,41 +104,74 @@ def network_to_onnx(model) -> object:
     return proto
 
 
+def _category_tables(pre: Preprocessing) -> tuple[list[str], np.ndarray]:
+    """The categories of every column as one vocabulary, and a table from (column, index in
+    that vocabulary) to the column's own index: a category is looked up once, whatever
+    column it is in (index 0, out of vocabulary, everywhere)."""
+    union = sorted({v for name in CATEGORICAL for v in pre.vocabularies[name]})
+    position = {v: i for i, v in enumerate(union, start=1)}
+    table = np.zeros((len(CATEGORICAL), len(union) + 1), np.int64)
+    for column, name in enumerate(CATEGORICAL):
+        for index, value in enumerate(pre.vocabularies[name], start=1):
+            table[column, position[value]] = index
+    return union, table
+
+
 def _pre_graph(pre: Preprocessing):
     from onnx import TensorProto, helper, numpy_helper
 
     fill = np.array([pre.fill_values[n] for n in NUMERIC], np.float32).reshape(1, -1)
+    union, table = _category_tables(pre)
+    offsets = (np.arange(len(CATEGORICAL), dtype=np.int64) * table.shape[1]).reshape(1, -1)
     nodes = [
-        helper.make_node("Concat", NUMERIC, ["pre/raw"], axis=1, name="pre/concat"),
-        helper.make_node("IsNaN", ["pre/raw"], ["pre/missing"], name="pre/isnan"),
+        helper.make_node("IsNaN", [RAW_NUMERIC], ["pre/missing"], name="pre/isnan"),
         helper.make_node(
-            "Where", ["pre/missing", "pre/fill", "pre/raw"], ["pre/numeric"], name="pre/impute"
+            "Where", ["pre/missing", "pre/fill", RAW_NUMERIC], ["pre/numeric"], name="pre/impute"
+        ),
+        # categories -> index in the union (one string lookup per value) -> the column's own
+        # index through the flattened table -> one [N, 1] index per column
+        helper.make_node(
+            "LabelEncoder",
+            [RAW_CATEGORICAL],
+            ["pre/category"],
+            domain="ai.onnx.ml",
+            name="pre/vocabulary",
+            keys_strings=union,
+            values_int64s=list(range(1, len(union) + 1)),
+            default_int64=0,
+        ),
+        helper.make_node("Add", ["pre/category", "pre/offsets"], ["pre/cell"], name="pre/cell"),
+        helper.make_node("Gather", ["pre/table", "pre/cell"], ["pre/index"], name="pre/index"),
+        helper.make_node(
+            "Split",
+            ["pre/index", "pre/split"],
+            [f"pre/{name}" for name in CATEGORICAL],
+            axis=1,
+            name="pre/split",
         ),
     ]
-    inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", 1]) for n in NUMERIC]
-    outputs = [helper.make_tensor_value_info("pre/numeric", TensorProto.FLOAT, ["N", len(NUMERIC)])]
-    for name in CATEGORICAL:
-        vocabulary = list(pre.vocabularies[name])
-        inputs.append(helper.make_tensor_value_info(name, TensorProto.STRING, ["N", 1]))
-        nodes.append(
-            helper.make_node(
-                "LabelEncoder",
-                [name],
-                [f"pre/{name}"],
-                domain="ai.onnx.ml",
-                name=f"pre/vocab_{name}",
-                keys_strings=vocabulary,
-                values_int64s=list(range(1, len(vocabulary) + 1)),
-                default_int64=0,
-            )
-        )
-        outputs.append(helper.make_tensor_value_info(f"pre/{name}", TensorProto.INT64, ["N", 1]))
+    inputs = [
+        helper.make_tensor_value_info(RAW_NUMERIC, TensorProto.FLOAT, ["N", len(NUMERIC)]),
+        helper.make_tensor_value_info(RAW_CATEGORICAL, TensorProto.STRING, ["N", len(CATEGORICAL)]),
+    ]
+    outputs = [
+        helper.make_tensor_value_info("pre/numeric", TensorProto.FLOAT, ["N", len(NUMERIC)]),
+        *(
+            helper.make_tensor_value_info(f"pre/{name}", TensorProto.INT64, ["N", 1])
+            for name in CATEGORICAL
+        ),
+    ]
     graph = helper.make_graph(
         nodes,
         "preprocess",
         inputs,
         outputs,
-        initializer=[numpy_helper.from_array(fill, "pre/fill")],
+        initializer=[
+            numpy_helper.from_array(fill, "pre/fill"),
+            numpy_helper.from_array(offsets, "pre/offsets"),
+            numpy_helper.from_array(table.ravel(), "pre/table"),
+            numpy_helper.from_array(np.ones(len(CATEGORICAL), np.int64), "pre/split"),
+        ],
     )
     return _model(graph)
 
@@ -242,6 +285,8 @@ def compose_model(
     full.graph.name = "fermentation_completion"
     meta = {
         "schema_fingerprint": schema_fingerprint(),
+        # The columns of each input matrix, in order: what a caller without brewcast needs.
+        "input_columns": json.dumps({RAW_NUMERIC: NUMERIC, RAW_CATEGORICAL: CATEGORICAL}),
         "calibration": json.dumps(
             {"method": calibration.method, "a": calibration.a, "b": calibration.b}
         ),

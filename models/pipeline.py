@@ -450,9 +450,9 @@ def register(settings: Settings, workdir: Path) -> RegisteredModel:
     history = _load(workdir / "history.json")
     validation_summary = settings.home / "validation" / "last_run.json"
     model = onnx.load_from_string((workdir / "model.onnx").read_bytes())
-    example = pd.DataFrame({k: v.ravel() for k, v in raw_inputs(test.head(3)).items()})
+    example = raw_inputs(test.head(3))
     signature = infer_signature(
-        raw_inputs(test.head(3)),
+        example,
         {
             "probability": np.zeros((3, 1), np.float32),
             "hours_remaining": np.zeros((3, 1), np.float32),

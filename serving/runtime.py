@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from models.inputs import CATEGORICAL, NUMERIC, per_column_inputs
+
 log = logging.getLogger(__name__)
 
 CPU = "CPUExecutionProvider"
@@ -81,12 +83,18 @@ class Session:
     requested: list[str]
     intra_op_threads: int
     spinning: bool
+    #: The graph takes one ``[N, 1]`` input per schema column: a model exported before the
+    #: two-tensor contract (:func:`models.inputs.per_column_inputs`), still servable.
+    per_column: bool = False
 
     @property
     def on_gpu(self) -> bool:
         return self.provider in (CUDA, TENSORRT)
 
     def run(self, inputs: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
+        """``outputs`` for :func:`models.inputs.raw_inputs`-shaped ``inputs``."""
+        if self.per_column:
+            inputs = per_column_inputs(inputs)
         rows = len(next(iter(inputs.values()))) if inputs else 0
         if (
             self.on_gpu
@@ -145,4 +153,7 @@ def create_session(
         threads,
         "on" if spinning else "off",
     )
-    return Session(session, in_use, requested, threads, spinning)
+    per_column = {i.name for i in session.get_inputs()} == {*NUMERIC, *CATEGORICAL}
+    if per_column:
+        log.warning("the model takes one input per column (exported before 2026-11-30)")
+    return Session(session, in_use, requested, threads, spinning, per_column)

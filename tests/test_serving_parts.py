@@ -332,6 +332,50 @@ def test_request_rows_become_the_same_inputs_as_a_frame(trained):
             np.testing.assert_array_equal(got[name], values, err_msg=name)
 
 
+def _per_column_model(model_bytes: bytes) -> bytes:
+    """The graph with the input contract of models exported before 2026-11-30: one
+    ``[N, 1]`` input per schema column, concatenated into the two matrices."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from models.inputs import CATEGORICAL, NUMERIC
+
+    model = onnx.load_from_string(model_bytes)
+    del model.graph.input[:]
+    for names, matrix, kind in (
+        (NUMERIC, "numeric", TensorProto.FLOAT),
+        (CATEGORICAL, "categorical", TensorProto.STRING),
+    ):
+        model.graph.input.extend(helper.make_tensor_value_info(n, kind, ["N", 1]) for n in names)
+        model.graph.node.insert(0, helper.make_node("Concat", names, [matrix], axis=1))
+    onnx.checker.check_model(model, full_check=True)
+    return model.SerializeToString()
+
+
+def test_a_model_with_one_input_per_column_is_still_served(trained):
+    """A registry may still hold a champion exported with one input per column: the session
+    feeds it the columns of the two matrices, and it scores what the new graph scores."""
+    import numpy as np
+
+    from models.export import OUTPUTS
+    from models.inputs import raw_inputs
+    from serving.runtime import create_session
+
+    _, workdir = trained
+    model_bytes = (workdir / "model.onnx").read_bytes()
+    frame = pd.read_parquet(workdir / "test.parquet").head(20)
+    frame.loc[frame.index[0], "brand"] = None
+    current = create_session(model_bytes, prefer_gpu=False, threads=1)
+    legacy = create_session(_per_column_model(model_bytes), prefer_gpu=False, threads=1)
+    assert (current.per_column, legacy.per_column) == (False, True)
+    for want, got in zip(
+        current.run(raw_inputs(frame), list(OUTPUTS)),
+        legacy.run(raw_inputs(frame), list(OUTPUTS)),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(got, want)
+
+
 def test_large_numeric_batches_are_io_bound_on_a_gpu_session(monkeypatch):
     """No GPU here: a CPU session labelled CUDA stands in, which takes the same I/O-binding
     code (binding to "cpu" works on either)."""

@@ -89,17 +89,23 @@ def test_threshold_follows_the_costs(trained):
 def test_onnx_graph_takes_the_schema_and_matches_keras(trained):
     _, workdir = trained
     model = onnx.load(str(workdir / "model.onnx"))
-    names = [i.name for i in model.graph.input]
-    assert names == [c.name for c in numeric_features()] + [c.name for c in categorical_features()]
+    # Two inputs (numbers, categories), their columns in schema order, named in the metadata.
+    assert [i.name for i in model.graph.input] == ["numeric", "categorical"]
+    widths = [i.type.tensor_type.shape.dim[1].dim_value for i in model.graph.input]
+    assert widths == [len(numeric_features()), len(categorical_features())]
     assert [o.name for o in model.graph.output] == list(OUTPUTS)
     # Embeddings gather the LabelEncoders' indices directly: Keras' negative-index guard
     # (never true here) is gone, and with it half of the graph's nodes.
-    gathers = [n for n in model.graph.node if n.op_type == "Gather"]
+    gathers = [n for n in model.graph.node if n.op_type == "Gather" and n.name.startswith("net/")]
     assert len(gathers) == len(CATEGORICAL)
     assert {g.input[1] for g in gathers} == {f"pre/{name}" for name in CATEGORICAL}
     assert not {"Less", "Not"} & {n.op_type for n in model.graph.node}
     meta = {p.key: p.value for p in model.metadata_props}
     assert {"schema_fingerprint", "calibration", "threshold", "data_snapshot_id"} <= set(meta)
+    assert json.loads(meta["input_columns"]) == {
+        "numeric": [c.name for c in numeric_features()],
+        "categorical": [c.name for c in categorical_features()],
+    }
     parity = _load(workdir, "export.json")
     assert parity["parity_max_abs_error"] < PARITY_LIMIT
     assert parity["parity_rows"] == len(pd.read_parquet(workdir / "test.parquet"))
@@ -123,8 +129,9 @@ def test_onnx_handles_unknown_categories_and_missing_numbers(trained):
     assert run_onnx(session, missing)[0] == pytest.approx(run_onnx(session, filled)[0], abs=1e-6)
     assert 0.0 <= base[0] <= 1.0
     inputs = raw_inputs(row)
-    assert set(inputs) == set(NUMERIC + CATEGORICAL)
-    assert all(v.shape == (1, 1) for v in inputs.values())
+    assert inputs["numeric"].shape == (1, len(NUMERIC))
+    assert inputs["categorical"].shape == (1, len(CATEGORICAL))
+    assert inputs["categorical"][0].tolist() == [row[name].iloc[0] or "" for name in CATEGORICAL]
 
 
 def test_schema_views_agree(trained):
