@@ -100,6 +100,8 @@ def test_onnx_graph_takes_the_schema_and_matches_keras(trained):
     assert len(gathers) == len(CATEGORICAL)
     assert {g.input[1] for g in gathers} == {f"pre/{name}" for name in CATEGORICAL}
     assert not {"Less", "Not"} & {n.op_type for n in model.graph.node}
+    # The normalisation and the calibration are folded into the dense layers' weights.
+    assert not {"Sub", "Mul"} & {n.op_type for n in model.graph.node}
     meta = {p.key: p.value for p in model.metadata_props}
     assert {"schema_fingerprint", "calibration", "threshold", "data_snapshot_id"} <= set(meta)
     assert json.loads(meta["input_columns"]) == {
@@ -228,3 +230,61 @@ def test_training_is_seeded_and_reproducible(trained, tmp_path):
             predict_network(model, pre.network_inputs(pd.read_parquet(other / "test.parquet")))[0]
         )
     np.testing.assert_array_equal(logits[0], logits[1])
+
+
+def test_affine_constants_fold_into_the_dense_layers():
+    """A hand graph: normalised x beside y into a dense layer, then a head scaled and
+    shifted. Folded, it computes the same as NumPy does with the unfolded formula, with the
+    Sub and the three constant Mul/Adds gone."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from models.export import IR_VERSION, OPSET, fold_affine_constants
+
+    rng = np.random.default_rng(0)
+    c = {
+        "mean": rng.normal(size=(1, 3)),
+        "inverse_std": rng.uniform(0.5, 2.0, size=(1, 3)),
+        "w": rng.normal(size=(5, 4)),
+        "b": rng.normal(size=4),
+        "w_head": rng.normal(size=(4, 1)),
+        "b_head": rng.normal(size=1),
+        "scale": np.array(1.7),
+        "shift": np.array(-0.3),
+    }
+    node = helper.make_node
+    nodes = [
+        node("Sub", ["x", "mean"], ["centred"]),
+        node("Mul", ["centred", "inverse_std"], ["normal"]),
+        node("Concat", ["y", "normal"], ["both"], axis=1),  # x's rows are 2..4 of w
+        node("MatMul", ["both", "w"], ["product"]),
+        node("Add", ["product", "b"], ["hidden"]),
+        node("Relu", ["hidden"], ["relu"]),
+        node("MatMul", ["relu", "w_head"], ["head_product"]),
+        node("Add", ["head_product", "b_head"], ["head"]),
+        node("Mul", ["head", "scale"], ["scaled"]),
+        node("Add", ["shift", "scaled"], ["out"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "affine",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3]),
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2]),
+        ],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 1])],
+        initializer=[numpy_helper.from_array(v.astype(np.float32), k) for k, v in c.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = IR_VERSION
+    assert fold_affine_constants(model.graph) == 4
+    onnx.checker.check_model(model, full_check=True)
+    ops = [n.op_type for n in model.graph.node]
+    assert ops == ["Concat", "MatMul", "Add", "Relu", "MatMul", "Add"]
+    x = rng.normal(size=(64, 3)).astype(np.float32)
+    y = rng.normal(size=(64, 2)).astype(np.float32)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    (got,) = session.run(["out"], {"x": x, "y": y})
+    hidden = np.hstack([y, (x - c["mean"]) * c["inverse_std"]]) @ c["w"] + c["b"]
+    want = (np.maximum(hidden, 0) @ c["w_head"] + c["b_head"]) * c["scale"] + c["shift"]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
