@@ -1,9 +1,10 @@
 """A load generator in its own process. Closed loop: N concurrent clients POST the same body
 for D seconds, by ``wrk`` when it is installed (``make bench`` installs it), else by httpx.
-Open loop (with RATE): one request every 1/RATE s whatever the server does,
-at most N outstanding (requests that would exceed it are counted as ``skipped``); latency is
-measured from the scheduled send time, so a slow server cannot hide its queue (no
-coordinated omission). Prints JSON: requests, non-2xx (counted apart), req/s, p50/p99.
+Open loop (with RATE; raw HTTP/1.1 on asyncio): one request every 1/RATE s whatever the
+server does, at most N outstanding (requests that would exceed it are counted as
+``skipped``); latency is measured from the scheduled send time, so a slow server cannot hide
+its queue (no coordinated omission).
+Prints JSON: requests, non-2xx (counted apart), req/s, p50/p99.
 
 python -m benchmarks.load URL CONCURRENCY SECONDS BODY_FILE [RATE]"""
 
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 
 import httpx
 
@@ -39,43 +41,128 @@ def _summary(latencies: list[float], errors: int, elapsed: float, **extra: objec
     }
 
 
+class _Connection(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection carrying one request at a time; reports each
+    answer's status (None when the connection broke) to ``on_answer``."""
+
+    def __init__(self, on_answer) -> None:
+        self.on_answer = on_answer
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.scheduled = 0.0
+        self.waiting = False
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def send(self, request: bytes, scheduled: float) -> None:
+        self.scheduled, self.waiting = scheduled, True
+        self.transport.write(request)
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        end = self.buffer.find(b"\r\n\r\n")
+        if end < 0:
+            return
+        head = bytes(self.buffer[:end]).decode("latin-1")
+        length = re.search(r"(?im)^content-length:\s*(\d+)", head)
+        if length is None:  # the servers measured here always send one
+            self.transport.close()
+            return
+        if len(self.buffer) < end + 4 + int(length[1]):
+            return
+        del self.buffer[: end + 4 + int(length[1])]
+        self.waiting = False
+        self.on_answer(self, int(head[9:12]))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.waiting:
+            self.waiting = False
+            self.on_answer(self, None)
+
+
 async def open_loop(url: str, limit: int, seconds: float, body: bytes, rate: float) -> dict:
+    """``rate`` requests a second for ``seconds``, each sent at its scheduled time on an idle
+    keep-alive connection (a new one while fewer than ``limit`` are open; past that the
+    request is counted as ``skipped``). Raw HTTP/1.1 on asyncio, so that the generator can
+    offer thousands of requests a second on a core it shares with the server."""
+    loop = asyncio.get_running_loop()
+    target = urllib.parse.urlsplit(url)
+    request = (
+        f"POST {target.path} HTTP/1.1\r\nHost: {target.netloc}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
     latencies: list[float] = []
-    errors = skipped = outstanding = 0
-    headers = {"content-type": "application/json"}
-    limits = httpx.Limits(max_connections=limit, max_keepalive_connections=limit)
-    async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+    idle: list[_Connection] = []
+    counts = {"errors": 0, "skipped": 0, "outstanding": 0, "opened": 0}
+    drained = asyncio.Event()
 
-        async def one(scheduled: float) -> None:
-            nonlocal errors, outstanding
-            try:
-                response = await client.post(url, content=body, headers=headers)
-                ok = response.status_code < 300
-            except httpx.HTTPError:
-                ok = False
-            outstanding -= 1
-            if ok:
-                latencies.append(time.perf_counter() - scheduled)
+    def on_answer(connection: _Connection, status: int | None) -> None:
+        counts["outstanding"] -= 1
+        if status is not None and 200 <= status < 300:
+            latencies.append(time.perf_counter() - connection.scheduled)
+        else:
+            counts["errors"] += 1
+        if status is not None and not connection.transport.is_closing():
+            idle.append(connection)
+        if counts["outstanding"] == 0:
+            drained.set()
+
+    async def connect() -> _Connection:
+        counts["opened"] += 1
+        _, connection = await loop.create_connection(
+            lambda: _Connection(on_answer), target.hostname, target.port
+        )
+        return connection
+
+    idle.extend([await connect() for _ in range(min(limit, 8))])
+    total = int(rate * seconds)
+    began = time.perf_counter()
+    sent = 0
+    while sent < total:
+        due = min(total, int((time.perf_counter() - began) * rate) + 1)
+        while sent < due:  # everything due by now, so the offered rate holds
+            scheduled = began + sent / rate
+            sent += 1
+            while idle and idle[-1].transport.is_closing():  # closed by the server
+                idle.pop()
+                counts["opened"] -= 1
+            if idle:
+                connection = idle.pop()
+            elif counts["opened"] < limit:
+                connection = await connect()
             else:
-                errors += 1
-
-        began = time.perf_counter()
-        tasks = []
-        for i in range(int(rate * seconds)):
-            scheduled = began + i / rate
-            delay = scheduled - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            if outstanding >= limit:
-                skipped += 1
+                counts["skipped"] += 1
                 continue
-            outstanding += 1
-            tasks.append(asyncio.create_task(one(scheduled)))
-        await asyncio.gather(*tasks)
-        elapsed = time.perf_counter() - began
+            counts["outstanding"] += 1
+            drained.clear()
+            connection.send(request, scheduled)
+        await asyncio.sleep(max(0.0, began + sent / rate - time.perf_counter()))
+    if counts["outstanding"]:
+        try:
+            await asyncio.wait_for(drained.wait(), timeout=30)
+        except TimeoutError:
+            counts["errors"] += counts["outstanding"]
+    elapsed = time.perf_counter() - began
+    for connection in idle:
+        connection.transport.close()
     return _summary(
-        latencies, errors, elapsed, offered_per_s=rate, skipped=skipped, generator="httpx"
+        latencies,
+        counts["errors"],
+        elapsed,
+        offered_per_s=rate,
+        skipped=counts["skipped"],
+        connections=counts["opened"],
+        generator="raw HTTP/1.1 on asyncio",
     )
+
+
+def _run(coroutine) -> dict:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvicorn[standard] brings it
+        return asyncio.run(coroutine)
+    return uvloop.run(coroutine)
 
 
 async def main(url: str, concurrency: int, seconds: float, body: bytes) -> dict:
@@ -184,11 +271,9 @@ if __name__ == "__main__":
     with open(body_file, "rb") as handle:
         payload = handle.read()
     if len(sys.argv) > 5:
-        result = asyncio.run(
-            open_loop(url, int(concurrency), float(seconds), payload, float(sys.argv[5]))
-        )
+        result = _run(open_loop(url, int(concurrency), float(seconds), payload, float(sys.argv[5])))
     elif shutil.which("wrk"):
         result = wrk(url, int(concurrency), float(seconds), body_file)
     else:
-        result = asyncio.run(main(url, int(concurrency), float(seconds), payload))
+        result = _run(main(url, int(concurrency), float(seconds), payload))
     print(json.dumps(result))

@@ -145,3 +145,41 @@ def test_serving_table_puts_brewcast_against_the_floor_and_the_bare_app(trained,
     assert "| batch1_c16 | 1000 |" in table
     assert "| 25% | 62% | 40% |" in table  # BentoML / bare, floor / bare, BentoML / floor
     assert "64 rows a commit" in table and "sqlite " in table and "postgresql " in table
+
+
+def test_open_loop_offers_its_rate_and_counts_what_it_could_not_send():
+    """Against a real server on loopback: every 4th request answered 500, each answer
+    20 ms late. All offered requests are accounted for (answered, non-2xx or skipped);
+    latency runs from the scheduled send, so it includes the server's delay."""
+    import asyncio
+
+    from benchmarks import load
+
+    async def measure(limit: int, rate: float) -> dict:
+        served = 0
+
+        async def answer(reader, writer) -> None:
+            nonlocal served
+            while head := await reader.readuntil(b"\r\n\r\n"):
+                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                await reader.readexactly(length)
+                served += 1
+                status = b"500 Oops" if served % 4 == 0 else b"200 OK"
+                await asyncio.sleep(0.02)
+                writer.write(b"HTTP/1.1 " + status + b"\r\nContent-Length: 2\r\n\r\n{}")
+                await writer.drain()
+
+        server = await asyncio.start_server(answer, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        async with server:
+            return await load.open_loop(f"http://127.0.0.1:{port}/p", limit, 0.5, b'{"a":1}', rate)
+
+    unhindered = asyncio.run(measure(limit=64, rate=200))
+    assert unhindered["skipped"] == 0
+    assert unhindered["requests"] + unhindered["non_2xx"] == 100
+    assert unhindered["non_2xx"] == 25
+    assert 20 <= unhindered["p50_ms"] < 200
+    # Two connections, each busy 20 ms a request: at most ~50 of the 100 offered get sent.
+    queued = asyncio.run(measure(limit=2, rate=200))
+    assert queued["requests"] + queued["non_2xx"] + queued["skipped"] == 100
+    assert queued["skipped"] >= 40 and queued["connections"] == 2
