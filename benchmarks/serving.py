@@ -18,6 +18,7 @@ Targets on 2 cores: batch-1 >= 2,000 req/s at p99 <= 20 ms; 64-row >= 150,000 ro
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import statistics
@@ -169,17 +170,19 @@ def _load(url: str, concurrency: int, body: Path, rate: float | None = None) -> 
 WORKERS = (1, 2)
 
 
-def _servers(home: Path, work: Path, tmp: Path, workers: int) -> dict[str, tuple]:
+def _servers(
+    home: Path, work: Path, tmp: Path, workers: int, postgresql: str | None
+) -> dict[str, tuple]:
     """brewcast's BentoML service, BentoML's floor and the bare app, each with ``workers``
-    processes: (server, /predict URL)."""
+    processes, and brewcast again with its prediction log on PostgreSQL at ``postgresql``
+    (production's set-up) when given: (server, /predict URL)."""
     bento_port, floor_port, bare_port = free_port(), free_port(), free_port()
-    bento = bento_server(
-        home,
-        bento_port,
-        BREWCAST_SERVING_POLL_SECONDS="0",
-        BREWCAST_SERVING_THREADS="1",
-        BREWCAST_SERVING_WORKERS=str(workers),
-    )
+    brewcast_env = {
+        "BREWCAST_SERVING_POLL_SECONDS": "0",
+        "BREWCAST_SERVING_THREADS": "1",
+        "BREWCAST_SERVING_WORKERS": str(workers),
+    }
+    bento = bento_server(home, bento_port, **brewcast_env)
     floor = bento_server(
         home,
         floor_port,
@@ -205,18 +208,73 @@ def _servers(home: Path, work: Path, tmp: Path, workers: int) -> dict[str, tuple
         {"BARE_MODEL": str(work / "model.onnx")},
         cwd=PROJECT_ROOT,
     )
-    return {
+    servers = {
         "bentoml": (bento, f"http://127.0.0.1:{bento_port}/predict"),
         "bentoml_floor": (floor, f"http://127.0.0.1:{floor_port}/predict"),
         "bare": (bare, f"http://127.0.0.1:{bare_port}/predict"),
     }
+    if postgresql:
+        port = free_port()
+        on_postgresql = bento_server(
+            home, port, BREWCAST_PREDICTION_LOG_URL=postgresql, **brewcast_env
+        )
+        servers[POSTGRESQL] = (on_postgresql, f"http://127.0.0.1:{port}/predict")
+    return servers
+
+
+#: brewcast with its prediction log on this machine's PostgreSQL (a scratch database).
+POSTGRESQL = "bentoml_postgresql"
 
 
 def _compare(home: Path, work: Path, tmp: Path, bodies: dict, workers: int) -> dict:
     """All servers up at once; each scenario loads them one after the other, back to back,
     so that the machine's drift over minutes (2x here) falls on both sides of a ratio."""
+    import sqlalchemy as sa
+
+    from brewcast.processes import scratch_postgres_database
+
     results: dict = {"workers": workers, "bentoml": {}, "bentoml_floor": {}, "bare": {}}
-    servers = _servers(home, work, tmp, workers)
+    with contextlib.ExitStack() as scratch:
+        try:
+            postgresql = scratch.enter_context(scratch_postgres_database("brewcast_serving"))
+            results[POSTGRESQL] = {}
+        except sa.exc.OperationalError as exc:
+            postgresql = None
+            results[POSTGRESQL] = f"not measured: no PostgreSQL ({exc.orig})"
+        metadata = _load_all(home, work, tmp, bodies, workers, postgresql, results)
+        if postgresql:  # what reached the database, counted there
+            engine = sa.create_engine(postgresql)
+            with engine.connect() as connection:
+                results["postgresql_rows_logged"] = connection.scalar(
+                    sa.text("SELECT count(*) FROM predictions")
+                )
+            engine.dispose()
+    stats = metadata["prediction_log"]
+    results["execution_provider"] = metadata["execution_provider"]
+    results["prediction_log"] = {
+        **stats,
+        "rows_per_commit": stats["rows_written"] / max(stats["commits"], 1),
+    }
+    for name, over, under in RATIOS:
+        results[name] = {
+            key: results[over][key]["req_per_s"] / results[under][key]["req_per_s"]
+            for key in results[over]
+        }
+    return results
+
+
+def _load_all(
+    home: Path,
+    work: Path,
+    tmp: Path,
+    bodies: dict,
+    workers: int,
+    postgresql: str | None,
+    results: dict,
+) -> dict:
+    """Every scenario on every server, into ``results[server][scenario]``; brewcast's
+    /metadata afterwards."""
+    servers = _servers(home, work, tmp, workers, postgresql)
     try:
         for server, url in servers.values():
             server.start(timeout=180)
@@ -234,22 +292,10 @@ def _compare(home: Path, work: Path, tmp: Path, bodies: dict, workers: int) -> d
         # How well the prediction log grouped its commits (the answering worker's counts).
         metadata_url = servers["bentoml"][1].replace("/predict", "/metadata")
         with urllib.request.urlopen(metadata_url) as m:
-            metadata = json.load(m)
+            return json.load(m)
     finally:
         for server, _ in servers.values():
             server.stop()
-    stats = metadata["prediction_log"]
-    results["execution_provider"] = metadata["execution_provider"]
-    results["prediction_log"] = {
-        **stats,
-        "rows_per_commit": stats["rows_written"] / max(stats["commits"], 1),
-    }
-    for name, over, under in RATIOS:
-        results[name] = {
-            key: results[over][key]["req_per_s"] / results[under][key]["req_per_s"]
-            for key in results[over]
-        }
-    return results
 
 
 #: (JSON key, server, against server): req/s of one over the other, per scenario.
@@ -289,6 +335,24 @@ def run(workers: tuple[int, ...] = WORKERS) -> dict:
         return results
 
 
+def _postgresql_line(one: dict) -> str:
+    """brewcast with its log on PostgreSQL, per scenario, beside brewcast on SQLite."""
+    on_postgresql = one.get(POSTGRESQL)
+    if not isinstance(on_postgresql, dict):
+        return f"\nbrewcast with its log on PostgreSQL: {on_postgresql}."
+    cells = "; ".join(
+        f"{key} {r['req_per_s']:.0f} req/s, p99 {r['p99_ms']:.1f} ms, "
+        f"{r['cpu_ms_per_request']:.2f} CPU ms/req "
+        f"({r['req_per_s'] / one['bentoml'][key]['req_per_s']:.0%} of SQLite's)"
+        for key, r in on_postgresql.items()
+    )
+    rows = one.get("postgresql_rows_logged")
+    return (
+        f"\nbrewcast with its log on PostgreSQL (sync, COPY; {rows:,} rows counted in the "
+        f"database afterwards): {cells}."
+    )
+
+
 def markdown(result: dict) -> str:
     lines = []
     for workers, one in result["by_workers"].items():
@@ -318,6 +382,7 @@ def markdown(result: dict) -> str:
                 f"{log_stats['rows_written']:,} rows in {log_stats['commits']:,} commits "
                 f"({log_stats['rows_per_commit']:.1f} rows each)."
             )
+        lines.append(_postgresql_line(one))
     ceiling = result.get("prediction_log_ceiling")
     if ceiling:
         rates = ", ".join(

@@ -120,6 +120,8 @@ def test_serving_table_puts_brewcast_against_the_floor_and_the_bare_app(trained,
         "bentoml": {"batch1_c16": load(1000)},
         "bentoml_floor": {"batch1_c16": load(2500)},
         "bare": {"batch1_c16": load(4000)},
+        "bentoml_postgresql": {"batch1_c16": load(800)},
+        "postgresql_rows_logged": 12_345,
     }
     for name, over, under in serving.RATIOS:
         one[name] = {
@@ -145,6 +147,8 @@ def test_serving_table_puts_brewcast_against_the_floor_and_the_bare_app(trained,
     assert "| batch1_c16 | 1000 |" in table
     assert "| 25% | 62% | 40% |" in table  # BentoML / bare, floor / bare, BentoML / floor
     assert "64 rows a commit" in table and "sqlite " in table and "postgresql " in table
+    assert "PostgreSQL (sync, COPY; 12,345 rows counted" in table
+    assert "batch1_c16 800 req/s, p99 2.0 ms, 1.25 CPU ms/req (80% of SQLite's)" in table
 
 
 def test_open_loop_offers_its_rate_and_counts_what_it_could_not_send():
