@@ -380,6 +380,99 @@ def fold_affine_constants(graph) -> int:
     return removed
 
 
+def merge_embedding_lookups(graph) -> int:
+    """One Gather for every column's embedding instead of a table lookup, a Split and a
+    Gather and a Reshape per column.
+
+    The pre graph gives each category a cell of a [columns, union] table (``pre/cell``) and
+    looks its column's index up there; the network then gathers that index's embedding row
+    per column and concatenates the rows. Here the embedding rows are looked up through
+    the same table ahead of time, stacked into one [columns * union, width] initializer
+    that ``pre/cell`` indexes directly, and the first layer's weight rows are reordered to
+    the new concatenation (other inputs first, then the embeddings in column order). The
+    same function with 10 nodes fewer. Returns the nodes removed (0 when the graph is not
+    shaped as expected, e.g. embeddings of different widths).
+    """
+    from onnx import helper, numpy_helper, shape_inference
+
+    constants = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    consumers = _consumers(graph)
+    producer = {out: node for node in graph.node for out in node.output}
+    split = producer.get(f"pre/{CATEGORICAL[0]}")
+    lookup = producer.get("pre/index")
+    if split is None or split.op_type != "Split" or lookup is None or "pre/table" not in constants:
+        return 0
+    gathers = [_only_consumer(consumers, name, "Gather") for name in split.output]
+    if any(g is None or g.input[0] not in constants for g in gathers):
+        return 0
+    reshapes = [_only_consumer(consumers, g.output[0], "Reshape") for g in gathers]
+    concats = {
+        id(c): c for r in reshapes if r for c in [_only_consumer(consumers, r.output[0], "Concat")]
+    }
+    if None in reshapes or len(concats) != 1 or None in concats.values():
+        return 0
+    concat = next(iter(concats.values()))
+    matmul = _only_consumer(consumers, concat.output[0], "MatMul")
+    widths = {constants[g.input[0]].shape[1] for g in gathers}
+    if matmul is None or matmul.input[1] not in constants or len(widths) != 1:
+        return 0
+    width = widths.pop()
+    table = constants["pre/table"].reshape(len(gathers), -1)
+    stacked = np.concatenate(
+        [constants[g.input[0]][table[c]] for c, g in enumerate(gathers)]
+    ).astype(np.float32)
+
+    inferred = shape_inference.infer_shapes(_model(graph)).graph
+    block_widths = {
+        v.name: v.type.tensor_type.shape.dim[-1].dim_value
+        for v in (*inferred.input, *inferred.value_info)
+    }
+    embedded = {r.output[0]: c for c, r in enumerate(reshapes)}
+    blocks, start = {}, 0
+    for name in concat.input:
+        size = width if name in embedded else block_widths.get(name, 0)
+        if not size:
+            return 0
+        blocks[name] = (start, start + size)
+        start += size
+    others = [name for name in concat.input if name not in embedded]
+    order = others + [r.output[0] for r in reshapes]
+    weights = constants[matmul.input[1]]
+    reordered = np.concatenate([weights[slice(*blocks[name])] for name in order])
+
+    removed = [lookup, split, *gathers, *reshapes]
+    for node in removed:
+        graph.node.remove(node)
+    graph.initializer.extend(
+        [
+            numpy_helper.from_array(stacked, "pre/embedding_rows"),
+            numpy_helper.from_array(
+                np.array([-1, len(gathers) * width], np.int64), "pre/embeddings_shape"
+            ),
+            numpy_helper.from_array(reordered, f"{matmul.input[1]}/reordered"),
+        ]
+    )
+    at = list(graph.node).index(concat)
+    graph.node.insert(
+        at,
+        helper.make_node(
+            "Reshape",
+            ["pre/embedded", "pre/embeddings_shape"],
+            ["pre/embeddings"],
+            name="pre/embeddings",
+        ),
+    )
+    graph.node.insert(
+        at,
+        helper.make_node(
+            "Gather", ["pre/embedding_rows", "pre/cell"], ["pre/embedded"], name="pre/embed"
+        ),
+    )
+    concat.input[:] = [*others, "pre/embeddings"]
+    matmul.input[1] = f"{matmul.input[1]}/reordered"
+    return len(removed) - 2
+
+
 def compose_model(
     pre: Preprocessing, network, calibration: Calibration, metadata: dict[str, object] | None = None
 ):
@@ -402,6 +495,7 @@ def compose_model(
     )
     drop_negative_index_guards(full.graph)
     fold_affine_constants(full.graph)
+    merge_embedding_lookups(full.graph)
     used = {name for node in full.graph.node for name in node.input}
     unused = [init for init in full.graph.initializer if init.name not in used]
     for init in unused:  # constants tf2onnx folded away

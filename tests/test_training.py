@@ -94,12 +94,12 @@ def test_onnx_graph_takes_the_schema_and_matches_keras(trained):
     widths = [i.type.tensor_type.shape.dim[1].dim_value for i in model.graph.input]
     assert widths == [len(numeric_features()), len(categorical_features())]
     assert [o.name for o in model.graph.output] == list(OUTPUTS)
-    # Embeddings gather the LabelEncoders' indices directly: Keras' negative-index guard
-    # (never true here) is gone, and with it half of the graph's nodes.
-    gathers = [n for n in model.graph.node if n.op_type == "Gather" and n.name.startswith("net/")]
-    assert len(gathers) == len(CATEGORICAL)
-    assert {g.input[1] for g in gathers} == {f"pre/{name}" for name in CATEGORICAL}
-    assert not {"Less", "Not"} & {n.op_type for n in model.graph.node}
+    # Every column's embedding comes from one Gather of the categories' table cells: Keras'
+    # negative-index guard (never true here) is gone, and so are the per-column lookups.
+    gathers = [n for n in model.graph.node if n.op_type == "Gather"]
+    assert [list(g.input) for g in gathers] == [["pre/embedding_rows", "pre/cell"]]
+    assert not {"Less", "Not", "Split"} & {n.op_type for n in model.graph.node}
+    assert len(model.graph.node) <= 20  # 69 as tf2onnx and the hand-built parts first had it
     # The normalisation and the calibration are folded into the dense layers' weights.
     assert not {"Sub", "Mul"} & {n.op_type for n in model.graph.node}
     meta = {p.key: p.value for p in model.metadata_props}
@@ -288,3 +288,95 @@ def test_affine_constants_fold_into_the_dense_layers():
     hidden = np.hstack([y, (x - c["mean"]) * c["inverse_std"]]) @ c["w"] + c["b"]
     want = (np.maximum(hidden, 0) @ c["w_head"] + c["b_head"]) * c["scale"] + c["shift"]
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_categories_shared_between_columns_get_each_columns_own_index():
+    """The pre graph looks every category up once in one vocabulary over all columns: a
+    value that two columns share must still get each column's own index (hand example)."""
+    import onnxruntime as ort
+
+    from models.export import _pre_graph
+    from models.inputs import Preprocessing
+
+    vocabularies = dict(zip(CATEGORICAL, [("a", "b"), ("b", "c"), ("c", "a"), ("a",)], strict=True))
+    pre = Preprocessing({name: 0.0 for name in NUMERIC}, vocabularies)
+    session = ort.InferenceSession(
+        _pre_graph(pre).SerializeToString(), providers=["CPUExecutionProvider"]
+    )
+    categories = np.array([["b", "b", "a", "a"], ["a", "c", "c", "zz"], ["", "a", "b", "b"]])
+    numbers = np.full((3, len(NUMERIC)), np.nan, np.float32)
+    names = [f"pre/{name}" for name in CATEGORICAL]
+    out = session.run(names, {"numeric": numbers, "categorical": categories.astype(object)})
+    assert np.hstack(out).tolist() == [[2, 1, 2, 1], [1, 2, 1, 0], [0, 0, 0, 0]]
+
+
+def test_embedding_lookups_merge_whatever_the_concatenation_order():
+    """A hand network behind the real pre graph, its embeddings concatenated out of column
+    order around the numbers: merged into one lookup, it computes the same outputs."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from models.export import _pre_graph, merge_embedding_lookups
+    from models.inputs import Preprocessing
+
+    rng = np.random.default_rng(1)
+    vocabularies = dict(
+        zip(CATEGORICAL, [("a", "b"), ("b", "c", "d"), ("c",), ("a", "e")], strict=True)
+    )
+    model = _pre_graph(Preprocessing({name: 0.0 for name in NUMERIC}, vocabularies))
+    graph = model.graph
+    order = [CATEGORICAL[3], None, CATEGORICAL[1], CATEGORICAL[0], CATEGORICAL[2]]
+    pieces = []
+    for name in order:
+        if name is None:
+            pieces.append("pre/numeric")
+            continue
+        rows = rng.normal(size=(len(vocabularies[name]) + 1, 3)).astype(np.float32)
+        graph.initializer.append(numpy_helper.from_array(rows, f"E_{name}"))
+        graph.node.extend(
+            [
+                helper.make_node("Gather", [f"E_{name}", f"pre/{name}"], [f"g_{name}"]),
+                helper.make_node("Reshape", [f"g_{name}", "flat"], [f"r_{name}"]),
+            ]
+        )
+        pieces.append(f"r_{name}")
+    width = len(NUMERIC) + 3 * len(CATEGORICAL)
+    graph.initializer.extend(
+        [
+            numpy_helper.from_array(np.array([-1, 3], np.int64), "flat"),
+            numpy_helper.from_array(rng.normal(size=(width, 2)).astype(np.float32), "W"),
+        ]
+    )
+    graph.node.extend(
+        [
+            helper.make_node("Concat", pieces, ["joined"], axis=1),
+            helper.make_node("MatMul", ["joined", "W"], ["out"]),
+        ]
+    )
+    del graph.output[:]
+    graph.output.append(helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 2]))
+    feed = {
+        "numeric": rng.normal(size=(5, len(NUMERIC))).astype(np.float32),
+        "categorical": np.array(
+            [
+                ["a", "b", "c", "a"],
+                ["b", "d", "x", "e"],
+                ["", "c", "c", ""],
+                ["b", "b", "c", "e"],
+                ["zz", "d", "", "a"],
+            ],
+            dtype=object,
+        ),
+    }
+
+    def run() -> np.ndarray:
+        session = ort.InferenceSession(
+            model.SerializeToString(), providers=["CPUExecutionProvider"]
+        )
+        return session.run(["out"], feed)[0]
+
+    before, nodes = run(), len(graph.node)
+    assert merge_embedding_lookups(graph) == 8
+    onnx.checker.check_model(model, full_check=True)
+    assert len(graph.node) == nodes - 8
+    np.testing.assert_allclose(run(), before, rtol=1e-6, atol=1e-6)
