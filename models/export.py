@@ -14,6 +14,11 @@ It is composed of three parts, merged with ``onnx.compose``:
 * ``post`` (hand-built): ``probability = Sigmoid(a * logit + b)`` (the calibration) and
   ``hours_remaining = Relu(hours)``.
 
+The merged graph is then made cheaper without changing what it computes (most of a small
+batch's time is per node): Keras' negative-index guards dropped, constant scales and shifts
+folded into the dense layers' weights, and every column's embedding looked up by one
+Gather (69 nodes as first converted, 19 after).
+
 The parity check runs the graph in onnxruntime on the test split and compares it with the
 Keras model plus the same calibration in NumPy; above ``PARITY_LIMIT`` the export fails.
 """
@@ -427,7 +432,7 @@ def merge_embedding_lookups(graph) -> int:
         v.name: v.type.tensor_type.shape.dim[-1].dim_value
         for v in (*inferred.input, *inferred.value_info)
     }
-    embedded = {r.output[0]: c for c, r in enumerate(reshapes)}
+    embedded = {r.output[0] for r in reshapes}
     blocks, start = {}, 0
     for name in concat.input:
         size = width if name in embedded else block_widths.get(name, 0)
