@@ -4,9 +4,9 @@ A batch-1 request's onnxruntime call cost 160-400 us in the service, against ~60
 a loop of calls alone (2026-11-29, with one model input per column): between requests the
 web stack evicts the session's memory from the CPU caches, and each call pays onnxruntime's
 per-call costs again. Requests arrive in waves (the prediction log's group commit answers
-its waiters together, and clients send again together), so the requests that reach the scorer in one turn of the event loop are scored
-in one call. Nothing waits on a timer: the call runs as the next callback of the same loop,
-and a request alone is scored alone.
+its waiters together, and clients send again together), so the requests that reach the
+scorer in one turn of the event loop are scored in one call. Nothing waits on a timer: the
+call runs as the next callback of the same loop, and a request alone is scored alone.
 """
 
 from __future__ import annotations
