@@ -40,7 +40,9 @@ from models.inputs import (
     RAW_CATEGORICAL,
     RAW_NUMERIC,
     Preprocessing,
+    per_column_inputs,
     raw_inputs,
+    takes_per_column_inputs,
 )
 from models.network import predict_network
 
@@ -536,7 +538,12 @@ def cpu_session(model_bytes: bytes, threads: int = 1):
 
 
 def run_onnx(session, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    probability, hours = session.run(list(OUTPUTS), raw_inputs(frame))
+    """Probability and hours for ``frame``, from this graph or one exported with one input
+    per column (the champion a gate compares against may be one)."""
+    inputs = raw_inputs(frame)
+    if takes_per_column_inputs(i.name for i in session.get_inputs()):
+        inputs = per_column_inputs(inputs)
+    probability, hours = session.run(list(OUTPUTS), inputs)
     return probability.ravel().astype(np.float64), hours.ravel().astype(np.float64)
 
 

@@ -9,6 +9,7 @@ are baked into the ONNX graph, so serving and training agree by construction.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -84,6 +85,12 @@ def raw_inputs_from_records(records: list[dict]) -> dict[str, np.ndarray]:
             [r.get(name) or "" for r in records for name in CATEGORICAL], dtype=object
         ).reshape(rows, len(CATEGORICAL)),
     }
+
+
+def takes_per_column_inputs(input_names: Iterable[str]) -> bool:
+    """Whether a graph with these input names was exported before the two-matrix contract
+    (one input per schema column); a registry may still hold one, as champion."""
+    return set(input_names) == {*NUMERIC, *CATEGORICAL}
 
 
 def per_column_inputs(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.inputs import CATEGORICAL, NUMERIC, per_column_inputs
+from models.inputs import per_column_inputs, takes_per_column_inputs
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +153,7 @@ def create_session(
         threads,
         "on" if spinning else "off",
     )
-    per_column = {i.name for i in session.get_inputs()} == {*NUMERIC, *CATEGORICAL}
+    per_column = takes_per_column_inputs(i.name for i in session.get_inputs())
     if per_column:
         log.warning("the model takes one input per column (exported before 2026-11-30)")
     return Session(session, in_use, requested, threads, spinning, per_column)

@@ -353,11 +353,12 @@ def _per_column_model(model_bytes: bytes) -> bytes:
 
 
 def test_a_model_with_one_input_per_column_is_still_served(trained):
-    """A registry may still hold a champion exported with one input per column: the session
-    feeds it the columns of the two matrices, and it scores what the new graph scores."""
+    """A registry may still hold a champion exported with one input per column: the serving
+    session and the gate's scoring feed it the columns of the two matrices, and it scores
+    what the new graph scores."""
     import numpy as np
 
-    from models.export import OUTPUTS
+    from models.export import OUTPUTS, cpu_session, run_onnx
     from models.inputs import raw_inputs
     from serving.runtime import create_session
 
@@ -373,6 +374,10 @@ def test_a_model_with_one_input_per_column_is_still_served(trained):
         legacy.run(raw_inputs(frame), list(OUTPUTS)),
         strict=True,
     ):
+        np.testing.assert_array_equal(got, want)
+    # The training gate scores the champion the same way (run_onnx): it may be such a model.
+    legacy_scores = run_onnx(cpu_session(_per_column_model(model_bytes)), frame)
+    for want, got in zip(run_onnx(cpu_session(model_bytes), frame), legacy_scores, strict=True):
         np.testing.assert_array_equal(got, want)
 
 
