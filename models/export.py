@@ -269,6 +269,19 @@ def _consumers(graph) -> dict[str, list]:
     return out
 
 
+def _widths(graph) -> dict[str, int]:
+    """The last dimension of every input and intermediate value whose shape inference
+    knows it (0 where it does not): the columns each contributes to a Concat."""
+    from onnx import shape_inference
+
+    inferred = shape_inference.infer_shapes(_model(graph)).graph
+    return {
+        v.name: v.type.tensor_type.shape.dim[-1].dim_value
+        for v in (*inferred.input, *inferred.value_info)
+        if v.type.tensor_type.shape.dim
+    }
+
+
 def _only_consumer(consumers: dict[str, list], name: str, op_type: str):
     """The single node reading ``name`` if it is an ``op_type``, else None."""
     readers = consumers.get(name, [])
@@ -300,7 +313,7 @@ def fold_affine_constants(graph) -> int:
     weights are new initializers; what no longer feeds anything is pruned by the caller.
     Returns the number of nodes removed.
     """
-    from onnx import numpy_helper, shape_inference
+    from onnx import numpy_helper
 
     constants = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
 
@@ -361,17 +374,13 @@ def fold_affine_constants(graph) -> int:
         if matmul.input[1] not in constants or bias_add.input[1] not in constants:
             continue
         position = list(concat.input).index(scale_mul.output[0])
-        inferred = shape_inference.infer_shapes(_model(graph)).graph
-        shapes = {
-            v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
-            for v in (*inferred.input, *inferred.value_info)
-        }
-        widths = [shapes.get(name, [0, 0])[-1] for name in concat.input[:position]]
+        inferred = _widths(graph)
+        widths = [inferred.get(name, 0) for name in concat.input[:position]]
         if not all(widths):
             continue
         weights = constants[matmul.input[1]].astype(np.float64)
         start = sum(widths)
-        width = shapes.get(scale_mul.output[0], [0, 0])[-1] or constants[sub.input[1]].size
+        width = inferred.get(scale_mul.output[0], 0) or constants[sub.input[1]].size
         rows = weights[start : start + width]
         mean = np.broadcast_to(constants[sub.input[1]].astype(np.float64).ravel(), (width,))
         inverse = np.broadcast_to(scale[1].astype(np.float64).ravel(), (width,))
@@ -400,7 +409,7 @@ def merge_embedding_lookups(graph) -> int:
     same function with 10 nodes fewer. Returns the nodes removed (0 when the graph is not
     shaped as expected, e.g. embeddings of different widths).
     """
-    from onnx import helper, numpy_helper, shape_inference
+    from onnx import helper, numpy_helper
 
     constants = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
     consumers = _consumers(graph)
@@ -429,11 +438,7 @@ def merge_embedding_lookups(graph) -> int:
         [constants[g.input[0]][table[c]] for c, g in enumerate(gathers)]
     ).astype(np.float32)
 
-    inferred = shape_inference.infer_shapes(_model(graph)).graph
-    block_widths = {
-        v.name: v.type.tensor_type.shape.dim[-1].dim_value
-        for v in (*inferred.input, *inferred.value_info)
-    }
+    block_widths = _widths(graph)
     embedded = {r.output[0] for r in reshapes}
     blocks, start = {}, 0
     for name in concat.input:
