@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -114,19 +115,29 @@ def _log_ceilings(work: Path, folder: Path, body: Path, seconds: float = 4.0) ->
     (production's database; measured in a scratch database when the server is there). A
     service that logs every row before answering cannot serve more rows/s than its log
     commits; on SQLite that holds for any number of workers (their commits take turns)."""
+    rows = _log_rows(work, folder, body)
+    out: dict = {"rows_per_commit": len(rows)}
+    out["sqlite"] = _log_ceiling(f"sqlite:///{folder / 'ceiling' / 'log.db'}", rows, seconds)
+    with _scratch_postgresql("brewcast_bench") as (url, why_not):
+        out["postgresql"] = _log_ceiling(url, rows, seconds) if url else why_not
+    return out
+
+
+@contextlib.contextmanager
+def _scratch_postgresql(prefix: str) -> Iterator[tuple[str | None, str | None]]:
+    """A scratch database on this machine's PostgreSQL for the duration: (its URL, None),
+    or (None, why it could not be made) where no server answers."""
     import sqlalchemy as sa
 
     from brewcast.processes import LOCAL_POSTGRES, scratch_postgres_database
 
-    rows = _log_rows(work, folder, body)
-    out: dict = {"rows_per_commit": len(rows)}
-    out["sqlite"] = _log_ceiling(f"sqlite:///{folder / 'ceiling' / 'log.db'}", rows, seconds)
-    try:
-        with scratch_postgres_database("brewcast_bench") as url:
-            out["postgresql"] = _log_ceiling(url, rows, seconds)
-    except sa.exc.OperationalError as exc:
-        out["postgresql"] = f"not measured: no PostgreSQL at {LOCAL_POSTGRES} ({exc.orig})"
-    return out
+    with contextlib.ExitStack() as stack:
+        try:
+            url = stack.enter_context(scratch_postgres_database(prefix))
+        except sa.exc.OperationalError as exc:
+            yield None, f"not measured: no PostgreSQL at {LOCAL_POSTGRES} ({exc.orig})"
+            return
+        yield url, None
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -231,16 +242,9 @@ def _compare(home: Path, work: Path, tmp: Path, bodies: dict, workers: int) -> d
     so that the machine's drift over minutes (2x here) falls on both sides of a ratio."""
     import sqlalchemy as sa
 
-    from brewcast.processes import scratch_postgres_database
-
     results: dict = {"workers": workers, "bentoml": {}, "bentoml_floor": {}, "bare": {}}
-    with contextlib.ExitStack() as scratch:
-        try:
-            postgresql = scratch.enter_context(scratch_postgres_database("brewcast_serving"))
-            results[POSTGRESQL] = {}
-        except sa.exc.OperationalError as exc:
-            postgresql = None
-            results[POSTGRESQL] = f"not measured: no PostgreSQL ({exc.orig})"
+    with _scratch_postgresql("brewcast_serving") as (postgresql, why_not):
+        results[POSTGRESQL] = {} if postgresql else why_not
         metadata = _load_all(home, work, tmp, bodies, workers, postgresql, results)
         if postgresql:  # what reached the database, counted there
             engine = sa.create_engine(postgresql)
