@@ -53,13 +53,6 @@ class Column:
         known = set(self.vocabulary)
         return [v if isinstance(v, str) and v in known else OOV for v in values]
 
-    @property
-    def embedding_dim(self) -> int:
-        """Embedding width near vocabulary_size ** 0.25 (DOMAIN.md), at least 2."""
-        if self.vocabulary is None:
-            raise TypeError(f"column {self.name!r} is not categorical")
-        return max(2, round((len(self.vocabulary) + 1) ** 0.25))
-
 
 @dataclass(frozen=True)
 class Table:

@@ -13,16 +13,17 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from brewcast.paths import Paths
 
-class Settings(BaseSettings):
-    """Every knob of brewcast, with its default for the embedded mode."""
+#: Every group reads ``BREWCAST_<FIELD>``: the same names whichever group a field is in.
+ENVIRONMENT = SettingsConfigDict(env_prefix="BREWCAST_", extra="ignore")
 
-    model_config = SettingsConfigDict(env_prefix="BREWCAST_", extra="ignore")
 
-    home: Path = Field(Path(".brewcast"), description="Root of the lake, stores and logs.")
-    seed: int = Field(42, description="Seed of the simulator and of training.")
+class IngestSettings(BaseSettings):
+    """Where data comes from: the default source, the drop folder, Brewery Pi."""
 
-    # ingest
+    model_config = ENVIRONMENT
+
     source: Literal["simulator", "drop", "brewerypi"] = Field(
         "simulator", description="Where `brewcast ingest` reads from by default."
     )
@@ -36,7 +37,12 @@ class Settings(BaseSettings):
         "Fermentation", description="EventFrameTemplate.Name that marks a fermentation batch."
     )
 
-    # simulator defaults (the demo's world)
+
+class SimulationSettings(BaseSettings):
+    """The simulated cellar (the demo's world) and the drift it can inject."""
+
+    model_config = ENVIRONMENT
+
     simulation_start: str = Field("2026-01-01", description="First pitch of the simulated world.")
     simulation_days: int = Field(240, description="Length of the simulated world in days.")
     simulation_fermenters: int = Field(8, description="Fermenters in the simulated cellar.")
@@ -56,7 +62,12 @@ class Settings(BaseSettings):
         0.0, description="Drift as a late start: hours added to the curve's midpoint."
     )
 
-    # labels and snapshots
+
+class LabelSettings(BaseSettings):
+    """What counts as finished, and how often a batch is snapshotted."""
+
+    model_config = ENVIRONMENT
+
     horizon_hours: float = Field(24.0, description="Predict finishing within this horizon.")
     snapshot_every_hours: float = Field(6.0, description="Snapshot cadence during a batch.")
     terminal_tolerance_plato: float = Field(
@@ -66,7 +77,12 @@ class Settings(BaseSettings):
         36.0, description="A plateau must last this long before a batch is labelled finished."
     )
 
-    # validation
+
+class ValidationSettings(BaseSettings):
+    """How Great Expectations validation decides and quarantines."""
+
+    model_config = ENVIRONMENT
+
     validation_policy: Literal["rows", "partition"] = Field(
         "rows",
         description="On failed row checks: quarantine only the bad rows, or the whole "
@@ -92,7 +108,12 @@ class Settings(BaseSettings):
         20, description="Partitions smaller than this get no distribution expectations."
     )
 
-    # training
+
+class TrainingSettings(BaseSettings):
+    """The network, its optimisation, calibration, threshold and data splits."""
+
+    model_config = ENVIRONMENT
+
     hidden_layers: str = Field("64,32", description="Hidden layer widths, comma-separated.")
     activation: str = Field("relu", description="Hidden layer activation.")
     l1: float = Field(0.0, description="L1 weight penalty (drives useless weights to zero).")
@@ -117,7 +138,12 @@ class Settings(BaseSettings):
         5, description="Fewest batches each of train/validation/test may have."
     )
 
-    # MLflow and the promotion gate
+
+class RegistrySettings(BaseSettings):
+    """MLflow and the promotion gate."""
+
+    model_config = ENVIRONMENT
+
     mlflow_tracking_uri: str | None = Field(
         None, description="Tracking server or store (default: sqlite:///HOME/mlflow.db)."
     )
@@ -133,7 +159,12 @@ class Settings(BaseSettings):
         0.01, description="How much worse than the champion (log loss, AUC) a challenger may be."
     )
 
-    # serving
+
+class ServingSettings(BaseSettings):
+    """The BentoML service, onnxruntime and the prediction log."""
+
+    model_config = ENVIRONMENT
+
     require_gpu: bool = Field(False, description="Refuse to serve on the CPU (no silent fallback).")
     prefer_gpu: bool = Field(True, description="Ask onnxruntime for CUDA first when it has it.")
     use_tensorrt: bool = Field(False, description="Ask for TensorRT before CUDA.")
@@ -170,7 +201,12 @@ class Settings(BaseSettings):
     )
     prediction_log_queue: int = Field(10_000, description="Async mode's queue bound in rows.")
 
-    # monitoring
+
+class MonitoringSettings(BaseSettings):
+    """Monitoring windows, support and alarm limits."""
+
+    model_config = ENVIRONMENT
+
     monitor_experiment: str = Field("brewcast-monitoring", description="MLflow experiment.")
     monitor_window_days: float = Field(7.0, description="Length of a monitoring window.")
     monitor_min_support: int = Field(
@@ -192,21 +228,38 @@ class Settings(BaseSettings):
     monitor_max_psi: float = Field(0.25, description="PSI of a feature before a drift alarm.")
     monitor_webhook_url: str | None = Field(None, description="Alerts are POSTed here too.")
 
+
+class Settings(
+    IngestSettings,
+    SimulationSettings,
+    LabelSettings,
+    ValidationSettings,
+    TrainingSettings,
+    RegistrySettings,
+    ServingSettings,
+    MonitoringSettings,
+):
+    """Every knob of brewcast, with its default for the embedded mode: the groups above (one
+    per concern, each usable as a type on its own) and the home they all live under. The
+    environment variables are the fields' names with the ``BREWCAST_`` prefix."""
+
+    model_config = ENVIRONMENT
+
+    home: Path = Field(Path(".brewcast"), description="Root of the lake, stores and logs.")
+    seed: int = Field(42, description="Seed of the simulator and of training.")
+
+    @property
+    def paths(self) -> Paths:
+        """Every location under ``home``."""
+        return Paths(self.home, self.drop_dir)
+
     @property
     def prediction_log(self) -> str:
-        return self.prediction_log_url or (f"sqlite:///{(self.home / 'predictions.db').resolve()}")
+        return self.prediction_log_url or f"sqlite:///{self.paths.predictions_db.resolve()}"
 
     @property
     def tracking_uri(self) -> str:
-        return self.mlflow_tracking_uri or f"sqlite:///{(self.home / 'mlflow.db').resolve()}"
-
-    @property
-    def lake_dir(self) -> Path:
-        return self.home / "lake"
-
-    @property
-    def drop_path(self) -> Path:
-        return self.drop_dir if self.drop_dir is not None else self.home / "drop"
+        return self.mlflow_tracking_uri or f"sqlite:///{self.paths.mlflow_db.resolve()}"
 
 
 def get_settings(**overrides: object) -> Settings:

@@ -14,9 +14,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from brewcast.contract import CATEGORICAL, NUMERIC
 from brewcast.schema import LABEL
 from models.calibrate import fit_calibration
-from models.inputs import CATEGORICAL, NUMERIC
 
 #: Apparent attenuation assumed for a strain never seen finishing in training.
 DEFAULT_ATTENUATION = 0.75

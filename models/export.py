@@ -2,7 +2,7 @@
 
 It is composed of three parts, merged with ``onnx.compose``:
 
-* ``pre`` (hand-built): two inputs (:func:`models.inputs.raw_inputs`) — the numbers as one
+* ``pre`` (hand-built): two inputs (:func:`brewcast.contract.raw_inputs`) — the numbers as one
   float32 matrix, NaN imputed by the training medians (``IsNaN`` + ``Where``), the
   categories as one string matrix, looked up in one ``ai.onnx.ml.LabelEncoder`` over every
   column's vocabulary, then mapped to each column's own vocabulary index by a table
@@ -31,26 +31,27 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from brewcast.schema import schema_fingerprint
-from models.calibrate import Calibration
-from models.inputs import (
+from brewcast.contract import (
     CATEGORICAL,
+    META_CALIBRATION,
+    META_INPUT_COLUMNS,
+    META_SCHEMA_FINGERPRINT,
     NUMERIC,
-    NUMERIC_INPUT,
+    OUTPUTS,
     RAW_CATEGORICAL,
     RAW_NUMERIC,
-    Preprocessing,
-    per_column_inputs,
+    inputs_for,
     raw_inputs,
-    takes_per_column_inputs,
 )
+from brewcast.schema import schema_fingerprint
+from models.calibrate import Calibration
+from models.inputs import NUMERIC_INPUT, Preprocessing
 from models.network import predict_network
 
 PARITY_LIMIT = 1e-4
 IR_VERSION = 8  # what tf2onnx 1.17 writes; merge_models needs every part to agree
 OPSET = 17
 ML_OPSET = 2  # ai.onnx.ml LabelEncoder-2: keys_strings / values_int64s / default_int64
-OUTPUTS = ("probability", "hours_remaining")
 
 
 class ParityError(RuntimeError):
@@ -124,7 +125,7 @@ def _category_tables(pre: Preprocessing) -> tuple[list[str], np.ndarray]:
     return union, table
 
 
-def _pre_graph(pre: Preprocessing):
+def pre_graph(pre: Preprocessing):
     from onnx import TensorProto, helper, numpy_helper
 
     fill = np.array([pre.fill_values[n] for n in NUMERIC], np.float32).reshape(1, -1)
@@ -494,7 +495,7 @@ def compose_model(
 
     net = compose.add_prefix(network, prefix="net/")  # its inputs share the raw names
     first = compose.merge_models(
-        _pre_graph(pre),
+        pre_graph(pre),
         net,
         io_map=[("pre/numeric", f"net/{NUMERIC_INPUT}")]
         + [(f"pre/{name}", f"net/{name}") for name in CATEGORICAL],
@@ -519,10 +520,10 @@ def compose_model(
     full.opset_import.extend(onnx.helper.make_opsetid(d, v) for d, v in seen.items())
     full.graph.name = "fermentation_completion"
     meta = {
-        "schema_fingerprint": schema_fingerprint(),
+        META_SCHEMA_FINGERPRINT: schema_fingerprint(),
         # The columns of each input matrix, in order: what a caller without brewcast needs.
-        "input_columns": json.dumps({RAW_NUMERIC: NUMERIC, RAW_CATEGORICAL: CATEGORICAL}),
-        "calibration": json.dumps(
+        META_INPUT_COLUMNS: json.dumps({RAW_NUMERIC: NUMERIC, RAW_CATEGORICAL: CATEGORICAL}),
+        META_CALIBRATION: json.dumps(
             {"method": calibration.method, "a": calibration.a, "b": calibration.b}
         ),
         **{k: json.dumps(v) if not isinstance(v, str) else v for k, v in (metadata or {}).items()},
@@ -545,10 +546,7 @@ def cpu_session(model_bytes: bytes, threads: int = 1):
 def run_onnx(session, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """Probability and hours for ``frame``, from this graph or one exported with one input
     per column (the champion a gate compares against may be one)."""
-    inputs = raw_inputs(frame)
-    if takes_per_column_inputs(i.name for i in session.get_inputs()):
-        inputs = per_column_inputs(inputs)
-    probability, hours = session.run(list(OUTPUTS), inputs)
+    probability, hours = session.run(list(OUTPUTS), inputs_for(session, raw_inputs(frame)))
     return probability.ravel().astype(np.float64), hours.ravel().astype(np.float64)
 
 

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from models.inputs import CATEGORICAL, NUMERIC_INPUT, Preprocessing
+from brewcast.contract import CATEGORICAL
+from models.inputs import NUMERIC_INPUT, Preprocessing
 
 HOURS_SCALE = 24.0  # the regression loss works in days so both heads weigh alike
 
@@ -62,6 +63,17 @@ def masked_huber(y_true, y_pred):
     return ops.sum(loss, axis=-1) * ops.cast(ops.any(mask, axis=-1), loss.dtype)
 
 
+def load_network(path):
+    """A network saved by a training run (its custom loss included)."""
+    return _keras().models.load_model(path, custom_objects={"masked_huber": masked_huber})
+
+
+def embedding_width(size: int) -> int:
+    """Embedding width near vocabulary_size ** 0.25 (DOMAIN.md), at least 2; ``size``
+    counts the out-of-vocabulary index."""
+    return max(2, round(size**0.25))
+
+
 def build_network(pre: Preprocessing, train_numeric: np.ndarray, config: NetworkConfig):
     keras = _keras()
     layers = keras.layers
@@ -71,7 +83,7 @@ def build_network(pre: Preprocessing, train_numeric: np.ndarray, config: Network
     parts, inputs = [normalise(numeric)], [numeric]
     for name in CATEGORICAL:
         size = len(pre.vocabularies[name]) + 1  # + the out-of-vocabulary index 0
-        dim = max(2, round(size**0.25))
+        dim = embedding_width(size)
         cat = keras.Input(shape=(1,), name=name, dtype="int64")
         inputs.append(cat)
         parts.append(layers.Flatten()(layers.Embedding(size, dim, name=f"embed_{name}")(cat)))

@@ -76,17 +76,3 @@ def records(frame: pd.DataFrame) -> list[dict]:
 def chunks(frame: pd.DataFrame, size: int) -> Iterator[pd.DataFrame]:
     for start in range(0, len(frame), size):
         yield frame.iloc[start : start + size]
-
-
-def log_in_process(model, requests: pd.DataFrame, prediction_log, chunk: int = 512) -> int:
-    """Score ``requests`` with a :class:`serving.model.ServedModel` and log every row as the
-    service would, served at its snapshot time; rows logged."""
-    logged = 0
-    for part in chunks(requests, chunk):
-        rows = model.score(records(part), None)
-        for row, at in zip(rows, part["snapshot_time"], strict=True):
-            row["served_at"] = at.to_pydatetime()
-            row["snapshot_time"] = at.to_pydatetime()
-        prediction_log.write(rows)
-        logged += len(rows)
-    return logged

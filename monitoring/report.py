@@ -54,8 +54,8 @@ def load_inputs(settings: Settings) -> tuple[pd.DataFrame, pd.DataFrame, pd.Data
         predictions, labels = prediction_log.read_predictions(), prediction_log.read_labels()
     finally:
         prediction_log.close()
-    batches = lake.read_table(settings.lake_dir, "validated", BATCHES)
-    readings = lake.read_table(settings.lake_dir, "validated", READINGS)
+    batches = lake.read_table(settings.paths.lake, "validated", BATCHES)
+    readings = lake.read_table(settings.paths.lake, "validated", READINGS)
     outcomes = (
         derive_outcomes(batches, readings, LabelRules.from_settings(settings))
         if len(batches)
@@ -69,14 +69,14 @@ def run_monitoring(settings: Settings, log_to_mlflow: bool = True) -> dict:
 
     predictions, labels, outcomes = load_inputs(settings)
     result = monitor(predictions, labels, outcomes, load_reference(settings), settings)
-    out_dir = settings.home / "monitoring"
+    out_dir = settings.paths.monitoring
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = result.summary()
     report = write_html(result, predictions, labels, outcomes, settings, out_dir / "report.html")
     summary["report"] = str(report)
     if log_to_mlflow and len(result.windows):
         summary["mlflow_runs"] = log_windows(result, settings)
-    lake.write_text(out_dir / "summary.json", json.dumps(summary, indent=2, default=str))
+    lake.write_text(settings.paths.monitoring_summary, json.dumps(summary, indent=2, default=str))
     if len(result.windows):
         result.windows.to_csv(out_dir / "windows.csv", index=False)
     deliver_alerts(result, settings)
@@ -86,11 +86,11 @@ def run_monitoring(settings: Settings, log_to_mlflow: bool = True) -> dict:
 def log_windows(result: MonitoringResult, settings: Settings) -> list[str]:
     import mlflow
 
+    from brewcast.registry import configure, ensure_experiment
     from models.evaluate import metric_key
-    from models.registry import configure, ensure_experiment
 
     configure(settings.tracking_uri)
-    experiment = ensure_experiment(settings.monitor_experiment, settings.home / "mlartifacts")
+    experiment = ensure_experiment(settings.monitor_experiment, settings.paths.mlflow_artifacts)
     run_ids = []
     for (window, version), part in result.windows.groupby(["window", "model_version"]):
         values = {}

@@ -12,9 +12,9 @@ from datetime import datetime
 from typing import Annotated
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
-from brewcast.schema import FEATURES, categorical_features, numeric_features
+from brewcast.schema import categorical_features, numeric_features
 
 
 def _snapshot_model() -> type[BaseModel]:
@@ -110,6 +110,17 @@ class Label(BaseModel):
         None, description="When the batch reached terminal gravity (labels all its predictions)."
     )
 
+    @model_validator(mode="after")
+    def _one_kind(self) -> Label:
+        """A label is either one prediction's outcome or one batch's finish, never both."""
+        if (self.prediction_id is None) == (self.batch_id is None):
+            raise ValueError("give exactly one of prediction_id or batch_id")
+        if self.prediction_id is not None and self.finished_within_horizon is None:
+            raise ValueError("a prediction_id label needs finished_within_horizon")
+        if self.batch_id is not None and self.finished_at is None:
+            raise ValueError("a batch_id label needs finished_at")
+        return self
+
 
 class FeedbackRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -119,9 +130,3 @@ class FeedbackRequest(BaseModel):
 class FeedbackResponse(BaseModel):
     accepted: int
     unknown_prediction_ids: list[str] = Field(default_factory=list)
-
-
-def request_feature_names() -> list[str]:
-    """The schema features a request carries (tests assert this equals the schema)."""
-    features = {c.name for c in FEATURES.by_role("feature")}
-    return [n for n in Snapshot.model_fields if n in features]

@@ -17,10 +17,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from brewcast.contract import (
+    META_CALIBRATION,
+    META_HORIZON_HOURS,
+    META_SCHEMA_FINGERPRINT,
+    META_THRESHOLD,
+    OUTPUTS,
+    raw_inputs_from_records,
+    read_metadata,
+)
+from brewcast.registry import CHAMPION, configure, download_onnx, version_by_alias
 from brewcast.schema import categorical_features, schema_fingerprint
 from brewcast.settings import Settings
-from models.export import OUTPUTS
-from models.inputs import raw_inputs_from_records
 from serving.prediction_log import new_prediction_ids, prediction_row
 from serving.runtime import Session, create_session
 
@@ -102,15 +110,7 @@ class ServedModel:
         }
 
 
-def onnx_metadata(model_bytes: bytes) -> dict[str, str]:
-    import onnx
-
-    return {p.key: p.value for p in onnx.load_from_string(model_bytes).metadata_props}
-
-
 def champion_version(settings: Settings) -> str | None:
-    from models.registry import CHAMPION, configure, version_by_alias
-
     configure(settings.tracking_uri)
     version = version_by_alias(settings.model_name, CHAMPION)
     return None if version is None else str(version.version)
@@ -129,8 +129,6 @@ def import_champion(settings: Settings, workdir: Path) -> str:
     """Copy the MLflow champion into the BentoML model store (once per version); its tag."""
     import bentoml
 
-    from models.registry import CHAMPION, download_onnx
-
     version = champion_version(settings)
     if version is None:
         raise ModelUnavailableError(
@@ -144,18 +142,18 @@ def import_champion(settings: Settings, workdir: Path) -> str:
         ):
             return str(existing.tag)
     model_bytes = download_onnx(f"models:/{settings.model_name}/{version}", workdir)
-    meta = onnx_metadata(model_bytes)
+    meta = read_metadata(model_bytes)
     with bentoml.models.create(
         BENTO_MODEL,
         labels={
             "mlflow_model": settings.model_name,
             "mlflow_version": version,
-            "schema_fingerprint": meta.get("schema_fingerprint", ""),
+            "schema_fingerprint": meta.get(META_SCHEMA_FINGERPRINT, ""),
         },
         metadata={
-            "threshold": float(meta["threshold"]),
-            "calibration": meta["calibration"],
-            "horizon_hours": float(meta.get("horizon_hours", settings.horizon_hours)),
+            "threshold": float(meta[META_THRESHOLD]),
+            "calibration": meta[META_CALIBRATION],
+            "horizon_hours": float(meta.get(META_HORIZON_HOURS, settings.horizon_hours)),
             "tracking_uri": settings.tracking_uri,
         },
     ) as model:
@@ -184,8 +182,8 @@ def load_bento_model(tag: str, settings: Settings) -> ServedModel:
 def served_model(model_bytes: bytes, version: str, tag: str, settings: Settings) -> ServedModel:
     """An exported ONNX model in an onnxruntime session, with what its metadata carries;
     refused when it was built for another schema."""
-    meta = onnx_metadata(model_bytes)
-    fingerprint = meta.get("schema_fingerprint", "")
+    meta = read_metadata(model_bytes)
+    fingerprint = meta.get(META_SCHEMA_FINGERPRINT, "")
     if fingerprint != schema_fingerprint():
         raise ModelUnavailableError(
             f"{tag} was built for schema {fingerprint or '(unknown)'}, this service speaks "
@@ -201,9 +199,9 @@ def served_model(model_bytes: bytes, version: str, tag: str, settings: Settings)
     )
     return ServedModel(
         version=version,
-        threshold=float(meta["threshold"]),
-        horizon_hours=float(meta.get("horizon_hours", settings.horizon_hours)),
-        calibration=json.loads(meta["calibration"]),
+        threshold=float(meta[META_THRESHOLD]),
+        horizon_hours=float(meta.get(META_HORIZON_HOURS, settings.horizon_hours)),
+        calibration=json.loads(meta[META_CALIBRATION]),
         fingerprint=fingerprint,
         bento_tag=tag,
         session=session,
@@ -234,7 +232,7 @@ class ModelHolder:
                     raise ModelUnavailableError(f"no champion of {self.settings.model_name} yet")
                 if self.current is not None and self.current.version == version:
                     return False
-                tag = import_champion(self.settings, self.settings.home / "serving" / "download")
+                tag = import_champion(self.settings, self.settings.paths.champion_download)
                 model = load_bento_model(tag, self.settings)
             except Exception as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"

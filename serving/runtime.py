@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.inputs import per_column_inputs, takes_per_column_inputs
+from brewcast.contract import per_column_inputs, takes_per_column_inputs
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ class Session:
     intra_op_threads: int
     spinning: bool
     #: The graph takes one ``[N, 1]`` input per schema column: a model exported before the
-    #: two-tensor contract (:func:`models.inputs.per_column_inputs`), still servable.
+    #: two-tensor contract (:func:`brewcast.contract.per_column_inputs`), still servable.
     per_column: bool = False
 
     @property
@@ -92,7 +92,7 @@ class Session:
         return self.provider in (CUDA, TENSORRT)
 
     def run(self, inputs: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
-        """``outputs`` for :func:`models.inputs.raw_inputs`-shaped ``inputs``."""
+        """``outputs`` for :func:`brewcast.contract.raw_inputs`-shaped ``inputs``."""
         if self.per_column:
             inputs = per_column_inputs(inputs)
         rows = len(next(iter(inputs.values()))) if inputs else 0

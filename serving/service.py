@@ -242,16 +242,7 @@ class FermentationService:
     @bentoml.api(route="/feedback")
     def feedback(self, request: FeedbackRequest, /) -> FeedbackResponse:
         """Ground truth for earlier predictions: by prediction id, or by batch finish time."""
-        labels = request.labels
-        for i, label in enumerate(labels):
-            if (label.prediction_id is None) == (label.batch_id is None):
-                raise _refuse(422, f"labels[{i}]: give exactly one of prediction_id or batch_id")
-            if label.prediction_id is not None and label.finished_within_horizon is None:
-                raise _refuse(
-                    422, f"labels[{i}]: a prediction_id label needs finished_within_horizon"
-                )
-            if label.batch_id is not None and label.finished_at is None:
-                raise _refuse(422, f"labels[{i}]: a batch_id label needs finished_at")
+        labels = request.labels  # each one of a kind (``Label`` validates that)
         self.log.flush()  # predictions answered a moment ago are committed even in async mode
         ids = [label.prediction_id for label in labels if label.prediction_id]
         unknown = sorted(set(ids) - self.log.known_prediction_ids(ids))

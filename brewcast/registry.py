@@ -12,8 +12,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from brewcast.processes import ServerProcess, free_port
-
 CHALLENGER = "challenger"
 CHAMPION = "champion"
 
@@ -84,47 +82,3 @@ def set_alias(model_name: str, alias: str, version: str) -> None:
     from mlflow import MlflowClient
 
     MlflowClient().set_registered_model_alias(model_name, alias, version)
-
-
-class MlflowServer(ServerProcess):
-    """A real ``mlflow server`` (tests, the demo) on a free port."""
-
-    def __init__(
-        self,
-        backend_store_uri: str,
-        artifacts_dir: Path,
-        port: int | None = None,
-        host: str = "127.0.0.1",
-        log_file: Path | None = None,
-    ):
-        import sys
-
-        self.port = port or free_port()
-        self.url = f"http://{host}:{self.port}"
-        artifacts_dir = Path(artifacts_dir)
-        artifacts_dir.mkdir(parents=True, exist_ok=True)
-        mlflow_cli = Path(sys.executable).with_name("mlflow")
-        super().__init__(
-            [
-                str(mlflow_cli),
-                "server",
-                "--backend-store-uri",
-                backend_store_uri,
-                "--artifacts-destination",
-                str(artifacts_dir),
-                "--host",
-                host,
-                "--port",
-                str(self.port),
-                "--workers",
-                "1",
-            ],
-            health_url=f"{self.url}/health",
-            log_file=log_file or artifacts_dir.parent / f"mlflow-server-{self.port}.log",
-            env={
-                "MLFLOW_DISABLE_TELEMETRY": "true",
-                "DO_NOT_TRACK": "true",
-                # the job runner adds 7 consumer processes and ~8 s of start-up; unused
-                "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-            },
-        )
