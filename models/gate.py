@@ -48,6 +48,9 @@ class Check:
 class Verdict:
     passed: bool
     checks: list[Check] = field(default_factory=list)
+    #: The champion compared against, or None for the first model (said in ``note``).
+    champion_version: str | None = None
+    note: str = ""
 
     @property
     def reasons(self) -> list[str]:
@@ -60,6 +63,9 @@ class Verdict:
             "passed": self.passed,
             "reasons": self.reasons,
             "checks": [asdict(c) for c in self.checks],
+            "champion_version": self.champion_version,
+            "first_model": self.champion_version is None,
+            "note": self.note,
         }
 
 
@@ -70,9 +76,14 @@ def promotion_gate(
     limits: GateLimits,
     champion: dict | None = None,
     rule: dict | None = None,
+    champion_version: str | None = None,
 ) -> Verdict:
     """``overall``/``champion``/``rule``: metric dicts on the same test rows
-    (``models.metrics``); ``rule`` is the non-ML baseline a model must beat to ship."""
+    (``models.metrics``); ``rule`` is the non-ML baseline a model must beat to ship.
+    ``champion`` is None only for the first model (a champion that cannot be scored stops
+    training before the gate), and the verdict says so."""
+    if (champion is None) != (champion_version is None):
+        raise ValueError("a champion's scores and its version come together")
     checks = [
         Check("parity_max_abs_error", parity_error, limits.parity, parity_error <= limits.parity),
         Check("ece", overall["ece"], limits.max_ece, overall["ece"] <= limits.max_ece),
@@ -123,4 +134,5 @@ def promotion_gate(
         checks.append(
             Check("auc vs champion", overall["auc"], worst_auc, overall["auc"] >= worst_auc)
         )
-    return Verdict(all(c.passed for c in checks), checks)
+    note = "" if champion is not None else "first model: no champion to compare against"
+    return Verdict(all(c.passed for c in checks), checks, champion_version, note)

@@ -1,0 +1,274 @@
+"""After evaluation: gate -> register -> promote, each a step of its own.
+
+* **gate** decides on what ``evaluate`` measured, the champion's scores on the same rows
+  included, and writes the verdict. It never runs without that comparison: a champion that
+  cannot be scored already stopped ``evaluate`` (``ChampionUnavailableError``).
+* **register** logs the run to MLflow (params, the same metric keys every run, plots,
+  reports, the verdict) and registers the ONNX graph as a new version with alias
+  ``challenger``, tagged with its verdict. A rejected model stays registered.
+* **promote** moves ``champion`` to a version that passed, only if the champion is still the
+  one it was gated against, and makes its training data the validation reference.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pandas as pd
+
+from brewcast.contract import OUTPUTS, raw_inputs
+from brewcast.registry import (
+    CHALLENGER,
+    CHAMPION,
+    configure,
+    ensure_experiment,
+    set_alias,
+    version_by_alias,
+)
+from brewcast.settings import Settings
+from models.gate import GateLimits, promotion_gate
+from models.pipeline import TrainingError, score_model
+from models.workdir import TrainingWorkdir
+
+log = logging.getLogger(__name__)
+
+
+class ChampionMovedError(TrainingError):
+    """The champion alias moved after this run was gated against it: re-run from evaluate."""
+
+
+def gate(settings: Settings, work: TrainingWorkdir) -> dict:
+    """The promotion gate's verdict on this run (``gate_verdict.json``)."""
+    exported = work.read_json(work.export)
+    evaluation = work.read_json(work.evaluation)
+    champion = work.read_json(work.champion)  # missing: evaluate did not finish; fail here
+    verdict = promotion_gate(
+        exported["parity_max_abs_error"],
+        evaluation["test"],
+        work.load_slices(),
+        GateLimits.from_settings(settings),
+        champion["test"],
+        evaluation["baselines"].get("slope_rule"),
+        champion_version=champion["version"],
+    )
+    result = verdict.to_dict()
+    work.write_json(work.verdict, result)
+    return result
+
+
+@dataclass
+class RegisteredModel:
+    run_id: str
+    version: str
+    gate_passed: bool
+    verdict: dict
+    model_uri: str
+    mlflow_logging_seconds: float  # the run's params, metrics and artifacts, and the model
+
+
+def _run_metrics(work: TrainingWorkdir, verdict: dict) -> dict[str, float]:
+    """Every number of the run under the stable keys all runs share (finite ones only)."""
+    from models.evaluate import flatten_metrics
+
+    cal, evaluation = work.read_json(work.calibration), work.read_json(work.evaluation)
+    values = flatten_metrics("test", evaluation["test"], work.load_slices())
+    for when in ("before", "after"):
+        values.update(
+            {f"validation/{when}_calibration/{k}": v for k, v in cal[f"validation_{when}"].items()}
+        )
+    numeric = (int, float)
+    values.update(
+        {f"threshold/{k}": v for k, v in cal["threshold"].items() if isinstance(v, numeric)}
+    )
+    values.update(
+        {f"calibration/{k}": v for k, v in cal["calibration"].items() if isinstance(v, numeric)}
+    )
+    values.update({f"onnx/{k}": v for k, v in work.read_json(work.export).items()})
+    for name, scores in evaluation["baselines"].items():
+        values.update({f"baseline/{name}/{k}": v for k, v in scores.items()})
+    champion = work.read_json(work.champion)["test"]
+    if champion is not None:
+        values.update({f"champion/{k}": champion[k] for k in ("auc", "log_loss", "ece")})
+    values["gate/passed"] = float(verdict["passed"])
+    return {k: float(v) for k, v in values.items() if v is not None and np.isfinite(float(v))}
+
+
+def _run_params(settings: Settings, work: TrainingWorkdir) -> dict:
+    data, fitted = work.read_json(work.data), work.read_json(work.fit)
+    return {
+        **fitted["params"],
+        "calibration_method": settings.calibration_method,
+        "threshold_policy": settings.threshold_policy,
+        "cost_false_finished": settings.cost_false_finished,
+        "cost_late": settings.cost_late,
+        "horizon_hours": settings.horizon_hours,
+        "snapshot_every_hours": settings.snapshot_every_hours,
+        "data_snapshot_id": data["data_snapshot_id"],
+        "seed": settings.seed,
+        **{f"data_{k}": v for k, v in data.items() if k != "data_snapshot_id"},
+    }
+
+
+def _log_metrics_batched(
+    run_id: str, summary: dict[str, float], history: dict[str, list[float]], model_id: str
+) -> None:
+    """The summary metrics (linked to the logged model, as MLflow 3 links a model's
+    metrics) and the per-epoch loss curves (step = epoch), in as few requests as MLflow
+    allows (1,000 metrics each), not one request per epoch."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    metrics = [
+        Metric(key, value, now, 0, model_id=model_id, run_id=run_id)
+        for key, value in summary.items()
+    ]
+    metrics += [
+        Metric(f"epoch/{key}", float(value), now, epoch + 1)
+        for key, values in history.items()
+        for epoch, value in enumerate(values)
+    ]
+    client = MlflowClient()
+    for start in range(0, len(metrics), 1000):
+        client.log_batch(run_id, metrics=metrics[start : start + 1000], synchronous=True)
+
+
+def _log_model(settings: Settings, work: TrainingWorkdir):
+    """The ONNX graph as an ``mlflow.onnx`` model with signature and input example,
+    registered as a new version of the model; MLflow's model info."""
+    import mlflow
+    import onnx
+    import onnxruntime as ort
+    from mlflow.models import infer_signature
+
+    example = raw_inputs(pd.read_parquet(work.test).head(3))
+    signature = infer_signature(example, {name: np.zeros((3, 1), np.float32) for name in OUTPUTS})
+    return mlflow.onnx.log_model(
+        onnx.load_from_string(work.model.read_bytes()),
+        name="model",
+        signature=signature,
+        input_example=example,
+        registered_model_name=settings.model_name,
+        # one self-contained file: serving downloads exactly one .onnx
+        save_as_external_data=False,
+        # the graph needs onnxruntime, not this project's whole lock file
+        pip_requirements=[f"onnx=={onnx.__version__}", f"onnxruntime=={ort.__version__}"],
+    )
+
+
+def _log_run(settings: Settings, work: TrainingWorkdir, verdict: dict):
+    """One MLflow run: tags, params, the registered model, metrics, plots and reports."""
+    import mlflow
+
+    experiment_id = ensure_experiment(settings.experiment, settings.paths.mlflow_artifacts)
+    data, evaluation = work.read_json(work.data), work.read_json(work.evaluation)
+    metric_values = _run_metrics(work, verdict)
+    with mlflow.start_run(
+        experiment_id=experiment_id, run_name=f"train-{data['data_snapshot_id']}"
+    ) as run:
+        started = time.perf_counter()
+        mlflow.set_tags(
+            {
+                "data_snapshot_id": data["data_snapshot_id"],
+                "gate": "passed" if verdict["passed"] else "rejected",
+                "champion_before": verdict["champion_version"] or "none (first model)",
+                "accuracy_note": evaluation["accuracy_note"] or "",
+            }
+        )
+        mlflow.log_params(_run_params(settings, work))
+        # The model before the metrics: MLflow 3's log_model links the run's metrics logged
+        # so far to the model with one GET per metric; these are linked in the batch instead.
+        info = _log_model(settings, work)
+        history = work.read_json(work.history)
+        _log_metrics_batched(run.info.run_id, metric_values, history, info.model_id)
+        mlflow.log_artifacts(str(work.plots), artifact_path="plots")
+        for name in work.REPORTS:
+            mlflow.log_artifact(str(getattr(work, name)), artifact_path="reports")
+        mlflow.log_dict(
+            work.read_json(work.calibration)["threshold"], "reports/threshold_report.json"
+        )
+        mlflow.log_dict(verdict, "reports/gate_verdict.json")
+        if settings.paths.validation_summary.exists():
+            mlflow.log_artifact(
+                str(settings.paths.validation_summary), artifact_path="reports/validation"
+            )
+        seconds = time.perf_counter() - started
+    log.info("MLflow logging took %.2f s", seconds)
+    return run, info, seconds
+
+
+def register(settings: Settings, work: TrainingWorkdir) -> RegisteredModel:
+    """Log the run and register the graph as ``challenger``, tagged with its verdict."""
+    from mlflow import MlflowClient
+
+    configure(settings.tracking_uri)
+    verdict = work.read_json(work.verdict)
+    run, info, seconds = _log_run(settings, work, verdict)
+    version = str(info.registered_model_version)
+    set_alias(settings.model_name, CHALLENGER, version)
+    cal, evaluation = work.read_json(work.calibration), work.read_json(work.evaluation)
+    threshold = cal["threshold"]["threshold"]
+    client = MlflowClient()
+    for key, value in {
+        "threshold": threshold,
+        "gate": "passed" if verdict["passed"] else "rejected",
+        "data_snapshot_id": work.read_json(work.data)["data_snapshot_id"],
+        "calibration": json.dumps(cal["calibration"]),
+    }.items():
+        client.set_model_version_tag(settings.model_name, version, key, str(value))
+    outcome = "passed" if verdict["passed"] else "rejected: " + "; ".join(verdict["reasons"])
+    client.update_model_version(
+        settings.model_name,
+        version,
+        description=(
+            f"threshold {threshold:.4f} ({cal['threshold']['policy']}); test AUC "
+            f"{evaluation['test']['auc']:.4f}, ECE {evaluation['test']['ece']:.4f}; "
+            f"gate {outcome}"
+        ),
+    )
+    result = RegisteredModel(
+        run.info.run_id, version, verdict["passed"], verdict, info.model_uri, round(seconds, 3)
+    )
+    work.write_json(work.registered, asdict(result))
+    return result
+
+
+def promote(settings: Settings, work: TrainingWorkdir) -> dict:
+    """Move ``champion`` to this run's version if its gate passed and the champion is still
+    the one it was compared with; the champion's training data becomes the validation
+    reference. Writes and returns ``promoted.json``."""
+    from validation.reference import save_reference
+
+    configure(settings.tracking_uri)
+    verdict, registered = work.read_json(work.verdict), work.read_json(work.registered)
+    version = registered["version"]
+    current = version_by_alias(settings.model_name, CHAMPION)
+    current_version = None if current is None else str(current.version)
+    result = {"version": version, "promoted": False, "champion_before": current_version}
+    if verdict["passed"]:
+        if current_version != verdict["champion_version"]:
+            raise ChampionMovedError(
+                f"the champion is version {current_version or 'none'} now, but version "
+                f"{version} was gated against {verdict['champion_version'] or 'no champion'}: "
+                "nothing promoted; re-run from evaluate"
+            )
+        set_alias(settings.model_name, CHAMPION, version)
+        from mlflow import MlflowClient
+
+        MlflowClient().set_model_version_tag(settings.model_name, version, "promoted", "true")
+        train = pd.read_parquet(work.train)
+        train_probability, _ = score_model(work.model.read_bytes(), train)
+        save_reference(settings, train, train_probability)
+        result["promoted"] = True
+    else:
+        result["reasons"] = verdict["reasons"]
+    work.write_json(work.promoted, result)
+    return result
+
+
+#: The steps of this module, in order.
+STEPS = {"gate": gate, "register": register, "promote": promote}

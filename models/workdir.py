@@ -1,0 +1,137 @@
+"""One training run's work directory: every file the training steps hand each other, named
+once, and which step reads and writes which.
+
+The steps run as separate Airflow tasks (possibly on different workers sharing the home),
+so the only thing they pass is this directory's path; re-running a step rewrites its own
+files and nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from models.calibrate import Calibration
+from models.dataset import SPLITS
+from models.inputs import Preprocessing
+
+#: Each training step and the files (attributes of :class:`TrainingWorkdir`) it reads and
+#: writes, in order; what a step's manifest lists.
+STEP_FILES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "prepare": ((), ("train", "validation", "test", "preprocessing", "data")),
+    "fit": (
+        ("train", "validation", "test", "preprocessing"),
+        ("network", "history", "baseline_scores", "fit"),
+    ),
+    "calibrate": (("validation", "preprocessing", "network"), ("calibration", "threshold_curve")),
+    "export": (("test", "preprocessing", "network", "calibration", "data"), ("model", "export")),
+    "evaluate": (
+        ("test", "model", "calibration", "baseline_scores", "history"),
+        ("slices", "plots", "evaluation", "champion"),
+    ),
+    "gate": (("export", "evaluation", "slices", "champion"), ("verdict",)),
+    "register": (
+        ("data", "fit", "calibration", "export", "evaluation", "slices", "verdict", "model"),
+        ("registered",),
+    ),
+    "promote": (("verdict", "registered", "champion", "train", "model"), ("promoted",)),
+}
+
+
+class TrainingWorkdir:
+    """The files of one training run under ``root``."""
+
+    def __init__(self, root: Path | str):
+        self.root = Path(root)
+
+    def __repr__(self) -> str:
+        return f"TrainingWorkdir({str(self.root)!r})"
+
+    def _file(self, name: str) -> Path:
+        return self.root / name
+
+    # -- prepare ------------------------------------------------------------------------------
+    def split(self, name: str) -> Path:
+        if name not in SPLITS:
+            raise ValueError(f"unknown split {name!r}; one of {SPLITS}")
+        return self._file(f"{name}.parquet")
+
+    train = property(lambda self: self.split("train"))
+    validation = property(lambda self: self.split("validation"))
+    test = property(lambda self: self.split("test"))
+    preprocessing = property(lambda self: self._file("preprocessing.json"))
+    data = property(lambda self: self._file("data.json"))
+    # -- fit ----------------------------------------------------------------------------------
+    network = property(lambda self: self._file("network.keras"))
+    history = property(lambda self: self._file("history.json"))
+    baseline_scores = property(lambda self: self._file("baseline_test_probabilities.json"))
+    fit = property(lambda self: self._file("fit.json"))
+    # -- calibrate ----------------------------------------------------------------------------
+    calibration = property(lambda self: self._file("calibration.json"))
+    threshold_curve = property(lambda self: self._file("threshold_curve.json"))
+    # -- export -------------------------------------------------------------------------------
+    model = property(lambda self: self._file("model.onnx"))
+    export = property(lambda self: self._file("export.json"))
+    # -- evaluate -----------------------------------------------------------------------------
+    slices = property(lambda self: self._file("slices.csv"))
+    plots = property(lambda self: self._file("plots"))
+    evaluation = property(lambda self: self._file("evaluation.json"))
+    champion = property(lambda self: self._file("champion.json"))
+    champion_download = property(lambda self: self._file("champion"))
+    # -- gate, register, promote --------------------------------------------------------------
+    verdict = property(lambda self: self._file("gate_verdict.json"))
+    registered = property(lambda self: self._file("registered.json"))
+    promoted = property(lambda self: self._file("promoted.json"))
+
+    #: The reports a registered run carries as MLflow artifacts (under ``reports/``).
+    REPORTS = (
+        "slices",
+        "calibration",
+        "evaluation",
+        "data",
+        "export",
+        "threshold_curve",
+        "preprocessing",
+        "champion",
+    )
+
+    def files(self, step: str) -> tuple[list[Path], list[Path]]:
+        """(read, written) by ``step``."""
+        reads, writes = STEP_FILES[step]
+        return [getattr(self, n) for n in reads], [getattr(self, n) for n in writes]
+
+    # -- reading and writing ------------------------------------------------------------------
+    def write_json(self, path: Path, data) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data, indent=2, default=float))
+        return path
+
+    @staticmethod
+    def read_json(path: Path):
+        if not path.exists():
+            raise FileNotFoundError(f"{path} is missing: run the step that writes it first")
+        return json.loads(path.read_text())
+
+    def frames(self) -> dict[str, pd.DataFrame]:
+        return {s: pd.read_parquet(self.split(s)) for s in SPLITS}
+
+    def load_preprocessing(self) -> Preprocessing:
+        data = self.read_json(self.preprocessing)
+        return Preprocessing(
+            data["fill_values"], {k: tuple(v) for k, v in data["vocabularies"].items()}
+        )
+
+    def load_network(self):
+        from models.network import load_network
+
+        return load_network(self.network)
+
+    def load_calibration(self) -> tuple[Calibration, float]:
+        """The fitted calibration and the decision threshold chosen with it."""
+        info = self.read_json(self.calibration)
+        return Calibration(**info["calibration"]), float(info["threshold"]["threshold"])
+
+    def load_slices(self) -> pd.DataFrame:
+        return pd.read_csv(self.slices, keep_default_na=False, na_values=[""], dtype={"value": str})
