@@ -7,7 +7,7 @@ derive labels for batches that finished and publish validated snapshots to `feat
 
 Emits `brewcast://lake/validated` after validation and `brewcast://lake/features/labelled`
 when new batches were labelled (which triggers `fermentation_training`). Every task is
-idempotent for its interval; logic lives in `brewcast.jobs`.
+idempotent for its interval; logic lives in `application.stages`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from airflow.sdk import dag, task
 from airflow.sdk.exceptions import AirflowSkipException
 from airflow.timetables.interval import CronDataIntervalTimetable
 
-from brewcast.orchestration import DEFAULT_ARGS, START, asset
+from application.orchestration import DEFAULT_ARGS, START, asset
 
 VALIDATED = asset("validated")
 LABELLED = asset("labelled")
@@ -37,25 +37,27 @@ LABELLED = asset("labelled")
 def fermentation_ingest():
     @task
     def ingest(data_interval_start=None, data_interval_end=None) -> dict:
-        from brewcast import jobs
+        from application import stages
 
-        return jobs.ingest(data_interval_start.isoformat(), data_interval_end.isoformat())
+        return stages.ingest(
+            start=data_interval_start.isoformat(), end=data_interval_end.isoformat()
+        ).to_dict()
 
     @task(outlets=[VALIDATED])
     def validate(ingested: dict) -> dict:
-        from brewcast import jobs
+        from application import stages
 
-        return jobs.validate()
+        return stages.validate().to_dict()
 
     @task(outlets=[LABELLED])
     def derive_labels(validated: dict, **context) -> dict:
-        from brewcast import jobs
+        from application import stages
 
-        summary = jobs.build_features()
-        if not summary["new_labelled_batches"]:
+        manifest = stages.build_features()
+        if not manifest.counts["new_labelled_batches"]:
             raise AirflowSkipException("no batch finished since the last run")
-        context["outlet_events"][LABELLED].extra = summary
-        return summary
+        context["outlet_events"][LABELLED].extra = manifest.counts
+        return manifest.to_dict()
 
     derive_labels(validate(ingest()))
 

@@ -17,7 +17,7 @@ from datetime import timedelta
 from airflow.sdk import dag, task
 from airflow.sdk.exceptions import AirflowSkipException
 
-from brewcast.orchestration import DEFAULT_ARGS, START, asset
+from application.orchestration import DEFAULT_ARGS, START, asset
 
 RETRAIN = asset("retrain")
 
@@ -35,9 +35,9 @@ RETRAIN = asset("retrain")
 def fermentation_monitoring():
     @task(execution_timeout=timedelta(minutes=20))
     def monitor() -> dict:
-        from brewcast import jobs
+        from application import stages
 
-        return jobs.monitor()
+        return stages.monitor().details
 
     @task(outlets=[RETRAIN])
     def request_retraining(summary: dict, **context) -> dict:

@@ -4,11 +4,14 @@ Weekly, or as soon as new labelled data (`brewcast://lake/features/labelled`) or
 retraining request from monitoring (`brewcast://monitoring/retrain`) arrives:
 
 prepare (split, preprocessing) -> fit (Keras + baselines) -> calibrate (+ threshold) ->
-export (ONNX + parity) -> evaluate (slices, plots) -> register (MLflow run, version as
-`challenger`, promotion gate -> `champion`) -> notify the service to reload.
+export (ONNX + parity) -> evaluate (slices, plots, the champion scored on the same rows) ->
+gate (the verdict) -> register (MLflow run, version as `challenger`) -> promote (`champion`,
+only through the gate) -> notify the service to reload.
 
-The stages hand each other files in one work directory per DAG run (its path is the only
-XCom); logic lives in `models.pipeline` via `brewcast.jobs`.
+The gate fails closed: a champion that exists but cannot be scored fails `evaluate`, naming
+the version and the cause, and nothing is promoted. The steps hand each other files in one
+work directory per DAG run; each task's XCom is its manifest (what it read and wrote).
+Logic lives in `models.pipeline` and `models.promotion`, via `application.stages`.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from datetime import timedelta
 from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, dag, task
 from airflow.sdk.exceptions import AirflowSkipException
 
-from brewcast.orchestration import DEFAULT_ARGS, START, asset
+from application.orchestration import DEFAULT_ARGS, START, TRAINING_STEPS, asset
 
 LABELLED = asset("labelled")
 RETRAIN = asset("retrain")
@@ -40,55 +43,40 @@ CHAMPION = asset("champion")
 )
 def fermentation_training():
     @task
-    def workdir(run_id=None) -> str:
-        from brewcast import jobs
+    def workdir(run_id=None) -> dict:
+        from application import stages
 
-        return jobs.training_workdir(run_id)
+        return {"workdir": stages.training_workdir(run_id)}
 
-    def stage(name: str, timeout: timedelta):
+    def step(name: str, timeout: timedelta):
         @task(task_id=name, execution_timeout=timeout)
-        def run(path: str) -> str:
-            from brewcast import jobs
+        def run(previous: dict) -> dict:
+            from application import stages
             from models.pipeline import NoTrainingDataError
 
             try:
-                jobs.train_stage(name, path)
+                return stages.train_step(name, previous["workdir"]).to_dict()
             except NoTrainingDataError as exc:  # e.g. the weekly run before any ingest
                 raise AirflowSkipException(str(exc)) from exc
-            return path
 
         return run
 
-    @task(execution_timeout=timedelta(minutes=15))
-    def register(path: str) -> dict:
-        from brewcast import jobs
-
-        return jobs.register(path)
-
     @task(outlets=[CHAMPION])
-    def notify_serving(registered: dict, **context) -> dict:
-        from brewcast import jobs
+    def notify_serving(promoted: dict, **context) -> dict:
+        from application import stages
 
-        if not registered["promoted"]:
+        details = promoted["details"]
+        if not details["promoted"]:
             raise AirflowSkipException(
-                "gate rejected version {version}: {reasons}".format(
-                    version=registered["version"],
-                    reasons="; ".join(registered["verdict"]["reasons"]),
-                )
+                f"gate rejected version {details['version']}: {'; '.join(details['reasons'])}"
             )
-        context["outlet_events"][CHAMPION].extra = {"version": registered["version"]}
-        return jobs.notify_serving()
+        context["outlet_events"][CHAMPION].extra = {"version": details["version"]}
+        return stages.notify_serving().to_dict()
 
-    path = workdir()
-    for name, minutes in (
-        ("prepare", 10),
-        ("fit", 90),
-        ("calibrate", 10),
-        ("export", 15),
-        ("evaluate", 15),
-    ):
-        path = stage(name, timedelta(minutes=minutes))(path)
-    notify_serving(register(path))
+    manifest = workdir()
+    for name, minutes in TRAINING_STEPS.items():
+        manifest = step(name, timedelta(minutes=minutes))(manifest)
+    notify_serving(manifest)
 
 
 fermentation_training()

@@ -80,7 +80,9 @@ def simulation_config(settings: Settings, **overrides: object) -> SimulationConf
 
 
 @lru_cache(maxsize=4)
-def _world(config: SimulationConfig) -> Simulation:
+def simulated_world(config: SimulationConfig) -> Simulation:
+    """The world ``config`` describes, simulated once per process (every interval of an
+    ingest, and a benchmark that times the simulation apart, share it)."""
     return simulate(config, progress=True)
 
 
@@ -88,7 +90,7 @@ def simulator_interval(
     config: SimulationConfig, start: pd.Timestamp, end: pd.Timestamp
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """What the simulated cellar recorded in ``[start, end)``, as seen at ``end``."""
-    world = _world(config)
+    world = simulated_world(config)
     b = world.batches
     batches = b[(b["start_time"] >= start) & (b["start_time"] < end)].copy()
     batches.loc[batches["end_time"] >= end, "end_time"] = pd.NaT
@@ -129,10 +131,31 @@ def ingest_interval(
             f"(the drop folder is ingested with ingest_drop_folder)"
         )
     label = part_label(source, f"{start:%Y%m%dT%H%M%S}", f"{end:%Y%m%dT%H%M%S}")
-    written = write_partitions(batches, BATCHES, settings.lake_dir, "raw", label)
-    written += write_partitions(readings, READINGS, settings.lake_dir, "raw", label)
+    written = write_partitions(batches, BATCHES, settings.paths.lake, "raw", label)
+    written += write_partitions(readings, READINGS, settings.paths.lake, "raw", label)
     report.batches, report.readings, report.files_written = len(batches), len(readings), written
     return report
+
+
+def ingest(
+    settings: Settings,
+    source: str,
+    start: pd.Timestamp | str | None = None,
+    end: pd.Timestamp | str | None = None,
+    config: SimulationConfig | None = None,
+) -> IngestReport:
+    """The one source dispatch: the pending drop files for ``drop``, else ``[start, end)``
+    of an interval source. Without ``start`` the interval starts at the simulated world's
+    start; without ``end`` it ends at the world's end (simulator) or now (Brewery Pi)."""
+    if source == "drop":
+        return ingest_drop_folder(settings)
+    world = config or simulation_config(settings)
+    lo = _utc(start) if start is not None else world.start
+    if end is not None:
+        hi = _utc(end)
+    else:
+        hi = world.end if source == "simulator" else pd.Timestamp.now("UTC")
+    return ingest_interval(settings, source, lo, hi, config)
 
 
 def _utc(ts: pd.Timestamp | str) -> pd.Timestamp:
@@ -177,7 +200,7 @@ def read_drop_file(path: Path) -> tuple[Table, pd.DataFrame]:
 
 def ingest_drop_folder(settings: Settings) -> IngestReport:
     """Move every pending drop file into the lake, or into quarantine with its reason."""
-    drop = settings.drop_path
+    drop = settings.paths.drop
     report = IngestReport(source=f"drop folder {drop}")
     if not drop.is_dir():
         raise IngestError(f"drop folder {drop} does not exist (set BREWCAST_DROP_DIR)")
@@ -187,12 +210,12 @@ def ingest_drop_folder(settings: Settings) -> IngestReport:
         try:
             table, frame = read_drop_file(path)
         except SchemaError as exc:
-            quarantine_file(settings.lake_dir, path, str(exc))
+            quarantine_file(settings.paths.lake, path, str(exc))
             report.rejected[path.name] = str(exc)
             continue
         digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
         report.files_written += write_partitions(
-            frame, table, settings.lake_dir, "raw", part_label("drop", path.stem, digest)
+            frame, table, settings.paths.lake, "raw", part_label("drop", path.stem, digest)
         )
         if table is BATCHES:
             report.batches += len(frame)

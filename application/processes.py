@@ -1,6 +1,6 @@
-"""Long-running servers in subprocesses (MLflow, BentoML, Airflow), for the demo and tests:
-started in their own process group, waited for on a health URL, stopped as a group; and
-scratch databases on this machine's PostgreSQL server."""
+"""Long-running servers in subprocesses (MLflow, BentoML, Airflow), for the demo (and the
+tests and benchmarks, which start the same servers): started in their own process group,
+waited for on a health URL, stopped as a group."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
+
+from brewcast.paths import Paths
 
 
 def free_port() -> int:
@@ -115,7 +116,18 @@ class ServerProcess:
         self.stop()
 
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+def dags_folder() -> Path:
+    """The DAG files Airflow runs: ``AIRFLOW__CORE__DAGS_FOLDER`` when set (an installed
+    brewcast, a deployment), else the ``dags/`` folder of this source tree."""
+    configured = os.environ.get("AIRFLOW__CORE__DAGS_FOLDER")
+    if configured:
+        return Path(configured)
+    checkout = Path(__file__).resolve().parents[1] / "dags"
+    if not checkout.is_dir():
+        raise RuntimeError(
+            f"no DAG folder at {checkout}: set AIRFLOW__CORE__DAGS_FOLDER to brewcast's dags/"
+        )
+    return checkout
 
 
 def airflow_env(
@@ -128,12 +140,12 @@ def airflow_env(
     SQLite metadata DB (unless ``sql_alchemy_conn``), this project's ``dags/``, no examples,
     new DAGs unpaused (their asset triggers work from the start)."""
     home = Path(brewcast_home).resolve()
-    airflow_home = home / "airflow"
+    airflow_home = Paths(home).airflow_home
     airflow_home.mkdir(parents=True, exist_ok=True)
     return {
         "BREWCAST_HOME": str(home),
         "AIRFLOW_HOME": str(airflow_home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(dags_folder()),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
         "AIRFLOW__CORE__EXECUTOR": executor,
@@ -172,35 +184,52 @@ def bento_server(
         log_file=home / f"bento-{port}.log",
         env={
             "BREWCAST_HOME": str(home),
-            "BENTOML_HOME": str(home / "bentoml"),
+            "BENTOML_HOME": str(Paths(home).bentoml_home),
             "BENTOML_DO_NOT_TRACK": "true",
             **env,
         },
-        cwd=PROJECT_ROOT,
     )
 
 
-#: This machine's PostgreSQL server, as the tests and benchmarks reach it.
-LOCAL_POSTGRES = "postgresql+psycopg2://postgres@127.0.0.1:5432"
+class MlflowServer(ServerProcess):
+    """A real ``mlflow server`` (tests, the demo) on a free port."""
 
+    def __init__(
+        self,
+        backend_store_uri: str,
+        artifacts_dir: Path,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        log_file: Path | None = None,
+    ):
+        import sys
 
-@contextlib.contextmanager
-def scratch_postgres_database(prefix: str, server: str = LOCAL_POSTGRES) -> Iterator[str]:
-    """A new, empty database on ``server`` for the duration: its URL. Dropped afterwards,
-    connections and all. Raises sqlalchemy's OperationalError when the server is not there."""
-    import uuid
-
-    import sqlalchemy as sa
-
-    admin = sa.create_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT")
-    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
-    try:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-        try:
-            yield f"{server}/{name}"
-        finally:
-            with admin.connect() as conn:
-                conn.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-    finally:
-        admin.dispose()
+        self.port = port or free_port()
+        self.url = f"http://{host}:{self.port}"
+        artifacts_dir = Path(artifacts_dir)
+        artifacts_dir.mkdir(parents=True, exist_ok=True)
+        mlflow_cli = Path(sys.executable).with_name("mlflow")
+        super().__init__(
+            [
+                str(mlflow_cli),
+                "server",
+                "--backend-store-uri",
+                backend_store_uri,
+                "--artifacts-destination",
+                str(artifacts_dir),
+                "--host",
+                host,
+                "--port",
+                str(self.port),
+                "--workers",
+                "1",
+            ],
+            health_url=f"{self.url}/health",
+            log_file=log_file or artifacts_dir.parent / f"mlflow-server-{self.port}.log",
+            env={
+                "MLFLOW_DISABLE_TELEMETRY": "true",
+                "DO_NOT_TRACK": "true",
+                # the job runner adds 7 consumer processes and ~8 s of start-up; unused
+                "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+            },
+        )

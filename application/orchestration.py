@@ -33,3 +33,17 @@ def asset(key: str):
 
     uri, name = ASSETS[key]
     return Asset(uri=uri, name=name)
+
+
+#: The training steps in order, each with its task timeout in minutes (``application.stages``
+#: runs them; the training DAG makes one task of each).
+TRAINING_STEPS = {
+    "prepare": 10,
+    "fit": 90,
+    "calibrate": 10,
+    "export": 15,
+    "evaluate": 15,
+    "gate": 5,
+    "register": 15,
+    "promote": 10,
+}

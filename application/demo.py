@@ -29,13 +29,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from brewcast.processes import (
-    PROJECT_ROOT,
+from application.processes import (
+    MlflowServer,
     ServerProcess,
     bento_server,
     brewcast_command,
     stop_tree,
 )
+from brewcast.paths import Paths
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ class DemoPorts:
 
 
 def demo_dir(home: Path) -> Path:
-    return Path(home).resolve() / "demo"
+    return Paths(Path(home).resolve()).demo
 
 
 def _pid_file(home: Path) -> Path:
@@ -299,41 +300,84 @@ def run(
     _fresh_home(home)
     demo_dir(home).mkdir(parents=True, exist_ok=True)
     (demo_dir(home) / "world.json").write_text(json.dumps(asdict(world), indent=2))
-
-    mlflow_url = f"http://127.0.0.1:{ports.mlflow}"
-    serving_url = f"http://127.0.0.1:{ports.serving}"
-    airflow_url = f"http://127.0.0.1:{ports.airflow}"
+    urls = {name: f"http://127.0.0.1:{port}" for name, port in asdict(ports).items()}
     env = {
         "BREWCAST_HOME": str(home),
-        "BREWCAST_MLFLOW_TRACKING_URI": mlflow_url,
-        "BREWCAST_SERVING_URL": serving_url,
+        "BREWCAST_MLFLOW_TRACKING_URI": urls["mlflow"],
+        "BREWCAST_SERVING_URL": urls["serving"],
         **world.environment(),
     }
     os.environ.update(env)  # this process reads the same settings
+    api = _start_mlflow_and_airflow(home, ports, urls, env)
+    champion = _history_through_airflow(api, world)
 
-    _step("starting MLflow", mlflow_url)
-    from models.registry import MlflowServer
+    from brewcast.settings import get_settings
 
+    settings = get_settings()
+    _step("starting the BentoML service", urls["serving"])
+    serving = bento_server(home, ports.serving, **env)
+    serving.log_file = demo_dir(home) / "bentoml.log"
+    serving.start(timeout=300)
+    _record(home, "bentoml", serving)
+
+    predictions, labels = replay_live(world, settings, urls["serving"], progress)
+
+    _step("monitoring (fermentation_monitoring)")
+    run_id = api.trigger("fermentation_monitoring", note="brewcast demo: after the live weeks")
+    api.wait("fermentation_monitoring", run_id=run_id, timeout=600)
+    summary = json.loads(Paths(home).monitoring_summary.read_text())
+    alerts = [
+        f"[{a['window']}] {a['slice']}={a['value']}: {a['metric']} {a['observed']:+.3f} "
+        f"(limit {a['limit']:g}, {a['batches']} batches)"
+        for a in summary["alerts"]
+    ]
+    return DemoResult(
+        mlflow_url=urls["mlflow"],
+        airflow_url=urls["airflow"],
+        serving_url=urls["serving"],
+        report=summary["report"],
+        training_experiment=_experiment_id(settings.experiment),
+        monitoring_experiment=_experiment_id(settings.monitor_experiment),
+        monitoring_runs=summary.get("mlflow_runs", []),
+        predictions=predictions,
+        labels=labels,
+        alerts=alerts,
+        retraining_requested=bool(summary["retrain"]),
+        champion_version=champion,
+        model_name=settings.model_name,
+    )
+
+
+def _start_mlflow_and_airflow(
+    home: Path, ports: DemoPorts, urls: dict[str, str], env: dict[str, str]
+) -> AirflowApi:
+    """MLflow, then Airflow standalone (each recorded for `brewcast stop`); Airflow's API
+    once it has parsed the DAGs."""
+    _step("starting MLflow", urls["mlflow"])
     mlflow = MlflowServer(
-        f"sqlite:///{home / 'mlflow.db'}",
-        home / "mlartifacts",
+        f"sqlite:///{Paths(home).mlflow_db}",
+        Paths(home).mlflow_artifacts,
         port=ports.mlflow,
         log_file=demo_dir(home) / "mlflow.log",
     ).start(timeout=180)
     _record(home, "mlflow", mlflow)
 
-    _step("starting Airflow standalone", airflow_url)
+    _step("starting Airflow standalone", urls["airflow"])
     airflow = ServerProcess(
         brewcast_command("airflow", "--port", str(ports.airflow), "standalone"),
-        f"{airflow_url}/api/v2/monitor/health",
+        f"{urls['airflow']}/api/v2/monitor/health",
         demo_dir(home) / "airflow.log",
         env=env,
-        cwd=PROJECT_ROOT,
     ).start(timeout=300)
     _record(home, "airflow", airflow)
-    api = AirflowApi(airflow_url)
+    api = AirflowApi(urls["airflow"])
     api.wait_for_dags(["fermentation_ingest", "fermentation_training", "fermentation_monitoring"])
+    return api
 
+
+def _history_through_airflow(api: AirflowApi, world: DemoWorld) -> str:
+    """The year of history through fermentation_ingest, whose labelled-data asset triggers
+    fermentation_training; the champion's version it registered."""
     _step(
         f"ingesting {world.history_days} days of history through fermentation_ingest",
         f"{world.start:%Y-%m-%d} .. {world.live_start:%Y-%m-%d}",
@@ -346,52 +390,19 @@ def run(
         note="brewcast demo: the year of history",
     )
     api.wait("fermentation_ingest", run_id=run_id, timeout=900)
-    _step("training, registering and promoting (asset-triggered fermentation_training)")
+    _step("training, gating, registering and promoting (asset-triggered fermentation_training)")
     training = api.wait(
         "fermentation_training", run_type="asset_triggered", after=triggered, timeout=1500
     )
-
+    from brewcast.registry import CHAMPION, configure, version_by_alias
     from brewcast.settings import get_settings
-    from models.registry import configure, version_by_alias
 
     settings = get_settings()
     configure(settings.tracking_uri)
-    champion = version_by_alias(settings.model_name, "champion")
+    champion = version_by_alias(settings.model_name, CHAMPION)
     if champion is None:
         raise RuntimeError(f"training run {training['dag_run_id']} registered no champion")
-
-    _step("starting the BentoML service", serving_url)
-    serving = bento_server(home, ports.serving, **env)
-    serving.log_file = demo_dir(home) / "bentoml.log"
-    serving.start(timeout=300)
-    _record(home, "bentoml", serving)
-
-    predictions, labels = replay_live(world, settings, serving_url, progress)
-
-    _step("monitoring (fermentation_monitoring)")
-    run_id = api.trigger("fermentation_monitoring", note="brewcast demo: after the live weeks")
-    api.wait("fermentation_monitoring", run_id=run_id, timeout=600)
-    summary = json.loads((home / "monitoring" / "summary.json").read_text())
-    alerts = [
-        f"[{a['window']}] {a['slice']}={a['value']}: {a['metric']} {a['observed']:+.3f} "
-        f"(limit {a['limit']:g}, {a['batches']} batches)"
-        for a in summary["alerts"]
-    ]
-    return DemoResult(
-        mlflow_url=mlflow_url,
-        airflow_url=airflow_url,
-        serving_url=serving_url,
-        report=summary["report"],
-        training_experiment=_experiment_id(settings.experiment),
-        monitoring_experiment=_experiment_id(settings.monitor_experiment),
-        monitoring_runs=summary.get("mlflow_runs", []),
-        predictions=predictions,
-        labels=labels,
-        alerts=alerts,
-        retraining_requested=bool(summary["retrain"]),
-        champion_version=str(champion.version),
-        model_name=settings.model_name,
-    )
+    return str(champion.version)
 
 
 def replay_live(world: DemoWorld, settings, serving_url: str, progress: bool) -> tuple[int, int]:
@@ -457,24 +468,11 @@ def _require_free_ports(ports: DemoPorts) -> None:
 
 def _fresh_home(home: Path) -> None:
     """Remove an earlier demo's state (stores, lake, logs) so the demo starts clean."""
-    for name in (
-        "lake",
-        "drop",
-        "serving",
-        "validation",
-        "airflow",
-        "bentoml",
-        "mlartifacts",
-        "training",
-        "monitoring",
-        "gx",
-        "features",
-        "demo",
-        "reference",
-    ):
-        shutil.rmtree(home / name, ignore_errors=True)
-    for name in ("mlflow.db", "predictions.db", "predictions.db-wal", "predictions.db-shm"):
-        (home / name).unlink(missing_ok=True)
+    folders, files = Paths(home).state()
+    for folder in folders:
+        shutil.rmtree(folder, ignore_errors=True)
+    for file in files:
+        file.unlink(missing_ok=True)
 
 
 def _step(what: str, detail: str = "") -> None:

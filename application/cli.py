@@ -50,9 +50,10 @@ def simulate(
     """Simulate a cellar and write it to the lake, a drop folder or a Brewery Pi database."""
     import pandas as pd
 
+    from application import stages
     from ingest.brewerypi import write_brewerypi
     from ingest.simulator import simulate as run_simulation
-    from ingest.sources import ingest_interval, simulation_config, write_drop_files
+    from ingest.sources import simulation_config, write_drop_files
 
     settings = get_settings()
     overrides = {
@@ -63,16 +64,16 @@ def simulate(
     except ValueError as exc:
         raise _fail(str(exc)) from exc
     if to == "lake":
-        report = ingest_interval(settings, "simulator", config.start, config.end, config)
-        typer.echo(report.summary())
+        manifest = stages.ingest(settings, "simulator", config.start, config.end, config)
+        typer.echo(manifest.details["summary"])
         return
     world = run_simulation(config, progress=True)
     if to == "drop":
-        folder = Path(out) if out else settings.drop_path
+        folder = Path(out) if out else settings.paths.drop
         paths = write_drop_files(world.batches, world.readings, folder, file_format)
         typer.echo(f"wrote {len(paths)} drop file(s) to {folder}")
     elif to == "brewerypi":
-        url = out or settings.brewerypi_url or f"sqlite:///{settings.home / 'brewerypi.db'}"
+        url = out or settings.brewerypi_url or f"sqlite:///{settings.paths.brewerypi_db}"
         if "://" not in url:
             url = f"sqlite:///{Path(url).resolve()}"
         write_brewerypi(url, world.batches, world.readings)
@@ -97,30 +98,17 @@ def ingest(
     end: Annotated[str | None, typer.Option(help="Interval end, exclusive.")] = None,
 ) -> None:
     """Pull an interval (or the pending drop files) into the lake's raw stage."""
-    import pandas as pd
-
+    from application import stages
     from brewcast.schema import SchemaError
     from ingest.brewerypi import BreweryPiError
-    from ingest.sources import IngestError, ingest_drop_folder, ingest_interval, simulation_config
+    from ingest.sources import IngestError
 
-    settings = get_settings()
-    source = source or settings.source
     try:
-        if source == "drop":
-            report = ingest_drop_folder(settings)
-        else:
-            world = simulation_config(settings)
-            lo = pd.Timestamp(start, tz="UTC") if start else world.start
-            hi = (
-                pd.Timestamp(end, tz="UTC")
-                if end
-                else (world.end if source == "simulator" else pd.Timestamp.now("UTC"))
-            )
-            report = ingest_interval(settings, source, lo, hi)
+        manifest = stages.ingest(get_settings(), source, start, end)
     except (IngestError, BreweryPiError, SchemaError, ValueError) as exc:
         raise _fail(str(exc)) from exc
-    typer.echo(report.summary())
-    if report.rejected:
+    typer.echo(manifest.details["summary"])
+    if manifest.counts["files_rejected"]:
         raise typer.Exit(1)
 
 
@@ -143,20 +131,17 @@ def validate(
 
     Exit code 0: everything passed; 1: some data was quarantined; 2: nothing to validate.
     """
-    from validation.validate import validate_file, validate_lake
+    from application import stages
 
     settings = get_settings(**({"validation_policy": policy} if policy else {}))
-    if path is not None:
-        if not path.is_file():
-            raise _fail(f"{path} is not a file")
-        run = validate_file(settings, path)
-    else:
-        run = validate_lake(settings, everything=everything)
-        if not run.outcomes:
-            typer.echo("nothing new to validate (use --all to re-validate everything)")
-            return
-    typer.echo(run.summary())
-    if not run.success:
+    if path is not None and not path.is_file():
+        raise _fail(f"{path} is not a file")
+    manifest = stages.validate(settings, everything=everything, path=path)
+    if not manifest.read:
+        typer.echo("nothing new to validate (use --all to re-validate everything)")
+        return
+    typer.echo(manifest.details["summary"])
+    if not manifest.details["success"]:
         raise typer.Exit(1)
 
 
@@ -167,33 +152,22 @@ def features(
     ),
 ) -> None:
     """Build labelled snapshots (features at time t + labels), validate them, publish them."""
-    from brewcast.lake import read_table
-    from brewcast.schema import BATCHES, LABEL, READINGS
-    from models.dataset import LabelRules, build_snapshots, derive_outcomes, split_by_batch_time
-    from validation.validate import publish_features
+    from application import stages
 
     settings = get_settings()
-    batches = read_table(settings.lake_dir, stage, BATCHES)
-    readings = read_table(settings.lake_dir, stage, READINGS)
-    if batches.empty:
-        hint = "`brewcast validate`" if stage == "validated" else "`brewcast ingest`"
-        raise _fail(
-            f"no batches in lake stage {stage!r} under {settings.lake_dir}; run {hint} first",
-            code=1,
-        )
-    rules = LabelRules.from_settings(settings)
-    outcomes = derive_outcomes(batches, readings, rules)
-    snapshots = build_snapshots(batches, readings, rules, outcomes)
-    typer.echo(f"{len(batches)} batches: {outcomes['status'].value_counts().to_dict()}")
-    if snapshots.empty:
+    try:
+        manifest = stages.build_features(settings, stage)
+    except stages.FeaturesError as exc:
+        raise _fail(str(exc), code=1) from exc
+    details = manifest.details
+    typer.echo(f"{manifest.counts['batches']} batches: {details['outcomes']}")
+    if not manifest.counts["snapshots"]:
         typer.echo("no labelled snapshots yet (no batch has finished)")
         return
-    run = publish_features(settings, snapshots)
-    typer.echo(run.summary())
-    splits = split_by_batch_time(snapshots)
+    typer.echo(details["validation_summary"])
     typer.echo(
-        f"{len(snapshots)} snapshots; {snapshots[LABEL].mean():.1%} finish within "
-        f"{rules.horizon_hours:g} h; splits {splits.value_counts().to_dict()}"
+        f"{manifest.counts['snapshots']} snapshots; {details['positive_rate']:.1%} finish "
+        f"within {settings.horizon_hours:g} h; splits {details['splits']}"
     )
 
 
@@ -204,23 +178,28 @@ def train(
     ] = None,
     quiet: Annotated[bool, typer.Option(help="No per-epoch lines.")] = False,
 ) -> None:
-    """Train, calibrate, choose the threshold, export ONNX, evaluate, register, gate."""
-    from models.pipeline import TrainingError, train_and_register
+    """Train, calibrate, choose the threshold, export ONNX, evaluate, gate, register,
+    promote."""
+    from application import stages
+    from models.pipeline import TrainingError
 
     settings = get_settings()
     try:
-        result = train_and_register(settings, workdir, progress=not quiet)
+        steps = stages.train(settings, workdir, progress=not quiet).details
     except TrainingError as exc:
         raise _fail(str(exc), code=1) from exc
+    registered, verdict = steps["register"], steps["gate"]
+    version = registered["version"]
+    against = verdict["note"] or f"gated against version {verdict['champion_version']}"
     typer.echo(
-        f"run {result.run_id}: registered {settings.model_name} version "
-        f"{result.version} as challenger"
+        f"run {registered['run_id']}: registered {settings.model_name} version "
+        f"{version} as challenger ({against})"
     )
-    if result.promoted:
-        typer.echo(f"gate passed: version {result.version} is now champion")
+    if steps["promote"]["promoted"]:
+        typer.echo(f"gate passed: version {version} is now champion")
     else:
         typer.echo("gate rejected the model (it stays registered, not promoted):")
-        for reason in result.verdict["reasons"]:
+        for reason in verdict["reasons"]:
             typer.echo(f"  {reason}")
     typer.echo(f"tracking: {settings.tracking_uri}")
 
@@ -236,7 +215,7 @@ def airflow(
     import os
     import sys
 
-    from brewcast.processes import airflow_env
+    from application.processes import airflow_env
 
     settings = get_settings()
     env = airflow_env(
@@ -266,7 +245,7 @@ def demo(
 ) -> None:
     """The whole loop: MLflow, Airflow and BentoML up; a simulated year ingested and trained
     through Airflow; live weeks with a drift replayed through the service; monitoring."""
-    from brewcast import demo as demo_run
+    from application import demo as demo_run
 
     world = demo_run.DemoWorld(
         history_days=history_days,
@@ -285,7 +264,7 @@ def demo(
 @app.command()
 def stop() -> None:
     """Stop the servers `brewcast demo` started (by pid)."""
-    from brewcast import demo as demo_run
+    from application import demo as demo_run
 
     stopped = demo_run.stop(get_settings().home)
     typer.echo(f"stopped {', '.join(stopped)}" if stopped else "nothing to stop")
@@ -294,9 +273,9 @@ def stop() -> None:
 @app.command()
 def monitor() -> None:
     """Compare logged predictions with arrived labels: bias, calibration, drift, alerts."""
-    from brewcast import jobs
+    from application import stages
 
-    summary = jobs.monitor()
+    summary = stages.monitor().details
     typer.echo(
         f"{summary['labelled_predictions']} labelled predictions, "
         f"{summary['pending_predictions']} pending; {len(summary['alerts'])} alert(s), "
@@ -323,11 +302,9 @@ def serve(
     import sys
 
     settings = get_settings()
-    os.environ.setdefault("BENTOML_HOME", str((settings.home / "bentoml").resolve()))
+    os.environ.setdefault("BENTOML_HOME", str(settings.paths.bentoml_home.resolve()))
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
     bentoml = Path(sys.executable).with_name("bentoml")
-    root = Path(__file__).resolve().parents[1]
-    os.chdir(root)  # bentoml resolves serving.service from the project root
     os.execv(
         str(bentoml),
         [

@@ -1,0 +1,1 @@
+"""Development support for the tests and the benchmarks; never imported by the product."""
