@@ -13,6 +13,7 @@ COPY validation ./validation
 COPY models ./models
 COPY serving ./serving
 COPY monitoring ./monitoring
+COPY application ./application
 COPY dags ./dags
 RUN uv sync --frozen --no-dev --extra production --compile-bytecode
 EXPOSE 3000 5000 8080

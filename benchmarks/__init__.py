@@ -6,20 +6,16 @@ from pathlib import Path
 
 
 def small_model(home: Path, seed: int, register: bool = False, **settings: object) -> Path:
-    """A small but real model to measure: a simulated cellar -> snapshots in lake/features ->
-    every training stage (-> the MLflow registry when ``register``); its work directory."""
-    from brewcast import lake
-    from brewcast.schema import FEATURES
+    """A small but real model to measure: a simulated cellar -> the raw lake -> the features
+    stage -> every training step up to the gate (and on to the MLflow registry when
+    ``register``); its work directory."""
+    from application import stages
     from brewcast.settings import Settings
-    from ingest.simulator import SimulationConfig, simulate
-    from models import pipeline
-    from models.dataset import LabelRules, build_snapshots
+    from ingest.simulator import SimulationConfig
 
     config = Settings(home=home, **settings)
-    world = simulate(SimulationConfig(days=240, fermenters=8, seed=seed))
-    snapshots = build_snapshots(world.batches, world.readings, LabelRules())
-    lake.replace_table(snapshots, FEATURES, config.lake_dir, "features", "snapshots")
-    work = pipeline.build(config, home / "work", progress=False)
-    if register:
-        pipeline.register(config, work)
-    return work
+    world = SimulationConfig(days=240, fermenters=8, seed=seed)
+    stages.ingest(config, "simulator", world.start, world.end, world)
+    stages.build_features(config, stage="raw")
+    steps = stages.TRAINING_STEPS if register else ("prepare", "fit", "calibrate", "export")
+    return Path(stages.train(config, home / "work", progress=False, steps=steps).workdir)

@@ -14,7 +14,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from brewcast.processes import PROJECT_ROOT, ServerProcess, airflow_env, free_port
+from application.processes import ServerProcess, airflow_env, free_port
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]  # the source checkout
 
 PARSE = (
     "import time; t = time.perf_counter(); "

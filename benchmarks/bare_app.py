@@ -11,8 +11,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from models.export import OUTPUTS, cpu_session
-from models.inputs import raw_inputs_from_records
+from brewcast.contract import OUTPUTS, raw_inputs_from_records
+from models.export import cpu_session
 
 SESSION = cpu_session(open(os.environ["BARE_MODEL"], "rb").read())  # noqa: SIM115
 

@@ -47,23 +47,20 @@ def _sample(test: pd.DataFrame, batch: int) -> pd.DataFrame:
 
 
 def run() -> dict:
-    from models import pipeline
-    from models.calibrate import Calibration
-    from models.export import OUTPUTS
-    from models.inputs import raw_inputs
+    from brewcast.contract import OUTPUTS, raw_inputs
     from models.network import predict_network
+    from models.workdir import TrainingWorkdir
     from serving.runtime import create_session, usable_cpus
 
     with tempfile.TemporaryDirectory() as tmp:
         print("inference: training a model ...", flush=True)
         work = small_model(Path(tmp), seed=4, epochs=5, patience=2)
-        keras_model = pipeline._load_network(work)
-        pre = pipeline._preprocessing(work)
-        calibration = Calibration(
-            **json.loads((work / "calibration.json").read_text())["calibration"]
-        )
-        model_bytes = (work / "model.onnx").read_bytes()
-        test = pd.read_parquet(work / "test.parquet")
+        files = TrainingWorkdir(work)
+        keras_model = files.load_network()
+        pre = files.load_preprocessing()
+        calibration, _ = files.load_calibration()
+        model_bytes = files.model.read_bytes()
+        test = pd.read_parquet(files.test)
     threads = usable_cpus()
     sessions = {
         f"ort_{n}thread{'s' if n > 1 else ''}_spin_{'on' if spin else 'off'}": create_session(
@@ -116,7 +113,7 @@ def kernel_profile(model_bytes: bytes, inputs: dict, calls: int = 50) -> dict:
     alone would allow (a bound no input contract can lift)."""
     import onnxruntime as ort
 
-    from models.export import OUTPUTS
+    from brewcast.contract import OUTPUTS
 
     with tempfile.TemporaryDirectory() as tmp:
         options = ort.SessionOptions()
@@ -149,8 +146,7 @@ def gpu(model_bytes: bytes, test: pd.DataFrame) -> dict:
     (none lent); its measuring code is tested with a CPU session standing in."""
     import onnxruntime as ort
 
-    from models.export import OUTPUTS
-    from models.inputs import raw_inputs
+    from brewcast.contract import OUTPUTS, raw_inputs
     from serving.runtime import CUDA, create_session, usable_cpus
 
     if CUDA not in ort.get_available_providers():

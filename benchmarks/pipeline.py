@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from brewcast.jobs import TRAINING_STAGES
+from application.orchestration import TRAINING_STEPS
 
 READINGS_PER_FERMENTER_DAY = 44.0  # measured: 48 temperature + ~2.5 gravity, less cleaning
 SIZES = (10_000, 100_000, 1_000_000)
-STAGES = ("simulate", "ingest", "validate", "features", *TRAINING_STAGES, "register")
+STAGES = ("simulate", "ingest", "validate", "features", *TRAINING_STEPS)
 FERMENTERS = 12
 
 
@@ -35,11 +35,11 @@ def _peak_rss_mib() -> float:
 
 
 def measure(target_readings: int) -> dict:
-    """One size, in this process, through the jobs the DAGs call; MLflow at the URI in
+    """One size, in this process, through the stages the DAGs call; MLflow at the URI in
     ``BREWCAST_MLFLOW_TRACKING_URI``."""
-    from brewcast import jobs
+    from application import stages
     from brewcast.settings import get_settings
-    from ingest.sources import _world, simulation_config
+    from ingest.sources import simulated_world, simulation_config
 
     days = max(5, round(target_readings / (FERMENTERS * READINGS_PER_FERMENTER_DAY)))
     # a history that ends yesterday: validation quarantines readings from the future
@@ -57,17 +57,16 @@ def measure(target_readings: int) -> dict:
             model_name=f"benchmark-{target_readings}",
         )
         config = simulation_config(settings)
-        workdir = jobs.training_workdir("benchmark", settings)
+        workdir = stages.training_workdir("benchmark", settings)
         steps = {
-            "simulate": lambda: _world(config),  # cached: ingest reads this world
-            "ingest": lambda: jobs.ingest(str(config.start), str(config.end), settings),
-            "validate": lambda: jobs.validate(settings),
-            "features": lambda: jobs.build_features(settings),
+            "simulate": lambda: simulated_world(config),  # cached: ingest reads this world
+            "ingest": lambda: stages.ingest(settings, "simulator", config.start, config.end),
+            "validate": lambda: stages.validate(settings),
+            "features": lambda: stages.build_features(settings),
             **{
-                stage: (lambda stage=stage: jobs.train_stage(stage, workdir, settings))
-                for stage in TRAINING_STAGES
+                step: (lambda step=step: stages.train_step(step, workdir, settings))
+                for step in TRAINING_STEPS
             },
-            "register": lambda: jobs.register(workdir, settings),
         }
         outputs = {}
         for stage, step in steps.items():
@@ -76,21 +75,22 @@ def measure(target_readings: int) -> dict:
             row[f"{stage}_s"] = round(time.perf_counter() - started, 3)
             row[f"{stage}_peak_rss_mib"] = _peak_rss_mib()
             print(f"  {stage}: {row[f'{stage}_s']} s", file=sys.stderr, flush=True)
-    row["readings"] = outputs["ingest"]["readings"]
-    row["snapshots"] = outputs["features"]["snapshots"]
-    row["quarantined_readings"] = outputs["validate"]["totals"]["readings"]["quarantined"]
-    row["epochs_run"] = outputs["fit"]["epochs_run"]
+    row["readings"] = outputs["ingest"].counts["reading_rows"]
+    row["snapshots"] = outputs["features"].counts["snapshots"]
+    totals = outputs["validate"].details["totals"]
+    row["quarantined_readings"] = totals["readings"]["quarantined"]
+    row["epochs_run"] = outputs["fit"].details["epochs_run"]
     row["total_s"] = round(sum(row[f"{s}_s"] for s in STAGES), 3)
-    row["mlflow_logging_s"] = outputs["register"]["mlflow_logging_seconds"]
+    row["mlflow_logging_s"] = outputs["register"].details["mlflow_logging_seconds"]
     row["mlflow_share"] = round(row["mlflow_logging_s"] / row["total_s"], 4)
     row["register_share"] = round(row["register_s"] / row["total_s"], 4)
     row["peak_rss_mib"] = _peak_rss_mib()
-    row["promoted"] = outputs["register"]["promoted"]
+    row["promoted"] = outputs["promote"].details["promoted"]
     return row
 
 
 def run() -> dict:
-    from models.registry import MlflowServer
+    from application.processes import MlflowServer
 
     rows = []
     with tempfile.TemporaryDirectory() as scratch:

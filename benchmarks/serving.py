@@ -32,9 +32,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from application.processes import ServerProcess, bento_server, free_port
 from benchmarks import small_model
-from brewcast.processes import PROJECT_ROOT, ServerProcess, bento_server, free_port
 from brewcast.schema import FEATURES
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]  # the source checkout
 
 #: (body, rows per request, concurrency or outstanding limit, open-loop rate or None)
 SCENARIOS = (
@@ -62,8 +64,7 @@ def _bodies(work: Path, folder: Path) -> dict[str, Path]:
 
 
 def _in_process(work: Path) -> dict:
-    from models.export import OUTPUTS
-    from models.inputs import raw_inputs
+    from brewcast.contract import OUTPUTS, raw_inputs
     from serving.runtime import create_session
 
     session = create_session((work / "model.onnx").read_bytes(), prefer_gpu=False, threads=1)
@@ -129,7 +130,7 @@ def _scratch_postgresql(prefix: str) -> Iterator[tuple[str | None, str | None]]:
     or (None, why it could not be made) where no server answers."""
     import sqlalchemy as sa
 
-    from brewcast.processes import LOCAL_POSTGRES, scratch_postgres_database
+    from devtools.postgres import LOCAL_POSTGRES, scratch_postgres_database
 
     with contextlib.ExitStack() as stack:
         try:

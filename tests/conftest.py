@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
@@ -31,27 +33,49 @@ TRAINING_WORLD = SimulationConfig(
 TRAINING_OVERRIDES = dict(epochs=30, patience=5, gate_min_slice_rows=100)
 
 
-def publish_training_features(settings: Settings, world: Simulation) -> None:
-    """Labelled snapshots of ``world`` straight into lake/features (validation has its own
-    tests; here it would only cost time)."""
-    from brewcast import lake
-    from brewcast.schema import FEATURES
-    from models.dataset import LabelRules, build_snapshots
+#: The training steps up to (not including) the gate and MLflow.
+BUILD_STEPS = ("prepare", "fit", "calibrate", "export", "evaluate")
 
-    snaps = build_snapshots(world.batches, world.readings, LabelRules.from_settings(settings))
-    lake.replace_table(snaps, FEATURES, settings.lake_dir, "features", "snapshots")
+
+def publish_training_features(settings: Settings, world: Simulation) -> None:
+    """``world``'s tables into the raw lake, then the features stage (the one features flow,
+    its validation of the snapshots included) from there: the readings' own validation has
+    its tests, here it would only cost time."""
+    from application import stages
+    from brewcast import lake
+    from brewcast.schema import BATCHES, READINGS
+
+    for table, frame in ((BATCHES, world.batches), (READINGS, world.readings)):
+        lake.write_partitions(frame, table, settings.paths.lake, "raw", "world")
+    stages.build_features(settings, stage="raw")
+
+
+def build_model(settings: Settings, workdir):
+    """Every training step up to the gate, in ``workdir``; its path."""
+    from application import stages
+
+    return Path(stages.train(settings, workdir, progress=False, steps=BUILD_STEPS).workdir)
+
+
+def register_model(settings: Settings, workdir) -> dict:
+    """evaluate (the champion scored again) -> gate -> register -> promote in a trained
+    workdir: the registered model's fields, its verdict and whether it was promoted."""
+    from application import stages
+
+    steps = stages.train(
+        settings, workdir, progress=False, steps=("evaluate", "gate", "register", "promote")
+    ).details
+    return {**steps["register"], "promoted": steps["promote"]["promoted"]}
 
 
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory):
     """One model trained through every stage up to (not including) MLflow registration:
     (settings, workdir). Tests that register copy the workdir first."""
-    from models import pipeline
-
     home = tmp_path_factory.mktemp("trained")
     settings = Settings(home=home / "home", **TRAINING_OVERRIDES)
     publish_training_features(settings, simulate(TRAINING_WORLD))
-    return settings, pipeline.build(settings, home / "work", progress=False)
+    return settings, build_model(settings, home / "work")
 
 
 @pytest.fixture
@@ -61,7 +85,7 @@ def postgres_database():
 
     import sqlalchemy as sa
 
-    from brewcast.processes import LOCAL_POSTGRES, scratch_postgres_database
+    from devtools.postgres import LOCAL_POSTGRES, scratch_postgres_database
 
     with contextlib.ExitStack() as stack:
         try:

@@ -90,7 +90,7 @@ def test_wrk_output_is_parsed(monkeypatch, tmp_path):
 def test_kernel_profile_accounts_for_the_graph(trained):
     """onnxruntime's profiler, read back: every op of the model shows up, the total is the
     sum of its parts, and the matrix-product bound is at least the whole graph's rate."""
-    from models.inputs import raw_inputs
+    from brewcast.contract import raw_inputs
 
     _, work = trained
     frame = pd.read_parquet(work / "test.parquet").head(256)

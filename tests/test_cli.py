@@ -9,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 from typer.testing import CliRunner
 
+from application.cli import app
 from brewcast import lake
-from brewcast.cli import app
 from brewcast.schema import FEATURES, READINGS
 from brewcast.settings import get_settings
 
@@ -23,13 +23,15 @@ def test_settings_from_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("BREWCAST_HORIZON_HOURS", "12")
     s = get_settings()
     assert s.home == tmp_path and s.horizon_hours == 12.0
-    assert s.lake_dir == tmp_path / "lake" and s.drop_path == tmp_path / "drop"
+    assert s.paths.lake == tmp_path / "lake" and s.paths.drop == tmp_path / "drop"
     monkeypatch.delenv("BREWCAST_HOME")
     assert get_settings().home == Path(".brewcast")
 
 
 def test_importing_creates_nothing(tmp_path):
-    code = "import brewcast.settings, brewcast.cli, brewcast.lake, ingest.sources, models.dataset"
+    code = (
+        "import brewcast.settings, application.cli, brewcast.lake, ingest.sources, models.dataset"
+    )
     subprocess.run(
         [sys.executable, "-c", code],
         cwd=tmp_path,
@@ -52,7 +54,7 @@ def test_simulate_ingest_features(settings, monkeypatch):
     result = runner.invoke(app, ["simulate"])
     assert result.exit_code == 0, result.output
     assert "reading rows" in result.output
-    readings = lake.read_table(settings.lake_dir, "raw", READINGS)
+    readings = lake.read_table(settings.paths.lake, "raw", READINGS)
     assert len(readings) > 3000
     result = runner.invoke(app, ["validate"])
     assert result.exit_code == 1, result.output  # the simulator's bad records, quarantined
@@ -60,22 +62,22 @@ def test_simulate_ingest_features(settings, monkeypatch):
     result = runner.invoke(app, ["features"])
     assert result.exit_code == 0, result.output
     assert "snapshots" in result.output and "splits" in result.output
-    assert len(lake.read_table(settings.lake_dir, "features", FEATURES)) > 100
+    assert len(lake.read_table(settings.paths.lake, "features", FEATURES)) > 100
     # Ingesting the same interval again changes nothing.
     result = runner.invoke(
         app, ["ingest", "--source", "simulator", "--start", "2026-01-01", "--end", "2026-01-31"]
     )
     assert result.exit_code == 0, result.output
-    assert len(lake.read_table(settings.lake_dir, "raw", READINGS)) == len(readings)
+    assert len(lake.read_table(settings.paths.lake, "raw", READINGS)) == len(readings)
 
 
 def test_drop_and_brewerypi_round_trips_through_the_cli(settings, tmp_path):
     assert runner.invoke(app, ["simulate", "--to", "drop", *SMALL]).exit_code == 0
-    (settings.drop_path / "readings_broken.csv").write_text("batch_id,tag\nx,y\n")
+    (settings.paths.drop / "readings_broken.csv").write_text("batch_id,tag\nx,y\n")
     result = runner.invoke(app, ["ingest", "--source", "drop"])
     assert result.exit_code == 1  # one file rejected: say so
     assert "rejected readings_broken.csv" in result.output and "missing column" in result.output
-    from_drop = lake.read_table(settings.lake_dir, "raw", READINGS)
+    from_drop = lake.read_table(settings.paths.lake, "raw", READINGS)
 
     db = tmp_path / "bp.db"
     assert (

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from brewcast.processes import PROJECT_ROOT
 from brewcast.settings import Settings
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]  # the source checkout
 
 COMPOSE = yaml.safe_load((PROJECT_ROOT / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
@@ -65,7 +66,7 @@ def test_dependencies_and_volumes_are_declared():
 
 
 def test_commands_exist_in_the_environment():
-    from brewcast.cli import app
+    from application.cli import app
 
     brewcast_commands = {c.name or c.callback.__name__ for c in app.registered_commands}
     airflow_help = _help("airflow")

@@ -17,8 +17,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from brewcast.processes import PROJECT_ROOT, airflow_env
+from application.processes import airflow_env
 
+PROJECT_ROOT = Path(__file__).resolve().parents[1]  # the source checkout
 DAGS = PROJECT_ROOT / "dags"
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 
@@ -40,6 +41,7 @@ PARSE = """
 import json, sys, time
 started = time.perf_counter()
 from airflow.dag_processing.dagbag import DagBag
+
 bag = DagBag(dag_folder=sys.argv[1])
 out = {"errors": {k: v[-300:] for k, v in bag.import_errors.items()},
        "seconds": time.perf_counter() - started,
@@ -106,7 +108,9 @@ def test_training_dag_graph(parsed):
         "calibrate",
         "export",
         "evaluate",
+        "gate",
         "register",
+        "promote",
         "notify_serving",
     ]
     for upstream, downstream in itertools.pairwise(chain):
@@ -129,9 +133,9 @@ def test_ingest_then_training_end_to_end(tmp_path):
     training registers a champion in a real MLflow server."""
     from mlflow import MlflowClient
 
+    from application.processes import MlflowServer
     from brewcast.settings import get_settings
     from ingest.sources import ingest_interval, simulation_config
-    from models.registry import MlflowServer
     from tests.conftest import TRAINING_OVERRIDES, TRAINING_WORLD
 
     home = tmp_path / "home"
@@ -214,7 +218,7 @@ def test_a_dag_runs_through_a_real_celery_worker(tmp_path, postgres_database):
     import redis
     import sqlalchemy as sa
 
-    from brewcast.processes import ServerProcess, free_port
+    from application.processes import ServerProcess, free_port
 
     try:
         redis.Redis(host="127.0.0.1", port=6379, socket_connect_timeout=2).ping()

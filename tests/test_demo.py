@@ -21,8 +21,10 @@ import httpx
 import psutil
 import pytest
 
-from brewcast import demo
-from brewcast.processes import PROJECT_ROOT, ServerProcess, free_port
+from application import demo
+from application.processes import ServerProcess, free_port
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]  # the source checkout
 
 BREWCAST = str(Path(sys.executable).with_name("brewcast"))
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

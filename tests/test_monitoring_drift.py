@@ -18,12 +18,12 @@ from brewcast import lake
 from brewcast.schema import FEATURES
 from brewcast.settings import Settings
 from ingest.simulator import RECIPES, Drift, SimulationConfig, simulate
-from models import pipeline
 from models.dataset import LabelRules, build_snapshots, derive_outcomes
 from monitoring.monitor import monitor
-from monitoring.replay import log_in_process, snapshot_requests
+from monitoring.replay import chunks, records, snapshot_requests
 from serving.model import served_model
 from serving.prediction_log import PredictionLog
+from tests.conftest import build_model
 
 pytestmark = pytest.mark.slow
 
@@ -40,6 +40,20 @@ WORLD = SimulationConfig(
 )
 
 
+def log_in_process(model, requests: pd.DataFrame, prediction_log, chunk: int = 512) -> int:
+    """Score ``requests`` with a :class:`serving.model.ServedModel` and log every row as the
+    service would, served at its snapshot time; rows logged."""
+    logged = 0
+    for part in chunks(requests, chunk):
+        rows = model.score(records(part), None)
+        for row, at in zip(rows, part["snapshot_time"], strict=True):
+            row["served_at"] = at.to_pydatetime()
+            row["snapshot_time"] = at.to_pydatetime()
+        prediction_log.write(rows)
+        logged += len(rows)
+    return logged
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """A champion trained on every batch that finished in the clean year before deployment."""
@@ -52,8 +66,8 @@ def served(tmp_path_factory):
     known_by_deployment = snapshots.groupby("batch_id")["snapshot_time"].transform("max") < DEPLOYED
     train = snapshots[known_by_deployment].reset_index(drop=True)
     assert train["snapshot_time"].min() < DEPLOYED - pd.Timedelta(days=330)  # a whole year
-    lake.write_partitions(train, FEATURES, settings.lake_dir, "features", "year")
-    workdir = pipeline.build(settings, home / "training", progress=False)
+    lake.write_partitions(train, FEATURES, settings.paths.lake, "features", "year")
+    workdir = build_model(settings, home / "training")
     model = served_model((workdir / "model.onnx").read_bytes(), "1", "drift-test", settings)
     return settings, rules, model
 

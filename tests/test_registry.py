@@ -10,9 +10,12 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from models import pipeline
+from application.processes import MlflowServer
+from brewcast.registry import CHALLENGER, CHAMPION, download_onnx, version_by_alias
 from models.export import cpu_session, run_onnx
-from models.registry import CHALLENGER, CHAMPION, MlflowServer, download_onnx, version_by_alias
+from models.pipeline import ChampionUnavailableError
+from models.workdir import TrainingWorkdir
+from tests.conftest import register_model
 
 pytestmark = pytest.mark.slow
 
@@ -37,14 +40,14 @@ def test_register_gate_and_promote_on_a_tracking_server(trained, sqlite_server, 
     settings = settings.model_copy(
         update={"mlflow_tracking_uri": sqlite_server.url, "home": tmp_path / "home"}
     )
-    first = pipeline.register(settings, _copy(workdir, tmp_path / "w1"))
-    assert first.promoted and first.version == "1", first.verdict
+    first = register_model(settings, _copy(workdir, tmp_path / "w1"))
+    assert first["promoted"] and first["version"] == "1", first["verdict"]
     assert version_by_alias(settings.model_name, CHAMPION).version == "1"
     assert version_by_alias(settings.model_name, CHALLENGER).version == "1"
     assert (settings.home / "validation" / "reference.json").exists()  # the champion's data
 
     client = MlflowClient()
-    run = client.get_run(first.run_id)
+    run = client.get_run(first["run_id"])
     for key in (
         "test/auc",
         "test/ece",
@@ -63,22 +66,22 @@ def test_register_gate_and_promote_on_a_tracking_server(trained, sqlite_server, 
     ):
         assert key in run.data.metrics, key
     assert run.data.params["data_snapshot_id"] == run.data.tags["data_snapshot_id"]
-    history = client.get_metric_history(first.run_id, "epoch/val_loss")
+    history = client.get_metric_history(first["run_id"], "epoch/val_loss")
     assert len(history) >= 2 and history[0].step == 1
     # the summary metrics are the logged model's too (MLflow 3's Models view), curves not
-    logged_model = client.get_logged_model(first.model_uri.removeprefix("models:/"))
+    logged_model = client.get_logged_model(first["model_uri"].removeprefix("models:/"))
     linked = {m.key: m.value for m in logged_model.metrics}
     assert linked["test/auc"] == run.data.metrics["test/auc"]
     assert not any(key.startswith("epoch/") for key in linked)
-    assert 0 < first.mlflow_logging_seconds < 60
-    artifacts = {a.path for a in client.list_artifacts(first.run_id, "plots")}
+    assert 0 < first["mlflow_logging_seconds"] < 60
+    artifacts = {a.path for a in client.list_artifacts(first["run_id"], "plots")}
     assert {
         "plots/calibration.png",
         "plots/roc_pr.png",
         "plots/bias_by_slice.png",
         "plots/loss_curves.png",
     } <= artifacts
-    reports = {a.path for a in client.list_artifacts(first.run_id, "reports")}
+    reports = {a.path for a in client.list_artifacts(first["run_id"], "reports")}
     assert {
         "reports/threshold_report.json",
         "reports/gate_verdict.json",
@@ -95,36 +98,34 @@ def test_register_gate_and_promote_on_a_tracking_server(trained, sqlite_server, 
         atol=1e-7,
     )
     tags = client.get_model_version(settings.model_name, "1").tags
-    assert float(tags["threshold"]) == pytest.approx(
-        pipeline._load(workdir / "calibration.json")["threshold"]["threshold"]
-    )
+    assert float(tags["threshold"]) == pytest.approx(TrainingWorkdir(workdir).load_calibration()[1])
 
     # A challenger failing the gate stays registered, not promoted, and says why.
     strict = settings.model_copy(update={"gate_max_ece": 1e-6})
-    second = pipeline.register(strict, _copy(workdir, tmp_path / "w2"))
-    assert not second.promoted and second.version == "2"
-    assert any(r.startswith("ece:") for r in second.verdict["reasons"])
+    second = register_model(strict, _copy(workdir, tmp_path / "w2"))
+    assert not second["promoted"] and second["version"] == "2"
+    assert any(r.startswith("ece:") for r in second["verdict"]["reasons"])
     assert version_by_alias(settings.model_name, CHAMPION).version == "1"
     assert version_by_alias(settings.model_name, CHALLENGER).version == "2"
     version = client.get_model_version(settings.model_name, "2")
     assert version.tags["gate"] == "rejected" and "ece" in version.description
-    assert client.get_run(second.run_id).data.tags["gate"] == "rejected"
-    verdict = mlflow.artifacts.load_dict(f"runs:/{second.run_id}/reports/gate_verdict.json")
+    assert client.get_run(second["run_id"]).data.tags["gate"] == "rejected"
+    verdict = mlflow.artifacts.load_dict(f"runs:/{second['run_id']}/reports/gate_verdict.json")
     assert not verdict["passed"] and verdict["reasons"]
 
     # Against a champion: compared on the same test rows; an equal model passes.
-    third = pipeline.register(settings, _copy(workdir, tmp_path / "w3"))
-    names = {c["name"] for c in third.verdict["checks"]}
+    third = register_model(settings, _copy(workdir, tmp_path / "w3"))
+    names = {c["name"] for c in third["verdict"]["checks"]}
     assert {"log_loss vs champion", "auc vs champion"} <= names
-    assert third.promoted and version_by_alias(settings.model_name, CHAMPION).version == "3"
+    assert third["promoted"] and version_by_alias(settings.model_name, CHAMPION).version == "3"
 
 
 def test_default_local_store_keeps_everything_under_home(trained, tmp_path, monkeypatch):
     settings, workdir = trained
     monkeypatch.chdir(tmp_path)
     settings = settings.model_copy(update={"home": tmp_path / "home"})
-    result = pipeline.register(settings, _copy(workdir, tmp_path / "w"))
-    assert result.promoted
+    result = register_model(settings, _copy(workdir, tmp_path / "w"))
+    assert result["promoted"]
     assert settings.tracking_uri.startswith("sqlite:///")
     assert (settings.home / "mlflow.db").exists()
     assert list((settings.home / "mlartifacts").rglob("*.onnx"))
@@ -137,11 +138,38 @@ def test_tracking_server_on_postgresql(trained, postgres_database, tmp_path):
         settings = settings.model_copy(
             update={"mlflow_tracking_uri": server.url, "home": tmp_path / "home"}
         )
-        result = pipeline.register(settings, _copy(workdir, tmp_path / "w"))
-        assert result.promoted
-        assert version_by_alias(settings.model_name, CHAMPION).version == result.version
+        result = register_model(settings, _copy(workdir, tmp_path / "w"))
+        assert result["promoted"]
+        assert version_by_alias(settings.model_name, CHAMPION).version == result["version"]
     engine = sa.create_engine(postgres_database)
     with engine.connect() as conn:
         names = conn.execute(sa.text("select name from registered_models")).scalars().all()
     engine.dispose()
     assert names == [settings.model_name]
+
+
+def test_an_unscorable_champion_fails_the_run_and_promotes_nothing(trained, tmp_path, monkeypatch):
+    """The gate fails closed: a champion whose artifact is corrupt, or missing, stops the run
+    at evaluate with the version and the cause, registers nothing and leaves the alias."""
+    from mlflow import MlflowClient
+
+    settings, workdir = trained
+    monkeypatch.chdir(tmp_path)
+    settings = settings.model_copy(update={"home": tmp_path / "home"})
+    first = register_model(settings, _copy(workdir, tmp_path / "w1"))
+    assert first["promoted"] and first["verdict"]["first_model"]
+    assert first["verdict"]["note"].startswith("first model")
+    graphs = list(settings.paths.mlflow_artifacts.rglob("*.onnx"))
+    assert graphs
+    for damage, attempt in (("corrupt", "w2"), ("missing", "w3")):
+        for graph in graphs:
+            if damage == "corrupt":
+                graph.write_bytes(b"not an ONNX graph")
+            else:
+                graph.unlink(missing_ok=True)
+        with pytest.raises(ChampionUnavailableError, match=r"champion version 1 of .* cannot be"):
+            register_model(settings, _copy(workdir, tmp_path / attempt))
+        assert not TrainingWorkdir(tmp_path / attempt).verdict.exists()  # no gate ran
+        assert version_by_alias(settings.model_name, CHAMPION).version == "1"
+        versions = MlflowClient().search_model_versions(f"name='{settings.model_name}'")
+        assert [v.version for v in versions] == ["1"], damage

@@ -74,11 +74,6 @@ def test_encode_maps_unknown_and_missing_to_oov():
         FEATURES["hours_since_pitch"].encode([1.0])
 
 
-def test_embedding_dim_follows_fourth_root_of_vocabulary():
-    assert FEATURES["fermenter"].embedding_dim == round(13**0.25)  # 12 + OOV
-    assert FEATURES["season"].embedding_dim == 2
-
-
 def test_arrow_schema_round_trips_conformed_frames(small_world):
     for table, frame in ((BATCHES, small_world.batches), (READINGS, small_world.readings)):
         arrow = pa.Table.from_pandas(frame, schema=table.arrow_schema(), preserve_index=False)

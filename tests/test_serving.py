@@ -17,10 +17,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from brewcast.processes import ServerProcess, bento_server, free_port
+from application.processes import ServerProcess, bento_server, free_port
 from brewcast.schema import FEATURES, OOV
-from models import pipeline
 from models.export import cpu_session, run_onnx
+from tests.conftest import register_model
 
 pytestmark = pytest.mark.slow
 KEY = {"X-API-Key": "test-key"}
@@ -41,7 +41,7 @@ def champion_home(trained, tmp_path_factory):
     settings = settings.model_copy(update={"home": home})
     work = home.parent / "work"
     shutil.copytree(workdir, work)
-    assert pipeline.register(settings, work).promoted
+    assert register_model(settings, work)["promoted"]
     return settings, work
 
 
@@ -269,7 +269,7 @@ def test_hot_swap_under_load_drops_nothing(service, champion_home):
         time.sleep(1.0)
         second = work.parent / "work2"
         shutil.copytree(work, second, dirs_exist_ok=True)
-        assert pipeline.register(settings, second).promoted  # version 2 is champion now
+        assert register_model(settings, second)["promoted"]  # version 2 is champion now
         swap = httpx.post(f"{url}/reload", headers=KEY, timeout=60).json()
         assert swap["swapped"] and swap["model_version"] == "2", swap
         time.sleep(1.0)

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from serving import runtime
-from serving.api_models import PredictResponse, predict_response_json, request_feature_names
+from serving.api_models import PredictResponse, Snapshot, predict_response_json
 from serving.prediction_log import PredictionLog, metadata, new_prediction_ids, prediction_row
 
 
@@ -261,7 +261,8 @@ def test_async_log_counts_every_dropped_row(tmp_path):
 def test_request_model_follows_the_schema():
     from brewcast.schema import FEATURES
 
-    assert set(request_feature_names()) == {c.name for c in FEATURES.by_role("feature")}
+    features = {c.name for c in FEATURES.by_role("feature")}
+    assert {n for n in Snapshot.model_fields if n in features} == features
 
 
 def test_response_json_is_what_pydantic_makes_of_the_response_model():
@@ -312,8 +313,8 @@ def test_request_rows_become_the_same_inputs_as_a_frame(trained):
 
     import numpy as np
 
+    from brewcast.contract import raw_inputs, raw_inputs_from_records
     from brewcast.schema import FEATURES
-    from models.inputs import raw_inputs, raw_inputs_from_records
 
     _, workdir = trained
     frame = pd.read_parquet(workdir / "test.parquet").head(50).reset_index(drop=True)
@@ -338,7 +339,7 @@ def _per_column_model(model_bytes: bytes) -> bytes:
     import onnx
     from onnx import TensorProto, helper
 
-    from models.inputs import CATEGORICAL, NUMERIC
+    from brewcast.contract import CATEGORICAL, NUMERIC
 
     model = onnx.load_from_string(model_bytes)
     del model.graph.input[:]
@@ -358,8 +359,8 @@ def test_a_model_with_one_input_per_column_is_still_served(trained):
     what the new graph scores."""
     import numpy as np
 
-    from models.export import OUTPUTS, cpu_session, run_onnx
-    from models.inputs import raw_inputs
+    from brewcast.contract import OUTPUTS, raw_inputs
+    from models.export import cpu_session, run_onnx
     from serving.runtime import create_session
 
     _, workdir = trained
@@ -567,3 +568,25 @@ def test_metrics_are_added_up_then_written_once_per_series():
     assert delta["written"] == 3
     metrics.flush()  # nothing new: nothing written twice
     assert snapshot() == after
+
+
+def test_a_label_is_one_prediction_or_one_batch():
+    """The one-of rule lives in the request model, so every caller gets it (a 400 naming
+    the label from the service)."""
+    from pydantic import ValidationError
+
+    from serving.api_models import Label
+
+    Label(prediction_id="p", finished_within_horizon=True)
+    Label(batch_id="b", finished_at="2026-01-01T00:00:00Z")
+    for bad, message in (
+        ({}, "exactly one of"),
+        (
+            {"prediction_id": "p", "batch_id": "b", "finished_within_horizon": True},
+            "exactly one of",
+        ),
+        ({"prediction_id": "p"}, "needs finished_within_horizon"),
+        ({"batch_id": "b"}, "needs finished_at"),
+    ):
+        with pytest.raises(ValidationError, match=message):
+            Label(**bad)

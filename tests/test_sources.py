@@ -36,17 +36,17 @@ def test_daily_intervals_add_up_to_the_world_and_rerun_is_idempotent(settings, s
     days = pd.date_range(SMALL_WORLD.start, SMALL_WORLD.end, freq="D")
     for lo, hi in itertools.pairwise(days):
         ingest_interval(settings, "simulator", lo, hi, SMALL_WORLD)
-    files = lake.partition_files(settings.lake_dir, "raw", READINGS)
+    files = lake.partition_files(settings.paths.lake, "raw", READINGS)
     stamp = {f: f.stat().st_mtime_ns for f in files}
-    readings = lake.read_table(settings.lake_dir, "raw", READINGS)
+    readings = lake.read_table(settings.paths.lake, "raw", READINGS)
     pd.testing.assert_frame_equal(_sorted(readings, KEY_R), _sorted(small_world.readings, KEY_R))
-    batches = lake.read_table(settings.lake_dir, "raw", BATCHES)
+    batches = lake.read_table(settings.paths.lake, "raw", BATCHES)
     assert sorted(batches["batch_id"]) == sorted(small_world.batches["batch_id"])
     # Re-running one day rewrites its own files with the same bytes and adds none.
     report = ingest_interval(settings, "simulator", days[3], days[4], SMALL_WORLD)
     assert report.readings > 0
-    assert lake.partition_files(settings.lake_dir, "raw", READINGS) == files
-    assert len(lake.read_table(settings.lake_dir, "raw", READINGS)) == len(readings)
+    assert lake.partition_files(settings.paths.lake, "raw", READINGS) == files
+    assert len(lake.read_table(settings.paths.lake, "raw", READINGS)) == len(readings)
     assert any(stamp[f] != f.stat().st_mtime_ns for f in report.files_written)
 
 
@@ -75,24 +75,24 @@ def test_bad_interval_and_unknown_source(settings):
 
 @pytest.mark.parametrize("fmt", ["csv", "parquet"])
 def test_drop_folder_round_trip(settings, small_world, fmt):
-    written = write_drop_files(small_world.batches, small_world.readings, settings.drop_path, fmt)
+    written = write_drop_files(small_world.batches, small_world.readings, settings.paths.drop, fmt)
     report = ingest_drop_folder(settings)
     assert not report.rejected and len(report.accepted) == len(written)
-    assert not list(settings.drop_path.glob(f"*.{fmt}"))  # moved to processed/
-    assert len(list((settings.drop_path / "processed").glob(f"*.{fmt}"))) == len(written)
-    readings = lake.read_table(settings.lake_dir, "raw", READINGS)
+    assert not list(settings.paths.drop.glob(f"*.{fmt}"))  # moved to processed/
+    assert len(list((settings.paths.drop / "processed").glob(f"*.{fmt}"))) == len(written)
+    readings = lake.read_table(settings.paths.lake, "raw", READINGS)
     pd.testing.assert_frame_equal(_sorted(readings, KEY_R), _sorted(small_world.readings, KEY_R))
-    batches = lake.read_table(settings.lake_dir, "raw", BATCHES)
+    batches = lake.read_table(settings.paths.lake, "raw", BATCHES)
     pd.testing.assert_frame_equal(
         _sorted(batches, ["batch_id"]), _sorted(small_world.batches, ["batch_id"])
     )
     # The same files dropped again land on the same partition files: no duplicates.
-    files = lake.partition_files(settings.lake_dir, "raw", READINGS)
-    for path in (settings.drop_path / "processed").iterdir():
-        path.rename(settings.drop_path / path.name)
+    files = lake.partition_files(settings.paths.lake, "raw", READINGS)
+    for path in (settings.paths.drop / "processed").iterdir():
+        path.rename(settings.paths.drop / path.name)
     ingest_drop_folder(settings)
-    assert lake.partition_files(settings.lake_dir, "raw", READINGS) == files
-    assert len(lake.read_table(settings.lake_dir, "raw", READINGS)) == len(readings)
+    assert lake.partition_files(settings.paths.lake, "raw", READINGS) == files
+    assert len(lake.read_table(settings.paths.lake, "raw", READINGS)) == len(readings)
 
 
 BAD_FILES = {
@@ -115,7 +115,7 @@ BAD_FILES = {
 
 
 def test_bad_drop_files_are_rejected_with_reasons_and_kept(settings, small_world):
-    drop = settings.drop_path
+    drop = settings.paths.drop
     drop.mkdir(parents=True)
     for name, (content, _) in BAD_FILES.items():
         (drop / name).write_bytes(content if isinstance(content, bytes) else content.encode())
@@ -123,7 +123,7 @@ def test_bad_drop_files_are_rejected_with_reasons_and_kept(settings, small_world
     report = ingest_drop_folder(settings)
     assert set(report.rejected) == set(BAD_FILES)
     for name, (content, pattern) in BAD_FILES.items():
-        kept = settings.lake_dir / "quarantine" / "files" / name
+        kept = settings.paths.lake / "quarantine" / "files" / name
         raw = content if isinstance(content, bytes) else content.encode()
         assert kept.read_bytes() == raw  # every byte kept
         reason = json.loads(kept.with_name(f"{name}.reason.json").read_text())
@@ -133,13 +133,13 @@ def test_bad_drop_files_are_rejected_with_reasons_and_kept(settings, small_world
 
 
 def test_a_bad_file_dropped_twice_under_one_name_is_kept_twice(settings):
-    drop = settings.drop_path
+    drop = settings.paths.drop
     drop.mkdir(parents=True)
     first, second = "batch_id,tag\nb1,x\n", "batch_id,tag\nb2,y\n"
     for content in (first, second):
         (drop / "readings_bad.csv").write_text(content)
         assert "readings_bad.csv" in ingest_drop_folder(settings).rejected
-    kept = settings.lake_dir / "quarantine" / "files"
+    kept = settings.paths.lake / "quarantine" / "files"
     assert (kept / "readings_bad.csv").read_text() == first
     assert (kept / "readings_bad-2.csv").read_text() == second
     assert json.loads((kept / "readings_bad-2.csv.reason.json").read_text())["file"] == (
@@ -299,7 +299,7 @@ def test_brewerypi_ingest_via_settings(settings, tmp_path, small_world, monkeypa
     report = ingest_interval(settings, "brewerypi", SMALL_WORLD.start, SMALL_WORLD.end)
     assert report.batches == len(small_world.batches)
     assert report.notes["readings_outside_frames"] == 0
-    assert len(lake.read_table(settings.lake_dir, "raw", READINGS)) == report.readings
+    assert len(lake.read_table(settings.paths.lake, "raw", READINGS)) == report.readings
 
 
 def test_brewerypi_on_postgresql(postgres_database, small_world):

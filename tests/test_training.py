@@ -10,12 +10,14 @@ import onnx
 import pandas as pd
 import pytest
 
+from application import stages
+from brewcast.contract import CATEGORICAL, NUMERIC, OUTPUTS, raw_inputs
 from brewcast.schema import FEATURES, LABEL, categorical_features, numeric_features
 from models import metrics, pipeline
 from models.calibrate import Calibration
-from models.export import OUTPUTS, PARITY_LIMIT, cpu_session, run_onnx
+from models.export import PARITY_LIMIT, cpu_session, run_onnx
 from models.gate import GateLimits, promotion_gate
-from models.inputs import CATEGORICAL, NUMERIC, raw_inputs
+from models.workdir import TrainingWorkdir
 from tests.conftest import TRAINING_OVERRIDES
 
 
@@ -83,7 +85,8 @@ def test_threshold_follows_the_costs(trained):
         "network.keras",
     ):
         (other / name).write_bytes((workdir / name).read_bytes())
-    assert pipeline.calibrate(cheap_fp, other)["threshold"]["threshold"] < threshold["threshold"]
+    cheaper = stages.train_step("calibrate", other, cheap_fp).details["threshold"]["threshold"]
+    assert cheaper < threshold["threshold"]
 
 
 def test_onnx_graph_takes_the_schema_and_matches_keras(trained):
@@ -149,11 +152,9 @@ def test_schema_views_agree(trained):
     assert suite_columns == set(FEATURES.names)
     test = pd.read_parquet(workdir / "test.parquet")
     assert list(test.columns) == FEATURES.names
-    from models.network import _keras, masked_huber
+    from models.network import load_network
 
-    net = _keras().models.load_model(
-        workdir / "network.keras", custom_objects={"masked_huber": masked_huber}
-    )
+    net = load_network(workdir / "network.keras")
     assert [i.name for i in net.inputs] == ["numeric", *CATEGORICAL]
     assert net.inputs[0].shape[-1] == len(NUMERIC)
 
@@ -175,16 +176,18 @@ def test_gate_checks():
         "slice yeast_strain=b abs_bias: 0.09 vs limit 0.05",
     ]
     good = slices.iloc[[0, 2]]
-    assert promotion_gate(1e-7, overall, good, limits).passed  # the thin slice cannot fail
+    first = promotion_gate(1e-7, overall, good, limits)
+    assert first.passed  # the thin slice cannot fail
+    assert first.to_dict()["first_model"] and first.note.startswith("first model")
     assert not promotion_gate(1e-3, overall, good, limits).passed  # parity
     champion = {"log_loss": 0.15, "auc": 0.97}
-    verdict = promotion_gate(1e-7, overall, good, limits, champion)
+    verdict = promotion_gate(1e-7, overall, good, limits, champion, champion_version="1")
     assert {c.name for c in verdict.checks if not c.passed} == {
         "log_loss vs champion",
         "auc vs champion",
     }
     close = {"log_loss": 0.195, "auc": 0.955}
-    assert promotion_gate(1e-7, overall, good, limits, close).passed
+    assert promotion_gate(1e-7, overall, good, limits, close, champion_version="1").passed
     verdict = promotion_gate(1e-7, overall, good, limits, rule={"log_loss": 0.18})
     assert verdict.reasons == ["log_loss vs slope rule: 0.2 vs limit 0.18"]
 
@@ -201,9 +204,18 @@ def test_too_little_data_is_a_clear_error(settings, small_world, tmp_path):
     )
     publish_training_features(settings, world)
     with pytest.raises(pipeline.TrainingError, match="too little labelled data"):
-        pipeline.prepare(settings, tmp_path / "w")
+        stages.train_step("prepare", tmp_path / "w", settings)
+    empty = settings.model_copy(update={"home": tmp_path / "empty"})
     with pytest.raises(pipeline.NoTrainingDataError, match="no published features"):
-        pipeline.prepare(settings.model_copy(update={"home": tmp_path / "empty"}), tmp_path / "w2")
+        stages.train_step("prepare", tmp_path / "w2", empty)
+
+
+def test_embedding_width_follows_fourth_root_of_vocabulary():
+    from models.network import embedding_width
+
+    assert embedding_width(13) == round(13**0.25)  # 12 fermenters + OOV
+    assert embedding_width(81) == 3
+    assert embedding_width(5) == 2  # 4 seasons + OOV: never narrower than 2
 
 
 def test_calibration_applies_as_in_the_graph():
@@ -221,11 +233,11 @@ def test_training_is_seeded_and_reproducible(trained, tmp_path):
         other.mkdir()
         for name in ("train.parquet", "validation.parquet", "test.parquet", "preprocessing.json"):
             (other / name).write_bytes((workdir / name).read_bytes())
-        pipeline.fit(quick, other, progress=False)
+        stages.train_step("fit", other, quick)
         from models.network import predict_network
 
-        model = pipeline._load_network(other)
-        pre = pipeline._preprocessing(other)
+        model = TrainingWorkdir(other).load_network()
+        pre = TrainingWorkdir(other).load_preprocessing()
         logits.append(
             predict_network(model, pre.network_inputs(pd.read_parquet(other / "test.parquet")))[0]
         )
@@ -295,13 +307,13 @@ def test_categories_shared_between_columns_get_each_columns_own_index():
     value that two columns share must still get each column's own index (hand example)."""
     import onnxruntime as ort
 
-    from models.export import _pre_graph
+    from models.export import pre_graph
     from models.inputs import Preprocessing
 
     vocabularies = dict(zip(CATEGORICAL, [("a", "b"), ("b", "c"), ("c", "a"), ("a",)], strict=True))
     pre = Preprocessing({name: 0.0 for name in NUMERIC}, vocabularies)
     session = ort.InferenceSession(
-        _pre_graph(pre).SerializeToString(), providers=["CPUExecutionProvider"]
+        pre_graph(pre).SerializeToString(), providers=["CPUExecutionProvider"]
     )
     categories = np.array([["b", "b", "a", "a"], ["a", "c", "c", "zz"], ["", "a", "b", "b"]])
     numbers = np.full((3, len(NUMERIC)), np.nan, np.float32)
@@ -316,14 +328,14 @@ def test_embedding_lookups_merge_whatever_the_concatenation_order():
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    from models.export import _pre_graph, merge_embedding_lookups
+    from models.export import merge_embedding_lookups, pre_graph
     from models.inputs import Preprocessing
 
     rng = np.random.default_rng(1)
     vocabularies = dict(
         zip(CATEGORICAL, [("a", "b"), ("b", "c", "d"), ("c",), ("a", "e")], strict=True)
     )
-    model = _pre_graph(Preprocessing({name: 0.0 for name in NUMERIC}, vocabularies))
+    model = pre_graph(Preprocessing({name: 0.0 for name in NUMERIC}, vocabularies))
     graph = model.graph
     order = [CATEGORICAL[3], None, CATEGORICAL[1], CATEGORICAL[0], CATEGORICAL[2]]
     pieces = []
