@@ -41,6 +41,7 @@ test-fast: setup  ## skip the slow end-to-end tests
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 demo: setup  ## MLflow + Airflow + BentoML up, a simulated year through them, monitoring
 	$(BIN)/brewcast demo
