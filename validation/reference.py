@@ -18,7 +18,7 @@ from brewcast.settings import Settings
 
 
 def reference_path(settings: Settings) -> Path:
-    return settings.home / "validation" / "reference.json"
+    return settings.paths.validation_reference
 
 
 def compute_reference(features: pd.DataFrame) -> dict[str, dict[str, float]]:
