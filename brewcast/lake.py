@@ -5,6 +5,11 @@ only once all of them are written) and idempotent: a write names its files after
 interval or source it came from, so re-running it replaces the same files with the same
 bytes instead of adding duplicates. Readers also drop duplicate keys, so overlapping
 intervals never double-count a reading.
+
+A validated partition has two outputs of the same name, its good rows in a publish stage and
+its bad rows in ``quarantine/`` next to a ``.reason.json`` (:class:`Outputs`); the lake
+writes them and tells which raw files need validating again, while the verdicts are
+``validation``'s.
 """
 
 from __future__ import annotations
@@ -14,8 +19,9 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, TypeVar
 
@@ -172,27 +178,127 @@ def read_table(
     return spec.conform(frame, source=str(table_dir(lake_dir, stage, spec)))
 
 
-def partition_dates(lake_dir: Path, stage: str, table: Table | str) -> list[str]:
-    base = table_dir(lake_dir, stage, table)
-    if not base.exists():
-        return []
-    return sorted(
-        d.name.removeprefix("date=") for d in base.iterdir() if d.name.startswith("date=")
-    )
-
-
 def replace_table(
     frame: pd.DataFrame, table: Table, lake_dir: Path, stage: str, label: str
 ) -> list[Path]:
-    """Write a table that is rebuilt whole each time: the new files first, then remove the
-    files of the same ``label`` that the new build no longer has (partitions that vanished).
-    """
+    """Write a table that is rebuilt whole each time: the new files first, then the ones the
+    new build no longer has are removed (:func:`remove_vanished`)."""
     written = write_partitions(frame, table, lake_dir, stage, label)
-    keep = set(written)
-    for old in partition_files(lake_dir, stage, table):
-        if old.name == f"part-{label}.parquet" and old not in keep:
-            old.unlink()
+    remove_vanished(lake_dir, stage, table, label, keep=written)
     return written
+
+
+def remove_vanished(
+    lake_dir: Path, stage: str, table: Table | str, label: str, keep: Iterable[Path]
+) -> list[Path]:
+    """After a whole rebuild of ``label`` wrote ``keep``, remove its other files: partitions
+    the new build no longer has (or, for a validated build, now holds back whole). Files of
+    other labels are left alone, so a rebuild never touches another writer's files."""
+    kept = {Path(k) for k in keep}
+    gone = [
+        old
+        for old in partition_files(lake_dir, stage, table)
+        if old.name == f"part-{label}.parquet" and old not in kept
+    ]
+    for old in gone:
+        old.unlink()
+    return gone
+
+
+def split_by_date(frame: pd.DataFrame, table: Table) -> dict[str, pd.DataFrame]:
+    """``frame``'s rows by the date partition they belong to (``YYYY-MM-DD``, in order),
+    for writers that treat each partition on its own. A row without a date would belong to
+    no partition and be lost, so it is an error (as in :func:`write_partitions`)."""
+    when = frame[table.partition_by]
+    if when.isna().any():
+        raise ValueError(f"{int(when.isna().sum())} row(s) without {table.partition_by}")
+    dates = when.dt.strftime("%Y-%m-%d")
+    return {str(date): piece for date, piece in frame.groupby(dates, sort=True)}
+
+
+def partition_of(path: Path) -> tuple[str, str]:
+    """(date, label) of a partition file ``.../date=YYYY-MM-DD/part-{label}.parquet``."""
+    date = path.parent.name.removeprefix("date=")
+    return date, path.name.removeprefix("part-").removesuffix(".parquet")
+
+
+#: The column that quarantined rows carry: why each row was held back.
+REASONS_COLUMN = "quarantine_reasons"
+#: The reason file's field that says a partition's verdict can change while its source file
+#: stays the same (its rows wait for data that arrives later), so it is checked every run.
+RETRY_FIELD = "retry"
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """Where one validated partition's outputs go: its good rows in the publish stage, its bad
+    rows in quarantine under the same name, and the report on them next to those."""
+
+    published: Path
+    quarantined: Path
+    reason: Path
+
+    @classmethod
+    def of(
+        cls, lake_dir: Path, publish_stage: str, table: Table | str, date: str, label: str
+    ) -> Outputs:
+        name, date_dir = f"part-{label}.parquet", f"date={date}"
+        published = table_dir(lake_dir, publish_stage, table) / date_dir / name
+        quarantined = table_dir(lake_dir, "quarantine", table) / date_dir / name
+        return cls(published, quarantined, quarantined.with_name(f"part-{label}.reason.json"))
+
+
+def write_outputs(
+    outputs: Outputs, rows: pa.Table, bad: np.ndarray, reasons: Sequence[str], report: dict
+) -> tuple[Path | None, Path | None]:
+    """Split ``rows`` by the mask ``bad``: the good ones to ``outputs.published``, the bad ones
+    with their ``reasons`` (one per row of ``rows``) as :data:`REASONS_COLUMN` to
+    ``outputs.quarantined``, and ``report`` as JSON next to them. An output that no longer
+    applies (no good rows, no bad rows) is removed, so a re-run leaves no stale file.
+    Returns (published, quarantined), None for the ones not written."""
+    bad = np.asarray(bad, dtype=bool)
+    if len(bad) != rows.num_rows or len(reasons) != rows.num_rows:
+        raise ValueError(f"{rows.num_rows} rows, {len(bad)} mask values, {len(reasons)} reasons")
+    good_count, bad_count = int((~bad).sum()), int(bad.sum())
+    if good_count:
+        write_file(outputs.published, rows if not bad_count else rows.filter(pa.array(~bad)))
+    else:
+        outputs.published.unlink(missing_ok=True)
+    if not bad_count:
+        outputs.quarantined.unlink(missing_ok=True)
+        outputs.reason.unlink(missing_ok=True)
+        return (outputs.published if good_count else None), None
+    bad_rows = rows if not good_count else rows.filter(pa.array(bad))
+    why = pa.array(np.asarray(reasons, dtype=object)[bad], pa.string())
+    write_file(
+        outputs.quarantined, bad_rows.append_column(pa.field(REASONS_COLUMN, pa.string()), why)
+    )
+    write_text(outputs.reason, json.dumps(report, indent=2, default=str))
+    return (outputs.published if good_count else None), outputs.quarantined
+
+
+def needs_validation(lake_dir: Path, source: Path, table: Table | str, publish_stage: str) -> bool:
+    """Whether the partition file ``source`` (in the raw stage) must be validated (again):
+    it changed since its outputs were written, or it has none in ``publish_stage`` (every
+    row is held back), or its quarantined rows asked to be retried (:data:`RETRY_FIELD`)."""
+    outputs = Outputs.of(lake_dir, publish_stage, table, *partition_of(source))
+    if wants_retry(outputs.reason):
+        return True
+    published = outputs.published
+    return not (published.exists() and published.stat().st_mtime_ns >= source.stat().st_mtime_ns)
+
+
+def wants_retry(reason: Path) -> bool:
+    """Whether a partition's reason file asks for its rows to be checked again next run.
+    A file without the field (written before it existed) or that cannot be parsed asks too:
+    validating again costs one run and rewrites it, while ignoring it could strand rows."""
+    try:
+        report = json.loads(reason.read_text())
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError):
+        return True
+    return not isinstance(report, dict) or bool(report.get(RETRY_FIELD, True))
 
 
 def quarantine_file(lake_dir: Path, path: Path, reason: str, move: bool = True) -> Path:

@@ -14,8 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
+from application.cli import app
 from brewcast import lake
-from brewcast.cli import app
 from brewcast.schema import BATCHES, FEATURES, READINGS
 from ingest.simulator import simulate
 from ingest.sources import ingest_interval
@@ -39,7 +39,7 @@ def clean_world():
 def lake_with_batches(settings, clean_world):
     """A lake whose raw stage knows the clean world's batches (readings are validated
     against their batch's window)."""
-    lake.write_partitions(clean_world.batches, BATCHES, settings.lake_dir, "raw", "world")
+    lake.write_partitions(clean_world.batches, BATCHES, settings.paths.lake, "raw", "world")
     return settings
 
 
@@ -129,14 +129,14 @@ def test_bad_rows_are_quarantined_with_their_reason(
         [pq.read_table(o.quarantine_file).to_pandas() for o in run.outcomes if o.quarantine_file]
     )
     assert quarantined[REASONS_COLUMN].str.contains(rule, regex=False).all()
-    published = lake.read_table(settings.lake_dir, "validated", READINGS)
+    published = lake.read_table(settings.paths.lake, "validated", READINGS)
     # Every row is in exactly one place, and the bad ones are not in validated/.
     expected_bad = READINGS.conform(frame.loc[bad_rows], "t")
     assert len(published) + len(quarantined) == len(frame)
     merged = published.merge(expected_bad, how="inner")
     assert merged.empty
     reason = json.loads(
-        next(settings.lake_dir.glob("quarantine/readings/*/*.reason.json")).read_text()
+        next(settings.paths.lake.glob("quarantine/readings/*/*.reason.json")).read_text()
     )
     failed = {f["rule"]: f for f in reason["failed_expectations"]}
     assert failed[rule]["unexpected_count"] >= 1 and failed[rule]["examples"]
@@ -169,11 +169,11 @@ def test_unreadable_files_are_quarantined_whole(settings, clean_world, tmp_path,
         path.write_text(content)
     run = validate_file(settings, path, now=NOW)
     assert not run.success
-    kept = settings.lake_dir / "quarantine" / "files" / name
+    kept = settings.paths.lake / "quarantine" / "files" / name
     assert kept.read_bytes() == path.read_bytes()  # every byte kept
     why = json.loads(kept.with_name(name + ".reason.json").read_text())["reason"]
     assert reason in why
-    assert not (settings.lake_dir / "validated").exists()
+    assert not (settings.paths.lake / "validated").exists()
 
 
 def test_header_only_file_fails_as_empty(settings, tmp_path):
@@ -215,8 +215,8 @@ def test_clean_lake_passes_and_revalidation_is_idempotent(settings, clean_world)
 
     def digest():
         return {
-            p.relative_to(settings.lake_dir): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in settings.lake_dir.glob("validated/**/*.parquet")
+            p.relative_to(settings.paths.lake): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in settings.paths.lake.glob("validated/**/*.parquet")
         }
 
     before = digest()
@@ -230,7 +230,7 @@ def test_lake_files_that_cannot_be_conformed_are_quarantined_whole_and_alone(set
     in two files), each file is tried alone, and only the culprits go to quarantine, kept
     under names that do not collide (every date partition holds a file of the same name)."""
     ingest_interval(settings, "simulator", CLEAN.start, CLEAN.end, CLEAN)
-    files = lake.partition_files(settings.lake_dir, "raw", READINGS)
+    files = lake.partition_files(settings.paths.lake, "raw", READINGS)
     bad = [files[0], files[-1]]
     assert bad[0].name == bad[1].name
     for path in bad:
@@ -244,12 +244,72 @@ def test_lake_files_that_cannot_be_conformed_are_quarantined_whole_and_alone(set
     run = validate_lake(settings, now=NOW)
     totals = run.totals()["readings"]
     assert totals["published"] == len(clean_world.readings) - bad_rows
-    kept = sorted((settings.lake_dir / "quarantine" / "files").glob("*.parquet"))
+    kept = sorted((settings.paths.lake / "quarantine" / "files").glob("*.parquet"))
     assert len(kept) == 2
     for path, copy in zip(bad, kept, strict=True):
         assert copy.read_bytes() == path.read_bytes()  # every byte kept
         reason = json.loads(copy.with_name(copy.name + ".reason.json").read_text())
         assert "batch_id" in reason["reason"] and reason["from"] == str(path)
+
+
+def _reasons(settings, table: str = "readings") -> list[dict]:
+    return [
+        json.loads(p.read_text())
+        for p in sorted(settings.paths.lake.glob(f"quarantine/{table}/*/*.reason.json"))
+    ]
+
+
+def test_readings_of_an_unknown_batch_wait_and_are_published_when_it_arrives(settings, clean_world):
+    """Readings whose batch is not known yet wait in quarantine, are tried again every run
+    (their raw file unchanged) and are published once the batch arrives."""
+    late = _batch(clean_world, closed=True)
+    batches, readings = clean_world.batches, clean_world.readings
+    mine = readings["batch_id"] == late.batch_id
+    lake.write_partitions(
+        batches[batches["batch_id"] != late.batch_id], BATCHES, settings.paths.lake, "raw", "world"
+    )
+    lake.write_partitions(readings, READINGS, settings.paths.lake, "raw", "world")
+
+    first = validate_lake(settings, now=NOW)
+    assert set(first.failure_counts()) == {"known_batch"}
+    assert first.totals()["readings"]["quarantined"] == mine.sum()
+    waiting = {o.source for o in first.outcomes if o.rows_quarantined}
+    # Partitions that also published rows: only the marker brings them back next run.
+    assert any(o.rows_published for o in first.outcomes if o.rows_quarantined)
+    assert _reasons(settings) and all(r["retry"] is True for r in _reasons(settings))
+
+    again = validate_lake(settings, now=NOW)  # still unknown: tried again, still waiting
+    assert {o.source for o in again.outcomes} == waiting
+    assert again.totals()["readings"]["quarantined"] == mine.sum()
+
+    lake.write_partitions(
+        batches[batches["batch_id"] == late.batch_id], BATCHES, settings.paths.lake, "raw", "late"
+    )
+    arrived = validate_lake(settings, now=NOW)
+    assert arrived.success, arrived.summary()
+    published = lake.read_table(settings.paths.lake, "validated", READINGS)
+    assert len(published) == len(readings)
+    assert not list(settings.paths.lake.glob("quarantine/readings/*/*"))  # nothing waits
+    assert validate_lake(settings, now=NOW).outcomes == []
+
+
+def test_a_reason_that_only_mentions_a_retryable_rule_is_not_retried(settings, clean_world):
+    """What brings quarantined rows back is the reason file's ``retry`` marker, set when a
+    retryable rule failed, not the rule's name appearing in its text: here a batch is named
+    like the rule and one of its readings fails another one."""
+    named = _batch(clean_world, closed=True).batch_id
+    batches = clean_world.batches.replace({"batch_id": {named: "known_batch"}})
+    readings = clean_world.readings.replace({"batch_id": {named: "known_batch"}})
+    readings.loc[_grav_row(readings[readings["batch_id"] == "known_batch"]), "value"] = 45.0
+    lake.write_partitions(batches, BATCHES, settings.paths.lake, "raw", "world")
+    lake.write_partitions(readings, READINGS, settings.paths.lake, "raw", "world")
+
+    run = validate_lake(settings, now=NOW)
+    assert set(run.failure_counts()) == {"range:value[gravity_plato]"}
+    (reason,) = _reasons(settings)
+    assert reason["retry"] is False
+    assert '"known_batch"' in json.dumps(reason)  # the example names the batch
+    assert validate_lake(settings, now=NOW).outcomes == []  # nothing changed: nothing to do
 
 
 def test_lake_with_simulated_bad_records_loses_nothing(settings, small_world):
@@ -258,8 +318,8 @@ def test_lake_with_simulated_bad_records_loses_nothing(settings, small_world):
     t = run.totals()["readings"]
     assert t["rows_in"] == len(small_world.readings) == t["published"] + t["quarantined"]
     assert 0 < t["quarantined"] < 0.02 * t["rows_in"]
-    validated = lake.read_table(settings.lake_dir, "validated", READINGS)
-    quarantined = lake.read_table(settings.lake_dir, "quarantine", READINGS)
+    validated = lake.read_table(settings.paths.lake, "validated", READINGS)
+    quarantined = lake.read_table(settings.paths.lake, "quarantine", READINGS)
     assert len(validated) + len(quarantined) == len(small_world.readings)
     # One checkpoint run spans every partition; each partition's report names only its rows.
     hit = [o for o in run.outcomes if o.rows_quarantined]
@@ -299,13 +359,13 @@ def test_gross_drift_in_new_features_fails_loudly(settings, clean_world):
     drifted.loc[late, "mean_temperature_c"] += 12.0  # a sensor re-scaled, say
     warned = publish_features(settings, drifted, now=NOW)  # default: fail loudly, keep rows
     assert not warned.success and "drift:mean:mean_temperature_c" in warned.failure_counts()
-    assert len(lake.read_table(settings.lake_dir, "features", FEATURES)) == len(snaps)
+    assert len(lake.read_table(settings.paths.lake, "features", FEATURES)) == len(snaps)
     settings = settings.model_copy(update={"drift_policy": "quarantine"})
     run = publish_features(settings, drifted, now=NOW)
     assert "drift:mean:mean_temperature_c" in run.failure_counts()
     rejected = [o for o in run.outcomes if o.partition_rejected]
     assert rejected and all(o.date >= f"{cut:%Y-%m-%d}" for o in rejected)
-    published = lake.read_table(settings.lake_dir, "features", FEATURES)
+    published = lake.read_table(settings.paths.lake, "features", FEATURES)
     assert (published["snapshot_time"] <= cut + pd.Timedelta(days=1)).all()
     assert len(published) + sum(o.rows_quarantined for o in run.outcomes) == len(snaps)
 

@@ -7,17 +7,19 @@ name: its good rows in the publish stage (``validated/`` or ``features/``) and i
 rows in ``quarantine/`` next to a ``.reason.json`` that names every failed expectation
 with counts and examples. Rows in = rows published + rows quarantined, always. Re-running
 rewrites the same files, so validation is idempotent.
+
+This module makes the decisions (which rows and partitions pass, and why) and runs GX;
+where the outputs go, how they are written and which raw files are stale are the lake's
+(:mod:`brewcast.lake`), and the results themselves are plain data (:mod:`validation.results`).
 """
 
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -29,109 +31,37 @@ from brewcast.schema import BATCHES, FEATURES, READINGS, SchemaError, Table
 from brewcast.settings import Settings
 from validation import checks, suites
 from validation.reference import load_reference
+from validation.results import (
+    EXAMPLES_PER_FAILURE,
+    RETRYABLE_RULES,
+    FailedExpectation,
+    PartitionOutcome,
+    ValidationRun,
+    Verdict,
+    examples,
+    failures_from,
+    reason_report,
+)
+
+__all__ = [
+    "REASONS_COLUMN",
+    "RETRYABLE_RULES",
+    "FailedExpectation",
+    "PartitionOutcome",
+    "ValidationRun",
+    "Validator",
+    "publish_features",
+    "validate_file",
+    "validate_lake",
+]
 
 log = logging.getLogger(__name__)
 
-REASONS_COLUMN = "quarantine_reasons"
-EXAMPLES_PER_FAILURE = 5
+REASONS_COLUMN = lake.REASONS_COLUMN
 
-
-@dataclass
-class FailedExpectation:
-    rule: str
-    expectation: str
-    scope: str
-    column: str | None
-    unexpected_count: int | None
-    observed: Any = None
-    examples: list[dict] = field(default_factory=list)
-    error: str | None = None
-    examples_index: list[int] = field(default_factory=list, repr=False)
-
-
-@dataclass
-class PartitionOutcome:
-    table: str
-    source: str
-    date: str
-    rows_in: int
-    rows_published: int
-    rows_quarantined: int
-    partition_rejected: bool
-    failures: list[FailedExpectation]
-    published_file: str | None = None
-    quarantine_file: str | None = None
-
-    @property
-    def success(self) -> bool:
-        return not self.failures
-
-
-@dataclass
-class ValidationRun:
-    outcomes: list[PartitionOutcome] = field(default_factory=list)
-    data_docs: str | None = None
-
-    @property
-    def success(self) -> bool:
-        return all(o.success for o in self.outcomes)
-
-    def totals(self) -> dict[str, dict[str, int]]:
-        out: dict[str, dict[str, int]] = {}
-        for o in self.outcomes:
-            t = out.setdefault(
-                o.table, dict(files=0, rows_in=0, published=0, quarantined=0, rejected_partitions=0)
-            )
-            t["files"] += 1
-            t["rows_in"] += o.rows_in
-            t["published"] += o.rows_published
-            t["quarantined"] += o.rows_quarantined
-            t["rejected_partitions"] += int(o.partition_rejected)
-        return out
-
-    def failure_counts(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for o in self.outcomes:
-            for f in o.failures:
-                counts[f.rule] = counts.get(f.rule, 0) + (f.unexpected_count or 1)
-        return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
-
-    def summary(self) -> str:
-        lines = []
-        for table, t in self.totals().items():
-            lines.append(
-                f"{table:9s} {t['files']:4d} file(s)  {t['rows_in']:9d} rows in  "
-                f"{t['published']:9d} passed  {t['quarantined']:7d} quarantined  "
-                f"({t['rejected_partitions']} whole partition(s))"
-            )
-        failures = self.failure_counts()
-        if failures:
-            lines.append("failed expectations (rows or partitions):")
-            lines += [f"  {rule:34s} {n}" for rule, n in list(failures.items())[:12]]
-        if self.data_docs:
-            lines.append(f"data docs: {self.data_docs}")
-        lines.append("PASSED" if self.success else "QUARANTINED SOME DATA")
-        return "\n".join(lines)
-
-    def to_json(self) -> str:
-        return json.dumps(
-            {
-                "success": self.success,
-                "totals": self.totals(),
-                "failures": self.failure_counts(),
-                "data_docs": self.data_docs,
-                "partitions": [asdict(o) for o in self.outcomes],
-            },
-            indent=2,
-            default=str,
-        )
-
-
-def _public(outcome: PartitionOutcome) -> dict:
-    data = asdict(outcome)
-    for failure in data["failures"]:
-        failure.pop("examples_index", None)
-    return data
+#: Validation results kept in the GX store (and Data Docs) per suite; older ones are pruned
+#: so the store and the Data Docs index stay bounded under hourly runs.
+KEEP_RESULTS = 100
 
 
 class Validator:
@@ -143,8 +73,9 @@ class Validator:
 
         self.settings = settings
         logging.getLogger("great_expectations").setLevel(logging.WARNING)  # INFO floods logs
-        settings.home.mkdir(parents=True, exist_ok=True)  # GX keeps its project in HOME/gx
-        self.context = gx.get_context(mode="file", project_root_dir=str(settings.home))
+        root = settings.paths.gx_project_root
+        root.mkdir(parents=True, exist_ok=True)
+        self.context = gx.get_context(mode="file", project_root_dir=str(root))
         bars = self.context.variables.progress_bars
         enabled = (
             bars.get("globally", True)
@@ -196,77 +127,16 @@ class Validator:
         sites = self.context.get_docs_sites_urls()
         return sites[0]["site_url"] if sites else None
 
-
-def _error(result) -> str | None:
-    info = result.exception_info or {}
-    if "raised_exception" in info:
-        return info.get("exception_message") if info.get("raised_exception") else None
-    messages = [
-        v.get("exception_message")
-        for v in info.values()
-        if isinstance(v, dict) and v.get("raised_exception")
-    ]
-    return "; ".join(m for m in messages if m) or None
-
-
-def _failures(
-    result, frame: pd.DataFrame, table: Table
-) -> tuple[list[FailedExpectation], dict[int, list[str]]]:
-    """Failed expectations, and per failing row number the rules it broke."""
-    failures, by_row = [], {}
-    for suite_result in result.run_results.values():
-        for r in suite_result.results:
-            if r.success:
-                continue
-            config = r.expectation_config
-            meta = config.meta or {}
-            rule, scope = meta.get("rule", config.type), meta.get("scope", "table")
-            details = r.result or {}
-            indices = [int(i) for i in details.get("unexpected_index_list") or []]
-            if scope == "row" and not indices and details.get("unexpected_count"):
-                scope = "table"  # GX could not name the rows: fail the partition, lose nothing
-            for i in indices:
-                by_row.setdefault(i, []).append(rule)
-            column = config.kwargs.get("column")
-            failures.append(
-                FailedExpectation(
-                    rule=rule,
-                    expectation=config.type,
-                    scope=scope,
-                    column=column,
-                    unexpected_count=details.get(
-                        "unexpected_count", None if not indices else len(indices)
-                    ),
-                    observed=_plain(details.get("observed_value")),
-                    examples=_examples(frame, indices, table, column),
-                    error=_error(r),
-                    examples_index=indices,
-                )
-            )
-    failures.sort(key=lambda f: f.rule)
-    return failures, by_row
-
-
-def _examples(
-    frame: pd.DataFrame,
-    rows: list[int],
-    table: Table,
-    column: str | None,
-    limit: int | None = EXAMPLES_PER_FAILURE,
-) -> list[dict]:
-    """The first ``limit`` failing rows (all given, with None), as JSON records of the key
-    columns and the checked column."""
-    shown = [c for c in dict.fromkeys((*table.key, column)) if c and c in frame.columns]
-    head = frame.loc[rows[:limit], shown]
-    return json.loads(head.to_json(orient="records", date_format="iso")) if rows else []
-
-
-def _plain(value: Any) -> Any:
-    try:
-        json.dumps(value)
-        return value
-    except TypeError:
-        return str(value)
+    def prune_results(self, keep: int = KEEP_RESULTS) -> None:
+        """Keep only the latest ``keep`` results per suite in the store and in Data Docs."""
+        gx_root = self.settings.paths.gx_uncommitted
+        for store in (
+            gx_root / "validations",
+            gx_root / "data_docs" / "local_site" / "validations",
+        ):
+            for runs in store.glob("*/__none__"):
+                for old in sorted(p for p in runs.iterdir() if p.is_dir())[:-keep]:
+                    shutil.rmtree(old)
 
 
 @dataclass
@@ -304,45 +174,76 @@ def validate_parts(
     settings = validator.settings
     now = now if now is not None else pd.Timestamp.now("UTC")
     frame = pd.concat([p.frame for p in parts], ignore_index=True)
-    owner = np.repeat(np.arange(len(parts)), [len(p.frame) for p in parts])
+    sizes = [len(p.frame) for p in parts]
+    owner = np.repeat(np.arange(len(parts)), sizes)
     checked = checks.add_checks(frame, table, now, batches, previous_gravity)
     result = validator.run(table, checked, suites.build_expectations(table, settings))
-    failures, by_row = _failures(result, checked, table)
-    rejected_all = any(f.scope == "table" for f in failures)
-
-    drift_failures: list[FailedExpectation] = []
-    drift_parts: set[int] = set()
+    failures, by_row = failures_from(result, checked, table)
+    drift: tuple[list[FailedExpectation], set[int]] = ([], set())
     if reference and table is FEATURES:
-        since = (
-            reference_since if reference_since is not None else pd.Timestamp.min.tz_localize("UTC")
-        )
-        new_rows = (frame["snapshot_time"] > since).to_numpy()
-        if new_rows.sum() >= settings.distribution_min_rows:
-            expectations = suites.build_expectations(
-                table,
-                settings,
-                reference,
-                rows=int(new_rows.sum()),
-                batches=int(frame.loc[new_rows, "batch_id"].nunique()),
-            )
-            drift = validator.run(table, checked[new_rows].reset_index(drop=True), expectations)
-            drift_failures = [
-                f for f in _failures(drift, checked, table)[0] if f.rule.startswith("drift:")
-            ]
-            if drift_failures:
-                drift_parts = set(np.unique(owner[new_rows]).tolist())
+        drift = _drift(validator, table, frame, checked, owner, reference, reference_since)
+    verdicts = _verdicts(settings, table, checked, owner, sizes, failures, by_row, drift)
+    starts = np.cumsum([0, *sizes[:-1]])
+    # One conversion to Arrow for the run; each partition writes zero-copy slices of it.
+    arrow = pa.Table.from_pandas(frame, schema=table.arrow_schema(), preserve_index=False)
+    writes = [  # each partition's two output files, written on the I/O threads at the end
+        (part, arrow.slice(int(start), size), verdict)
+        for part, start, size, verdict in zip(parts, starts, sizes, verdicts, strict=True)
+    ]
+    return lake.io_map(lambda w: _publish(settings, table, publish_stage, *w), writes)
 
+
+def _drift(
+    validator: Validator,
+    table: Table,
+    frame: pd.DataFrame,
+    checked: pd.DataFrame,
+    owner: np.ndarray,
+    reference: dict,
+    reference_since: pd.Timestamp | None,
+) -> tuple[list[FailedExpectation], set[int]]:
+    """The drift failures of the rows newer than the reference, and the partitions they are
+    in (none when too few rows are new to judge)."""
+    settings = validator.settings
+    since = reference_since if reference_since is not None else pd.Timestamp.min.tz_localize("UTC")
+    new_rows = (frame["snapshot_time"] > since).to_numpy()
+    if new_rows.sum() < settings.distribution_min_rows:
+        return [], set()
+    expectations = suites.build_expectations(
+        table,
+        settings,
+        reference,
+        rows=int(new_rows.sum()),
+        batches=int(frame.loc[new_rows, "batch_id"].nunique()),
+    )
+    result = validator.run(table, checked[new_rows].reset_index(drop=True), expectations)
+    failures = [f for f in failures_from(result, checked, table)[0] if f.rule.startswith("drift:")]
+    return failures, (set(np.unique(owner[new_rows]).tolist()) if failures else set())
+
+
+def _verdicts(
+    settings: Settings,
+    table: Table,
+    checked: pd.DataFrame,
+    owner: np.ndarray,
+    sizes: list[int],
+    failures: list[FailedExpectation],
+    by_row: dict[int, list[str]],
+    drift: tuple[list[FailedExpectation], set[int]],
+) -> list[Verdict]:
+    """Each partition's verdict from the run's failures: its own failures (narrowed to its
+    rows), whether it is rejected whole (a table-level failure, the ``partition`` policy, or
+    drift under the ``quarantine`` drift policy), and each held-back row's rules."""
+    drift_failures, drift_parts = drift
+    rejected_all = any(f.scope == "table" for f in failures)
     failing_rows = [_rows_by_part(f, owner) for f in failures]
     narrowed = [
         _narrow_by_part(f, rows, checked, table)
         for f, rows in zip(failures, failing_rows, strict=True)
     ]
-    starts = np.concatenate([[0], np.cumsum([len(p.frame) for p in parts])])
-    writes = []  # each partition's two output files, written on the I/O threads at the end
-    # One conversion to Arrow for the run; each partition writes zero-copy slices of it.
-    arrow = pa.Table.from_pandas(frame, schema=table.arrow_schema(), preserve_index=False)
-    for i, part in enumerate(parts):
-        size = int(starts[i + 1] - starts[i])
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    verdicts = []
+    for i, size in enumerate(sizes):
         mine = [
             f if f.scope == "table" else by_part[i]
             for f, by_part in zip(failures, narrowed, strict=True)
@@ -363,9 +264,8 @@ def validate_parts(
                 reasons[row - starts[i]] = "; ".join(by_row[row])
         reasons = pd.Series(reasons, dtype="string")
         bad = np.ones(size, bool) if whole else reasons.str.len().to_numpy() > 0
-        rows = arrow.slice(int(starts[i]), size)
-        writes.append((settings, table, part, rows, publish_stage, bad, reasons, mine, whole))
-    return lake.io_map(lambda args: _write_outputs(*args), writes)
+        verdicts.append(Verdict(bad, reasons, mine, whole))
+    return verdicts
 
 
 def _rows_by_part(failure: FailedExpectation, owner: np.ndarray) -> dict[int, list[int]]:
@@ -393,8 +293,8 @@ def _narrow_by_part(
     if not rows_by_part:
         return {}
     shown = {p: rows[:EXAMPLES_PER_FAILURE] for p, rows in rows_by_part.items()}
-    examples = iter(
-        _examples(
+    found = iter(
+        examples(
             checked, [r for rows in shown.values() for r in rows], table, failure.column, limit=None
         )
     )
@@ -406,36 +306,25 @@ def _narrow_by_part(
             failure.column,
             len(rows_by_part[p]),
             failure.observed,
-            [next(examples) for _ in rows],
+            [next(found) for _ in rows],
             failure.error,
         )
         for p, rows in shown.items()
     }
 
 
-def _write_outputs(
+def _publish(
     settings: Settings,
     table: Table,
+    publish_stage: str,
     part: Part,
     rows: pa.Table,
-    publish_stage: str,
-    bad: np.ndarray,
-    reasons: pd.Series,
-    failures: list[FailedExpectation],
-    whole: bool,
+    verdict: Verdict,
 ) -> PartitionOutcome:
-    """Write one partition's good rows to ``publish_stage`` and its bad rows, with their
-    reasons, to quarantine (``rows``: the partition as Arrow, sliced from the run's table)."""
-    good_count, bad_count = int((~bad).sum()), int(bad.sum())
-    name = f"part-{part.label}.parquet"
-    date_dir = f"date={part.date}"
-    published = lake.table_dir(settings.lake_dir, publish_stage, table) / date_dir / name
-    quarantined = lake.table_dir(settings.lake_dir, "quarantine", table) / date_dir / name
-    reason_file = quarantined.with_name(f"part-{part.label}.reason.json")
-    if good_count:
-        lake.write_file(published, rows if not bad_count else rows.filter(pa.array(~bad)))
-    else:
-        published.unlink(missing_ok=True)
+    """Put one partition's verdict into the lake (``rows``: the partition as Arrow, sliced
+    from the run's table): its good rows published, its bad rows and their report held back."""
+    outputs = lake.Outputs.of(settings.paths.lake, publish_stage, table, part.date, part.label)
+    good_count, bad_count = int((~verdict.bad).sum()), int(verdict.bad.sum())
     outcome = PartitionOutcome(
         table=table.name,
         source=part.source,
@@ -443,45 +332,16 @@ def _write_outputs(
         rows_in=rows.num_rows,
         rows_published=good_count,
         rows_quarantined=bad_count,
-        partition_rejected=bool(whole and rows.num_rows),
-        failures=failures,
-        published_file=str(published) if good_count else None,
-        quarantine_file=str(quarantined) if bad_count else None,
+        partition_rejected=bool(verdict.whole and rows.num_rows),
+        failures=verdict.failures,
+        published_file=str(outputs.published) if good_count else None,
+        quarantine_file=str(outputs.quarantined) if bad_count else None,
     )
-    if bad_count:
-        bad_rows = rows if not good_count else rows.filter(pa.array(bad))
-        lake.write_file(
-            quarantined,
-            bad_rows.append_column(
-                pa.field(REASONS_COLUMN, pa.string()),
-                pa.array(reasons[bad].to_numpy(dtype=object), pa.string()),
-            ),
-        )
-        report = _public(outcome)
-        report["policy"] = settings.validation_policy
-        report["failed_expectations"] = report.pop("failures")
-        lake.write_text(reason_file, json.dumps(report, indent=2, default=str))
-    else:
-        quarantined.unlink(missing_ok=True)
-        reason_file.unlink(missing_ok=True)
+    report = reason_report(outcome, verdict, settings.validation_policy)
+    lake.write_outputs(outputs, rows, verdict.bad, verdict.reasons, report)
     if outcome.rows_published + outcome.rows_quarantined != len(part.frame):
         raise AssertionError(f"{part.source}: rows lost in validation ({outcome})")
     return outcome
-
-
-def _label_of(path: Path) -> str:
-    return path.name.removeprefix("part-").removesuffix(".parquet")
-
-
-def _needs_validation(settings: Settings, raw_file: Path, table: Table, stage: str) -> bool:
-    """True unless this raw file's outputs are newer than it and nothing waits in quarantine."""
-    date_dir = raw_file.parent.name
-    published = lake.table_dir(settings.lake_dir, stage, table) / date_dir / raw_file.name
-    quarantined = lake.table_dir(settings.lake_dir, "quarantine", table) / date_dir / raw_file.name
-    reason = quarantined.with_name(raw_file.name.removesuffix(".parquet") + ".reason.json")
-    if reason.exists() and '"known_batch"' in reason.read_text():
-        return True  # readings waiting for their batch: try again
-    return not (published.exists() and published.stat().st_mtime_ns >= raw_file.stat().st_mtime_ns)
 
 
 def _read_or_error(path: Path) -> pa.Table | Exception:
@@ -529,32 +389,32 @@ def validate_lake(
 ) -> ValidationRun:
     """Validate raw batches, then raw readings (against the batches), into ``validated/``.
 
-    Only raw files that changed since their last validation (or that have rows waiting in
-    quarantine) are validated, unless ``everything``.
+    Only raw files the lake finds stale (changed since their last validation, or holding rows
+    back for a retryable reason) are validated, unless ``everything``.
     """
     validator = Validator(settings)
     run = ValidationRun()
-    raw_batches = lake.read_table(settings.lake_dir, "raw", BATCHES)
+    raw_batches = lake.read_table(settings.paths.lake, "raw", BATCHES)
     for table in (BATCHES, READINGS):
-        files = lake.partition_files(settings.lake_dir, "raw", table)
+        files = lake.partition_files(settings.paths.lake, "raw", table)
         todo = [
-            f for f in files if everything or _needs_validation(settings, f, table, "validated")
+            f
+            for f in files
+            if everything or lake.needs_validation(settings.paths.lake, f, table, "validated")
         ]
         parts = []
         conformed = _conform_files(table, todo, lake.io_map(_read_or_error, todo))
         for path, frame in zip(todo, conformed, strict=True):
             if isinstance(frame, Exception):
-                lake.quarantine_file(settings.lake_dir, path, str(frame), move=False)
+                lake.quarantine_file(settings.paths.lake, path, str(frame), move=False)
                 continue
-            parts.append(
-                Part(frame, path.parent.name.removeprefix("date="), _label_of(path), str(path))
-            )
+            parts.append(Part(frame, *lake.partition_of(path), str(path)))
         log.info("validating %d of %d raw %s file(s)", len(parts), len(files), table.name)
         previous = None
         if table is READINGS and parts:
             previous = _gravity_history(
                 settings,
-                exclude={Path(p.source).relative_to(settings.lake_dir / "raw") for p in parts},
+                exclude={Path(p.source).relative_to(settings.paths.lake / "raw") for p in parts},
             )
         run.outcomes += validate_parts(
             validator, table, parts, batches=raw_batches, previous_gravity=previous, now=now
@@ -565,10 +425,10 @@ def validate_lake(
 
 def _gravity_history(settings: Settings, exclude: set[Path]) -> pd.DataFrame:
     """Validated gravity readings outside the files being (re)validated now."""
-    base = settings.lake_dir / "validated"
+    base = settings.paths.lake / "validated"
     files = [
         f
-        for f in lake.partition_files(settings.lake_dir, "validated", READINGS)
+        for f in lake.partition_files(settings.paths.lake, "validated", READINGS)
         if f.relative_to(base) not in exclude
     ]
     if not files:
@@ -594,7 +454,7 @@ def validate_file(settings: Settings, path: Path, now: pd.Timestamp | None = Non
     try:
         table, frame = read_drop_file(path)
     except SchemaError as exc:
-        lake.quarantine_file(settings.lake_dir, path, str(exc), move=False)
+        lake.quarantine_file(settings.paths.lake, path, str(exc), move=False)
         run.outcomes.append(
             PartitionOutcome(
                 table="file",
@@ -615,12 +475,12 @@ def validate_file(settings: Settings, path: Path, now: pd.Timestamp | None = Non
     label = lake.part_label("file", path.stem, hashlib.sha256(path.read_bytes()).hexdigest()[:12])
     batches = pd.concat(
         [
-            lake.read_table(settings.lake_dir, "raw", BATCHES),
+            lake.read_table(settings.paths.lake, "raw", BATCHES),
             frame if table is BATCHES else BATCHES.empty(),
         ]
     )
-    dates = frame[table.partition_by].dt.strftime("%Y-%m-%d")
-    parts = [Part(part, date, label, str(path)) for date, part in frame.groupby(dates, sort=True)]
+    pieces = lake.split_by_date(frame, table).items()
+    parts = [Part(piece, date, label, str(path)) for date, piece in pieces]
     parts = parts or [Part(frame, "none", label, str(path))]  # header only: fails not_empty
     run.outcomes += validate_parts(validator, table, parts, batches=batches, now=now)
     _finish(settings, validator, run)
@@ -635,11 +495,8 @@ def publish_features(
     validator = Validator(settings)
     reference = load_reference(settings)
     label = "snapshots"
-    dates = snapshots["snapshot_time"].dt.strftime("%Y-%m-%d")
-    parts = [
-        Part(part, date, label, "dataset builder")
-        for date, part in snapshots.groupby(dates, sort=True)
-    ]
+    pieces = lake.split_by_date(snapshots, FEATURES).items()
+    parts = [Part(piece, date, label, "dataset builder") for date, piece in pieces]
     run = ValidationRun()
     run.outcomes += validate_parts(
         validator,
@@ -650,32 +507,22 @@ def publish_features(
         reference_since=pd.Timestamp(reference["until"]) if reference else None,
         now=now,
     )
-    keep = {Path(o.published_file) for o in run.outcomes if o.published_file}
-    for old in lake.partition_files(settings.lake_dir, "features", FEATURES):
-        if old.name == f"part-{label}.parquet" and old not in keep:
-            old.unlink()  # a partition this build no longer has (or now quarantined whole)
+    # Rebuilt whole: a partition this build no longer has (or now holds back whole) goes.
+    keep = [Path(o.published_file) for o in run.outcomes if o.published_file]
+    lake.remove_vanished(settings.paths.lake, "features", FEATURES, label, keep)
     _finish(settings, validator, run)
     return run
 
 
-#: Validation results kept in the GX store (and Data Docs) per suite; older ones are pruned
-#: so the store and the Data Docs index stay bounded under hourly runs.
-KEEP_RESULTS = 100
-
-
 def _finish(settings: Settings, validator: Validator, run: ValidationRun) -> None:
-    gx_root = settings.home / "gx" / "uncommitted"
-    for store in (gx_root / "validations", gx_root / "data_docs" / "local_site" / "validations"):
-        for runs in store.glob("*/__none__"):
-            for old in sorted(p for p in runs.iterdir() if p.is_dir())[:-KEEP_RESULTS]:
-                shutil.rmtree(old)
+    validator.prune_results()
     run.data_docs = validator.data_docs()
     _log_run(settings, run)
 
 
 def _log_run(settings: Settings, run: ValidationRun) -> None:
     """Keep the run's machine-readable summary (MLflow runs attach it) and log one line."""
-    path = lake.write_text(settings.home / "validation" / "last_run.json", run.to_json())
+    path = lake.write_text(settings.paths.validation_summary, run.to_json())
     log.info(
         "validation %s: %s; summary in %s",
         "passed" if run.success else "quarantined data",
