@@ -170,6 +170,6 @@ def test_an_unscorable_champion_fails_the_run_and_promotes_nothing(trained, tmp_
         with pytest.raises(ChampionUnavailableError, match=r"champion version 1 of .* cannot be"):
             register_model(settings, _copy(workdir, tmp_path / attempt))
         assert not TrainingWorkdir(tmp_path / attempt).verdict.exists()  # no gate ran
-        assert version_by_alias(settings.model_name, CHAMPION).version == "1"
+        assert str(version_by_alias(settings.model_name, CHAMPION).version) == "1"
         versions = MlflowClient().search_model_versions(f"name='{settings.model_name}'")
-        assert [v.version for v in versions] == ["1"], damage
+        assert [str(v.version) for v in versions] == ["1"], damage

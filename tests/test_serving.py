@@ -228,7 +228,7 @@ def test_feedback_round_trip(service, champion_home):
     assert r.status_code == 200, r.text
     assert r.json() == {"accepted": 2, "unknown_prediction_ids": ["nope"]}
     bad = httpx.post(f"{url}/feedback", json={"labels": [{"prediction_id": ids[0]}]}, headers=KEY)
-    assert bad.status_code == 422 and "finished_within_horizon" in bad.text
+    assert bad.status_code == 400 and "finished_within_horizon" in bad.text
     # Nothing to accept is an answer, not a 500 (it once tried to insert an empty label).
     only_unknown = [{"prediction_id": "gone", "finished_within_horizon": True}]
     r = httpx.post(f"{url}/feedback", json={"labels": only_unknown}, headers=KEY)
