@@ -202,8 +202,6 @@ class MlflowServer(ServerProcess):
         host: str = "127.0.0.1",
         log_file: Path | None = None,
     ):
-        import sys
-
         self.port = port or free_port()
         self.url = f"http://{host}:{self.port}"
         artifacts_dir = Path(artifacts_dir)

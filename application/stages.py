@@ -42,18 +42,8 @@ class Manifest:
     workdir: str | None = None
 
     def to_dict(self) -> dict:
-        """Plain JSON types only (what XCom and ``--json`` output need)."""
+        """Plain JSON types only (what XCom carries)."""
         return json.loads(json.dumps(asdict(self), default=str))
-
-    @classmethod
-    def from_dict(cls, data: dict) -> Manifest:
-        return cls(**data)
-
-    def summary(self) -> str:
-        counts = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in self.counts.items())
-        lines = [f"{self.stage}: {counts or 'done'}"]
-        lines += [f"  warning: {w}" for w in self.warnings]
-        return "\n".join(lines)
 
 
 def _paths(paths) -> list[str]:
@@ -75,10 +65,10 @@ def ingest(
     """Pull ``[start, end)`` from ``source`` (default ``BREWCAST_SOURCE``), or the pending
     drop files, into the lake's raw stage. ``config``: a simulated world other than the
     settings' one."""
-    from ingest.sources import ingest
+    from ingest import sources
 
     settings = settings or get_settings()
-    report = ingest(settings, source or settings.source, start, end, config)
+    report = sources.ingest(settings, source or settings.source, start, end, config)
     log.info(report.summary())
     return Manifest(
         "ingest",
@@ -96,8 +86,7 @@ def ingest(
 
 
 def _validation_manifest(stage: str, run) -> Manifest:
-    outcomes = run.outcomes
-    totals = run.totals()
+    outcomes, totals, failures = run.outcomes, run.totals(), run.failure_counts()
     return Manifest(
         stage,
         read=sorted({o.source for o in outcomes}),
@@ -109,11 +98,11 @@ def _validation_manifest(stage: str, run) -> Manifest:
             "rows_passed": sum(t["published"] for t in totals.values()),
             "rows_quarantined": sum(t["quarantined"] for t in totals.values()),
         },
-        warnings=[f"{rule}: {n}" for rule, n in run.failure_counts().items()],
+        warnings=[f"{rule}: {n}" for rule, n in failures.items()],
         details={
             "success": run.success,
             "totals": totals,
-            "failures": run.failure_counts(),
+            "failures": failures,
             "data_docs": run.data_docs,
             "summary": run.summary(),
         },

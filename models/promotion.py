@@ -70,37 +70,53 @@ class RegisteredModel:
     mlflow_logging_seconds: float  # the run's params, metrics and artifacts, and the model
 
 
-def _run_metrics(work: TrainingWorkdir, verdict: dict) -> dict[str, float]:
+@dataclass(frozen=True)
+class _RunReports:
+    """The JSON reports of the earlier steps that registration logs, each read once."""
+
+    data: dict
+    fit: dict
+    calibration: dict
+    export: dict
+    evaluation: dict
+    champion: dict
+    verdict: dict
+
+    @classmethod
+    def read(cls, work: TrainingWorkdir) -> _RunReports:
+        return cls(
+            **{name: work.read_json(getattr(work, name)) for name in cls.__dataclass_fields__}
+        )
+
+
+def _run_metrics(reports: _RunReports, slices: pd.DataFrame) -> dict[str, float]:
     """Every number of the run under the stable keys all runs share (finite ones only)."""
     from models.evaluate import flatten_metrics
 
-    cal, evaluation = work.read_json(work.calibration), work.read_json(work.evaluation)
-    values = flatten_metrics("test", evaluation["test"], work.load_slices())
+    cal, evaluation = reports.calibration, reports.evaluation
+    values = flatten_metrics("test", evaluation["test"], slices)
     for when in ("before", "after"):
         values.update(
             {f"validation/{when}_calibration/{k}": v for k, v in cal[f"validation_{when}"].items()}
         )
-    numeric = (int, float)
-    values.update(
-        {f"threshold/{k}": v for k, v in cal["threshold"].items() if isinstance(v, numeric)}
-    )
-    values.update(
-        {f"calibration/{k}": v for k, v in cal["calibration"].items() if isinstance(v, numeric)}
-    )
-    values.update({f"onnx/{k}": v for k, v in work.read_json(work.export).items()})
+    for group in ("threshold", "calibration"):
+        values.update(
+            {f"{group}/{k}": v for k, v in cal[group].items() if isinstance(v, int | float)}
+        )
+    values.update({f"onnx/{k}": v for k, v in reports.export.items()})
     for name, scores in evaluation["baselines"].items():
         values.update({f"baseline/{name}/{k}": v for k, v in scores.items()})
-    champion = work.read_json(work.champion)["test"]
+    champion = reports.champion["test"]
     if champion is not None:
         values.update({f"champion/{k}": champion[k] for k in ("auc", "log_loss", "ece")})
-    values["gate/passed"] = float(verdict["passed"])
+    values["gate/passed"] = float(reports.verdict["passed"])
     return {k: float(v) for k, v in values.items() if v is not None and np.isfinite(float(v))}
 
 
-def _run_params(settings: Settings, work: TrainingWorkdir) -> dict:
-    data, fitted = work.read_json(work.data), work.read_json(work.fit)
+def _run_params(settings: Settings, reports: _RunReports) -> dict:
+    data = reports.data
     return {
-        **fitted["params"],
+        **reports.fit["params"],
         "calibration_method": settings.calibration_method,
         "threshold_policy": settings.threshold_policy,
         "cost_false_finished": settings.cost_false_finished,
@@ -160,13 +176,13 @@ def _log_model(settings: Settings, work: TrainingWorkdir):
     )
 
 
-def _log_run(settings: Settings, work: TrainingWorkdir, verdict: dict):
+def _log_run(settings: Settings, work: TrainingWorkdir, reports: _RunReports):
     """One MLflow run: tags, params, the registered model, metrics, plots and reports."""
     import mlflow
 
     experiment_id = ensure_experiment(settings.experiment, settings.paths.mlflow_artifacts)
-    data, evaluation = work.read_json(work.data), work.read_json(work.evaluation)
-    metric_values = _run_metrics(work, verdict)
+    data, verdict = reports.data, reports.verdict
+    metric_values = _run_metrics(reports, work.load_slices())
     with mlflow.start_run(
         experiment_id=experiment_id, run_name=f"train-{data['data_snapshot_id']}"
     ) as run:
@@ -176,10 +192,10 @@ def _log_run(settings: Settings, work: TrainingWorkdir, verdict: dict):
                 "data_snapshot_id": data["data_snapshot_id"],
                 "gate": "passed" if verdict["passed"] else "rejected",
                 "champion_before": verdict["champion_version"] or "none (first model)",
-                "accuracy_note": evaluation["accuracy_note"] or "",
+                "accuracy_note": reports.evaluation["accuracy_note"] or "",
             }
         )
-        mlflow.log_params(_run_params(settings, work))
+        mlflow.log_params(_run_params(settings, reports))
         # The model before the metrics: MLflow 3's log_model links the run's metrics logged
         # so far to the model with one GET per metric; these are linked in the batch instead.
         info = _log_model(settings, work)
@@ -188,9 +204,7 @@ def _log_run(settings: Settings, work: TrainingWorkdir, verdict: dict):
         mlflow.log_artifacts(str(work.plots), artifact_path="plots")
         for name in work.REPORTS:
             mlflow.log_artifact(str(getattr(work, name)), artifact_path="reports")
-        mlflow.log_dict(
-            work.read_json(work.calibration)["threshold"], "reports/threshold_report.json"
-        )
+        mlflow.log_dict(reports.calibration["threshold"], "reports/threshold_report.json")
         mlflow.log_dict(verdict, "reports/gate_verdict.json")
         if settings.paths.validation_summary.exists():
             mlflow.log_artifact(
@@ -206,17 +220,17 @@ def register(settings: Settings, work: TrainingWorkdir) -> RegisteredModel:
     from mlflow import MlflowClient
 
     configure(settings.tracking_uri)
-    verdict = work.read_json(work.verdict)
-    run, info, seconds = _log_run(settings, work, verdict)
+    reports = _RunReports.read(work)
+    run, info, seconds = _log_run(settings, work, reports)
     version = str(info.registered_model_version)
     set_alias(settings.model_name, CHALLENGER, version)
-    cal, evaluation = work.read_json(work.calibration), work.read_json(work.evaluation)
+    cal, evaluation, verdict = reports.calibration, reports.evaluation, reports.verdict
     threshold = cal["threshold"]["threshold"]
     client = MlflowClient()
     for key, value in {
         "threshold": threshold,
         "gate": "passed" if verdict["passed"] else "rejected",
-        "data_snapshot_id": work.read_json(work.data)["data_snapshot_id"],
+        "data_snapshot_id": reports.data["data_snapshot_id"],
         "calibration": json.dumps(cal["calibration"]),
     }.items():
         client.set_model_version_tag(settings.model_name, version, key, str(value))

@@ -210,6 +210,17 @@ def test_too_little_data_is_a_clear_error(settings, small_world, tmp_path):
         stages.train_step("prepare", tmp_path / "w2", empty)
 
 
+def test_the_training_steps_are_named_alike_everywhere():
+    """The DAG's tasks, the step functions and the workdir's file lists name the same steps
+    in the same order."""
+    from application.orchestration import TRAINING_STEPS
+    from models import promotion
+    from models.workdir import STEP_FILES
+
+    functions = [*pipeline.STEPS, *promotion.STEPS]
+    assert list(TRAINING_STEPS) == functions == list(STEP_FILES)
+
+
 def test_embedding_width_follows_fourth_root_of_vocabulary():
     from models.network import embedding_width
 
