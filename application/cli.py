@@ -46,6 +46,10 @@ def simulate(
     fermenters: Annotated[int | None, typer.Option(help="Fermenters in the cellar.")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
     file_format: Annotated[str, typer.Option("--format", help="csv | parquet (drop)")] = "csv",
+    brewery: Annotated[
+        str | None,
+        typer.Option(help="Brewery profile to simulate (default: BREWCAST_SIMULATION_PROFILE)."),
+    ] = None,
 ) -> None:
     """Simulate a cellar and write it to the lake, a drop folder or a Brewery Pi database."""
     import pandas as pd
@@ -57,7 +61,9 @@ def simulate(
 
     settings = get_settings()
     overrides = {
-        k: v for k, v in dict(days=days, fermenters=fermenters, seed=seed).items() if v is not None
+        k: v
+        for k, v in dict(days=days, fermenters=fermenters, seed=seed, profile=brewery).items()
+        if v is not None
     }
     try:
         config = simulation_config(settings, **overrides)

@@ -10,17 +10,24 @@ times a day with noise and gaps; temperature is logged on a finer cadence. A sma
 of batches gets stuck, and a small share of records is corrupted (typos, impossible
 values, missing fields) so validation has something to catch. A :class:`Drift` slows one
 slice from a date on, for the monitoring demo.
+
+A :class:`BreweryProfile` is one brewery as its data looks: its own names, cellar, reading
+cadence, the metadata it records and its units. :class:`Realism` adds what real curves show
+and the plain world lacks (slow tails, dry-hop bumps, free rise and cold crash, dropouts and
+sentinels); it is off in the ``"default"`` profile, whose world stays the same seed for seed.
+Realism draws from its own generators, never from the world's, for that reason.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 from rich.progress import Progress
 
-from brewcast.schema import BATCHES, BRANDS, FERMENTERS, READINGS
+from brewcast.schema import BATCHES, READINGS
 
 
 @dataclass(frozen=True)
@@ -58,6 +65,12 @@ RECIPES: dict[str, Recipe] = {
     "farmhouse_saison": Recipe(False, (13.0, 15.5), ("belgian_saison",), 23.0),
 }
 
+#: The simulated brewery's names: its brands, strains and fermenters (a real brewery brings
+#: its own; the schema declares none of them).
+BRANDS = tuple(RECIPES)
+YEAST_STRAINS = tuple(STRAINS)
+FERMENTERS = tuple(f"FV{i:02d}" for i in range(1, 13))
+
 #: Relative cooling capacity per fermenter: 1.0 holds set point, lower ones run warm.
 COOLING_CAPACITY: dict[str, float] = dict(
     zip(FERMENTERS, (1.0, 1.0, 0.9, 0.8, 0.55, 1.0, 0.7, 0.5, 0.9, 1.0, 0.8, 0.65), strict=True)
@@ -65,6 +78,158 @@ COOLING_CAPACITY: dict[str, float] = dict(
 
 NOMINAL_PITCH_RATE = {False: 0.75, True: 1.5}  # 10^6 cells/mL/°P, ale vs lager
 GRAVITY_SAMPLE_HOURS = (8.0, 14.0, 20.0)  # cellar rounds; each may be skipped
+
+#: Sentinels of real logs, in canonical units: a Tilt out of liquid (SG 1.25) and 999 °F.
+GRAVITY_SENTINEL_PLATO = 52.88
+TEMPERATURE_SENTINEL_C = (999.0 - 32.0) * 5.0 / 9.0
+#: Above this tail drift the labels' last-24-h plateau rule stops firing (DOMAIN.md).
+MAX_TAIL_PLATO_PER_DAY = 0.25
+
+
+@dataclass(frozen=True)
+class Realism:
+    """What real fermentation logs show that a clean logistic lacks (DOMAIN.md). All off.
+
+    ``tail_plato_per_day``: the plateau keeps drifting down at up to this rate until the
+    crash (the strain's terminal gravity is still where it ends). ``dry_hop_probability``:
+    a share of batches gets hops late, a sudden apparent rise of ``dry_hop_rise_plato``
+    that decays with ``dry_hop_decay_hours``. ``free_rise_c``: the diacetyl rest's rise
+    near the end of fermentation. ``cold_crash_c``: after the plateau the tank is cooled
+    to this range for ``cold_crash_hours`` (cooling and maturation), which lengthens the
+    batch. ``dropouts_per_week`` gaps of ``dropout_hours`` lose every reading in them;
+    ``sentinel_rate`` of readings become a device's sentinel.
+    """
+
+    tail_plato_per_day: float = 0.0
+    dry_hop_probability: float = 0.0
+    dry_hop_rise_plato: tuple[float, float] = (0.2, 0.5)
+    dry_hop_decay_hours: float = 8.0
+    free_rise_c: float = 0.0
+    cold_crash_c: tuple[float, float] | None = None
+    cold_crash_hours: tuple[float, float] = (36.0, 72.0)
+    dropouts_per_week: float = 0.0
+    dropout_hours: tuple[float, float] = (2.0, 48.0)
+    sentinel_rate: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.tail_plato_per_day <= MAX_TAIL_PLATO_PER_DAY:
+            raise ValueError(
+                f"tail_plato_per_day must be in [0, {MAX_TAIL_PLATO_PER_DAY}] (faster drift "
+                f"defeats the plateau rule of the labels), got {self.tail_plato_per_day}"
+            )
+        for name in ("dry_hop_probability", "sentinel_rate"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+
+
+#: Batch metadata columns a brewery may or may not record (brand and fermenter it always does).
+OPTIONAL_METADATA = (
+    "yeast_strain",
+    "original_gravity_plato",
+    "pitch_temperature_c",
+    "pitch_rate_million_cells_per_ml_plato",
+    "dissolved_oxygen_ppm",
+    "ambient_temperature_c",
+    "yeast_generation",
+)
+
+
+@dataclass(frozen=True)
+class BreweryProfile:
+    """One brewery as its data looks: its names, its cellar, its cadence and its records.
+
+    ``units`` is the unit the brewery records each quantity in, as plain data for the
+    writers (the simulator itself always produces °P and °C).
+    """
+
+    name: str
+    recipes: Mapping[str, Recipe]
+    strains: Mapping[str, Strain]
+    cooling_capacity: Mapping[str, float]  # fermenter -> 1.0 holds set point, lower runs warm
+    gravity_rounds_hours: tuple[float, ...]  # hours of the day a gravity may be taken
+    gravity_skip_probability: float
+    temperature_every_minutes: float
+    recorded: frozenset[str] = frozenset(OPTIONAL_METADATA)
+    realism: Realism = Realism()
+    units: Mapping[str, str] = field(default_factory=lambda: {"gravity": "°P", "temperature": "°C"})
+
+    def __post_init__(self) -> None:
+        unknown = set(self.recorded) - set(OPTIONAL_METADATA)
+        if unknown:
+            raise ValueError(f"profile {self.name}: unknown metadata column(s) {sorted(unknown)}")
+        for brand, recipe in self.recipes.items():
+            if missing := [s for s in recipe.strains if s not in self.strains]:
+                raise ValueError(f"profile {self.name}: {brand} uses unknown strain(s) {missing}")
+
+    @property
+    def brands(self) -> tuple[str, ...]:
+        return tuple(self.recipes)
+
+    @property
+    def fermenters(self) -> tuple[str, ...]:
+        return tuple(self.cooling_capacity)
+
+    @property
+    def gravity_readings_per_day(self) -> float:
+        return len(self.gravity_rounds_hours) * (1.0 - self.gravity_skip_probability)
+
+
+DEFAULT_PROFILE = BreweryProfile(
+    name="default",
+    recipes=RECIPES,
+    strains=STRAINS,
+    cooling_capacity=COOLING_CAPACITY,
+    gravity_rounds_hours=GRAVITY_SAMPLE_HOURS,
+    gravity_skip_probability=0.15,
+    temperature_every_minutes=30.0,
+)
+
+#: A production ale brewery on the Deschutes process (DOMAIN.md): ales at about 60 °F, a
+#: free rise to about 70 °F for the diacetyl rest, then cooling to near freezing; gravity by
+#: hand once or twice a day; °F and SG; no yeast, pitch-rate, oxygen or generation records.
+HIGH_DESERT_STRAINS: dict[str, Strain] = {
+    "house_ale": Strain((0.74, 0.80), 56.0, 0.046, 16.0),
+    "house_english_ale": Strain((0.65, 0.72), 52.0, 0.050, 16.5),
+    "kolsch_hybrid": Strain((0.72, 0.78), 64.0, 0.038, 15.5),
+    "pilsner_lager": Strain((0.70, 0.77), 110.0, 0.024, 11.0),
+}
+HIGH_DESERT_RECIPES: dict[str, Recipe] = {
+    "cascade_crest_ipa": Recipe(False, (15.0, 17.0), ("house_ale",), 16.0),
+    "river_bend_pale_ale": Recipe(False, (12.0, 13.5), ("house_ale", "house_english_ale"), 16.0),
+    "obsidian_ridge_stout": Recipe(False, (16.0, 18.5), ("house_english_ale",), 16.5),
+    "lava_rock_porter": Recipe(False, (14.0, 16.0), ("house_english_ale",), 16.5),
+    "juniper_haze_ipa": Recipe(False, (14.5, 16.5), ("house_ale",), 17.0),
+    "high_desert_kolsch": Recipe(False, (11.0, 12.5), ("kolsch_hybrid",), 15.5),
+    "fresh_snow_pilsner": Recipe(True, (11.5, 12.5), ("pilsner_lager",), 11.0),
+}
+HIGH_DESERT_PROFILE = BreweryProfile(
+    name="high_desert",
+    recipes=HIGH_DESERT_RECIPES,
+    strains=HIGH_DESERT_STRAINS,
+    cooling_capacity=dict(
+        zip(
+            (f"FERM-{i:02d}" for i in range(1, 11)),
+            (1.0, 1.0, 0.95, 0.9, 0.85, 0.7, 0.6, 1.0, 0.9, 0.75),
+            strict=True,
+        )
+    ),
+    gravity_rounds_hours=(9.0, 17.0),
+    gravity_skip_probability=0.25,
+    temperature_every_minutes=30.0,
+    recorded=frozenset({"original_gravity_plato", "pitch_temperature_c", "ambient_temperature_c"}),
+    realism=Realism(
+        tail_plato_per_day=0.15,
+        dry_hop_probability=0.5,
+        free_rise_c=5.5,
+        cold_crash_c=(0.0, 2.0),
+        dropouts_per_week=0.5,
+        sentinel_rate=0.002,
+    ),
+    units={"gravity": "SG", "temperature": "°F"},
+)
+
+#: The breweries :class:`SimulationConfig` can simulate, by name.
+PROFILES: dict[str, BreweryProfile] = {p.name: p for p in (DEFAULT_PROFILE, HIGH_DESERT_PROFILE)}
 
 
 @dataclass(frozen=True)
@@ -96,8 +261,9 @@ class SimulationConfig:
     days: float = 120.0
     fermenters: int = 8
     seed: int = 42
-    temperature_every_minutes: float = 30.0
-    gravity_skip_probability: float = 0.15
+    #: None: the profile's cadence and skip rate.
+    temperature_every_minutes: float | None = None
+    gravity_skip_probability: float | None = None
     gravity_noise_plato: float = 0.08
     temperature_noise_c: float = 0.15
     stuck_probability: float = 0.03
@@ -105,10 +271,20 @@ class SimulationConfig:
     bad_batch_rate: float = 0.02
     terminal_tolerance_plato: float = 0.3
     drift: Drift | None = None
+    #: The brewery (a key of :data:`PROFILES`) and its realism (None: the profile's own).
+    profile: str = "default"
+    realism: Realism | None = None
 
     def __post_init__(self) -> None:
-        if not 1 <= self.fermenters <= len(FERMENTERS):
-            raise ValueError(f"fermenters must be 1..{len(FERMENTERS)}, got {self.fermenters}")
+        if self.profile not in PROFILES:
+            raise ValueError(
+                f"unknown brewery profile {self.profile!r}; known profiles: {', '.join(PROFILES)}"
+            )
+        count = len(self.brewery.fermenters)
+        if not 1 <= self.fermenters <= count:
+            raise ValueError(
+                f"fermenters must be 1..{count} for brewery {self.profile!r}, got {self.fermenters}"
+            )
         if self.days <= 0:
             raise ValueError("days must be positive")
         if self.drift is not None and self.drift.column not in (
@@ -119,6 +295,15 @@ class SimulationConfig:
             raise ValueError(
                 f"drift column must be brand, yeast_strain or fermenter, not {self.drift.column!r}"
             )
+
+    @property
+    def brewery(self) -> BreweryProfile:
+        return PROFILES[self.profile]
+
+    @property
+    def effects(self) -> Realism:
+        """The realism in force: the config's own, else the profile's."""
+        return self.brewery.realism if self.realism is None else self.realism
 
     @property
     def end(self) -> pd.Timestamp:
@@ -176,7 +361,7 @@ def simulate(config: SimulationConfig | None = None, progress: bool = False) -> 
     truth_rows: list[dict] = []
     reading_parts: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []  # (batch, tag,h,val)
 
-    fermenters = FERMENTERS[: cfg.fermenters]
+    fermenters = cfg.brewery.fermenters[: cfg.fermenters]
     # Stagger the first fills so fermenters do not all start at midnight on day one.
     next_start = {fv: world_start_h + rng.uniform(0, 48) for fv in fermenters}
     expected = int(cfg.fermenters * cfg.days / 11) + 1
@@ -199,35 +384,89 @@ def simulate(config: SimulationConfig | None = None, progress: bool = False) -> 
     readings = _readings_frame(cfg, batches, reading_parts, rng)
     truth = pd.DataFrame(truth_rows)
     truth.insert(0, "batch_id", batches["batch_id"].to_numpy())
-    truth["finish_time"] = _to_ts(cfg, truth.pop("finish_hours").to_numpy())
-    truth["end_time"] = _to_ts(cfg, truth.pop("end_hours").to_numpy())
+    for name in ("finish", "end", "dry_hop", "crash"):
+        truth[f"{name}_time"] = _to_ts(cfg, truth.pop(f"{name}_hours").to_numpy())
     return Simulation(cfg, batches, readings, truth)
 
 
-def _simulate_batch(
-    cfg: SimulationConfig,
-    rng: np.random.Generator,
-    index: int,
-    fermenter: str,
-    start_h: float,
-    world_end_h: float,
-) -> tuple[dict, dict, tuple]:
-    brand = BRANDS[rng.integers(len(BRANDS))]
-    recipe = RECIPES[brand]
+@dataclass
+class _Curve:
+    """One batch's true gravity curve in hours since pitch, with its realism (if any)."""
+
+    og: float
+    pe: float
+    slope: float
+    midpoint: float
+    late_slope: float
+    tail_per_hour: float = 0.0
+    crash_at: float = np.inf  # the crash stops the slow tail
+    dry_hop_at: float = np.nan
+    dry_hop_rise: float = 0.0
+    dry_hop_decay: float = 8.0
+
+    @property
+    def plain(self) -> bool:
+        return self.tail_per_hour == 0.0 and np.isnan(self.dry_hop_at)
+
+    def tail(self, t_hours: np.ndarray | float) -> np.ndarray:
+        """The slow tail's drop so far: its rate grows with the share fermented (softplus)."""
+        b = self.late_slope
+        x = np.minimum(np.asarray(t_hours, dtype="float64"), self.crash_at) - self.midpoint
+        base = np.logaddexp(0.0, -b * self.midpoint)
+        return self.tail_per_hour / b * (np.logaddexp(0.0, b * x) - base)
+
+    def gravity(self, t_hours: np.ndarray) -> np.ndarray:
+        """Apparent gravity: the logistic, less the tail (which ends at ``pe``), plus hops."""
+        if self.plain:  # the plain world's curve, bit for bit
+            return logistic_gravity(
+                t_hours, self.og, self.pe, self.slope, self.midpoint, self.late_slope
+            )
+        plateau = self.pe + float(self.tail(self.crash_at))
+        g = logistic_gravity(t_hours, self.og, plateau, self.slope, self.midpoint, self.late_slope)
+        g = g - self.tail(t_hours)
+        if not np.isnan(self.dry_hop_at):
+            since = np.asarray(t_hours, dtype="float64") - self.dry_hop_at
+            bump = self.dry_hop_rise * np.exp(-np.maximum(since, 0.0) / self.dry_hop_decay)
+            g = g + np.where(since >= 0, bump, 0.0)
+        return g
+
+
+@dataclass(frozen=True)
+class _Heat:
+    """What sets a batch's temperature trace."""
+
+    set_temp: float
+    pitch_temp: float
+    overshoot: float
+    cooling: float
+
+
+def _realism_rng(cfg: SimulationConfig, index: int, effect: int) -> np.random.Generator:
+    """A generator of its own per batch and effect: realism never shifts the world's draws,
+    and switching one effect off leaves the others as they were."""
+    return np.random.default_rng((cfg.seed, index, effect))
+
+
+def _draw_batch(
+    cfg: SimulationConfig, rng: np.random.Generator, fermenter: str, start_ts: pd.Timestamp
+) -> tuple[dict, dict, _Curve, _Heat, bool]:
+    """The batch's recipe, pitch and curve (metadata row, truth, curve, heat, stuck)."""
+    brewery = cfg.brewery
+    brand = brewery.brands[rng.integers(len(brewery.brands))]
+    recipe = brewery.recipes[brand]
     strain_name = recipe.strains[rng.integers(len(recipe.strains))]
-    strain = STRAINS[strain_name]
-    start_ts = cfg.start + pd.Timedelta(hours=start_h)
+    strain = brewery.strains[strain_name]
 
     og = rng.uniform(*recipe.original_gravity)
     attenuation = rng.uniform(*strain.attenuation)
-    stuck = rng.random() < cfg.stuck_probability
+    stuck = bool(rng.random() < cfg.stuck_probability)
     if stuck:  # the yeast gives up early: the plateau sits well above the strain's terminal
         attenuation *= rng.uniform(0.4, 0.7)
     pe = og * (1.0 - attenuation)
 
     day_of_year = start_ts.day_of_year
     ambient = 12.0 + 9.0 * np.sin(2 * np.pi * (day_of_year - 110) / 365.25) + rng.normal(0, 2.0)
-    cooling = COOLING_CAPACITY[fermenter]
+    cooling = brewery.cooling_capacity[fermenter]
     set_temp = recipe.set_temperature_c
     # Vigorous fermentation releases heat; weak cooling (and a warm cellar) lets it overshoot.
     overshoot = (1.0 - cooling) * (5.0 + 0.15 * max(ambient - 10.0, 0.0))
@@ -259,40 +498,6 @@ def _simulate_batch(
         midpoint += cfg.drift.midpoint_shift_hours
         late_slope = slope * cfg.drift.late_slope_factor
 
-    if stuck:
-        finish_h = np.nan
-        duration = midpoint + 6.0 / late_slope + rng.uniform(48, 96)
-    else:
-        finish_h = hours_to_terminal(og, pe, late_slope, midpoint, cfg.terminal_tolerance_plato)
-        duration = finish_h + rng.uniform(36, 72)  # plateau + diacetyl rest before crash
-    end_h = start_h + duration
-    observed_until = min(end_h, world_end_h) - start_h
-
-    # Gravity: cellar rounds, each skipped at random, plus the OG reading at pitch.
-    first_day = np.floor(start_h / 24.0)
-    days = np.arange(first_day, first_day + np.ceil(observed_until / 24.0) + 2)
-    rounds = (days[:, None] * 24.0 + np.array(GRAVITY_SAMPLE_HOURS)[None, :]).ravel()
-    rounds = rounds + rng.normal(0, 0.3, rounds.size)
-    rel = rounds - start_h
-    rel = rel[(rel > 0.5) & (rel <= observed_until)]
-    rel = rel[rng.random(rel.size) >= cfg.gravity_skip_probability]
-    gravity_h = np.concatenate([[0.05], rel])
-    gravity = logistic_gravity(gravity_h, og, pe, slope, midpoint, late_slope)
-    gravity = np.round(gravity + rng.normal(0, cfg.gravity_noise_plato, gravity.size), 1)
-
-    # Temperature: fine cadence; pitch temperature relaxes to set point, overshoot with activity.
-    step = cfg.temperature_every_minutes / 60.0
-    temp_h = np.arange(0.0, observed_until, step)
-    s = 1.0 / (1.0 + np.exp(-np.clip(_phase(temp_h, slope, midpoint, late_slope), -60, 60)))
-    activity = 4.0 * s * (1.0 - s)
-    temperature = (
-        set_temp
-        + (pitch_temp - set_temp) * np.exp(-temp_h / 6.0)
-        + overshoot * activity
-        + rng.normal(0, cfg.temperature_noise_c, temp_h.size)
-    )
-    temperature = np.round(temperature, 2)
-
     batch = {
         **meta,
         "original_gravity_plato": round(float(og), 2),
@@ -301,8 +506,6 @@ def _simulate_batch(
         "dissolved_oxygen_ppm": round(oxygen, 2),
         "ambient_temperature_c": round(float(ambient), 2),
         "yeast_generation": generation,
-        "start_hours": start_h,
-        "end_hours": end_h if end_h <= world_end_h else np.nan,
     }
     truth = {
         "attenuation": attenuation,
@@ -314,14 +517,175 @@ def _simulate_batch(
         "cooling_capacity": cooling,
         "stuck": stuck,
         "drifted": drifted,
+    }
+    curve = _Curve(og, pe, slope, midpoint, late_slope)
+    return batch, truth, curve, _Heat(set_temp, pitch_temp, overshoot, cooling), stuck
+
+
+def _simulate_batch(
+    cfg: SimulationConfig,
+    rng: np.random.Generator,
+    index: int,
+    fermenter: str,
+    start_h: float,
+    world_end_h: float,
+) -> tuple[dict, dict, tuple]:
+    """One batch: its metadata row, its truth row and its readings (batch, tag, hours, value)."""
+    start_ts = cfg.start + pd.Timedelta(hours=start_h)
+    batch, truth, curve, heat, stuck = _draw_batch(cfg, rng, fermenter, start_ts)
+    midpoint, late_slope = curve.midpoint, curve.late_slope
+    if stuck:
+        finish_h = np.nan
+        duration = midpoint + 6.0 / late_slope + rng.uniform(48, 96)
+    else:
+        finish_h = hours_to_terminal(
+            curve.og, curve.pe, late_slope, midpoint, cfg.terminal_tolerance_plato
+        )
+        duration = finish_h + rng.uniform(36, 72)  # plateau + diacetyl rest before crash
+    crash_target, crash_hours = _add_realism(cfg, index, curve, duration)
+    total = duration + crash_hours
+    if not stuck and not curve.plain:
+        finish_h = _terminal_hours(curve, total, cfg.terminal_tolerance_plato)
+    end_h = start_h + total
+    observed_until = min(end_h, world_end_h) - start_h
+
+    gravity_h, gravity = _gravity_readings(cfg, rng, curve, start_h, observed_until)
+    temp_h, temperature = _temperature_readings(cfg, rng, curve, heat, observed_until, crash_target)
+    batch = {
+        **batch,
+        "start_hours": start_h,
+        "end_hours": end_h if end_h <= world_end_h else np.nan,
+    }
+    truth = {
+        **truth,
         "finish_hours": start_h + finish_h,
         "end_hours": end_h,
         "hours_to_finish": finish_h,
+        "dry_hop_hours": start_h + curve.dry_hop_at,
+        "crash_hours": start_h + duration if crash_target is not None else np.nan,
     }
     tags = np.concatenate([np.zeros(gravity_h.size, np.int8), np.ones(temp_h.size, np.int8)])
-    hours = start_h + np.concatenate([gravity_h, temp_h])
+    hours = np.concatenate([gravity_h, temp_h])
     values = np.concatenate([gravity, temperature])
-    return batch, truth, (index, tags, hours, values)
+    keep, values = _degrade(cfg, index, tags, hours, values)
+    return batch, truth, (index, tags[keep], start_h + hours[keep], values[keep])
+
+
+def _add_realism(
+    cfg: SimulationConfig, index: int, curve: _Curve, duration: float
+) -> tuple[float | None, float]:
+    """Give ``curve`` its slow tail and dry hops; the crash target and length (or None, 0)."""
+    effects = cfg.effects
+    curve.crash_at = duration
+    if effects.tail_plato_per_day > 0:
+        rate = effects.tail_plato_per_day * _realism_rng(cfg, index, 1).uniform(0.5, 1.0)
+        curve.tail_per_hour = rate / 24.0
+    hops = _realism_rng(cfg, index, 2)
+    if effects.dry_hop_probability > 0 and hops.random() < effects.dry_hop_probability:
+        # Late in fermentation: from about three quarters down to just after the plateau.
+        late = hours_to_terminal(
+            curve.og, curve.pe, curve.late_slope, curve.midpoint, cfg.terminal_tolerance_plato
+        )
+        earliest = curve.midpoint + 1.1 / curve.late_slope
+        curve.dry_hop_at = float(
+            min(hops.uniform(earliest, max(late + 12.0, earliest + 1.0)), duration - 30.0)
+        )
+        curve.dry_hop_rise = float(hops.uniform(*effects.dry_hop_rise_plato))
+        curve.dry_hop_decay = effects.dry_hop_decay_hours
+    if effects.cold_crash_c is None:
+        return None, 0.0
+    crash = _realism_rng(cfg, index, 3)
+    return float(crash.uniform(*effects.cold_crash_c)), float(
+        crash.uniform(*effects.cold_crash_hours)
+    )
+
+
+def _terminal_hours(curve: _Curve, total_hours: float, tolerance: float) -> float:
+    """When the noise-free curve first comes within ``tolerance`` of its median over the last
+    24 h: the labels' rule (models.dataset.derive_outcomes), so truth and labels agree."""
+    t = np.arange(0.0, total_hours, 0.25)
+    g = curve.gravity(t)
+    terminal = float(np.median(g[t >= total_hours - 24.0]))
+    return float(t[np.argmax(g <= terminal + tolerance)])
+
+
+def _gravity_readings(
+    cfg: SimulationConfig,
+    rng: np.random.Generator,
+    curve: _Curve,
+    start_h: float,
+    observed_until: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Hand readings on the cellar's rounds, each skipped at random, plus the OG at pitch."""
+    brewery = cfg.brewery
+    skip = cfg.gravity_skip_probability
+    skip = brewery.gravity_skip_probability if skip is None else skip
+    first_day = np.floor(start_h / 24.0)
+    days = np.arange(first_day, first_day + np.ceil(observed_until / 24.0) + 2)
+    rounds = (days[:, None] * 24.0 + np.array(brewery.gravity_rounds_hours)[None, :]).ravel()
+    rounds = rounds + rng.normal(0, 0.3, rounds.size)
+    rel = rounds - start_h
+    rel = rel[(rel > 0.5) & (rel <= observed_until)]
+    rel = rel[rng.random(rel.size) >= skip]
+    gravity_h = np.concatenate([[0.05], rel])
+    gravity = curve.gravity(gravity_h)
+    gravity = np.round(gravity + rng.normal(0, cfg.gravity_noise_plato, gravity.size), 1)
+    return gravity_h, gravity
+
+
+def _temperature_readings(
+    cfg: SimulationConfig,
+    rng: np.random.Generator,
+    curve: _Curve,
+    heat: _Heat,
+    observed_until: float,
+    crash_target: float | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fine cadence: pitch temperature relaxes to set point, overshoots with activity; with
+    realism, a free rise for the diacetyl rest and a cold crash after the plateau."""
+    every = cfg.temperature_every_minutes
+    every = cfg.brewery.temperature_every_minutes if every is None else every
+    temp_h = np.arange(0.0, observed_until, every / 60.0)
+    phase = _phase(temp_h, curve.slope, curve.midpoint, curve.late_slope)
+    s = 1.0 / (1.0 + np.exp(-np.clip(phase, -60, 60)))
+    activity = 4.0 * s * (1.0 - s)
+    temperature = (
+        heat.set_temp
+        + (heat.pitch_temp - heat.set_temp) * np.exp(-temp_h / 6.0)
+        + heat.overshoot * activity
+        + rng.normal(0, cfg.temperature_noise_c, temp_h.size)
+    )
+    rise = cfg.effects.free_rise_c
+    if rise:  # let the tank warm once about 88 % of the extract is gone
+        since = temp_h - (curve.midpoint + 2.0 / curve.late_slope)
+        temperature = temperature + rise * (1.0 - np.exp(-np.maximum(since, 0.0) / 8.0))
+    if crash_target is not None:  # weak cooling crashes slower
+        since = np.maximum(temp_h - curve.crash_at, 0.0)
+        weight = np.exp(-since / (6.0 / heat.cooling))
+        temperature = crash_target + weight * (temperature - crash_target)
+    return temp_h, np.round(temperature, 2)
+
+
+def _degrade(
+    cfg: SimulationConfig, index: int, tags: np.ndarray, hours: np.ndarray, values: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Dropouts (gaps that lose every reading) and device sentinels: which readings remain,
+    and the values. The OG reading at pitch is kept."""
+    effects = cfg.effects
+    keep = np.ones(hours.size, dtype=bool)
+    pitch = (tags == 0) & (hours < 0.1)
+    if effects.dropouts_per_week > 0 and hours.size:
+        gaps = _realism_rng(cfg, index, 4)
+        span = float(hours.max())
+        for _ in range(gaps.poisson(effects.dropouts_per_week * span / 168.0)):
+            begin = gaps.uniform(0.0, span)
+            keep &= ~((hours >= begin) & (hours < begin + gaps.uniform(*effects.dropout_hours)))
+    if effects.sentinel_rate > 0:
+        hit = (_realism_rng(cfg, index, 5).random(hours.size) < effects.sentinel_rate) & ~pitch
+        values = np.where(
+            hit, np.where(tags == 0, GRAVITY_SENTINEL_PLATO, TEMPERATURE_SENTINEL_C), values
+        )
+    return keep | pitch, values
 
 
 def _to_ts(config: SimulationConfig, hours: np.ndarray) -> pd.Series:
@@ -341,6 +705,8 @@ def _batches_frame(cfg: SimulationConfig, rows: list[dict]) -> pd.DataFrame:
         f"{fv}-{ts:%Y%m%d-%H%M}" for fv, ts in zip(frame["fermenter"], starts, strict=True)
     ]
     frame = _corrupt_batches(cfg, frame)
+    for column in set(OPTIONAL_METADATA) - cfg.brewery.recorded:  # the brewery never wrote it
+        frame[column] = None if column == "yeast_strain" else np.nan
     return BATCHES.conform(frame[BATCHES.names], source="simulator")
 
 
