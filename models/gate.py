@@ -1,9 +1,11 @@
 """The promotion gate: a challenger becomes champion only if every check passes.
 
 Checks: ONNX parity; ECE and |prediction bias| under their limits overall and in every
-slice with enough rows; better than the non-ML slope rule; and not worse than the current
-champion beyond a tolerance, all scored on the same test rows. The verdict lists every
-check with its value and limit, so a rejected model says why.
+slice with enough rows (a slice's bias fails only when its batch-bootstrap interval also
+excludes 0: a few odd batches in a small slice are noise, not a biased model); better
+than the non-ML slope rule; and not worse than the current champion beyond a tolerance,
+all scored on the same test rows. The verdict lists every check with its value and limit,
+so a rejected model says why.
 """
 
 from __future__ import annotations
@@ -69,6 +71,13 @@ class Verdict:
         }
 
 
+def _interval_holds_zero(row) -> bool:
+    """Whether a slice's bias interval (batch bootstrap, ``models.metrics``) contains 0: its
+    mean residual is then not told apart from noise, whatever the point estimate."""
+    low, high = getattr(row, "bias_low", np.nan), getattr(row, "bias_high", np.nan)
+    return bool(np.isfinite(low) and np.isfinite(high) and low <= 0.0 <= high)
+
+
 def promotion_gate(
     parity_error: float,
     overall: dict,
@@ -108,7 +117,7 @@ def promotion_gate(
                 f"{where} abs_bias",
                 abs(row.bias),
                 limits.max_abs_bias,
-                abs(row.bias) <= limits.max_abs_bias,
+                abs(row.bias) <= limits.max_abs_bias or _interval_holds_zero(row),
             )
         )
     if rule is not None:

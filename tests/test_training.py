@@ -192,6 +192,27 @@ def test_gate_checks():
     assert verdict.reasons == ["log_loss vs slope rule: 0.2 vs limit 0.18"]
 
 
+def test_a_slice_bias_fails_the_gate_only_when_its_interval_excludes_zero():
+    """A slice's mean residual beyond the limit whose batch-bootstrap interval still holds 0
+    is noise (one odd batch among few), not evidence of a biased model."""
+    slices = pd.DataFrame(
+        [
+            {"slice": "yeast_strain", "value": "noisy", "rows": 300, "ece": 0.03, "bias": 0.06}
+            | {"bias_low": -0.02, "bias_high": 0.14},
+            {"slice": "yeast_strain", "value": "biased", "rows": 300, "ece": 0.03, "bias": 0.09}
+            | {"bias_low": 0.03, "bias_high": 0.15},
+            {"slice": "brand", "value": "low", "rows": 300, "ece": 0.03, "bias": -0.07}
+            | {"bias_low": -0.12, "bias_high": -0.01},
+        ]
+    )
+    overall = {"ece": 0.02, "bias": 0.01, "log_loss": 0.20, "auc": 0.95}
+    verdict = promotion_gate(1e-7, overall, slices, GateLimits(min_slice_rows=100))
+    assert verdict.reasons == [
+        "slice yeast_strain=biased abs_bias: 0.09 vs limit 0.05",
+        "slice brand=low abs_bias: 0.07 vs limit 0.05",
+    ]
+
+
 def test_too_little_data_is_a_clear_error(settings, small_world, tmp_path):
     from tests.conftest import publish_training_features
 
