@@ -1,7 +1,9 @@
 """The three ingest sources, each producing brewcast's raw ``batches`` and ``readings`` tables.
 
 * the fermentation simulator (an interval of a seeded world),
-* a drop folder of CSV or Parquet files (each file one table),
+* a drop folder of CSV or Parquet files (each file one table, in canonical units or in
+  the units its ``unit`` column or the folder's ``units.json`` declares), and hydrometer
+  exports recognised by their content (``ingest.devices``: Tilt CSV, RabbitFarmer JSON lines),
 * a Brewery Pi database (an interval of its EventFrames and TagValues).
 
 Raw data lands in ``lake/raw`` with files named after the interval or the source file, so
@@ -13,7 +15,9 @@ nothing of it reaches the raw stage.
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -24,10 +28,14 @@ import pyarrow as pa
 from brewcast.lake import part_label, quarantine_file, write_partitions
 from brewcast.schema import BATCHES, READINGS, SchemaError, Table
 from brewcast.settings import Settings
+from brewcast.units import CANONICAL, QUANTITY_OF, UnitError, from_canonical, parse_unit
+from ingest import devices
 from ingest.brewerypi import read_brewerypi
 from ingest.simulator import Drift, Simulation, SimulationConfig, simulate
 
-DROP_SUFFIXES = (".csv", ".parquet")
+DROP_SUFFIXES = (".csv", ".parquet", ".jsonl", ".json")
+#: The drop folder's unit mapping (a tag or batch column -> its unit); it stays in the folder.
+UNITS_FILE = "units.json"
 
 
 class IngestError(RuntimeError):
@@ -66,6 +74,7 @@ def simulation_config(settings: Settings, **overrides: object) -> SimulationConf
         fermenters=settings.simulation_fermenters,
         seed=settings.seed,
         terminal_tolerance_plato=settings.terminal_tolerance_plato,
+        profile=settings.simulation_profile,
     )
     if settings.drift_value:
         values["drift"] = Drift(
@@ -117,9 +126,14 @@ def ingest_interval(
         if not settings.brewerypi_url:
             raise IngestError("source brewerypi needs BREWCAST_BREWERYPI_URL (a SQLAlchemy URL)")
         batches, readings, bp = read_brewerypi(
-            settings.brewerypi_url, start, end, settings.brewerypi_event_frame_template
+            settings.brewerypi_url,
+            start,
+            end,
+            settings.brewerypi_event_frame_template,
+            settings.brewerypi_units,
         )
         report.notes.update(
+            units={column: sorted(units) for column, units in sorted(bp.units.items())},
             event_frames=bp.frames,
             readings_outside_frames=bp.readings_outside_frames,
             unknown_lookup_values=bp.unknown_lookup_values,
@@ -177,15 +191,48 @@ def identify_table(path: Path, columns: list[str]) -> Table:
     )
 
 
-def read_drop_file(path: Path) -> tuple[Table, pd.DataFrame]:
-    """Read and conform one drop file, or raise :class:`SchemaError` saying what is wrong."""
-    if path.stat().st_size == 0:
-        raise SchemaError(f"{path.name}: file is empty")
+@dataclass
+class DropRead:
+    """The tables one drop file held (a device export holds two), and what reading assumed."""
+
+    tables: list[tuple[Table, pd.DataFrame]]
+    units: devices.UnitsSeen = field(default_factory=dict)
+    kind: str = "brewcast"
+    local_times: bool = False
+    consumed: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def load_folder_units(folder: Path) -> dict[str, str]:
+    """The drop folder's ``units.json`` (reading tag or batch column -> unit), checked; {}
+    without one. Raises :class:`SchemaError` saying what is wrong with it."""
+    path = folder / UNITS_FILE
+    if not path.is_file():
+        return {}
+    try:
+        mapping = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise SchemaError(f"{UNITS_FILE}: not JSON: {exc}") from exc
+    if not isinstance(mapping, dict) or not all(isinstance(v, str) for v in mapping.values()):
+        raise SchemaError(f"{UNITS_FILE}: must map column names to unit strings")
+    unknown = sorted(set(mapping) - set(QUANTITY_OF))
+    if unknown:
+        raise SchemaError(
+            f"{UNITS_FILE}: unknown column(s) {unknown}; known: {sorted(QUANTITY_OF)}"
+        )
+    try:
+        for column, unit in mapping.items():
+            parse_unit(unit, QUANTITY_OF[column], f"{UNITS_FILE}: {column}")
+    except UnitError as exc:
+        raise SchemaError(str(exc)) from exc
+    return dict(mapping)
+
+
+def _read_table_file(path: Path) -> pd.DataFrame:
     try:
         if path.suffix.lower() == ".csv":
-            frame = pd.read_csv(path, dtype=str, keep_default_na=True)
-        else:
-            frame = pd.read_parquet(path)
+            return pd.read_csv(path, dtype=str, keep_default_na=True)
+        return pd.read_parquet(path)
     except (
         pd.errors.ParserError,
         pd.errors.EmptyDataError,
@@ -194,36 +241,156 @@ def read_drop_file(path: Path) -> tuple[Table, pd.DataFrame]:
         UnicodeDecodeError,
     ) as exc:
         raise SchemaError(f"{path.name}: unreadable {path.suffix} file: {exc}") from exc
-    table = identify_table(path, list(frame.columns))
-    return table, table.conform(frame, source=path.name)
+
+
+def read_drop_tables(
+    path: Path,
+    units: Mapping[str, str] | None = None,
+    brix_correction: float | None = None,
+    zone: str = "UTC",
+    companions: Sequence[Path] = (),
+) -> DropRead:
+    """Read one drop file, recognised by its content: a hydrometer export (two tables) or
+    one of brewcast's tables, conformed and in canonical units. ``units`` is the folder's
+    ``units.json`` (for files without a ``unit`` column); ``zone`` the local time zone of
+    naive timestamps; ``companions`` the batch histories that may describe a JSON-lines log.
+    Raises :class:`SchemaError` saying what is wrong."""
+    if path.stat().st_size == 0:
+        raise SchemaError(f"{path.name}: file is empty")
+    kind = devices.sniff(path)
+    if kind is not None:
+        try:
+            tz = devices.zone_of(zone)
+        except ValueError as exc:
+            raise SchemaError(f"{path.name}: {exc}") from exc
+        read = devices.read_device(path, kind, tz, units, list(companions), brix_correction)
+        return DropRead(
+            [(BATCHES, read.batches), (READINGS, read.readings)],
+            read.units,
+            kind,
+            read.local_times,
+            read.consumed,
+            read.notes,
+        )
+    if path.suffix.lower() in (".json", ".jsonl"):
+        raise SchemaError(
+            f"{path.name}: not a recognised hydrometer export (RabbitFarmer JSON lines of "
+            f"sample events, or a *{devices.COMPANION_SUFFIX} batch history beside one)"
+        )
+    frame = _read_table_file(path)
+    table = identify_table(path, [c for c in frame.columns if c != "unit"])
+    if table is READINGS:
+        own = {} if "unit" in frame.columns else (units or {})
+        converted, seen = devices.convert_readings(frame, path.name, own, brix_correction)
+    elif "unit" in frame.columns:
+        raise SchemaError(
+            f"{path.name}: a unit column is for readings; declare batch columns' units "
+            f"in the drop folder's {UNITS_FILE}"
+        )
+    else:
+        converted, seen = devices.convert_batches(frame, path.name, units or {}, brix_correction)
+    return DropRead([(table, converted)], seen)
+
+
+def read_drop_file(
+    path: Path,
+    units: Mapping[str, str] | None = None,
+    brix_correction: float | None = None,
+    zone: str = "UTC",
+) -> tuple[Table, pd.DataFrame]:
+    """Read and conform a drop file of one table, or raise :class:`SchemaError` saying what is
+    wrong (a hydrometer export holds two tables: :func:`read_drop_tables` reads it)."""
+    read = read_drop_tables(path, units, brix_correction, zone)
+    if len(read.tables) != 1:
+        raise SchemaError(
+            f"{path.name}: a {read.kind} export holds batches and readings; drop it into "
+            f"the drop folder to ingest it"
+        )
+    return read.tables[0]
+
+
+def _pending(drop: Path) -> list[Path]:
+    return sorted(
+        p
+        for p in drop.iterdir()
+        if p.is_file() and p.suffix.lower() in DROP_SUFFIXES and p.name != UNITS_FILE
+    )
 
 
 def ingest_drop_folder(settings: Settings) -> IngestReport:
-    """Move every pending drop file into the lake, or into quarantine with its reason."""
+    """Move every pending drop file into the lake, or into quarantine with its reason.
+
+    ``units.json`` stays (it describes the folder); a batch history ``*_batch.json`` goes
+    with the log it describes, and waits in the folder until one arrives."""
     drop = settings.paths.drop
     report = IngestReport(source=f"drop folder {drop}")
     if not drop.is_dir():
         raise IngestError(f"drop folder {drop} does not exist (set BREWCAST_DROP_DIR)")
-    for path in sorted(
-        p for p in drop.iterdir() if p.is_file() and p.suffix.lower() in DROP_SUFFIXES
-    ):
+    try:
+        devices.zone_of(settings.local_timezone)
+        units = load_folder_units(drop)
+    except (ValueError, SchemaError) as exc:  # the folder's settings: nothing is touched
+        raise IngestError(f"drop folder {drop}: {exc}") from exc
+    pending = _pending(drop)
+    companions = [p for p in pending if devices.is_companion(p)]
+    seen: devices.UnitsSeen = {}
+    local, consumed, kinds, device_notes = [], set(), {}, []
+    for path in (p for p in pending if not devices.is_companion(p)):
         try:
-            table, frame = read_drop_file(path)
+            read = read_drop_tables(
+                path, units, settings.brix_wort_correction, settings.local_timezone, companions
+            )
         except SchemaError as exc:
             quarantine_file(settings.paths.lake, path, str(exc))
             report.rejected[path.name] = str(exc)
             continue
         digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
-        report.files_written += write_partitions(
-            frame, table, settings.paths.lake, "raw", part_label("drop", path.stem, digest)
-        )
-        if table is BATCHES:
-            report.batches += len(frame)
-        else:
-            report.readings += len(frame)
+        for table, frame in read.tables:
+            report.files_written += write_partitions(
+                frame, table, settings.paths.lake, "raw", part_label("drop", path.stem, digest)
+            )
+            if table is BATCHES:
+                report.batches += len(frame)
+            else:
+                report.readings += len(frame)
+        for column, names in read.units.items():
+            seen.setdefault(column, set()).update(names)
+        local += [path.name] if read.local_times else []
+        consumed.update(read.consumed)
+        if read.kind != "brewcast":
+            kinds[path.name] = read.kind
+        device_notes += read.notes
         report.accepted.append(path.name)
         _move(path, drop / "processed")
+    for companion in sorted(consumed):  # after the loop: one history may serve several logs
+        _move(companion, drop / "processed")
+    _drop_notes(report, settings, seen, local, kinds, device_notes)
+    waiting = [p.name for p in companions if p not in consumed and p.exists()]
+    if waiting:
+        report.notes["waiting"] = f"batch histories without their log yet: {waiting}"
     return report
+
+
+def _drop_notes(
+    report: IngestReport,
+    settings: Settings,
+    seen: devices.UnitsSeen,
+    local: list[str],
+    kinds: dict[str, str],
+    device_notes: list[str],
+) -> None:
+    """What a drop ingest assumed, for its report: units, the local time zone, devices."""
+    if seen:
+        report.notes["units"] = {column: sorted(names) for column, names in sorted(seen.items())}
+    if local:
+        report.notes["local_timezone"] = (
+            f"naive local times read as {settings.local_timezone} "
+            f"(BREWCAST_LOCAL_TIMEZONE) in: {', '.join(local)}"
+        )
+    if kinds:
+        report.notes["devices"] = kinds
+    if device_notes:
+        report.notes["device_notes"] = device_notes
 
 
 def _move(path: Path, folder: Path) -> Path:
@@ -234,12 +401,23 @@ def _move(path: Path, folder: Path) -> Path:
 
 
 def write_drop_files(
-    batches: pd.DataFrame, readings: pd.DataFrame, folder: Path, file_format: str = "csv"
+    batches: pd.DataFrame,
+    readings: pd.DataFrame,
+    folder: Path,
+    file_format: str = "csv",
+    units: dict[str, str] | None = None,
 ) -> list[Path]:
-    """Write raw tables as daily drop files (how a brewery export would arrive)."""
+    """Write raw tables as daily drop files (how a brewery export would arrive).
+
+    ``units`` (quantity ``gravity``/``temperature`` -> unit, e.g. ``{"temperature": "°F"}``)
+    writes the values in those units, as a brewery that works in them would deliver:
+    readings with a ``unit`` column, batches with their columns' units in the folder's
+    ``units.json``."""
     if file_format not in ("csv", "parquet"):
         raise ValueError(f"format must be csv or parquet, not {file_format!r}")
     folder.mkdir(parents=True, exist_ok=True)
+    if units:
+        batches, readings = _in_units(batches, readings, folder, units)
     paths = []
     for table, frame in ((BATCHES, batches), (READINGS, readings)):
         days = frame[table.partition_by].dt.strftime("%Y-%m-%d")
@@ -251,3 +429,41 @@ def write_drop_files(
                 part.to_parquet(path, index=False)
             paths.append(path)
     return paths
+
+
+def _in_units(
+    batches: pd.DataFrame, readings: pd.DataFrame, folder: Path, units: dict[str, str]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The canonical tables converted to ``units`` (quantity -> unit); the batch columns'
+    units are merged into ``folder``'s ``units.json`` (a conflict is a ValueError)."""
+    unknown = sorted(set(units) - set(CANONICAL))
+    if unknown:
+        raise ValueError(f"units: unknown quantities {unknown}; use {sorted(CANONICAL)}")
+    names = {q: parse_unit(u, q, f"units[{q!r}]") for q, u in units.items()}  # type: ignore[arg-type]
+    quantity = readings["tag"].map(QUANTITY_OF)
+    values = readings["value"].to_numpy(dtype="float64", copy=True)
+    for q, name in names.items():
+        rows = (quantity == q).to_numpy()
+        values[rows] = from_canonical(values[rows], name, q)  # type: ignore[arg-type]
+    unit = quantity.map(lambda q: names.get(q, CANONICAL[q]) if isinstance(q, str) else None)
+    readings = readings.assign(value=values, unit=unit)
+    batches, mapping = batches.copy(), {}
+    for column in (c for c in BATCHES.names if QUANTITY_OF.get(c) in names):
+        q = QUANTITY_OF[column]
+        batches[column] = from_canonical(batches[column].to_numpy(dtype="float64"), names[q], q)
+        mapping[column] = names[q]
+    try:
+        existing = load_folder_units(folder)
+    except SchemaError as exc:
+        raise ValueError(str(exc)) from exc
+    clash = sorted(
+        c
+        for c, u in existing.items()
+        if c in mapping and parse_unit(u, QUANTITY_OF[c], UNITS_FILE) != mapping[c]
+    )
+    if clash:
+        raise ValueError(f"{folder / UNITS_FILE} declares other units for {clash}")
+    if mapping:
+        text = json.dumps({**existing, **mapping}, indent=2, ensure_ascii=False)
+        (folder / UNITS_FILE).write_text(text + "\n", encoding="utf-8")
+    return batches, readings

@@ -29,6 +29,16 @@ STUCK_ATTENUATION_BELOW = 0.60
 #: it, flat gravity is the lag phase. A closed frame needs no such evidence.
 PLATEAU_MIN_ATTENUATION = 0.2
 SLOPE_WINDOW_HOURS = 24.0
+#: Without a valid recorded OG it is derived from the readings of the batch's first this many
+#: hours (from its first reading): see :func:`derived_og`.
+OG_WINDOW_HOURS = 12.0
+#: A batch whose gravity never falls by this share of where its readings started did not
+#: ferment (a hydrometer on the bench or in water): it gets no outcome, so no labels. Kept
+#: below the stuck range (a stall at 25-55 % attenuation is a stuck batch, which is labelled).
+MIN_FERMENTATION_DROP = 0.2
+#: A batch with fewer plausible gravity readings than this share of its gravity readings has
+#: mostly impossible ones (a hydrometer out of liquid): no outcome either.
+MIN_PLAUSIBLE_SHARE = 0.5
 SPLITS = ("train", "validation", "test")
 
 OUTCOME_COLUMNS = ("batch_id", "status", "finish_time", "terminal_gravity_plato")
@@ -70,10 +80,38 @@ def _hour(stamp) -> float:
     return float(pd.Timestamp(stamp).value // 1000) / 3.6e9  # value: always nanoseconds
 
 
-def _original_gravity(batch: Mapping, first_gravity: float) -> float:
+def derived_og(times: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """The OG known after each of a batch's first readings (sorted by time), derived from
+    the readings: ``out[m]`` uses the first ``m`` readings of its first
+    :data:`OG_WINDOW_HOURS`, and ``out[-1]`` is the batch's derived OG.
+
+    It is the maximum of the rolling-3 medians (full windows) of those readings: a median of
+    three ignores a single noisy reading (a first reading alone can be a hydrometer still
+    settling), and the maximum takes the wort before the yeast starts on it. With fewer than
+    three readings it is their median. Index by readings so far, never later ones: a
+    snapshot's OG must not see its future (NaN before any reading).
+    """
+    k = int(np.searchsorted(times, times[0] + OG_WINDOW_HOURS, side="right")) if len(times) else 0
+    w = np.asarray(values[:k], dtype="float64")
+    out = np.full(k + 1, np.nan)
+    if k >= 1:
+        out[1] = w[0]
+    if k >= 2:
+        out[2] = (w[0] + w[1]) / 2.0
+    if k >= 3:
+        medians = np.median(np.lib.stride_tricks.sliding_window_view(w, 3), axis=1)
+        out[3:] = np.maximum.accumulate(medians)
+    return out
+
+
+def _original_gravity(batch: Mapping, derived: float) -> tuple[float, bool]:
+    """The batch's recorded OG when it is valid, else ``derived`` (from its readings); and
+    whether it was derived."""
     og = batch["original_gravity_plato"]
     low, high = FEATURES["original_gravity_plato"].min, FEATURES["original_gravity_plato"].max
-    return float(og) if pd.notna(og) and low <= og <= high else first_gravity
+    if pd.notna(og) and low <= og <= high:
+        return float(og), False
+    return float(derived), True
 
 
 def derive_outcomes(
@@ -82,37 +120,50 @@ def derive_outcomes(
     """Per batch: ``finished`` / ``stuck`` once the plateau is established, else ``running``.
 
     The plateau counts as established when the batch's frame is closed (``end_time`` known)
-    or when gravity has stayed at it for ``rules.plateau_hours``.
+    or when gravity has stayed at it for ``rules.plateau_hours``. A batch that never
+    fermented (its gravity never fell by :data:`MIN_FERMENTATION_DROP` of where its readings
+    started, or most of its gravity readings are impossible) stays ``running``: no labels.
     """
     gravity = _plausible(readings, "gravity_plato")
     groups = dict(tuple(gravity.groupby("batch_id", sort=False)))
+    recorded = readings.loc[readings["tag"] == "gravity_plato", "batch_id"].value_counts()
     rows = []
     for batch in batches.itertuples(index=False):
         g = groups.get(batch.batch_id)
-        status, finish, terminal = "running", pd.NaT, np.nan
+        row = (batch.batch_id, "running", pd.NaT, np.nan)
         if g is not None and len(g) >= 3:
-            times = _hours(g["timestamp"])
-            smooth = g["value"].rolling(3, center=True, min_periods=1).median().to_numpy()
-            last = times[-1]
-            terminal = float(np.median(smooth[times >= last - 24.0]))
-            reached = np.flatnonzero(smooth <= terminal + rules.terminal_tolerance_plato)
-            first_reached = times[reached[0]]
-            og = _original_gravity(batch._asdict(), float(g["value"].iloc[0]))
-            attenuation = (og - terminal) / og if og > 0 else np.nan
-            closed = pd.notna(batch.end_time)
-            if closed or (
-                last - first_reached >= rules.plateau_hours
-                and attenuation >= PLATEAU_MIN_ATTENUATION
-            ):
-                if attenuation < STUCK_ATTENUATION_BELOW:
-                    status = "stuck"
-                else:
-                    status = "finished"
-                    finish = g["timestamp"].iloc[reached[0]]
-        rows.append((batch.batch_id, status, finish, terminal))
+            row = _outcome(batch, g, rules)
+            if len(g) < MIN_PLAUSIBLE_SHARE * recorded.get(batch.batch_id, 0):
+                row = (batch.batch_id, "running", pd.NaT, row[3])
+        rows.append(row)
     out = pd.DataFrame(rows, columns=list(OUTCOME_COLUMNS))
     out["finish_time"] = pd.to_datetime(out["finish_time"], utc=True).astype("datetime64[us, UTC]")
     return out
+
+
+def _outcome(batch, g: pd.DataFrame, rules: LabelRules) -> tuple:
+    """One batch's outcome row from its plausible gravity readings ``g`` (3 or more)."""
+    times = _hours(g["timestamp"])
+    values = g["value"].to_numpy(dtype="float64")
+    smooth = g["value"].rolling(3, center=True, min_periods=1).median().to_numpy()
+    last = times[-1]
+    terminal = float(np.median(smooth[times >= last - 24.0]))
+    running = (batch.batch_id, "running", pd.NaT, terminal)
+    start_gravity = derived_og(times, values)[-1]
+    if not start_gravity > 0 or start_gravity - terminal < MIN_FERMENTATION_DROP * start_gravity:
+        return running  # never fermented: no outcome, whatever the frame says
+    reached = np.flatnonzero(smooth <= terminal + rules.terminal_tolerance_plato)
+    first_reached = times[reached[0]]
+    og, _ = _original_gravity(batch._asdict(), start_gravity)
+    attenuation = (og - terminal) / og if og > 0 else np.nan
+    closed = pd.notna(batch.end_time)
+    if not closed and (
+        last - first_reached < rules.plateau_hours or not attenuation >= PLATEAU_MIN_ATTENUATION
+    ):
+        return running
+    if attenuation < STUCK_ATTENUATION_BELOW:
+        return (batch.batch_id, "stuck", pd.NaT, terminal)
+    return (batch.batch_id, "finished", g["timestamp"].iloc[reached[0]], terminal)
 
 
 def build_snapshots(
@@ -176,6 +227,18 @@ _PER_BATCH = (
 )
 
 
+def _snapshot_og(
+    batch, times: np.ndarray, values: np.ndarray, known: np.ndarray
+) -> tuple[np.ndarray, bool]:
+    """Each snapshot's OG (``known``: gravity readings at or before it): the recorded one,
+    else derived from the readings known then (never later ones); and whether derived."""
+    og, derived = _original_gravity(batch._asdict(), np.nan)
+    if not derived:
+        return np.full(known.size, og), False
+    path = derived_og(times, values)
+    return path[np.minimum(known, len(path) - 1)], True
+
+
 def _batch_snapshots(
     batch,
     gravity: pd.DataFrame,
@@ -201,7 +264,7 @@ def _batch_snapshots(
     has = n > 0
     last = np.where(has, n - 1, 0)
     current = np.where(has, g_v[last], np.nan)
-    og = _original_gravity(batch._asdict(), float(g_v[0]))
+    og, derived = _snapshot_og(batch, g_t, g_v, n)
     # Least-squares slope over readings in (t - window, t], from cumulative sums.
     lo = np.searchsorted(g_t, t - SLOPE_WINDOW_HOURS, side="right")
     x = g_t - start
@@ -239,7 +302,8 @@ def _batch_snapshots(
     return {
         "snapshot_hours": t,
         "hours_since_pitch": t - start,
-        "original_gravity_plato": np.full(t.size, og),
+        "original_gravity_plato": og,
+        "original_gravity_derived": np.full(t.size, derived),
         "current_gravity_plato": current,
         "apparent_attenuation": (og - current) / og,
         "gravity_slope_plato_per_day": slope,

@@ -229,17 +229,26 @@ def _hand_built_brewerypi(url: str, with_plato: bool = True) -> None:
                 EndTimestamp=t0 + 100 * h,
             )
         )
+        c.execute(
+            brewerypi.UnitOfMeasurement.insert(),
+            [
+                dict(UnitOfMeasurementId=1, Abbreviation="Plato", Name="Degrees Plato"),
+                dict(UnitOfMeasurementId=2, Abbreviation="degC", Name="Degrees Celsius"),
+            ],
+        )
         tags = [
-            (1, "FV01_Plato", None),
-            (2, "FV01_Temperature", None),
-            (3, "FV01_Brand", 7),
-            (4, "FV01_State", None),
+            (1, "FV01_Plato", None, 1),
+            (2, "FV01_Temperature", None, 2),
+            (3, "FV01_Brand", 7, None),
+            (4, "FV01_State", None, None),
         ]
-        for tid, name, lookup in tags:
+        for tid, name, lookup, unit in tags:
             if name == "FV01_Plato" and not with_plato:
                 continue
             c.execute(
-                brewerypi.Tag.insert().values(TagId=tid, AreaId=1, Name=name, LookupId=lookup)
+                brewerypi.Tag.insert().values(
+                    TagId=tid, AreaId=1, Name=name, LookupId=lookup, UnitOfMeasurementId=unit
+                )
             )
         values = [
             (1, t0, 12.0),
