@@ -103,6 +103,7 @@ def _validation_manifest(stage: str, run) -> Manifest:
             "success": run.success,
             "totals": totals,
             "failures": failures,
+            "new_values": run.new_values(),
             "data_docs": run.data_docs,
             "summary": run.summary(),
         },

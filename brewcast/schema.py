@@ -8,7 +8,7 @@ inputs, the ONNX input names, the serving request model and the monitoring slice
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -38,20 +38,20 @@ class Column:
     min: float | None = None
     max: float | None = None
     nullable: bool = False
+    #: The closed set of valid values (a reading's tag, the season), or None. A brewery's
+    #: own names (brands, fermenters, strains) are ``open``: their vocabulary is learned.
     vocabulary: tuple[str, ...] | None = None
     role: Role = "feature"
     slice_key: bool = False
+    open: bool = False
+
+    def __post_init__(self) -> None:
+        if self.open and self.vocabulary is not None:
+            raise ValueError(f"column {self.name!r}: an open category declares no vocabulary")
 
     @property
     def is_categorical(self) -> bool:
-        return self.vocabulary is not None
-
-    def encode(self, values: Iterable[object]) -> list[str]:
-        """Map values onto the vocabulary; anything unknown (or missing) becomes ``OOV``."""
-        if self.vocabulary is None:
-            raise TypeError(f"column {self.name!r} is not categorical")
-        known = set(self.vocabulary)
-        return [v if isinstance(v, str) and v in known else OOV for v in values]
+        return self.open or self.vocabulary is not None
 
 
 @dataclass(frozen=True)
@@ -185,27 +185,9 @@ def _cast(series: pd.Series, col: Column) -> pd.Series:
 
 
 # ---------------------------------------------------------------------------------------------
-# Vocabularies. The simulator's physics per value lives in ingest.simulator; names live here.
+# Closed vocabularies. A brewery's own names are learned by training (models.inputs).
 # ---------------------------------------------------------------------------------------------
 
-BRANDS = (
-    "harbour_pale_ale",
-    "hop_hazard_ipa",
-    "old_anchor_stout",
-    "golden_pilsner",
-    "munich_helles",
-    "wheat_wave_hefeweizen",
-    "red_rail_amber_lager",
-    "farmhouse_saison",
-)
-YEAST_STRAINS = (
-    "american_ale",
-    "english_ale",
-    "german_lager",
-    "bavarian_wheat",
-    "belgian_saison",
-)
-FERMENTERS = tuple(f"FV{i:02d}" for i in range(1, 13))
 SEASONS = ("winter", "spring", "summer", "autumn")
 READING_TAGS = ("gravity_plato", "temperature_c")
 
@@ -219,7 +201,7 @@ def _brand() -> Column:
         "brand",
         "string",
         "Beer brand (recipe) brewed in the batch.",
-        vocabulary=BRANDS,
+        open=True,
         slice_key=True,
         nullable=True,
     )
@@ -230,7 +212,7 @@ def _yeast() -> Column:
         "yeast_strain",
         "string",
         "Yeast strain pitched.",
-        vocabulary=YEAST_STRAINS,
+        open=True,
         slice_key=True,
         nullable=True,
     )
@@ -241,8 +223,9 @@ def _fermenter() -> Column:
         "fermenter",
         "string",
         "Fermentation vessel (differs in cooling capacity).",
-        vocabulary=FERMENTERS,
+        open=True,
         slice_key=True,
+        nullable=True,
     )
 
 
@@ -369,7 +352,19 @@ FEATURES = Table(
         Column("hours_since_pitch", "float64", "t minus pitch time.", "h", 0.0, 2000.0),
         *(
             Column(c.name, c.dtype, c.description, c.unit, c.min, c.max, nullable=True)
-            for c in _BATCH_NUMERIC
+            for c in _BATCH_NUMERIC[:1]  # original_gravity_plato
+        ),
+        Column(
+            "original_gravity_derived",
+            "bool",
+            "Whether original_gravity_plato came from the batch's first readings (no valid "
+            "OG was recorded) rather than from its metadata.",
+            nullable=True,
+            role="meta",
+        ),
+        *(
+            Column(c.name, c.dtype, c.description, c.unit, c.min, c.max, nullable=True)
+            for c in _BATCH_NUMERIC[1:]
         ),
         Column(
             "current_gravity_plato",
@@ -406,7 +401,20 @@ FEATURES = Table(
             2000.0,
             nullable=True,
         ),
-        Column("gravity_readings_count", "float64", "Gravity readings so far.", None, 0.0, 5000.0),
+        # Not a model input: it counts the reading cadence (a hydrometer every 15 minutes,
+        # or two hand readings a day) more than the fermentation, so a model that learned it
+        # from one brewery's habit misreads another's; the service still judges how familiar
+        # a snapshot's cadence is with it (brewcast.contract.Familiarity).
+        Column(
+            "gravity_readings_count",
+            "float64",
+            "Gravity readings so far.",
+            None,
+            0.0,
+            5000.0,
+            nullable=True,
+            role="meta",
+        ),
         Column(
             "current_temperature_c",
             "float64",
@@ -490,8 +498,9 @@ def season_of(timestamps: pd.Series) -> pd.Series:
 
 
 def schema_fingerprint() -> str:
-    """A short hash of the feature table's definition: models and services built from
-    different schemas refuse to be mixed up."""
+    """A short hash of the feature table's structure (names, types, units, ranges, roles,
+    closed vocabularies): models and services built from different schemas refuse to be
+    mixed up. A brewery's own names are not part of it; they travel with each model."""
     import hashlib
     import json
     from dataclasses import asdict

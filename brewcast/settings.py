@@ -36,6 +36,23 @@ class IngestSettings(BaseSettings):
     brewerypi_event_frame_template: str = Field(
         "Fermentation", description="EventFrameTemplate.Name that marks a fermentation batch."
     )
+    brewerypi_units: dict[str, str] = Field(
+        default_factory=dict,
+        description="Brewery Pi tag name -> unit (JSON), for gravity and temperature tags "
+        'whose UnitOfMeasurement is missing or wrong, e.g. {"FV01_Temperature": "°F"}.',
+    )
+    local_timezone: str = Field(
+        "UTC",
+        description="IANA time zone (e.g. Europe/Berlin) of the naive local timestamps that "
+        "hydrometer exports carry (a Tilt CSV's Timepoint, a batch record's start date); "
+        "ingest says in its report which zone it applied.",
+    )
+    brix_wort_correction: float | None = Field(
+        None,
+        gt=0,
+        description="Refractometer wort-correction factor (°P = °Bx / factor, typically "
+        "1.02-1.06); without it a drop file in Brix is quarantined, never guessed.",
+    )
 
 
 class SimulationSettings(BaseSettings):
@@ -46,6 +63,10 @@ class SimulationSettings(BaseSettings):
     simulation_start: str = Field("2026-01-01", description="First pitch of the simulated world.")
     simulation_days: int = Field(240, description="Length of the simulated world in days.")
     simulation_fermenters: int = Field(8, description="Fermenters in the simulated cellar.")
+    simulation_profile: str = Field(
+        "default",
+        description="Brewery the simulator models (a name in ingest.simulator.PROFILES).",
+    )
     drift_column: Literal["brand", "yeast_strain", "fermenter"] = Field(
         "yeast_strain", description="Slice column that the simulator's drift slows down."
     )
@@ -136,6 +157,20 @@ class TrainingSettings(BaseSettings):
     precision_target: float = Field(0.95, description="Precision floor of that policy.")
     min_split_batches: int = Field(
         5, description="Fewest batches each of train/validation/test may have."
+    )
+    familiarity_quantile: float = Field(
+        0.995,
+        gt=0.5,
+        lt=1.0,
+        description="Out-of-distribution threshold: this quantile of the validation split's "
+        "distance to the training data (a snapshot beyond it is flagged).",
+    )
+    vocabulary_min_batches: int = Field(
+        2,
+        ge=1,
+        description="A brand, fermenter or strain gets its own embedding when the training "
+        "split has it in at least this many batches; rarer ones share the out-of-vocabulary "
+        "bucket.",
     )
 
 

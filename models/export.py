@@ -36,6 +36,7 @@ from brewcast.contract import (
     META_CALIBRATION,
     META_INPUT_COLUMNS,
     META_SCHEMA_FINGERPRINT,
+    META_VOCABULARIES,
     NUMERIC,
     OUTPUTS,
     RAW_CATEGORICAL,
@@ -526,6 +527,7 @@ def compose_model(
         META_CALIBRATION: json.dumps(
             {"method": calibration.method, "a": calibration.a, "b": calibration.b}
         ),
+        META_VOCABULARIES: json.dumps({k: list(v) for k, v in pre.vocabularies.items()}),
         **{k: json.dumps(v) if not isinstance(v, str) else v for k, v in (metadata or {}).items()},
     }
     onnx.helper.set_model_props(full, meta)

@@ -2,9 +2,13 @@
 vocabulary index per categorical column (the exported graph's raw inputs are the model
 contract's, :mod:`brewcast.contract`).
 
-Index 0 of every vocabulary is the out-of-vocabulary bucket; 1..V follow the schema's
-order. Missing numbers are filled with the training split's medians; the same fill values
-are baked into the ONNX graph, so serving and training agree by construction.
+Vocabularies are learned from the training split, not declared: a value seen in at least
+``min_batches`` batches gets its own index (1..V, most frequent first), every other value,
+and a missing one, shares index 0, the out-of-vocabulary bucket. A brewery's own brands,
+fermenters and strains are therefore what its model knows, and the vocabulary travels with
+the model (this artifact, the ONNX graph's lookup and its metadata). Missing numbers are
+filled with the training split's medians; the same fill values are baked into the ONNX
+graph, so serving and training agree by construction.
 """
 
 from __future__ import annotations
@@ -15,9 +19,17 @@ import numpy as np
 import pandas as pd
 
 from brewcast.contract import CATEGORICAL, NUMERIC
-from brewcast.schema import categorical_features
 
 NUMERIC_INPUT = "numeric"  # the network's numeric matrix
+
+
+def learn_vocabulary(train: pd.DataFrame, column: str, min_batches: int) -> tuple[str, ...]:
+    """The values of ``column`` seen in at least ``min_batches`` batches, most batches first
+    (ties by name, so a refit on the same data gives the same indices)."""
+    values = train[["batch_id", column]].dropna().drop_duplicates()
+    counts = values[column].astype(str).value_counts()
+    kept = counts[counts >= min_batches]
+    return tuple(sorted(kept.index, key=lambda v: (-int(kept[v]), v)))
 
 
 @dataclass(frozen=True)
@@ -26,13 +38,14 @@ class Preprocessing:
     vocabularies: dict[str, tuple[str, ...]]
 
     @classmethod
-    def fit(cls, train: pd.DataFrame) -> Preprocessing:
+    def fit(cls, train: pd.DataFrame, min_batches: int = 1) -> Preprocessing:
         fills = {}
         for name in NUMERIC:
             median = train[name].median()
             fills[name] = float(median) if pd.notna(median) else 0.0
-        vocab = {c.name: tuple(c.vocabulary or ()) for c in categorical_features()}
-        return cls(fills, vocab)
+        return cls(
+            fills, {name: learn_vocabulary(train, name, min_batches) for name in CATEGORICAL}
+        )
 
     def numeric_matrix(self, frame: pd.DataFrame) -> np.ndarray:
         values = frame[NUMERIC].astype("float64").to_numpy(copy=True)

@@ -75,6 +75,10 @@ class MonitoringResult:
     alerts: list[Alert] = field(default_factory=list)
     labelled: int = 0
     pending: int = 0
+    #: {column: {value: predictions}} served out of vocabulary in the latest window.
+    new_values: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: Predictions of the latest window flagged out of distribution, overall and per slice.
+    out_of_distribution: dict = field(default_factory=dict)
 
     @property
     def retrain(self) -> bool:
@@ -92,6 +96,8 @@ class MonitoringResult:
             "drift_alarms": self.drift[self.drift["alarm"]].to_dict("records")
             if len(self.drift)
             else [],
+            "new_values": self.new_values,
+            "out_of_distribution": self.out_of_distribution,
         }
 
 
@@ -313,6 +319,37 @@ def psi(expected: np.ndarray, actual: np.ndarray) -> float:
     return float(np.sum((a - e) * np.log(a / e)))
 
 
+def unseen_categories(predictions: pd.DataFrame) -> dict[str, dict[str, int]]:
+    """{column: {value: predictions}} the served model had no embedding for (a brand,
+    fermenter or strain new to it), from what the service logged per prediction."""
+    out: dict[str, dict[str, int]] = {}
+    flagged = predictions[predictions["unknown_categories"].fillna("") != ""]
+    for columns, row in zip(flagged["unknown_categories"], flagged.itertuples(), strict=True):
+        for column in columns.split(","):
+            value = str(getattr(row, column, None))
+            out.setdefault(column, {})[value] = out.get(column, {}).get(value, 0) + 1
+    return out
+
+
+def out_of_distribution_counts(predictions: pd.DataFrame) -> dict:
+    """How many predictions the service flagged as outside the model's training data
+    (a forecast the model is out of its depth on), overall and per slice value."""
+    if "out_of_distribution" not in predictions:
+        return {}
+    flags = predictions["out_of_distribution"]
+    said = predictions[flags.notna()]
+    flagged = said[said["out_of_distribution"].astype(bool)]
+    return {
+        "predictions": len(said),
+        "flagged": len(flagged),
+        "by_slice": {
+            key: flagged[key].fillna("(missing)").value_counts().to_dict()
+            for key in slice_keys()
+            if len(flagged)
+        },
+    }
+
+
 def drift_table(
     predictions: pd.DataFrame, reference: dict | None, settings: Settings
 ) -> pd.DataFrame:
@@ -390,5 +427,11 @@ def monitor(
     latest = joined[joined["at"] >= joined["at"].max() - pd.Timedelta(days=days)]
     drift = drift_table(latest, reference, settings)
     return MonitoringResult(
-        windows, drift, alerts, len(labelled), int(joined["label"].isna().sum())
+        windows,
+        drift,
+        alerts,
+        len(labelled),
+        int(joined["label"].isna().sum()),
+        unseen_categories(latest),
+        out_of_distribution_counts(latest),
     )

@@ -16,7 +16,6 @@ from collections.abc import Callable
 import prometheus_client
 
 from brewcast.schema import OOV
-from serving.model import VOCABULARY
 from serving.prediction_log import SLICE_KEYS
 
 PREDICTIONS = prometheus_client.Counter(
@@ -60,7 +59,7 @@ def flush_all() -> None:
 
 class RequestMetrics:
     """What the requests served, added up until the next :meth:`flush`. Slice values
-    outside the schema's vocabulary are counted as out-of-vocabulary: a client cannot grow
+    outside the served model's vocabulary are counted as out-of-vocabulary: a client cannot grow
     the label set, and so Prometheus's memory, without bound. ``log_stats`` gives the
     prediction log's (rows written, rows dropped) so far, exported at each flush."""
 
@@ -100,10 +99,10 @@ class RequestMetrics:
                     child = self._child(UNKNOWN_CATEGORIES, column)
                     counts[child] = counts.get(child, 0) + 1
         by_slice: dict[tuple[str, str], list[float]] = {}
+        unknown = [set(row["unknown_categories"].split(",")) for row in log_rows]
         for key in SLICE_KEYS:
-            known = VOCABULARY[key]
-            for record, row in zip(records, log_rows, strict=True):
-                value = record[key] if record[key] in known else OOV
+            for record, row, outside in zip(records, log_rows, unknown, strict=True):
+                value = OOV if record[key] is None or key in outside else record[key]
                 acc = by_slice.get((key, value))
                 if acc is None:
                     by_slice[(key, value)] = [1, row["probability"]]

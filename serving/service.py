@@ -235,7 +235,13 @@ class FermentationService:
             raise _refuse(503, f"prediction log unavailable, nothing served: {exc}") from exc
         self.metrics.record(model.version, records, log_rows, model_seconds)
         return Response(
-            predict_response_json(model.version, model.threshold, model.horizon_hours, log_rows),
+            predict_response_json(
+                model.version,
+                model.threshold,
+                model.horizon_hours,
+                log_rows,
+                model.notes(log_rows),
+            ),
             media_type="application/json",
         )
 
@@ -283,6 +289,9 @@ class FermentationService:
                         "unit": c.unit,
                         "min": c.min,
                         "max": c.max,
+                        "categorical": c.is_categorical,
+                        # closed sets only; a brewery's own names are the model's
+                        # ``model.vocabularies``
                         "vocabulary": list(c.vocabulary) if c.vocabulary else None,
                     }
                     for c in FEATURES.by_role("feature")

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 
 from brewcast import schema
-from brewcast.schema import BATCHES, FEATURES, OOV, READINGS, SchemaError
+from brewcast.schema import BATCHES, FEATURES, READINGS, SchemaError
 from ingest import brewerypi, simulator
 
 
@@ -24,9 +24,13 @@ def test_feature_roles_partition_the_model_inputs():
     }
     labels = {c.name for c in FEATURES.by_role("label")}
     keys = {c.name for c in FEATURES.by_role("key")}
+    meta = {c.name for c in FEATURES.by_role("meta")}
     assert schema.LABEL in labels and schema.REGRESSION_TARGET in labels
-    assert inputs | labels | keys == set(FEATURES.names)
-    assert not inputs & labels
+    assert inputs | labels | keys | meta == set(FEATURES.names)
+    assert not inputs & labels and not inputs & meta
+    # a flag for people, and a count that measures the brewery's reading habit more than
+    # the fermentation: neither is a model input
+    assert meta == {"original_gravity_derived", "gravity_readings_count"}
     assert set(schema.slice_keys()) == {"brand", "yeast_strain", "fermenter", "season"}
     assert all(FEATURES[k].is_categorical for k in schema.slice_keys())
 
@@ -35,21 +39,38 @@ def test_batch_metadata_columns_reappear_as_features_with_the_same_ranges():
     for column in BATCHES.columns:
         if column.role == "feature":
             feature = FEATURES[column.name]
-            assert (feature.dtype, feature.unit, feature.min, feature.max, feature.vocabulary) == (
+            assert (
+                feature.dtype,
+                feature.unit,
+                feature.min,
+                feature.max,
+                feature.vocabulary,
+                feature.open,
+            ) == (
                 column.dtype,
                 column.unit,
                 column.min,
                 column.max,
                 column.vocabulary,
+                column.open,
             )
 
 
-def test_simulator_catalogue_matches_vocabularies():
-    assert set(simulator.RECIPES) == set(schema.BRANDS)
-    assert set(simulator.STRAINS) == set(schema.YEAST_STRAINS)
-    assert set(simulator.COOLING_CAPACITY) == set(schema.FERMENTERS)
+def test_a_brewerys_own_names_are_open_categories_not_part_of_the_fingerprint():
+    """Brands, fermenters and strains are learned per model: the schema declares none, so a
+    brewery with other names validates, and its model's fingerprint is the default world's."""
+    assert {c.name for c in FEATURES.columns if c.open} == {"brand", "yeast_strain", "fermenter"}
+    assert all(FEATURES[n].vocabulary is None for n in ("brand", "yeast_strain", "fermenter"))
+    assert FEATURES["season"].vocabulary == schema.SEASONS  # a closed set stays declared
+    with pytest.raises(ValueError, match="open category"):
+        schema.Column("x", "string", "", vocabulary=("a",), open=True)
+
+
+def test_simulator_catalogue_is_consistent():
+    assert set(simulator.BRANDS) == set(simulator.RECIPES)
+    assert set(simulator.COOLING_CAPACITY) == set(simulator.FERMENTERS)
     for recipe in simulator.RECIPES.values():
-        assert set(recipe.strains) <= set(schema.YEAST_STRAINS)
+        assert set(recipe.strains) <= set(simulator.YEAST_STRAINS)
     for strain in simulator.STRAINS.values():  # DOMAIN.md: AA roughly 0.63-0.80
         assert 0.6 <= strain.attenuation[0] < strain.attenuation[1] <= 0.8
 
@@ -62,16 +83,6 @@ def test_brewerypi_mapping_covers_every_batch_and_reading_column():
     assert set(brewerypi.LOOKUP_COLUMNS) == {
         c.name for c in BATCHES.columns if c.is_categorical
     } - {"fermenter"}
-
-
-def test_encode_maps_unknown_and_missing_to_oov():
-    assert FEATURES["brand"].encode(["golden_pilsner", "mystery_ale", None]) == [
-        "golden_pilsner",
-        OOV,
-        OOV,
-    ]
-    with pytest.raises(TypeError):
-        FEATURES["hours_since_pitch"].encode([1.0])
 
 
 def test_arrow_schema_round_trips_conformed_frames(small_world):

@@ -191,15 +191,40 @@ def test_bad_batches_rows(settings, clean_world, tmp_path):
     b.loc[3, "start_time"] = NOW + pd.Timedelta(days=30)
     run = validate_file(settings, _write(tmp_path / "batches_x.csv", b), now=NOW)
     failures = run.failure_counts()
-    for rule in (
-        "vocabulary:brand",
-        "range:original_gravity_plato",
-        "end_after_start",
-        "not_in_future",
-    ):
+    for rule in ("range:original_gravity_plato", "end_after_start", "not_in_future"):
         assert rule in failures
-    t = run.totals()["batches"]
-    assert t["quarantined"] == 4 and t["published"] == len(b) - 4
+    assert not [rule for rule in failures if rule.startswith(("vocabulary:", "new_values:"))]
+    t = run.totals()["batches"]  # a new brand is not an error: its batch passes
+    assert t["quarantined"] == 3 and t["published"] == len(b) - 3
+
+
+def test_new_brands_fermenters_and_strains_are_counted_not_quarantined(
+    settings, clean_world, tmp_path
+):
+    """Against the training reference's categories, values never seen are reported per
+    table and column (summary, its JSON, Data Docs) and every row passes."""
+    snaps = build_snapshots(clean_world.batches, clean_world.readings, LabelRules())
+    save_reference(settings, snaps)
+    assert set(load_reference(settings)["categories"]["brand"]) == set(snaps["brand"].dropna())
+    b = clean_world.batches.copy()
+    b.loc[[0, 1], "brand"] = "cascade_crest_ipa"
+    b.loc[2, "fermenter"] = "FERM-07"
+    b.loc[3, "yeast_strain"] = None  # missing is not new
+    run = validate_file(settings, _write(tmp_path / "batches_new.csv", b), now=NOW)
+    assert run.success, run.summary()
+    assert run.totals()["batches"]["published"] == len(b)
+    assert run.new_values() == {
+        "batches": {"brand": {"cascade_crest_ipa": 2}, "fermenter": {"FERM-07": 1}}
+    }
+    assert "new brand in batches (not in the training reference; kept): cascade_crest_ipa (2)" in (
+        run.summary()
+    )
+    assert json.loads(settings.paths.validation_summary.read_text())["new_values"] == (
+        run.new_values()
+    )
+    docs = Path(run.data_docs.removeprefix("file://")).parent
+    pages = "".join(p.read_text() for p in docs.rglob("*.html"))
+    assert "cascade_crest_ipa" in pages and "FERM-07" in pages
 
 
 def test_clean_lake_passes_and_revalidation_is_idempotent(settings, clean_world):

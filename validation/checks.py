@@ -12,14 +12,16 @@ import numpy as np
 import pandas as pd
 
 from brewcast.schema import BATCHES, READING_VALUE_RANGES, READINGS, Table
+from brewcast.units import CANONICAL, QUANTITY_OF, likely_unit
 
 HOURS_AFTER_PITCH = "check_hours_after_pitch"
 HOURS_AFTER_END = "check_hours_after_end"
 HOURS_IN_FUTURE = "check_hours_in_future"
 GRAVITY_RISE = "check_gravity_rise_plato"
+LIKELY_UNIT = "check_likely_unit"
 
 CHECK_COLUMNS: dict[str, tuple[str, ...]] = {
-    "readings": (HOURS_AFTER_PITCH, HOURS_AFTER_END, HOURS_IN_FUTURE, GRAVITY_RISE),
+    "readings": (HOURS_AFTER_PITCH, HOURS_AFTER_END, HOURS_IN_FUTURE, GRAVITY_RISE, LIKELY_UNIT),
     "batches": (HOURS_IN_FUTURE,),
     "features": (),
 }
@@ -55,6 +57,7 @@ def add_checks(
         out[HOURS_IN_FUTURE] = _hours(out["timestamp"] - now)
         in_window = (out[HOURS_AFTER_PITCH] >= 0) & ~(out[HOURS_AFTER_END] > 0)
         out[GRAVITY_RISE] = gravity_rise(out, previous_gravity, in_window)
+        out[LIKELY_UNIT] = likely_units(out, previous_gravity)
     elif table is BATCHES:
         out[HOURS_IN_FUTURE] = _hours(out["start_time"] - now)
     return out
@@ -85,4 +88,26 @@ def gravity_rise(
     own = seq["_own"].to_numpy(dtype=bool)
     out = pd.Series(np.nan, index=readings.index, dtype="float64")
     out.loc[seq.index[own]] = rise.to_numpy()[own]
+    return out
+
+
+def likely_units(readings: pd.DataFrame, previous: pd.DataFrame | None = None) -> pd.Series:
+    """Per reading: the unit its batch's values of that tag look recorded in, when they make
+    no sense in the lake's unit (SG read as °P, °F read as °C), else None. Judged per batch
+    and tag over the batch's history (``previous``: its gravity readings already validated),
+    so a dry batch's last days alone do not look like specific gravity."""
+    out = pd.Series(None, index=readings.index, dtype=object)
+    history = {}
+    if previous is not None and len(previous):
+        history = {b: g["value"].to_numpy() for b, g in previous.groupby("batch_id", sort=False)}
+    for (batch, tag), rows in readings.groupby(["batch_id", "tag"], sort=False).groups.items():
+        quantity = QUANTITY_OF.get(tag)
+        if quantity is None:
+            continue
+        values = readings.loc[rows, "value"].to_numpy(dtype="float64")
+        if tag == "gravity_plato" and batch in history:
+            values = np.concatenate([values, history[batch]])
+        unit = likely_unit(values, CANONICAL[quantity])
+        if unit is not None:
+            out.loc[rows] = unit
     return out

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from brewcast.lake import write_text
-from brewcast.schema import numeric_features
+from brewcast.schema import FEATURES, numeric_features
 from brewcast.settings import Settings
 
 
@@ -35,6 +35,16 @@ def compute_reference(features: pd.DataFrame) -> dict[str, dict[str, float]]:
             "n": len(values),
         }
     return stats
+
+
+def known_categories(features: pd.DataFrame) -> dict[str, list[str]]:
+    """The values of each open category (brand, fermenter, strain) the training split had:
+    anything else that later data brings is new to the model, and validation says so."""
+    return {
+        c.name: sorted(features[c.name].dropna().astype(str).unique().tolist())
+        for c in FEATURES.columns
+        if c.open
+    }
 
 
 def bin_counts(edges, values) -> np.ndarray:
@@ -68,6 +78,7 @@ def save_reference(settings: Settings, features: pd.DataFrame, probabilities=Non
     reference = {
         "until": features["snapshot_time"].max().isoformat(),
         "features": compute_reference(features),
+        "categories": known_categories(features),
         "bins": reference_bins(features, probabilities),
     }
     return write_text(reference_path(settings), json.dumps(reference, indent=2))

@@ -65,6 +65,9 @@ class PartitionOutcome:
     failures: list[FailedExpectation]
     published_file: str | None = None
     quarantine_file: str | None = None
+    #: {column: {value: rows}}: categories the training reference does not have (a new
+    #: brand, fermenter or strain): reported, never a failure.
+    new_values: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def success(self) -> bool:
@@ -100,6 +103,16 @@ class ValidationRun:
                 counts[f.rule] = counts.get(f.rule, 0) + (f.unexpected_count or 1)
         return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
 
+    def new_values(self) -> dict[str, dict[str, dict[str, int]]]:
+        """{table: {column: {value: rows}}} over the run: what the model has not seen."""
+        out: dict[str, dict[str, dict[str, int]]] = {}
+        for o in self.outcomes:
+            for column, counts in o.new_values.items():
+                acc = out.setdefault(o.table, {}).setdefault(column, {})
+                for value, n in counts.items():
+                    acc[value] = acc.get(value, 0) + n
+        return out
+
     def summary(self) -> str:
         lines = []
         for table, t in self.totals().items():
@@ -112,6 +125,13 @@ class ValidationRun:
         if failures:
             lines.append("failed expectations (rows or partitions):")
             lines += [f"  {rule:34s} {n}" for rule, n in list(failures.items())[:12]]
+        for table, columns in self.new_values().items():
+            for column, counts in columns.items():
+                shown = ", ".join(f"{v} ({n})" for v, n in sorted(counts.items())[:8])
+                more = f" and {len(counts) - 8} more" if len(counts) > 8 else ""
+                lines.append(
+                    f"new {column} in {table} (not in the training reference; kept): {shown}{more}"
+                )
         if self.data_docs:
             lines.append(f"data docs: {self.data_docs}")
         lines.append("PASSED" if self.success else "QUARANTINED SOME DATA")
@@ -123,6 +143,7 @@ class ValidationRun:
                 "success": self.success,
                 "totals": self.totals(),
                 "failures": self.failure_counts(),
+                "new_values": self.new_values(),
                 "data_docs": self.data_docs,
                 "partitions": [asdict(o) for o in self.outcomes],
             },
@@ -157,6 +178,8 @@ def failures_from(
             config = r.expectation_config
             meta = config.meta or {}
             rule, scope = meta.get("rule", config.type), meta.get("scope", "table")
+            if scope == "report":  # never a failure (it cannot fail: mostly=0)
+                continue
             details = r.result or {}
             indices = [int(i) for i in details.get("unexpected_index_list") or []]
             if scope == "row" and not indices and details.get("unexpected_count"):

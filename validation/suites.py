@@ -39,11 +39,14 @@ def build_expectations(
     reference: dict[str, dict[str, float]] | None = None,
     rows: int | None = None,
     batches: int | None = None,
+    known: dict[str, list[str]] | None = None,
 ) -> list:
     """The expectations for ``table``; distribution ones only with a reference and enough rows.
 
     ``batches`` (distinct batches among the rows) sets the sampling-noise allowance: the
-    snapshots of one batch are not independent draws.
+    snapshots of one batch are not independent draws. ``known`` (the training reference's
+    categories) adds a report-only expectation per open category, so Data Docs lists the
+    values the model has not seen without failing on them.
     """
     import great_expectations.expectations as gxe
 
@@ -76,10 +79,21 @@ def build_expectations(
                 gxe.ExpectColumnValuesToBeInSet(
                     column=col.name,
                     value_set=list(col.vocabulary),
+                    **_meta(f"vocabulary:{col.name}", "row", "Not one of the schema's values."),
+                )
+            )
+        if col.open and known and known.get(col.name):
+            out.append(
+                gxe.ExpectColumnValuesToBeInSet(
+                    column=col.name,
+                    value_set=list(known[col.name]),
+                    mostly=0.0,  # reported, never failed: a new brand is news, not an error
                     **_meta(
-                        f"vocabulary:{col.name}",
-                        "row",
-                        "Unknown category (typo or new value: add it to the schema's vocabulary).",
+                        f"new_values:{col.name}",
+                        "report",
+                        "Values the training reference does not have (a new brand, "
+                        "fermenter or strain): counted in the summary, served as "
+                        "out-of-vocabulary until a model learns them.",
                     ),
                 )
             )
@@ -127,6 +141,19 @@ def _table_specific(table: Table, settings: Settings) -> list:
                 **_meta(f"range:value[{tag}]", "row", f"Plausible {tag} in [{low}, {high}]."),
             )
             for tag, (low, high) in READING_VALUE_RANGES.items()
+        ]
+        out += [
+            gxe.ExpectColumnValuesToBeNull(
+                column=checks.LIKELY_UNIT,
+                row_condition=Column("tag") == tag,
+                **_meta(
+                    f"unit:value[{tag}]",
+                    "row",
+                    f"The batch's {tag} values only make sense in another unit (the example's "
+                    f"{checks.LIKELY_UNIT}): declare the unit at the source; never guessed.",
+                ),
+            )
+            for tag in READING_VALUE_RANGES
         ]
         out += [
             gxe.ExpectColumnValuesToNotBeNull(

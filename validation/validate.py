@@ -159,6 +159,7 @@ def validate_parts(
     previous_gravity: pd.DataFrame | None = None,
     reference: dict | None = None,
     reference_since: pd.Timestamp | None = None,
+    known: dict[str, list[str]] | None = None,
     now: pd.Timestamp | None = None,
 ) -> list[PartitionOutcome]:
     """Validate many partitions in one checkpoint run, then write each one's two outputs.
@@ -168,6 +169,7 @@ def validate_parts(
     failure rejects every partition of the run. With a ``reference``, the rows with
     ``snapshot_time > reference_since`` (data the model has not seen) are checked for
     distribution drift in a second run; if that fails, their partitions are rejected whole.
+    ``known`` (the reference's categories) makes each outcome count its new values.
     """
     if not parts:
         return []
@@ -177,7 +179,7 @@ def validate_parts(
     sizes = [len(p.frame) for p in parts]
     owner = np.repeat(np.arange(len(parts)), sizes)
     checked = checks.add_checks(frame, table, now, batches, previous_gravity)
-    result = validator.run(table, checked, suites.build_expectations(table, settings))
+    result = validator.run(table, checked, suites.build_expectations(table, settings, known=known))
     failures, by_row = failures_from(result, checked, table)
     drift: tuple[list[FailedExpectation], set[int]] = ([], set())
     if reference and table is FEATURES:
@@ -190,7 +192,33 @@ def validate_parts(
         (part, arrow.slice(int(start), size), verdict)
         for part, start, size, verdict in zip(parts, starts, sizes, verdicts, strict=True)
     ]
-    return lake.io_map(lambda w: _publish(settings, table, publish_stage, *w), writes)
+    outcomes = lake.io_map(lambda w: _publish(settings, table, publish_stage, *w), writes)
+    counted = new_values(table, frame, owner, len(parts), known)
+    for outcome, counts in zip(outcomes, counted, strict=True):
+        outcome.new_values = counts
+    return outcomes
+
+
+def new_values(
+    table: Table,
+    frame: pd.DataFrame,
+    owner: np.ndarray,
+    parts: int,
+    known: dict[str, list[str]] | None,
+) -> list[dict[str, dict[str, int]]]:
+    """Per partition, {column: {value: rows}} of the open categories ``known`` lacks."""
+    out: list[dict[str, dict[str, int]]] = [{} for _ in range(parts)]
+    for col in table.columns:
+        if not col.open or not known or col.name not in known:
+            continue
+        values = frame[col.name]
+        new = (values.notna() & ~values.isin(known[col.name])).to_numpy()
+        if not new.any():
+            continue
+        counted = pd.DataFrame({"part": owner[new], "value": values[new].astype(str).to_numpy()})
+        for (part, value), n in counted.value_counts().items():
+            out[int(part)].setdefault(col.name, {})[value] = int(n)
+    return out
 
 
 def _drift(
@@ -394,6 +422,7 @@ def validate_lake(
     """
     validator = Validator(settings)
     run = ValidationRun()
+    known = _known_categories(settings)
     raw_batches = lake.read_table(settings.paths.lake, "raw", BATCHES)
     for table in (BATCHES, READINGS):
         files = lake.partition_files(settings.paths.lake, "raw", table)
@@ -417,10 +446,21 @@ def validate_lake(
                 exclude={Path(p.source).relative_to(settings.paths.lake / "raw") for p in parts},
             )
         run.outcomes += validate_parts(
-            validator, table, parts, batches=raw_batches, previous_gravity=previous, now=now
+            validator,
+            table,
+            parts,
+            batches=raw_batches,
+            previous_gravity=previous,
+            known=known,
+            now=now,
         )
     _finish(settings, validator, run)
     return run
+
+
+def _known_categories(settings: Settings) -> dict[str, list[str]] | None:
+    reference = load_reference(settings)
+    return reference.get("categories") if reference else None
 
 
 def _gravity_history(settings: Settings, exclude: set[Path]) -> pd.DataFrame:
@@ -482,7 +522,9 @@ def validate_file(settings: Settings, path: Path, now: pd.Timestamp | None = Non
     pieces = lake.split_by_date(frame, table).items()
     parts = [Part(piece, date, label, str(path)) for date, piece in pieces]
     parts = parts or [Part(frame, "none", label, str(path))]  # header only: fails not_empty
-    run.outcomes += validate_parts(validator, table, parts, batches=batches, now=now)
+    run.outcomes += validate_parts(
+        validator, table, parts, batches=batches, known=_known_categories(settings), now=now
+    )
     _finish(settings, validator, run)
     return run
 
@@ -505,6 +547,7 @@ def publish_features(
         publish_stage="features",
         reference=reference["features"] if reference else None,
         reference_since=pd.Timestamp(reference["until"]) if reference else None,
+        known=reference.get("categories") if reference else None,
         now=now,
     )
     # Rebuilt whole: a partition this build no longer has (or now holds back whole) goes.
