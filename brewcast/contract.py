@@ -13,7 +13,9 @@ still hold a graph exported before that (one ``[N, 1]`` input per column):
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import pandas as pd
@@ -34,6 +36,16 @@ META_CALIBRATION = "calibration"
 META_THRESHOLD = "threshold"
 META_HORIZON_HOURS = "horizon_hours"
 META_DATA_SNAPSHOT_ID = "data_snapshot_id"
+#: {column: [value, ...]}: the categories the model learned (index 1..V, in order).
+META_VOCABULARIES = "vocabularies"
+#: {"batches", "rows", "until"}: the training split the model learned from.
+META_TRAINED_ON = "trained_on"
+#: :class:`Familiarity` as JSON: how far from its training data a snapshot may lie.
+META_FAMILIARITY = "familiarity"
+#: What :class:`Familiarity` reads besides the numeric inputs (a snapshot column the
+#: network does not take), and the dimension it derives from it: how often gravity is read.
+READINGS_COUNT = "gravity_readings_count"
+READINGS_PER_DAY = "gravity_readings_per_day"
 
 
 def raw_inputs(frame: pd.DataFrame) -> dict[str, np.ndarray]:
@@ -84,3 +96,103 @@ def read_metadata(model_bytes: bytes) -> dict[str, str]:
     import onnx
 
     return {p.key: p.value for p in onnx.load_from_string(model_bytes).metadata_props}
+
+
+@dataclass(frozen=True)
+class Familiarity:
+    """How far a snapshot lies from what the model was trained on, one definition for the
+    training run that chooses the threshold and the service that flags requests.
+
+    Each numeric input, plus the gravity reading cadence (readings per day, which another
+    brewery's hydrometer or hand log changes most, though the network does not read it),
+    is put on a robust scale fitted on the
+    training split (median, and the 2.5-97.5 % range / 3.92, a standard deviation for
+    normal data). The distance is the largest absolute scaled value over the inputs a
+    snapshot has, so the response can name the input furthest out; inputs missing in the
+    snapshot, or never present in training, do not count. A snapshot beyond ``threshold``
+    (a high quantile of the validation split's distances) is out of distribution.
+    """
+
+    columns: tuple[str, ...]
+    center: tuple[float, ...]
+    scale: tuple[float, ...]
+    threshold: float = float("inf")
+
+    @staticmethod
+    def inputs(frame: pd.DataFrame) -> np.ndarray:
+        """What a familiarity is judged on, from snapshot columns: the numeric inputs and
+        the reading count (NaN where missing)."""
+        return frame.reindex(columns=[*NUMERIC, READINGS_COUNT]).to_numpy(dtype=np.float64)
+
+    @staticmethod
+    def inputs_from_records(records: list[dict]) -> np.ndarray:
+        """:meth:`inputs` for request rows (dicts), without building a DataFrame."""
+        names = [*NUMERIC, READINGS_COUNT]
+        return np.array([r.get(name) for r in records for name in names], dtype=np.float64).reshape(
+            len(records), len(names)
+        )
+
+    @staticmethod
+    def dimensions(inputs: np.ndarray) -> np.ndarray:
+        """:meth:`inputs` with the reading count turned into readings per day."""
+        numeric, count = inputs[:, :-1], inputs[:, -1]
+        days = np.maximum(numeric[:, NUMERIC.index("hours_since_pitch")], 6.0) / 24.0
+        return np.column_stack([numeric, count / days])
+
+    @classmethod
+    def fit(cls, train: np.ndarray) -> Familiarity:
+        """Fitted on the training split's :meth:`inputs`."""
+        values = cls.dimensions(train)
+        with np.errstate(all="ignore"):
+            low, center, high = np.nanquantile(values, [0.025, 0.5, 0.975], axis=0)
+        scale = np.where(np.isfinite(high - low), np.maximum((high - low) / 3.92, 1e-6), np.nan)
+        return cls(
+            (*NUMERIC, READINGS_PER_DAY),
+            tuple(float(c) for c in center),
+            tuple(float(s) for s in scale),
+        )
+
+    def scaled(self, inputs: np.ndarray) -> np.ndarray:
+        """|value - center| / scale per dimension, NaN where it does not count."""
+        z = np.abs(self.dimensions(inputs) - np.asarray(self.center)) / np.asarray(self.scale)
+        return np.where(np.isfinite(z), z, np.nan)
+
+    def distance(self, inputs: np.ndarray) -> np.ndarray:
+        z = self.scaled(inputs)
+        counted = np.isfinite(z).any(axis=1)
+        return np.where(counted, np.nanmax(np.where(counted[:, None], z, 0.0), axis=1), 0.0)
+
+    def furthest(self, inputs: np.ndarray) -> list[str]:
+        """The dimension furthest from the training data, per row."""
+        z = np.nan_to_num(self.scaled(inputs), nan=-1.0)
+        return [self.columns[i] for i in np.argmax(z, axis=1)]
+
+    def with_threshold(self, validation: np.ndarray, quantile: float) -> Familiarity:
+        d = self.distance(validation)
+        limit = float(np.quantile(d, quantile)) if d.size else float("inf")
+        return Familiarity(self.columns, self.center, self.scale, limit)
+
+    def to_json(self) -> str:
+        def plain(v):
+            return [plain(x) for x in v] if isinstance(v, list | tuple) else _finite_or_none(v)
+
+        return json.dumps({k: plain(v) for k, v in asdict(self).items()})
+
+    @classmethod
+    def from_json(cls, text: str) -> Familiarity:
+        data = json.loads(text)
+        if list(data["columns"]) != [*NUMERIC, READINGS_PER_DAY]:
+            raise ValueError("familiarity was fitted on other inputs than this schema's")
+        return cls(
+            tuple(data["columns"]),
+            tuple(float("nan") if v is None else v for v in data["center"]),
+            tuple(float("nan") if v is None else v for v in data["scale"]),
+            float("inf") if data["threshold"] is None else float(data["threshold"]),
+        )
+
+
+def _finite_or_none(value):
+    """A float for strict JSON: NaN and infinities become null."""
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value

@@ -99,7 +99,7 @@ def prepare(settings: Settings, work: TrainingWorkdir) -> dict:
         info[f"{name}_batches"] = batches
         info[f"{name}_positive_rate"] = float(part[LABEL].mean())
         info[f"{name}_until"] = part["snapshot_time"].max().isoformat()
-    pre = Preprocessing.fit(pd.read_parquet(work.train))
+    pre = Preprocessing.fit(pd.read_parquet(work.train), settings.vocabulary_min_batches)
     work.write_json(work.preprocessing, asdict(pre))
     work.write_json(work.data, info)
     return info
@@ -189,24 +189,46 @@ def calibrate(settings: Settings, work: TrainingWorkdir) -> dict:
 
 def export(settings: Settings, work: TrainingWorkdir) -> dict:
     """Compose the ONNX graph and check its parity with Keras on the test split."""
-    from brewcast.contract import META_DATA_SNAPSHOT_ID, META_HORIZON_HOURS, META_THRESHOLD
+    from brewcast.contract import (
+        META_DATA_SNAPSHOT_ID,
+        META_FAMILIARITY,
+        META_HORIZON_HOURS,
+        META_THRESHOLD,
+        META_TRAINED_ON,
+        Familiarity,
+    )
     from models.export import export_model
 
     calibration, threshold = work.load_calibration()
     data = work.read_json(work.data)
+    frames = work.frames()
+    familiarity = Familiarity.fit(Familiarity.inputs(frames["train"])).with_threshold(
+        Familiarity.inputs(frames["validation"]), settings.familiarity_quantile
+    )
+    test_distance = familiarity.distance(Familiarity.inputs(frames["test"]))
     result = export_model(
         work.load_preprocessing(),
         work.load_network(),
         calibration,
-        pd.read_parquet(work.test),
+        frames["test"],
         metadata={
             META_THRESHOLD: threshold,
             META_HORIZON_HOURS: settings.horizon_hours,
             META_DATA_SNAPSHOT_ID: data["data_snapshot_id"],
+            META_FAMILIARITY: familiarity.to_json(),
+            META_TRAINED_ON: {
+                "batches": data["train_batches"],
+                "rows": data["train_rows"],
+                "until": data["train_until"],
+            },
         },
     )
     work.model.write_bytes(result.serialized())
     info = {
+        "familiarity_threshold": familiarity.threshold,
+        "test_out_of_distribution_rate": float(np.mean(test_distance > familiarity.threshold))
+        if test_distance.size
+        else 0.0,
         "parity_max_abs_error": result.parity_max_abs_error,
         "parity_hours_max_abs_error": result.parity_hours_max_abs_error,
         "parity_rows": result.parity_rows,

@@ -14,7 +14,8 @@ from typing import Annotated
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
-from brewcast.schema import categorical_features, numeric_features
+from brewcast.contract import READINGS_COUNT
+from brewcast.schema import FEATURES, categorical_features, numeric_features
 
 
 def _snapshot_model() -> type[BaseModel]:
@@ -25,7 +26,9 @@ def _snapshot_model() -> type[BaseModel]:
         ),
         "snapshot_time": (datetime | None, Field(None, description="Time t of the snapshot.")),
     }
-    for col in numeric_features():
+    # The reading count is no model input, but tells the service how familiar the
+    # snapshot's reading cadence is.
+    for col in [*numeric_features(), FEATURES[READINGS_COUNT]]:
         fields[col.name] = (
             Annotated[float | None, Field(ge=col.min, le=col.max, allow_inf_nan=False)],
             Field(
@@ -41,8 +44,13 @@ def _snapshot_model() -> type[BaseModel]:
                 None,
                 max_length=64,
                 description=(
-                    f"{col.description} One of {list(col.vocabulary or ())}; anything "
-                    f"else is served as out-of-vocabulary and flagged."
+                    f"{col.description} "
+                    + (
+                        f"One of {list(col.vocabulary)}"
+                        if col.vocabulary
+                        else "The brewery's own name (the served model's vocabulary: /metadata)"
+                    )
+                    + "; anything else is served as out-of-vocabulary and flagged."
                 ),
             ),
         )
@@ -62,7 +70,21 @@ class Prediction(BaseModel):
     probability: float = Field(description="Calibrated P(terminal gravity within the horizon).")
     decision: bool = Field(description="probability >= the model's threshold.")
     hours_remaining: float
-    unknown_categories: list[str] = Field(default_factory=list)
+    unknown_categories: list[str] = Field(
+        default_factory=list,
+        description="Categorical inputs whose value the model never learned (served through "
+        "its out-of-vocabulary bucket: a forecast from other brands', fermenters' or strains' "
+        "data).",
+    )
+    out_of_distribution: bool | None = Field(
+        None,
+        description="The snapshot lies outside what the model was trained on (an unknown "
+        "category, or numbers beyond the familiarity threshold in /metadata): treat the "
+        "forecast with caution. Null when the model does not say.",
+    )
+    familiarity_distance: float | None = Field(
+        None, description="Largest robust z-score of the inputs against the training data."
+    )
 
 
 class PredictResponse(BaseModel):
@@ -70,10 +92,19 @@ class PredictResponse(BaseModel):
     threshold: float
     horizon_hours: float
     predictions: list[Prediction]
+    notes: list[str] = Field(
+        default_factory=list,
+        description="Plain words when forecasts come from data unlike the request's (a "
+        "brewery the model never saw, snapshots outside its training data).",
+    )
 
 
 def predict_response_json(
-    model_version: str, threshold: float, horizon_hours: float, log_rows: list[dict]
+    model_version: str,
+    threshold: float,
+    horizon_hours: float,
+    log_rows: list[dict],
+    notes: list[str] | None = None,
 ) -> bytes:
     """A :class:`PredictResponse` as JSON, built with orjson from the prediction-log rows
     (our own, already-typed values) instead of a pydantic model per row and its serialiser:
@@ -92,9 +123,12 @@ def predict_response_json(
                     "unknown_categories": (
                         row["unknown_categories"].split(",") if row["unknown_categories"] else []
                     ),
+                    "out_of_distribution": row["out_of_distribution"],
+                    "familiarity_distance": row["familiarity_distance"],
                 }
                 for row in log_rows
             ],
+            "notes": notes or [],
         }
     )
 

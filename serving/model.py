@@ -19,15 +19,19 @@ import pandas as pd
 
 from brewcast.contract import (
     META_CALIBRATION,
+    META_FAMILIARITY,
     META_HORIZON_HOURS,
     META_SCHEMA_FINGERPRINT,
     META_THRESHOLD,
+    META_TRAINED_ON,
+    META_VOCABULARIES,
     OUTPUTS,
+    Familiarity,
     raw_inputs_from_records,
     read_metadata,
 )
 from brewcast.registry import CHAMPION, configure, download_onnx, version_by_alias
-from brewcast.schema import categorical_features, schema_fingerprint
+from brewcast.schema import schema_fingerprint
 from brewcast.settings import Settings
 from serving.prediction_log import new_prediction_ids, prediction_row
 from serving.runtime import Session, create_session
@@ -36,7 +40,6 @@ log = logging.getLogger(__name__)
 
 BENTO_MODEL = "fermentation-completion"
 ONNX_FILE = "model.onnx"
-VOCABULARY = {c.name: frozenset(c.vocabulary or ()) for c in categorical_features()}
 
 
 class ModelUnavailableError(RuntimeError):
@@ -52,7 +55,16 @@ class ServedModel:
     fingerprint: str
     bento_tag: str
     session: Session
+    #: The categories the model learned, per column (anything else is out of vocabulary).
+    vocabularies: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    #: How far from its training data a snapshot may lie (None: the model does not say).
+    familiarity: Familiarity | None = None
+    #: The training split's size and end ({} when the model does not say).
+    trained_on: dict = field(default_factory=dict)
     loaded_at: pd.Timestamp = field(default_factory=lambda: pd.Timestamp.now("UTC"))
+
+    def __post_init__(self) -> None:
+        self._known = {name: frozenset(values) for name, values in self.vocabularies.items()}
 
     def predict(self, records: list[dict]) -> tuple[np.ndarray, np.ndarray]:
         """Probability and hours remaining for request rows (dicts of schema features)."""
@@ -71,13 +83,19 @@ class ServedModel:
         """The prediction-log rows of ``records`` scored ``probability`` and ``hours``,
         decided at the model's threshold."""
         ids = new_prediction_ids(len(records))
+        if self.familiarity is not None:
+            inputs = Familiarity.inputs_from_records(records)
+            distances: list = self.familiarity.distance(inputs).tolist()
+            limit = self.familiarity.threshold
+        else:
+            distances, limit = [None] * len(records), None
         rows = []
-        for prediction_id, record, p, h in zip(
-            ids, records, probability.tolist(), hours.tolist(), strict=True
+        for prediction_id, record, p, h, d in zip(
+            ids, records, probability.tolist(), hours.tolist(), distances, strict=True
         ):
             unknown = [
                 name
-                for name, known in VOCABULARY.items()
+                for name, known in self._known.items()
                 if record.get(name) is not None and record[name] not in known
             ]
             rows.append(
@@ -91,9 +109,36 @@ class ServedModel:
                     p >= self.threshold,
                     h,
                     unknown,
+                    d,
+                    None if d is None else bool(d > limit or unknown),
                 )
             )
         return rows
+
+    def notes(self, log_rows: list[dict]) -> list[str]:
+        """Plain words for a response whose forecasts come from data unlike the request's:
+        a brewery the model never saw, or snapshots outside what it was trained on."""
+        out = []
+        strangers = [
+            row
+            for row in log_rows
+            if {"brand", "fermenter"} <= set(row["unknown_categories"].split(","))
+        ]
+        if strangers:
+            batches = self.trained_on.get("batches", "other")
+            out.append(
+                f"{len(strangers)} of {len(log_rows)} snapshot(s) are of a brand and fermenter "
+                f"this model never saw: their forecasts come from a model trained on "
+                f"{batches} batches of other brands and fermenters, not on this brewery's "
+                f"own history."
+            )
+        flagged = sum(bool(row["out_of_distribution"]) for row in log_rows)
+        if flagged:
+            out.append(
+                f"{flagged} of {len(log_rows)} snapshot(s) lie outside the model's training "
+                f"data (out_of_distribution): treat those forecasts with caution."
+            )
+        return out
 
     def describe(self) -> dict:
         return {
@@ -102,6 +147,14 @@ class ServedModel:
             "horizon_hours": self.horizon_hours,
             "calibration": self.calibration,
             "schema_fingerprint": self.fingerprint,
+            "vocabularies": {name: list(values) for name, values in self.vocabularies.items()},
+            "trained_on": self.trained_on,
+            "familiarity": None
+            if self.familiarity is None
+            else {
+                "threshold": self.familiarity.threshold,
+                "inputs": list(self.familiarity.columns),
+            },
             "bento_model": self.bento_tag,
             "execution_provider": self.session.provider,
             "requested_providers": self.session.requested,
@@ -205,6 +258,11 @@ def served_model(model_bytes: bytes, version: str, tag: str, settings: Settings)
         fingerprint=fingerprint,
         bento_tag=tag,
         session=session,
+        vocabularies={k: tuple(v) for k, v in json.loads(meta[META_VOCABULARIES]).items()},
+        familiarity=Familiarity.from_json(meta[META_FAMILIARITY])
+        if META_FAMILIARITY in meta
+        else None,
+        trained_on=json.loads(meta.get(META_TRAINED_ON, "{}")),
     )
 
 

@@ -59,6 +59,10 @@ predictions = sa.Table(
     sa.Column("hours_remaining", sa.Float, nullable=False),
     sa.Column("threshold", sa.Float, nullable=False),
     sa.Column("unknown_categories", sa.Text, nullable=False, default=""),
+    # How far the snapshot lies from the model's training data, and whether that is beyond
+    # the model's threshold (NULL: the model carries no familiarity).
+    sa.Column("familiarity_distance", sa.Float),
+    sa.Column("out_of_distribution", sa.Boolean),
 )
 labels = sa.Table(
     "labels",
@@ -481,6 +485,8 @@ def prediction_row(
     decision: bool,
     hours: float,
     unknown: list[str],
+    distance: float | None = None,
+    out_of_distribution: bool | None = None,
 ) -> dict:
     """One log row; the features are kept whole (JSON) and the slice keys as columns."""
     return {
@@ -497,4 +503,6 @@ def prediction_row(
         "hours_remaining": hours,
         "threshold": threshold,
         "unknown_categories": ",".join(unknown),
+        "familiarity_distance": distance,
+        "out_of_distribution": out_of_distribution,
     }

@@ -274,6 +274,8 @@ def test_response_json_is_what_pydantic_makes_of_the_response_model():
             "decision": True,
             "hours_remaining": 3.5,
             "unknown_categories": "brand,fermenter",
+            "out_of_distribution": True,
+            "familiarity_distance": 7.25,
         },
         {
             "prediction_id": "0190a3b4-0000-7000-8000-000000000002",
@@ -281,13 +283,17 @@ def test_response_json_is_what_pydantic_makes_of_the_response_model():
             "decision": False,
             "hours_remaining": 80.25,
             "unknown_categories": "",
+            "out_of_distribution": None,  # a model without familiarity
+            "familiarity_distance": None,
         },
     ]
-    got = predict_response_json("12", 0.4, 24.0, rows)
+    notes = ["1 of 2 snapshot(s) lie outside the model's training data"]
+    got = predict_response_json("12", 0.4, 24.0, rows, notes)
     expected = PredictResponse(
         model_version="12",
         threshold=0.4,
         horizon_hours=24.0,
+        notes=notes,
         predictions=[
             {**row, "unknown_categories": ["brand", "fermenter"] if i == 0 else []}
             for i, row in enumerate(rows)
