@@ -51,7 +51,8 @@ def simulate(
         typer.Option(help="Brewery profile to simulate (default: BREWCAST_SIMULATION_PROFILE)."),
     ] = None,
 ) -> None:
-    """Simulate a cellar and write it to the lake, a drop folder or a Brewery Pi database."""
+    """Simulate a cellar and write it to the lake, a drop folder or a Brewery Pi database
+    (the latter two in the simulated brewery's own units, as it would deliver them)."""
     import pandas as pd
 
     from application import stages
@@ -76,13 +77,15 @@ def simulate(
     world = run_simulation(config, progress=True)
     if to == "drop":
         folder = Path(out) if out else settings.paths.drop
-        paths = write_drop_files(world.batches, world.readings, folder, file_format)
+        paths = write_drop_files(
+            world.batches, world.readings, folder, file_format, dict(config.brewery.units)
+        )
         typer.echo(f"wrote {len(paths)} drop file(s) to {folder}")
     elif to == "brewerypi":
         url = out or settings.brewerypi_url or f"sqlite:///{settings.paths.brewerypi_db}"
         if "://" not in url:
             url = f"sqlite:///{Path(url).resolve()}"
-        write_brewerypi(url, world.batches, world.readings)
+        write_brewerypi(url, world.batches, world.readings, dict(config.brewery.units))
         typer.echo(
             f"wrote {len(world.batches)} event frames and {len(world.readings)} readings to {url}"
         )

@@ -9,7 +9,10 @@ on a real Brewery Pi database (SQLite, MySQL or PostgreSQL URL).
 
 A batch is an EventFrame of the fermentation template on a fermenter; its readings are the
 TagValues of the fermenter's gravity (Plato) and temperature tags inside the frame's
-window; brand and yeast come from lookup-valued tags. Tags are found through the
+window; brand and yeast come from lookup-valued tags. Gravity and temperature values are
+converted from the unit their tag declares (``UnitOfMeasurement``, through the tag or its
+attribute template: °F, SG, ...) to °P and °C; a tag without a unit the reader knows is an
+error naming it, unless the user maps it. Tags are found through the
 element's attributes (by ElementAttributeTemplate name) or, for installations without
 attributes, by Brewery Pi's starter naming ``{Element.Name}_{Attribute}`` (``FV01_Plato``).
 """
@@ -28,6 +31,14 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from brewcast.schema import BATCHES, READINGS
+from brewcast.units import (
+    CANONICAL,
+    QUANTITY_OF,
+    UnitError,
+    from_canonical,
+    parse_unit,
+    to_canonical,
+)
 
 log = logging.getLogger(__name__)
 
@@ -225,22 +236,30 @@ class BreweryPiReport:
     readings_outside_frames: int = 0
     ignored_attributes: set[str] = field(default_factory=set)
     unknown_lookup_values: int = 0
+    #: brewcast column -> the units its tags declared (before conversion).
+    units: dict[str, set[str]] = field(default_factory=dict)
 
 
 def read_brewerypi(
-    url: str, start: pd.Timestamp, end: pd.Timestamp, event_frame_template: str = "Fermentation"
+    url: str,
+    start: pd.Timestamp,
+    end: pd.Timestamp,
+    event_frame_template: str = "Fermentation",
+    unit_overrides: dict[str, str] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, BreweryPiReport]:
     """Batches pitched in ``[start, end)`` and readings taken in ``[start, end)``.
 
     Readings are kept when they fall inside a fermentation frame of their fermenter (frames
     that began before ``start`` included); readings outside every frame are counted and left.
+    ``unit_overrides`` (tag name -> unit) wins over what the database declares, for tags
+    whose unit is missing or wrong there.
     """
     safe_url = make_url(url).render_as_string(hide_password=True)
     engine = sa.create_engine(url)
     try:
         with engine.connect() as conn:
             _check_tables(conn, safe_url)
-            return _read(conn, safe_url, start, end, event_frame_template)
+            return _read(conn, safe_url, start, end, event_frame_template, unit_overrides or {})
     except SQLAlchemyError as exc:
         raise BreweryPiError(
             f"Brewery Pi database {safe_url}: {exc.__class__.__name__}: {str(exc).splitlines()[0]}"
@@ -259,7 +278,12 @@ def _check_tables(conn: sa.Connection, url: str) -> None:
 
 
 def _read(
-    conn: sa.Connection, url: str, start: pd.Timestamp, end: pd.Timestamp, template: str
+    conn: sa.Connection,
+    url: str,
+    start: pd.Timestamp,
+    end: pd.Timestamp,
+    template: str,
+    unit_overrides: dict[str, str],
 ) -> tuple[pd.DataFrame, pd.DataFrame, BreweryPiReport]:
     report = BreweryPiReport()
     lo, hi = _naive_utc(start), _naive_utc(end)
@@ -324,6 +348,7 @@ def _read(
         columns=["TagId", "Timestamp", "Value"],
     )
     tv = tv.merge(tags, on="TagId")
+    tv["Value"] = _canonical_values(tv, url, unit_overrides, report)
 
     batch_rows, reading_parts = [], []
     for frame in frames.itertuples(index=False):
@@ -369,22 +394,56 @@ def _element_tags(
     ids = [int(e) for e in elements["ElementId"]]
     bound = pd.DataFrame(
         conn.execute(
-            sa.select(ea.c.ElementId, eat.c.Name.label("Attribute"), Tag.c.TagId, Tag.c.LookupId)
+            sa.select(
+                ea.c.ElementId,
+                eat.c.Name.label("Attribute"),
+                Tag.c.TagId,
+                Tag.c.LookupId,
+                eat.c.UnitOfMeasurementId.label("TemplateUnitId"),
+            )
             .join(eat, ea.c.ElementAttributeTemplateId == eat.c.ElementAttributeTemplateId)
             .join(Tag, ea.c.TagId == Tag.c.TagId)
             .where(ea.c.ElementId.in_(ids))
         )
         .mappings()
         .all(),
-        columns=["ElementId", "Attribute", "TagId", "LookupId"],
+        columns=["ElementId", "Attribute", "TagId", "LookupId", "TemplateUnitId"],
     )
+    template_unit = {
+        int(t): u
+        for t, u in zip(bound["TagId"], bound["TemplateUnitId"], strict=True)
+        if pd.notna(u)
+    }
     # Installations without element attributes: Brewery Pi's starter names, FV01_Plato.
     all_attrs = {**READING_ATTRIBUTES, **BATCH_ATTRIBUTES}
     named = pd.DataFrame(
-        conn.execute(sa.select(Tag.c.TagId, Tag.c.Name, Tag.c.LookupId)).mappings().all(),
-        columns=["TagId", "Name", "LookupId"],
+        conn.execute(
+            sa.select(
+                Tag.c.TagId,
+                Tag.c.Name,
+                Tag.c.LookupId,
+                UnitOfMeasurement.c.Abbreviation.label("Unit"),
+            ).outerjoin(
+                UnitOfMeasurement,
+                Tag.c.UnitOfMeasurementId == UnitOfMeasurement.c.UnitOfMeasurementId,
+            )
+        )
+        .mappings()
+        .all(),
+        columns=["TagId", "Name", "LookupId", "Unit"],
     )
-    by_name = {name: (tid, lid) for tid, name, lid in named.itertuples(index=False)}
+    by_name = {name: (tid, lid) for tid, name, lid, _ in named.itertuples(index=False)}
+    tag_name = dict(zip(named["TagId"], named["Name"], strict=True))
+    unit_names = dict(
+        conn.execute(
+            sa.select(UnitOfMeasurement.c.UnitOfMeasurementId, UnitOfMeasurement.c.Abbreviation)
+        ).all()
+    )
+    # The tag's own unit, else its attribute template's.
+    tag_unit = {
+        int(t): u if isinstance(u, str) and u.strip() else unit_names.get(template_unit.get(int(t)))
+        for t, u in zip(named["TagId"], named["Unit"], strict=True)
+    }
     rows = []
     for element_id, element in elements.itertuples(index=False):
         mine = bound[bound["ElementId"] == element_id]
@@ -398,15 +457,42 @@ def _element_tags(
             if tag is None:
                 continue
             kind = "reading" if attribute in READING_ATTRIBUTES else "batch"
-            rows.append(
-                (element_id, int(tag[0]), column, kind, None if pd.isna(tag[1]) else int(tag[1]))
-            )
+            tid = int(tag[0])
+            lookup = None if pd.isna(tag[1]) else int(tag[1])
+            rows.append((element_id, tid, column, kind, lookup, tag_name[tid], tag_unit.get(tid)))
         if not any(r[0] == element_id and r[2] == "gravity_plato" for r in rows):
             raise BreweryPiError(
                 f"Brewery Pi database {url}: fermenter element {element!r} has no gravity tag "
                 f"(an ElementAttribute named 'Plato' or a tag named '{element}_Plato')"
             )
-    return pd.DataFrame(rows, columns=["ElementId", "TagId", "column", "kind", "LookupId"])
+    return pd.DataFrame(
+        rows, columns=["ElementId", "TagId", "column", "kind", "LookupId", "TagName", "Unit"]
+    )
+
+
+def _canonical_values(
+    values: pd.DataFrame, url: str, overrides: dict[str, str], report: BreweryPiReport
+) -> pd.Series:
+    """Each TagValue in brewcast's unit: gravity and temperature tags converted from the unit
+    they declare (or the user's override); other values as they are."""
+    out = values["Value"].astype("float64").copy()
+    for (tag, column), rows in values.groupby(["TagName", "column"], sort=False):
+        quantity = QUANTITY_OF.get(column)
+        if quantity is None:
+            continue
+        unit = overrides.get(tag) or rows["Unit"].iloc[0]
+        if unit is None or (isinstance(unit, float) and np.isnan(unit)):
+            unit = None
+        try:
+            out[rows.index] = to_canonical(
+                rows["Value"].to_numpy(), unit, quantity, f"Brewery Pi {url} tag {tag!r}"
+            )
+        except UnitError as exc:
+            raise BreweryPiError(
+                f'{exc} (map it with BREWCAST_BREWERYPI_UNITS=\'{{"{tag}": "°F"}}\')'
+            ) from exc
+        report.units.setdefault(column, set()).add(parse_unit(unit, quantity, tag))
+    return out
 
 
 def _batch_row(
@@ -443,22 +529,32 @@ def _batch_row(
     return row
 
 
-def write_brewerypi(url: str, batches: pd.DataFrame, readings: pd.DataFrame) -> None:
+def write_brewerypi(
+    url: str,
+    batches: pd.DataFrame,
+    readings: pd.DataFrame,
+    units: dict[str, str] | None = None,
+) -> None:
     """Write raw tables into a new Brewery Pi database, as a brewery's cellar would have them.
 
     Used by the simulator (``brewcast simulate --to brewerypi``) and by the tests. Values
     Brewery Pi cannot store (missing readings) are left out, as a hand-entered log would.
+    ``units`` (quantity -> unit, e.g. ``{"temperature": "°F", "gravity": "SG"}``) is how the
+    brewery records: values are converted to it and its tags declare it. Lookup values are
+    the batches' own brands and strains.
     """
     engine = sa.create_engine(url)
     try:
         metadata.create_all(engine)
         with engine.begin() as conn:
-            _write(conn, batches, readings)
+            _write(conn, batches, readings, {**CANONICAL, **(units or {})})
     finally:
         engine.dispose()
 
 
-def _write(conn: sa.Connection, batches: pd.DataFrame, readings: pd.DataFrame) -> None:
+def _write(
+    conn: sa.Connection, batches: pd.DataFrame, readings: pd.DataFrame, units: dict[str, str]
+) -> None:
     conn.execute(
         Enterprise.insert(), [dict(EnterpriseId=1, Abbreviation="BC", Name="Brewcast Brewing")]
     )
@@ -466,32 +562,17 @@ def _write(conn: sa.Connection, batches: pd.DataFrame, readings: pd.DataFrame) -
         Site.insert(), [dict(SiteId=1, Abbreviation="HQ", EnterpriseId=1, Name="Main Brewery")]
     )
     conn.execute(Area.insert(), [dict(AreaId=1, Abbreviation="CEL", Name="Cellar", SiteId=1)])
+    unit_ids = {quantity: i for i, quantity in enumerate(sorted(units), start=1)}
     conn.execute(
         UnitOfMeasurement.insert(),
         [
-            dict(UnitOfMeasurementId=1, Abbreviation="°P", Name="Degrees Plato"),
-            dict(UnitOfMeasurementId=2, Abbreviation="°C", Name="Degrees Celsius"),
+            dict(UnitOfMeasurementId=i, Abbreviation=units[q], Name=f"{q} ({units[q]})")
+            for q, i in unit_ids.items()
         ],
     )
-    lookup_ids = {}
-    for lookup_id, (column, lookup_name) in enumerate(LOOKUP_COLUMNS.items(), start=1):
-        lookup_ids[column] = lookup_id
-        conn.execute(Lookup.insert(), [dict(LookupId=lookup_id, EnterpriseId=1, Name=lookup_name)])
-        vocabulary = BATCHES[column].vocabulary or ()
-        conn.execute(
-            LookupValue.insert(),
-            [
-                dict(
-                    Name=name.replace("_", " ").title(),
-                    Selectable=True,
-                    LookupId=lookup_id,
-                    Value=value,
-                )
-                for value, name in enumerate(vocabulary, start=1)
-            ],
-        )
-    conn.execute(ElementTemplate.insert(), [dict(ElementTemplateId=1, Name="Fermenter", SiteId=1)])
+    lookups = _write_lookups(conn, batches)
     attributes = {**READING_ATTRIBUTES, **BATCH_ATTRIBUTES}
+    conn.execute(ElementTemplate.insert(), [dict(ElementTemplateId=1, Name="Fermenter", SiteId=1)])
     conn.execute(
         ElementAttributeTemplate.insert(),
         [
@@ -499,7 +580,7 @@ def _write(conn: sa.Connection, batches: pd.DataFrame, readings: pd.DataFrame) -
                 ElementAttributeTemplateId=i,
                 ElementTemplateId=1,
                 Name=name,
-                LookupId=lookup_ids.get(column),
+                LookupId=lookups[column][0] if column in lookups else None,
             )
             for i, (name, column) in enumerate(attributes.items(), start=1)
         ],
@@ -509,35 +590,7 @@ def _write(conn: sa.Connection, batches: pd.DataFrame, readings: pd.DataFrame) -
         [dict(EventFrameTemplateId=1, ElementTemplateId=1, Name="Fermentation", Order=1)],
     )
     fermenters = sorted(batches["fermenter"].unique())
-    tag_id: dict[tuple[str, str], int] = {}
-    for element_id, fermenter in enumerate(fermenters, start=1):
-        conn.execute(
-            Element.insert(),
-            [dict(ElementId=element_id, ElementTemplateId=1, Name=fermenter, TagAreaId=1)],
-        )
-        for template_id, (name, column) in enumerate(attributes.items(), start=1):
-            tid = len(tag_id) + 1
-            tag_id[(fermenter, column)] = tid
-            conn.execute(
-                Tag.insert(),
-                [
-                    dict(
-                        TagId=tid,
-                        AreaId=1,
-                        Name=f"{fermenter}_{_tag_suffix(name)}",
-                        LookupId=lookup_ids.get(column),
-                        UnitOfMeasurementId=1
-                        if column == "gravity_plato"
-                        else 2
-                        if column == "temperature_c"
-                        else None,
-                    )
-                ],
-            )
-            conn.execute(
-                ElementAttribute.insert(),
-                [dict(ElementAttributeTemplateId=template_id, ElementId=element_id, TagId=tid)],
-            )
+    tag_id = _write_tags(conn, fermenters, attributes, lookups, unit_ids)
     frame_rows, value_rows = [], []
     for i, b in enumerate(batches.itertuples(index=False), start=1):
         start = _naive_utc(b.start_time)
@@ -553,23 +606,106 @@ def _write(conn: sa.Connection, batches: pd.DataFrame, readings: pd.DataFrame) -
         )
         for column in BATCH_ATTRIBUTES.values():
             value = getattr(b, column)
-            if column in LOOKUP_COLUMNS:
-                vocabulary = BATCHES[column].vocabulary or ()
-                value = vocabulary.index(value) + 1 if value in vocabulary else None
+            if column in lookups:
+                value = lookups[column][1].get(value)
+            elif column in QUANTITY_OF and value is not None and not pd.isna(value):
+                value = float(
+                    from_canonical(value, units[QUANTITY_OF[column]], QUANTITY_OF[column])
+                )
             if value is not None and not pd.isna(value):
                 value_rows.append(
                     dict(TagId=tag_id[(b.fermenter, column)], Timestamp=start, Value=float(value))
                 )
     conn.execute(EventFrame.insert(), frame_rows)
+    value_rows.extend(_reading_values(batches, readings, tag_id, units))
+    conn.execute(TagValue.insert(), value_rows)
+
+
+def _write_lookups(
+    conn: sa.Connection, batches: pd.DataFrame
+) -> dict[str, tuple[int, dict[str, int]]]:
+    """One Lookup per lookup column, holding the batches' own values: column -> (LookupId,
+    {value: LookupValue.Value})."""
+    out = {}
+    for lookup_id, (column, lookup_name) in enumerate(LOOKUP_COLUMNS.items(), start=1):
+        conn.execute(Lookup.insert(), [dict(LookupId=lookup_id, EnterpriseId=1, Name=lookup_name)])
+        values = sorted(batches[column].dropna().astype(str).unique())
+        codes = {name: code for code, name in enumerate(values, start=1)}
+        if codes:
+            conn.execute(
+                LookupValue.insert(),
+                [
+                    dict(
+                        Name=name.replace("_", " ").title(),
+                        Selectable=True,
+                        LookupId=lookup_id,
+                        Value=code,
+                    )
+                    for name, code in codes.items()
+                ],
+            )
+        out[column] = (lookup_id, codes)
+    return out
+
+
+def _write_tags(
+    conn: sa.Connection,
+    fermenters: list[str],
+    attributes: dict[str, str],
+    lookups: dict[str, tuple[int, dict[str, int]]],
+    unit_ids: dict[str, int],
+) -> dict[tuple[str, str], int]:
+    """Each fermenter's element and its tags (unit declared on gravity and temperature
+    tags); (fermenter, column) -> TagId."""
+    tag_id: dict[tuple[str, str], int] = {}
+    for element_id, fermenter in enumerate(fermenters, start=1):
+        conn.execute(
+            Element.insert(),
+            [dict(ElementId=element_id, ElementTemplateId=1, Name=fermenter, TagAreaId=1)],
+        )
+        for template_id, (name, column) in enumerate(attributes.items(), start=1):
+            tid = len(tag_id) + 1
+            tag_id[(fermenter, column)] = tid
+            quantity = QUANTITY_OF.get(column)
+            conn.execute(
+                Tag.insert(),
+                [
+                    dict(
+                        TagId=tid,
+                        AreaId=1,
+                        Name=f"{fermenter}_{_tag_suffix(name)}",
+                        LookupId=lookups[column][0] if column in lookups else None,
+                        UnitOfMeasurementId=unit_ids[quantity] if quantity else None,
+                    )
+                ],
+            )
+            conn.execute(
+                ElementAttribute.insert(),
+                [dict(ElementAttributeTemplateId=template_id, ElementId=element_id, TagId=tid)],
+            )
+    return tag_id
+
+
+def _reading_values(
+    batches: pd.DataFrame,
+    readings: pd.DataFrame,
+    tag_id: dict[tuple[str, str], int],
+    units: dict[str, str],
+) -> list[dict]:
+    """The TagValue rows of the readings, in the brewery's units."""
     fermenter_of = dict(zip(batches["batch_id"], batches["fermenter"], strict=True))
     kept = readings[readings["value"].notna() & readings["batch_id"].isin(fermenter_of)]
     tag_ids = np.array(
         [tag_id[(fermenter_of[b], t)] for b, t in zip(kept["batch_id"], kept["tag"], strict=True)],
         dtype=np.int64,
     )
+    values = kept["value"].to_numpy(dtype="float64").copy()
+    for tag, quantity in QUANTITY_OF.items():
+        mine = (kept["tag"] == tag).to_numpy()
+        if mine.any():
+            values[mine] = from_canonical(values[mine], units[quantity], quantity)
     stamps = kept["timestamp"].dt.tz_convert("UTC").dt.tz_localize(None).dt.to_pydatetime()
-    value_rows.extend(
+    return [
         dict(TagId=int(t), Timestamp=ts, Value=float(v))
-        for t, ts, v in zip(tag_ids, stamps, kept["value"].to_numpy(), strict=True)
-    )
-    conn.execute(TagValue.insert(), value_rows)
+        for t, ts, v in zip(tag_ids, stamps, values, strict=True)
+    ]
