@@ -206,6 +206,12 @@ def _log_run(settings: Settings, work: TrainingWorkdir, reports: _RunReports):
             mlflow.log_artifact(str(getattr(work, name)), artifact_path="reports")
         mlflow.log_dict(reports.calibration["threshold"], "reports/threshold_report.json")
         mlflow.log_dict(verdict, "reports/gate_verdict.json")
+        # What this model knows of the brewery: the categories it learned (the rest are
+        # out of vocabulary when served), also in the graph's metadata.
+        mlflow.log_dict(
+            {k: list(v) for k, v in work.load_preprocessing().vocabularies.items()},
+            "reports/vocabularies.json",
+        )
         if settings.paths.validation_summary.exists():
             mlflow.log_artifact(
                 str(settings.paths.validation_summary), artifact_path="reports/validation"

@@ -261,6 +261,23 @@ def _alerts_table(result: MonitoringResult) -> str:
     return rows.to_html(index=False) + f"<p>Likely causes, by slice:</p><ul>{notes}</ul>"
 
 
+def _unfamiliar(result: MonitoringResult) -> str:
+    """The drift section's second half: what the served model had not learned (new brands,
+    fermenters, strains) and how many predictions it flagged as out of its depth."""
+    rows = [
+        {"column": column, "value": value, "predictions": n}
+        for column, counts in sorted(result.new_values.items())
+        for value, n in sorted(counts.items(), key=lambda kv: -kv[1])
+    ]
+    ood = result.out_of_distribution
+    text = (
+        f"<p>{ood.get('flagged', 0)} of {ood.get('predictions', 0)} prediction(s) of the "
+        f"latest window were flagged out of distribution.</p>"
+    )
+    table = pd.DataFrame(rows).to_html(index=False) if rows else "<p>None.</p>"
+    return "<h2>New to the model (latest window)</h2>" + table + text
+
+
 def write_html(
     result: MonitoringResult,
     predictions: pd.DataFrame,
@@ -305,6 +322,7 @@ def write_html(
             "<h2>Drift (PSI vs the training reference, latest window)</h2>"
             + drifted.to_html(index=False, float_format=lambda x: f"{x:.3f}")
         )
+    parts.append(_unfamiliar(result))
     page = (
         "<!doctype html><html><head><meta charset='utf-8'><title>brewcast monitoring"
         "</title><style>body{font-family:sans-serif;margin:2em;max-width:1100px}"

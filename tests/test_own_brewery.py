@@ -137,6 +137,8 @@ def test_a_new_brewery_in_fahrenheit_and_sg_goes_through_every_stage(tmp_path):
     """Ingest, validate (nothing held back for its names or units), features, train with
     its own vocabulary, gate, register, serve over HTTP (its own brands known, a stranger
     flagged), and monitor (the stranger counted)."""
+    from pathlib import Path
+
     import httpx
 
     from application import stages
@@ -180,7 +182,21 @@ def test_a_new_brewery_in_fahrenheit_and_sg_goes_through_every_stage(tmp_path):
     assert set(learned["brand"]) <= set(batches["brand"]) and learned["brand"]
     assert all(f.startswith("FERM-") for f in learned["fermenter"])
     assert learned["yeast_strain"] == []  # the brewery records no strain: all "missing"
+    import mlflow
+
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    logged = mlflow.artifacts.load_dict(
+        f"runs:/{details['register']['run_id']}/reports/vocabularies.json"
+    )
+    assert logged == learned  # the vocabulary travels with the registered model
     assert learned["yeast_strain"] == []  # the brewery records no strain: all "missing"
+    import mlflow
+
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    logged = mlflow.artifacts.load_dict(
+        f"runs:/{details['register']['run_id']}/reports/vocabularies.json"
+    )
+    assert logged == learned  # the vocabulary travels with the registered model
 
     server, base = start_service(settings.home)
     try:
@@ -215,6 +231,8 @@ def test_a_new_brewery_in_fahrenheit_and_sg_goes_through_every_stage(tmp_path):
         "fermenter": {"tank-9": 1},
     }
     assert monitored["out_of_distribution"]["flagged"] == 2
+    report = Path(monitored["report"]).read_text()
+    assert "New to the model" in report and "a_brand_from_elsewhere" in report
 
 
 def json_of(path) -> dict:
