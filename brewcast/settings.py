@@ -36,6 +36,12 @@ class IngestSettings(BaseSettings):
     brewerypi_event_frame_template: str = Field(
         "Fermentation", description="EventFrameTemplate.Name that marks a fermentation batch."
     )
+    brewerypi_attributes: dict[str, str] = Field(
+        default_factory=dict,
+        description="Brewery Pi attribute template (or tag suffix) name -> brewcast column "
+        '(JSON), for installations that name them otherwise, e.g. {"Gravity": '
+        '"gravity_plato", "Beer": "brand"}.',
+    )
     brewerypi_units: dict[str, str] = Field(
         default_factory=dict,
         description="Brewery Pi tag name -> unit (JSON), for gravity and temperature tags "

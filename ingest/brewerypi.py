@@ -246,26 +246,44 @@ def read_brewerypi(
     end: pd.Timestamp,
     event_frame_template: str = "Fermentation",
     unit_overrides: dict[str, str] | None = None,
+    attributes: dict[str, str] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, BreweryPiReport]:
     """Batches pitched in ``[start, end)`` and readings taken in ``[start, end)``.
 
     Readings are kept when they fall inside a fermentation frame of their fermenter (frames
     that began before ``start`` included); readings outside every frame are counted and left.
     ``unit_overrides`` (tag name -> unit) wins over what the database declares, for tags
-    whose unit is missing or wrong there.
+    whose unit is missing or wrong there. ``attributes`` (the brewery's attribute template
+    or tag-suffix name -> brewcast column, e.g. ``{"Gravity": "gravity_plato"}``) names
+    what an installation calls otherwise; it wins over the default names.
     """
+    names = attribute_names(attributes or {})
     safe_url = make_url(url).render_as_string(hide_password=True)
     engine = sa.create_engine(url)
     try:
         with engine.connect() as conn:
             _check_tables(conn, safe_url)
-            return _read(conn, safe_url, start, end, event_frame_template, unit_overrides or {})
+            return _read(
+                conn, safe_url, start, end, event_frame_template, unit_overrides or {}, names
+            )
     except SQLAlchemyError as exc:
         raise BreweryPiError(
             f"Brewery Pi database {safe_url}: {exc.__class__.__name__}: {str(exc).splitlines()[0]}"
         ) from exc
     finally:
         engine.dispose()
+
+
+def attribute_names(custom: dict[str, str]) -> dict[str, str]:
+    """Attribute name -> brewcast column: the brewery's own names first, then the defaults."""
+    known = {*READING_ATTRIBUTES.values(), *BATCH_ATTRIBUTES.values()}
+    unknown = sorted(set(custom.values()) - known)
+    if unknown:
+        raise BreweryPiError(
+            f"BREWCAST_BREWERYPI_ATTRIBUTES maps to unknown column(s) {unknown}; "
+            f"columns: {sorted(known)}"
+        )
+    return {**custom, **READING_ATTRIBUTES, **BATCH_ATTRIBUTES}
 
 
 def _check_tables(conn: sa.Connection, url: str) -> None:
@@ -284,6 +302,7 @@ def _read(
     end: pd.Timestamp,
     template: str,
     unit_overrides: dict[str, str],
+    names: dict[str, str],
 ) -> tuple[pd.DataFrame, pd.DataFrame, BreweryPiReport]:
     report = BreweryPiReport()
     lo, hi = _naive_utc(start), _naive_utc(end)
@@ -323,7 +342,9 @@ def _read(
             )
         return BATCHES.empty(), READINGS.empty(), report
     report.frames = len(frames)
-    tags = _element_tags(conn, url, frames[["ElementId", "Element"]].drop_duplicates(), report)
+    tags = _element_tags(
+        conn, url, frames[["ElementId", "Element"]].drop_duplicates(), report, names
+    )
     lookups = pd.DataFrame(
         conn.execute(sa.select(LookupValue.c.LookupId, LookupValue.c.Value, LookupValue.c.Name))
         .mappings()
@@ -387,9 +408,14 @@ def _read(
 
 
 def _element_tags(
-    conn: sa.Connection, url: str, elements: pd.DataFrame, report: BreweryPiReport
+    conn: sa.Connection,
+    url: str,
+    elements: pd.DataFrame,
+    report: BreweryPiReport,
+    names: dict[str, str],
 ) -> pd.DataFrame:
-    """Per element: TagId, the brewcast column it feeds, and whether it is a reading."""
+    """Per element: TagId, the brewcast column it feeds, and whether it is a reading (the
+    first of ``names`` found per column)."""
     ea, eat = ElementAttribute, ElementAttributeTemplate
     ids = [int(e) for e in elements["ElementId"]]
     bound = pd.DataFrame(
@@ -415,7 +441,6 @@ def _element_tags(
         if pd.notna(u)
     }
     # Installations without element attributes: Brewery Pi's starter names, FV01_Plato.
-    all_attrs = {**READING_ATTRIBUTES, **BATCH_ATTRIBUTES}
     named = pd.DataFrame(
         conn.execute(
             sa.select(
@@ -451,19 +476,22 @@ def _element_tags(
             a: (t, lk)
             for a, t, lk in mine[["Attribute", "TagId", "LookupId"]].itertuples(index=False)
         }
-        report.ignored_attributes |= set(found) - set(all_attrs)
-        for attribute, column in all_attrs.items():
+        report.ignored_attributes |= set(found) - set(names)
+        fed: set[str] = set()
+        for attribute, column in names.items():
             tag = found.get(attribute) or by_name.get(f"{element}_{_tag_suffix(attribute)}")
-            if tag is None:
+            if tag is None or column in fed:
                 continue
-            kind = "reading" if attribute in READING_ATTRIBUTES else "batch"
+            fed.add(column)
+            kind = "reading" if column in READING_ATTRIBUTES.values() else "batch"
             tid = int(tag[0])
             lookup = None if pd.isna(tag[1]) else int(tag[1])
             rows.append((element_id, tid, column, kind, lookup, tag_name[tid], tag_unit.get(tid)))
         if not any(r[0] == element_id and r[2] == "gravity_plato" for r in rows):
             raise BreweryPiError(
                 f"Brewery Pi database {url}: fermenter element {element!r} has no gravity tag "
-                f"(an ElementAttribute named 'Plato' or a tag named '{element}_Plato')"
+                f"(an ElementAttribute named 'Plato' or a tag named '{element}_Plato'; name "
+                f'yours with BREWCAST_BREWERYPI_ATTRIBUTES=\'{{"Gravity": "gravity_plato"}}\')'
             )
     return pd.DataFrame(
         rows, columns=["ElementId", "TagId", "column", "kind", "LookupId", "TagName", "Unit"]

@@ -131,6 +131,7 @@ def ingest_interval(
             end,
             settings.brewerypi_event_frame_template,
             settings.brewerypi_units,
+            settings.brewerypi_attributes,
         )
         report.notes.update(
             units={column: sorted(units) for column, units in sorted(bp.units.items())},

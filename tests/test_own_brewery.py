@@ -109,6 +109,33 @@ def test_an_unknown_unit_is_an_error_naming_tag_and_unit(tmp_path, small_world):
         read_brewerypi(url, SMALL_WORLD.start, SMALL_WORLD.end)
 
 
+def test_a_brewerys_own_attribute_and_tag_names_are_mapped_in_settings(tmp_path, small_world):
+    """Tags named by the brewery ("FERM-01 SG probe") bound to attribute templates of its own
+    ("Gravity", "Temp", "Beer"): refused with a message naming the setting, read once mapped."""
+    url = f"sqlite:///{tmp_path / 'names.db'}"
+    batches, readings = renamed(small_world)
+    write_brewerypi(url, batches, readings, units=IN_FAHRENHEIT_AND_SG)
+    engine = sa.create_engine(url)
+    eat, tag = brewerypi.ElementAttributeTemplate, brewerypi.Tag
+    with engine.begin() as conn:
+        for old, new in (("Plato", "Gravity"), ("Temperature", "Temp"), ("Brand", "Beer")):
+            conn.execute(sa.update(eat).where(eat.c.Name == old).values(Name=new))
+        for tid, name in conn.execute(sa.select(tag.c.TagId, tag.c.Name)).all():
+            conn.execute(
+                sa.update(tag).where(tag.c.TagId == tid).values(Name=name.replace("_", " tag "))
+            )
+    engine.dispose()
+    with pytest.raises(BreweryPiError, match="BREWCAST_BREWERYPI_ATTRIBUTES"):
+        read_brewerypi(url, SMALL_WORLD.start, SMALL_WORLD.end)
+    mapping = {"Gravity": "gravity_plato", "Temp": "temperature_c", "Beer": "brand"}
+    got_b, got_r, _ = read_brewerypi(url, SMALL_WORLD.start, SMALL_WORLD.end, attributes=mapping)
+    assert len(got_r) == readings["value"].notna().sum()
+    assert set(got_r["tag"]) == {"gravity_plato", "temperature_c"}
+    assert set(got_b["brand"]) == set(batches["brand"])
+    with pytest.raises(BreweryPiError, match="unknown column"):
+        read_brewerypi(url, SMALL_WORLD.start, SMALL_WORLD.end, attributes={"Gravity": "sg"})
+
+
 def test_fahrenheit_read_as_celsius_is_quarantined_naming_the_likely_unit(
     settings: Settings, tmp_path, small_world
 ):
