@@ -306,36 +306,11 @@ def _read(
 ) -> tuple[pd.DataFrame, pd.DataFrame, BreweryPiReport]:
     report = BreweryPiReport()
     lo, hi = _naive_utc(start), _naive_utc(end)
-    ef, eft, el = EventFrame, EventFrameTemplate, Element
-    frames = pd.DataFrame(
-        conn.execute(
-            sa.select(
-                ef.c.EventFrameId,
-                ef.c.Name,
-                ef.c.StartTimestamp,
-                ef.c.EndTimestamp,
-                el.c.ElementId,
-                el.c.Name.label("Element"),
-            )
-            .join(eft, ef.c.EventFrameTemplateId == eft.c.EventFrameTemplateId)
-            .join(el, ef.c.ElementId == el.c.ElementId)
-            .where(
-                eft.c.Name == template,
-                ef.c.StartTimestamp < hi,
-                sa.or_(ef.c.EndTimestamp.is_(None), ef.c.EndTimestamp >= lo),
-            )
-            .order_by(ef.c.StartTimestamp)
-        )
-        .mappings()
-        .all()
-    )
+    frames = _frames(conn, lo, hi, template)
     if frames.empty:
-        if (
-            conn.execute(
-                sa.select(sa.func.count()).select_from(eft).where(eft.c.Name == template)
-            ).scalar()
-            == 0
-        ):
+        eft = EventFrameTemplate
+        count = sa.select(sa.func.count()).select_from(eft).where(eft.c.Name == template)
+        if conn.execute(count).scalar() == 0:
             raise BreweryPiError(
                 f"Brewery Pi database {url}: no EventFrameTemplate named "
                 f"{template!r} (set BREWCAST_BREWERYPI_EVENT_FRAME_TEMPLATE)"
@@ -373,28 +348,10 @@ def _read(
 
     batch_rows, reading_parts = [], []
     for frame in frames.itertuples(index=False):
-        f_end = frame.EndTimestamp if pd.notna(frame.EndTimestamp) else pd.Timestamp.max
-        mine = tv[
-            (tv["ElementId"] == frame.ElementId)
-            & (tv["Timestamp"] >= frame.StartTimestamp)
-            & (tv["Timestamp"] <= f_end)
-        ]
-        readings = mine[mine["kind"] == "reading"]
-        readings = readings[readings["Timestamp"] >= lo]
-        reading_parts.append(
-            pd.DataFrame(
-                {
-                    "batch_id": frame.Name,
-                    "tag": readings["column"],
-                    "timestamp": readings["Timestamp"],
-                    "value": readings["Value"].astype("float64"),
-                }
-            )
-        )
-        if lo <= frame.StartTimestamp < hi:
-            batch_rows.append(
-                _batch_row(frame, mine[mine["kind"] == "batch"], lookup_names, report, hi)
-            )
+        readings, batch = _frame_values(frame, tv, lookup_names, report, lo, hi)
+        reading_parts.append(readings)
+        if batch is not None:
+            batch_rows.append(batch)
     readings = pd.concat(reading_parts, ignore_index=True) if reading_parts else READINGS.empty()
     in_interval = tv[(tv["kind"] == "reading") & (tv["Timestamp"] >= lo)]
     report.readings = len(readings)
@@ -405,6 +362,100 @@ def _read(
         READINGS.conform(readings, source=f"{url} TagValue"),
         report,
     )
+
+
+def _frames(conn: sa.Connection, lo: datetime, hi: datetime, template: str) -> pd.DataFrame:
+    """The EventFrames of ``template`` open at some time in ``[lo, hi)``, with their element."""
+    ef, eft, el = EventFrame, EventFrameTemplate, Element
+    return pd.DataFrame(
+        conn.execute(
+            sa.select(
+                ef.c.EventFrameId,
+                ef.c.Name,
+                ef.c.StartTimestamp,
+                ef.c.EndTimestamp,
+                el.c.ElementId,
+                el.c.Name.label("Element"),
+            )
+            .join(eft, ef.c.EventFrameTemplateId == eft.c.EventFrameTemplateId)
+            .join(el, ef.c.ElementId == el.c.ElementId)
+            .where(
+                eft.c.Name == template,
+                ef.c.StartTimestamp < hi,
+                sa.or_(ef.c.EndTimestamp.is_(None), ef.c.EndTimestamp >= lo),
+            )
+            .order_by(ef.c.StartTimestamp)
+        )
+        .mappings()
+        .all()
+    )
+
+
+def _frame_values(
+    frame,
+    tv: pd.DataFrame,
+    lookup_names: dict[tuple[int, int], str],
+    report: BreweryPiReport,
+    lo: datetime,
+    hi: datetime,
+) -> tuple[pd.DataFrame, dict | None]:
+    """One frame's readings taken in ``[lo, hi)``, and its batch row when it was pitched then."""
+    f_end = frame.EndTimestamp if pd.notna(frame.EndTimestamp) else pd.Timestamp.max
+    mine = tv[
+        (tv["ElementId"] == frame.ElementId)
+        & (tv["Timestamp"] >= frame.StartTimestamp)
+        & (tv["Timestamp"] <= f_end)
+    ]
+    readings = mine[(mine["kind"] == "reading") & (mine["Timestamp"] >= lo)]
+    out = pd.DataFrame(
+        {
+            "batch_id": frame.Name,
+            "tag": readings["column"],
+            "timestamp": readings["Timestamp"],
+            "value": readings["Value"].astype("float64"),
+        }
+    )
+    batch = None
+    if lo <= frame.StartTimestamp < hi:
+        batch = _batch_row(frame, mine[mine["kind"] == "batch"], lookup_names, report, hi)
+    return out, batch
+
+
+def _tags(conn: sa.Connection, bound: pd.DataFrame) -> tuple[pd.DataFrame, dict[int, str | None]]:
+    """Every tag (id, name, lookup, own unit), and each tag's unit: its own, else that of
+    the attribute template it is ``bound`` through."""
+    template_unit = {
+        int(t): u
+        for t, u in zip(bound["TagId"], bound["TemplateUnitId"], strict=True)
+        if pd.notna(u)
+    }
+    named = pd.DataFrame(
+        conn.execute(
+            sa.select(
+                Tag.c.TagId,
+                Tag.c.Name,
+                Tag.c.LookupId,
+                UnitOfMeasurement.c.Abbreviation.label("Unit"),
+            ).outerjoin(
+                UnitOfMeasurement,
+                Tag.c.UnitOfMeasurementId == UnitOfMeasurement.c.UnitOfMeasurementId,
+            )
+        )
+        .mappings()
+        .all(),
+        columns=["TagId", "Name", "LookupId", "Unit"],
+    )
+    unit_names = dict(
+        conn.execute(
+            sa.select(UnitOfMeasurement.c.UnitOfMeasurementId, UnitOfMeasurement.c.Abbreviation)
+        ).all()
+    )
+    # The tag's own unit, else its attribute template's.
+    tag_unit = {
+        int(t): u if isinstance(u, str) and u.strip() else unit_names.get(template_unit.get(int(t)))
+        for t, u in zip(named["TagId"], named["Unit"], strict=True)
+    }
+    return named, tag_unit
 
 
 def _element_tags(
@@ -435,40 +486,10 @@ def _element_tags(
         .all(),
         columns=["ElementId", "Attribute", "TagId", "LookupId", "TemplateUnitId"],
     )
-    template_unit = {
-        int(t): u
-        for t, u in zip(bound["TagId"], bound["TemplateUnitId"], strict=True)
-        if pd.notna(u)
-    }
+    named, tag_unit = _tags(conn, bound)
     # Installations without element attributes: Brewery Pi's starter names, FV01_Plato.
-    named = pd.DataFrame(
-        conn.execute(
-            sa.select(
-                Tag.c.TagId,
-                Tag.c.Name,
-                Tag.c.LookupId,
-                UnitOfMeasurement.c.Abbreviation.label("Unit"),
-            ).outerjoin(
-                UnitOfMeasurement,
-                Tag.c.UnitOfMeasurementId == UnitOfMeasurement.c.UnitOfMeasurementId,
-            )
-        )
-        .mappings()
-        .all(),
-        columns=["TagId", "Name", "LookupId", "Unit"],
-    )
     by_name = {name: (tid, lid) for tid, name, lid, _ in named.itertuples(index=False)}
     tag_name = dict(zip(named["TagId"], named["Name"], strict=True))
-    unit_names = dict(
-        conn.execute(
-            sa.select(UnitOfMeasurement.c.UnitOfMeasurementId, UnitOfMeasurement.c.Abbreviation)
-        ).all()
-    )
-    # The tag's own unit, else its attribute template's.
-    tag_unit = {
-        int(t): u if isinstance(u, str) and u.strip() else unit_names.get(template_unit.get(int(t)))
-        for t, u in zip(named["TagId"], named["Unit"], strict=True)
-    }
     rows = []
     for element_id, element in elements.itertuples(index=False):
         mine = bound[bound["ElementId"] == element_id]
