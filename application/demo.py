@@ -29,6 +29,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from application import http
 from application.processes import (
     MlflowServer,
     ServerProcess,
@@ -141,30 +142,33 @@ def stop(home: Path) -> list[str]:
 
 
 class AirflowApi:
-    def __init__(self, base_url: str, user: tuple[str, str] = AIRFLOW_USER):
-        import httpx
+    """Airflow's REST API (v2) as the demo uses it, every call under ``http.AIRFLOW``."""
 
+    def __init__(self, base_url: str, user: tuple[str, str] = AIRFLOW_USER) -> None:
         self.base_url = base_url.rstrip("/")
-        token = httpx.post(
-            f"{self.base_url}/auth/token",
-            json={"username": user[0], "password": user[1]},
-            timeout=30,
-        )
-        token.raise_for_status()
-        self.client = httpx.Client(
-            base_url=f"{self.base_url}/api/v2",
+        policy = http.AIRFLOW  # read when called: tests shorten it
+        with http.Server("Airflow", self.base_url, policy) as login:
+            # idempotent by design: a token request changes nothing on the server
+            token = login.post(
+                "/auth/token",
+                json={"username": user[0], "password": user[1]},
+                idempotent=True,
+            )
+        self.server = http.Server(
+            "Airflow",
+            f"{self.base_url}/api/v2",
+            policy,
             headers={"Authorization": f"Bearer {token.json()['access_token']}"},
-            timeout=30,
         )
 
     def wait_for_dags(self, dag_ids: list[str], timeout: float = 180) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            known = {d["dag_id"] for d in self.client.get("/dags").json().get("dags", [])}
+            known = {d["dag_id"] for d in self.server.get("/dags").json().get("dags", [])}
             if set(dag_ids) <= known:
                 return
             time.sleep(2)
-        raise TimeoutError(f"Airflow did not parse {dag_ids} in {timeout:.0f} s")
+        raise TimeoutError(f"Airflow at {self.base_url} did not parse {dag_ids} in {timeout:.0f} s")
 
     def trigger(
         self,
@@ -172,19 +176,29 @@ class AirflowApi:
         start: pd.Timestamp | None = None,
         end: pd.Timestamp | None = None,
         note: str | None = None,
+        run_id: str | None = None,
     ) -> str:
-        """A manual run; with ``start``/``end`` it owns that data interval."""
+        """A manual run; with ``start``/``end`` it owns that data interval. The run id is
+        fixed before the first attempt, which makes the POST idempotent: a retry after a
+        lost answer gets 409 (that run exists), and the run it names is ours."""
         at = end or pd.Timestamp.now("UTC")
-        body: dict = {"logical_date": at.isoformat(), "note": note}
+        run_id = run_id or f"brewcast-demo__{at.isoformat()}"
+        body: dict = {"dag_run_id": run_id, "logical_date": at.isoformat(), "note": note}
         if start is not None:
             body |= {"data_interval_start": start.isoformat(), "data_interval_end": at.isoformat()}
-        response = self.client.post(f"/dags/{dag_id}/dagRuns", json=body)
-        response.raise_for_status()
+        path = f"/dags/{dag_id}/dagRuns"
+        response = self.server.post(path, json=body, idempotent=True, accept=(409,))
+        if response.status_code == 409:  # an earlier attempt created it, or another run
+            if self.server.get(f"{path}/{run_id}", accept=(404,)).status_code == 404:
+                raise http.ServerCallError(
+                    f"Airflow ({self.base_url}): POST /api/v2{path}{_during()} refused run "
+                    f"{run_id}: {response.status_code} {response.text[:300]}"
+                )
+            return run_id
         return response.json()["dag_run_id"]
 
     def runs(self, dag_id: str) -> list[dict]:
-        response = self.client.get(f"/dags/{dag_id}/dagRuns", params={"order_by": "-run_after"})
-        response.raise_for_status()
+        response = self.server.get(f"/dags/{dag_id}/dagRuns", params={"order_by": "-run_after"})
         return response.json()["dag_runs"]
 
     def wait(
@@ -215,10 +229,16 @@ class AirflowApi:
                     )
                 break
             time.sleep(3)
-        raise TimeoutError(f"{dag_id} did not finish in {timeout:.0f} s")
+        raise TimeoutError(
+            f"{dag_id} did not finish in {timeout:.0f} s (Airflow at {self.base_url}"
+            f"{_during()}); see the run in Airflow's UI"
+        )
 
     def failed_tasks(self, dag_id: str, run_id: str) -> list[str]:
-        response = self.client.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances")
+        try:
+            response = self.server.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances")
+        except http.ServerCallError as exc:  # the run's failure matters more than this
+            return [f"(task instances unavailable: {exc})"]
         return [
             t["task_id"]
             for t in response.json().get("task_instances", [])
@@ -320,6 +340,7 @@ def run(
     serving.start(timeout=300)
     _record(home, "bentoml", serving)
 
+    _step("replaying the live weeks through the service", urls["serving"])
     predictions, labels = replay_live(world, settings, urls["serving"], progress)
 
     _step("monitoring (fermentation_monitoring)")
@@ -368,6 +389,7 @@ def _start_mlflow_and_airflow(
         f"{urls['airflow']}/api/v2/monitor/health",
         demo_dir(home) / "airflow.log",
         env=env,
+        name="Airflow",
     ).start(timeout=300)
     _record(home, "airflow", airflow)
     api = AirflowApi(urls["airflow"])
@@ -408,7 +430,6 @@ def _history_through_airflow(api: AirflowApi, world: DemoWorld) -> str:
 def replay_live(world: DemoWorld, settings, serving_url: str, progress: bool) -> tuple[int, int]:
     """Post the live weeks' snapshots to ``/predict`` tick by tick, and each batch's finish to
     ``/feedback`` once it happened; (predictions, labels) sent."""
-    import httpx
     from rich.progress import Progress
 
     from ingest.simulator import simulate
@@ -423,7 +444,7 @@ def replay_live(world: DemoWorld, settings, serving_url: str, progress: bool) ->
     requests = snapshot_requests(sim.batches, sim.readings, rules, *live, outcomes)
     finishes = finish_labels(outcomes, *live)
     with (
-        httpx.Client(base_url=serving_url, timeout=60) as client,
+        http.Server("the BentoML service", serving_url, http.SERVICE) as service,
         Progress(disable=not progress, transient=True) as bar,
     ):
         ticks = list(requests.groupby("snapshot_time", sort=True))
@@ -431,16 +452,16 @@ def replay_live(world: DemoWorld, settings, serving_url: str, progress: bool) ->
         finished_at = finishes["finished_at"]
         labelled = 0  # finishes[:labelled] were sent: they happened before the current tick
         for at, rows in ticks:
-            client.post("/predict", json={"rows": records(rows)}).raise_for_status()
+            service.post("/predict", json={"rows": records(rows)})  # logs them: sent once
             happened = int((finished_at <= at).sum())
             if happened > labelled:
                 due = finishes.iloc[labelled:happened]
-                client.post("/feedback", json={"labels": records(due)}).raise_for_status()
+                service.post("/feedback", json={"labels": records(due)})  # stores: once
                 labelled = happened
             bar.advance(task)
         if labelled < len(finishes):
             rest = finishes.iloc[labelled:]
-            client.post("/feedback", json={"labels": records(rest)}).raise_for_status()
+            service.post("/feedback", json={"labels": records(rest)})
     log.info("replayed %d predictions and %d batch finishes", len(requests), len(finishes))
     return len(requests), len(finishes)
 
@@ -475,5 +496,13 @@ def _fresh_home(home: Path) -> None:
         file.unlink(missing_ok=True)
 
 
+def _during() -> str:
+    """`` during 'STEP'`` for an error message, when the demo is in a step."""
+    step = http.current_step()
+    return f" during '{step}'" if step else ""
+
+
 def _step(what: str, detail: str = "") -> None:
+    """Print the step, and name it in any error of a server call made during it."""
+    http.set_step(what)
     print(f"==> {what}{': ' + detail if detail else ''}", flush=True)

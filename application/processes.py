@@ -11,9 +11,9 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
+from application import http
 from brewcast.paths import Paths
 
 
@@ -60,8 +60,10 @@ class ServerProcess:
         log_file: Path,
         env: dict[str, str] | None = None,
         cwd: Path | None = None,
+        name: str | None = None,
     ):
         self.command, self.health_url, self.log_file = command, health_url, Path(log_file)
+        self.name = name or Path(command[0]).name  # for errors: "Airflow", "MLflow", ...
         self.env = {**os.environ, **(env or {})}
         self.cwd = cwd
         self.process: subprocess.Popen | None = None
@@ -70,7 +72,9 @@ class ServerProcess:
     def pid(self) -> int | None:
         return self.process.pid if self.process else None
 
-    def start(self, timeout: float = 120.0) -> ServerProcess:
+    def start(self, timeout: float = 120.0, probe: http.Policy = http.HEALTH) -> ServerProcess:
+        """Start the command; return once its health URL answers 200 (each ``probe`` of it
+        under that policy), or stop it and raise after ``timeout`` s."""
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_file, "ab")  # noqa: SIM115 - handed to the child process
         self.process = subprocess.Popen(
@@ -81,21 +85,23 @@ class ServerProcess:
             cwd=self.cwd,
             start_new_session=True,
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        started = time.monotonic()
+        last = "no answer yet"
+        while time.monotonic() < started + timeout:
             if self.process.poll() is not None:
                 raise RuntimeError(
-                    f"{self.command[0]} exited with {self.process.returncode}; see {self.log_file}"
+                    f"{self.name} ({self.command[0]}) exited with {self.process.returncode}; "
+                    f"see {self.log_file}"
                 )
-            try:
-                with urllib.request.urlopen(self.health_url, timeout=2) as response:
-                    if response.status == 200:
-                        return self
-            except OSError:
-                time.sleep(0.5)
+            last = http.probe(self.health_url, probe) or ""
+            if not last:
+                return self
+            time.sleep(0.5)
         self.stop()
         raise TimeoutError(
-            f"{self.health_url} not healthy after {timeout:.0f} s; see {self.log_file}"
+            f"{self.name} not healthy at {self.health_url} after {time.monotonic() - started:.0f}"
+            f" s (last probe: {last}; connect timeout {probe.connect:g} s, read {probe.read:g} s)"
+            f"; see {self.log_file}"
         )
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> None:
@@ -188,6 +194,7 @@ def bento_server(
             "BENTOML_DO_NOT_TRACK": "true",
             **env,
         },
+        name="the BentoML service",
     )
 
 
@@ -230,4 +237,5 @@ class MlflowServer(ServerProcess):
                 # the job runner adds 7 consumer processes and ~8 s of start-up; unused
                 "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
             },
+            name="MLflow",
         )

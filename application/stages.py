@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-import urllib.request
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -265,16 +264,17 @@ def notify_serving(settings: Settings | None = None) -> Manifest:
             "BREWCAST_SERVING_POLL_SECONDS"
         )
         return manifest
-    request = urllib.request.Request(
-        f"{settings.serving_url.rstrip('/')}/reload", data=b"", method="POST"
-    )
-    if settings.serving_api_key:
-        request.add_header("X-API-Key", settings.serving_api_key)
+    from application import http
+
+    headers = {"X-API-Key": settings.serving_api_key} if settings.serving_api_key else None
+    # A reload is idempotent (it loads the champion, whoever asks how often): retried.
+    policy = http.Policy(read=60.0, attempts=3)
     try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            manifest.details = {"notified": True, **json.loads(response.read())}
-    except OSError as exc:  # the service may be down; it will poll when it is back
-        log.warning("could not reach the service at %s: %s", settings.serving_url, exc)
+        with http.Server("the BentoML service", settings.serving_url, policy, headers) as server:
+            response = server.post("/reload", idempotent=True, step="notify_serving")
+            manifest.details = {"notified": True, **response.json()}
+    except http.ServerCallError as exc:  # the service may be down; it polls when it is back
+        log.warning("%s", exc)
         manifest.details["reason"] = str(exc)
         manifest.warnings.append(f"service not reached: {exc}")
     return manifest
