@@ -106,7 +106,11 @@ def ingest(
     start: Annotated[str | None, typer.Option(help="Interval start (ISO time, UTC).")] = None,
     end: Annotated[str | None, typer.Option(help="Interval end, exclusive.")] = None,
 ) -> None:
-    """Pull an interval (or the pending drop files) into the lake's raw stage."""
+    """Pull an interval (or the pending drop files) into the lake's raw stage.
+
+    Exit code 0: everything read was ingested; 1: a drop file was quarantined, or an entry
+    of the drop folder was ignored (a directory, a hidden file: named in the output);
+    2: the source cannot be read."""
     from application import stages
     from brewcast.schema import SchemaError
     from ingest.brewerypi import BreweryPiError
@@ -117,7 +121,7 @@ def ingest(
     except (IngestError, BreweryPiError, SchemaError, ValueError) as exc:
         raise _fail(str(exc)) from exc
     typer.echo(manifest.details["summary"])
-    if manifest.counts["files_rejected"]:
+    if manifest.counts["files_rejected"] or manifest.counts.get("files_ignored"):
         raise typer.Exit(1)
 
 
@@ -138,7 +142,8 @@ def validate(
 ) -> None:
     """Validate with Great Expectations: good rows to validated/, bad ones to quarantine/.
 
-    Exit code 0: everything passed; 1: some data was quarantined; 2: nothing to validate.
+    Exit code 0: nothing new failed (partitions still quarantined from earlier runs, unchanged
+    since, are reported, not re-checked); 1: new data was quarantined; 2: bad arguments.
     """
     from application import stages
 
@@ -148,6 +153,9 @@ def validate(
     manifest = stages.validate(settings, everything=everything, path=path)
     if not manifest.read:
         typer.echo("nothing new to validate (use --all to re-validate everything)")
+        still = manifest.details.get("still_quarantined") or []
+        if still:
+            typer.echo(f"still quarantined (unchanged since, not a new failure): {len(still)}")
         return
     typer.echo(manifest.details["summary"])
     if not manifest.details["success"]:

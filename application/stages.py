@@ -78,8 +78,11 @@ def ingest(
             "reading_rows": report.readings,
             "files_written": len(report.files_written),
             "files_rejected": len(report.rejected),
+            "files_ignored": len(report.ignored),
+            "files_unchanged": len(report.unchanged),
         },
-        warnings=[f"rejected {name}: {why}" for name, why in report.rejected.items()],
+        warnings=[f"rejected {name}: {why}" for name, why in report.rejected.items()]
+        + [f"ignored {name}: {why}" for name, why in report.ignored.items()],
         details={"source": report.source, "summary": report.summary(), **report.notes},
     )
 
@@ -104,6 +107,7 @@ def _validation_manifest(stage: str, run) -> Manifest:
             "failures": failures,
             "new_values": run.new_values(),
             "data_docs": run.data_docs,
+            "still_quarantined": run.still_quarantined,
             "summary": run.summary(),
         },
     )

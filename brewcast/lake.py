@@ -35,8 +35,9 @@ from brewcast.schema import TABLES, Table
 T = TypeVar("T")
 R = TypeVar("R")
 
-Stage = Literal["raw", "validated", "quarantine", "features"]
-STAGES: tuple[str, ...] = ("raw", "validated", "quarantine", "features")
+Stage = Literal["raw", "validated", "quarantine", "features", "history"]
+#: ``history`` keeps raw rows a later delivery corrected (:func:`land`): never read as data.
+STAGES: tuple[str, ...] = ("raw", "validated", "quarantine", "features", "history")
 
 
 def table_dir(lake_dir: Path, stage: str, table: Table | str) -> Path:
@@ -222,6 +223,20 @@ def partition_of(path: Path) -> tuple[str, str]:
     return date, path.name.removeprefix("part-").removesuffix(".parquet")
 
 
+#: The most characters of one value a reason or report echoes: a 50 MB cell must not make a
+#: 50 MB reason file (nor a summary that every run and MLflow run carries).
+MAX_VALUE_CHARS = 200
+#: The most characters of a whole reason text (a message that quotes several values).
+MAX_REASON_CHARS = 2000
+
+
+def clip(value: object, limit: int = MAX_VALUE_CHARS) -> object:
+    """``value`` with a string longer than ``limit`` cut, saying how long it was."""
+    if isinstance(value, str) and len(value) > limit:
+        return f"{value[:limit]}… [{len(value)} characters]"
+    return value
+
+
 #: The column that quarantined rows carry: why each row was held back.
 REASONS_COLUMN = "quarantine_reasons"
 #: The reason file's field that says a partition's verdict can change while its source file
@@ -279,13 +294,41 @@ def write_outputs(
 
 def needs_validation(lake_dir: Path, source: Path, table: Table | str, publish_stage: str) -> bool:
     """Whether the partition file ``source`` (in the raw stage) must be validated (again):
-    it changed since its outputs were written, or it has none in ``publish_stage`` (every
-    row is held back), or its quarantined rows asked to be retried (:data:`RETRY_FIELD`)."""
+    it changed since its outputs were written (or has none), or its quarantined rows asked
+    to be retried (:data:`RETRY_FIELD`). A partition held back whole and unchanged since is
+    not: checking it again costs a run and can only give the same verdict."""
     outputs = Outputs.of(lake_dir, publish_stage, table, *partition_of(source))
-    if wants_retry(outputs.reason):
-        return True
-    published = outputs.published
-    return not (published.exists() and published.stat().st_mtime_ns >= source.stat().st_mtime_ns)
+    return wants_retry(outputs.reason) or validated_at(lake_dir, source, outputs) is None
+
+
+def validated_at(lake_dir: Path, source: Path, outputs: Outputs) -> int | None:
+    """When ``source``'s latest outputs were written (ns), or None when it has none newer
+    than itself: its published or quarantined rows, or its copy in ``quarantine/files``."""
+    stamps = [
+        p.stat().st_mtime_ns
+        for p in (outputs.published, outputs.reason, file_reason(lake_dir, source))
+        if p.exists()
+    ]
+    newest = max(stamps, default=None)
+    return newest if newest is not None and newest >= source.stat().st_mtime_ns else None
+
+
+def still_quarantined(lake_dir: Path, source: Path, table: Table | str, stage: str) -> bool:
+    """Whether an up-to-date ``source`` holds rows back (or was quarantined whole)."""
+    outputs = Outputs.of(lake_dir, stage, table, *partition_of(source))
+    return outputs.reason.exists() or file_reason(lake_dir, source).exists()
+
+
+def file_reason(lake_dir: Path, source: Path) -> Path:
+    """The reason file a lake file quarantined whole gets (:func:`quarantine_file`)."""
+    target = _lake_copy(lake_dir, source)
+    return target.with_name(target.name + ".reason.json")
+
+
+def _lake_copy(lake_dir: Path, source: Path) -> Path:
+    lake_root = Path(lake_dir).resolve()
+    name = "__".join((source.parent.resolve() / source.name).relative_to(lake_root).parts)
+    return Path(lake_dir) / "quarantine" / "files" / name
 
 
 def wants_retry(reason: Path) -> bool:
@@ -301,6 +344,88 @@ def wants_retry(reason: Path) -> bool:
     return not isinstance(report, dict) or bool(report.get(RETRY_FIELD, True))
 
 
+@dataclass
+class Landed:
+    """What :func:`land` did with a delivery: the files it wrote, the rows it skipped as
+    already in the lake (same key, same values), and the rows it corrected."""
+
+    written: list[Path]
+    rows: int = 0
+    repeated: int = 0
+    corrected: int = 0
+
+
+def land(frame: pd.DataFrame, table: Table, lake_dir: Path, label: str) -> Landed:
+    """Write a delivery (conformed) into the raw stage by the re-delivery rule: a row whose
+    key another raw file holds with the same values is skipped (a re-delivery is a no-op);
+    one with other values is a correction: the newest delivery wins, and the older row
+    leaves its file for ``history/`` (``history_reason`` ``superseded``). So one key is in
+    one raw file, and validation never sees it twice. The delivery's own earlier files
+    (``label``) are simply replaced."""
+    older = _older_rows(frame, table, lake_dir, label)
+    if older.empty:
+        return Landed(write_partitions(frame, table, lake_dir, "raw", label), len(frame))
+    key, values = list(table.key), [c for c in table.names if c not in table.key]
+    both = frame.reset_index().merge(older, on=key, how="inner", suffixes=("", "_old"))
+    same = pd.Series(True, index=both.index)
+    for c in values:
+        a, b = both[c], both[f"{c}_old"]
+        same &= (a == b).fillna(False).astype(bool) | (a.isna() & b.isna())
+    repeated = both.loc[same, "index"].unique()
+    changed = both.loc[~same]
+    keep = frame.drop(index=repeated)
+    if len(changed):
+        stale = older.merge(changed[key].drop_duplicates(), on=key)
+        _supersede(stale, table, lake_dir, label)
+    written = write_partitions(keep, table, lake_dir, "raw", label)
+    return Landed(written, len(keep), len(repeated), int(changed["index"].nunique()))
+
+
+def _older_rows(frame: pd.DataFrame, table: Table, lake_dir: Path, label: str) -> pd.DataFrame:
+    """The rows of other raw files with a key of ``frame``, with their file (``_file``)."""
+    when = table.partition_by
+    dates = sorted(set(frame[when].dt.strftime("%Y-%m-%d"))) if when in table.key else None
+    files = [
+        f for f in partition_files(lake_dir, "raw", table, dates) if partition_of(f)[1] != label
+    ]
+    if not files or frame.empty:
+        return pd.DataFrame()
+    schema = table.arrow_schema()
+    pieces = [
+        table.conform(read_file(f, schema).to_pandas(), str(f)).assign(_file=str(f)) for f in files
+    ]
+    keys = frame[list(table.key)].drop_duplicates()
+    return pd.concat(pieces, ignore_index=True).merge(keys, on=list(table.key))
+
+
+def _supersede(stale: pd.DataFrame, table: Table, lake_dir: Path, label: str) -> None:
+    """Move the ``stale`` rows (with ``_file``) out of their raw files into ``history/``;
+    a raw file left empty goes with its outputs (nothing of it is valid any more)."""
+    now = pd.Timestamp.now("UTC").isoformat()
+    kept = stale.drop(columns="_file").assign(
+        history_reason="superseded", superseded_by=label, superseded_at=now, raw_file=stale["_file"]
+    )
+    days = kept[table.partition_by].dt.strftime("%Y-%m-%d")
+    for date, rows in kept.groupby(days, sort=True):
+        final = table_dir(lake_dir, "history", table) / f"date={date}" / f"part-{label}.parquet"
+        write_file(final, pa.Table.from_pandas(rows, preserve_index=False))
+    schema = table.arrow_schema()
+    for name, rows in stale.groupby("_file", sort=True):
+        path = Path(str(name))
+        current = table.conform(read_file(path, schema).to_pandas(), str(path))
+        marked = current.merge(
+            rows[list(table.key)], on=list(table.key), how="left", indicator=True
+        )
+        left = current[(marked["_merge"] == "left_only").to_numpy()]
+        if len(left):
+            write_file(path, pa.Table.from_pandas(left, schema=schema, preserve_index=False))
+            continue
+        path.unlink()
+        out = Outputs.of(lake_dir, "validated", table, *partition_of(path))
+        for old in (out.published, out.quarantined, out.reason):
+            old.unlink(missing_ok=True)
+
+
 def quarantine_file(lake_dir: Path, path: Path, reason: str, move: bool = True) -> Path:
     """Keep a file that cannot be read as a table, byte for byte, with a JSON reason, in
     ``quarantine/files/``. Moves it (a drop file) or copies it (a lake file).
@@ -309,18 +434,23 @@ def quarantine_file(lake_dir: Path, path: Path, reason: str, move: bool = True) 
     holds files of the same names; quarantining it again replaces its own copy), and a drop
     file whose name is already there gets a numbered one (the same name dropped twice)."""
     folder = Path(lake_dir) / "quarantine" / "files"
-    source, lake_root = path.resolve(), Path(lake_dir).resolve()
+    source, lake_root = path.parent.resolve() / path.name, Path(lake_dir).resolve()
     if source.is_relative_to(lake_root):
-        target = folder / "__".join(source.relative_to(lake_root).parts)
+        target = _lake_copy(lake_dir, path)
     else:
         target, n = folder / path.name, 1
         while target.exists():
             n += 1
             target = folder / f"{path.stem}-{n}{path.suffix}"
     target.parent.mkdir(parents=True, exist_ok=True)
-    (shutil.move if move else shutil.copy2)(str(path), target)
-    write_text(
-        target.with_name(target.name + ".reason.json"),
-        json.dumps({"file": path.name, "from": str(path), "reason": reason}, indent=2),
-    )
+    facts = {"file": path.name, "from": str(path), "reason": clip(reason, MAX_REASON_CHARS)}
+    if path.is_symlink():  # keep the bytes it points to, never the link (nor move its target)
+        facts["symlink_to"] = os.readlink(path)
+        if path.exists():
+            shutil.copyfile(path, target)
+        if move:
+            path.unlink()
+    else:
+        (shutil.move if move else shutil.copy2)(str(path), target)
+    write_text(target.with_name(target.name + ".reason.json"), json.dumps(facts, indent=2))
     return target

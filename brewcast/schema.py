@@ -149,6 +149,11 @@ _PANDAS_DTYPES = {
 }
 
 
+def _clip(text: str, limit: int = 200) -> str:
+    """A value quoted in an error, cut: a 50 MB cell must not become a 50 MB reason."""
+    return text if len(text) <= limit else f"{text[:limit]}… [{len(text)} characters]"
+
+
 def _cast(series: pd.Series, col: Column) -> pd.Series:
     nullable_int = col.dtype == "int64" and col.nullable
     if series.dtype == _PANDAS_DTYPES["nullable int64" if nullable_int else col.dtype]:
@@ -158,7 +163,7 @@ def _cast(series: pd.Series, col: Column) -> pd.Series:
             numeric = pd.to_numeric(series, errors="coerce")
             bad = numeric.isna() & series.notna() & (series.astype(str).str.strip() != "")
             if bad.any():
-                examples = series[bad].astype(str).unique()[:3].tolist()
+                examples = [_clip(e) for e in series[bad].astype(str).unique()[:3]]
                 raise ValueError(f"{int(bad.sum())} non-numeric value(s), e.g. {examples}")
             series = numeric
         return series.astype("float64")

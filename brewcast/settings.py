@@ -53,6 +53,12 @@ class IngestSettings(BaseSettings):
         "hydrometer exports carry (a Tilt CSV's Timepoint, a batch record's start date); "
         "ingest says in its report which zone it applied.",
     )
+    naive_timestamps: Literal["refuse", "local"] = Field(
+        "refuse",
+        description="brewcast's own CSV/Parquet drop files must give timestamps with an "
+        "offset (2026-01-01T06:00:00+01:00); a file with naive ones is quarantined ('refuse') "
+        "or read in BREWCAST_LOCAL_TIMEZONE and reported ('local').",
+    )
     brix_wort_correction: float | None = Field(
         None,
         gt=0,
@@ -117,6 +123,16 @@ class ValidationSettings(BaseSettings):
     )
     max_gravity_rise_plato: float = Field(
         1.0, description="Gravity never rises; a rise above this between readings is a typo."
+    )
+    max_gravity_cumulative_rise_plato: float = Field(
+        2.0,
+        description="A rise above the batch's lowest earlier gravity by more than this is a "
+        "failure, however small each step (a slow creep passes the per-step rule).",
+    )
+    max_gravity_dip_plato: float = Field(
+        3.0,
+        description="A gravity reading this far below both its neighbours (a field cut "
+        "short: 18.0 read as 1) is a failure; a fermentation never dips and recovers.",
     )
     future_tolerance_minutes: float = Field(
         10.0, description="Clock skew allowed before a timestamp counts as in the future."
@@ -227,6 +243,12 @@ class ServingSettings(BaseSettings):
     )
     serving_api_key: str | None = Field(
         None, description="When set, /predict, /feedback and /reload need header X-API-Key."
+    )
+    serving_open_metadata: bool = Field(
+        False, description="Answer GET /metadata without X-API-Key even when a key is set."
+    )
+    serving_max_json_depth: int = Field(
+        8, ge=3, description="Deepest JSON nesting a request body may have (400 beyond)."
     )
     serving_poll_seconds: float = Field(
         30.0, description="How often the service checks MLflow for a new champion (0: never)."

@@ -39,6 +39,8 @@ COMPANION_SUFFIX = "_batch.json"
 #: The Tilt app's Excel serial days count from this date (``DEVICES.md`` §3).
 EXCEL_ORIGIN = pd.Timestamp("1899-12-30")
 _TIME_WITH_ZONE = re.compile(r"(?:Z|[+-]\d\d:?\d\d)$")
+#: A timestamp that says its offset (ends in Z or +hh:mm): brewcast's own files need one.
+TIME_WITH_ZONE = _TIME_WITH_ZONE
 
 #: Which units each quantity column saw: {tag or batch column: {unit, ...}}.
 UnitsSeen = dict[str, set[str]]

@@ -9,13 +9,17 @@
 Raw data lands in ``lake/raw`` with files named after the interval or the source file, so
 re-running an ingest replaces its own files and never duplicates rows. A drop file that
 cannot be read is moved to ``lake/quarantine/files/`` untouched, next to a JSON reason;
-nothing of it reaches the raw stage.
+nothing of it reaches the raw stage. Every entry of the drop folder is ingested,
+quarantined with a reason, or reported as ignored (a directory, a hidden file). A drop
+file's rows follow the lake's re-delivery rule (:func:`brewcast.lake.land`): rows the lake
+already holds are skipped, changed ones correct the older delivery.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,8 +28,9 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 
-from brewcast.lake import part_label, quarantine_file, write_partitions
+from brewcast.lake import clip, land, part_label, quarantine_file, write_partitions
 from brewcast.schema import BATCHES, READINGS, SchemaError, Table
 from brewcast.settings import Settings
 from brewcast.units import CANONICAL, QUANTITY_OF, UnitError, from_canonical, parse_unit
@@ -50,6 +55,10 @@ class IngestReport:
     files_written: list[Path] = field(default_factory=list)
     accepted: list[str] = field(default_factory=list)
     rejected: dict[str, str] = field(default_factory=dict)  # drop file -> reason
+    #: Drop folder entries left where they are, and why (a directory, a hidden file).
+    ignored: dict[str, str] = field(default_factory=dict)
+    #: Accepted drop files whose every row the lake already held: a no-op re-delivery.
+    unchanged: list[str] = field(default_factory=list)
     notes: dict[str, object] = field(default_factory=dict)
 
     def summary(self) -> str:
@@ -57,10 +66,17 @@ class IngestReport:
             f"{self.source}: {self.batches} batch rows, {self.readings} reading rows, "
             f"{len(self.files_written)} partition file(s) written"
         )
-        if self.accepted or self.rejected:
-            text += f"; {len(self.accepted)} file(s) accepted, {len(self.rejected)} rejected"
+        if self.accepted or self.rejected or self.ignored:
+            text += (
+                f"; {len(self.accepted)} file(s) accepted, {len(self.rejected)} rejected, "
+                f"{len(self.ignored)} ignored"
+            )
         for name, why in self.rejected.items():
             text += f"\n  rejected {name}: {why}"
+        for name, why in self.ignored.items():
+            text += f"\n  ignored {name}: {why}"
+        for name in self.unchanged:
+            text += f"\n  unchanged {name}: every row already in the lake: nothing new"
         for key, value in self.notes.items():
             text += f"\n  {key}: {value}"
         return text
@@ -229,11 +245,13 @@ def load_folder_units(folder: Path) -> dict[str, str]:
     return dict(mapping)
 
 
-def _read_table_file(path: Path) -> pd.DataFrame:
+def _read_table_file(path: Path) -> tuple[pd.DataFrame, pa.Schema | None]:
+    """A brewcast drop file as a frame (CSV: all strings), and its Arrow schema (Parquet)."""
     try:
         if path.suffix.lower() == ".csv":
-            return pd.read_csv(path, dtype=str, keep_default_na=True)
-        return pd.read_parquet(path)
+            return pd.read_csv(path, dtype=str, keep_default_na=True), None
+        arrow = pq.read_table(path)
+        return arrow.to_pandas(), arrow.schema
     except (
         pd.errors.ParserError,
         pd.errors.EmptyDataError,
@@ -244,18 +262,83 @@ def _read_table_file(path: Path) -> pd.DataFrame:
         raise SchemaError(f"{path.name}: unreadable {path.suffix} file: {exc}") from exc
 
 
+#: Which Arrow types hold each schema dtype in a Parquet drop file: a bool column where a
+#: number is expected (True read as 1.0) or numbers where a bool is, is refused, not cast.
+_ARROW_KINDS = {
+    "float64": (pa.types.is_floating, pa.types.is_integer, pa.types.is_decimal),
+    "int64": (pa.types.is_integer,),
+    "string": (pa.types.is_string, pa.types.is_large_string, pa.types.is_dictionary),
+    "timestamp": (pa.types.is_timestamp, pa.types.is_date),
+    "bool": (pa.types.is_boolean,),
+}
+
+
+def _check_arrow_kinds(name: str, schema: pa.Schema, table: Table) -> None:
+    """Refuse a Parquet column whose Arrow type is not its schema dtype's kind."""
+    wrong = [
+        f"{f.name!r} is {f.type}, not {table[f.name].dtype}"
+        for f in schema
+        if f.name in table.names
+        and not pa.types.is_null(f.type)
+        and not any(kind(f.type) for kind in _ARROW_KINDS[table[f.name].dtype])
+    ]
+    if wrong:
+        raise SchemaError(f"{name}: column(s) of the wrong type: {'; '.join(wrong)}")
+
+
+def _naive_times(
+    name: str, raw: pd.DataFrame, converted: pd.DataFrame, table: Table, policy: str, zone: str
+) -> bool:
+    """Timestamps without a UTC offset in brewcast's own file: refused (``policy`` refuse),
+    or read in ``zone`` into ``converted`` (``local``). Whether any was naive."""
+    found = False
+    for col in (c for c in table.columns if c.dtype == "timestamp" and c.name in raw):
+        values = raw[col.name]
+        if pd.api.types.is_datetime64_any_dtype(values.dtype):
+            naive = values.notna() if values.dt.tz is None else pd.Series(False, values.index)
+        else:
+            text = values.astype("string").str.strip()
+            aware = text.str.contains(devices.TIME_WITH_ZONE, na=False)
+            naive = (text.notna() & (text != "") & ~aware).fillna(False).astype(bool)
+        if not naive.any():
+            continue
+        if policy != "local":
+            example = clip(str(values[naive].iloc[0]))
+            raise SchemaError(
+                f"{name}: {int(naive.sum())} {col.name!r} value(s) without a UTC offset "
+                f"(e.g. {example!r}): write them with one (2026-01-01T06:00:00+01:00), or set "
+                f"BREWCAST_NAIVE_TIMESTAMPS=local to read them in BREWCAST_LOCAL_TIMEZONE"
+            )
+        text = values
+        if pd.api.types.is_datetime64_any_dtype(values.dtype):  # naive Parquet timestamps
+            text = values.dt.strftime("%Y-%m-%dT%H:%M:%S.%f").where(values.notna())
+        local, _ = devices.local_times(text, devices.zone_of(zone), name)
+        converted[col.name] = local.to_numpy()
+        found = True
+    return found
+
+
 def read_drop_tables(
     path: Path,
     units: Mapping[str, str] | None = None,
     brix_correction: float | None = None,
     zone: str = "UTC",
     companions: Sequence[Path] = (),
+    naive: str = "refuse",
 ) -> DropRead:
     """Read one drop file, recognised by its content: a hydrometer export (two tables) or
     one of brewcast's tables, conformed and in canonical units. ``units`` is the folder's
     ``units.json`` (for files without a ``unit`` column); ``zone`` the local time zone of
-    naive timestamps; ``companions`` the batch histories that may describe a JSON-lines log.
+    naive timestamps; ``companions`` the batch histories that may describe a JSON-lines log;
+    ``naive`` what a brewcast file's timestamps without offset get (refuse | local).
     Raises :class:`SchemaError` saying what is wrong."""
+    if path.suffix.lower() not in DROP_SUFFIXES:
+        raise SchemaError(
+            f"{path.name}: unsupported file type {path.suffix or '(no suffix)'}: the drop "
+            f"folder takes {', '.join(DROP_SUFFIXES)} (unpack a compressed file first)"
+        )
+    if path.is_symlink() and not path.exists():
+        raise SchemaError(f"{path.name}: a dangling symlink (to {os.readlink(path)})")
     if path.stat().st_size == 0:
         raise SchemaError(f"{path.name}: file is empty")
     kind = devices.sniff(path)
@@ -278,8 +361,10 @@ def read_drop_tables(
             f"{path.name}: not a recognised hydrometer export (RabbitFarmer JSON lines of "
             f"sample events, or a *{devices.COMPANION_SUFFIX} batch history beside one)"
         )
-    frame = _read_table_file(path)
+    frame, arrow_schema = _read_table_file(path)
     table = identify_table(path, [c for c in frame.columns if c != "unit"])
+    if arrow_schema is not None:
+        _check_arrow_kinds(path.name, arrow_schema, table)
     if table is READINGS:
         own = {} if "unit" in frame.columns else (units or {})
         converted, seen = devices.convert_readings(frame, path.name, own, brix_correction)
@@ -290,7 +375,8 @@ def read_drop_tables(
         )
     else:
         converted, seen = devices.convert_batches(frame, path.name, units or {}, brix_correction)
-    return DropRead([(table, converted)], seen)
+    local = _naive_times(path.name, frame.reset_index(drop=True), converted, table, naive, zone)
+    return DropRead([(table, converted)], seen, local_times=local)
 
 
 def read_drop_file(
@@ -310,12 +396,25 @@ def read_drop_file(
     return read.tables[0]
 
 
-def _pending(drop: Path) -> list[Path]:
-    return sorted(
-        p
-        for p in drop.iterdir()
-        if p.is_file() and p.suffix.lower() in DROP_SUFFIXES and p.name != UNITS_FILE
-    )
+def _scan(drop: Path) -> tuple[list[Path], dict[str, str]]:
+    """The drop folder's entries to read, oldest delivery first (by modification time: the
+    newest delivery of a key wins), and those left in place with why. ``units.json`` and
+    ``processed/`` are the folder's own; any other entry is one or the other, never
+    skipped silently (an unsupported type is read, and so quarantined with its reason)."""
+    pending, ignored = [], {}
+    for entry in sorted(drop.iterdir()):
+        if entry.name == UNITS_FILE or (entry.name == "processed" and not entry.is_symlink()):
+            continue
+        if entry.name.startswith("."):
+            ignored[entry.name] = "a hidden file (an upload in progress?): not read"
+        elif entry.is_dir():
+            ignored[entry.name] = "a directory: drop files, not folders"
+        elif entry.is_file() or entry.is_symlink():  # a dangling link is refused with a reason
+            pending.append(entry)
+        else:
+            ignored[entry.name] = "not a regular file"
+    pending.sort(key=lambda p: (p.lstat().st_mtime_ns, p.name))
+    return pending, ignored
 
 
 def ingest_drop_folder(settings: Settings) -> IngestReport:
@@ -332,28 +431,25 @@ def ingest_drop_folder(settings: Settings) -> IngestReport:
         units = load_folder_units(drop)
     except (ValueError, SchemaError) as exc:  # the folder's settings: nothing is touched
         raise IngestError(f"drop folder {drop}: {exc}") from exc
-    pending = _pending(drop)
-    companions = [p for p in pending if devices.is_companion(p)]
+    pending, report.ignored = _scan(drop)
+    companions = [p for p in pending if devices.is_companion(p) and p.is_file()]
     seen: devices.UnitsSeen = {}
     local, consumed, kinds, device_notes = [], set(), {}, []
-    for path in (p for p in pending if not devices.is_companion(p)):
+    for path in (p for p in pending if p not in companions):
         try:
             read = read_drop_tables(
-                path, units, settings.brix_wort_correction, settings.local_timezone, companions
+                path,
+                units,
+                settings.brix_wort_correction,
+                settings.local_timezone,
+                companions,
+                settings.naive_timestamps,
             )
         except SchemaError as exc:
             quarantine_file(settings.paths.lake, path, str(exc))
             report.rejected[path.name] = str(exc)
             continue
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
-        for table, frame in read.tables:
-            report.files_written += write_partitions(
-                frame, table, settings.paths.lake, "raw", part_label("drop", path.stem, digest)
-            )
-            if table is BATCHES:
-                report.batches += len(frame)
-            else:
-                report.readings += len(frame)
+        _land(settings, report, path, read)
         for column, names in read.units.items():
             seen.setdefault(column, set()).update(names)
         local += [path.name] if read.local_times else []
@@ -370,6 +466,28 @@ def ingest_drop_folder(settings: Settings) -> IngestReport:
     if waiting:
         report.notes["waiting"] = f"batch histories without their log yet: {waiting}"
     return report
+
+
+def _land(settings: Settings, report: IngestReport, path: Path, read: DropRead) -> None:
+    """One read drop file into the raw stage by the lake's re-delivery rule, counted."""
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    label = part_label("drop", path.stem, digest)
+    counts = {"repeated": 0, "corrected": 0}
+    for table, frame in read.tables:
+        landed = land(frame, table, settings.paths.lake, label)
+        report.files_written += landed.written
+        counts["repeated"] += landed.repeated
+        counts["corrected"] += landed.corrected
+        if table is BATCHES:
+            report.batches += landed.rows
+        else:
+            report.readings += landed.rows
+    counts = {k: n for k, n in counts.items() if n}
+    if counts:
+        report.notes.setdefault("redelivered", {})[path.name] = counts  # type: ignore[union-attr]
+    total = sum(len(frame) for _, frame in read.tables)
+    if total and counts.get("repeated", 0) == total:
+        report.unchanged.append(path.name)
 
 
 def _drop_notes(
@@ -395,9 +513,20 @@ def _drop_notes(
 
 
 def _move(path: Path, folder: Path) -> Path:
+    """Move a processed drop file into ``folder``. A symlink leaves its target alone: the
+    bytes it points to are copied. An earlier original of the same name is never
+    overwritten: a file of other content gets its content hash in its name."""
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / path.name
-    shutil.move(str(path), target)
+    if target.exists():
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+        if hashlib.sha256(target.read_bytes()).hexdigest()[:12] != digest:
+            target = folder / f"{path.stem}.{digest}{path.suffix}"
+    if path.is_symlink():
+        shutil.copyfile(path, target)
+        path.unlink()
+    else:
+        shutil.move(str(path), target)
     return target
 
 

@@ -18,10 +18,20 @@ HOURS_AFTER_PITCH = "check_hours_after_pitch"
 HOURS_AFTER_END = "check_hours_after_end"
 HOURS_IN_FUTURE = "check_hours_in_future"
 GRAVITY_RISE = "check_gravity_rise_plato"
+GRAVITY_RISE_SINCE_MIN = "check_gravity_rise_since_min_plato"
+GRAVITY_DIP = "check_gravity_dip_plato"
 LIKELY_UNIT = "check_likely_unit"
 
 CHECK_COLUMNS: dict[str, tuple[str, ...]] = {
-    "readings": (HOURS_AFTER_PITCH, HOURS_AFTER_END, HOURS_IN_FUTURE, GRAVITY_RISE, LIKELY_UNIT),
+    "readings": (
+        HOURS_AFTER_PITCH,
+        HOURS_AFTER_END,
+        HOURS_IN_FUTURE,
+        GRAVITY_RISE,
+        GRAVITY_RISE_SINCE_MIN,
+        GRAVITY_DIP,
+        LIKELY_UNIT,
+    ),
     "batches": (HOURS_IN_FUTURE,),
     "features": (),
 }
@@ -37,12 +47,14 @@ def add_checks(
     now: pd.Timestamp,
     batches: pd.DataFrame | None = None,
     previous_gravity: pd.DataFrame | None = None,
+    dip_bound: float = float("inf"),
 ) -> pd.DataFrame:
     """``frame`` plus the check columns of ``table`` (a fresh RangeIndex: row numbers).
 
     ``batches`` gives readings their batch window; ``previous_gravity`` (batch_id,
     timestamp, value) gives each batch's last earlier gravity reading already validated,
-    so a rise across partition files is still seen.
+    so a rise across partition files is still seen. Readings that dip more than
+    ``dip_bound`` below both neighbours are left out as neighbours of the rise checks.
     """
     out = frame.reset_index(drop=True).copy()
     if table is READINGS:
@@ -56,25 +68,23 @@ def add_checks(
         out[HOURS_AFTER_END] = _hours(out["timestamp"] - end)
         out[HOURS_IN_FUTURE] = _hours(out["timestamp"] - now)
         in_window = (out[HOURS_AFTER_PITCH] >= 0) & ~(out[HOURS_AFTER_END] > 0)
-        out[GRAVITY_RISE] = gravity_rise(out, previous_gravity, in_window)
+        out[GRAVITY_DIP] = gravity_dip(out, previous_gravity, in_window)
+        # A dip (a truncated value) is flagged by its own rule; as a neighbour it would make
+        # the next good reading look like a rise and drag the running minimum down.
+        steady = in_window & ~(out[GRAVITY_DIP] > dip_bound)
+        out[GRAVITY_RISE] = gravity_rise(out, previous_gravity, steady)
+        out[GRAVITY_RISE_SINCE_MIN] = gravity_rise(out, previous_gravity, steady, since_min=True)
         out[LIKELY_UNIT] = likely_units(out, previous_gravity)
     elif table is BATCHES:
         out[HOURS_IN_FUTURE] = _hours(out["start_time"] - now)
     return out
 
 
-def gravity_rise(
-    readings: pd.DataFrame,
-    previous: pd.DataFrame | None = None,
-    candidates: pd.Series | None = None,
-) -> pd.Series:
-    """Per gravity reading: its value minus the batch's previous plausible gravity reading.
-
-    Implausible values (outside the schema range, missing, or not ``candidates``, e.g.
-    outside the batch window) are skipped as neighbours, so a single bad reading is flagged
-    once (by its own check) and does not make its successor look like a rise. Rows that are
-    not gravity readings, or have no predecessor, get NaN.
-    """
+def _gravity_sequence(
+    readings: pd.DataFrame, previous: pd.DataFrame | None, candidates: pd.Series | None
+) -> pd.DataFrame:
+    """The plausible gravity readings of ``readings`` (``_own``) and ``previous`` per batch,
+    in time order: the neighbours the context checks compare a reading with."""
     low, high = READING_VALUE_RANGES["gravity_plato"]
     is_gravity = readings["tag"] == "gravity_plato"
     plausible = is_gravity & readings["value"].between(low, high)
@@ -83,12 +93,51 @@ def gravity_rise(
     seq = readings.loc[plausible, ["batch_id", "timestamp", "value"]].assign(_own=True)
     if previous is not None and len(previous):
         seq = pd.concat([previous[["batch_id", "timestamp", "value"]].assign(_own=False), seq])
-    seq = seq.sort_values(["batch_id", "timestamp"], kind="mergesort")
-    rise = seq["value"] - seq.groupby("batch_id", sort=False)["value"].shift(1)
+    return seq.sort_values(["batch_id", "timestamp"], kind="mergesort")
+
+
+def _own_values(readings: pd.DataFrame, seq: pd.DataFrame, values: pd.Series) -> pd.Series:
     own = seq["_own"].to_numpy(dtype=bool)
     out = pd.Series(np.nan, index=readings.index, dtype="float64")
-    out.loc[seq.index[own]] = rise.to_numpy()[own]
+    out.loc[seq.index[own]] = values.to_numpy()[own]
     return out
+
+
+def gravity_rise(
+    readings: pd.DataFrame,
+    previous: pd.DataFrame | None = None,
+    candidates: pd.Series | None = None,
+    since_min: bool = False,
+) -> pd.Series:
+    """Per gravity reading: its value minus the batch's previous plausible gravity reading
+    (``since_min``: minus the lowest earlier one, so a creep of small rises that each pass
+    the step rule still adds up to a failure).
+
+    Implausible values (outside the schema range, missing, or not ``candidates``, e.g.
+    outside the batch window) are skipped as neighbours, so a single bad reading is flagged
+    once (by its own check) and does not make its successor look like a rise. Rows that are
+    not gravity readings, or have no predecessor, get NaN.
+    """
+    seq = _gravity_sequence(readings, previous, candidates)
+    earlier = seq.groupby("batch_id", sort=False)["value"]
+    base = earlier.cummin() if since_min else seq["value"]
+    rise = seq["value"] - base.groupby(seq["batch_id"], sort=False).shift(1)
+    return _own_values(readings, seq, rise)
+
+
+def gravity_dip(
+    readings: pd.DataFrame,
+    previous: pd.DataFrame | None = None,
+    candidates: pd.Series | None = None,
+) -> pd.Series:
+    """Per gravity reading: how far it lies below both its batch neighbours (0 when it lies
+    between them or above one). A field cut short (18.0 read as 1) drops to a fraction of
+    its neighbours and comes back: a real fermentation never does. NaN without both."""
+    seq = _gravity_sequence(readings, previous, candidates)
+    groups = seq.groupby("batch_id", sort=False)["value"]
+    before, after = groups.shift(1), groups.shift(-1)
+    dip = (np.minimum(before, after) - seq["value"]).clip(lower=0.0)
+    return _own_values(readings, seq, dip)
 
 
 def likely_units(readings: pd.DataFrame, previous: pd.DataFrame | None = None) -> pd.Series:

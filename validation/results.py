@@ -68,20 +68,33 @@ class PartitionOutcome:
     #: {column: {value: rows}}: categories the training reference does not have (a new
     #: brand, fermenter or strain): reported, never a failure.
     new_values: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: Checked again only because its held-back rows wait (a retryable rule), its source
+    #: unchanged: failing again for those rules alone is no new failure.
+    retried: bool = False
 
     @property
     def success(self) -> bool:
         return not self.failures
+
+    @property
+    def new_failure(self) -> bool:
+        """Whether this outcome is news: it failed, and not merely still waiting."""
+        if not self.failures:
+            return False
+        return not (self.retried and all(f.rule in RETRYABLE_RULES for f in self.failures))
 
 
 @dataclass
 class ValidationRun:
     outcomes: list[PartitionOutcome] = field(default_factory=list)
     data_docs: str | None = None
+    #: Raw partitions not checked again: unchanged since their rows went to quarantine.
+    still_quarantined: list[str] = field(default_factory=list)
 
     @property
     def success(self) -> bool:
-        return all(o.success for o in self.outcomes)
+        """No new failure: a partition still quarantined, unchanged since, is none."""
+        return not any(o.new_failure for o in self.outcomes)
 
     def totals(self) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}
@@ -132,6 +145,12 @@ class ValidationRun:
                 lines.append(
                     f"new {column} in {table} (not in the training reference; kept): {shown}{more}"
                 )
+        waiting = sum(o.retried and o.failures and not o.new_failure for o in self.outcomes)
+        if self.still_quarantined or waiting:
+            lines.append(
+                f"still quarantined (unchanged since, not a new failure): "
+                f"{len(self.still_quarantined) + waiting} partition(s)"
+            )
         if self.data_docs:
             lines.append(f"data docs: {self.data_docs}")
         lines.append("PASSED" if self.success else "QUARANTINED SOME DATA")
@@ -145,11 +164,21 @@ class ValidationRun:
                 "failures": self.failure_counts(),
                 "new_values": self.new_values(),
                 "data_docs": self.data_docs,
-                "partitions": [asdict(o) for o in self.outcomes],
+                "still_quarantined": self.still_quarantined,
+                "partitions": [_outcome_json(o) for o in self.outcomes],
             },
             indent=2,
             default=str,
         )
+
+
+def _outcome_json(outcome: PartitionOutcome) -> dict:
+    """An outcome for the run summary, without the row numbers behind its examples (one per
+    failing row: a large partition's would make the summary as large as the data)."""
+    report = asdict(outcome)
+    for failure in report["failures"]:
+        failure.pop("examples_index", None)
+    return report
 
 
 def reason_report(outcome: PartitionOutcome, verdict: Verdict, policy: str) -> dict:
@@ -217,24 +246,32 @@ def examples(
     columns and the checked column."""
     shown = [c for c in dict.fromkeys((*table.key, column)) if c and c in frame.columns]
     head = frame.loc[rows[:limit], shown]
-    return json.loads(head.to_json(orient="records", date_format="iso")) if rows else []
+    if not rows:
+        return []
+    records = json.loads(head.to_json(orient="records", date_format="iso"))
+    return [{k: lake.clip(v) for k, v in record.items()} for record in records]
 
 
 def _error(result) -> str | None:
     info = result.exception_info or {}
     if "raised_exception" in info:
-        return info.get("exception_message") if info.get("raised_exception") else None
+        message = info.get("exception_message") if info.get("raised_exception") else None
+        return lake.clip(message, lake.MAX_REASON_CHARS)  # type: ignore[return-value]
     messages = [
         v.get("exception_message")
         for v in info.values()
         if isinstance(v, dict) and v.get("raised_exception")
     ]
-    return "; ".join(m for m in messages if m) or None
+    text = "; ".join(m for m in messages if m) or None
+    return lake.clip(text, lake.MAX_REASON_CHARS)  # type: ignore[return-value]
 
 
 def _plain(value: Any) -> Any:
+    """``value`` as JSON can hold it, cut to a bounded size (a 50 MB value stays out)."""
     try:
-        json.dumps(value)
-        return value
+        text = json.dumps(value)
     except TypeError:
-        return str(value)
+        return lake.clip(str(value), lake.MAX_REASON_CHARS)
+    if len(text) <= lake.MAX_REASON_CHARS:
+        return value
+    return lake.clip(text, lake.MAX_REASON_CHARS)

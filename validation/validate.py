@@ -178,7 +178,9 @@ def validate_parts(
     frame = pd.concat([p.frame for p in parts], ignore_index=True)
     sizes = [len(p.frame) for p in parts]
     owner = np.repeat(np.arange(len(parts)), sizes)
-    checked = checks.add_checks(frame, table, now, batches, previous_gravity)
+    checked = checks.add_checks(
+        frame, table, now, batches, previous_gravity, settings.max_gravity_dip_plato
+    )
     result = validator.run(table, checked, suites.build_expectations(table, settings, known=known))
     failures, by_row = failures_from(result, checked, table)
     drift: tuple[list[FailedExpectation], set[int]] = ([], set())
@@ -426,11 +428,7 @@ def validate_lake(
     raw_batches = lake.read_table(settings.paths.lake, "raw", BATCHES)
     for table in (BATCHES, READINGS):
         files = lake.partition_files(settings.paths.lake, "raw", table)
-        todo = [
-            f
-            for f in files
-            if everything or lake.needs_validation(settings.paths.lake, f, table, "validated")
-        ]
+        todo, retried = _select(settings, table, files, everything, run)
         parts = []
         conformed = _conform_files(table, todo, lake.io_map(_read_or_error, todo))
         for path, frame in zip(todo, conformed, strict=True):
@@ -445,7 +443,7 @@ def validate_lake(
                 settings,
                 exclude={Path(p.source).relative_to(settings.paths.lake / "raw") for p in parts},
             )
-        run.outcomes += validate_parts(
+        outcomes = validate_parts(
             validator,
             table,
             parts,
@@ -454,8 +452,32 @@ def validate_lake(
             known=known,
             now=now,
         )
+        for outcome in outcomes:
+            outcome.retried = outcome.source in retried
+        run.outcomes += outcomes
     _finish(settings, validator, run)
     return run
+
+
+def _select(
+    settings: Settings, table: Table, files: list[Path], everything: bool, run: ValidationRun
+) -> tuple[list[Path], set[str]]:
+    """The raw files to validate now, and those of them checked again only because their
+    rows wait (unchanged since). Unchanged files that hold rows back are listed in
+    ``run.still_quarantined``: reported, never re-checked, no new failure."""
+    root = settings.paths.lake
+    if everything:
+        return list(files), set()
+    todo, retried = [], set()
+    for f in files:
+        if lake.needs_validation(root, f, table, "validated"):
+            todo.append(f)
+            outputs = lake.Outputs.of(root, "validated", table, *lake.partition_of(f))
+            if lake.validated_at(root, f, outputs) is not None:
+                retried.add(str(f))
+        elif lake.still_quarantined(root, f, table, "validated"):
+            run.still_quarantined.append(str(f))
+    return todo, retried
 
 
 def _known_categories(settings: Settings) -> dict[str, list[str]] | None:
