@@ -72,6 +72,9 @@ def download_onnx(model_uri: str, into: Path) -> bytes:
     files = sorted(local.rglob("*.onnx")) if local.is_dir() else [local]
     if not files:
         raise FileNotFoundError(f"no .onnx file in {model_uri}")
+    if len(files) > 1:  # which one would be served? Refused, never guessed.
+        names = ", ".join(str(f.relative_to(local)) for f in files)
+        raise ValueError(f"{model_uri} holds {len(files)} .onnx files ({names}): ambiguous")
     import onnx
 
     # onnx.load pulls in weights saved as external data next to the file, if any

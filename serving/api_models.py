@@ -4,33 +4,100 @@ Numbers must be finite and inside the schema's valid range (a 422 names the fiel
 otherwise); categories are free strings, and values outside the vocabulary are served
 through the out-of-vocabulary bucket and flagged in the response. Unknown fields are
 refused, so a misspelt feature name cannot silently become a missing value.
+
+Types are strict (a machine API: ``"12.3"`` or ``true`` is no number, an integer is no
+timestamp), and every string on every endpoint shares one limit (:data:`Text`): the
+prediction log's columns are 64 characters, and a control character (NUL above all) is
+refused by PostgreSQL, which would fail the shared group commit of other clients' rows.
 """
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    create_model,
+    model_validator,
+)
 
 from brewcast.contract import READINGS_COUNT
 from brewcast.schema import FEATURES, categorical_features, numeric_features
 
+#: The longest string any field takes: the prediction log's ``String(64)`` columns.
+MAX_TEXT_LENGTH = 64
+#: No C0 control character (NUL, tab, newline...) nor DEL; the JSON schema's ``pattern``.
+NO_CONTROL_PATTERN = r"^[^\x00-\x1f\x7f]*$"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: Timestamps outside these years are typos (or epochs read as years), never data.
+YEARS = (1900, 2200)
+
+
+def _no_control(value: str) -> str:
+    if _CONTROL.search(value):
+        raise ValueError("control characters (NUL, tab, newline...) are not allowed")
+    return value
+
+
+def _json_number(value: Any) -> Any:
+    """Strict numbers in python mode (BentoML validates the parsed body): no strings, no
+    booleans (``bool`` is an ``int`` in Python)."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+        raise ValueError("must be a JSON number")
+    return value
+
+
+def _json_bool(value: Any) -> Any:
+    if value is not None and not isinstance(value, bool):
+        raise ValueError("must be true or false")
+    return value
+
+
+def _iso_text(value: Any) -> Any:
+    """A timestamp is an ISO 8601 string, never a number (an epoch in seconds or ms?)."""
+    if value is None or isinstance(value, datetime):
+        return value
+    if not isinstance(value, str) or value.strip().lstrip("+-").replace(".", "").isdigit():
+        raise ValueError("must be an ISO 8601 string such as 2026-03-01T12:00:00Z")
+    return value
+
+
+def _plausible_year(value: datetime | None) -> datetime | None:
+    if value is not None and not YEARS[0] <= value.year <= YEARS[1]:
+        raise ValueError(f"year {value.year} is outside {YEARS[0]}..{YEARS[1]}")
+    return value
+
+
+#: Every string field of every endpoint: one length limit, no control characters.
+Text = Annotated[
+    str,
+    Field(max_length=MAX_TEXT_LENGTH, json_schema_extra={"pattern": NO_CONTROL_PATTERN}),
+    AfterValidator(_no_control),
+]
+Timestamp = Annotated[datetime | None, BeforeValidator(_iso_text), AfterValidator(_plausible_year)]
+StrictBool = Annotated[bool | None, BeforeValidator(_json_bool)]
+
 
 def _snapshot_model() -> type[BaseModel]:
     fields: dict = {
-        "batch_id": (
-            str | None,
-            Field(None, max_length=64, description="Batch, to join labels later."),
-        ),
-        "snapshot_time": (datetime | None, Field(None, description="Time t of the snapshot.")),
+        "batch_id": (Text | None, Field(None, description="Batch, to join labels later.")),
+        "snapshot_time": (Timestamp, Field(None, description="Time t of the snapshot.")),
     }
     # The reading count is no model input, but tells the service how familiar the
     # snapshot's reading cadence is.
     for col in [*numeric_features(), FEATURES[READINGS_COUNT]]:
         fields[col.name] = (
-            Annotated[float | None, Field(ge=col.min, le=col.max, allow_inf_nan=False)],
+            Annotated[
+                Annotated[float, Field(ge=col.min, le=col.max, allow_inf_nan=False)] | None,
+                BeforeValidator(_json_number),
+            ],
             Field(
                 None,
                 description=f"{col.description} [{col.unit or '-'}], valid "
@@ -39,10 +106,9 @@ def _snapshot_model() -> type[BaseModel]:
         )
     for col in categorical_features():
         fields[col.name] = (
-            str | None,
+            Text | None,
             Field(
                 None,
-                max_length=64,
                 description=(
                     f"{col.description} "
                     + (
@@ -135,12 +201,14 @@ def predict_response_json(
 
 class Label(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    prediction_id: str | None = Field(None, description="Label one prediction...")
-    batch_id: str | None = Field(None, description="...or every prediction of a batch.")
-    finished_within_horizon: bool | None = Field(
-        None, description="Ground truth of one prediction."
+    prediction_id: Text | None = Field(None, description="Label one prediction...")
+    batch_id: Text | None = Field(None, description="...or every prediction of a batch.")
+    finished_within_horizon: StrictBool = Field(
+        None,
+        description="Ground truth of one prediction. A different label for an already "
+        "labelled prediction is a conflict (409); the same one again is a no-op.",
     )
-    finished_at: datetime | None = Field(
+    finished_at: Timestamp = Field(
         None, description="When the batch reached terminal gravity (labels all its predictions)."
     )
 
@@ -162,5 +230,17 @@ class FeedbackRequest(BaseModel):
 
 
 class FeedbackResponse(BaseModel):
-    accepted: int
-    unknown_prediction_ids: list[str] = Field(default_factory=list)
+    accepted: int = Field(description="Labels stored by this request.")
+    repeated: int = Field(0, description="Labels already stored (the same again: a no-op).")
+    unknown_prediction_ids: list[str] = Field(
+        default_factory=list, description="Never served: not stored."
+    )
+    unknown_batch_ids: list[str] = Field(
+        default_factory=list, description="No prediction of these batches was served: not stored."
+    )
+
+
+class ErrorResponse(BaseModel):
+    """Every error the service answers (4xx and 5xx)."""
+
+    detail: str = Field(description="What was wrong, naming the field when one is.")

@@ -3,13 +3,17 @@ an onnxruntime session, and swapped atomically when a new champion appears.
 
 The ONNX file carries its own threshold, calibration, horizon and schema fingerprint
 (metadata properties written at export), so what serving decides with is what the
-registry versioned. A model built from another schema is refused.
+registry versioned. Refused: a version whose registry tag does not say its promotion gate
+passed, a model built from another schema, one whose threshold, horizon or calibration is
+not a sane number, and a version holding more than one ``.onnx`` file. A refused champion
+leaves the previous model serving, and the reason in ``/metadata`` (``model_error``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +48,43 @@ ONNX_FILE = "model.onnx"
 
 class ModelUnavailableError(RuntimeError):
     """No champion could be loaded (none registered yet, or an incompatible one)."""
+
+
+class ModelRefusedError(ModelUnavailableError):
+    """The champion is not fit to serve (ungated, inconsistent metadata, ambiguous files)."""
+
+
+#: The registry tag the promotion step writes on every version (models/promotion.py).
+GATE_TAG, GATE_PASSED = "gate", "passed"
+
+
+def _finite_numbers(value) -> bool:
+    """Every number inside ``value`` (nested lists and dicts) is finite."""
+    if isinstance(value, dict):
+        return all(_finite_numbers(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return all(_finite_numbers(v) for v in value)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return True
+    return math.isfinite(value)
+
+
+def checked_metadata(meta: dict, tag: str, default_horizon: float) -> tuple[float, float, dict]:
+    """Threshold, horizon and calibration of a model's metadata, refused unless sane: a NaN
+    threshold decides nothing, a horizon of 0 or a NaN calibration would serve nonsense."""
+    try:
+        threshold = float(meta[META_THRESHOLD])
+        horizon = float(meta.get(META_HORIZON_HOURS, default_horizon))
+        calibration = json.loads(meta[META_CALIBRATION])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelRefusedError(f"{tag}: unreadable model metadata ({exc!r})") from exc
+    if not (math.isfinite(threshold) and 0 < threshold < 1):
+        raise ModelRefusedError(f"{tag}: threshold {threshold} is not a probability in (0, 1)")
+    if not (math.isfinite(horizon) and horizon > 0):
+        raise ModelRefusedError(f"{tag}: horizon {horizon} h is not a positive number")
+    if not _finite_numbers(calibration):
+        raise ModelRefusedError(f"{tag}: calibration parameters are not finite: {calibration}")
+    return threshold, horizon, calibration
 
 
 @dataclass
@@ -164,9 +205,24 @@ class ServedModel:
 
 
 def champion_version(settings: Settings) -> str | None:
+    champion = champion_and_tags(settings)
+    return None if champion is None else champion[0]
+
+
+def champion_and_tags(settings: Settings) -> tuple[str, dict[str, str]] | None:
+    """The version holding the champion alias and its registry tags (None: no champion)."""
     configure(settings.tracking_uri)
     version = version_by_alias(settings.model_name, CHAMPION)
-    return None if version is None else str(version.version)
+    return None if version is None else (str(version.version), dict(version.tags or {}))
+
+
+def check_gate(version: str, tags: dict[str, str]) -> None:
+    """Only a version whose promotion gate passed is served, whatever holds the alias."""
+    if tags.get(GATE_TAG) != GATE_PASSED:
+        raise ModelRefusedError(
+            f"version {version} is champion but its registry tag {GATE_TAG}="
+            f"{tags.get(GATE_TAG, '(missing)')}: only a version whose gate passed is served"
+        )
 
 
 def _stored_models() -> list:
@@ -194,14 +250,22 @@ def import_champion(settings: Settings, workdir: Path) -> str:
             and existing.info.labels.get("mlflow_model") == settings.model_name
         ):
             return str(existing.tag)
-    model_bytes = download_onnx(f"models:/{settings.model_name}/{version}", workdir)
+    uri = f"models:/{settings.model_name}/{version}"
+    try:
+        model_bytes = download_onnx(uri, workdir)
+    except ValueError as exc:  # more than one .onnx file
+        raise ModelRefusedError(str(exc)) from exc
     meta = read_metadata(model_bytes)
+    # refused before the store: what the store holds was checked (its fallback serves it)
+    checked_metadata(meta, uri, settings.horizon_hours)
+    _check_fingerprint(meta, uri)
     with bentoml.models.create(
         BENTO_MODEL,
         labels={
             "mlflow_model": settings.model_name,
             "mlflow_version": version,
             "schema_fingerprint": meta.get(META_SCHEMA_FINGERPRINT, ""),
+            GATE_TAG: GATE_PASSED,
         },
         metadata={
             "threshold": float(meta[META_THRESHOLD]),
@@ -232,16 +296,22 @@ def load_bento_model(tag: str, settings: Settings) -> ServedModel:
     )
 
 
+def _check_fingerprint(meta: dict, tag: str) -> str:
+    fingerprint = meta.get(META_SCHEMA_FINGERPRINT, "")
+    if fingerprint != schema_fingerprint():
+        raise ModelRefusedError(
+            f"{tag} was built for schema {fingerprint or '(unknown)'}, this service speaks "
+            f"{schema_fingerprint()}: retrain, or serve the matching brewcast release"
+        )
+    return fingerprint
+
+
 def served_model(model_bytes: bytes, version: str, tag: str, settings: Settings) -> ServedModel:
     """An exported ONNX model in an onnxruntime session, with what its metadata carries;
     refused when it was built for another schema."""
     meta = read_metadata(model_bytes)
-    fingerprint = meta.get(META_SCHEMA_FINGERPRINT, "")
-    if fingerprint != schema_fingerprint():
-        raise ModelUnavailableError(
-            f"{tag} was built for schema {fingerprint or '(unknown)'}, this service speaks "
-            f"{schema_fingerprint()}: retrain, or serve the matching brewcast release"
-        )
+    fingerprint = _check_fingerprint(meta, tag)
+    threshold, horizon, calibration = checked_metadata(meta, tag, settings.horizon_hours)
     session = create_session(
         model_bytes,
         require_gpu=settings.require_gpu,
@@ -252,9 +322,9 @@ def served_model(model_bytes: bytes, version: str, tag: str, settings: Settings)
     )
     return ServedModel(
         version=version,
-        threshold=float(meta[META_THRESHOLD]),
-        horizon_hours=float(meta.get(META_HORIZON_HOURS, settings.horizon_hours)),
-        calibration=json.loads(meta[META_CALIBRATION]),
+        threshold=threshold,
+        horizon_hours=horizon,
+        calibration=calibration,
         fingerprint=fingerprint,
         bento_tag=tag,
         session=session,
@@ -280,23 +350,36 @@ class ModelHolder:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self.swaps = 0
+        #: Versions refused, and why: not downloaded again on every poll.
+        self._refused: dict[str, str] = {}
 
     def refresh(self) -> bool:
-        """Load the champion if it changed; True when a new model was swapped in."""
+        """Load the champion if it changed; True when a new model was swapped in. A refused
+        champion is remembered (not downloaded again each poll) and the previous model
+        goes on serving."""
         with self._lock:
             try:
-                version = champion_version(self.settings)
-                if version is None:
+                champion = champion_and_tags(self.settings)
+                if champion is None:
                     raise ModelUnavailableError(f"no champion of {self.settings.model_name} yet")
+                version, tags = champion
                 if self.current is not None and self.current.version == version:
                     return False
+                if version in self._refused:
+                    self.last_error = self._refused[version]
+                    return False
+                check_gate(version, tags)
                 tag = import_champion(self.settings, self.settings.paths.champion_download)
                 model = load_bento_model(tag, self.settings)
             except Exception as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
+                if isinstance(exc, ModelRefusedError):
+                    self._refused[version] = self.last_error
+                    log.error("champion refused, still serving %s: %s", self._serving(), exc)
+                else:
+                    log.warning("model refresh failed: %s", self.last_error)
                 if self.current is None:
                     self._load_latest_stored()
-                log.warning("model refresh failed: %s", self.last_error)
                 return False
             previous = self.current.version if self.current else None
             self.current = model  # the swap: one reference assignment
@@ -311,10 +394,16 @@ class ModelHolder:
             )
             return True
 
+    def _serving(self) -> str:
+        return f"version {self.current.version}" if self.current else "no model"
+
     def _load_latest_stored(self) -> None:
         """MLflow unreachable at start: serve the newest model already in the BentoML store."""
 
-        stored = sorted(_stored_models(), key=lambda m: m.info.creation_time)
+        stored = sorted(
+            (m for m in _stored_models() if m.info.labels.get(GATE_TAG) == GATE_PASSED),
+            key=lambda m: m.info.creation_time,
+        )
         if stored:
             try:
                 self.current = load_bento_model(str(stored[-1].tag), self.settings)

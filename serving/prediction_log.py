@@ -12,6 +12,10 @@ Two durability modes:
 * ``async``: rows go to a bounded queue and the call returns at once; a crash can lose at
   most the queue's contents, and rows refused by a full queue are counted as dropped
   (exported as a metric), never silently.
+
+One client's bad rows fail only that client: when a grouped insert fails on a data error
+(a value the database refuses, a duplicate key), each request's rows are retried on their
+own, the others are committed, and the offender gets :class:`RowsRefusedError`.
 """
 
 from __future__ import annotations
@@ -77,6 +81,12 @@ labels = sa.Table(
 )
 
 Mode = Literal["sync", "async"]
+
+
+class RowsRefusedError(ValueError):
+    """The database refused these rows for what they hold (the client's fault: a 4xx)."""
+
+
 #: What a queued write waits on: a thread's future, an event loop's future, or nothing (async).
 Waiter = Future | asyncio.Future | None
 
@@ -372,24 +382,78 @@ class PredictionLog:
                 self.stats.queue_depth = self._pending_rows
             self._commit(group, count)
 
+    def _insert(self, rows: list[dict]) -> None:
+        if self._inserter is None:
+            self._inserter = _inserter_for(self.engine)
+        try:
+            self._inserter(rows)
+        except Exception:
+            self._drop_inserter()
+            raise
+
+    def _is_data_error(self, exc: Exception) -> bool:
+        """A refusal of the rows' values (retrying them alone isolates the offender), not of
+        the database itself (down, table missing: every retry would fail the same way)."""
+        dbapi = self.engine.dialect.dbapi
+        kinds = tuple(
+            kind
+            for kind in (getattr(dbapi, "DataError", None), getattr(dbapi, "IntegrityError", None))
+            if kind is not None
+        )
+        return isinstance(exc, (sa.exc.DataError, sa.exc.IntegrityError, ValueError, *kinds))
+
     def _commit(self, group: list[tuple[list[dict], Waiter]], count: int) -> None:
         flat = [row for rows, _ in group for row in rows]
-        error: Exception | None = None
+        errors: list[Exception | None] = [None] * len(group)
         try:
             if flat:
-                if self._inserter is None:
-                    self._inserter = _inserter_for(self.engine)
-                self._inserter(flat)
+                self._insert(flat)
+                self.stats.rows_written += count
+                self.stats.commits += 1
         except Exception as exc:
-            error = exc
-            self._drop_inserter()
-            self.stats.write_errors += 1
-            log.exception("prediction log: commit of %d rows failed", count)
-        if error is None and flat:
-            self.stats.rows_written += count
+            if self._is_data_error(exc) and sum(bool(rows) for rows, _ in group) > 1:
+                log.warning("prediction log: grouped commit refused (%s); retrying alone", exc)
+                errors = self._commit_each(group)
+            else:
+                self.stats.write_errors += 1
+                log.exception("prediction log: commit of %d rows failed", count)
+                error = RowsRefusedError(str(exc)) if self._is_data_error(exc) else exc
+                errors = [error if rows else None for rows, _ in group]
+        self._settle_group(group, errors)
+
+    def _commit_each(self, group: list[tuple[list[dict], Waiter]]) -> list[Exception | None]:
+        """Each request's rows in a commit of their own: only an offender fails. A failure
+        that is not a data error (the database went away) fails the rest unretried."""
+        errors: list[Exception | None] = []
+        broken: Exception | None = None
+        for rows, _ in group:
+            if not rows or broken is not None:
+                errors.append(broken if rows else None)
+                continue
+            try:
+                self._insert(rows)
+            except Exception as exc:
+                self.stats.write_errors += 1
+                if self._is_data_error(exc):
+                    log.info("prediction log: refused %d rows of one request: %s", len(rows), exc)
+                    errors.append(RowsRefusedError(str(exc)))
+                else:
+                    log.exception("prediction log: commit of %d rows failed", len(rows))
+                    broken = exc
+                    errors.append(exc)
+                continue
+            self.stats.rows_written += len(rows)
             self.stats.commits += 1
-        by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future]] = {}
-        for rows, done in group:
+            errors.append(None)
+        return errors
+
+    def _settle_group(
+        self, group: list[tuple[list[dict], Waiter]], errors: list[Exception | None]
+    ) -> None:
+        """Wake every waiter of a group with its own outcome."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future, Exception | None]]]
+        by_loop = {}
+        for (rows, done), error in zip(group, errors, strict=True):
             if done is None:
                 if error is not None:
                     self.stats.rows_dropped += len(rows)
@@ -399,10 +463,10 @@ class PredictionLog:
                 else:
                     done.set_exception(error)
             else:
-                by_loop.setdefault(done.get_loop(), []).append(done)
+                by_loop.setdefault(done.get_loop(), []).append((done, error))
         for loop, waiting in by_loop.items():
             with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
-                loop.call_soon_threadsafe(_settle, waiting, error)
+                loop.call_soon_threadsafe(_settle, waiting)
 
     def _drop_inserter(self) -> None:
         if self._inserter is not None:
@@ -448,6 +512,31 @@ class PredictionLog:
             ).scalars()
             return set(found)
 
+    def known_batch_ids(self, ids: list[str]) -> set[str]:
+        """The batches among ``ids`` with a served prediction. No index on ``batch_id`` (every
+        insert would pay for it): a scan, on /feedback only."""
+        if not ids:
+            return set()
+        with self.engine.connect() as conn:
+            found = conn.execute(
+                sa.select(predictions.c.batch_id).where(predictions.c.batch_id.in_(ids)).distinct()
+            ).scalars()
+            return set(found)
+
+    def stored_outcomes(self, ids: list[str]) -> dict[str, set[bool]]:
+        """The outcomes already stored for each labelled prediction among ``ids``."""
+        if not ids:
+            return {}
+        out: dict[str, set[bool]] = {}
+        with self.engine.connect() as conn:
+            for prediction_id, outcome in conn.execute(
+                sa.select(labels.c.prediction_id, labels.c.finished_within_horizon).where(
+                    labels.c.prediction_id.in_(ids)
+                )
+            ):
+                out.setdefault(prediction_id, set()).add(bool(outcome))
+        return out
+
     def read_predictions(self, since: pd.Timestamp | None = None) -> pd.DataFrame:
         query = sa.select(predictions)
         if since is not None:
@@ -465,9 +554,9 @@ class PredictionLog:
             )
 
 
-def _settle(waiting: list[asyncio.Future], error: Exception | None) -> None:
+def _settle(waiting: list[tuple[asyncio.Future, Exception | None]]) -> None:
     """On the waiters' event loop: complete each (one that timed out is already done)."""
-    for done in waiting:
+    for done, error in waiting:
         if not done.done():
             if error is None:
                 done.set_result(None)

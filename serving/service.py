@@ -26,8 +26,10 @@ Known BentoML costs, avoided:
 from __future__ import annotations
 
 import gc
+import hmac
 import json
 import logging
+import re
 import time
 from http import HTTPStatus
 
@@ -35,13 +37,16 @@ import anyio.to_thread
 import bentoml
 import orjson
 import pandas as pd
+import sqlalchemy as sa
 from bentoml.exceptions import BentoMLException
 from fastapi import FastAPI
+from pydantic import ValidationError
 from starlette.responses import JSONResponse, Response
 
 from brewcast.schema import FEATURES, schema_fingerprint, slice_keys
 from brewcast.settings import get_settings
 from serving.api_models import (
+    ErrorResponse,
     FeedbackRequest,
     FeedbackResponse,
     PredictRequest,
@@ -52,7 +57,7 @@ from serving.bento_config import service_config
 from serving.coalesce import ScoringCoalescer
 from serving.metrics import MODEL_VERSION, RequestMetrics, flush_all
 from serving.model import ModelHolder
-from serving.prediction_log import PredictionLog
+from serving.prediction_log import PredictionLog, RowsRefusedError
 
 log = logging.getLogger("brewcast.serving")
 
@@ -61,7 +66,7 @@ routes = FastAPI(title="brewcast metadata", docs_url=None, redoc_url=None, opena
 
 
 def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+    return JSONResponse({"detail": message}, status_code=status)
 
 
 def _refuse(status: int, message: str) -> BentoMLException:
@@ -79,14 +84,170 @@ def _parse_json(body: bytes):
         return json.loads(body)
 
 
-class RequestGuard:
-    """ASGI middleware in front of the POST endpoints, answering ``{"error": message}``:
+_JSON_STRINGS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_INNERMOST = re.compile(rb"\[\]|\{\}")
+#: Every byte but brackets and braces (``bytes.translate`` deletes them at C speed).
+_NOT_BRACKETS = bytes(sorted(set(range(256)) - set(b"[]{}")))
 
-    * 401 without the right ``X-API-Key`` (when ``BREWCAST_SERVING_API_KEY`` is set);
+
+def _shape_deeper(shape: bytes, limit: int) -> bool:
+    """Brackets only: each round removes the innermost pairs; anything left after
+    ``limit`` rounds nests deeper (or is unbalanced)."""
+    for _ in range(limit):
+        if not shape:
+            return False
+        shape = _INNERMOST.sub(b"", shape)
+    return bool(shape)
+
+
+def nests_deeper_than(body: bytes, limit: int) -> bool:
+    """Whether the JSON text ``body`` nests arrays/objects deeper than ``limit``, before any
+    parser or validator sees it (2,000 nested arrays took ~30 s to a 500). ~10 us for 64
+    rows: the brackets alone first; only when those nest too deep are the strings (which
+    may hold brackets) dropped for an exact answer. Unbalanced brackets count as too deep
+    (the body is no JSON either)."""
+    if not _shape_deeper(body.translate(None, _NOT_BRACKETS), limit):
+        return False
+    return _shape_deeper(_JSON_STRINGS.sub(b"", body).translate(None, _NOT_BRACKETS), limit)
+
+
+def error_detail(body: bytes) -> str:
+    """One string out of whatever error body BentoML built (a pydantic error list, an
+    ``{"error": ...}`` object, or a list of one)."""
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body.decode(errors="replace")[:1000]
+    if isinstance(payload, list) and payload:
+        payload = payload[0]
+    if not isinstance(payload, dict):
+        return str(payload)
+    detail = payload.get("detail")
+    if isinstance(detail, list):
+        return "; ".join(
+            ".".join(str(p) for p in e.get("loc", ()) if p != "root") + f": {e.get('msg')}"
+            for e in detail
+            if isinstance(e, dict)
+        )
+    return str(detail if detail is not None else payload.get("error", payload))
+
+
+#: The errors each endpoint documents (and answers, as ``{"detail": "..."}``).
+ERRORS = {
+    "/predict": (400, 401, 413, 415, 422, 503),
+    "/feedback": (400, 401, 409, 413, 415, 422, 503),
+    "/reload": (401, 415),
+    "/metadata": (401,),
+}
+
+
+def document_errors(spec: dict) -> dict:
+    """BentoML's OpenAPI document with the errors this service answers, and their body."""
+    schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+    schemas["ErrorResponse"] = ErrorResponse.model_json_schema()
+    for path, statuses in ERRORS.items():
+        for operation in spec.get("paths", {}).get(path, {}).values():
+            responses = operation.setdefault("responses", {})
+            for status in (*statuses, 500):
+                responses[str(status)] = {
+                    "description": HTTPStatus(status).phrase,
+                    "content": {
+                        "application/json": {
+                            "schema": {"$ref": "#/components/schemas/ErrorResponse"}
+                        }
+                    },
+                }
+    return spec
+
+
+def _summary(exc: BaseException) -> str:
+    """One line: a validation error's fields and messages, or the exception's first line."""
+    if isinstance(exc, ValidationError):
+        return "; ".join(
+            ".".join(str(p) for p in e["loc"] if p != "root") + f": {e['msg']}"
+            for e in exc.errors(include_url=False)
+        )
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+class _ClientErrorsAtInfo(logging.Filter):
+    """BentoML logs every refused request as an ERROR with a traceback; a client's mistake
+    is no server error: one INFO line, no traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        client = isinstance(exc, ValidationError) or (
+            isinstance(exc, BentoMLException) and int(exc.error_code) < 500
+        )
+        if client:
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.msg = f"{record.msg}: client error: %s"
+            record.args = (*(record.args or ()), _summary(exc))
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+async def _buffered(app, scope, receive) -> tuple[dict, bytes]:
+    """Run ``app`` and keep its response: the start message and the whole body."""
+    start: dict = {}
+    chunks: list[bytes] = []
+
+    async def keep(message):
+        if message["type"] == "http.response.start":
+            start.update(message)
+        elif message["type"] == "http.response.body":
+            chunks.append(message.get("body", b""))
+
+    await app(scope, receive, keep)
+    return start, b"".join(chunks)
+
+
+async def _send_json(send, start: dict, body: bytes) -> None:
+    headers = [
+        (k, v)
+        for k, v in start.get("headers", [])
+        if k.lower() not in (b"content-length", b"content-type")
+    ]
+    headers += [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    await send({**start, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _detail_errors(send, path: str):
+    """``send`` rewriting every error response into ``{"detail": "one string"}``, logged
+    once: INFO for a client error, WARNING for the server's."""
+    start: dict = {}
+    chunks: list[bytes] = []
+
+    async def wrapped(message):
+        if message["type"] == "http.response.start" and message["status"] >= 400:
+            start.update(message)
+            return None
+        if not start or message["type"] != "http.response.body":
+            return await send(message)
+        chunks.append(message.get("body", b""))
+        if message.get("more_body"):
+            return None
+        status, detail = start["status"], error_detail(b"".join(chunks))
+        log.log(
+            logging.INFO if status < 500 else logging.WARNING, "%s %d: %s", path, status, detail
+        )
+        return await _send_json(send, start, orjson.dumps({"detail": detail}))
+
+    return wrapped
+
+
+class RequestGuard:
+    """ASGI middleware in front of the endpoints, answering ``{"detail": message}``:
+
+    * 401 without the right ``X-API-Key`` (when ``BREWCAST_SERVING_API_KEY`` is set; also
+      on ``GET /metadata`` unless ``BREWCAST_SERVING_OPEN_METADATA``), compared in
+      constant time;
     * 413 for a body over the byte limit (before it is read whole) or over the row limit;
-    * 400 for a body that is not JSON (BentoML would report a confusing missing field);
+    * 400 for a body that is not JSON or nests too deep (before any parser sees it);
     * 422 for an empty ``rows`` list;
 
+    rewrites BentoML's error bodies into the same shape, documents them in ``/docs.json``,
     and, before BentoML answers ``GET /metrics``, flushes the metrics this worker added up.
     """
 
@@ -95,44 +256,42 @@ class RequestGuard:
     def __init__(self, app, max_bytes: int) -> None:
         settings = get_settings()
         self.app, self.max_bytes = app, max_bytes
-        self.max_rows, self.api_key = settings.serving_max_rows, settings.serving_api_key
+        self.max_rows, self.max_depth = settings.serving_max_rows, settings.serving_max_json_depth
+        key = settings.serving_api_key
+        self.api_key = None if key is None else key.encode()
+        self.keyed = {*self.ROUTES} | (set() if settings.serving_open_metadata else {"/metadata"})
+
+    def _authorised(self, scope) -> bool:
+        if self.api_key is None:
+            return True
+        given = dict(scope.get("headers", [])).get(b"x-api-key", b"")
+        return hmac.compare_digest(given, self.api_key)
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and scope["path"] == "/metrics":
-            flush_all()  # what this worker added up, before BentoML reads the shared files
-        if (
-            scope["type"] != "http"
-            or scope["method"] != "POST"
-            or scope["path"] not in (self.ROUTES)
-        ):
+        if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        headers = dict(scope.get("headers", []))
-        if (
-            self.api_key is not None
-            and headers.get(b"x-api-key", b"").decode(errors="replace") != self.api_key
-        ):
+        path, method = scope["path"], scope["method"]
+        if path == "/metrics":
+            flush_all()  # what this worker added up, before BentoML reads the shared files
+        if path in self.keyed and not self._authorised(scope):
+            log.info("%s %s 401: missing or wrong X-API-Key", method, path)
             return await _error(401, "missing or wrong X-API-Key header")(scope, receive, send)
-        if int(headers.get(b"content-length", b"0") or 0) > self.max_bytes:
-            return await _error(413, f"request body over {self.max_bytes} bytes")(
-                scope, receive, send
-            )
-        body, more = b"", True
-        while more:
-            message = await receive()
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
-            if len(body) > self.max_bytes:
-                return await _error(413, f"request body over {self.max_bytes} bytes")(
-                    scope, receive, send
-                )
-        if scope["path"] != "/reload":
-            try:
-                payload = _parse_json(body)
-            except ValueError as exc:
-                return await _error(400, f"request body is not valid JSON: {exc}")(
-                    scope, receive, send
-                )
-            problem = self._problem(scope["path"], payload)
+        if path == "/docs.json":
+            start, body = await _buffered(self.app, scope, receive)
+            if start.get("status") == 200:
+                body = orjson.dumps(document_errors(orjson.loads(body)))
+            return await _send_json(send, start, body)
+        if method != "POST" or path not in self.ROUTES:
+            return await self.app(scope, receive, send)
+        send = _detail_errors(send, path)
+        media = dict(scope.get("headers", [])).get(b"content-type", b"application/json")
+        if media.split(b";")[0].strip().lower() != b"application/json":
+            return await _error(415, "send the body as application/json")(scope, receive, send)
+        body = await self._read(scope, receive)
+        if isinstance(body, JSONResponse):
+            return await body(scope, receive, send)
+        if path != "/reload":
+            problem = self._problem(path, body)
             if problem:
                 return await _error(*problem)(scope, receive, send)
         replayed = False
@@ -146,7 +305,28 @@ class RequestGuard:
 
         return await self.app(scope, replay, send)
 
-    def _problem(self, path: str, payload) -> tuple[int, str] | None:
+    async def _read(self, scope, receive) -> bytes | JSONResponse:
+        """The whole body, or a 413 as soon as it is over the limit."""
+        too_big = _error(413, f"request body over {self.max_bytes} bytes")
+        headers = dict(scope.get("headers", []))
+        if int(headers.get(b"content-length", b"0") or 0) > self.max_bytes:
+            return too_big
+        body, more = b"", True
+        while more:
+            message = await receive()
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.max_bytes:
+                return too_big
+        return body
+
+    def _problem(self, path: str, body: bytes) -> tuple[int, str] | None:
+        if nests_deeper_than(body, self.max_depth):
+            return 400, f"request body nests deeper than {self.max_depth} levels (or is no JSON)"
+        try:
+            payload = _parse_json(body)
+        except (ValueError, RecursionError) as exc:
+            return 400, f"request body is not valid JSON: {exc}"
         field = "rows" if path == "/predict" else "labels"
         items = payload.get(field) if isinstance(payload, dict) else None
         if not isinstance(items, list):
@@ -174,6 +354,8 @@ class FermentationService:
         for name in FermentationService.apis:
             setattr(self, name, getattr(self, name))
         self.settings = get_settings()
+        # BentoML's logger of refused requests (its logging is configured by now)
+        logging.getLogger("bentoml._internal.server.http_app").addFilter(_ClientErrorsAtInfo())
         self.holder = ModelHolder(self.settings)
         self.holder.refresh()
         if self.settings.serving_poll_seconds > 0:
@@ -230,6 +412,8 @@ class FermentationService:
         model_seconds = time.perf_counter() - started
         try:
             await self.log.write_async(log_rows)
+        except RowsRefusedError as exc:  # this request's values; the others were committed
+            raise _refuse(422, f"the prediction log refused these rows: {exc}") from exc
         except Exception as exc:  # never answer rows that were not logged
             log.exception("prediction log write failed")
             raise _refuse(503, f"prediction log unavailable, nothing served: {exc}") from exc
@@ -247,18 +431,47 @@ class FermentationService:
 
     @bentoml.api(route="/feedback")
     def feedback(self, request: FeedbackRequest, /) -> FeedbackResponse:
-        """Ground truth for earlier predictions: by prediction id, or by batch finish time."""
+        """Ground truth for earlier predictions: by prediction id, or by batch finish time.
+        Unknown ids and batches are flagged, not stored; a label contradicting another (in
+        the request or stored) is a 409; the same label again is a no-op."""
         labels = request.labels  # each one of a kind (``Label`` validates that)
         self.log.flush()  # predictions answered a moment ago are committed even in async mode
-        ids = [label.prediction_id for label in labels if label.prediction_id]
+        ids = list(dict.fromkeys(x.prediction_id for x in labels if x.prediction_id))
+        batches = list(dict.fromkeys(x.batch_id for x in labels if x.batch_id))
         unknown = sorted(set(ids) - self.log.known_prediction_ids(ids))
-        accepted = [
-            label.model_dump()
-            for label in labels
-            if label.prediction_id is None or label.prediction_id not in unknown
-        ]
-        self.log.add_labels(accepted, source="api")
-        return FeedbackResponse(accepted=len(accepted), unknown_prediction_ids=unknown)
+        unknown_batches = sorted(set(batches) - self.log.known_batch_ids(batches))
+        outcomes = self.log.stored_outcomes([i for i in ids if i not in unknown])
+        stored = {i: set(v) for i, v in outcomes.items()}
+        for x in labels:
+            if x.prediction_id:
+                outcomes.setdefault(x.prediction_id, set()).add(x.finished_within_horizon)
+        conflicts = sorted(i for i, seen in outcomes.items() if len(seen) > 1)
+        if conflicts:
+            raise _refuse(
+                409,
+                f"conflicting finished_within_horizon labels for prediction_id "
+                f"{', '.join(conflicts[:20])}: nothing stored",
+            )
+        accepted, repeated, seen = [], 0, set()
+        for x in labels:
+            key = x.prediction_id or (x.batch_id, x.finished_at)
+            if x.prediction_id in unknown or x.batch_id in unknown_batches:
+                continue
+            if key in seen or x.prediction_id in stored:
+                repeated += 1
+                continue
+            seen.add(key)
+            accepted.append(x.model_dump())
+        try:
+            self.log.add_labels(accepted, source="api")
+        except (ValueError, sa.exc.DataError, sa.exc.IntegrityError) as exc:
+            raise _refuse(422, f"the prediction log refused these labels: {exc}") from exc
+        return FeedbackResponse(
+            accepted=len(accepted),
+            repeated=repeated,
+            unknown_prediction_ids=unknown,
+            unknown_batch_ids=unknown_batches,
+        )
 
     @bentoml.api(route="/reload")
     def reload(self) -> dict:

@@ -89,7 +89,7 @@ def test_predictions_equal_in_process_onnxruntime(service, champion_home):
 
 def test_metadata_health_and_metrics(service):
     _, url = service
-    meta = httpx.get(f"{url}/metadata").json()
+    meta = httpx.get(f"{url}/metadata", headers=KEY).json()
     assert meta["execution_provider"] == "CPUExecutionProvider"  # no GPU on this machine
     assert meta["model"]["requested_providers"][-1] == "CPUExecutionProvider"
     assert meta["model"]["model_version"] == "1" and 0 < meta["model"]["threshold"] < 1
@@ -226,14 +226,24 @@ def test_feedback_round_trip(service, champion_home):
     ]
     r = httpx.post(f"{url}/feedback", json={"labels": labels}, headers=KEY)
     assert r.status_code == 200, r.text
-    assert r.json() == {"accepted": 2, "unknown_prediction_ids": ["nope"]}
+    assert r.json() == {
+        "accepted": 2,
+        "repeated": 0,
+        "unknown_prediction_ids": ["nope"],
+        "unknown_batch_ids": [],
+    }
     bad = httpx.post(f"{url}/feedback", json={"labels": [{"prediction_id": ids[0]}]}, headers=KEY)
     assert bad.status_code == 400 and "finished_within_horizon" in bad.text
     # Nothing to accept is an answer, not a 500 (it once tried to insert an empty label).
     only_unknown = [{"prediction_id": "gone", "finished_within_horizon": True}]
     r = httpx.post(f"{url}/feedback", json={"labels": only_unknown}, headers=KEY)
     assert r.status_code == 200, r.text
-    assert r.json() == {"accepted": 0, "unknown_prediction_ids": ["gone"]}
+    assert r.json() == {
+        "accepted": 0,
+        "repeated": 0,
+        "unknown_prediction_ids": ["gone"],
+        "unknown_batch_ids": [],
+    }
     with sqlite3.connect(settings.home / "predictions.db") as db:
         assert (
             db.execute("select count(*) from labels where prediction_id = ?", (ids[0],)).fetchone()[
@@ -278,7 +288,8 @@ def test_hot_swap_under_load_drops_nothing(service, champion_home):
     versions = [v for _, v in results]
     assert statuses == {200}, statuses
     assert versions[0] == "1" and versions[-1] == "2" and len(results) > 50
-    assert httpx.get(f"{url}/metadata").json()["model"]["model_version"] == "2"
+    meta = httpx.get(f"{url}/metadata", headers=KEY).json()
+    assert meta["model"]["model_version"] == "2"
 
 
 def test_sync_log_survives_kill_9_under_load(champion_home, tmp_path):
