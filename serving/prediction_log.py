@@ -78,6 +78,15 @@ labels = sa.Table(
     sa.Column("finished_within_horizon", sa.Boolean),
     sa.Column("finished_at", sa.DateTime(timezone=True)),
     sa.Column("source", sa.String(32), nullable=False),
+    # One label per prediction, enforced by the database: two /feedback requests that check
+    # at the same moment cannot both store opposite labels (batch labels are not bound).
+    sa.Index(
+        "uq_labels_prediction_id",
+        "prediction_id",
+        unique=True,
+        sqlite_where=sa.text("prediction_id IS NOT NULL"),
+        postgresql_where=sa.text("prediction_id IS NOT NULL"),
+    ),
 )
 
 Mode = Literal["sync", "async"]

@@ -464,7 +464,10 @@ class FermentationService:
             accepted.append(x.model_dump())
         try:
             self.log.add_labels(accepted, source="api")
-        except (ValueError, sa.exc.DataError, sa.exc.IntegrityError) as exc:
+        except sa.exc.IntegrityError as exc:  # a concurrent request labelled one first
+            accepted, raced = self._after_a_race(accepted, exc)
+            repeated += raced
+        except (ValueError, sa.exc.DataError) as exc:
             raise _refuse(422, f"the prediction log refused these labels: {exc}") from exc
         return FeedbackResponse(
             accepted=len(accepted),
@@ -472,6 +475,30 @@ class FermentationService:
             unknown_prediction_ids=unknown,
             unknown_batch_ids=unknown_batches,
         )
+
+    def _after_a_race(self, accepted: list[dict], error: Exception) -> tuple[list[dict], int]:
+        """Labels a concurrent request stored between our check and our insert: the same
+        outcome is a repeat, another is a 409; what is left is inserted again, once."""
+        ids = [x["prediction_id"] for x in accepted if x["prediction_id"]]
+        stored = self.log.stored_outcomes(ids)
+        clash = sorted(
+            x["prediction_id"]
+            for x in accepted
+            if x["prediction_id"] in stored
+            and stored[x["prediction_id"]] != {x["finished_within_horizon"]}
+        )
+        if clash:
+            raise _refuse(
+                409,
+                f"conflicting finished_within_horizon labels for prediction_id "
+                f"{', '.join(clash[:20])} (stored by a concurrent request): nothing stored",
+            ) from error
+        left = [x for x in accepted if x["prediction_id"] not in stored]
+        try:
+            self.log.add_labels(left, source="api")
+        except (ValueError, sa.exc.DataError, sa.exc.IntegrityError) as exc:
+            raise _refuse(422, f"the prediction log refused these labels: {exc}") from exc
+        return left, len(accepted) - len(left)
 
     @bentoml.api(route="/reload")
     def reload(self) -> dict:

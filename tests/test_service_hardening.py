@@ -342,6 +342,25 @@ def test_a_poisoned_client_fails_none_of_eight_good_ones(hardened):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_the_log_holds_one_label_per_prediction_even_under_a_race(database, tmp_path, request):
+    """Two /feedback requests with opposite labels checked at the same moment both see no
+    stored label; the database, not the check, must then refuse the second."""
+    import sqlalchemy as sa
+
+    log = PredictionLog(_log_url(database, tmp_path, request), "sync")
+    served = _rows(1)
+    log.write(served)
+    label = {"prediction_id": served[0]["prediction_id"], "finished_within_horizon": True}
+    log.add_labels([label], source="api")
+    with pytest.raises(sa.exc.IntegrityError):
+        log.add_labels([{**label, "finished_within_horizon": False}], source="api")
+    batch = {"batch_id": "B-1", "finished_at": pd.Timestamp("2026-01-02", tz="UTC")}
+    log.add_labels([batch, batch], source="api")  # batch labels: no such rule
+    assert len(log.read_labels()) == 3
+    log.close()
+
+
 def test_conflicting_labels_are_a_409_and_repeats_a_no_op(hardened):
     _, url, _ = hardened
     served = _post(url, "/predict", {"rows": [{"batch_id": "B-label"}] * 2}).json()
@@ -364,6 +383,23 @@ def test_conflicting_labels_are_a_409_and_repeats_a_no_op(hardened):
     r = _post(url, "/feedback", {"labels": batches})
     assert r.status_code == 200, r.text
     assert r.json()["unknown_batch_ids"] == ["B-never-served"] and r.json()["accepted"] == 1
+
+
+def test_concurrent_opposite_labels_store_one_and_refuse_the_other(hardened):
+    """Pairs of opposite labels for one prediction, sent at once from two clients: one of
+    each pair is stored, the other answered 409 (or both agree when sent the same)."""
+    _, url, _ = hardened
+    served = _post(url, "/predict", {"rows": [{"batch_id": "B-race"}] * 12}).json()
+    ids = [p["prediction_id"] for p in served["predictions"]]
+
+    def label(prediction_id: str, outcome: bool) -> int:
+        body = {"labels": [{"prediction_id": prediction_id, "finished_within_horizon": outcome}]}
+        return _post(url, "/feedback", body).status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        codes = list(pool.map(label, [i for i in ids for _ in (0, 1)], [True, False] * len(ids)))
+    pairs = [sorted(codes[k : k + 2]) for k in range(0, len(codes), 2)]
+    assert all(pair == [200, 409] for pair in pairs), pairs
 
 
 @pytest.mark.slow
