@@ -149,16 +149,55 @@ def make_engine(url: str) -> sa.Engine:
 
 
 def create_tables(engine: sa.Engine, attempts: int = 5) -> None:
-    """Create the log's tables if missing. Workers starting together race to create them:
-    the loser's "already exists" is retried, and the retry finds them."""
+    """Create the log's tables if missing, and bring a log an earlier release wrote up to
+    this one (:func:`upgrade_tables`). Workers starting together race to do it: the loser's
+    "already exists" is retried, and the retry finds the work done."""
     for attempt in range(attempts):
         try:
             metadata.create_all(engine)
+            upgrade_tables(engine)
             return
         except sa.exc.DBAPIError:
             if attempt == attempts - 1:
                 raise
             time.sleep(0.05 * (attempt + 1))
+
+
+def upgrade_tables(engine: sa.Engine) -> list[str]:
+    """Add what a log written by an earlier release lacks: its missing columns (nullable
+    ones only: old rows get NULL, "the model did not say") and indexes. Without it, every
+    insert into an old log would fail and the service answer 503. A unique index the old
+    rows break (two labels for one prediction) is left out, with a warning naming it.
+    Returns what it changed."""
+    inspector = sa.inspect(engine)
+    changed = []
+    for table in metadata.sorted_tables:
+        present = {c["name"] for c in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name in present:
+                continue
+            if not column.nullable:
+                raise RuntimeError(
+                    f"prediction log table {table.name} lacks the required column "
+                    f"{column.name}: migrate it by hand"
+                )
+            kind = column.type.compile(dialect=engine.dialect)
+            with engine.begin() as conn:
+                conn.execute(sa.text(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}"))
+            changed.append(f"{table.name}.{column.name}")
+        indexes = {i["name"] for i in inspector.get_indexes(table.name)}
+        for index in table.indexes:
+            if index.name in indexes:
+                continue
+            try:
+                with engine.begin() as conn:
+                    index.create(conn)
+                changed.append(f"index {index.name}")
+            except sa.exc.IntegrityError as exc:
+                log.warning("prediction log: index %s not created: %s", index.name, exc)
+    if changed:
+        log.warning("prediction log upgraded: added %s", ", ".join(changed))
+    return changed
 
 
 def _memoized(process):

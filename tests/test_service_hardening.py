@@ -464,3 +464,37 @@ def test_schemathesis_finds_no_server_error_nor_schema_violation(hardened, tmp_p
         env={**os.environ, "NO_COLOR": "1", "SCHEMATHESIS_HOOKS": ""},
     )
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_a_log_written_by_the_previous_release_is_upgraded_in_place(database, tmp_path, request):
+    """A log without the familiarity columns and the one-label index (the previous
+    release's tables): opening it adds them, old rows read back with NULL, new rows go in
+    (without the upgrade every insert failed, and the service answered 503)."""
+    import sqlalchemy as sa
+
+    from serving import prediction_log
+
+    url = _log_url(database, tmp_path, request)
+    new_columns = {"familiarity_distance", "out_of_distribution"}
+    old = sa.MetaData()
+    for table in prediction_log.metadata.sorted_tables:
+        columns = [c.copy() for c in table.columns if c.name not in new_columns]
+        sa.Table(table.name, old, *columns)  # no Index objects: the old release had none
+    engine = sa.create_engine(url)
+    old.create_all(engine)
+    row = {k: v for k, v in _rows(1)[0].items() if k not in new_columns}
+    with engine.begin() as conn:
+        conn.execute(old.tables["predictions"].insert(), [row])
+    engine.dispose()
+
+    log = PredictionLog(url, "sync")
+    log.write(_rows(2))
+    read = log.read_predictions()
+    assert len(read) == 3 and read["familiarity_distance"].isna().all()
+    label = {"prediction_id": row["prediction_id"], "finished_within_horizon": True}
+    log.add_labels([label], source="api")
+    with pytest.raises(sa.exc.IntegrityError):  # the one-label index exists now
+        log.add_labels([{**label, "finished_within_horizon": False}], source="api")
+    log.close()
+    assert prediction_log.upgrade_tables(sa.create_engine(url)) == []  # once is enough
