@@ -111,6 +111,15 @@ def nests_deeper_than(body: bytes, limit: int) -> bool:
     return _shape_deeper(_JSON_STRINGS.sub(b"", body).translate(None, _NOT_BRACKETS), limit)
 
 
+def _fields_and_messages(errors) -> str:
+    """Pydantic error entries as one line: ``rows.0.brand: String should ...; ...``."""
+    return "; ".join(
+        ".".join(str(p) for p in e.get("loc", ()) if p != "root") + f": {e.get('msg')}"
+        for e in errors
+        if isinstance(e, dict)
+    )
+
+
 def error_detail(body: bytes) -> str:
     """One string out of whatever error body BentoML built (a pydantic error list, an
     ``{"error": ...}`` object, or a list of one)."""
@@ -124,11 +133,7 @@ def error_detail(body: bytes) -> str:
         return str(payload)
     detail = payload.get("detail")
     if isinstance(detail, list):
-        return "; ".join(
-            ".".join(str(p) for p in e.get("loc", ()) if p != "root") + f": {e.get('msg')}"
-            for e in detail
-            if isinstance(e, dict)
-        )
+        return _fields_and_messages(detail)
     return str(detail if detail is not None else payload.get("error", payload))
 
 
@@ -163,10 +168,7 @@ def document_errors(spec: dict) -> dict:
 def _summary(exc: BaseException) -> str:
     """One line: a validation error's fields and messages, or the exception's first line."""
     if isinstance(exc, ValidationError):
-        return "; ".join(
-            ".".join(str(p) for p in e["loc"] if p != "root") + f": {e['msg']}"
-            for e in exc.errors(include_url=False)
-        )
+        return _fields_and_messages(exc.errors(include_url=False))
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
