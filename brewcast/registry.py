@@ -14,6 +14,8 @@ from pathlib import Path
 
 CHALLENGER = "challenger"
 CHAMPION = "champion"
+#: The tag registration writes on every version, and the value serving requires of one.
+GATE_TAG, GATE_PASSED, GATE_REJECTED = "gate", "passed", "rejected"
 
 
 def configure(tracking_uri: str) -> None:

@@ -24,6 +24,9 @@ from brewcast.contract import OUTPUTS, raw_inputs
 from brewcast.registry import (
     CHALLENGER,
     CHAMPION,
+    GATE_PASSED,
+    GATE_REJECTED,
+    GATE_TAG,
     configure,
     ensure_experiment,
     set_alias,
@@ -190,7 +193,7 @@ def _log_run(settings: Settings, work: TrainingWorkdir, reports: _RunReports):
         mlflow.set_tags(
             {
                 "data_snapshot_id": data["data_snapshot_id"],
-                "gate": "passed" if verdict["passed"] else "rejected",
+                GATE_TAG: GATE_PASSED if verdict["passed"] else GATE_REJECTED,
                 "champion_before": verdict["champion_version"] or "none (first model)",
                 "accuracy_note": reports.evaluation["accuracy_note"] or "",
             }
@@ -235,7 +238,7 @@ def register(settings: Settings, work: TrainingWorkdir) -> RegisteredModel:
     client = MlflowClient()
     for key, value in {
         "threshold": threshold,
-        "gate": "passed" if verdict["passed"] else "rejected",
+        GATE_TAG: GATE_PASSED if verdict["passed"] else GATE_REJECTED,
         "data_snapshot_id": reports.data["data_snapshot_id"],
         "calibration": json.dumps(cal["calibration"]),
     }.items():

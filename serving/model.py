@@ -34,7 +34,14 @@ from brewcast.contract import (
     raw_inputs_from_records,
     read_metadata,
 )
-from brewcast.registry import CHAMPION, configure, download_onnx, version_by_alias
+from brewcast.registry import (
+    CHAMPION,
+    GATE_PASSED,
+    GATE_TAG,
+    configure,
+    download_onnx,
+    version_by_alias,
+)
 from brewcast.schema import schema_fingerprint
 from brewcast.settings import Settings
 from serving.prediction_log import new_prediction_ids, prediction_row
@@ -52,10 +59,6 @@ class ModelUnavailableError(RuntimeError):
 
 class ModelRefusedError(ModelUnavailableError):
     """The champion is not fit to serve (ungated, inconsistent metadata, ambiguous files)."""
-
-
-#: The registry tag the promotion step writes on every version (models/promotion.py).
-GATE_TAG, GATE_PASSED = "gate", "passed"
 
 
 def _finite_numbers(value) -> bool:
@@ -204,11 +207,6 @@ class ServedModel:
         }
 
 
-def champion_version(settings: Settings) -> str | None:
-    champion = champion_and_tags(settings)
-    return None if champion is None else champion[0]
-
-
 def champion_and_tags(settings: Settings) -> tuple[str, dict[str, str]] | None:
     """The version holding the champion alias and its registry tags (None: no champion)."""
     configure(settings.tracking_uri)
@@ -234,16 +232,11 @@ def _stored_models() -> list:
         return []
 
 
-def import_champion(settings: Settings, workdir: Path) -> str:
-    """Copy the MLflow champion into the BentoML model store (once per version); its tag."""
+def import_champion(settings: Settings, version: str, workdir: Path) -> str:
+    """Copy ``version`` (the champion whose gate was checked: asking the registry again
+    could find the alias moved) into the BentoML model store, once per version; its tag."""
     import bentoml
 
-    version = champion_version(settings)
-    if version is None:
-        raise ModelUnavailableError(
-            f"no '{CHAMPION}' version of {settings.model_name} in MLflow at "
-            f"{settings.tracking_uri}; run `brewcast train` first"
-        )
     for existing in _stored_models():
         if (
             existing.info.labels.get("mlflow_version") == version
@@ -361,7 +354,11 @@ class ModelHolder:
             try:
                 champion = champion_and_tags(self.settings)
                 if champion is None:
-                    raise ModelUnavailableError(f"no champion of {self.settings.model_name} yet")
+                    raise ModelUnavailableError(
+                        f"no champion of {self.settings.model_name} yet (no '{CHAMPION}' "
+                        f"version in MLflow at {self.settings.tracking_uri}; run `brewcast "
+                        f"train` first)"
+                    )
                 version, tags = champion
                 if self.current is not None and self.current.version == version:
                     return False
@@ -369,7 +366,7 @@ class ModelHolder:
                     self.last_error = self._refused[version]
                     return False
                 check_gate(version, tags)
-                tag = import_champion(self.settings, self.settings.paths.champion_download)
+                tag = import_champion(self.settings, version, self.settings.paths.champion_download)
                 model = load_bento_model(tag, self.settings)
             except Exception as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
