@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from brewcast import lake
 from models.calibrate import Calibration
 from models.dataset import SPLITS
 from models.inputs import Preprocessing
@@ -26,7 +27,10 @@ STEP_FILES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         ("network", "history", "baseline_scores", "fit"),
     ),
     "calibrate": (("validation", "preprocessing", "network"), ("calibration", "threshold_curve")),
-    "export": (("test", "preprocessing", "network", "calibration", "data"), ("model", "export")),
+    "export": (
+        ("train", "validation", "test", "preprocessing", "network", "calibration", "data"),
+        ("model", "export"),
+    ),
     "evaluate": (
         ("test", "model", "calibration", "baseline_scores", "history"),
         ("slices", "plots", "evaluation", "champion"),
@@ -104,9 +108,8 @@ class TrainingWorkdir:
 
     # -- reading and writing ------------------------------------------------------------------
     def write_json(self, path: Path, data) -> Path:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(data, indent=2, default=float))
-        return path
+        """Written whole or not at all (a retried task never reads a half-written report)."""
+        return lake.write_text(path, json.dumps(data, indent=2, default=float))
 
     @staticmethod
     def read_json(path: Path):
