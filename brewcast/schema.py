@@ -291,6 +291,27 @@ _BATCH_NUMERIC = (
     ),
 )
 
+
+def _snapshot_batch_columns() -> list[Column]:
+    """The batch's numbers as snapshot features (every one may be missing), with the flag
+    that says the OG was derived right after the OG."""
+    out = []
+    for c in _BATCH_NUMERIC:
+        out.append(Column(c.name, c.dtype, c.description, c.unit, c.min, c.max, nullable=True))
+        if c.name == "original_gravity_plato":
+            out.append(
+                Column(
+                    "original_gravity_derived",
+                    "bool",
+                    "Whether original_gravity_plato came from the batch's first readings (no "
+                    "valid OG was recorded) rather than from its metadata.",
+                    nullable=True,
+                    role="meta",
+                )
+            )
+    return out
+
+
 BATCHES = Table(
     name="batches",
     description="One row per fermentation batch (a Brewery Pi EventFrame on a fermenter).",
@@ -355,22 +376,7 @@ FEATURES = Table(
             slice_key=True,
         ),
         Column("hours_since_pitch", "float64", "t minus pitch time.", "h", 0.0, 2000.0),
-        *(
-            Column(c.name, c.dtype, c.description, c.unit, c.min, c.max, nullable=True)
-            for c in _BATCH_NUMERIC[:1]  # original_gravity_plato
-        ),
-        Column(
-            "original_gravity_derived",
-            "bool",
-            "Whether original_gravity_plato came from the batch's first readings (no valid "
-            "OG was recorded) rather than from its metadata.",
-            nullable=True,
-            role="meta",
-        ),
-        *(
-            Column(c.name, c.dtype, c.description, c.unit, c.min, c.max, nullable=True)
-            for c in _BATCH_NUMERIC[1:]
-        ),
+        *_snapshot_batch_columns(),
         Column(
             "current_gravity_plato",
             "float64",

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from itertools import combinations
 
@@ -322,13 +323,11 @@ def psi(expected: np.ndarray, actual: np.ndarray) -> float:
 def unseen_categories(predictions: pd.DataFrame) -> dict[str, dict[str, int]]:
     """{column: {value: predictions}} the served model had no embedding for (a brand,
     fermenter or strain new to it), from what the service logged per prediction."""
-    out: dict[str, dict[str, int]] = {}
-    flagged = predictions[predictions["unknown_categories"].fillna("") != ""]
-    for columns, row in zip(flagged["unknown_categories"], flagged.itertuples(), strict=True):
-        for column in columns.split(","):
-            value = str(getattr(row, column, None))
-            out.setdefault(column, {})[value] = out.get(column, {}).get(value, 0) + 1
-    return out
+    out: dict[str, Counter] = {}
+    for row in predictions[predictions["unknown_categories"].fillna("") != ""].itertuples():
+        for column in row.unknown_categories.split(","):
+            out.setdefault(column, Counter())[str(getattr(row, column, None))] += 1
+    return {column: dict(counts) for column, counts in out.items()}
 
 
 def out_of_distribution_counts(predictions: pd.DataFrame) -> dict:
