@@ -185,9 +185,7 @@ def reason_report(outcome: PartitionOutcome, verdict: Verdict, policy: str) -> d
     """The report kept next to a partition's quarantined rows: its outcome, the policy that
     applied, every failed expectation, and the retry marker the lake's staleness check reads
     (a structured field: a rule's name in the text, say in an example, means nothing)."""
-    report = asdict(outcome)
-    for failure in report["failures"]:
-        failure.pop("examples_index", None)
+    report = _outcome_json(outcome)
     report["policy"] = policy
     report["failed_expectations"] = report.pop("failures")
     report[lake.RETRY_FIELD] = verdict.retry

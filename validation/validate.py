@@ -424,7 +424,7 @@ def validate_lake(
     """
     validator = Validator(settings)
     run = ValidationRun()
-    known = _known_categories(settings)
+    known = _known_categories(load_reference(settings))
     raw_batches = lake.read_table(settings.paths.lake, "raw", BATCHES)
     for table in (BATCHES, READINGS):
         files = lake.partition_files(settings.paths.lake, "raw", table)
@@ -480,8 +480,8 @@ def _select(
     return todo, retried
 
 
-def _known_categories(settings: Settings) -> dict[str, list[str]] | None:
-    reference = load_reference(settings)
+def _known_categories(reference: dict | None) -> dict[str, list[str]] | None:
+    """The training reference's categories (:func:`load_reference`), or None without one."""
     return reference.get("categories") if reference else None
 
 
@@ -545,7 +545,12 @@ def validate_file(settings: Settings, path: Path, now: pd.Timestamp | None = Non
     parts = [Part(piece, date, label, str(path)) for date, piece in pieces]
     parts = parts or [Part(frame, "none", label, str(path))]  # header only: fails not_empty
     run.outcomes += validate_parts(
-        validator, table, parts, batches=batches, known=_known_categories(settings), now=now
+        validator,
+        table,
+        parts,
+        batches=batches,
+        known=_known_categories(load_reference(settings)),
+        now=now,
     )
     _finish(settings, validator, run)
     return run
@@ -569,7 +574,7 @@ def publish_features(
         publish_stage="features",
         reference=reference["features"] if reference else None,
         reference_since=pd.Timestamp(reference["until"]) if reference else None,
-        known=reference.get("categories") if reference else None,
+        known=_known_categories(reference),
         now=now,
     )
     # Rebuilt whole: a partition this build no longer has (or now holds back whole) goes.
