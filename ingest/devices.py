@@ -38,9 +38,8 @@ RABBITFARMER_JSONL = "rabbitfarmer_jsonl"
 COMPANION_SUFFIX = "_batch.json"
 #: The Tilt app's Excel serial days count from this date (``DEVICES.md`` §3).
 EXCEL_ORIGIN = pd.Timestamp("1899-12-30")
-_TIME_WITH_ZONE = re.compile(r"(?:Z|[+-]\d\d:?\d\d)$")
 #: A timestamp that says its offset (ends in Z or +hh:mm): brewcast's own files need one.
-TIME_WITH_ZONE = _TIME_WITH_ZONE
+TIME_WITH_ZONE = re.compile(r"(?:Z|[+-]\d\d:?\d\d)$")
 
 #: Which units each quantity column saw: {tag or batch column: {unit, ...}}.
 UnitsSeen = dict[str, set[str]]
@@ -114,7 +113,7 @@ def local_times(
     file's order (oldest or newest first); an ambiguous or missing local time that order
     cannot resolve refuses the file rather than shifting it silently."""
     text = values.astype("string").str.strip()
-    aware = text.str.contains(_TIME_WITH_ZONE, na=False)
+    aware = text.str.contains(TIME_WITH_ZONE, na=False)
     out = pd.Series(pd.NaT, index=values.index, dtype="datetime64[us, UTC]")
     try:
         if aware.any():

@@ -28,6 +28,7 @@ import pandas as pd
 from rich.progress import Progress
 
 from brewcast.schema import BATCHES, READINGS
+from brewcast.units import CANONICAL
 
 
 @dataclass(frozen=True)
@@ -151,7 +152,7 @@ class BreweryProfile:
     temperature_every_minutes: float
     recorded: frozenset[str] = frozenset(OPTIONAL_METADATA)
     realism: Realism = Realism()
-    units: Mapping[str, str] = field(default_factory=lambda: {"gravity": "°P", "temperature": "°C"})
+    units: Mapping[str, str] = field(default_factory=lambda: dict(CANONICAL))
 
     def __post_init__(self) -> None:
         unknown = set(self.recorded) - set(OPTIONAL_METADATA)
