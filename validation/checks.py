@@ -72,8 +72,9 @@ def add_checks(
         # A dip (a truncated value) is flagged by its own rule; as a neighbour it would make
         # the next good reading look like a rise and drag the running minimum down.
         steady = in_window & ~(out[GRAVITY_DIP] > dip_bound)
-        out[GRAVITY_RISE] = gravity_rise(out, previous_gravity, steady)
-        out[GRAVITY_RISE_SINCE_MIN] = gravity_rise(out, previous_gravity, steady, since_min=True)
+        out[GRAVITY_RISE], out[GRAVITY_RISE_SINCE_MIN] = gravity_rises(
+            out, previous_gravity, steady
+        )
         out[LIKELY_UNIT] = likely_units(out, previous_gravity)
     elif table is BATCHES:
         out[HOURS_IN_FUTURE] = _hours(out["start_time"] - now)
@@ -103,15 +104,14 @@ def _own_values(readings: pd.DataFrame, seq: pd.DataFrame, values: pd.Series) ->
     return out
 
 
-def gravity_rise(
+def gravity_rises(
     readings: pd.DataFrame,
     previous: pd.DataFrame | None = None,
     candidates: pd.Series | None = None,
-    since_min: bool = False,
-) -> pd.Series:
-    """Per gravity reading: its value minus the batch's previous plausible gravity reading
-    (``since_min``: minus the lowest earlier one, so a creep of small rises that each pass
-    the step rule still adds up to a failure).
+) -> tuple[pd.Series, pd.Series]:
+    """Per gravity reading: its value minus the batch's previous plausible gravity reading,
+    and minus the lowest earlier one (so a creep of small rises that each pass the step rule
+    still adds up to a failure); both from one ordered sequence of the batch's readings.
 
     Implausible values (outside the schema range, missing, or not ``candidates``, e.g.
     outside the batch window) are skipped as neighbours, so a single bad reading is flagged
@@ -119,10 +119,10 @@ def gravity_rise(
     not gravity readings, or have no predecessor, get NaN.
     """
     seq = _gravity_sequence(readings, previous, candidates)
-    earlier = seq.groupby("batch_id", sort=False)["value"]
-    base = earlier.cummin() if since_min else seq["value"]
-    rise = seq["value"] - base.groupby(seq["batch_id"], sort=False).shift(1)
-    return _own_values(readings, seq, rise)
+    by_batch = seq.groupby("batch_id", sort=False)["value"]
+    step = seq["value"] - by_batch.shift(1)
+    lowest = by_batch.cummin().groupby(seq["batch_id"], sort=False).shift(1)
+    return _own_values(readings, seq, step), _own_values(readings, seq, seq["value"] - lowest)
 
 
 def gravity_dip(
