@@ -129,13 +129,18 @@ def write_file(final: Path, arrow: pa.Table) -> Path:
     return final
 
 
-def write_text(final: Path, text: str) -> Path:
-    """Atomically write a small text file (a reason, a summary)."""
+def write_bytes(final: Path, data: bytes) -> Path:
+    """Atomically write a file (temporary name, then rename): whole or not at all."""
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(text)
+    tmp.write_bytes(data)
     os.replace(tmp, final)
     return final
+
+
+def write_text(final: Path, text: str) -> Path:
+    """Atomically write a small text file (a reason, a summary)."""
+    return write_bytes(final, text.encode())
 
 
 def partition_files(
