@@ -371,9 +371,13 @@ FEATURES = Table(
         Column(
             "season",
             "string",
-            "Season at pitch (northern hemisphere).",
+            "Season at pitch (northern hemisphere). A slice key, not a model input: what a "
+            "season does to a fermentation reaches it as the cellar's ambient temperature, "
+            "which is an input, and a split by time cannot give the model every season to "
+            "learn from (a season only in the test split would meet an untrained embedding).",
             vocabulary=SEASONS,
             slice_key=True,
+            role="meta",
         ),
         Column("hours_since_pitch", "float64", "t minus pitch time.", "h", 0.0, 2000.0),
         *_snapshot_batch_columns(),

@@ -112,6 +112,12 @@ def _snapshot_model() -> type[BaseModel]:
                 ),
             ),
         )
+    for col in FEATURES.columns:  # slice keys that are no model input: logged, not scored
+        if col.slice_key and col.name not in fields:
+            fields[col.name] = (
+                Text | None,
+                Field(None, description=f"{col.description} Logged to slice monitoring by."),
+            )
     return create_model("Snapshot", __config__=ConfigDict(extra="forbid"), **fields)
 
 

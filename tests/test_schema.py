@@ -28,9 +28,10 @@ def test_feature_roles_partition_the_model_inputs():
     assert schema.LABEL in labels and schema.REGRESSION_TARGET in labels
     assert inputs | labels | keys | meta == set(FEATURES.names)
     assert not inputs & labels and not inputs & meta
-    # a flag for people, and a count that measures the brewery's reading habit more than
-    # the fermentation: neither is a model input
-    assert meta == {"original_gravity_derived", "gravity_readings_count"}
+    # a flag for people, a count that measures the brewery's reading habit more than the
+    # fermentation, and the season (a slice key: a time split cannot cover every season):
+    # none is a model input
+    assert meta == {"original_gravity_derived", "gravity_readings_count", "season"}
     assert set(schema.slice_keys()) == {"brand", "yeast_strain", "fermenter", "season"}
     assert all(FEATURES[k].is_categorical for k in schema.slice_keys())
 
