@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -43,6 +44,21 @@ class Manifest:
     def to_dict(self) -> dict:
         """Plain JSON types only (what XCom carries)."""
         return json.loads(json.dumps(asdict(self), default=str))
+
+
+def json_safe(value):
+    """``value`` as strict JSON would have it: NaN and infinities (a metric of a model that
+    forecasts no hours, an interval without enough batches) become None; Airflow's XCom
+    refuses them otherwise."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return json_safe(json.loads(json.dumps(value, default=str)))
 
 
 def _paths(paths) -> list[str]:
@@ -217,7 +233,7 @@ def train_step(
         read=_paths(reads),
         wrote=_paths(writes),
         counts={"seconds": round(time.perf_counter() - started)},
-        details=json.loads(json.dumps(details, default=str)),
+        details=json_safe(details),
         workdir=str(work.root),
     )
     if step == "gate" and not details["passed"]:

@@ -40,6 +40,9 @@ META_DATA_SNAPSHOT_ID = "data_snapshot_id"
 META_VOCABULARIES = "vocabularies"
 #: {"batches", "rows", "until"}: the training split the model learned from.
 META_TRAINED_ON = "trained_on"
+#: Which model family the graph holds ("network", "boosted"): the serving contract is the
+#: same for all, this says which won the run that made it.
+META_MODEL_FAMILY = "model_family"
 #: :class:`Familiarity` as JSON: how far from its training data a snapshot may lie.
 META_FAMILIARITY = "familiarity"
 #: What :class:`Familiarity` reads besides the numeric inputs (a snapshot column the

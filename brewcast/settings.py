@@ -187,6 +187,23 @@ class TrainingSettings(BaseSettings):
         description="Out-of-distribution threshold: this quantile of the validation split's "
         "distance to the training data (a snapshot beyond it is flagged).",
     )
+    model_families: str = Field(
+        "network,boosted",
+        pattern=r"^\s*(network|boosted)\s*(,\s*(network|boosted)\s*)*$",
+        description="Model families trained on the same split (comma-separated: network, "
+        "boosted); the one with the lowest calibrated validation log loss on pre-finish rows "
+        "is the run's candidate, the others are logged as compared alternatives.",
+    )
+    boosted_rounds: int = Field(800, ge=1, description="Most boosting rounds (early stopping).")
+    boosted_learning_rate: float = Field(0.05, gt=0, description="Boosting learning rate.")
+    boosted_leaves: int = Field(31, ge=2, description="Leaves per boosted tree.")
+    boosted_min_child_rows: int = Field(40, ge=1, description="Fewest rows in a boosted leaf.")
+    bootstrap_replicates: int = Field(
+        200,
+        ge=20,
+        description="Batch-bootstrap resamples behind every metric's interval (a batch is "
+        "the unit: its snapshots are correlated).",
+    )
     vocabulary_min_batches: int = Field(
         2,
         ge=1,
@@ -209,9 +226,13 @@ class RegistrySettings(BaseSettings):
     gate_max_ece: float = Field(0.05, description="Largest overall ECE a champion may have.")
     gate_max_slice_ece: float = Field(0.10, description="Largest ECE in a supported slice.")
     gate_max_abs_bias: float = Field(
-        0.05, description="Largest |prediction bias|, overall and in every supported slice."
+        0.05,
+        description="Bias tolerance: the gate fails when the bias interval (overall, or of a "
+        "tested slice) lies wholly beyond it.",
     )
-    gate_min_slice_rows: int = Field(200, description="Rows a slice needs before it can fail.")
+    gate_min_slice_batches: int = Field(
+        15, ge=2, description="Batches a slice needs to be tested (smaller: 'not tested')."
+    )
     gate_tolerance: float = Field(
         0.01, description="How much worse than the champion (log loss, AUC) a challenger may be."
     )

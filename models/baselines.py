@@ -1,12 +1,15 @@
-"""Baselines reported next to the network, on the same split: the model must beat them.
+"""Baselines reported next to the model families, on the same split: a candidate must beat
+every one of them.
 
 * ``slope_rule`` — no ML: extrapolate the recent gravity slope to the strain's typical
-  terminal gravity (learned from finished training batches) and call it finished when that
-  is within the horizon;
-* ``logistic_regression`` and ``gradient_boosting`` (scikit-learn) on the same features.
+  terminal gravity (learned from finished training batches). Its hours are the
+  hours-remaining baseline, capped at the longest wait seen in training;
+* ``logistic_regression`` (scikit-learn) on the same features: the simplest learned model.
 
-Every baseline returns probabilities; the rule's score is turned into one by a Platt fit
-on the validation split, so log loss and calibration compare fairly.
+Each baseline turns its score into a probability the way the families do: the same
+calibration method, fitted on the same validation rows (pre-finish), so log loss and
+calibration compare fairly. (Gradient boosting is no longer a baseline: it is a model
+family, ``models.boosted``, that can win.)
 """
 
 from __future__ import annotations
@@ -15,9 +18,13 @@ import numpy as np
 import pandas as pd
 
 from brewcast.contract import CATEGORICAL, NUMERIC
-from brewcast.schema import LABEL
-from models.calibrate import fit_calibration
+from brewcast.schema import LABEL, REGRESSION_TARGET
+from models.calibrate import Calibration, fit_calibration
+from models.dataset import before_finish
 
+#: The baselines without machine learning: a candidate must beat these over the whole
+#: interval of the difference (``models.gate``).
+NON_ML = ("slope_rule",)
 #: Apparent attenuation assumed for a strain never seen finishing in training.
 DEFAULT_ATTENUATION = 0.75
 
@@ -29,33 +36,34 @@ class SlopeRule:
         self.tolerance = terminal_tolerance_plato
         self.horizon = horizon_hours
         self.attenuation: dict[str, float] = {}
-        self.calibration = None
+        self.longest_wait = 10 * horizon_hours
 
-    def fit(self, train: pd.DataFrame, validation: pd.DataFrame) -> SlopeRule:
-        done = train[train["hours_remaining"] == 0]
+    def fit(self, train: pd.DataFrame) -> SlopeRule:
+        done = train[train[REGRESSION_TARGET] == 0]
         self.attenuation = done.groupby("yeast_strain")["apparent_attenuation"].median().to_dict()
         self.default = (
             float(done["apparent_attenuation"].median()) if len(done) else (DEFAULT_ATTENUATION)
         )
-        self.calibration = fit_calibration(self.score(validation), validation[LABEL], "platt")
+        waits = train[REGRESSION_TARGET].dropna()
+        if len(waits):
+            self.longest_wait = float(waits.max())
         return self
 
     def hours_remaining(self, frame: pd.DataFrame) -> np.ndarray:
+        """The extrapolation, capped at the longest wait of a finishing training batch (a
+        flat slope would otherwise promise years); unknown slope: that cap."""
         attenuation = (
             frame["yeast_strain"].map(self.attenuation).astype("float64").fillna(self.default)
         )
         terminal = frame["original_gravity_plato"] * (1.0 - attenuation)
         to_go = (frame["current_gravity_plato"] - terminal - self.tolerance).clip(lower=0.0)
         falling_per_hour = (-frame["gravity_slope_plato_per_day"] / 24.0).clip(lower=1e-3)
-        hours = (to_go / falling_per_hour).fillna(10 * self.horizon)
-        return hours.clip(upper=2000.0).to_numpy()
+        hours = (to_go / falling_per_hour).fillna(self.longest_wait)
+        return hours.clip(upper=self.longest_wait).to_numpy()
 
     def score(self, frame: pd.DataFrame) -> np.ndarray:
         """Larger when sooner: log(horizon) - log(1 + predicted hours), near-logistic in p."""
         return np.log(self.horizon) - np.log1p(self.hours_remaining(frame))
-
-    def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
-        return self.calibration.apply(self.score(frame))
 
 
 def _tabular_pipeline(estimator):
@@ -87,32 +95,43 @@ def _as_object(frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+class Baseline:
+    """A fitted score, calibrated like the families: ``predict_proba`` and, where the
+    baseline forecasts one, ``hours`` (else None)."""
+
+    def __init__(self, score, calibration: Calibration, hours=None):
+        self._score, self.calibration, self._hours = score, calibration, hours
+
+    def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
+        return self.calibration.apply(self._score(frame))
+
+    def hours(self, frame: pd.DataFrame) -> np.ndarray | None:
+        return None if self._hours is None else self._hours(frame)
+
+
 def fit_baselines(
     train: pd.DataFrame,
     validation: pd.DataFrame,
-    seed: int,
     terminal_tolerance_plato: float,
     horizon_hours: float,
-) -> dict:
-    """Name -> fitted object with ``predict_proba(frame) -> P(finished within horizon)``."""
-    from sklearn.ensemble import HistGradientBoostingClassifier
+    calibration_method: str,
+) -> dict[str, Baseline]:
+    """Name -> fitted :class:`Baseline`, each calibrated on the validation split's
+    pre-finish rows with ``calibration_method`` (the families' own)."""
     from sklearn.linear_model import LogisticRegression
 
     y = train[LABEL].astype(int).to_numpy()
     logistic = _tabular_pipeline(LogisticRegression(max_iter=2000)).fit(_as_object(train), y)
-    boosted = _tabular_pipeline(HistGradientBoostingClassifier(random_state=seed)).fit(
-        _as_object(train), y
-    )
-
-    class _Sklearn:
-        def __init__(self, model):
-            self.model = model
-
-        def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
-            return self.model.predict_proba(_as_object(frame))[:, 1]
-
-    return {
-        "slope_rule": SlopeRule(terminal_tolerance_plato, horizon_hours).fit(train, validation),
-        "logistic_regression": _Sklearn(logistic),
-        "gradient_boosting": _Sklearn(boosted),
+    rule = SlopeRule(terminal_tolerance_plato, horizon_hours).fit(train)
+    scores = {
+        "slope_rule": rule.score,
+        "logistic_regression": lambda frame: logistic.decision_function(_as_object(frame)),
     }
+    decided = validation[before_finish(validation)]
+    out = {}
+    for name, score in scores.items():
+        calibration = fit_calibration(score(decided), decided[LABEL], calibration_method)
+        out[name] = Baseline(
+            score, calibration, rule.hours_remaining if name == "slope_rule" else None
+        )
+    return out

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from brewcast.schema import FEATURES, READING_VALUE_RANGES, season_of
+from brewcast.schema import FEATURES, READING_VALUE_RANGES, REGRESSION_TARGET, season_of
 
 log = logging.getLogger(__name__)
 
@@ -314,6 +314,35 @@ def _batch_snapshots(
         "finished_within_horizon": finished,
         "hours_remaining": remaining,
     }
+
+
+def before_finish(frame: pd.DataFrame) -> np.ndarray:
+    """Snapshots taken before their batch finished (a stuck batch's included): the rows a
+    decision depends on. A snapshot at or after the finish (they run to finish + horizon)
+    is a sure positive with 0 h left; counted in a headline, it flatters every metric."""
+    return ~(frame[REGRESSION_TARGET] <= 0.0).to_numpy()
+
+
+def unseen_in_training(
+    train: pd.DataFrame, other: pd.DataFrame, columns: list[str]
+) -> dict[str, dict[str, int]]:
+    """Per categorical model input: the values of ``other`` (a later split) that the
+    training split never has, with their row counts.
+
+    The coverage rule of the split: a model input's categories are learned from training
+    only (``models.inputs``), so a value outside it is served through the trained
+    out-of-vocabulary bucket and reported here, never given an untrained embedding. An input
+    that a split by time cannot cover (a season: a year's data split by time leaves one
+    out of training) is not a model input (``brewcast.schema``).
+    """
+    out = {}
+    for column in columns:
+        known = set(train[column].dropna().astype(str))
+        values = other[column].dropna().astype(str)
+        counts = values[~values.isin(known)].value_counts()
+        if len(counts):
+            out[column] = {str(k): int(v) for k, v in counts.items()}
+    return out
 
 
 def split_by_batch_time(

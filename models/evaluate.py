@@ -2,18 +2,26 @@
 
 The same metric functions (``models.metrics``) serve training, the promotion gate and
 monitoring; slices come from the schema's slice keys. A slice's numbers are always shown
-with their support; only slices with at least ``min_rows`` rows may fail a gate.
+with their support; only slices with at least ``min_batches`` batches may fail a gate.
 """
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from brewcast.schema import LABEL, slice_keys
-from models.metrics import classification_report, reliability_table, roc_auc
+from models.metrics import (
+    bootstrap_replicates,
+    classification_report,
+    expected_calibration_error,
+    percentile_interval,
+    reliability_table,
+    roc_auc,
+)
 
 SLICE_COLUMNS = ("slice", "value")
 
@@ -22,23 +30,41 @@ def slice_table(
     frame: pd.DataFrame,
     p: np.ndarray,
     threshold: float,
-    min_rows: int,
+    min_batches: int,
     keys: list[str] | None = None,
+    replicates: int = 200,
+    seed: int = 0,
 ) -> pd.DataFrame:
-    """One row per (slice key, value): every metric, the support, and whether it is enough."""
+    """One row per (slice key, value): every metric, the support in rows and batches,
+    whether it is enough to test, ``rows_key`` (the same for slices of the same rows), and
+    for a testable slice a batch-bootstrap interval on its ECE."""
     rows = []
     p = np.asarray(p, dtype=np.float64)
     for key in keys or slice_keys():
         values = frame[key].astype(object).where(frame[key].notna(), "(missing)")
         for value, index in values.groupby(values, sort=True).indices.items():
             part = frame.iloc[index]
-            report = classification_report(part[LABEL], p[index], threshold, part["batch_id"])
+            y = part[LABEL].to_numpy(dtype=np.float64)
+            report = classification_report(y, p[index], threshold, part["batch_id"])
+            enough = report["batches"] >= min_batches
+            ece_low = ece_high = float("nan")
+            if enough:
+                draws = bootstrap_replicates(
+                    part["batch_id"],
+                    {"ece": lambda r, y=y, q=p[index]: expected_calibration_error(y[r], q[r])},
+                    replicates,
+                    seed,
+                )
+                ece_low, ece_high = percentile_interval(draws["ece"])
             rows.append(
                 {
                     "slice": key,
                     "value": str(value),
                     **report,
-                    "enough_support": report["rows"] >= min_rows,
+                    "ece_low": ece_low,
+                    "ece_high": ece_high,
+                    "enough_support": enough,
+                    "rows_key": hashlib.sha256(np.sort(index).tobytes()).hexdigest()[:16],
                 }
             )
     return pd.DataFrame(rows)

@@ -19,8 +19,11 @@ batch's time is per node): Keras' negative-index guards dropped, constant scales
 folded into the dense layers' weights, and every column's embedding looked up by one
 Gather (69 nodes as first converted, 19 after).
 
-The parity check runs the graph in onnxruntime on the test split and compares it with the
-Keras model plus the same calibration in NumPy; above ``PARITY_LIMIT`` the export fails.
+The boosted family (``models.boosted``) takes the network's place in the middle, with
+the same interface, so the graph's inputs, outputs and calibration are the same whichever
+family won. The parity check runs the graph in onnxruntime on the test split and compares
+it with the family's own model plus the same calibration in NumPy; above
+``PARITY_LIMIT`` the export fails.
 """
 
 from __future__ import annotations
@@ -47,7 +50,6 @@ from brewcast.contract import (
 from brewcast.schema import schema_fingerprint
 from models.calibrate import Calibration
 from models.inputs import NUMERIC_INPUT, Preprocessing
-from models.network import predict_network
 
 PARITY_LIMIT = 1e-4
 IR_VERSION = 8  # what tf2onnx 1.17 writes; merge_models needs every part to agree
@@ -554,22 +556,27 @@ def run_onnx(session, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
 
 def export_model(
     pre: Preprocessing,
-    keras_model,
+    net,
     calibration: Calibration,
     parity_frame: pd.DataFrame,
+    reference: tuple[np.ndarray, np.ndarray],
     metadata: dict[str, object] | None = None,
 ) -> ExportResult:
-    """Compose the graph and check it against Keras on ``parity_frame`` (the test split)."""
-    full = compose_model(pre, network_to_onnx(keras_model), calibration, metadata)
+    """Compose ``pre`` + ``net`` (a family's graph: :func:`network_to_onnx` or
+    ``models.boosted.boosted_graph``) + calibration and check it on ``parity_frame`` (the
+    test split) against ``reference``, the family's own (logit, hours) there."""
+    full = compose_model(pre, net, calibration, metadata)
     session = cpu_session(full.SerializeToString())
     probability, hours = run_onnx(session, parity_frame)
-    logit, keras_hours = predict_network(keras_model, pre.network_inputs(parity_frame))
+    logit, reference_hours = reference
     error = float(np.max(np.abs(probability - calibration.apply(logit)))) if len(logit) else 0.0
-    hours_error = float(np.max(np.abs(hours - np.maximum(keras_hours, 0.0)))) if len(logit) else 0.0
+    hours_error = (
+        float(np.max(np.abs(hours - np.maximum(reference_hours, 0.0)))) if len(logit) else 0.0
+    )
     result = ExportResult(full, error, hours_error, len(parity_frame))
     if error > PARITY_LIMIT:
         raise ParityError(
-            f"ONNX probability differs from Keras by {error:.3g} "
+            f"ONNX probability differs from its model by {error:.3g} "
             f"(limit {PARITY_LIMIT:g}) on {len(parity_frame)} test rows"
         )
     return result

@@ -1,15 +1,32 @@
-"""The promotion gate: a challenger becomes champion only if every check passes.
+"""The promotion gate: a candidate becomes champion only if every check passes.
 
-Checks: ONNX parity; ECE and |prediction bias| under their limits overall and in every
-slice with enough rows (a slice's bias fails only when its batch-bootstrap interval also
-excludes 0: a few odd batches in a small slice are noise, not a biased model); better
-than the non-ML slope rule; and not worse than the current champion beyond a tolerance,
-all scored on the same test rows. The verdict lists every check with its value and limit,
-so a rejected model says why.
+Every check is scored on the test split's pre-finish rows (``models.dataset.before_finish``),
+and says its value, limit, interval and support, so a rejected model says why and a
+passed one says by how much:
+
+* **parity** of the ONNX graph with the model it was exported from;
+* **overall ECE** under its limit (hundreds of batches: the point estimate);
+* **bias, overall and per slice**: fails only when its interval (cluster-robust, by batch)
+  lies wholly beyond the tolerance. A stuck batch in a small slice widens the interval
+  instead of failing the model; a slice that is biased fails;
+* **slice ECE**: fails only when the low end of its batch-bootstrap interval is above the
+  limit (ECE is biased upwards in small samples);
+* slices are tested when they hold at least ``min_slice_batches`` batches (support counts
+  batches, not rows: a batch's snapshots are correlated) and once per set of rows (a brand
+  brewed with one strain only is the same rows as that strain's slice); the others are
+  listed as not tested, with their size;
+* **baselines**: the candidate's log loss, minus each baseline's on the same resampled
+  batches (paired bootstrap): below 0 over the whole interval for the non-ML rule (a model
+  that cannot show it beats the rule adds nothing); for a learned baseline, a failure when
+  the whole interval is above 0 (the baseline is better, not by the luck of the test
+  split); the same within noise passes, and the check's note says so;
+* **champion**: log loss no worse than the champion's by more than the tolerance and AUC no
+  lower by more than it, on the same rows (the first model has none, and says so).
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -17,13 +34,15 @@ import pandas as pd
 
 from models.export import PARITY_LIMIT
 
+PASSED, FAILED, NOT_TESTED = "passed", "failed", "not tested"
+
 
 @dataclass(frozen=True)
 class GateLimits:
     max_ece: float = 0.05
     max_slice_ece: float = 0.10
     max_abs_bias: float = 0.05
-    min_slice_rows: int = 200
+    min_slice_batches: int = 15
     tolerance: float = 0.01
     parity: float = PARITY_LIMIT
 
@@ -33,7 +52,7 @@ class GateLimits:
             s.gate_max_ece,
             s.gate_max_slice_ece,
             s.gate_max_abs_bias,
-            s.gate_min_slice_rows,
+            s.gate_min_slice_batches,
             s.gate_tolerance,
         )
 
@@ -44,6 +63,25 @@ class Check:
     value: float
     limit: float
     passed: bool
+    low: float | None = None
+    high: float | None = None
+    #: Batches the value was measured on (None where that is not what it rests on).
+    support: int | None = None
+    status: str = ""
+    note: str = ""
+
+    def __post_init__(self):
+        if not self.status:
+            self.status = PASSED if self.passed else FAILED
+
+    def describe(self) -> str:
+        interval = (
+            f" (95% interval {self.low:.4g}..{self.high:.4g})"
+            if self.low is not None and np.isfinite(self.low)
+            else ""
+        )
+        support = f", {self.support} batches" if self.support is not None else ""
+        return f"{self.name}: {self.value:.4g}{interval} vs limit {self.limit:.4g}{support}"
 
 
 @dataclass
@@ -56,26 +94,153 @@ class Verdict:
 
     @property
     def reasons(self) -> list[str]:
-        return [
-            f"{c.name}: {c.value:.4g} vs limit {c.limit:.4g}" for c in self.checks if not c.passed
-        ]
+        return [c.describe() for c in self.checks if c.status == FAILED]
 
     def to_dict(self) -> dict:
         return {
             "passed": self.passed,
             "reasons": self.reasons,
             "checks": [asdict(c) for c in self.checks],
+            "not_tested": [c.name for c in self.checks if c.status == NOT_TESTED],
             "champion_version": self.champion_version,
             "first_model": self.champion_version is None,
             "note": self.note,
         }
 
 
-def _interval_holds_zero(row) -> bool:
-    """Whether a slice's bias interval (batch bootstrap, ``models.metrics``) contains 0: its
-    mean residual is then not told apart from noise, whatever the point estimate."""
-    low, high = getattr(row, "bias_low", np.nan), getattr(row, "bias_high", np.nan)
-    return bool(np.isfinite(low) and np.isfinite(high) and low <= 0.0 <= high)
+def _finite(value) -> float | None:
+    return float(value) if value is not None and np.isfinite(value) else None
+
+
+def beyond_tolerance(low: float, high: float, tolerance: float) -> bool:
+    """Whether an interval lies wholly outside ``[-tolerance, tolerance]``: evidence of a
+    bias, not a point estimate that noise can put there."""
+    return bool(np.isfinite(low) and np.isfinite(high) and (low > tolerance or high < -tolerance))
+
+
+def _bias_check(name: str, value, low, high, support, limits: GateLimits) -> Check:
+    return Check(
+        name,
+        value,
+        limits.max_abs_bias,
+        not beyond_tolerance(low, high, limits.max_abs_bias),
+        _finite(low),
+        _finite(high),
+        support,
+    )
+
+
+def _slice_checks(slices: pd.DataFrame, limits: GateLimits, all_rows: int) -> list[Check]:
+    """Each (slice key, value) tested once per set of rows, when it has the batches (a
+    slice of all ``all_rows`` rows is the overall check's)."""
+    checks: list[Check] = []
+    tested_rows: dict[str, str] = {}
+    for row in slices.itertuples(index=False):
+        if int(row.rows) == all_rows:
+            tested_rows.setdefault(row.rows_key, "the overall checks")
+        where = f"slice {row.slice}={row.value}"
+        batches = int(row.batches)
+        if batches < limits.min_slice_batches:
+            checks.append(
+                Check(
+                    where,
+                    float(row.rows),
+                    limits.min_slice_batches,
+                    True,
+                    support=batches,
+                    status=NOT_TESTED,
+                    note=f"{batches} batches ({int(row.rows)} rows): too few to test",
+                )
+            )
+            continue
+        same = tested_rows.get(row.rows_key)
+        if same is not None:
+            checks.append(
+                Check(
+                    where,
+                    float(row.rows),
+                    limits.min_slice_batches,
+                    True,
+                    support=batches,
+                    status=NOT_TESTED,
+                    note=f"the same rows as {same}, tested there",
+                )
+            )
+            continue
+        tested_rows[row.rows_key] = where
+        checks.append(
+            _bias_check(f"{where} bias", row.bias, row.bias_low, row.bias_high, batches, limits)
+        )
+        if np.isfinite(row.ece):
+            low = row.ece_low if np.isfinite(row.ece_low) else row.ece
+            checks.append(
+                Check(
+                    f"{where} ece",
+                    row.ece,
+                    limits.max_slice_ece,
+                    not low > limits.max_slice_ece,
+                    _finite(row.ece_low),
+                    _finite(row.ece_high),
+                    batches,
+                )
+            )
+    return checks
+
+
+def _baseline_checks(
+    baselines: dict[str, dict], significantly_better_than: Collection[str], support
+) -> list[Check]:
+    checks = []
+    for name, difference in baselines.items():
+        value, low, high = difference["value"], difference["low"], difference["high"]
+        if name in significantly_better_than:
+            passed, note = value < 0 and high < 0, "must be lower over its whole interval"
+        else:
+            passed = not low > 0
+            note = (
+                "lower, significantly"
+                if high < 0
+                else "the same within noise (the interval holds 0)"
+                if passed
+                else "higher over its whole interval: the baseline is better"
+            )
+        checks.append(
+            Check(
+                f"log_loss - {name}",
+                value,
+                0.0,
+                passed,
+                _finite(low),
+                _finite(high),
+                support,
+                note=note,
+            )
+        )
+    return checks
+
+
+def _champion_checks(champion: dict, limits: GateLimits, support) -> list[Check]:
+    loss, auc = champion["log_loss"], champion["auc"]
+    return [
+        Check(
+            "log_loss - champion",
+            loss["value"],
+            limits.tolerance,
+            loss["value"] <= limits.tolerance,
+            _finite(loss["low"]),
+            _finite(loss["high"]),
+            support,
+        ),
+        Check(
+            "auc - champion",
+            auc["value"],
+            -limits.tolerance,
+            auc["value"] >= -limits.tolerance,
+            _finite(auc["low"]),
+            _finite(auc["high"]),
+            support,
+        ),
+    ]
 
 
 def promotion_gate(
@@ -83,65 +248,40 @@ def promotion_gate(
     overall: dict,
     slices: pd.DataFrame,
     limits: GateLimits,
+    baselines: dict[str, dict] | None = None,
     champion: dict | None = None,
-    rule: dict | None = None,
     champion_version: str | None = None,
+    significantly_better_than: Collection[str] = (),
 ) -> Verdict:
-    """``overall``/``champion``/``rule``: metric dicts on the same test rows
-    (``models.metrics``); ``rule`` is the non-ML baseline a model must beat to ship.
-    ``champion`` is None only for the first model (a champion that cannot be scored stops
-    training before the gate), and the verdict says so."""
+    """``overall``: the candidate's metrics (``models.metrics.classification_report`` with
+    ``ece_low``/``ece_high``); ``slices``: :func:`models.evaluate.slice_table`;
+    ``baselines``: name -> the paired log-loss difference candidate - baseline
+    (``models.metrics.paired_difference``): lower over the whole interval for those in
+    ``significantly_better_than``, not higher over it for the others; ``champion``:
+    ``{"log_loss": difference, "auc": difference}`` on the same rows, None only for the
+    first model (a champion that cannot be scored stops training before the gate), and the
+    verdict says so."""
     if (champion is None) != (champion_version is None):
         raise ValueError("a champion's scores and its version come together")
+    support = int(overall.get("batches", 0)) or None
     checks = [
         Check("parity_max_abs_error", parity_error, limits.parity, parity_error <= limits.parity),
-        Check("ece", overall["ece"], limits.max_ece, overall["ece"] <= limits.max_ece),
         Check(
-            "abs_bias",
-            abs(overall["bias"]),
-            limits.max_abs_bias,
-            abs(overall["bias"]) <= limits.max_abs_bias,
+            "ece",
+            overall["ece"],
+            limits.max_ece,
+            overall["ece"] <= limits.max_ece,
+            _finite(overall.get("ece_low")),
+            _finite(overall.get("ece_high")),
+            support,
         ),
+        _bias_check(
+            "bias", overall["bias"], overall["bias_low"], overall["bias_high"], support, limits
+        ),
+        *_slice_checks(slices, limits, int(overall.get("rows", -1))),
     ]
-    supported = slices[slices["rows"] >= limits.min_slice_rows]
-    for row in supported.itertuples(index=False):
-        where = f"slice {row.slice}={row.value}"
-        if np.isfinite(row.ece):
-            checks.append(
-                Check(
-                    f"{where} ece", row.ece, limits.max_slice_ece, row.ece <= limits.max_slice_ece
-                )
-            )
-        checks.append(
-            Check(
-                f"{where} abs_bias",
-                abs(row.bias),
-                limits.max_abs_bias,
-                abs(row.bias) <= limits.max_abs_bias or _interval_holds_zero(row),
-            )
-        )
-    if rule is not None:
-        checks.append(
-            Check(
-                "log_loss vs slope rule",
-                overall["log_loss"],
-                rule["log_loss"],
-                overall["log_loss"] < rule["log_loss"],
-            )
-        )
+    checks += _baseline_checks(baselines or {}, significantly_better_than, support)
     if champion is not None:
-        worst_loss = champion["log_loss"] + limits.tolerance
-        checks.append(
-            Check(
-                "log_loss vs champion",
-                overall["log_loss"],
-                worst_loss,
-                overall["log_loss"] <= worst_loss,
-            )
-        )
-        worst_auc = champion["auc"] - limits.tolerance
-        checks.append(
-            Check("auc vs champion", overall["auc"], worst_auc, overall["auc"] >= worst_auc)
-        )
+        checks += _champion_checks(champion, limits, support)
     note = "" if champion is not None else "first model: no champion to compare against"
     return Verdict(all(c.passed for c in checks), checks, champion_version, note)

@@ -15,13 +15,15 @@ from dataclasses import asdict
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from brewcast import lake
+from brewcast.contract import CATEGORICAL
 from brewcast.schema import FEATURES, LABEL, REGRESSION_TARGET, slice_keys
 from brewcast.settings import Settings
 from models import metrics
 from models.calibrate import fit_calibration, sigmoid
-from models.dataset import SPLITS, split_by_batch_time
+from models.dataset import SPLITS, before_finish, split_by_batch_time, unseen_in_training
 from models.inputs import Preprocessing
 from models.workdir import TrainingWorkdir
 
@@ -99,21 +101,52 @@ def prepare(settings: Settings, work: TrainingWorkdir) -> dict:
         info[f"{name}_batches"] = batches
         info[f"{name}_positive_rate"] = float(part[LABEL].mean())
         info[f"{name}_until"] = part["snapshot_time"].max().isoformat()
-    pre = Preprocessing.fit(pd.read_parquet(work.train), settings.vocabulary_min_batches)
+        info[f"{name}_pre_finish_rows"] = int(before_finish(part).sum())
+    train = pd.read_parquet(work.train)
+    pre = Preprocessing.fit(train, settings.vocabulary_min_batches)
+    for name in SPLITS[1:]:
+        unseen = unseen_in_training(train, pd.read_parquet(work.split(name)), CATEGORICAL)
+        info[f"{name}_unseen_in_training"] = unseen
+        for column, values in unseen.items():
+            log.warning(
+                "the %s split has %s values the training split lacks (served as out of "
+                "vocabulary): %s",
+                name,
+                column,
+                values,
+            )
     work.write_json(work.preprocessing, asdict(pre))
     work.write_json(work.data, info)
     return info
 
 
-def fit(settings: Settings, work: TrainingWorkdir, progress: bool = True) -> dict:
-    """Train the network (early stopping) and the baselines on the same split."""
-    from models.baselines import fit_baselines
+#: The model families a run can train, and the rule that picks the run's candidate among
+#: them, declared before any is trained: the serving contract is the same for all.
+FAMILIES = ("network", "boosted")
+CANDIDATE_RULE = "lowest log loss on the validation split's pre-finish rows, after calibration"
+
+
+def model_families(settings: Settings) -> list[str]:
+    """The families this run trains, in the settings' order, each once."""
+    return list(dict.fromkeys(n.strip() for n in settings.model_families.split(",") if n.strip()))
+
+
+def _boosted_config(settings: Settings):
+    from models.boosted import BoostedConfig
+
+    return BoostedConfig(
+        rounds=settings.boosted_rounds,
+        learning_rate=settings.boosted_learning_rate,
+        leaves=settings.boosted_leaves,
+        min_child_rows=settings.boosted_min_child_rows,
+        seed=settings.seed,
+    )
+
+
+def _fit_network(settings: Settings, work: TrainingWorkdir, frames, pre, progress) -> dict:
     from models.network import train_network
 
-    frames = work.frames()
-    pre = work.load_preprocessing()
     config = _network_config(settings)
-    started = time.perf_counter()
     net = train_network(
         pre,
         pre.network_inputs(frames["train"]),
@@ -125,25 +158,79 @@ def fit(settings: Settings, work: TrainingWorkdir, progress: bool = True) -> dic
     )
     net.model.save(work.network)
     work.write_json(work.history, net.history)
+    return {
+        "best_epoch": net.best_epoch,
+        "epochs_run": len(net.history.get("loss", [])),
+        "params": config.params(),
+    }
+
+
+def _fit_boosted(settings: Settings, work: TrainingWorkdir, frames, pre, progress) -> dict:
+    from models.boosted import train_boosted
+
+    model, info = train_boosted(
+        pre, frames["train"], frames["validation"], _boosted_config(settings), progress
+    )
+    model.save(work.boosted)
+    return info
+
+
+def fit(settings: Settings, work: TrainingWorkdir, progress: bool = True) -> dict:
+    """Train every model family and the baselines on the same split."""
+    import shutil
+
+    from models.baselines import fit_baselines
+
+    frames = work.frames()
+    pre = work.load_preprocessing()
+    families = model_families(settings)
+    # an earlier attempt's family that this run does not train must not be evaluated
+    work.network.unlink(missing_ok=True)
+    shutil.rmtree(work.boosted, ignore_errors=True)
+    work.write_json(work.history, {})
+    trained = {}
+    for family in families:
+        started = time.perf_counter()
+        fitting = _fit_network if family == "network" else _fit_boosted
+        trained[family] = fitting(settings, work, frames, pre, progress)
+        trained[family]["train_seconds"] = time.perf_counter() - started
+        log.info("%s fitted in %.1f s", family, trained[family]["train_seconds"])
     baselines = fit_baselines(
         frames["train"],
         frames["validation"],
-        settings.seed,
         settings.terminal_tolerance_plato,
         settings.horizon_hours,
+        settings.calibration_method,
     )
-    scores = {
-        name: model.predict_proba(frames["test"]).tolist() for name, model in baselines.items()
-    }
+    test = frames["test"]
+    scores = {}
+    for name, model in baselines.items():
+        hours = model.hours(test)
+        scores[name] = {
+            "probability": model.predict_proba(test).tolist(),
+            "hours": None if hours is None else hours.tolist(),
+        }
     work.write_json(work.baseline_scores, scores)
     info = {
-        "best_epoch": net.best_epoch,
-        "epochs_run": len(net.history.get("loss", [])),
-        "train_seconds": time.perf_counter() - started,
-        "params": config.params(),
+        "families": trained,
+        "params": {
+            "model_families": ",".join(families),
+            **{k: v for f in trained.values() for k, v in f["params"].items()},
+        },
     }
     work.write_json(work.fit, info)
     return info
+
+
+def family_scores(
+    work: TrainingWorkdir, family: str, pre: Preprocessing, frame: pd.DataFrame
+) -> tuple[np.ndarray, np.ndarray]:
+    """A trained family's own (logit, hours) on ``frame``, before calibration."""
+    if family == "network":
+        from models.network import predict_network
+
+        return predict_network(work.load_network(), pre.network_inputs(frame))
+    return work.load_boosted().raw(pre, frame)
 
 
 def _calibration_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
@@ -156,82 +243,125 @@ def _calibration_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
 
 
 def calibrate(settings: Settings, work: TrainingWorkdir) -> dict:
-    """Fit the calibration on validation logits and choose the threshold on validation."""
-    from models.network import predict_network
+    """Per family: fit the calibration on validation logits and choose the threshold, on the
+    validation split's pre-finish rows (the rows a decision depends on); then pick the run's
+    candidate by :data:`CANDIDATE_RULE`."""
     from models.threshold import choose_threshold
 
     validation = pd.read_parquet(work.validation)
+    decided = validation[before_finish(validation)].reset_index(drop=True)
     pre = work.load_preprocessing()
-    logit, _ = predict_network(work.load_network(), pre.network_inputs(validation))
-    y = validation[LABEL].to_numpy(dtype=float)
-    calibration = fit_calibration(logit, y, settings.calibration_method)
-    before, after = sigmoid(logit), calibration.apply(logit)
-    report = choose_threshold(
-        y,
-        after,
-        settings.threshold_policy,
-        settings.cost_false_finished,
-        settings.cost_late,
-        settings.precision_target,
-    )
+    y = decided[LABEL].to_numpy(dtype=float)
+    families, curves = {}, {}
+    for family in work.read_json(work.fit)["families"]:
+        logit, _ = family_scores(work, family, pre, decided)
+        calibration = fit_calibration(logit, y, settings.calibration_method)
+        before, after = sigmoid(logit), calibration.apply(logit)
+        report = choose_threshold(
+            y,
+            after,
+            settings.threshold_policy,
+            settings.cost_false_finished,
+            settings.cost_late,
+            settings.precision_target,
+        )
+        curves[family] = report.curve
+        families[family] = {
+            "calibration": asdict(calibration),
+            "validation_rows": len(decided),
+            "validation_before": _calibration_metrics(y, before),
+            "validation_after": _calibration_metrics(y, after),
+            "reliability_before": metrics.reliability_table(y, before).to_dict("records"),
+            "reliability_after": metrics.reliability_table(y, after).to_dict("records"),
+            "threshold": report.to_dict(),
+        }
+    candidate = min(families, key=lambda f: families[f]["validation_after"]["log_loss"])
     info = {
-        "calibration": asdict(calibration),
-        "validation_before": _calibration_metrics(y, before),
-        "validation_after": _calibration_metrics(y, after),
-        "reliability_before": metrics.reliability_table(y, before).to_dict("records"),
-        "reliability_after": metrics.reliability_table(y, after).to_dict("records"),
-        "threshold": report.to_dict(),
+        **families[candidate],
+        "candidate": candidate,
+        "rule": CANDIDATE_RULE,
+        "families": families,
     }
     work.write_json(work.calibration, info)
-    work.write_json(work.threshold_curve, report.curve)
+    work.write_json(work.threshold_curve, curves[candidate])
+    log.info(
+        "candidate: %s (%s)",
+        candidate,
+        ", ".join(f"{f} {v['validation_after']['log_loss']:.4f}" for f, v in families.items()),
+    )
     return info
 
 
+def _family_graph(work: TrainingWorkdir, family: str):
+    if family == "network":
+        from models.export import network_to_onnx
+
+        return network_to_onnx(work.load_network())
+    return work.load_boosted().to_onnx()
+
+
 def export(settings: Settings, work: TrainingWorkdir) -> dict:
-    """Compose the ONNX graph and check its parity with Keras on the test split."""
+    """Compose every family's ONNX graph and check its parity with the family's own model
+    on the test split; the candidate's is the run's ``model.onnx``."""
     from brewcast.contract import (
         META_DATA_SNAPSHOT_ID,
         META_FAMILIARITY,
         META_HORIZON_HOURS,
+        META_MODEL_FAMILY,
         META_THRESHOLD,
         META_TRAINED_ON,
         Familiarity,
     )
     from models.export import export_model
 
-    calibration, threshold = work.load_calibration()
     data = work.read_json(work.data)
     frames = work.frames()
+    pre = work.load_preprocessing()
     familiarity = Familiarity.fit(Familiarity.inputs(frames["train"])).with_threshold(
         Familiarity.inputs(frames["validation"]), settings.familiarity_quantile
     )
     test_distance = familiarity.distance(Familiarity.inputs(frames["test"]))
-    result = export_model(
-        work.load_preprocessing(),
-        work.load_network(),
-        calibration,
-        frames["test"],
-        metadata={
-            META_THRESHOLD: threshold,
-            META_HORIZON_HOURS: settings.horizon_hours,
-            META_DATA_SNAPSHOT_ID: data["data_snapshot_id"],
-            META_FAMILIARITY: familiarity.to_json(),
-            META_TRAINED_ON: {
-                "batches": data["train_batches"],
-                "rows": data["train_rows"],
-                "until": data["train_until"],
+    candidate = work.read_json(work.calibration)["candidate"]
+    work.families.mkdir(parents=True, exist_ok=True)
+    for stale in work.families.glob("*.onnx"):
+        stale.unlink()
+    parity = {}
+    for family in work.read_json(work.calibration)["families"]:
+        calibration, threshold = work.load_calibration(family)
+        result = export_model(
+            pre,
+            _family_graph(work, family),
+            calibration,
+            frames["test"],
+            family_scores(work, family, pre, frames["test"]),
+            metadata={
+                META_MODEL_FAMILY: family,
+                META_THRESHOLD: threshold,
+                META_HORIZON_HOURS: settings.horizon_hours,
+                META_DATA_SNAPSHOT_ID: data["data_snapshot_id"],
+                META_FAMILIARITY: familiarity.to_json(),
+                META_TRAINED_ON: {
+                    "batches": data["train_batches"],
+                    "rows": data["train_rows"],
+                    "until": data["train_until"],
+                },
             },
-        },
-    )
-    work.model.write_bytes(result.serialized())
+        )
+        lake.write_bytes(work.family_model(family), result.serialized())
+        parity[family] = {
+            "parity_max_abs_error": result.parity_max_abs_error,
+            "parity_hours_max_abs_error": result.parity_hours_max_abs_error,
+            "parity_rows": result.parity_rows,
+        }
+    lake.write_bytes(work.model, work.family_model(candidate).read_bytes())
     info = {
+        "candidate": candidate,
+        **parity[candidate],
         "familiarity_threshold": familiarity.threshold,
         "test_out_of_distribution_rate": float(np.mean(test_distance > familiarity.threshold))
         if test_distance.size
         else 0.0,
-        "parity_max_abs_error": result.parity_max_abs_error,
-        "parity_hours_max_abs_error": result.parity_hours_max_abs_error,
-        "parity_rows": result.parity_rows,
+        "families": parity,
     }
     work.write_json(work.export, info)
     return info
@@ -244,48 +374,151 @@ def score_model(model_bytes: bytes, frame: pd.DataFrame) -> tuple[np.ndarray, np
     return run_onnx(cpu_session(model_bytes), frame)
 
 
+def _predictions(work: TrainingWorkdir, test: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:
+    """Per test row: keys, labels, the pre-finish flag, slice keys and every model's
+    forecast (``{model}_probability``, ``{model}_hours``); and each model's role."""
+    frame = test[["batch_id", "snapshot_time", *slice_keys(), LABEL, REGRESSION_TARGET]].copy()
+    frame["before_finish"] = before_finish(test)
+    candidate = work.read_json(work.calibration)["candidate"]
+    models = []
+    for path in sorted(work.families.glob("*.onnx")):
+        family = path.stem
+        frame[f"{family}_probability"], frame[f"{family}_hours"] = score_model(
+            path.read_bytes(), test
+        )
+        role = "candidate" if family == candidate else "alternative"
+        models.append({"name": family, "role": role, "kind": "family"})
+    for name, scores in work.read_json(work.baseline_scores).items():
+        frame[f"{name}_probability"] = scores["probability"]
+        frame[f"{name}_hours"] = np.nan if scores["hours"] is None else scores["hours"]
+        models.append({"name": name, "role": "baseline", "kind": "baseline"})
+    return frame, models
+
+
+def _headline(settings: Settings, rows: pd.DataFrame, name: str) -> dict:
+    return metrics.headline_report(
+        rows[LABEL],
+        rows[f"{name}_probability"],
+        rows[REGRESSION_TARGET],
+        rows[f"{name}_hours"],
+        rows["batch_id"],
+        settings.bootstrap_replicates,
+        settings.seed,
+    )
+
+
 def evaluate(settings: Settings, work: TrainingWorkdir) -> dict:
-    """Score the exported graph (what will be served) on the test split: overall, per slice,
-    baselines, plots; and the current champion on the same rows (:func:`score_champion`)."""
+    """Score every model (families as exported, baselines) on the test split and report on
+    its pre-finish rows: headline metrics with batch-bootstrap intervals, slices, paired
+    comparisons, plots, the per-row predictions; post-finish rows apart. The current
+    champion is scored on the same rows (:func:`score_champion`)."""
     from models.evaluate import slice_table
 
     work.champion.unlink(missing_ok=True)  # never gate on an earlier attempt's comparison
     test = pd.read_parquet(work.test)
     _, threshold = work.load_calibration()
-    probability, hours = score_model(work.model.read_bytes(), test)
-    y = test[LABEL].to_numpy(dtype=float)
-    overall = metrics.classification_report(y, probability, threshold, test["batch_id"])
-    finished = test[REGRESSION_TARGET].notna().to_numpy()
-    overall["hours_mae"] = float(
-        np.mean(np.abs(hours[finished] - test[REGRESSION_TARGET].to_numpy()[finished]))
+    predictions, models = _predictions(work, test)
+    candidate = next(m["name"] for m in models if m["role"] == "candidate")
+    decided = predictions[predictions["before_finish"]].reset_index(drop=True)
+    y = decided[LABEL].to_numpy(dtype=float)
+    probability = decided[f"{candidate}_probability"].to_numpy()
+    overall = metrics.classification_report(y, probability, threshold, decided["batch_id"])
+    headline = {m["name"]: _headline(settings, decided, m["name"]) for m in models}
+    overall["hours_mae"] = headline[candidate]["hours_mae"]["value"]
+    overall["ece_low"] = headline[candidate]["ece"]["low"]
+    overall["ece_high"] = headline[candidate]["ece"]["high"]
+    slices = slice_table(
+        decided,
+        probability,
+        threshold,
+        settings.gate_min_slice_batches,
+        replicates=settings.bootstrap_replicates,
+        seed=settings.seed,
     )
-    slices = slice_table(test, probability, threshold, settings.gate_min_slice_rows)
     slices.to_csv(work.slices, index=False)
-    baselines = {}
-    for name, p in work.read_json(work.baseline_scores).items():
-        report = metrics.classification_report(y, np.asarray(p), threshold)
-        baselines[name] = {k: report[k] for k in ("auc", "log_loss", "brier", "ece", "bias")}
-    _plot_evaluation(settings, work, test, probability, threshold, slices)
+    comparisons = {
+        m["name"]: metrics.paired_difference(
+            y,
+            probability,
+            decided[f"{m['name']}_probability"],
+            decided["batch_id"],
+            replicates=settings.bootstrap_replicates,
+            seed=settings.seed,
+        )
+        for m in models
+        if m["role"] != "candidate"
+    }
+    after = predictions[~predictions["before_finish"]]
+    champion, champion_probability = score_champion(
+        settings, work, test[before_finish(test)].reset_index(drop=True), threshold, probability
+    )
+    if champion_probability is not None:
+        predictions.loc[predictions["before_finish"].to_numpy(), "champion_probability"] = (
+            champion_probability
+        )
+    lake.write_file(work.predictions, pa.Table.from_pandas(predictions, preserve_index=False))
+    _plot_evaluation(settings, work, decided, models, threshold, slices)
+    info = _evaluation_report(
+        work, overall, headline, models, comparisons, after, threshold, y, probability
+    )
+    work.write_json(work.evaluation, info)
+    work.write_json(work.champion, champion)
+    return info
+
+
+def _evaluation_report(
+    work: TrainingWorkdir,
+    overall: dict,
+    headline: dict,
+    models: list[dict],
+    comparisons: dict,
+    after: pd.DataFrame,
+    threshold: float,
+    y: np.ndarray,
+    probability: np.ndarray,
+) -> dict:
+    """``evaluation.json``: the candidate's numbers, every model's headline, the paired
+    comparisons, the post-finish rows apart."""
+    candidate = next(m["name"] for m in models if m["role"] == "candidate")
     calibration_info = work.read_json(work.calibration)
-    info = {
+    return {
+        "candidate": candidate,
+        "rule": calibration_info["rule"],
+        "rows": "pre-finish test rows (snapshots taken before the batch finished)",
         "test": overall,
+        "headline": headline[candidate],
+        "models": {m["name"]: {**m, "headline": headline[m["name"]]} for m in models},
+        "comparisons": comparisons,
+        "post_finish": {
+            "rows": len(after),
+            "batches": int(after["batch_id"].nunique()),
+            "mean_probability": float(after[f"{candidate}_probability"].mean())
+            if len(after)
+            else None,
+            "decided_finished_rate": float((after[f"{candidate}_probability"] >= threshold).mean())
+            if len(after)
+            else None,
+        },
         "accuracy_note": metrics.Confusion.at(y, probability, threshold).accuracy_note(),
-        "baselines": baselines,
-        "beats_baselines": {n: overall["log_loss"] < b["log_loss"] for n, b in baselines.items()},
+        "baselines": {
+            m["name"]: {k: v["value"] for k, v in headline[m["name"]].items()}
+            for m in models
+            if m["role"] == "baseline"
+        },
+        "beats_baselines": {
+            m["name"]: comparisons[m["name"]]["high"] < 0 for m in models if m["role"] == "baseline"
+        },
         "calibration_validation": {
             k: calibration_info[k] for k in ("validation_before", "validation_after")
         },
     }
-    work.write_json(work.evaluation, info)
-    work.write_json(work.champion, score_champion(settings, work, test, threshold))
-    return info
 
 
 def _plot_evaluation(
     settings: Settings,
     work: TrainingWorkdir,
-    test: pd.DataFrame,
-    probability: np.ndarray,
+    decided: pd.DataFrame,
+    models: list[dict],
     threshold: float,
     slices: pd.DataFrame,
 ) -> None:
@@ -297,49 +530,92 @@ def _plot_evaluation(
         plot_slice_reliability,
     )
 
-    y = test[LABEL].to_numpy(dtype=float)
+    y = decided[LABEL].to_numpy(dtype=float)
+    candidate = next(m["name"] for m in models if m["role"] == "candidate")
+    probability = decided[f"{candidate}_probability"].to_numpy()
     plots = work.plots
-    plot_reliability({"test (calibrated ONNX)": (y, probability)}, plots / "calibration.png")
+    plot_reliability(
+        {f"test (calibrated ONNX, {candidate})": (y, probability)}, plots / "calibration.png"
+    )
+    plot_reliability(
+        {
+            f"{m['name']} ({m['role']})": (y, decided[f"{m['name']}_probability"].to_numpy())
+            for m in models
+        },
+        plots / "calibration_by_model.png",
+        title="Calibration of every model (pre-finish test rows)",
+    )
+    for m in models:
+        plot_reliability(
+            {m["name"]: (y, decided[f"{m['name']}_probability"].to_numpy())},
+            plots / "models" / f"calibration_{m['name']}.png",
+            title=f"Calibration: {m['name']} ({m['role']})",
+        )
     for key in slice_keys():
         plot_slice_reliability(
-            test,
+            decided,
             probability,
             key,
             plots / f"calibration_by_{key}.png",
-            settings.gate_min_slice_rows,
+            settings.gate_min_slice_batches,
         )
     plot_roc_pr(y, probability, plots / "roc_pr.png", threshold)
     plot_bias_by_slice(slices, plots / "bias_by_slice.png", settings.gate_max_abs_bias)
-    plot_loss_curves(work.read_json(work.history), plots / "loss_curves.png")
+    history = work.read_json(work.history)
+    if history:
+        plot_loss_curves(history, plots / "loss_curves.png")
 
 
 def score_champion(
-    settings: Settings, work: TrainingWorkdir, test: pd.DataFrame, threshold: float
-) -> dict:
-    """The current champion scored on this run's test rows (same data, fair comparison):
-    ``{"version": None, "first_model": True}`` when there is none. A champion that exists
-    but cannot be downloaded or scored raises :class:`ChampionUnavailableError`."""
+    settings: Settings,
+    work: TrainingWorkdir,
+    rows: pd.DataFrame,
+    threshold: float,
+    candidate_probability: np.ndarray,
+) -> tuple[dict, np.ndarray | None]:
+    """The current champion scored on this run's pre-finish test ``rows`` (same data, fair
+    comparison), and its paired differences with the candidate (candidate - champion, log
+    loss and AUC); ``{"version": None, "first_model": True}`` when there is none. A
+    champion that exists but cannot be downloaded or scored raises
+    :class:`ChampionUnavailableError`. Also returns its probabilities (None: no champion)."""
     from brewcast.registry import CHAMPION, configure, download_onnx, version_by_alias
 
     configure(settings.tracking_uri)
     champion = version_by_alias(settings.model_name, CHAMPION)
     if champion is None:
-        return {"version": None, "first_model": True, "test": None}
+        return {"version": None, "first_model": True, "test": None, "comparison": None}, None
     try:
         model_bytes = download_onnx(
             f"models:/{settings.model_name}/{champion.version}", work.champion_download
         )
-        probability, _ = score_model(model_bytes, test)
+        probability, _ = score_model(model_bytes, rows)
     except Exception as exc:  # any cause: the comparison is impossible, so is the gate
         raise ChampionUnavailableError(
             f"champion version {champion.version} of {settings.model_name} cannot be scored "
             f"on this run's test rows ({type(exc).__name__}: {exc}); nothing is promoted. "
             "Fix or re-point the champion alias, then re-run from evaluate"
         ) from exc
-    report = metrics.classification_report(
-        test[LABEL].to_numpy(dtype=float), probability, threshold
-    )
-    return {"version": str(champion.version), "first_model": False, "test": report}
+    y = rows[LABEL].to_numpy(dtype=float)
+    report = metrics.classification_report(y, probability, threshold, rows["batch_id"])
+    comparison = {
+        name: metrics.paired_difference(
+            y,
+            candidate_probability,
+            probability,
+            rows["batch_id"],
+            metric,
+            settings.bootstrap_replicates,
+            settings.seed,
+        )
+        for name, metric in (("log_loss", metrics.log_loss), ("auc", metrics.roc_auc))
+    }
+    result = {
+        "version": str(champion.version),
+        "first_model": False,
+        "test": report,
+        "comparison": comparison,
+    }
+    return result, probability
 
 
 #: The steps of this module, in order.

@@ -33,6 +33,7 @@ from brewcast.registry import (
     version_by_alias,
 )
 from brewcast.settings import Settings
+from models.baselines import NON_ML
 from models.gate import GateLimits, promotion_gate
 from models.pipeline import TrainingError, score_model
 from models.workdir import TrainingWorkdir
@@ -54,9 +55,10 @@ def gate(settings: Settings, work: TrainingWorkdir) -> dict:
         evaluation["test"],
         work.load_slices(),
         GateLimits.from_settings(settings),
-        champion["test"],
-        evaluation["baselines"].get("slope_rule"),
+        baselines={name: evaluation["comparisons"][name] for name in evaluation["baselines"]},
+        champion=champion["comparison"],
         champion_version=champion["version"],
+        significantly_better_than=NON_ML,
     )
     result = verdict.to_dict()
     work.write_json(work.verdict, result)
@@ -106,7 +108,10 @@ def _run_metrics(reports: _RunReports, slices: pd.DataFrame) -> dict[str, float]
         values.update(
             {f"{group}/{k}": v for k, v in cal[group].items() if isinstance(v, int | float)}
         )
-    values.update({f"onnx/{k}": v for k, v in reports.export.items()})
+    values.update({f"onnx/{k}": v for k, v in reports.export.items() if isinstance(v, int | float)})
+    values.update(headline_metrics(evaluation["headline"]))
+    for name, difference in evaluation["comparisons"].items():
+        values.update({f"compare/{name}/log_loss_difference_{k}": v for k, v in difference.items()})
     for name, scores in evaluation["baselines"].items():
         values.update({f"baseline/{name}/{k}": v for k, v in scores.items()})
     champion = reports.champion["test"]
@@ -114,6 +119,18 @@ def _run_metrics(reports: _RunReports, slices: pd.DataFrame) -> dict[str, float]
         values.update({f"champion/{k}": champion[k] for k in ("auc", "log_loss", "ece")})
     values["gate/passed"] = float(reports.verdict["passed"])
     return {k: float(v) for k, v in values.items() if v is not None and np.isfinite(float(v))}
+
+
+def headline_metrics(headline: dict[str, dict[str, float]]) -> dict[str, float]:
+    """A model's headline metrics under the keys every model's run shares, so MLflow's
+    compare page lines the families and baselines up: ``test/<metric>`` and its interval
+    ``test/<metric>_low`` / ``_high`` (pre-finish rows, batch bootstrap)."""
+    out = {}
+    for name, value in headline.items():
+        out[f"test/{name}"] = value["value"]
+        out[f"test/{name}_low"] = value["low"]
+        out[f"test/{name}_high"] = value["high"]
+    return out
 
 
 def _run_params(settings: Settings, reports: _RunReports) -> dict:
@@ -219,9 +236,73 @@ def _log_run(settings: Settings, work: TrainingWorkdir, reports: _RunReports):
             mlflow.log_artifact(
                 str(settings.paths.validation_summary), artifact_path="reports/validation"
             )
+        _log_comparison(work, reports, experiment_id)
         seconds = time.perf_counter() - started
     log.info("MLflow logging took %.2f s", seconds)
     return run, info, seconds
+
+
+def _test_dataset(work: TrainingWorkdir):
+    """The test split as an MLflow dataset (its digest tells runs on the same rows apart
+    from runs on others)."""
+    import mlflow
+
+    from brewcast.schema import LABEL
+
+    return mlflow.data.from_pandas(
+        pd.read_parquet(work.test), source=str(work.test), targets=LABEL, name="test"
+    )
+
+
+def _log_comparison(work: TrainingWorkdir, reports: _RunReports, experiment_id: str) -> None:
+    """In the active (parent) run: the test set as an input, the per-row predictions of
+    every model, the candidate-vs-champion table, and a child run per model family and per
+    baseline with the same metric keys, so MLflow's compare page puts them side by side."""
+    import mlflow
+
+    evaluation, champion = reports.evaluation, reports.champion
+    dataset = _test_dataset(work)
+    mlflow.log_input(dataset, context="test")
+    predictions = pd.read_parquet(work.predictions)
+    mlflow.log_text(predictions.to_csv(index=False), "predictions/test_predictions.csv")
+    if champion["test"] is not None:
+        rows = []
+        for metric in ("auc", "log_loss", "brier", "ece", "bias"):
+            row = {
+                "metric": metric,
+                "candidate": evaluation["test"][metric],
+                "champion": champion["test"][metric],
+                "difference": evaluation["test"][metric] - champion["test"][metric],
+            }
+            paired = champion["comparison"].get(metric)
+            if paired is not None:
+                row.update(difference_low=paired["low"], difference_high=paired["high"])
+            rows.append(row)
+        mlflow.log_table(pd.DataFrame(rows), "reports/candidate_vs_champion.json")
+    fitted = reports.fit["families"]
+    for name, model in evaluation["models"].items():
+        with mlflow.start_run(
+            experiment_id=experiment_id, run_name=f"{name} ({model['role']})", nested=True
+        ):
+            mlflow.set_tags({"role": model["role"], "kind": model["kind"], "model": name})
+            if name in fitted:
+                mlflow.log_params(fitted[name]["params"])
+            mlflow.log_input(dataset, context="test")
+            mlflow.log_metrics(
+                {k: v for k, v in headline_metrics(model["headline"]).items() if np.isfinite(v)}
+            )
+            if name in evaluation["comparisons"]:
+                difference = evaluation["comparisons"][name]
+                mlflow.log_metrics(
+                    {
+                        f"compare/candidate_minus_this/log_loss_{k}": v
+                        for k, v in difference.items()
+                        if np.isfinite(v)
+                    }
+                )
+            plot = work.plots / "models" / f"calibration_{name}.png"
+            if plot.exists():
+                mlflow.log_artifact(str(plot), artifact_path="plots")
 
 
 def register(settings: Settings, work: TrainingWorkdir) -> RegisteredModel:
@@ -238,6 +319,7 @@ def register(settings: Settings, work: TrainingWorkdir) -> RegisteredModel:
     client = MlflowClient()
     for key, value in {
         "threshold": threshold,
+        "model_family": evaluation["candidate"],
         GATE_TAG: GATE_PASSED if verdict["passed"] else GATE_REJECTED,
         "data_snapshot_id": reports.data["data_snapshot_id"],
         "calibration": json.dumps(cal["calibration"]),
@@ -248,6 +330,7 @@ def register(settings: Settings, work: TrainingWorkdir) -> RegisteredModel:
         settings.model_name,
         version,
         description=(
+            f"{evaluation['candidate']} family; "
             f"threshold {threshold:.4f} ({cal['threshold']['policy']}); test AUC "
             f"{evaluation['test']['auc']:.4f}, ECE {evaluation['test']['ece']:.4f}; "
             f"gate {outcome}"

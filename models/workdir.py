@@ -24,20 +24,43 @@ STEP_FILES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "prepare": ((), ("train", "validation", "test", "preprocessing", "data")),
     "fit": (
         ("train", "validation", "test", "preprocessing"),
-        ("network", "history", "baseline_scores", "fit"),
+        ("network", "boosted", "history", "baseline_scores", "fit"),
     ),
-    "calibrate": (("validation", "preprocessing", "network"), ("calibration", "threshold_curve")),
+    "calibrate": (
+        ("validation", "preprocessing", "network", "boosted", "fit"),
+        ("calibration", "threshold_curve"),
+    ),
     "export": (
-        ("train", "validation", "test", "preprocessing", "network", "calibration", "data"),
-        ("model", "export"),
+        (
+            "train",
+            "validation",
+            "test",
+            "preprocessing",
+            "network",
+            "boosted",
+            "calibration",
+            "data",
+        ),
+        ("model", "families", "export"),
     ),
     "evaluate": (
-        ("test", "model", "calibration", "baseline_scores", "history"),
-        ("slices", "plots", "evaluation", "champion"),
+        ("test", "model", "families", "calibration", "baseline_scores", "history"),
+        ("slices", "plots", "evaluation", "champion", "predictions"),
     ),
     "gate": (("export", "evaluation", "slices", "champion"), ("verdict",)),
     "register": (
-        ("data", "fit", "calibration", "export", "evaluation", "slices", "verdict", "model"),
+        (
+            "data",
+            "fit",
+            "calibration",
+            "export",
+            "evaluation",
+            "slices",
+            "verdict",
+            "model",
+            "families",
+            "predictions",
+        ),
         ("registered",),
     ),
     "promote": (("verdict", "registered", "champion", "train", "model"), ("promoted",)),
@@ -69,20 +92,26 @@ class TrainingWorkdir:
     data = property(lambda self: self._file("data.json"))
     # -- fit ----------------------------------------------------------------------------------
     network = property(lambda self: self._file("network.keras"))
+    boosted = property(lambda self: self._file("boosted"))
     history = property(lambda self: self._file("history.json"))
-    baseline_scores = property(lambda self: self._file("baseline_test_probabilities.json"))
+    baseline_scores = property(lambda self: self._file("baseline_test_predictions.json"))
     fit = property(lambda self: self._file("fit.json"))
     # -- calibrate ----------------------------------------------------------------------------
     calibration = property(lambda self: self._file("calibration.json"))
     threshold_curve = property(lambda self: self._file("threshold_curve.json"))
     # -- export -------------------------------------------------------------------------------
+    #: The run's candidate: the graph of the family that won (registered and served).
     model = property(lambda self: self._file("model.onnx"))
+    #: Every family's exported graph, ``families/<family>.onnx``.
+    families = property(lambda self: self._file("families"))
     export = property(lambda self: self._file("export.json"))
     # -- evaluate -----------------------------------------------------------------------------
     slices = property(lambda self: self._file("slices.csv"))
     plots = property(lambda self: self._file("plots"))
     evaluation = property(lambda self: self._file("evaluation.json"))
     champion = property(lambda self: self._file("champion.json"))
+    #: Per test row: label, target, pre-finish flag, slice keys, every model's forecast.
+    predictions = property(lambda self: self._file("test_predictions.parquet"))
     champion_download = property(lambda self: self._file("champion"))
     # -- gate, register, promote --------------------------------------------------------------
     verdict = property(lambda self: self._file("gate_verdict.json"))
@@ -131,10 +160,21 @@ class TrainingWorkdir:
 
         return load_network(self.network)
 
-    def load_calibration(self) -> tuple[Calibration, float]:
-        """The fitted calibration and the decision threshold chosen with it."""
+    def family_model(self, family: str) -> Path:
+        return self.families / f"{family}.onnx"
+
+    def load_calibration(self, family: str | None = None) -> tuple[Calibration, float]:
+        """A family's fitted calibration and the decision threshold chosen with it (the
+        candidate's by default)."""
         info = self.read_json(self.calibration)
+        if family is not None:
+            info = info["families"][family]
         return Calibration(**info["calibration"]), float(info["threshold"]["threshold"])
+
+    def load_boosted(self):
+        from models.boosted import BoostedModel
+
+        return BoostedModel.load(self.boosted)
 
     def load_slices(self) -> pd.DataFrame:
         return pd.read_csv(self.slices, keep_default_na=False, na_values=[""], dtype={"value": str})

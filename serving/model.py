@@ -25,6 +25,7 @@ from brewcast.contract import (
     META_CALIBRATION,
     META_FAMILIARITY,
     META_HORIZON_HOURS,
+    META_MODEL_FAMILY,
     META_SCHEMA_FINGERPRINT,
     META_THRESHOLD,
     META_TRAINED_ON,
@@ -105,6 +106,8 @@ class ServedModel:
     familiarity: Familiarity | None = None
     #: The training split's size and end ({} when the model does not say).
     trained_on: dict = field(default_factory=dict)
+    #: The model family that won the run that made it ("network", "boosted"; "" if unsaid).
+    family: str = ""
     loaded_at: pd.Timestamp = field(default_factory=lambda: pd.Timestamp.now("UTC"))
 
     def __post_init__(self) -> None:
@@ -193,6 +196,7 @@ class ServedModel:
             "schema_fingerprint": self.fingerprint,
             "vocabularies": {name: list(values) for name, values in self.vocabularies.items()},
             "trained_on": self.trained_on,
+            "model_family": self.family or None,
             "familiarity": None
             if self.familiarity is None
             else {
@@ -326,6 +330,7 @@ def served_model(model_bytes: bytes, version: str, tag: str, settings: Settings)
         if META_FAMILIARITY in meta
         else None,
         trained_on=json.loads(meta.get(META_TRAINED_ON, "{}")),
+        family=meta.get(META_MODEL_FAMILY, ""),
     )
 
 

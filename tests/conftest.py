@@ -30,7 +30,7 @@ def small_world() -> Simulation:
 TRAINING_WORLD = SimulationConfig(
     start=pd.Timestamp("2026-01-01", tz="UTC"), days=240.0, fermenters=6, seed=5
 )
-TRAINING_OVERRIDES = dict(epochs=30, patience=5, gate_min_slice_rows=100)
+TRAINING_OVERRIDES = dict(epochs=30, patience=5, gate_min_slice_batches=5)
 
 
 #: The training steps up to (not including) the gate and MLflow.

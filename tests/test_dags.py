@@ -206,7 +206,15 @@ def test_ingest_then_training_end_to_end(tmp_path):
         runs = client.search_runs(
             [client.get_experiment_by_name(settings.experiment).experiment_id]
         )
-        assert len(runs) == 1 and runs[0].data.tags["gate"] == "passed"
+        parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+        assert len(parents) == 1 and parents[0].data.tags["gate"] == "passed"
+        # its children: one per model family and per baseline
+        assert sorted(r.data.tags.get("model") for r in runs if r not in parents) == [
+            "boosted",
+            "logistic_regression",
+            "network",
+            "slope_rule",
+        ]
 
 
 @pytest.mark.slow

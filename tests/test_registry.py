@@ -61,7 +61,10 @@ def test_register_gate_and_promote_on_a_tracking_server(trained, sqlite_server, 
         "validation/before_calibration/ece",
         "validation/after_calibration/ece",
         "baseline/slope_rule/log_loss",
-        "baseline/gradient_boosting/auc",
+        "baseline/logistic_regression/auc",
+        "test/log_loss_low",
+        "test/log_loss_high",
+        "compare/slope_rule/log_loss_difference_high",
         "gate/passed",
     ):
         assert key in run.data.metrics, key
@@ -80,6 +83,7 @@ def test_register_gate_and_promote_on_a_tracking_server(trained, sqlite_server, 
         "plots/roc_pr.png",
         "plots/bias_by_slice.png",
         "plots/loss_curves.png",
+        "plots/calibration_by_model.png",
     } <= artifacts
     reports = {a.path for a in client.list_artifacts(first["run_id"], "reports")}
     assert {
@@ -88,6 +92,34 @@ def test_register_gate_and_promote_on_a_tracking_server(trained, sqlite_server, 
         "reports/slices.csv",
         "reports/calibration.json",
     } <= reports
+
+    # One parent run, a child run per family and per baseline on the same metric keys and
+    # the same test set (logged as an MLflow dataset with its digest).
+    children = client.search_runs(
+        [run.info.experiment_id], f"tags.mlflow.parentRunId = '{first['run_id']}'"
+    )
+    roles = {c.data.tags["model"]: c.data.tags["role"] for c in children}
+    assert roles == {
+        "network": roles["network"],
+        "boosted": roles["boosted"],
+        "slope_rule": "baseline",
+        "logistic_regression": "baseline",
+    }
+    assert sorted([roles["network"], roles["boosted"]]) == ["alternative", "candidate"]
+    digests = {i.dataset.digest for r in [run, *children] for i in r.inputs.dataset_inputs}
+    assert len(digests) == 1
+    for child in children:
+        assert {"test/auc", "test/log_loss", "test/ece", "test/log_loss_low"} <= set(
+            child.data.metrics
+        ), child.data.tags["model"]
+    candidate = next(c for c in children if c.data.tags["role"] == "candidate")
+    assert candidate.data.metrics["test/auc"] == pytest.approx(run.data.metrics["test/auc"])
+    predictions = mlflow.artifacts.load_text(
+        f"runs:/{first['run_id']}/predictions/test_predictions.csv"
+    ).splitlines()
+    header = predictions[0].split(",")
+    assert {"network_probability", "boosted_probability", "slope_rule_hours"} <= set(header)
+    assert len(predictions) - 1 == len(pd.read_parquet(workdir / "test.parquet"))
 
     # What the registry serves is what was evaluated.
     test = pd.read_parquet(workdir / "test.parquet")
@@ -116,7 +148,11 @@ def test_register_gate_and_promote_on_a_tracking_server(trained, sqlite_server, 
     # Against a champion: compared on the same test rows; an equal model passes.
     third = register_model(settings, _copy(workdir, tmp_path / "w3"))
     names = {c["name"] for c in third["verdict"]["checks"]}
-    assert {"log_loss vs champion", "auc vs champion"} <= names
+    assert {"log_loss - champion", "auc - champion"} <= names
+    table = mlflow.artifacts.load_dict(
+        f"runs:/{third['run_id']}/reports/candidate_vs_champion.json"
+    )
+    assert "log_loss" in str(table) and "difference_high" in str(table)
     assert third["promoted"] and version_by_alias(settings.model_name, CHAMPION).version == "3"
 
 
