@@ -260,6 +260,8 @@ class DemoResult:
     training_experiment: str  # experiment id
     monitoring_experiment: str
     monitoring_runs: list[str]  # one per window
+    #: The champion's training run and its child runs (one per model family and baseline).
+    training_runs: list[str]
     predictions: int
     labels: int
     alerts: list[str]
@@ -267,19 +269,24 @@ class DemoResult:
     champion_version: str
     model_name: str
 
+    def _compare(self, runs: list[str], experiment: str) -> str:
+        return (
+            f"{self.mlflow_url}/#/compare-runs?runs="
+            + json.dumps(runs, separators=(",", ":"))
+            + f'&experiments=["{experiment}"]'
+        )
+
     def lines(self) -> list[str]:
         experiments = f"{self.mlflow_url}/#/experiments"
-        compare = (
-            f"{self.mlflow_url}/#/compare-runs?runs="
-            + json.dumps(self.monitoring_runs, separators=(",", ":"))
-            + f'&experiments=["{self.monitoring_experiment}"]'
-        )
+        compare = self._compare(self.monitoring_runs, self.monitoring_experiment)
+        models = self._compare(self.training_runs, self.training_experiment)
         out = [
             "",
             "brewcast demo: done. Where to look:",
             f"  MLflow UI       {experiments}",
             f"    training      {experiments}/{self.training_experiment}/runs"
             "?workflowType=machine_learning (metrics, plots, the gate's verdict)",
+            f"    models        {models} (the champion's run: families and baselines side by side)",
             f"    monitoring    {compare} (the windows side by side)",
             f"    the model     {self.mlflow_url}/#/models/{self.model_name} "
             f"(champion: version {self.champion_version})",
@@ -360,6 +367,7 @@ def run(
         training_experiment=_experiment_id(settings.experiment),
         monitoring_experiment=_experiment_id(settings.monitor_experiment),
         monitoring_runs=summary.get("mlflow_runs", []),
+        training_runs=_training_runs(settings, champion),
         predictions=predictions,
         labels=labels,
         alerts=alerts,
@@ -464,6 +472,17 @@ def replay_live(world: DemoWorld, settings, serving_url: str, progress: bool) ->
             service.post("/feedback", json={"labels": records(rest)})
     log.info("replayed %d predictions and %d batch finishes", len(requests), len(finishes))
     return len(requests), len(finishes)
+
+
+def _training_runs(settings, version: str) -> list[str]:
+    """The run that registered ``version`` and its child runs (families, baselines)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    parent = client.get_model_version(settings.model_name, version).run_id
+    experiment = client.get_run(parent).info.experiment_id
+    children = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{parent}'")
+    return [parent, *(run.info.run_id for run in children)]
 
 
 def _experiment_id(name: str) -> str:

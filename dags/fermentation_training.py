@@ -3,10 +3,12 @@
 Weekly, or as soon as new labelled data (`brewcast://lake/features/labelled`) or a
 retraining request from monitoring (`brewcast://monitoring/retrain`) arrives:
 
-prepare (split, preprocessing) -> fit (Keras + baselines) -> calibrate (+ threshold) ->
-export (ONNX + parity) -> evaluate (slices, plots, the champion scored on the same rows) ->
-gate (the verdict) -> register (MLflow run, version as `challenger`) -> promote (`champion`,
-only through the gate) -> notify the service to reload.
+prepare (split, preprocessing) -> fit (the Keras network, the boosted challenger, the
+baselines) -> calibrate (+ threshold; the family with the lowest validation log loss is the
+candidate) -> export (ONNX + parity, every family) -> evaluate (pre-finish rows, bootstrap
+intervals, slices, plots, the champion scored on the same rows) -> gate (the verdict) ->
+register (a parent MLflow run, a child run per family and baseline, version as
+`challenger`) -> promote (`champion`, only through the gate) -> notify the service to reload.
 
 The gate fails closed: a champion that exists but cannot be scored fails `evaluate`, naming
 the version and the cause, and nothing is promoted. The steps hand each other files in one

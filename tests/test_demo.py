@@ -142,6 +142,15 @@ def test_demo_runs_the_whole_loop_and_its_pages_render(tmp_path):
             bias.scroll_into_view_if_needed()  # the windows' metrics side by side
             page.screenshot(path=shots / "mlflow-compare.png")
 
+            page.goto(urls["models"])  # the champion's run: families and baselines
+            loss = page.get_by_text("test/log_loss", exact=True).first
+            loss.wait_for(timeout=60_000)
+            page.get_by_text("logistic_regression (baseline)").first.wait_for(timeout=30_000)
+            with contextlib.suppress(PlaywrightError):
+                page.get_by_role("button", name="Close").first.click(timeout=3_000)
+            loss.scroll_into_view_if_needed()
+            page.screenshot(path=shots / "mlflow-models.png")
+
             page.goto(urls["training"])
             page.get_by_text("brewcast-training").first.wait_for(timeout=60_000)
             page.get_by_text("train-").first.wait_for(timeout=30_000)  # the training run
@@ -171,7 +180,13 @@ def test_demo_runs_the_whole_loop_and_its_pages_render(tmp_path):
             assert page.locator("img").count() >= 4  # bias over time and reliability plots
             page.screenshot(path=shots / "monitoring-report.png", full_page=True)
             browser.close()
-        for name in ("mlflow-compare", "mlflow-training", "airflow-graph", "monitoring-report"):
+        for name in (
+            "mlflow-models",
+            "mlflow-compare",
+            "mlflow-training",
+            "airflow-graph",
+            "monitoring-report",
+        ):
             _assert_rendered(shots / f"{name}.png")
     finally:
         stopped = subprocess.run([BREWCAST, "stop"], env=env, capture_output=True, text=True)
