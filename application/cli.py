@@ -207,6 +207,21 @@ def train(
         raise _fail(str(exc), code=1) from exc
     registered, verdict = steps["register"], steps["gate"]
     version = registered["version"]
+    losses = {
+        f: v["validation_after"]["log_loss"] for f, v in steps["calibrate"]["families"].items()
+    }
+    typer.echo(
+        f"candidate: {steps['calibrate']['candidate']} (validation log loss "
+        + ", ".join(f"{f} {v:.4f}" for f, v in losses.items())
+        + ")"
+    )
+    for name, model in steps["evaluate"]["models"].items():
+        line = ", ".join(
+            f"{metric} {h['value']:.4f} [{h['low']:.4f}..{h['high']:.4f}]"
+            for metric, h in model["headline"].items()
+            if metric in ("auc", "log_loss", "ece") and h["value"] is not None
+        )
+        typer.echo(f"  {name} ({model['role']}), pre-finish test rows: {line}")
     against = verdict["note"] or f"gated against version {verdict['champion_version']}"
     typer.echo(
         f"run {registered['run_id']}: registered {settings.model_name} version "

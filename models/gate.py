@@ -140,21 +140,8 @@ def _slice_checks(slices: pd.DataFrame, limits: GateLimits, all_rows: int) -> li
             tested_rows.setdefault(row.rows_key, "the overall checks")
         where = f"slice {row.slice}={row.value}"
         batches = int(row.batches)
-        if batches < limits.min_slice_batches:
-            checks.append(
-                Check(
-                    where,
-                    float(row.rows),
-                    limits.min_slice_batches,
-                    True,
-                    support=batches,
-                    status=NOT_TESTED,
-                    note=f"{batches} batches ({int(row.rows)} rows): too few to test",
-                )
-            )
-            continue
         same = tested_rows.get(row.rows_key)
-        if same is not None:
+        if batches < limits.min_slice_batches or same is not None:
             checks.append(
                 Check(
                     where,
@@ -163,7 +150,9 @@ def _slice_checks(slices: pd.DataFrame, limits: GateLimits, all_rows: int) -> li
                     True,
                     support=batches,
                     status=NOT_TESTED,
-                    note=f"the same rows as {same}, tested there",
+                    note=f"{batches} batches ({int(row.rows)} rows): too few to test"
+                    if batches < limits.min_slice_batches
+                    else f"the same rows as {same}, tested there",
                 )
             )
             continue

@@ -111,3 +111,25 @@ def test_cli_errors_are_clear(settings):
     assert result.exit_code == 2 and "BREWCAST_BREWERYPI_URL" in result.output
     result = runner.invoke(app, ["simulate", "--fermenters", "40"])
     assert result.exit_code == 2 and "fermenters must be" in result.output
+
+
+def test_train_says_which_family_won_and_how_every_model_scored(trained, tmp_path, monkeypatch):
+    """`brewcast train` on the published features: the candidate and the rule's numbers,
+    each model's pre-finish headline with its interval, the registration and the gate."""
+    import shutil
+
+    settings, _ = trained
+    home = tmp_path / "home"
+    shutil.copytree(settings.paths.lake, home / "lake")
+    monkeypatch.setenv("BREWCAST_HOME", str(home))
+    monkeypatch.setenv("BREWCAST_EPOCHS", "3")
+    monkeypatch.setenv("BREWCAST_GATE_MIN_SLICE_BATCHES", "5")
+    result = runner.invoke(app, ["train", "--quiet", "--workdir", str(tmp_path / "work")])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    candidate = next(line for line in lines if line.startswith("candidate: "))
+    assert "network " in candidate and "boosted " in candidate
+    for model in ("network", "boosted", "slope_rule", "logistic_regression"):
+        line = next(line for line in lines if line.strip().startswith(f"{model} ("))
+        assert "auc 0." in line and "[" in line, line
+    assert any(line.startswith("run ") and "version 1 as challenger" in line for line in lines)
