@@ -5,11 +5,11 @@ Two boosters, as the network has two heads: a binary classifier whose raw score 
 ``hours`` (trained on batches that finish). Both see the matrix the network sees, the
 training medians imputed and each category as its learned vocabulary index, so the two
 families differ in the model only (the indices are split on as numbers: LightGBM's
-categorical splits overfit the simulated year, see ``benchmarks/README.md``), and the
+categorical splits did worse on a simulated world, see ``benchmarks/README.md``), and the
 exported graph keeps the serving contract: the same ``pre`` part in front, the same
 calibration behind (:func:`models.export.compose_model`).
 
-LightGBM because its converter (``onnxmltools``) is maintained and exact for it: the
+LightGBM because its converter (``onnxmltools``) is maintained and takes its trees: the
 scikit-learn converter (``skl2onnx``) does not convert scikit-learn 1.9's
 HistGradientBoosting trees. The boosters are saved in LightGBM's own text format, never
 pickled.
