@@ -260,7 +260,7 @@ class DemoResult:
     training_experiment: str  # experiment id
     monitoring_experiment: str
     monitoring_runs: list[str]  # one per window
-    #: The champion's training run and its child runs (one per model family and baseline).
+    #: The child runs of the champion's training run (one per model family and baseline).
     training_runs: list[str]
     predictions: int
     labels: int
@@ -475,14 +475,17 @@ def replay_live(world: DemoWorld, settings, serving_url: str, progress: bool) ->
 
 
 def _training_runs(settings, version: str) -> list[str]:
-    """The run that registered ``version`` and its child runs (families, baselines)."""
+    """The child runs (one per family and per baseline, the candidate first) of the run that
+    registered ``version``: the same metric keys, side by side."""
     from mlflow import MlflowClient
 
     client = MlflowClient()
     parent = client.get_model_version(settings.model_name, version).run_id
     experiment = client.get_run(parent).info.experiment_id
     children = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{parent}'")
-    return [parent, *(run.info.run_id for run in children)]
+    order = {"candidate": 0, "alternative": 1, "baseline": 2}
+    children.sort(key=lambda run: order.get(run.data.tags.get("role", ""), 3))
+    return [run.info.run_id for run in children]
 
 
 def _experiment_id(name: str) -> str:

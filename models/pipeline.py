@@ -548,7 +548,7 @@ def _plot_evaluation(
     for m in models:
         plot_reliability(
             {m["name"]: (y, decided[f"{m['name']}_probability"].to_numpy())},
-            plots / "models" / f"calibration_{m['name']}.png",
+            plots / "models" / m["name"] / "calibration.png",
             title=f"Calibration: {m['name']} ({m['role']})",
         )
     for key in slice_keys():

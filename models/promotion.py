@@ -295,12 +295,13 @@ def _log_comparison(work: TrainingWorkdir, reports: _RunReports, experiment_id: 
                 difference = evaluation["comparisons"][name]
                 mlflow.log_metrics(
                     {
-                        f"compare/candidate_minus_this/log_loss_{k}": v
+                        f"vs_candidate/log_loss_difference_{k}": v
                         for k, v in difference.items()
                         if np.isfinite(v)
                     }
                 )
-            plot = work.plots / "models" / f"calibration_{name}.png"
+            # one name in every child: MLflow's compare page shows the diagrams side by side
+            plot = work.plots / "models" / name / "calibration.png"
             if plot.exists():
                 mlflow.log_artifact(str(plot), artifact_path="plots")
 

@@ -142,14 +142,18 @@ def test_demo_runs_the_whole_loop_and_its_pages_render(tmp_path):
             bias.scroll_into_view_if_needed()  # the windows' metrics side by side
             page.screenshot(path=shots / "mlflow-compare.png")
 
-            page.goto(urls["models"])  # the champion's run: families and baselines
-            loss = page.get_by_text("test/log_loss", exact=True).first
-            loss.wait_for(timeout=60_000)
-            page.get_by_text("logistic_regression (baseline)").first.wait_for(timeout=30_000)
+            # the champion's run: its families and baselines, the same metric keys
+            tall = browser.new_page(viewport={"width": 1400, "height": 2300})
+            tall.goto(urls["models"])
+            tall.get_by_text("test/auc", exact=True).first.wait_for(timeout=60_000)
+            tall.get_by_text("logistic_regression (baseline)").first.wait_for(timeout=30_000)
+            assert tall.get_by_text("(candidate)").count() >= 1
             with contextlib.suppress(PlaywrightError):
-                page.get_by_role("button", name="Close").first.click(timeout=3_000)
-            loss.scroll_into_view_if_needed()
-            page.screenshot(path=shots / "mlflow-models.png")
+                tall.get_by_role("button", name="Close").first.click(timeout=3_000)
+            tall.get_by_text("Run details", exact=True).first.scroll_into_view_if_needed()
+            tall.wait_for_timeout(1000)
+            tall.screenshot(path=shots / "mlflow-models.png")
+            tall.close()
 
             page.goto(urls["training"])
             page.get_by_text("brewcast-training").first.wait_for(timeout=60_000)
