@@ -204,6 +204,14 @@ class TrainingSettings(BaseSettings):
         description="Batch-bootstrap resamples behind every metric's interval (a batch is "
         "the unit: its snapshots are correlated).",
     )
+    unknown_category_share: float = Field(
+        0.05,
+        ge=0.0,
+        lt=0.5,
+        description="Share of training batches whose brand, fermenter or strain each family "
+        "is trained on as unknown (a seeded draw per column), so the out-of-vocabulary "
+        "embedding is learned rather than left at its initial values.",
+    )
     vocabulary_min_batches: int = Field(
         2,
         ge=1,

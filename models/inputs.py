@@ -32,6 +32,30 @@ def learn_vocabulary(train: pd.DataFrame, column: str, min_batches: int) -> tupl
     return tuple(sorted(kept.index, key=lambda v: (-int(kept[v]), v)))
 
 
+def with_unknown_batches(
+    train: pd.DataFrame, share: float, seed: int, columns: list[str] | None = None
+) -> pd.DataFrame:
+    """A copy of the training split where, per categorical column, a seeded ``share`` of the
+    batches has its value blanked (served through index 0, out of vocabulary).
+
+    Without it no training row reaches index 0 when every value is common (the simulator's
+    brands, any brewery's fermenters), so that embedding keeps its random initial values
+    and a brand, fermenter or strain the model never saw gets a random forecast. Whole
+    batches, because a new brand arrives as a whole batch; each column draws its own.
+    """
+    out = train.copy()
+    batches = train["batch_id"].unique()
+    count = round(share * len(batches))
+    if count == 0:
+        return out
+    rng = np.random.default_rng(seed)
+    for column in columns or CATEGORICAL:
+        chosen = rng.choice(batches, size=count, replace=False)
+        out[column] = out[column].astype(object)
+        out.loc[out["batch_id"].isin(chosen), column] = None
+    return out
+
+
 @dataclass(frozen=True)
 class Preprocessing:
     fill_values: dict[str, float]

@@ -24,7 +24,7 @@ from brewcast.settings import Settings
 from models import metrics
 from models.calibrate import fit_calibration, sigmoid
 from models.dataset import SPLITS, before_finish, split_by_batch_time, unseen_in_training
-from models.inputs import Preprocessing
+from models.inputs import Preprocessing, with_unknown_batches
 from models.workdir import TrainingWorkdir
 
 log = logging.getLogger(__name__)
@@ -183,6 +183,13 @@ def fit(settings: Settings, work: TrainingWorkdir, progress: bool = True) -> dic
 
     frames = work.frames()
     pre = work.load_preprocessing()
+    # the families learn the out-of-vocabulary index too (the baselines one-hot the values)
+    fitting_frames = {
+        **frames,
+        "train": with_unknown_batches(
+            frames["train"], settings.unknown_category_share, settings.seed
+        ),
+    }
     families = model_families(settings)
     # an earlier attempt's family that this run does not train must not be evaluated
     work.network.unlink(missing_ok=True)
@@ -192,7 +199,7 @@ def fit(settings: Settings, work: TrainingWorkdir, progress: bool = True) -> dic
     for family in families:
         started = time.perf_counter()
         fitting = _fit_network if family == "network" else _fit_boosted
-        trained[family] = fitting(settings, work, frames, pre, progress)
+        trained[family] = fitting(settings, work, fitting_frames, pre, progress)
         trained[family]["train_seconds"] = time.perf_counter() - started
         log.info("%s fitted in %.1f s", family, trained[family]["train_seconds"])
     baselines = fit_baselines(

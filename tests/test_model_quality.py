@@ -371,3 +371,39 @@ def test_the_boosted_challenger_can_win_and_is_then_what_serving_loads(trained, 
     records = test.to_dict("records")
     probability, _ = served.predict(records)
     np.testing.assert_allclose(probability, expected, atol=1e-6)
+
+
+# --- the out-of-vocabulary embedding ---------------------------------------------------------
+
+
+def test_unknown_batches_are_whole_seeded_and_drawn_per_column():
+    from models.inputs import with_unknown_batches
+
+    frame = pd.DataFrame(
+        {
+            "batch_id": np.repeat([f"B{i}" for i in range(40)], 3),
+            "brand": "pils",
+            "fermenter": "FV1",
+            "yeast_strain": "lager",
+        }
+    )
+    out = with_unknown_batches(frame, 0.1, seed=3)
+    assert frame["brand"].eq("pils").all()  # the input is left alone
+    for column in CATEGORICAL:
+        blank = out.loc[out[column].isna(), "batch_id"]
+        assert blank.nunique() == 4 and len(blank) == 12, column  # 10 % of 40, whole batches
+    draws = [set(out.loc[out[c].isna(), "batch_id"]) for c in CATEGORICAL]
+    assert len({frozenset(d) for d in draws}) > 1  # each column its own batches
+    again = with_unknown_batches(frame, 0.1, seed=3)
+    pd.testing.assert_frame_equal(out, again)
+    assert with_unknown_batches(frame, 0.0, seed=3).notna().all().all()
+
+
+def test_the_out_of_vocabulary_embedding_is_trained(trained):
+    """Every simulated brand and fermenter is common, so without blanked batches no training
+    row reaches index 0 and its embedding stays inside Keras' initial +-0.05."""
+    _, workdir = trained
+    network = TrainingWorkdir(workdir).load_network()
+    for column in CATEGORICAL:
+        unknown_row = network.get_layer(f"embed_{column}").get_weights()[0][0]
+        assert np.abs(unknown_row).max() > 0.05, column
