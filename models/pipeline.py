@@ -273,6 +273,7 @@ def calibrate(settings: Settings, work: TrainingWorkdir) -> dict:
             settings.precision_target,
         )
         curves[family] = report.curve
+        low, high = _threshold_interval(settings, decided["batch_id"], y, after)
         families[family] = {
             "calibration": asdict(calibration),
             "validation_rows": len(decided),
@@ -280,7 +281,7 @@ def calibrate(settings: Settings, work: TrainingWorkdir) -> dict:
             "validation_after": _calibration_metrics(y, after),
             "reliability_before": metrics.reliability_table(y, before).to_dict("records"),
             "reliability_after": metrics.reliability_table(y, after).to_dict("records"),
-            "threshold": report.to_dict(),
+            "threshold": report.to_dict() | {"threshold_low": low, "threshold_high": high},
         }
     candidate = min(families, key=lambda f: families[f]["validation_after"]["log_loss"])
     info = {
@@ -297,6 +298,33 @@ def calibrate(settings: Settings, work: TrainingWorkdir) -> dict:
         ", ".join(f"{f} {v['validation_after']['log_loss']:.4f}" for f, v in families.items()),
     )
     return info
+
+
+def _threshold_interval(
+    settings: Settings, batches: pd.Series, y: np.ndarray, p: np.ndarray
+) -> tuple[float, float]:
+    """The 95% range of the threshold the policy would choose on resampled validation
+    batches: how much of the choice is the luck of one validation split."""
+    from models.threshold import choose_threshold
+
+    draws = metrics.bootstrap_replicates(
+        batches,
+        {
+            "threshold": lambda rows: (
+                choose_threshold(
+                    y[rows],
+                    p[rows],
+                    settings.threshold_policy,
+                    settings.cost_false_finished,
+                    settings.cost_late,
+                    settings.precision_target,
+                ).threshold
+            )
+        },
+        settings.bootstrap_replicates,
+        settings.seed,
+    )
+    return metrics.percentile_interval(draws["threshold"])
 
 
 def _family_graph(work: TrainingWorkdir, family: str):

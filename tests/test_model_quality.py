@@ -149,6 +149,14 @@ def test_the_split_covers_every_category_the_model_uses(trained):
     }
 
 
+def test_the_threshold_comes_with_the_range_resampled_batches_would_give(trained):
+    _, workdir = trained
+    for family, info in _load(workdir, "calibration.json")["families"].items():
+        threshold = info["threshold"]
+        assert threshold["threshold_low"] <= threshold["threshold"] <= threshold["threshold_high"]
+        assert threshold["threshold_low"] < threshold["threshold_high"], family
+
+
 def test_baselines_are_calibrated_like_the_families_and_forecast_hours(trained):
     settings, workdir = trained
     from models.baselines import SlopeRule, fit_baselines
