@@ -87,11 +87,28 @@ def per_column_inputs(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return out
 
 
-def inputs_for(session, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """``inputs`` shaped for an onnxruntime ``session``'s graph, of either contract."""
-    if takes_per_column_inputs(i.name for i in session.get_inputs()):
-        return per_column_inputs(inputs)
-    return inputs
+def frame_inputs(session, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    """What an onnxruntime ``session``'s graph takes, built from a frame of snapshot
+    columns by the graph's own account of its inputs: the columns its ``input_columns``
+    metadata lists (a champion exported with other inputs, a season among its categories
+    before the season became a slice key, is still scored on this run's rows), or one
+    ``[N, 1]`` input per column for a graph older than the two matrices."""
+    meta = session.get_modelmeta().custom_metadata_map
+    matrices = {i.name for i in session.get_inputs()} == {RAW_NUMERIC, RAW_CATEGORICAL}
+    if matrices and META_INPUT_COLUMNS in meta:
+        columns = json.loads(meta[META_INPUT_COLUMNS])
+        numbers = frame[columns[RAW_NUMERIC]].astype("float64").to_numpy(dtype=np.float32)
+        categories = frame[columns[RAW_CATEGORICAL]].astype(object)
+        categories = categories.where(categories.notna(), "").to_numpy(dtype=object)
+        return {RAW_NUMERIC: np.ascontiguousarray(numbers), RAW_CATEGORICAL: categories}
+    out = {}
+    for graph_input in session.get_inputs():
+        column = frame[[graph_input.name]]
+        if graph_input.type == "tensor(string)":
+            out[graph_input.name] = column.astype(object).where(column.notna(), "").to_numpy()
+        else:
+            out[graph_input.name] = column.astype("float64").to_numpy(dtype=np.float32)
+    return out
 
 
 def read_metadata(model_bytes: bytes) -> dict[str, str]:

@@ -44,8 +44,7 @@ from brewcast.contract import (
     OUTPUTS,
     RAW_CATEGORICAL,
     RAW_NUMERIC,
-    inputs_for,
-    raw_inputs,
+    frame_inputs,
 )
 from brewcast.schema import schema_fingerprint
 from models.calibrate import Calibration
@@ -548,9 +547,9 @@ def cpu_session(model_bytes: bytes, threads: int = 1):
 
 
 def run_onnx(session, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """Probability and hours for ``frame``, from this graph or one exported with one input
-    per column (the champion a gate compares against may be one)."""
-    probability, hours = session.run(list(OUTPUTS), inputs_for(session, raw_inputs(frame)))
+    """Probability and hours for ``frame``, from this graph or an older one (the champion a
+    gate compares against may take other columns, or one input per column)."""
+    probability, hours = session.run(list(OUTPUTS), frame_inputs(session, frame))
     return probability.ravel().astype(np.float64), hours.ravel().astype(np.float64)
 
 

@@ -415,3 +415,51 @@ def test_the_out_of_vocabulary_embedding_is_trained(trained):
     for column in CATEGORICAL:
         unknown_row = network.get_layer(f"embed_{column}").get_weights()[0][0]
         assert np.abs(unknown_row).max() > 0.05, column
+
+
+def test_a_champion_exported_with_other_input_columns_is_still_scored(trained):
+    """A champion from before the season became a slice key takes four categories: the gate
+    still scores it on this run's rows, by the columns its own metadata lists."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from brewcast.contract import META_INPUT_COLUMNS, NUMERIC
+    from models.export import _model, run_onnx
+
+    old_categories = [*CATEGORICAL, "season"]
+    season_code = {"winter": 0.1, "spring": 0.2, "summer": 0.3, "autumn": 0.4}
+    graph = helper.make_graph(
+        [
+            helper.make_node("Split", ["categorical", "sizes"], ["first", "season"], axis=1),
+            helper.make_node(
+                "LabelEncoder",
+                ["season"],
+                ["probability"],
+                domain="ai.onnx.ml",
+                keys_strings=list(season_code),
+                values_floats=list(season_code.values()),
+                default_float=-1.0,
+            ),
+            helper.make_node("Identity", ["probability"], ["hours_remaining"]),
+        ],
+        "older_champion",
+        [
+            helper.make_tensor_value_info("numeric", TensorProto.FLOAT, ["N", len(NUMERIC)]),
+            helper.make_tensor_value_info("categorical", TensorProto.STRING, ["N", 4]),
+        ],
+        [
+            helper.make_tensor_value_info("probability", TensorProto.FLOAT, ["N", 1]),
+            helper.make_tensor_value_info("hours_remaining", TensorProto.FLOAT, ["N", 1]),
+        ],
+        initializer=[helper.make_tensor("sizes", TensorProto.INT64, [2], [3, 1])],
+    )
+    model = _model(graph)
+    helper.set_model_props(
+        model,
+        {META_INPUT_COLUMNS: json.dumps({"numeric": NUMERIC, "categorical": old_categories})},
+    )
+    _, workdir = trained
+    test = pd.read_parquet(workdir / "test.parquet")
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    probability, _ = run_onnx(session, test)
+    np.testing.assert_allclose(probability, test["season"].map(season_code), rtol=1e-6)
