@@ -296,9 +296,10 @@ def test_the_gate_needs_the_baselines_beaten_and_the_champion_matched():
         _verdict(frame, limits, champion=close)
 
 
-def test_the_verdict_lists_every_check_with_value_limit_interval_and_support(trained):
+def test_the_verdict_lists_every_check_with_value_limit_interval_and_support(trained, tmp_path):
     settings, workdir = trained
-    verdict = stages.train_step("gate", workdir, settings).details
+    work = shutil.copytree(workdir, tmp_path / "work")  # the shared workdir stays ungated
+    verdict = stages.train_step("gate", work, settings).details
     for check in verdict["checks"]:
         assert {"name", "value", "limit", "low", "high", "support", "status"} <= set(check)
     bias = next(c for c in verdict["checks"] if c["name"] == "bias")
