@@ -138,6 +138,9 @@ def _run_params(settings: Settings, reports: _RunReports) -> dict:
     return {
         **reports.fit["params"],
         "calibration_method": settings.calibration_method,
+        "unknown_category_share": settings.unknown_category_share,
+        "bootstrap_replicates": settings.bootstrap_replicates,
+        "gate_min_slice_batches": settings.gate_min_slice_batches,
         "threshold_policy": settings.threshold_policy,
         "cost_false_finished": settings.cost_false_finished,
         "cost_late": settings.cost_late,
