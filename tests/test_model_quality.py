@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import uuid
 
 import numpy as np
 import pandas as pd
@@ -359,12 +360,14 @@ def test_the_boosted_challenger_can_win_and_is_then_what_serving_loads(trained, 
     work = tmp_path / "work"
     shutil.copytree(workdir, work)
     settings = base.model_copy(
-        # a model name of its own: BentoML's store is shared, its labels name the model
+        # a model name of its own: BentoML's store is shared
         update={
             "home": tmp_path / "home",
             "epochs": 1,
             "patience": 1,
-            "model_name": f"boosted-wins-{tmp_path.name}",
+            # (a new one every run: the store outlives the test, and labels a model by
+            # its MLflow name and version, so a fixed name would find an earlier run's)
+            "model_name": f"boosted-wins-{uuid.uuid4().hex[:12]}",
         }
     )
     steps = ("fit", "calibrate", "export", "evaluate", "gate", "register", "promote")

@@ -113,7 +113,9 @@ def test_sluggish_lager_is_caught_within_days_and_only_where_lagers_are(served):
     # The first window holding drifted batches' labels already alarms on the strain.
     assert first <= DRIFT.start + window
     by_metric = {a.metric for a in strain_alerts}
-    assert {"prediction_bias", "hours_remaining_bias"} <= by_metric
+    # the hours come too early, and the probabilities show it too: as a prediction bias or
+    # as miscalibration, depending on which model family won the training run
+    assert "hours_remaining_bias" in by_metric and by_metric & {"prediction_bias", "ece"}
     hours = [a.observed for a in strain_alerts if a.metric == "hours_remaining_bias"]
     assert max(hours) < -8  # predicted finishes come too early: the yeast is slower now
     assert all("yeast health" in a.likely_causes for a in strain_alerts)
