@@ -30,7 +30,9 @@ def small_world() -> Simulation:
 TRAINING_WORLD = SimulationConfig(
     start=pd.Timestamp("2026-01-01", tz="UTC"), days=240.0, fermenters=6, seed=5
 )
-TRAINING_OVERRIDES = dict(epochs=30, patience=5, gate_min_slice_batches=5)
+#: Fewer bootstrap resamples than the default 200: the tests check the intervals' logic,
+#: not their third digit.
+TRAINING_OVERRIDES = dict(epochs=30, patience=5, gate_min_slice_batches=5, bootstrap_replicates=100)
 
 
 #: The training steps up to (not including) the gate and MLflow.

@@ -93,7 +93,12 @@ def test_demo_runs_the_whole_loop_and_its_pages_render(tmp_path):
     home = tmp_path / "home"
     ports = {"mlflow": free_port(), "airflow": free_port(), "serving": free_port()}
     # Airflow's tasks inherit these: a shorter fit keeps the test's minutes down.
-    env = {**os.environ, "BREWCAST_HOME": str(home), "BREWCAST_EPOCHS": "25"}
+    env = {
+        **os.environ,
+        "BREWCAST_HOME": str(home),
+        "BREWCAST_EPOCHS": "25",
+        "BREWCAST_BOOTSTRAP_REPLICATES": "100",
+    }
     command = [
         BREWCAST,
         "demo",
