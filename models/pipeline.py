@@ -12,6 +12,7 @@ import hashlib
 import logging
 import time
 from dataclasses import asdict
+from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -120,9 +121,8 @@ def prepare(settings: Settings, work: TrainingWorkdir) -> dict:
     return info
 
 
-#: The model families a run can train, and the rule that picks the run's candidate among
-#: them, declared before any is trained: the serving contract is the same for all.
-FAMILIES = ("network", "boosted")
+#: The rule that picks the run's candidate among the families it trains (the settings name
+#: them), declared before any is trained: the serving contract is the same for all.
 CANDIDATE_RULE = "lowest log loss on the validation split's pre-finish rows, after calibration"
 
 
@@ -229,15 +229,20 @@ def fit(settings: Settings, work: TrainingWorkdir, progress: bool = True) -> dic
     return info
 
 
+def load_family(work: TrainingWorkdir, family: str):
+    """A trained family's model as ``fit`` saved it (a Keras model, a ``BoostedModel``)."""
+    return work.load_network() if family == "network" else work.load_boosted()
+
+
 def family_scores(
-    work: TrainingWorkdir, family: str, pre: Preprocessing, frame: pd.DataFrame
+    family: str, model, pre: Preprocessing, frame: pd.DataFrame
 ) -> tuple[np.ndarray, np.ndarray]:
-    """A trained family's own (logit, hours) on ``frame``, before calibration."""
+    """A loaded family model's own (logit, hours) on ``frame``, before calibration."""
     if family == "network":
         from models.network import predict_network
 
-        return predict_network(work.load_network(), pre.network_inputs(frame))
-    return work.load_boosted().raw(pre, frame)
+        return predict_network(model, pre.network_inputs(frame))
+    return model.raw(pre, frame)
 
 
 def _calibration_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
@@ -259,21 +264,21 @@ def calibrate(settings: Settings, work: TrainingWorkdir) -> dict:
     decided = validation[before_finish(validation)].reset_index(drop=True)
     pre = work.load_preprocessing()
     y = decided[LABEL].to_numpy(dtype=float)
+    choose = partial(
+        choose_threshold,
+        policy=settings.threshold_policy,
+        cost_false_finished=settings.cost_false_finished,
+        cost_late=settings.cost_late,
+        precision_target=settings.precision_target,
+    )
     families, curves = {}, {}
     for family in work.read_json(work.fit)["families"]:
-        logit, _ = family_scores(work, family, pre, decided)
+        logit, _ = family_scores(family, load_family(work, family), pre, decided)
         calibration = fit_calibration(logit, y, settings.calibration_method)
         before, after = sigmoid(logit), calibration.apply(logit)
-        report = choose_threshold(
-            y,
-            after,
-            settings.threshold_policy,
-            settings.cost_false_finished,
-            settings.cost_late,
-            settings.precision_target,
-        )
+        report = choose(y, after)
         curves[family] = report.curve
-        low, high = _threshold_interval(settings, decided["batch_id"], y, after)
+        low, high = _threshold_interval(settings, choose, decided["batch_id"], y, after)
         families[family] = {
             "calibration": asdict(calibration),
             "validation_rows": len(decided),
@@ -301,38 +306,26 @@ def calibrate(settings: Settings, work: TrainingWorkdir) -> dict:
 
 
 def _threshold_interval(
-    settings: Settings, batches: pd.Series, y: np.ndarray, p: np.ndarray
+    settings: Settings, choose, batches: pd.Series, y: np.ndarray, p: np.ndarray
 ) -> tuple[float, float]:
-    """The 95% range of the threshold the policy would choose on resampled validation
-    batches: how much of the choice is the luck of one validation split."""
-    from models.threshold import choose_threshold
-
+    """The 95% range of the threshold ``choose`` (the run's policy) picks on resampled
+    validation batches: how much of the choice is the luck of one validation split."""
     draws = metrics.bootstrap_replicates(
         batches,
-        {
-            "threshold": lambda rows: (
-                choose_threshold(
-                    y[rows],
-                    p[rows],
-                    settings.threshold_policy,
-                    settings.cost_false_finished,
-                    settings.cost_late,
-                    settings.precision_target,
-                ).threshold
-            )
-        },
+        {"threshold": lambda rows: choose(y[rows], p[rows]).threshold},
         settings.bootstrap_replicates,
         settings.seed,
     )
     return metrics.percentile_interval(draws["threshold"])
 
 
-def _family_graph(work: TrainingWorkdir, family: str):
+def _family_graph(family: str, model):
+    """A loaded family model as the ``net`` part of the exported graph."""
     if family == "network":
         from models.export import network_to_onnx
 
-        return network_to_onnx(work.load_network())
-    return work.load_boosted().to_onnx()
+        return network_to_onnx(model)
+    return model.to_onnx()
 
 
 def export(settings: Settings, work: TrainingWorkdir) -> dict:
@@ -356,19 +349,21 @@ def export(settings: Settings, work: TrainingWorkdir) -> dict:
         Familiarity.inputs(frames["validation"]), settings.familiarity_quantile
     )
     test_distance = familiarity.distance(Familiarity.inputs(frames["test"]))
-    candidate = work.read_json(work.calibration)["candidate"]
+    calibrated = work.read_json(work.calibration)
+    candidate = calibrated["candidate"]
     work.families.mkdir(parents=True, exist_ok=True)
     for stale in work.families.glob("*.onnx"):
         stale.unlink()
     parity = {}
-    for family in work.read_json(work.calibration)["families"]:
+    for family in calibrated["families"]:
         calibration, threshold = work.load_calibration(family)
+        model = load_family(work, family)
         result = export_model(
             pre,
-            _family_graph(work, family),
+            _family_graph(family, model),
             calibration,
             frames["test"],
-            family_scores(work, family, pre, frames["test"]),
+            family_scores(family, model, pre, frames["test"]),
             metadata={
                 META_MODEL_FAMILY: family,
                 META_THRESHOLD: threshold,
