@@ -43,6 +43,9 @@ META_TRAINED_ON = "trained_on"
 #: Which model family the graph holds ("network", "boosted"): the serving contract is the
 #: same for all, this says which won the run that made it.
 META_MODEL_FAMILY = "model_family"
+#: :class:`brewcast.intervals.FinishForecast` as JSON: intervals for the hours remaining
+#: and P(finished by t), per group of snapshots.
+META_FINISH_FORECAST = "finish_forecast"
 #: :class:`Familiarity` as JSON: how far from its training data a snapshot may lie.
 META_FAMILIARITY = "familiarity"
 #: What :class:`Familiarity` reads besides the numeric inputs (a snapshot column the

@@ -212,6 +212,17 @@ class TrainingSettings(BaseSettings):
         "is trained on as unknown (a seeded draw per column), so the out-of-vocabulary "
         "embedding is learned rather than left at its initial values.",
     )
+    interval_group_column: Literal["yeast_strain", "brand", "fermenter"] = Field(
+        "yeast_strain",
+        description="The slice column whose values get their own finish-time intervals "
+        "(per predicted-hours bucket) where the calibration split has the batches for it.",
+    )
+    interval_min_group_batches: int = Field(
+        10,
+        ge=2,
+        description="Calibration batches a group of the finish forecast needs to have its own "
+        "intervals (fewer: the group above it answers, every strain's, then every snapshot's).",
+    )
     vocabulary_min_batches: int = Field(
         2,
         ge=1,
@@ -243,6 +254,21 @@ class RegistrySettings(BaseSettings):
     )
     gate_tolerance: float = Field(
         0.01, description="How much worse than the champion (log loss, AUC) a challenger may be."
+    )
+    gate_max_coverage_shortfall: float = Field(
+        0.05,
+        description="The gate fails when the interval of the finish forecast's overall "
+        "coverage lies wholly below the nominal level minus this (80% and 95% intervals).",
+    )
+    gate_max_slice_coverage_shortfall: float = Field(
+        0.07,
+        description="The same for a tested slice (a strain, brand, fermenter or forecast "
+        "bucket with the batches to be tested).",
+    )
+    gate_max_horizon_disagreement: float = Field(
+        0.10,
+        description="Largest mean |P(finished by the horizon) - the classifier's probability| "
+        "between the finish forecast and the decision's probability.",
     )
 
 
@@ -317,6 +343,11 @@ class MonitoringSettings(BaseSettings):
         0.01, description="Family-wise error rate of the bias alarms (Holm over all tests)."
     )
     monitor_max_ece: float = Field(0.15, description="Largest ECE before an alarm.")
+    monitor_max_coverage_shortfall: float = Field(
+        0.10,
+        description="How far below its nominal level (80%, 95%) a slice's live interval "
+        "coverage may fall before an alarm (tested like the biases, Holm-corrected).",
+    )
     monitor_max_psi: float = Field(0.25, description="PSI of a feature before a drift alarm.")
     monitor_webhook_url: str | None = Field(None, description="Alerts are POSTed here too.")
 

@@ -20,6 +20,10 @@ passed one says by how much:
   that cannot show it beats the rule adds nothing); for a learned baseline, a failure when
   the whole interval is above 0 (the baseline is better, not by the luck of the test
   split); the same within noise passes, and the check's note says so;
+* **finish forecast**: the 80% and 95% intervals' coverage, overall and per tested slice
+  (strains, brands, fermenters, forecast buckets), fails when its batch-bootstrap interval
+  lies wholly below the nominal level minus the tolerance; and its P(finished by the
+  horizon) must agree with the classifier's probability on average;
 * **champion**: log loss no worse than the champion's by more than the tolerance and AUC no
   lower by more than it, on the same rows (the first model has none, and says so).
 """
@@ -45,6 +49,9 @@ class GateLimits:
     min_slice_batches: int = 15
     tolerance: float = 0.01
     parity: float = PARITY_LIMIT
+    max_coverage_shortfall: float = 0.05
+    max_slice_coverage_shortfall: float = 0.07
+    max_horizon_disagreement: float = 0.10
 
     @classmethod
     def from_settings(cls, s) -> GateLimits:
@@ -54,6 +61,9 @@ class GateLimits:
             s.gate_max_abs_bias,
             s.gate_min_slice_batches,
             s.gate_tolerance,
+            max_coverage_shortfall=s.gate_max_coverage_shortfall,
+            max_slice_coverage_shortfall=s.gate_max_slice_coverage_shortfall,
+            max_horizon_disagreement=s.gate_max_horizon_disagreement,
         )
 
 
@@ -176,6 +186,50 @@ def _slice_checks(slices: pd.DataFrame, limits: GateLimits, all_rows: int) -> li
     return checks
 
 
+def _coverage_checks(coverage: pd.DataFrame, limits: GateLimits) -> list[Check]:
+    """Per level: the overall coverage and each gated slice's with the batches (once per set
+    of rows) fail only when their whole interval lies below the nominal level minus the
+    tolerance: an over-confident forecast, not the luck of a small test split."""
+    checks: list[Check] = []
+    levels = sorted(
+        int(c.split("_")[1])
+        for c in coverage.columns
+        if c.count("_") == 1 and c.startswith("coverage_")
+    )
+    tested_rows: dict[str, str] = {}
+    gated = coverage[coverage["gated"].astype(bool)]
+    for row in gated.sort_values("slice", key=lambda s: s != "all", kind="stable").itertuples(
+        index=False
+    ):
+        overall = row.slice == "all"
+        where = "coverage" if overall else f"slice {row.slice}={row.value} coverage"
+        same = tested_rows.get(row.rows_key)
+        if not overall and (int(row.batches) < limits.min_slice_batches or same is not None):
+            continue  # listed with the slice checks (too few batches, or the same rows)
+        tested_rows.setdefault(row.rows_key, where)
+        tolerance = (
+            limits.max_coverage_shortfall if overall else limits.max_slice_coverage_shortfall
+        )
+        for tag in levels:
+            value = float(getattr(row, f"coverage_{tag}"))
+            high = getattr(row, f"coverage_{tag}_high")
+            limit = tag / 100 - tolerance
+            top = high if np.isfinite(high) else value
+            checks.append(
+                Check(
+                    f"{where} {tag}%",
+                    value,
+                    limit,
+                    not top < limit,
+                    _finite(getattr(row, f"coverage_{tag}_low")),
+                    _finite(high),
+                    int(row.batches),
+                    note=f"nominal {tag}%; fails when the interval lies wholly below {limit:.0%}",
+                )
+            )
+    return checks
+
+
 def _baseline_checks(
     baselines: dict[str, dict], significantly_better_than: Collection[str], support
 ) -> list[Check]:
@@ -241,6 +295,8 @@ def promotion_gate(
     champion: dict | None = None,
     champion_version: str | None = None,
     significantly_better_than: Collection[str] = (),
+    coverage: pd.DataFrame | None = None,
+    horizon_disagreement: float | None = None,
 ) -> Verdict:
     """``overall``: the candidate's metrics (``models.metrics.classification_report`` with
     ``ece_low``/``ece_high``); ``slices``: :func:`models.evaluate.slice_table`;
@@ -249,7 +305,8 @@ def promotion_gate(
     ``significantly_better_than``, not higher over it for the others; ``champion``:
     ``{"log_loss": difference, "auc": difference}`` on the same rows, None only for the
     first model (a champion that cannot be scored stops training before the gate), and the
-    verdict says so."""
+    verdict says so; ``coverage``: the finish forecast's :func:`models.intervals.coverage_table`;
+    ``horizon_disagreement``: its mean |P(finished by the horizon) - probability|."""
     if (champion is None) != (champion_version is None):
         raise ValueError("a champion's scores and its version come together")
     support = int(overall.get("batches", 0)) or None
@@ -269,6 +326,19 @@ def promotion_gate(
         ),
         *_slice_checks(slices, limits, int(overall.get("rows", -1))),
     ]
+    if coverage is not None and len(coverage):
+        checks += _coverage_checks(coverage, limits)
+    if horizon_disagreement is not None:
+        checks.append(
+            Check(
+                "finish forecast vs probability at the horizon",
+                horizon_disagreement,
+                limits.max_horizon_disagreement,
+                horizon_disagreement <= limits.max_horizon_disagreement,
+                support=support,
+                note="mean |P(finished by the horizon) - the classifier's probability|",
+            )
+        )
     checks += _baseline_checks(baselines or {}, significantly_better_than, support)
     if champion is not None:
         checks += _champion_checks(champion, limits, support)

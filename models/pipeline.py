@@ -26,6 +26,7 @@ from models import metrics
 from models.calibrate import fit_calibration, sigmoid
 from models.dataset import SPLITS, before_finish, split_by_batch_time, unseen_in_training
 from models.inputs import Preprocessing, with_unknown_batches
+from models.intervals import fit_finish_forecast
 from models.workdir import TrainingWorkdir
 
 log = logging.getLogger(__name__)
@@ -255,9 +256,10 @@ def _calibration_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
 
 
 def calibrate(settings: Settings, work: TrainingWorkdir) -> dict:
-    """Per family: fit the calibration on validation logits and choose the threshold, on the
-    validation split's pre-finish rows (the rows a decision depends on); then pick the run's
-    candidate by :data:`CANDIDATE_RULE`."""
+    """Per family: fit the calibration on validation logits, choose the threshold and fit
+    the finish forecast's intervals (``models.intervals``), on the validation split's
+    pre-finish rows (the rows a decision depends on); then pick the run's candidate by
+    :data:`CANDIDATE_RULE`."""
     from models.threshold import choose_threshold
 
     validation = pd.read_parquet(work.validation)
@@ -273,7 +275,13 @@ def calibrate(settings: Settings, work: TrainingWorkdir) -> dict:
     )
     families, curves = {}, {}
     for family in work.read_json(work.fit)["families"]:
-        logit, _ = family_scores(family, load_family(work, family), pre, decided)
+        logit, hours = family_scores(family, load_family(work, family), pre, decided)
+        forecast = fit_finish_forecast(
+            decided,
+            np.maximum(hours, 0.0),
+            settings.interval_group_column,
+            settings.interval_min_group_batches,
+        )
         calibration = fit_calibration(logit, y, settings.calibration_method)
         before, after = sigmoid(logit), calibration.apply(logit)
         report = choose(y, after)
@@ -287,6 +295,8 @@ def calibrate(settings: Settings, work: TrainingWorkdir) -> dict:
             "reliability_before": metrics.reliability_table(y, before).to_dict("records"),
             "reliability_after": metrics.reliability_table(y, after).to_dict("records"),
             "threshold": report.to_dict() | {"threshold_low": low, "threshold_high": high},
+            "finish_forecast": forecast.to_json(),
+            "finish_forecast_groups": forecast.describe()["groups"],
         }
     candidate = min(families, key=lambda f: families[f]["validation_after"]["log_loss"])
     info = {
@@ -330,17 +340,20 @@ def _family_graph(family: str, model):
 
 def export(settings: Settings, work: TrainingWorkdir) -> dict:
     """Compose every family's ONNX graph and check its parity with the family's own model
-    on the test split; the candidate's is the run's ``model.onnx``."""
+    on the test split (and its finish forecast's with crepes'); the candidate's is the
+    run's ``model.onnx``."""
     from brewcast.contract import (
         META_DATA_SNAPSHOT_ID,
         META_FAMILIARITY,
+        META_FINISH_FORECAST,
         META_HORIZON_HOURS,
         META_MODEL_FAMILY,
         META_THRESHOLD,
         META_TRAINED_ON,
         Familiarity,
     )
-    from models.export import export_model
+    from models.export import ParityError, export_model
+    from models.intervals import INTERVAL_PARITY_LIMIT, crepes_parity
 
     data = work.read_json(work.data)
     frames = work.frames()
@@ -357,6 +370,7 @@ def export(settings: Settings, work: TrainingWorkdir) -> dict:
     parity = {}
     for family in calibrated["families"]:
         calibration, threshold = work.load_calibration(family)
+        forecast = work.load_finish_forecast(family)
         model = load_family(work, family)
         result = export_model(
             pre,
@@ -370,6 +384,7 @@ def export(settings: Settings, work: TrainingWorkdir) -> dict:
                 META_HORIZON_HOURS: settings.horizon_hours,
                 META_DATA_SNAPSHOT_ID: data["data_snapshot_id"],
                 META_FAMILIARITY: familiarity.to_json(),
+                META_FINISH_FORECAST: forecast.to_json(),
                 META_TRAINED_ON: {
                     "batches": data["train_batches"],
                     "rows": data["train_rows"],
@@ -377,11 +392,23 @@ def export(settings: Settings, work: TrainingWorkdir) -> dict:
                 },
             },
         )
+        # the served forecast code on the graph's own hours, against crepes
+        _, onnx_hours = score_model(result.serialized(), frames["test"])
+        intervals = crepes_parity(forecast, frames["test"], onnx_hours)
+        if max(intervals["bounds_max_abs_error"], intervals["probability_max_abs_error"]) > (
+            INTERVAL_PARITY_LIMIT
+        ):
+            raise ParityError(
+                f"{family}: the served finish forecast differs from crepes' by {intervals} "
+                f"(limit {INTERVAL_PARITY_LIMIT:g})"
+            )
         lake.write_bytes(work.family_model(family), result.serialized())
         parity[family] = {
             "parity_max_abs_error": result.parity_max_abs_error,
             "parity_hours_max_abs_error": result.parity_hours_max_abs_error,
             "parity_rows": result.parity_rows,
+            "parity_interval_max_abs_error": intervals["bounds_max_abs_error"],
+            "parity_finish_probability_max_abs_error": intervals["probability_max_abs_error"],
         }
     lake.write_bytes(work.model, work.family_model(candidate).read_bytes())
     info = {
@@ -478,6 +505,8 @@ def evaluate(settings: Settings, work: TrainingWorkdir) -> dict:
         for m in models
         if m["role"] != "candidate"
     }
+    intervals, coverage = _interval_evaluation(settings, work, test, predictions, models)
+    coverage.to_csv(work.coverage, index=False)
     after = predictions[~predictions["before_finish"]]
     champion, champion_probability = score_champion(
         settings, work, test[before_finish(test)].reset_index(drop=True), threshold, probability
@@ -491,9 +520,124 @@ def evaluate(settings: Settings, work: TrainingWorkdir) -> dict:
     info = _evaluation_report(
         work, overall, headline, models, comparisons, after, threshold, y, probability
     )
+    info["intervals"] = intervals
+    for name, model in info["models"].items():
+        model["intervals"] = intervals["families"].get(name)
     work.write_json(work.evaluation, info)
     work.write_json(work.champion, champion)
     return info
+
+
+def _interval_evaluation(
+    settings: Settings,
+    work: TrainingWorkdir,
+    test: pd.DataFrame,
+    predictions: pd.DataFrame,
+    models: list[dict],
+) -> tuple[dict, pd.DataFrame]:
+    """Every family's finish forecast on the pre-finish test rows, from its exported hours:
+    coverage per level overall (and for the candidate per slice: the returned table), the
+    width two days before the finish against plain split conformal's, and the finish
+    probabilities per horizon. The candidate's intervals join ``predictions``."""
+    from brewcast.intervals import HORIZONS
+    from models.intervals import (
+        actual_hours,
+        coverage_table,
+        forecast_frame,
+        horizon_report,
+        plain_split_conformal,
+        plot_coverage,
+        width_before_finish,
+    )
+
+    mask = predictions["before_finish"].to_numpy()
+    rows = test[mask].reset_index(drop=True)
+    target = actual_hours(rows)
+    validation = pd.read_parquet(work.validation)
+    calibration_rows = validation[before_finish(validation)].reset_index(drop=True)
+    report: dict = {"families": {}}
+    coverage = pd.DataFrame()
+    for model in (m for m in models if m["kind"] == "family"):
+        family = model["name"]
+        forecast = work.load_finish_forecast(family)
+        hours = predictions[f"{family}_hours"].to_numpy()
+        forecasts = forecast_frame(forecast, test, hours)
+        table = coverage_table(
+            rows,
+            forecasts.take(mask),
+            settings.gate_min_slice_batches,
+            settings.bootstrap_replicates,
+            settings.seed,
+        )
+        overall = table[table["slice"] == "all"].iloc[0].to_dict()
+        report["families"][family] = {
+            k: v for k, v in overall.items() if k.startswith(("coverage_", "median_width_", "open"))
+        }
+        if model["role"] != "candidate":
+            continue
+        coverage = table
+        for level, (low, high) in forecasts.intervals.items():
+            tag = round(level * 100)
+            predictions[f"interval_{tag}_low"], predictions[f"interval_{tag}_high"] = low, high
+        for i, horizon in enumerate(forecast.horizons):
+            predictions[f"finished_by_{horizon:g}h"] = forecasts.finish_probabilities[:, i]
+        predictions["forecast_group"] = forecasts.groups
+        served = forecasts.take(mask)
+        _, calibration_hours = score_model(work.family_model(family).read_bytes(), calibration_rows)
+        plain = plain_split_conformal(
+            calibration_rows, calibration_hours, rows, hours[mask], forecast.levels
+        )
+        report.update(
+            {
+                "candidate": family,
+                "method": forecast.method,
+                "levels": list(forecast.levels),
+                "group_column": forecast.group_column,
+                "groups": forecast.describe()["groups"],
+                "overall": report["families"][family],
+                "width_48h_before_finish": width_before_finish(served.intervals, target),
+                "plain_split_conformal": {
+                    "width_48h_before_finish": width_before_finish(plain, target),
+                    **{
+                        f"coverage_{round(level * 100)}": float(
+                            np.mean((target >= low) & (target <= high))
+                        )
+                        for level, (low, high) in plain.items()
+                    },
+                },
+                "finish_probabilities": horizon_report(
+                    served,
+                    rows,
+                    HORIZONS,
+                    predictions.loc[mask, f"{family}_probability"].to_numpy(),
+                    settings.horizon_hours,
+                    settings.bootstrap_replicates,
+                    settings.seed,
+                ),
+            }
+        )
+        plot_coverage(table, forecast.levels, work.plots / "coverage.png")
+        _plot_finish_probabilities(served, rows, forecast.horizons, work.plots)
+    return report, coverage
+
+
+def _plot_finish_probabilities(forecasts, rows: pd.DataFrame, horizons, plots) -> None:
+    from models.evaluate import plot_reliability
+    from models.intervals import actual_hours
+
+    target = actual_hours(rows)
+    answered = np.isfinite(forecasts.finish_probabilities).all(axis=1)
+    plot_reliability(
+        {
+            f"P(finished by {t:g} h)": (
+                (target[answered] <= t).astype(float),
+                forecasts.finish_probabilities[answered, i],
+            )
+            for i, t in enumerate(horizons)
+        },
+        plots / "finish_probability_calibration.png",
+        title="Finish forecast: calibration per horizon (pre-finish test rows)",
+    )
 
 
 def _evaluation_report(

@@ -59,10 +59,19 @@ def gate(settings: Settings, work: TrainingWorkdir) -> dict:
         champion=champion["comparison"],
         champion_version=champion["version"],
         significantly_better_than=NON_ML,
+        coverage=work.load_coverage(),
+        horizon_disagreement=_horizon_disagreement(evaluation),
     )
     result = verdict.to_dict()
     work.write_json(work.verdict, result)
     return result
+
+
+def _horizon_disagreement(evaluation: dict) -> float | None:
+    agreement = (
+        evaluation.get("intervals", {}).get("finish_probabilities", {}).get("classifier_agreement")
+    )
+    return None if agreement is None else float(agreement["mean_abs_difference"])
 
 
 @dataclass
@@ -94,7 +103,43 @@ class _RunReports:
         )
 
 
-def _run_metrics(reports: _RunReports, slices: pd.DataFrame) -> dict[str, float]:
+def interval_metrics(intervals: dict, coverage: pd.DataFrame | None = None) -> dict[str, float]:
+    """The finish forecast's numbers under stable keys: ``intervals/coverage_80`` (and its
+    ``_low``/``_high``), median widths, the width two days before the finish against plain
+    split conformal's, each horizon's calibration, and per tested slice
+    ``intervals/<slice>/<value>/coverage_80``."""
+    from models.evaluate import metric_key
+
+    out = {f"intervals/{k}": v for k, v in intervals.get("overall", {}).items()}
+    for tag, width in intervals.get("width_48h_before_finish", {}).items():
+        out[f"intervals/width_48h_before_finish_{tag}"] = width
+    plain = intervals.get("plain_split_conformal", {})
+    for tag, width in plain.get("width_48h_before_finish", {}).items():
+        out[f"intervals/plain_split_conformal/width_48h_before_finish_{tag}"] = width
+    out.update(
+        {
+            f"intervals/plain_split_conformal/{k}": v
+            for k, v in plain.items()
+            if k != "width_48h_before_finish"
+        }
+    )
+    horizons = intervals.get("finish_probabilities", {})
+    for horizon, scores in horizons.get("horizons", {}).items():
+        out.update({f"intervals/finished_by_{horizon}h/{k}": v for k, v in scores.items()})
+    agreement = horizons.get("classifier_agreement")
+    if agreement:
+        out["intervals/classifier_agreement/mean_abs_difference"] = agreement["mean_abs_difference"]
+    if coverage is not None:
+        tested = coverage[coverage["enough_support"].astype(bool) & (coverage["slice"] != "all")]
+        for row in tested.to_dict("records"):
+            for column in ("coverage_80", "coverage_95"):
+                out[metric_key("intervals", row["slice"], row["value"], column)] = row[column]
+    return out
+
+
+def _run_metrics(
+    reports: _RunReports, slices: pd.DataFrame, coverage: pd.DataFrame | None = None
+) -> dict[str, float]:
     """Every number of the run under the stable keys all runs share (finite ones only)."""
     from models.evaluate import flatten_metrics
 
@@ -114,6 +159,7 @@ def _run_metrics(reports: _RunReports, slices: pd.DataFrame) -> dict[str, float]
         values.update({f"compare/{name}/log_loss_difference_{k}": v for k, v in difference.items()})
     for name, scores in evaluation["baselines"].items():
         values.update({f"baseline/{name}/{k}": v for k, v in scores.items()})
+    values.update(interval_metrics(evaluation.get("intervals", {}), coverage))
     champion = reports.champion["test"]
     if champion is not None:
         values.update({f"champion/{k}": champion[k] for k in ("auc", "log_loss", "ece")})
@@ -205,7 +251,7 @@ def _log_run(settings: Settings, work: TrainingWorkdir, reports: _RunReports):
 
     experiment_id = ensure_experiment(settings.experiment, settings.paths.mlflow_artifacts)
     data, verdict = reports.data, reports.verdict
-    metric_values = _run_metrics(reports, work.load_slices())
+    metric_values = _run_metrics(reports, work.load_slices(), work.load_coverage())
     with mlflow.start_run(
         experiment_id=experiment_id, run_name=f"train-{data['data_snapshot_id']}"
     ) as run:
@@ -292,7 +338,14 @@ def _log_comparison(work: TrainingWorkdir, reports: _RunReports, experiment_id: 
                 mlflow.log_params(fitted[name]["params"])
             mlflow.log_input(dataset, context="test")
             mlflow.log_metrics(
-                {k: v for k, v in headline_metrics(model["headline"]).items() if np.isfinite(v)}
+                {
+                    k: v
+                    for k, v in {
+                        **headline_metrics(model["headline"]),
+                        **interval_metrics({"overall": model.get("intervals") or {}}),
+                    }.items()
+                    if v is not None and np.isfinite(v)
+                }
             )
             if name in evaluation["comparisons"]:
                 difference = evaluation["comparisons"][name]

@@ -45,9 +45,9 @@ STEP_FILES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     ),
     "evaluate": (
         ("test", "model", "families", "calibration", "baseline_scores", "history"),
-        ("slices", "plots", "evaluation", "champion", "predictions"),
+        ("slices", "coverage", "plots", "evaluation", "champion", "predictions"),
     ),
-    "gate": (("export", "evaluation", "slices", "champion"), ("verdict",)),
+    "gate": (("export", "evaluation", "slices", "coverage", "champion"), ("verdict",)),
     "register": (
         (
             "data",
@@ -56,6 +56,7 @@ STEP_FILES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "export",
             "evaluation",
             "slices",
+            "coverage",
             "verdict",
             "model",
             "families",
@@ -107,6 +108,8 @@ class TrainingWorkdir:
     export = property(lambda self: self._file("export.json"))
     # -- evaluate -----------------------------------------------------------------------------
     slices = property(lambda self: self._file("slices.csv"))
+    #: The finish forecast's coverage per level and slice (``models.intervals``).
+    coverage = property(lambda self: self._file("coverage.csv"))
     plots = property(lambda self: self._file("plots"))
     evaluation = property(lambda self: self._file("evaluation.json"))
     champion = property(lambda self: self._file("champion.json"))
@@ -121,6 +124,7 @@ class TrainingWorkdir:
     #: The reports a registered run carries as MLflow artifacts (under ``reports/``).
     REPORTS = (
         "slices",
+        "coverage",
         "calibration",
         "evaluation",
         "data",
@@ -171,6 +175,15 @@ class TrainingWorkdir:
             info = info["families"][family]
         return Calibration(**info["calibration"]), float(info["threshold"]["threshold"])
 
+    def load_finish_forecast(self, family: str | None = None):
+        """A family's fitted finish forecast (the candidate's by default)."""
+        from brewcast.intervals import FinishForecast
+
+        info = self.read_json(self.calibration)
+        if family is not None:
+            info = info["families"][family]
+        return FinishForecast.from_json(info["finish_forecast"])
+
     def load_boosted(self):
         from models.boosted import BoostedModel
 
@@ -178,3 +191,8 @@ class TrainingWorkdir:
 
     def load_slices(self) -> pd.DataFrame:
         return pd.read_csv(self.slices, keep_default_na=False, na_values=[""], dtype={"value": str})
+
+    def load_coverage(self) -> pd.DataFrame:
+        return pd.read_csv(
+            self.coverage, keep_default_na=False, na_values=[""], dtype={"value": str}
+        )

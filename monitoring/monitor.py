@@ -9,7 +9,9 @@ finishes).
 Per window: the metrics of ``models.metrics`` overall, per slice key, and per pair of slice
 keys where support allows; an alarm needs enough support, a bias beyond its limit *and* a
 bias test that survives the Holm correction over every (window, slice) tested, so many
-slices times many windows do not page on noise. Drift: PSI of each feature and of the
+slices times many windows do not page on noise. The finish forecast's live coverage (80%
+and 95% intervals, on finished batches) is tested the same way, one-sided: a slice whose
+intervals hold clearly less often than nominal alarms. Drift: PSI of each feature and of the
 served probability against the training reference, overall and per slice, needing no
 labels (an early warning while labels are pending).
 """
@@ -26,6 +28,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import t as t_dist
 
+from brewcast.intervals import LEVELS
 from brewcast.schema import slice_keys
 from brewcast.settings import Settings
 from models.metrics import Z95, classification_report, prediction_bias
@@ -62,6 +65,16 @@ class Alert:
         return f"Holm-adjusted p={self.p_value:.2g}"
 
     def message(self) -> str:
+        if self.metric.startswith(COVERAGE_METRIC):
+            nominal = int(self.metric.removeprefix(COVERAGE_METRIC))
+            held = nominal / 100 - self.observed
+            return (
+                f"[{self.window}] {self.slice}={self.value}: {nominal}% intervals held for "
+                f"{held:.0%} of {self.support} finished forecasts from {self.batches} batches "
+                f"(alarm below {nominal / 100 - self.limit:.0%}; {self.evidence()}). The "
+                f"finish-time forecast is over-confident here: plan with care. Likely causes: "
+                f"{self.likely_causes}."
+            )
         return (
             f"[{self.window}] {self.slice}={self.value}: {self.metric} {self.observed:+.3f} "
             f"beyond ±{self.limit:g} over {self.support} predictions from {self.batches} "
@@ -129,6 +142,7 @@ def attach_labels(
     out["label"] = np.nan
     out["label_source"] = None
     out["actual_hours"] = np.nan  # hours from the snapshot to the finish (finished batches)
+    out["never_finished"] = False  # a stuck batch: only an open-ended interval covers it
 
     def by_finish(finish: pd.Series) -> pd.Series:
         return (finish <= deadline).astype(float)
@@ -141,6 +155,7 @@ def attach_labels(
         out.loc[lake.notna(), "label_source"] = "readings"
         out["label"] = lake
         out["actual_hours"] = ((finish - at).dt.total_seconds() / 3600).clip(lower=0)
+        out["never_finished"] = (status == "stuck").fillna(False).astype(bool).to_numpy()
     if len(labels):
         batch = (
             labels.dropna(subset=["batch_id", "finished_at"])
@@ -153,6 +168,7 @@ def attach_labels(
         out.loc[sent.notna(), "label_source"] = "feedback_batch"
         hours = ((finish - at).dt.total_seconds() / 3600).clip(lower=0)
         out.loc[hours.notna(), "actual_hours"] = hours[hours.notna()]
+        out.loc[hours.notna(), "never_finished"] = False
         direct = (
             labels.dropna(subset=["prediction_id", "finished_within_horizon"])
             .drop_duplicates("prediction_id", keep="last")
@@ -210,6 +226,7 @@ def window_metrics(
             hours_bias_high=hours.high,
             hours_rows=hours.n,
             hours_bias_p_value=_p_value(hours.value, hours.high, hours.groups),
+            **coverage_metrics(part),
         )
         rows.append(
             {
@@ -222,6 +239,43 @@ def window_metrics(
             }
         )
     return pd.DataFrame(rows)
+
+
+#: The live coverage alarms' metric names: ``interval_coverage_80``, ``interval_coverage_95``.
+COVERAGE_METRIC = "interval_coverage_"
+
+
+def coverage_metrics(part: pd.DataFrame) -> dict[str, float]:
+    """Per served level: the share of finished forecasts whose actual hours to the finish
+    fell inside the interval (a stuck batch only inside an open-ended one), and its
+    shortfall below the nominal level with a cluster-robust (by batch) interval and p-value.
+    Predictions served without intervals do not count."""
+    out: dict[str, float] = {}
+    for level in LEVELS:
+        tag = round(level * 100)
+        low_column, high_column = f"interval_{tag}_low", f"interval_{tag}_high"
+        if low_column not in part:
+            continue
+        known = part[low_column].notna() & (part["actual_hours"].notna() | part["never_finished"])
+        target = part["actual_hours"].where(~part["never_finished"], np.inf)[known]
+        high = part.loc[known, high_column].astype(float).fillna(np.inf)
+        hit = ((target >= part.loc[known, low_column]) & (target <= high)).astype(float)
+        batches = part.loc[known, "batch_id"].fillna(part.loc[known, "prediction_id"])
+        shortfall = prediction_bias(hit, np.full(len(hit), level), batches)
+        out.update(
+            {
+                f"coverage_{tag}": float(hit.mean()) if len(hit) else float("nan"),
+                f"coverage_{tag}_shortfall": shortfall.value,
+                f"coverage_{tag}_shortfall_low": shortfall.low,
+                f"coverage_{tag}_shortfall_high": shortfall.high,
+                f"coverage_{tag}_rows": shortfall.n,
+                f"coverage_{tag}_batches": shortfall.groups,
+                f"coverage_{tag}_p_value": _p_value(
+                    shortfall.value, shortfall.high, shortfall.groups
+                ),
+            }
+        )
+    return out
 
 
 def _p_value(value: float, high: float, clusters: int) -> float:
@@ -246,10 +300,22 @@ def holm(p_values: np.ndarray) -> np.ndarray:
     return adjusted
 
 
-#: (metric, p-value column, limit setting) of the statistically tested alarms.
+#: (metric, value column, p-value column, limit setting, one-sided) of the statistically
+#: tested alarms; a one-sided one alarms only above its limit (coverage short of nominal,
+#: not intervals wider than needed), and its support is its own rows and batches.
 TESTED = (
-    ("prediction_bias", "bias", "bias_p_value", "monitor_max_abs_bias"),
-    ("hours_remaining_bias", "hours_bias", "hours_bias_p_value", "monitor_max_hours_bias"),
+    ("prediction_bias", "bias", "bias_p_value", "monitor_max_abs_bias", False),
+    ("hours_remaining_bias", "hours_bias", "hours_bias_p_value", "monitor_max_hours_bias", False),
+    *(
+        (
+            f"{COVERAGE_METRIC}{round(level * 100)}",
+            f"coverage_{round(level * 100)}_shortfall",
+            f"coverage_{round(level * 100)}_p_value",
+            "monitor_max_coverage_shortfall",
+            True,
+        )
+        for level in LEVELS
+    ),
 )
 
 
@@ -257,16 +323,33 @@ def find_alerts(windows: pd.DataFrame, settings: Settings) -> list[Alert]:
     """Alarms with support, beyond their limit, and significant after Holm's correction over
     every test of the run (both bias families, every window and slice)."""
     supported = windows[windows["supported"]]
-    tests = [
-        (metric, column, limit_name, getattr(row, p_column), row)
-        for metric, column, p_column, limit_name in TESTED
-        for row in supported[supported[p_column].notna()].itertuples(index=False)
-    ]
+    tests = []
+    for metric, column, p_column, limit_name, one_sided in TESTED:
+        if p_column not in supported:
+            continue
+        for row in supported[supported[p_column].notna()].itertuples(index=False):
+            rows, batches = int(row.rows), int(row.batches)
+            if one_sided:  # coverage: its own support (finished forecasts with intervals)
+                prefix = column.removesuffix("_shortfall")
+                rows, batches = (
+                    int(getattr(row, f"{prefix}_rows")),
+                    int(getattr(row, f"{prefix}_batches")),
+                )
+                if rows < settings.monitor_min_support or batches < settings.monitor_min_batches:
+                    continue
+            p_value = float(getattr(row, p_column))
+            observed = float(getattr(row, column))
+            if one_sided:  # a one-sided test: half the two-sided p on the alarming side
+                p_value = p_value / 2 if observed > 0 else 1 - p_value / 2
+            tests.append((metric, column, limit_name, one_sided, p_value, rows, batches, row))
     alerts = []
-    adjusted = holm(np.array([test[3] for test in tests])) if tests else []
-    for (metric, column, limit_name, _, row), p_adjusted in zip(tests, adjusted, strict=True):
+    adjusted = holm(np.array([test[4] for test in tests])) if tests else []
+    for (metric, column, limit_name, one_sided, _, rows, batches, row), p_adjusted in zip(
+        tests, adjusted, strict=True
+    ):
         observed, limit = float(getattr(row, column)), float(getattr(settings, limit_name))
-        if abs(observed) > limit and p_adjusted < settings.monitor_alpha:
+        beyond = observed > limit if one_sided else abs(observed) > limit
+        if beyond and p_adjusted < settings.monitor_alpha:
             alerts.append(
                 Alert(
                     row.window,
@@ -275,8 +358,8 @@ def find_alerts(windows: pd.DataFrame, settings: Settings) -> list[Alert]:
                     metric,
                     observed,
                     limit,
-                    int(row.rows),
-                    int(row.batches),
+                    rows,
+                    batches,
                     float(p_adjusted),
                     _causes(row.slice),
                 )

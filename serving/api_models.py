@@ -14,7 +14,7 @@ refused by PostgreSQL, which would fail the shared group commit of other clients
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import orjson
@@ -29,6 +29,7 @@ from pydantic import (
 )
 
 from brewcast.contract import READINGS_COUNT
+from brewcast.intervals import LEVELS, forecast_status
 from brewcast.schema import FEATURES, categorical_features, numeric_features
 
 #: The longest string any field takes: the prediction log's ``String(64)`` columns.
@@ -129,11 +130,50 @@ class PredictRequest(BaseModel):
     rows: list[Snapshot] = Field(min_length=1, description="Fermentation snapshots to score.")
 
 
+class HoursInterval(BaseModel):
+    low: float = Field(description="Hours from the snapshot (never below 0).")
+    high: float | None = Field(
+        description="Hours from the snapshot; null: open-ended, the batch may never finish."
+    )
+
+
+class FinishWindow(BaseModel):
+    earliest: datetime = Field(description="UTC, ISO 8601.")
+    latest: datetime | None = Field(description="UTC, ISO 8601; null: it may never finish.")
+
+
 class Prediction(BaseModel):
     prediction_id: str
     probability: float = Field(description="Calibrated P(terminal gravity within the horizon).")
     decision: bool = Field(description="probability >= the model's threshold.")
-    hours_remaining: float
+    hours_remaining: float = Field(description="Point forecast of the hours to terminal gravity.")
+    interval_80: HoursInterval | None = Field(
+        None,
+        description="hours_remaining's 80% interval (conformal: 80% of calibration batches' "
+        "snapshots like this one finished inside it). Null when the model gives none.",
+    )
+    interval_95: HoursInterval | None = Field(None, description="The 95% interval.")
+    predicted_finish_time: datetime | None = Field(
+        None, description="snapshot_time (or the time served) + hours_remaining, UTC."
+    )
+    finish_time_80: FinishWindow | None = Field(None, description="interval_80 as UTC times.")
+    finish_time_95: FinishWindow | None = Field(None, description="interval_95 as UTC times.")
+    finish_probabilities: dict[str, float] | None = Field(
+        None,
+        description="P(finished within t hours of the snapshot) for t = 12, 24, 48, 72: "
+        "rising with t. The decision uses `probability` (the classifier for the horizon); "
+        "the two agree at the horizon within what the promotion gate allows. Null where no "
+        "answer can be given (a stalled batch without calibration data).",
+    )
+    forecast_status: str | None = Field(
+        None,
+        description="fermenting; rate_unknown (fewer than two readings in the last day: "
+        "wider intervals); stalled (gravity flat for a day below the attenuation yeast stops "
+        "at: it may be stuck, upper bounds open). Null when the model gives no forecast.",
+    )
+    forecast_group: str | None = Field(
+        None, description="The calibration group of the intervals, e.g. german_lager|24-48."
+    )
     unknown_categories: list[str] = Field(
         default_factory=list,
         description="Categorical inputs whose value the model never learned (served through "
@@ -189,12 +229,46 @@ def predict_response_json(
                     ),
                     "out_of_distribution": row["out_of_distribution"],
                     "familiarity_distance": row["familiarity_distance"],
+                    **finish_forecast_json(row),
                 }
                 for row in log_rows
             ],
             "notes": notes or [],
-        }
+        },
+        option=orjson.OPT_UTC_Z,
     )
+
+
+def _window(start: datetime, low: float | None, high: float | None) -> dict | None:
+    if low is None:
+        return None
+    return {
+        "earliest": start + timedelta(hours=low),
+        "latest": None if high is None else start + timedelta(hours=high),
+    }
+
+
+def finish_forecast_json(row: dict) -> dict:
+    """A prediction-log row's finish forecast as the response gives it: each interval in
+    hours and as UTC times from the snapshot (or the time served), P(finished by t)."""
+    start = row["snapshot_time"] or row["served_at"]
+    if start.tzinfo is None:
+        start = start.replace(tzinfo=UTC)
+    start = start.astimezone(UTC)
+    out: dict[str, Any] = {
+        "predicted_finish_time": start + timedelta(hours=row["hours_remaining"]),
+        "forecast_group": row["forecast_group"],
+        "forecast_status": forecast_status(row["forecast_group"]),
+        "finish_probabilities": None
+        if row["finish_probabilities"] is None
+        else orjson.loads(row["finish_probabilities"]),
+    }
+    for level in LEVELS:
+        tag = round(level * 100)
+        low, high = row[f"interval_{tag}_low"], row[f"interval_{tag}_high"]
+        out[f"interval_{tag}"] = None if low is None else {"low": low, "high": high}
+        out[f"finish_time_{tag}"] = _window(start, low, high)
+    return out
 
 
 class Label(BaseModel):

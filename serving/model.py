@@ -24,6 +24,7 @@ import pandas as pd
 from brewcast.contract import (
     META_CALIBRATION,
     META_FAMILIARITY,
+    META_FINISH_FORECAST,
     META_HORIZON_HOURS,
     META_MODEL_FAMILY,
     META_SCHEMA_FINGERPRINT,
@@ -35,6 +36,7 @@ from brewcast.contract import (
     raw_inputs_from_records,
     read_metadata,
 )
+from brewcast.intervals import STATUS_RATE_UNKNOWN, STATUS_STALLED, FinishForecast, forecast_status
 from brewcast.registry import (
     CHAMPION,
     GATE_PASSED,
@@ -88,6 +90,11 @@ def checked_metadata(meta: dict, tag: str, default_horizon: float) -> tuple[floa
         raise ModelRefusedError(f"{tag}: horizon {horizon} h is not a positive number")
     if not _finite_numbers(calibration):
         raise ModelRefusedError(f"{tag}: calibration parameters are not finite: {calibration}")
+    if META_FINISH_FORECAST in meta:
+        try:
+            FinishForecast.from_json(meta[META_FINISH_FORECAST])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelRefusedError(f"{tag}: unreadable finish forecast ({exc!r})") from exc
     return threshold, horizon, calibration
 
 
@@ -108,6 +115,8 @@ class ServedModel:
     trained_on: dict = field(default_factory=dict)
     #: The model family that won the run that made it ("network", "boosted"; "" if unsaid).
     family: str = ""
+    #: Intervals for the hours remaining and P(finished by t) (None: the model has none).
+    finish_forecast: FinishForecast | None = None
     loaded_at: pd.Timestamp = field(default_factory=lambda: pd.Timestamp.now("UTC"))
 
     def __post_init__(self) -> None:
@@ -130,6 +139,11 @@ class ServedModel:
         """The prediction-log rows of ``records`` scored ``probability`` and ``hours``,
         decided at the model's threshold."""
         ids = new_prediction_ids(len(records))
+        forecasts = (
+            self.finish_forecast.row_columns(self.finish_forecast.forecast_records(records, hours))
+            if self.finish_forecast is not None
+            else [None] * len(records)
+        )
         if self.familiarity is not None:
             inputs = Familiarity.inputs_from_records(records)
             distances: list = self.familiarity.distance(inputs).tolist()
@@ -137,8 +151,8 @@ class ServedModel:
         else:
             distances, limit = [None] * len(records), None
         rows = []
-        for prediction_id, record, p, h, d in zip(
-            ids, records, probability.tolist(), hours.tolist(), distances, strict=True
+        for prediction_id, record, p, h, d, forecast in zip(
+            ids, records, probability.tolist(), hours.tolist(), distances, forecasts, strict=True
         ):
             unknown = [
                 name
@@ -158,6 +172,7 @@ class ServedModel:
                     unknown,
                     d,
                     None if d is None else bool(d > limit or unknown),
+                    forecast,
                 )
             )
         return rows
@@ -179,6 +194,22 @@ class ServedModel:
                 f"{batches} batches of other brands and fermenters, not on this brewery's "
                 f"own history."
             )
+        status = [forecast_status(row["forecast_group"]) for row in log_rows]
+        stalled = status.count(STATUS_STALLED)
+        if stalled:
+            out.append(
+                f"{stalled} of {len(log_rows)} snapshot(s) look stalled: gravity has not fallen "
+                f"for a day at an attenuation yeast does not stop at. The batch may be stuck: "
+                f"its intervals have no upper bound where the calibration batches say it may "
+                f"never finish (high: null), and no finish probabilities where they cannot say."
+            )
+        unknown_rate = status.count(STATUS_RATE_UNKNOWN)
+        if unknown_rate:
+            out.append(
+                f"{unknown_rate} of {len(log_rows)} snapshot(s) have fewer than two gravity "
+                f"readings in the last day: the rate is unknown, so their intervals come from "
+                f"calibration snapshots without a rate either (or from every snapshot): wider."
+            )
         flagged = sum(bool(row["out_of_distribution"]) for row in log_rows)
         if flagged:
             out.append(
@@ -197,6 +228,9 @@ class ServedModel:
             "vocabularies": {name: list(values) for name, values in self.vocabularies.items()},
             "trained_on": self.trained_on,
             "model_family": self.family or None,
+            "finish_forecast": None
+            if self.finish_forecast is None
+            else self.finish_forecast.describe(),
             "familiarity": None
             if self.familiarity is None
             else {
@@ -331,6 +365,9 @@ def served_model(model_bytes: bytes, version: str, tag: str, settings: Settings)
         else None,
         trained_on=json.loads(meta.get(META_TRAINED_ON, "{}")),
         family=meta.get(META_MODEL_FAMILY, ""),
+        finish_forecast=FinishForecast.from_json(meta[META_FINISH_FORECAST])
+        if META_FINISH_FORECAST in meta
+        else None,
     )
 
 

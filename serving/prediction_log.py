@@ -38,6 +38,7 @@ import orjson
 import pandas as pd
 import sqlalchemy as sa
 
+from brewcast.intervals import LEVELS
 from brewcast.schema import slice_keys
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,16 @@ predictions = sa.Table(
     # the model's threshold (NULL: the model carries no familiarity).
     sa.Column("familiarity_distance", sa.Float),
     sa.Column("out_of_distribution", sa.Boolean),
+    # The finish forecast (NULL: the model gives none): hours from the snapshot to each
+    # interval's bounds (a NULL high under a set low: open-ended, may never finish), its
+    # P(finished by t) per horizon as JSON, and the calibration group it came from.
+    *(
+        sa.Column(f"interval_{round(level * 100)}_{side}", sa.Float)
+        for level in LEVELS
+        for side in ("low", "high")
+    ),
+    sa.Column("finish_probabilities", sa.Text),
+    sa.Column("forecast_group", sa.String(64)),
 )
 labels = sa.Table(
     "labels",
@@ -624,8 +635,10 @@ def prediction_row(
     unknown: list[str],
     distance: float | None = None,
     out_of_distribution: bool | None = None,
+    forecast: dict | None = None,
 ) -> dict:
-    """One log row; the features are kept whole (JSON) and the slice keys as columns."""
+    """One log row; the features are kept whole (JSON) and the slice keys as columns;
+    ``forecast``: the finish forecast's columns (:data:`NO_FORECAST` without one)."""
     return {
         "prediction_id": prediction_id,
         "served_at": served_at,
@@ -642,4 +655,17 @@ def prediction_row(
         "unknown_categories": ",".join(unknown),
         "familiarity_distance": distance,
         "out_of_distribution": out_of_distribution,
+        **(forecast or NO_FORECAST),
     }
+
+
+#: The finish-forecast columns of a row whose model gives none.
+NO_FORECAST = {
+    **{
+        f"interval_{round(level * 100)}_{side}": None
+        for level in LEVELS
+        for side in ("low", "high")
+    },
+    "finish_probabilities": None,
+    "forecast_group": None,
+}

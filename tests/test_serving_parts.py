@@ -7,13 +7,20 @@ import json
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 
 import pandas as pd
 import pytest
 
 from serving import runtime
 from serving.api_models import PredictResponse, Snapshot, predict_response_json
-from serving.prediction_log import PredictionLog, metadata, new_prediction_ids, prediction_row
+from serving.prediction_log import (
+    NO_FORECAST,
+    PredictionLog,
+    metadata,
+    new_prediction_ids,
+    prediction_row,
+)
 
 
 def test_provider_choice_prefers_the_gpu_when_the_build_has_it():
@@ -266,41 +273,79 @@ def test_request_model_follows_the_schema():
 
 
 def test_response_json_is_what_pydantic_makes_of_the_response_model():
-    """/predict answers bytes from orjson, not the model's serialiser; they must agree."""
+    """/predict answers bytes from orjson, not the model's serialiser; they must agree, the
+    finish forecast's times included (one open-ended interval, one model without any)."""
+    served = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+    snapshot = datetime(2026, 3, 1, 6, 30, tzinfo=UTC)
+    forecast = {
+        "interval_80_low": 1.5,
+        "interval_80_high": 6.0,
+        "interval_95_low": 0.0,
+        "interval_95_high": None,  # open-ended: may never finish
+        "finish_probabilities": '{"12": 0.75, "24": 0.875, "48": 0.9, "72": 0.9}',
+        "forecast_group": "german_lager|0-24",
+    }
     rows = [
         {
             "prediction_id": "0190a3b4-0000-7000-8000-000000000001",
+            "served_at": served,
+            "snapshot_time": snapshot,
             "probability": 0.8125,
             "decision": True,
             "hours_remaining": 3.5,
             "unknown_categories": "brand,fermenter",
             "out_of_distribution": True,
             "familiarity_distance": 7.25,
+            **forecast,
         },
         {
             "prediction_id": "0190a3b4-0000-7000-8000-000000000002",
+            "served_at": served,
+            "snapshot_time": None,
             "probability": 1e-7,
             "decision": False,
             "hours_remaining": 80.25,
             "unknown_categories": "",
             "out_of_distribution": None,  # a model without familiarity
             "familiarity_distance": None,
+            **NO_FORECAST,  # nor a finish forecast
         },
     ]
     notes = ["1 of 2 snapshot(s) lie outside the model's training data"]
     got = predict_response_json("12", 0.4, 24.0, rows, notes)
+    first = {
+        "interval_80": {"low": 1.5, "high": 6.0},
+        "interval_95": {"low": 0.0, "high": None},
+        "predicted_finish_time": datetime(2026, 3, 1, 10, 0, tzinfo=UTC),
+        "finish_time_80": {
+            "earliest": datetime(2026, 3, 1, 8, 0, tzinfo=UTC),
+            "latest": datetime(2026, 3, 1, 12, 30, tzinfo=UTC),
+        },
+        "finish_time_95": {"earliest": snapshot, "latest": None},
+        "finish_probabilities": {"12": 0.75, "24": 0.875, "48": 0.9, "72": 0.9},
+        "forecast_status": "fermenting",
+        "forecast_group": "german_lager|0-24",
+    }
+    second = {"predicted_finish_time": datetime(2026, 3, 4, 20, 15, tzinfo=UTC)}
+    keep = ("prediction_id", "probability", "decision", "hours_remaining", "out_of_distribution")
     expected = PredictResponse(
         model_version="12",
         threshold=0.4,
         horizon_hours=24.0,
         notes=notes,
         predictions=[
-            {**row, "unknown_categories": ["brand", "fermenter"] if i == 0 else []}
+            {
+                **{k: row[k] for k in keep},
+                "familiarity_distance": row["familiarity_distance"],
+                "unknown_categories": ["brand", "fermenter"] if i == 0 else [],
+                **(first if i == 0 else second),
+            }
             for i, row in enumerate(rows)
         ],
     )
     assert json.loads(got) == json.loads(expected.model_dump_json())
     assert PredictResponse.model_validate_json(got) == expected
+    assert json.loads(got)["predictions"][0]["predicted_finish_time"] == "2026-03-01T10:00:00Z"
 
 
 def test_no_labels_is_a_no_op(tmp_path):
