@@ -268,6 +268,8 @@ class DemoResult:
     retraining_requested: bool
     champion_version: str
     model_name: str
+    #: The last forecast of the replay for a batch still fermenting, in words.
+    latest_forecast: str = ""
 
     def _compare(self, runs: list[str], experiment: str) -> str:
         return (
@@ -296,6 +298,7 @@ class DemoResult:
             f"  BentoML         {self.serving_url}/  (Swagger UI; /metadata, /metrics)",
             f"  Monitoring      file://{self.report}",
             "",
+            *([f"  Latest forecast {self.latest_forecast}"] if self.latest_forecast else []),
             f"  {self.predictions} predictions served, {self.labels} batch finishes fed back; "
             f"{len(self.alerts)} alert(s):",
             *[f"    {a}" for a in self.alerts[:8]],
@@ -348,7 +351,7 @@ def run(
     _record(home, "bentoml", serving)
 
     _step("replaying the live weeks through the service", urls["serving"])
-    predictions, labels = replay_live(world, settings, urls["serving"], progress)
+    predictions, labels, forecast = replay_live(world, settings, urls["serving"], progress)
 
     _step("monitoring (fermentation_monitoring)")
     run_id = api.trigger("fermentation_monitoring", note="brewcast demo: after the live weeks")
@@ -374,6 +377,7 @@ def run(
         retraining_requested=bool(summary["retrain"]),
         champion_version=champion,
         model_name=settings.model_name,
+        latest_forecast=forecast,
     )
 
 
@@ -435,9 +439,30 @@ def _history_through_airflow(api: AirflowApi, world: DemoWorld) -> str:
     return str(champion.version)
 
 
-def replay_live(world: DemoWorld, settings, serving_url: str, progress: bool) -> tuple[int, int]:
+def describe_forecast(row: dict, prediction: dict) -> str:
+    """One forecast in a brewer's words: the batch, when, how sure."""
+
+    def when(at: str | None) -> str:
+        return "never (may be stuck)" if at is None else pd.Timestamp(at).strftime("%a %d %b %H:%M")
+
+    text = (
+        f"{row.get('batch_id')} ({row.get('yeast_strain') or 'strain unknown'}): finishes "
+        f"{when(prediction['predicted_finish_time'])} UTC, P(within 24 h) "
+        f"{prediction['probability']:.2f}"
+    )
+    for tag in (80, 95):
+        window = prediction.get(f"finish_time_{tag}")
+        if window:
+            text += f"; {tag}%: {when(window['earliest'])} .. {when(window['latest'])}"
+    return text
+
+
+def replay_live(
+    world: DemoWorld, settings, serving_url: str, progress: bool
+) -> tuple[int, int, str]:
     """Post the live weeks' snapshots to ``/predict`` tick by tick, and each batch's finish to
-    ``/feedback`` once it happened; (predictions, labels) sent."""
+    ``/feedback`` once it happened; (predictions, labels) sent, and the last forecast of a
+    batch still fermenting, in words."""
     from rich.progress import Progress
 
     from ingest.simulator import simulate
@@ -459,8 +484,13 @@ def replay_live(world: DemoWorld, settings, serving_url: str, progress: bool) ->
         task = bar.add_task("replaying the live weeks through the service", total=len(ticks))
         finished_at = finishes["finished_at"]
         labelled = 0  # finishes[:labelled] were sent: they happened before the current tick
+        latest = ""
         for at, rows in ticks:
-            service.post("/predict", json={"rows": records(rows)})  # logs them: sent once
+            sent = records(rows)
+            answer = service.post("/predict", json={"rows": sent}).json()  # logged: sent once
+            for row, prediction in zip(sent, answer["predictions"], strict=True):
+                if not prediction["decision"]:
+                    latest = describe_forecast(row, prediction)
             happened = int((finished_at <= at).sum())
             if happened > labelled:
                 due = finishes.iloc[labelled:happened]
@@ -471,7 +501,7 @@ def replay_live(world: DemoWorld, settings, serving_url: str, progress: bool) ->
             rest = finishes.iloc[labelled:]
             service.post("/feedback", json={"labels": records(rest)})
     log.info("replayed %d predictions and %d batch finishes", len(requests), len(finishes))
-    return len(requests), len(finishes)
+    return len(requests), len(finishes), latest
 
 
 def _training_runs(settings, version: str) -> list[str]:

@@ -8,7 +8,14 @@ batches, and each goal met or not:
 
 * the candidate's AUC within 0.005 of the best family's;
 * ECE <= 0.02 overall and <= 0.05 in every slice with >= 15 batches;
-* |bias| <= 0.01 overall.
+* |bias| <= 0.01 overall;
+* the finish forecast's 80% and 95% intervals: coverage within 3 points of nominal overall
+  and within 7 points in every slice with >= 15 batches (slice keys and forecast buckets);
+  the median 80% width 48 h before the finish reported against plain split conformal's.
+
+Then the real Tilt logs (``tests/fixtures/realdata``: a saison and a mead) go through the
+drop folder, validation and the features code, and the trained model's finish forecast is
+scored on their snapshots: two batches, so coverage there is a sanity check, not a rate.
 """
 
 from __future__ import annotations
@@ -20,7 +27,105 @@ from pathlib import Path
 
 import pandas as pd
 
-GOALS = {"auc_gap": 0.005, "ece": 0.02, "slice_ece": 0.05, "slice_batches": 15, "bias": 0.01}
+GOALS = {
+    "auc_gap": 0.005,
+    "ece": 0.02,
+    "slice_ece": 0.05,
+    "slice_batches": 15,
+    "bias": 0.01,
+    "coverage": 0.03,
+    "slice_coverage": 0.07,
+}
+REALDATA = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "realdata"
+REAL_LOGS = (
+    "tilt_saison_2025-11.jsonl",
+    "tilt_saison_2025-11_batch.json",
+    "tilt_mead_2024-12.csv",
+)
+
+
+def coverage_goals(coverage: pd.DataFrame, intervals: dict) -> dict[str, dict]:
+    """The finish forecast's goals: overall and worst tested slice, per level."""
+    out = {}
+    overall = coverage[coverage["slice"] == "all"].iloc[0]
+    tested = coverage[
+        coverage["gated"].astype(bool)
+        & (coverage["batches"] >= GOALS["slice_batches"])
+        & (coverage["slice"] != "all")
+        & (coverage["rows"] < overall["rows"])
+    ]
+    for tag in (80, 95):
+        value = float(overall[f"coverage_{tag}"])
+        out[f"{tag}% coverage overall"] = {
+            "value": value,
+            "goal": f"{tag / 100:.2f} ± {GOALS['coverage']}",
+            "met": abs(value - tag / 100) <= GOALS["coverage"],
+        }
+        gap = (tested[f"coverage_{tag}"] - tag / 100).abs()
+        worst = tested.loc[gap.idxmax()] if len(tested) else None
+        out[f"worst slice {tag}% coverage (>= 15 batches)"] = {
+            "value": None if worst is None else float(worst[f"coverage_{tag}"]),
+            "where": None if worst is None else f"{worst['slice']}={worst['value']}",
+            "goal": f"{tag / 100:.2f} ± {GOALS['slice_coverage']}",
+            "met": worst is None or float(gap.max()) <= GOALS["slice_coverage"],
+        }
+    ours = intervals["width_48h_before_finish"]["80"]
+    plain = intervals["plain_split_conformal"]["width_48h_before_finish"]["80"]
+    out["median 80% width 48 h before finish (h), vs plain split conformal"] = {
+        "value": ours,
+        "goal": f"<= {plain:.1f} (plain)",
+        "met": ours <= plain,
+    }
+    return out
+
+
+def real_logs(model_bytes: bytes, home: Path) -> dict:
+    """The real Tilt logs' snapshots scored by the trained model: per batch, coverage of
+    its finish forecast and the hours MAE."""
+    import shutil
+
+    import numpy as np
+
+    from application import stages
+    from brewcast import lake
+    from brewcast.contract import META_FINISH_FORECAST, read_metadata
+    from brewcast.intervals import FinishForecast
+    from brewcast.schema import BATCHES, READINGS
+    from brewcast.settings import Settings
+    from models.dataset import LabelRules, before_finish, build_snapshots
+    from models.intervals import actual_hours, covered, forecast_frame
+    from models.pipeline import score_model
+
+    settings = Settings(home=home)
+    settings.paths.drop.mkdir(parents=True, exist_ok=True)
+    for name in REAL_LOGS:
+        shutil.copy(REALDATA / name, settings.paths.drop / name)
+    stages.ingest(settings, "drop")
+    stages.validate(settings)
+    snapshots = build_snapshots(
+        lake.read_table(settings.paths.lake, "validated", BATCHES),
+        lake.read_table(settings.paths.lake, "validated", READINGS),
+        LabelRules.from_settings(settings),
+    )
+    snapshots = snapshots[before_finish(snapshots)].reset_index(drop=True)
+    forecast = FinishForecast.from_json(read_metadata(model_bytes)[META_FINISH_FORECAST])
+    _, hours = score_model(model_bytes, snapshots)
+    forecasts = forecast_frame(forecast, snapshots, hours)
+    target = actual_hours(snapshots)
+    out = {}
+    for batch, rows in snapshots.groupby("batch_id").indices.items():
+        out[str(batch)] = {
+            "snapshots": len(rows),
+            "hours_mae": float(np.mean(np.abs(hours[rows] - target[rows]))),
+            **{
+                f"coverage_{round(level * 100)}": float(
+                    covered(forecasts, target, level)[rows].mean()
+                )
+                for level in forecast.levels
+            },
+            "groups": sorted(set(np.asarray(forecasts.groups, dtype=object)[rows])),
+        }
+    return out
 
 
 def goals(evaluation: dict, slices: pd.DataFrame) -> dict[str, dict]:
@@ -81,6 +186,10 @@ def run(seed: int, start: str, days: float, fermenters: int) -> dict:
         work = TrainingWorkdir(home / "work")
         evaluation = work.read_json(work.evaluation)
         slices = work.load_slices()
+        coverage = work.load_coverage()
+        print("quality: the real Tilt logs ...", flush=True)
+        real = real_logs(work.model.read_bytes(), home / "realdata")
+    intervals = evaluation["intervals"]
     return {
         "world": {"seed": seed, "start": start, "days": days, "fermenters": fermenters},
         "data": {k: v for k, v in details["prepare"].items() if not isinstance(v, dict)},
@@ -96,7 +205,20 @@ def run(seed: int, start: str, days: float, fermenters: int) -> dict:
             ["slice", "value", "rows", "batches", "ece", "ece_low", "ece_high", "bias"]
         ].to_dict("records"),
         "gate": {"passed": details["gate"]["passed"], "reasons": details["gate"]["reasons"]},
-        "goals": goals(evaluation, slices),
+        "goals": goals(evaluation, slices) | coverage_goals(coverage, intervals),
+        "intervals": {
+            "overall": intervals["overall"],
+            "width_48h_before_finish": intervals["width_48h_before_finish"],
+            "plain_split_conformal": intervals["plain_split_conformal"],
+            "finish_probabilities": intervals["finish_probabilities"],
+            "groups": intervals["groups"],
+        },
+        "coverage": coverage[
+            coverage["gated"].astype(bool) & (coverage["batches"] >= GOALS["slice_batches"])
+        ][
+            ["slice", "value", "rows", "batches", "coverage_80", "coverage_95", "median_width_80"]
+        ].to_dict("records"),
+        "real_logs": real,
     }
 
 
@@ -125,12 +247,73 @@ def markdown(result: dict) -> str:
         lines.append(f"| {name} | {result['roles'][name]} | " + " | ".join(cells) + " |")
     lines += ["", "| goal | measured | goal | met |", "|---|---|---|---|"]
     for name, goal in result["goals"].items():
-        value = "—" if goal["value"] is None else f"{goal['value']:.4f}"
+        value = "—" if goal["value"] is None else f"{goal['value']:.4g}"
         where = f" ({goal['where']})" if goal.get("where") else ""
         lines.append(
             f"| {name} | {value}{where} | {goal['goal']} | {'yes' if goal['met'] else 'no'} |"
         )
+    lines += _interval_lines(result)
     return "\n".join(lines) + "\n"
+
+
+def _interval_lines(result: dict) -> list[str]:
+    intervals = result["intervals"]
+    overall, plain = intervals["overall"], intervals["plain_split_conformal"]
+    horizons = intervals["finish_probabilities"]["horizons"]
+    agreement = intervals["finish_probabilities"].get("classifier_agreement", {})
+    lines = [
+        "",
+        "| finish forecast | 80% | 95% |",
+        "|---|---|---|",
+        "| coverage (95% interval) | "
+        + " | ".join(
+            f"{overall[f'coverage_{t}']:.3f} ({overall[f'coverage_{t}_low']:.3f}.."
+            f"{overall[f'coverage_{t}_high']:.3f})"
+            for t in (80, 95)
+        )
+        + " |",
+        "| plain split conformal coverage | "
+        + " | ".join(f"{plain[f'coverage_{t}']:.3f}" for t in (80, 95))
+        + " |",
+        "| median width 48 h before finish (h) | "
+        + " | ".join(f"{intervals['width_48h_before_finish'][str(t)]:.1f}" for t in (80, 95))
+        + " |",
+        "| plain split conformal width there (h) | "
+        + " | ".join(f"{plain['width_48h_before_finish'][str(t)]:.1f}" for t in (80, 95))
+        + " |",
+        "",
+        "P(finished by t h) per horizon: "
+        + ", ".join(
+            f"{h} h ECE {v['ece']:.3f} (mean {v['mean_probability']:.3f} vs observed "
+            f"{v['observed_rate']:.3f})"
+            for h, v in horizons.items()
+        )
+        + (
+            f"; mean |P(by {agreement['horizon_hours']:g} h) - classifier| "
+            f"{agreement['mean_abs_difference']:.3f}."
+            if agreement
+            else "."
+        ),
+        "",
+        "| slice (>= 15 batches) | batches | 80% coverage | 95% coverage | median 80% width (h) |",
+        "|---|---|---|---|---|",
+    ]
+    for row in result["coverage"]:
+        lines.append(
+            f"| {row['slice']}={row['value']} | {row['batches']} | {row['coverage_80']:.3f} | "
+            f"{row['coverage_95']:.3f} | {row['median_width_80']:.1f} |"
+        )
+    lines += [
+        "",
+        "| real Tilt log | snapshots | hours MAE | 80% coverage | 95% coverage | groups |",
+    ]
+    lines.append("|---|---|---|---|---|---|")
+    for batch, row in result["real_logs"].items():
+        lines.append(
+            f"| {batch} | {row['snapshots']} | {row['hours_mae']:.1f} | {row['coverage_80']:.2f} | "
+            f"{row['coverage_95']:.2f} | {', '.join(row['groups'])} |"
+        )
+    return lines
 
 
 def main() -> None:

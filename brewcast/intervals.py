@@ -9,8 +9,8 @@ the test split never sees): per *group* of snapshots, the sorted residuals
 ``actual - predicted`` hours are the forecast's distribution around the model's point
 forecast. A snapshot's group is known when it is served:
 
-* its **bucket**: ``stalled`` (gravity flat for a day at an attenuation yeast does not stop
-  at: possibly stuck), ``no-slope`` (fewer than two readings in the last day: the rate is
+* its **bucket**: ``stalled`` (four days after pitch, below the attenuation yeast stops at
+  and falling less than 1 °P a day: possibly stuck), ``no-slope`` (fewer than two readings in the last day: the rate is
   unknown), else the predicted hours remaining, ``0-24``, ``24-48``, ``48-96`` or ``96+``
   (errors grow with the horizon);
 * crossed with the value of one slice column (the yeast strain by default) where that
@@ -50,12 +50,14 @@ HORIZONS = (12.0, 24.0, 48.0, 72.0)
 #: Predicted-hours bucket edges (hours): 0-24, 24-48, 48-96, 96+.
 BUCKET_EDGES = (24.0, 48.0, 96.0)
 STALLED, NO_SLOPE, EVERY = "stalled", "no-slope", "*"
-#: A stall: gravity falling slower than this (°P per day over the last day)...
-STALL_SLOPE_ABOVE = -0.2
+#: A stall: gravity falling slower than this (°P per day over the last day; a fermenting
+#: batch below 60% attenuation falls several °P a day, and the slope of a day's readings
+#: is noisy)...
+STALL_SLOPE_ABOVE = -1.0
 #: ...at an apparent attenuation below what strains reach (0.63-0.80, DOMAIN.md)...
 STALL_ATTENUATION_BELOW = 0.60
-#: ...after the lag phase.
-STALL_AFTER_HOURS = 48.0
+#: ...four days after pitch (a lager below 60% then is rare, a stuck batch common).
+STALL_AFTER_HOURS = 96.0
 #: What a snapshot's bucket is read from (snapshot columns).
 BUCKET_INPUTS = ("gravity_slope_plato_per_day", "apparent_attenuation", "hours_since_pitch")
 #: Residuals are stored to this many decimals of an hour (0.01 h = 36 s).
@@ -313,8 +315,8 @@ STATUS_STALLED = "stalled"
 
 
 def forecast_status(group: str | None) -> str | None:
-    """A served forecast's status from its group: ``stalled`` (gravity flat for a day below
-    the attenuation yeast stops at: it may be stuck; without stalled calibration batches,
+    """A served forecast's status from its group: ``stalled`` (four days after pitch, below
+    the attenuation yeast stops at and barely falling: it may be stuck; without stalled calibration batches,
     group ``""``, it has no finite answer), ``rate_unknown`` (fewer than two readings in
     the last day), else ``fermenting``."""
     if group is None:

@@ -67,7 +67,7 @@ class Alert:
     def message(self) -> str:
         if self.metric.startswith(COVERAGE_METRIC):
             nominal = int(self.metric.removeprefix(COVERAGE_METRIC))
-            held = nominal / 100 - self.observed
+            held = max(nominal / 100 - self.observed, 0.0)
             return (
                 f"[{self.window}] {self.slice}={self.value}: {nominal}% intervals held for "
                 f"{held:.0%} of {self.support} finished forecasts from {self.batches} batches "

@@ -142,7 +142,30 @@ class FinishWindow(BaseModel):
     latest: datetime | None = Field(description="UTC, ISO 8601; null: it may never finish.")
 
 
+#: A forecast as /predict answers it (a german_lager batch 126 h after pitch; it finished
+#: 31.6 h later): what the API docs show.
+PREDICTION_EXAMPLE = {
+    "prediction_id": "01a2375e-54a5-7014-bf7b-fb168f9ff97a",
+    "probability": 0.591,
+    "decision": False,
+    "hours_remaining": 21.1,
+    "interval_80": {"low": 13.2, "high": 37.3},
+    "interval_95": {"low": 7.0, "high": 40.6},
+    "predicted_finish_time": "2026-04-09T21:39:41Z",
+    "finish_time_80": {"earliest": "2026-04-09T13:43:53Z", "latest": "2026-04-10T13:47:29Z"},
+    "finish_time_95": {"earliest": "2026-04-09T07:30:05Z", "latest": "2026-04-10T17:06:41Z"},
+    "finish_probabilities": {"12": 0.073, "24": 0.545, "48": 0.994, "72": 0.994},
+    "forecast_status": "fermenting",
+    "forecast_group": "german_lager|0-24",
+    "unknown_categories": [],
+    "out_of_distribution": False,
+    "familiarity_distance": 1.43,
+}
+
+
 class Prediction(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [PREDICTION_EXAMPLE]})
+
     prediction_id: str
     probability: float = Field(description="Calibrated P(terminal gravity within the horizon).")
     decision: bool = Field(description="probability >= the model's threshold.")
@@ -168,8 +191,8 @@ class Prediction(BaseModel):
     forecast_status: str | None = Field(
         None,
         description="fermenting; rate_unknown (fewer than two readings in the last day: "
-        "wider intervals); stalled (gravity flat for a day below the attenuation yeast stops "
-        "at: it may be stuck, upper bounds open). Null when the model gives no forecast.",
+        "wider intervals); stalled (four days after pitch, below 60% attenuation and falling "
+        "less than 1 °P a day: it may be stuck, upper bounds open). Null when the model gives no forecast.",
     )
     forecast_group: str | None = Field(
         None, description="The calibration group of the intervals, e.g. german_lager|24-48."
@@ -239,13 +262,15 @@ def predict_response_json(
     )
 
 
+def _at(start: datetime, hours: float) -> datetime:
+    """``start`` + ``hours``, to the second (a cellar plans in minutes, not microseconds)."""
+    return (start + timedelta(seconds=round(hours * 3600.0))).replace(microsecond=0)
+
+
 def _window(start: datetime, low: float | None, high: float | None) -> dict | None:
     if low is None:
         return None
-    return {
-        "earliest": start + timedelta(hours=low),
-        "latest": None if high is None else start + timedelta(hours=high),
-    }
+    return {"earliest": _at(start, low), "latest": None if high is None else _at(start, high)}
 
 
 def finish_forecast_json(row: dict) -> dict:
@@ -256,7 +281,7 @@ def finish_forecast_json(row: dict) -> dict:
         start = start.replace(tzinfo=UTC)
     start = start.astimezone(UTC)
     out: dict[str, Any] = {
-        "predicted_finish_time": start + timedelta(hours=row["hours_remaining"]),
+        "predicted_finish_time": _at(start, row["hours_remaining"]),
         "forecast_group": row["forecast_group"],
         "forecast_status": forecast_status(row["forecast_group"]),
         "finish_probabilities": None

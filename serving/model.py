@@ -198,8 +198,9 @@ class ServedModel:
         stalled = status.count(STATUS_STALLED)
         if stalled:
             out.append(
-                f"{stalled} of {len(log_rows)} snapshot(s) look stalled: gravity has not fallen "
-                f"for a day at an attenuation yeast does not stop at. The batch may be stuck: "
+                f"{stalled} of {len(log_rows)} snapshot(s) look stalled: four days after pitch, "
+                f"below 60% attenuation and falling less than 1 °P a day. The batch may be "
+                f"stuck: "
                 f"its intervals have no upper bound where the calibration batches say it may "
                 f"never finish (high: null), and no finish probabilities where they cannot say."
             )

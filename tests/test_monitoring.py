@@ -218,3 +218,38 @@ def test_replay_sends_what_was_known_then_and_finishes_in_order(small_world):
     ]
     assert set(finishes["batch_id"]) == set(inside["batch_id"]) and len(finishes) > 0
     assert finishes["finished_at"].is_monotonic_increasing
+
+
+def _with_intervals(predictions: pd.DataFrame, late_strain: str | None) -> pd.DataFrame:
+    """Intervals as serving logs them: ±6 h (80%) and ±12 h (95%) around the forecast,
+    which here is the truth; for ``late_strain`` the intervals end 30 h too early (its
+    batches finish later than the forecast's band, not its point: only coverage moves)."""
+    out = predictions.copy()
+    shift = np.where(out["yeast_strain"] == late_strain, 30.0, 0.0)
+    for tag, half in ((80, 6.0), (95, 12.0)):
+        out[f"interval_{tag}_low"] = (out["hours_remaining"] - half - shift).clip(lower=0)
+        out[f"interval_{tag}_high"] = out["hours_remaining"] + half - shift
+    return out
+
+
+def test_a_slice_whose_intervals_stop_holding_alarms_on_coverage(settings):
+    predictions, outcomes = _log()
+    honest = monitor(_with_intervals(predictions, None), NO_LABELS, outcomes, None, settings)
+    assert honest.alerts == []
+    overall = honest.windows[honest.windows["slice"] == "all"]
+    assert (overall["coverage_95"] == 1.0).all() and (overall["coverage_80"] == 1.0).all()
+    drifted = monitor(
+        _with_intervals(predictions, "german_lager"), NO_LABELS, outcomes, None, settings
+    )
+    coverage = [a for a in drifted.alerts if a.metric.startswith("interval_coverage_")]
+    assert coverage and {a.metric for a in coverage} == {
+        "interval_coverage_80",
+        "interval_coverage_95",
+    }
+    assert {a.value for a in coverage if a.slice == "yeast_strain"} == {"german_lager"}
+    assert not [a for a in drifted.alerts if "bias" in a.metric]  # the point forecast held
+    lager = next(
+        a for a in coverage if a.slice == "yeast_strain" and a.metric == "interval_coverage_95"
+    )
+    assert lager.observed == pytest.approx(0.95) and lager.batches >= settings.monitor_min_batches
+    assert "95% intervals held for 0% of" in lager.message() and "yeast" in lager.message()

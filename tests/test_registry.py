@@ -66,6 +66,13 @@ def test_register_gate_and_promote_on_a_tracking_server(trained, sqlite_server, 
         "test/log_loss_high",
         "compare/slope_rule/log_loss_difference_high",
         "gate/passed",
+        "intervals/coverage_80",
+        "intervals/coverage_95_low",
+        "intervals/width_48h_before_finish_80",
+        "intervals/plain_split_conformal/width_48h_before_finish_80",
+        "intervals/finished_by_72h/ece",
+        "intervals/classifier_agreement/mean_abs_difference",
+        "onnx/parity_interval_max_abs_error",
     ):
         assert key in run.data.metrics, key
     assert run.data.params["data_snapshot_id"] == run.data.tags["data_snapshot_id"]
@@ -84,12 +91,15 @@ def test_register_gate_and_promote_on_a_tracking_server(trained, sqlite_server, 
         "plots/bias_by_slice.png",
         "plots/loss_curves.png",
         "plots/calibration_by_model.png",
+        "plots/coverage.png",
+        "plots/finish_probability_calibration.png",
     } <= artifacts
     reports = {a.path for a in client.list_artifacts(first["run_id"], "reports")}
     assert {
         "reports/threshold_report.json",
         "reports/gate_verdict.json",
         "reports/slices.csv",
+        "reports/coverage.csv",
         "reports/calibration.json",
     } <= reports
 

@@ -18,8 +18,11 @@ import pandas as pd
 import pytest
 
 from application.processes import ServerProcess, bento_server, free_port
+from brewcast.contract import META_FINISH_FORECAST, read_metadata
+from brewcast.intervals import FinishForecast
 from brewcast.schema import FEATURES, OOV
 from models.export import cpu_session, run_onnx
+from models.intervals import forecast_frame
 from tests.conftest import register_model
 
 pytestmark = pytest.mark.slow
@@ -84,6 +87,35 @@ def test_predictions_equal_in_process_onnxruntime(service, champion_home):
     threshold = body["threshold"]
     assert [p["decision"] for p in body["predictions"]] == [bool(p >= threshold) for p in got]
     assert body["model_version"] == "1"
+    # the finish forecast: the model file's own groups, computed in process, in UTC
+    forecast = FinishForecast.from_json(
+        read_metadata((work / "model.onnx").read_bytes())[META_FINISH_FORECAST]
+    )
+    expected_rows = forecast.row_columns(forecast_frame(forecast, test, hours))
+    for prediction, row, at in zip(
+        body["predictions"], expected_rows, test["snapshot_time"], strict=True
+    ):
+        assert prediction["forecast_group"] == row["forecast_group"]
+        for tag in (80, 95):
+            interval = prediction[f"interval_{tag}"]
+            assert interval["low"] == pytest.approx(row[f"interval_{tag}_low"], abs=1e-3)
+            if row[f"interval_{tag}_high"] is None:
+                assert (
+                    interval["high"] is None and prediction[f"finish_time_{tag}"]["latest"] is None
+                )
+            else:
+                latest = pd.Timestamp(prediction[f"finish_time_{tag}"]["latest"])
+                expected_latest = pd.Timestamp(at) + pd.Timedelta(hours=interval["high"])
+                assert abs(latest - expected_latest) < pd.Timedelta(seconds=1)
+        finish = pd.Timestamp(prediction["predicted_finish_time"])
+        assert prediction["predicted_finish_time"].endswith("Z")
+        assert abs(
+            finish - pd.Timestamp(at) - pd.Timedelta(hours=prediction["hours_remaining"])
+        ) < pd.Timedelta(seconds=1)
+        if row["finish_probabilities"] is not None:
+            assert prediction["finish_probabilities"] == pytest.approx(
+                json.loads(row["finish_probabilities"])
+            )
     assert len({p["prediction_id"] for p in body["predictions"]}) == 40
 
 
@@ -93,6 +125,9 @@ def test_metadata_health_and_metrics(service):
     assert meta["execution_provider"] == "CPUExecutionProvider"  # no GPU on this machine
     assert meta["model"]["requested_providers"][-1] == "CPUExecutionProvider"
     assert meta["model"]["model_version"] == "1" and 0 < meta["model"]["threshold"] < 1
+    finish = meta["model"]["finish_forecast"]
+    assert finish["levels"] == [0.8, 0.95] and finish["horizons_hours"] == [12, 24, 48, 72]
+    assert finish["groups"]["*|*"]["snapshots"] > 0
     assert {f["name"] for f in meta["schema"]["features"]} == {
         c.name for c in FEATURES.by_role("feature")
     }
@@ -202,6 +237,11 @@ def test_openapi_documents_the_request_and_response_models(service):
         "horizon_hours",
         "predictions",
     }
+    # each forecast's intervals and finish times are documented, with an example
+    text = json.dumps(httpx.get(f"{url}/docs.json").json())
+    for field in ("interval_80", "interval_95", "finish_time_95", "finish_probabilities"):
+        assert f'"{field}"' in text, field
+    assert "2026-04-10T13:47:29Z" in text
 
 
 def test_unknown_categories_are_served_as_oov_and_flagged(service):
