@@ -36,12 +36,6 @@ GOALS = {
     "coverage": 0.03,
     "slice_coverage": 0.07,
 }
-REALDATA = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "realdata"
-REAL_LOGS = (
-    "tilt_saison_2025-11.jsonl",
-    "tilt_saison_2025-11_batch.json",
-    "tilt_mead_2024-12.csv",
-)
 
 
 def coverage_goals(coverage: pd.DataFrame, intervals: dict) -> dict[str, dict]:
@@ -82,31 +76,17 @@ def coverage_goals(coverage: pd.DataFrame, intervals: dict) -> dict[str, dict]:
 def real_logs(model_bytes: bytes, home: Path) -> dict:
     """The real Tilt logs' snapshots scored by the trained model: per batch, coverage of
     its finish forecast and the hours MAE."""
-    import shutil
-
     import numpy as np
 
-    from application import stages
-    from brewcast import lake
     from brewcast.contract import META_FINISH_FORECAST, read_metadata
     from brewcast.intervals import FinishForecast
-    from brewcast.schema import BATCHES, READINGS
     from brewcast.settings import Settings
-    from models.dataset import LabelRules, before_finish, build_snapshots
+    from devtools.realdata import MEAD, SAISON, real_snapshots
+    from models.dataset import before_finish
     from models.intervals import actual_hours, covered, forecast_frame
     from models.pipeline import score_model
 
-    settings = Settings(home=home)
-    settings.paths.drop.mkdir(parents=True, exist_ok=True)
-    for name in REAL_LOGS:
-        shutil.copy(REALDATA / name, settings.paths.drop / name)
-    stages.ingest(settings, "drop")
-    stages.validate(settings)
-    snapshots = build_snapshots(
-        lake.read_table(settings.paths.lake, "validated", BATCHES),
-        lake.read_table(settings.paths.lake, "validated", READINGS),
-        LabelRules.from_settings(settings),
-    )
+    snapshots = real_snapshots(Settings(home=home), SAISON + MEAD)
     snapshots = snapshots[before_finish(snapshots)].reset_index(drop=True)
     forecast = FinishForecast.from_json(read_metadata(model_bytes)[META_FINISH_FORECAST])
     _, hours = score_model(model_bytes, snapshots)

@@ -10,8 +10,9 @@ the test split never sees): per *group* of snapshots, the sorted residuals
 forecast. A snapshot's group is known when it is served:
 
 * its **bucket**: ``stalled`` (four days after pitch, below the attenuation yeast stops at
-  and falling less than 1 °P a day: possibly stuck), ``no-slope`` (fewer than two readings in the last day: the rate is
-  unknown), else the predicted hours remaining, ``0-24``, ``24-48``, ``48-96`` or ``96+``
+  and falling less than 1 °P a day: possibly stuck), ``no-slope`` (fewer than two readings
+  in the last day: the rate is unknown), else the predicted hours remaining, ``0-24``,
+  ``24-48``, ``48-96`` or ``96+``
   (errors grow with the horizon);
 * crossed with the value of one slice column (the yeast strain by default) where that
   strain has enough calibration batches in the bucket: ``german_lager|24-48``; else the
@@ -294,8 +295,10 @@ class FinishForecast:
             key: Group(tuple(float(r) for r in g["residuals"]), int(g["never"]), int(g["batches"]))
             for key, g in data["groups"].items()
         }
-        if any(np.any(np.diff(g.residuals) < 0) for g in groups.values()):
-            raise ValueError("finish forecast residuals must be sorted")
+        for key, g in groups.items():
+            values = np.asarray(g.residuals, float)
+            if not np.isfinite(values).all() or np.any(np.diff(values) < 0) or g.never < 0:
+                raise ValueError(f"finish forecast group {key!r}: residuals must be finite, sorted")
         if f"{EVERY}|{EVERY}" not in groups:
             raise ValueError("a finish forecast needs its every-snapshot group '*|*'")
         return cls(
@@ -316,9 +319,9 @@ STATUS_STALLED = "stalled"
 
 def forecast_status(group: str | None) -> str | None:
     """A served forecast's status from its group: ``stalled`` (four days after pitch, below
-    the attenuation yeast stops at and barely falling: it may be stuck; without stalled calibration batches,
-    group ``""``, it has no finite answer), ``rate_unknown`` (fewer than two readings in
-    the last day), else ``fermenting``."""
+    the attenuation yeast stops at and barely falling: it may be stuck; without stalled
+    calibration batches, group ``""``, it has no finite answer), ``rate_unknown`` (fewer
+    than two readings in the last day), else ``fermenting``."""
     if group is None:
         return None
     if group == "" or group.endswith(f"|{STALLED}"):

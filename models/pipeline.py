@@ -312,7 +312,14 @@ def calibrate(settings: Settings, work: TrainingWorkdir) -> dict:
         candidate,
         ", ".join(f"{f} {v['validation_after']['log_loss']:.4f}" for f, v in families.items()),
     )
-    return info
+    # what the step reports (an orchestrator's XCom): the forecasts' residuals stay in the file
+    return {
+        **{k: v for k, v in info.items() if k not in ("finish_forecast", "families")},
+        "families": {
+            f: {k: v for k, v in family.items() if k != "finish_forecast"}
+            for f, family in families.items()
+        },
+    }
 
 
 def _threshold_interval(
@@ -338,6 +345,24 @@ def _family_graph(family: str, model):
     return model.to_onnx()
 
 
+def _forecast_parity(family: str, forecast, model_bytes: bytes, test: pd.DataFrame) -> dict:
+    """The served finish-forecast code on the exported graph's own hours, against crepes';
+    a difference beyond the limit fails the export."""
+    from models.export import ParityError
+    from models.intervals import INTERVAL_PARITY_LIMIT, crepes_parity
+
+    _, hours = score_model(model_bytes, test)
+    parity = crepes_parity(forecast, test, hours)
+    if max(parity["bounds_max_abs_error"], parity["probability_max_abs_error"]) > (
+        INTERVAL_PARITY_LIMIT
+    ):
+        raise ParityError(
+            f"{family}: the served finish forecast differs from crepes' by {parity} "
+            f"(limit {INTERVAL_PARITY_LIMIT:g})"
+        )
+    return parity
+
+
 def export(settings: Settings, work: TrainingWorkdir) -> dict:
     """Compose every family's ONNX graph and check its parity with the family's own model
     on the test split (and its finish forecast's with crepes'); the candidate's is the
@@ -352,8 +377,7 @@ def export(settings: Settings, work: TrainingWorkdir) -> dict:
         META_TRAINED_ON,
         Familiarity,
     )
-    from models.export import ParityError, export_model
-    from models.intervals import INTERVAL_PARITY_LIMIT, crepes_parity
+    from models.export import export_model
 
     data = work.read_json(work.data)
     frames = work.frames()
@@ -392,16 +416,7 @@ def export(settings: Settings, work: TrainingWorkdir) -> dict:
                 },
             },
         )
-        # the served forecast code on the graph's own hours, against crepes
-        _, onnx_hours = score_model(result.serialized(), frames["test"])
-        intervals = crepes_parity(forecast, frames["test"], onnx_hours)
-        if max(intervals["bounds_max_abs_error"], intervals["probability_max_abs_error"]) > (
-            INTERVAL_PARITY_LIMIT
-        ):
-            raise ParityError(
-                f"{family}: the served finish forecast differs from crepes' by {intervals} "
-                f"(limit {INTERVAL_PARITY_LIMIT:g})"
-            )
+        intervals = _forecast_parity(family, forecast, result.serialized(), frames["test"])
         lake.write_bytes(work.family_model(family), result.serialized())
         parity[family] = {
             "parity_max_abs_error": result.parity_max_abs_error,
@@ -536,25 +551,12 @@ def _interval_evaluation(
     models: list[dict],
 ) -> tuple[dict, pd.DataFrame]:
     """Every family's finish forecast on the pre-finish test rows, from its exported hours:
-    coverage per level overall (and for the candidate per slice: the returned table), the
-    width two days before the finish against plain split conformal's, and the finish
-    probabilities per horizon. The candidate's intervals join ``predictions``."""
-    from brewcast.intervals import HORIZONS
-    from models.intervals import (
-        actual_hours,
-        coverage_table,
-        forecast_frame,
-        horizon_report,
-        plain_split_conformal,
-        plot_coverage,
-        width_before_finish,
-    )
+    coverage per level overall (and for the candidate per slice: the returned table, with
+    :func:`_candidate_intervals`'s report). The candidate's intervals join ``predictions``."""
+    from models.intervals import coverage_table, forecast_frame, plot_coverage
 
     mask = predictions["before_finish"].to_numpy()
     rows = test[mask].reset_index(drop=True)
-    target = actual_hours(rows)
-    validation = pd.read_parquet(work.validation)
-    calibration_rows = validation[before_finish(validation)].reset_index(drop=True)
     report: dict = {"families": {}}
     coverage = pd.DataFrame()
     for model in (m for m in models if m["kind"] == "family"):
@@ -573,52 +575,81 @@ def _interval_evaluation(
         report["families"][family] = {
             k: v for k, v in overall.items() if k.startswith(("coverage_", "median_width_", "open"))
         }
-        if model["role"] != "candidate":
-            continue
-        coverage = table
-        for level, (low, high) in forecasts.intervals.items():
-            tag = round(level * 100)
-            predictions[f"interval_{tag}_low"], predictions[f"interval_{tag}_high"] = low, high
-        for i, horizon in enumerate(forecast.horizons):
-            predictions[f"finished_by_{horizon:g}h"] = forecasts.finish_probabilities[:, i]
-        predictions["forecast_group"] = forecasts.groups
-        served = forecasts.take(mask)
-        _, calibration_hours = score_model(work.family_model(family).read_bytes(), calibration_rows)
-        plain = plain_split_conformal(
-            calibration_rows, calibration_hours, rows, hours[mask], forecast.levels
-        )
-        report.update(
-            {
-                "candidate": family,
-                "method": forecast.method,
-                "levels": list(forecast.levels),
-                "group_column": forecast.group_column,
-                "groups": forecast.describe()["groups"],
-                "overall": report["families"][family],
-                "width_48h_before_finish": width_before_finish(served.intervals, target),
-                "plain_split_conformal": {
-                    "width_48h_before_finish": width_before_finish(plain, target),
-                    **{
-                        f"coverage_{round(level * 100)}": float(
-                            np.mean((target >= low) & (target <= high))
-                        )
-                        for level, (low, high) in plain.items()
-                    },
-                },
-                "finish_probabilities": horizon_report(
-                    served,
-                    rows,
-                    HORIZONS,
-                    predictions.loc[mask, f"{family}_probability"].to_numpy(),
-                    settings.horizon_hours,
-                    settings.bootstrap_replicates,
-                    settings.seed,
+        if model["role"] == "candidate":
+            coverage = table
+            for level, (low, high) in forecasts.intervals.items():
+                tag = round(level * 100)
+                predictions[f"interval_{tag}_low"], predictions[f"interval_{tag}_high"] = low, high
+            for i, horizon in enumerate(forecast.horizons):
+                predictions[f"finished_by_{horizon:g}h"] = forecasts.finish_probabilities[:, i]
+            predictions["forecast_group"] = forecasts.groups
+            report.update(
+                _candidate_intervals(
+                    settings, work, family, forecast, forecasts.take(mask), rows, predictions
                 ),
-            }
-        )
-        plot_coverage(table, forecast.levels, work.plots / "coverage.png")
-        _plot_finish_probabilities(served, rows, forecast.horizons, work.plots)
+                overall=report["families"][family],
+            )
+            plot_coverage(table, forecast.levels, work.plots / "coverage.png")
     return report, coverage
+
+
+def _candidate_intervals(
+    settings: Settings,
+    work: TrainingWorkdir,
+    family: str,
+    forecast,
+    served,
+    rows: pd.DataFrame,
+    predictions: pd.DataFrame,
+) -> dict:
+    """The candidate's finish forecast against what happened on the pre-finish test
+    ``rows``: its width two days before the finish against plain split conformal's, each
+    horizon's P(finished by t) scored, and the calibration plot per horizon."""
+    from brewcast.intervals import HORIZONS
+    from models.intervals import (
+        actual_hours,
+        horizon_report,
+        plain_split_conformal,
+        width_before_finish,
+    )
+
+    mask = predictions["before_finish"].to_numpy()
+    target = actual_hours(rows)
+    validation = pd.read_parquet(work.validation)
+    calibration_rows = validation[before_finish(validation)].reset_index(drop=True)
+    _, calibration_hours = score_model(work.family_model(family).read_bytes(), calibration_rows)
+    plain = plain_split_conformal(
+        calibration_rows,
+        calibration_hours,
+        rows,
+        predictions.loc[mask, f"{family}_hours"].to_numpy(),
+        forecast.levels,
+    )
+    _plot_finish_probabilities(served, rows, forecast.horizons, work.plots)
+    return {
+        "candidate": family,
+        "method": forecast.method,
+        "levels": list(forecast.levels),
+        "group_column": forecast.group_column,
+        "groups": forecast.describe()["groups"],
+        "width_48h_before_finish": width_before_finish(served.intervals, target),
+        "plain_split_conformal": {
+            "width_48h_before_finish": width_before_finish(plain, target),
+            **{
+                f"coverage_{round(level * 100)}": float(np.mean((target >= low) & (target <= high)))
+                for level, (low, high) in plain.items()
+            },
+        },
+        "finish_probabilities": horizon_report(
+            served,
+            rows,
+            HORIZONS,
+            predictions.loc[mask, f"{family}_probability"].to_numpy(),
+            settings.horizon_hours,
+            settings.bootstrap_replicates,
+            settings.seed,
+        ),
+    }
 
 
 def _plot_finish_probabilities(forecasts, rows: pd.DataFrame, horizons, plots) -> None:

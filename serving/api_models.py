@@ -192,7 +192,8 @@ class Prediction(BaseModel):
         None,
         description="fermenting; rate_unknown (fewer than two readings in the last day: "
         "wider intervals); stalled (four days after pitch, below 60% attenuation and falling "
-        "less than 1 °P a day: it may be stuck, upper bounds open). Null when the model gives no forecast.",
+        "less than 1 °P a day: it may be stuck, upper bounds open). Null when the model "
+        "gives no forecast.",
     )
     forecast_group: str | None = Field(
         None, description="The calibration group of the intervals, e.g. german_lager|24-48."

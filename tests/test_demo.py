@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -122,7 +122,9 @@ def test_demo_runs_the_whole_loop_and_its_pages_render(tmp_path):
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         out = done.stdout
         assert "brewcast demo: done" in out
-        assert re.search(r"Latest forecast \S+ \(\w+\): finishes .* 80%: .* 95%: ", out), out[-3000:]
+        assert re.search(r"Latest forecast \S+ \(\w+\): finishes .* 80%: .* 95%: ", out), out[
+            -3000:
+        ]
         assert (home / "airflow" / "airflow.db").exists()  # embedded: SQLite under HOME
         urls = {
             line.split()[0]: line.split()[1]

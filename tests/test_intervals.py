@@ -281,3 +281,42 @@ def test_the_trained_model_carries_checks_and_reports_its_finish_forecast(traine
     assert set(intervals["families"]) == set(exported["families"])
     for plot in ("coverage.png", "finish_probability_calibration.png"):
         assert (work.plots / plot).stat().st_size > 10_000
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "not json",
+        json.dumps(
+            {
+                "group_column": "yeast_strain",
+                "levels": [0.8],
+                "horizons": [24],
+                "bucket_edges": [24],
+                "groups": {},
+            }
+        ),
+        json.dumps(
+            {
+                "group_column": "yeast_strain",
+                "levels": [0.8],
+                "horizons": [24],
+                "bucket_edges": [24],
+                "groups": {"*|*": {"residuals": [3.0, 1.0], "never": 0, "batches": 2}},
+            }
+        ),
+        '{"group_column": "yeast_strain", "levels": [0.8], "horizons": [24], "bucket_edges": [24], '
+        '"groups": {"*|*": {"residuals": [NaN], "never": 0, "batches": 1}}}',
+    ],
+)
+def test_a_model_with_an_unreadable_finish_forecast_is_refused(text):
+    from brewcast.contract import META_CALIBRATION, META_FINISH_FORECAST, META_THRESHOLD
+    from serving.model import ModelRefusedError, checked_metadata
+
+    meta = {
+        META_THRESHOLD: "0.5",
+        META_CALIBRATION: json.dumps({"method": "platt", "a": 1.0, "b": 0.0}),
+        META_FINISH_FORECAST: text,
+    }
+    with pytest.raises(ModelRefusedError, match="unreadable finish forecast"):
+        checked_metadata(meta, "models:/m/3", 24.0)

@@ -273,30 +273,13 @@ def test_the_real_tilt_saison_is_flagged_where_the_simulator_never_went(trained,
     saison logged by a Tilt every few minutes, with its first two days missing: the
     service's familiarity flags the snapshots whose reading cadence no training batch had,
     and the model ranks the saison's snapshots right without learning the cadence."""
-    import shutil
-    from pathlib import Path
-
     from sklearn.metrics import roc_auc_score
 
-    from application import stages
-    from brewcast import lake
     from brewcast.contract import META_FAMILIARITY, META_THRESHOLD, Familiarity, read_metadata
-    from brewcast.schema import BATCHES, READINGS
-    from models.dataset import LabelRules, build_snapshots
+    from devtools.realdata import SAISON, real_snapshots
     from models.pipeline import score_model
 
-    settings = Settings(home=tmp_path / "home")
-    settings.paths.drop.mkdir(parents=True)
-    realdata = Path(__file__).parent / "fixtures" / "realdata"
-    for name in ("tilt_saison_2025-11.jsonl", "tilt_saison_2025-11_batch.json"):
-        shutil.copy(realdata / name, settings.paths.drop / name)
-    stages.ingest(settings, "drop")
-    stages.validate(settings)
-    snaps = build_snapshots(
-        lake.read_table(settings.paths.lake, "validated", BATCHES),
-        lake.read_table(settings.paths.lake, "validated", READINGS),
-        LabelRules.from_settings(settings),
-    )
+    snaps = real_snapshots(Settings(home=tmp_path / "home"), SAISON)
     _, work = trained
     model = (work / "model.onnx").read_bytes()
     familiarity = Familiarity.from_json(read_metadata(model)[META_FAMILIARITY])
