@@ -164,7 +164,8 @@ PREDICTION_EXAMPLE = {
 
 
 class Prediction(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [PREDICTION_EXAMPLE]})
+    # OpenAPI 3.0's singular "example": BentoML's schema objects take no "examples"
+    model_config = ConfigDict(json_schema_extra={"example": PREDICTION_EXAMPLE})
 
     prediction_id: str
     probability: float = Field(description="Calibrated P(terminal gravity within the horizon).")
