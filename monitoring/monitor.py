@@ -248,7 +248,8 @@ COVERAGE_METRIC = "interval_coverage_"
 def coverage_metrics(part: pd.DataFrame) -> dict[str, float]:
     """Per served level: the share of finished forecasts whose actual hours to the finish
     fell inside the interval (a stuck batch only inside an open-ended one), and its
-    shortfall below the nominal level with a cluster-robust (by batch) interval and p-value.
+    shortfall below the nominal level with a cluster-robust (by batch) interval and p-value,
+    the standard error never below the null's with one observation per batch.
     Predictions served without intervals do not count."""
     out: dict[str, float] = {}
     for level in LEVELS:
@@ -262,17 +263,24 @@ def coverage_metrics(part: pd.DataFrame) -> dict[str, float]:
         hit = ((target >= part.loc[known, low_column]) & (target <= high)).astype(float)
         batches = part.loc[known, "batch_id"].fillna(part.loc[known, "prediction_id"])
         shortfall = prediction_bias(hit, np.full(len(hit), level), batches)
+        # A slice whose every interval missed (or held) has no spread to estimate a standard
+        # error from: the null's own, with a batch as one observation, is the floor.
+        clustered = (shortfall.high - shortfall.value) / Z95 if shortfall.n else float("nan")
+        floor = np.sqrt(level * (1 - level) / max(shortfall.groups, 1))
+        se = max(np.nan_to_num(clustered), floor)
         out.update(
             {
                 f"coverage_{tag}": float(hit.mean()) if len(hit) else float("nan"),
                 f"coverage_{tag}_shortfall": shortfall.value,
-                f"coverage_{tag}_shortfall_low": shortfall.low,
-                f"coverage_{tag}_shortfall_high": shortfall.high,
+                f"coverage_{tag}_shortfall_low": shortfall.value - Z95 * se,
+                f"coverage_{tag}_shortfall_high": shortfall.value + Z95 * se,
                 f"coverage_{tag}_rows": shortfall.n,
                 f"coverage_{tag}_batches": shortfall.groups,
                 f"coverage_{tag}_p_value": _p_value(
-                    shortfall.value, shortfall.high, shortfall.groups
-                ),
+                    shortfall.value, shortfall.value + Z95 * se, shortfall.groups
+                )
+                if shortfall.n
+                else float("nan"),
             }
         )
     return out

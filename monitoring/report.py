@@ -41,6 +41,8 @@ METRICS = (
     "decision_rate",
     "mean_prediction",
     "positive_rate",
+    "coverage_80",
+    "coverage_95",
 )
 
 
@@ -97,7 +99,7 @@ def log_windows(result: MonitoringResult, settings: Settings) -> list[str]:
         for row in part.itertuples(index=False):
             prefix = ("all",) if row.slice == "all" else ("slice", row.slice, row.value)
             for name in METRICS:
-                value = float(getattr(row, name))
+                value = float(getattr(row, name, float("nan")))
                 if np.isfinite(value):
                     values[metric_key(*prefix, name)] = value
         alerts = [a for a in result.alerts if a.window == window]
@@ -197,6 +199,31 @@ def _bias_over_time(windows: pd.DataFrame, key: str, settings: Settings) -> str:
     return _png(fig)
 
 
+def _coverage_over_time(windows: pd.DataFrame, key: str) -> str | None:
+    """Live coverage of the 80% and 95% intervals per window, overall and per ``key``
+    value, against the nominal levels (None: no window had intervals and finishes)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = [c for c in ("coverage_80", "coverage_95") if c in windows]
+    part = windows[windows["slice"].isin(["all", key])]
+    if not columns or part[columns].isna().all().all():
+        return None
+    fig, axes = plt.subplots(1, len(columns), figsize=(9, 3.4), squeeze=False)
+    for ax, column in zip(axes[0], columns, strict=True):
+        nominal = int(column.split("_")[1]) / 100
+        for value, rows in part.groupby("value", sort=True):
+            rows = rows.sort_values("window")
+            ax.plot(rows["window"], rows[column], marker="o", label=value, alpha=0.85)
+        ax.axhline(nominal, color="red", ls="--", lw=1)
+        ax.set(title=f"{column.split('_')[1]}% intervals: live coverage by {key}", ylim=(0, 1.02))
+        ax.tick_params(axis="x", rotation=30, labelsize=7)
+    axes[0][0].legend(fontsize=7, ncol=2)
+    return _png(fig)
+
+
 def _reliability(joined: pd.DataFrame, key: str | None) -> str:
     import matplotlib
 
@@ -250,6 +277,7 @@ def _alerts_table(result: MonitoringResult) -> str:
                 "predictions": a.support,
                 "batches": a.batches,
                 "evidence": a.evidence(),
+                "in words": a.message(),
             }
             for a in result.alerts
         ]
@@ -304,6 +332,13 @@ def write_html(
         alarmed = {a.slice for a in result.alerts}
         for key in sorted(slice_keys(), key=lambda k: k not in alarmed):  # alarmed ones first
             parts.append(f"<img src='{_bias_over_time(result.windows, key, settings)}'>")
+        coverage = _coverage_over_time(
+            result.windows,
+            next((a.slice for a in result.alerts if a.slice in slice_keys()), "yeast_strain"),
+        )
+        if coverage:
+            parts.append("<h2>Finish forecast: interval coverage</h2>")
+            parts.append(f"<img src='{coverage}'>")
         joined = attach_labels(predictions, labels, outcomes, settings.horizon_hours)
         joined = joined[joined["label"].notna()]
         parts.append("<h2>Calibration</h2>")
@@ -311,7 +346,7 @@ def write_html(
         for key in slice_keys():
             parts.append(f"<img src='{_reliability(joined, key)}'>")
         latest = result.windows[result.windows["window"] == result.windows["window"].max()]
-        shown = latest[["slice", "value", "model_version", *METRICS]]
+        shown = latest[["slice", "value", "model_version", *(m for m in METRICS if m in latest)]]
         parts.append(
             "<h2>Latest window, every slice</h2>"
             + shown.to_html(index=False, float_format=lambda x: f"{x:.3f}")

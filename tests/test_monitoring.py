@@ -232,7 +232,9 @@ def _with_intervals(predictions: pd.DataFrame, late_strain: str | None) -> pd.Da
     return out
 
 
-def test_a_slice_whose_intervals_stop_holding_alarms_on_coverage(settings):
+def test_a_slice_whose_intervals_stop_holding_alarms_on_coverage(settings, tmp_path):
+    from monitoring.report import write_html
+
     predictions, outcomes = _log()
     honest = monitor(_with_intervals(predictions, None), NO_LABELS, outcomes, None, settings)
     assert honest.alerts == []
@@ -253,3 +255,7 @@ def test_a_slice_whose_intervals_stop_holding_alarms_on_coverage(settings):
     )
     assert lager.observed == pytest.approx(0.95) and lager.batches >= settings.monitor_min_batches
     assert "95% intervals held for 0% of" in lager.message() and "yeast" in lager.message()
+    late = _with_intervals(predictions, "german_lager")
+    page = write_html(drifted, late, NO_LABELS, outcomes, settings, tmp_path / "report.html")
+    text = page.read_text()
+    assert "Finish forecast: interval coverage" in text and "95% intervals held for 0%" in text
