@@ -100,6 +100,12 @@ def test_clean_months_raise_no_alarm(served):
     assert supported["window"].nunique() >= 15
     assert len(supported) >= 40  # (window, slice) cells with support, two bias tests each
     assert result.alerts == [], [a.message() for a in result.alerts]
+    # the finish forecast's intervals hold live about as often as they say (pooled over the
+    # windows: single weeks of a cold spell dip, without significance)
+    overall = result.windows[result.windows["slice"] == "all"]
+    weights = overall["coverage_80_rows"]
+    assert (overall["coverage_80"] * weights).sum() / weights.sum() == pytest.approx(0.8, abs=0.06)
+    assert (overall["coverage_95"] * weights).sum() / weights.sum() == pytest.approx(0.95, abs=0.05)
 
 
 def test_sluggish_lager_is_caught_within_days_and_only_where_lagers_are(served):
@@ -116,6 +122,8 @@ def test_sluggish_lager_is_caught_within_days_and_only_where_lagers_are(served):
     # the hours come too early, and the probabilities show it too: as a prediction bias or
     # as miscalibration, depending on which model family won the training run
     assert "hours_remaining_bias" in by_metric and by_metric & {"prediction_bias", "ece"}
+    # and the finish-time intervals stop holding for lagers
+    assert {"interval_coverage_80", "interval_coverage_95"} & by_metric
     hours = [a.observed for a in strain_alerts if a.metric == "hours_remaining_bias"]
     assert max(hours) < -8  # predicted finishes come too early: the yeast is slower now
     assert all("yeast health" in a.likely_causes for a in strain_alerts)
