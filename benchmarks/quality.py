@@ -291,7 +291,7 @@ def _interval_lines(result: dict) -> list[str]:
     for batch, row in result["real_logs"].items():
         lines.append(
             f"| {batch} | {row['snapshots']} | {row['hours_mae']:.1f} | {row['coverage_80']:.2f} | "
-            f"{row['coverage_95']:.2f} | {', '.join(row['groups'])} |"
+            f"{row['coverage_95']:.2f} | {', '.join(g.replace('|', '/') for g in row['groups'])} |"
         )
     return lines
 

@@ -39,9 +39,11 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property, lru_cache
 from itertools import pairwise
 
 import numpy as np
+import orjson
 import pandas as pd
 
 #: The interval levels served: hours_remaining's ``interval_80`` and ``interval_95``.
@@ -78,6 +80,11 @@ def bucket_names(edges: Sequence[float] = BUCKET_EDGES) -> list[str]:
     return [*names, f"{bounds[-1]:g}+"]
 
 
+@lru_cache(maxsize=8)
+def _bucket_arrays(edges: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
+    return np.array(bucket_names(edges), dtype=object), np.asarray(edges, float)
+
+
 def buckets(
     hours: np.ndarray,
     slope: np.ndarray,
@@ -89,14 +96,14 @@ def buckets(
     hours, slope = np.asarray(hours, float), np.asarray(slope, float)
     attenuation = np.asarray(attenuation, float)
     since = np.asarray(hours_since_pitch, float)
-    names = np.array(bucket_names(edges), dtype=object)
-    out = names[np.searchsorted(np.asarray(edges, float), hours, side="right")]
-    with np.errstate(invalid="ignore"):
-        stalled = (
-            (slope > STALL_SLOPE_ABOVE)
-            & (attenuation < STALL_ATTENUATION_BELOW)
-            & (since >= STALL_AFTER_HOURS)
-        )
+    names, bounds = _bucket_arrays(tuple(edges))
+    out = names[np.searchsorted(bounds, hours, side="right")]
+    # comparisons with NaN are False, without a warning: a missing value is no stall
+    stalled = (
+        (slope > STALL_SLOPE_ABOVE)
+        & (attenuation < STALL_ATTENUATION_BELOW)
+        & (since >= STALL_AFTER_HOURS)
+    )
     out = np.where(np.isnan(slope), NO_SLOPE, out)
     return np.where(stalled, STALLED, out).astype(object)
 
@@ -168,6 +175,27 @@ class FinishForecast:
     bucket_edges: tuple[float, ...] = BUCKET_EDGES
     method: str = "Mondrian conformal predictive system (split conformal, crepes-compatible)"
 
+    @cached_property
+    def _calibration(self) -> dict[str, tuple[np.ndarray, dict]]:
+        """Per group, its sorted residuals (never-finished as +inf) and each level's bound
+        offsets (None: too few for that bound), computed once: this runs on every request."""
+        out = {}
+        for key, group in self.groups.items():
+            residuals = group.sorted_residuals()
+            offsets = {}
+            for level in self.levels:
+                low, high = percentile_indexes(residuals.size, level)
+                offsets[level] = (
+                    None if low is None else float(residuals[low]),
+                    None if high is None or np.isinf(residuals[high]) else float(residuals[high]),
+                )
+            out[key] = (residuals, offsets)
+        return out
+
+    @cached_property
+    def _horizons(self) -> np.ndarray:
+        return np.asarray(self.horizons, float)
+
     def keys(self, values: Sequence, bucket: Sequence[str]) -> list[str]:
         """The group each snapshot is forecast from: its own value's in its bucket, else
         the bucket's over every value, else every snapshot's; ``""`` for a stall without
@@ -196,31 +224,24 @@ class FinishForecast:
         bucket = buckets(hours, slope, attenuation, hours_since_pitch, self.bucket_edges)
         keys = self.keys(values, bucket)
         n = len(hours)
-        bounds = {level: (np.full(n, np.nan), np.full(n, np.nan)) for level in self.levels}
+        bounds = {level: (np.zeros(n), np.full(n, np.inf)) for level in self.levels}
         probabilities = np.full((n, len(self.horizons)), np.nan)
         support = np.zeros(n, int)
-        horizons = np.asarray(self.horizons, float)
-        key_array = np.asarray(keys, dtype=object)
+        key_array = np.asarray(keys, dtype=object) if n > 1 else None
         for key in dict.fromkeys(keys):
-            rows = np.flatnonzero(key_array == key)
-            if not key:
-                for level in self.levels:
-                    bounds[level][0][rows] = 0.0
-                    bounds[level][1][rows] = np.inf
+            if not key:  # no answer: [0, never), no probabilities
                 continue
-            residuals = self.groups[key].sorted_residuals()
+            rows = np.flatnonzero(key_array == key) if n > 1 else slice(None)
+            residuals, offsets = self._calibration[key]
             size = residuals.size
             support[rows] = size
-            for level in self.levels:
-                low, high = percentile_indexes(size, level)
-                bounds[level][0][rows] = (
-                    np.maximum(hours[rows] + residuals[low], 0.0) if low is not None else 0.0
-                )
-                bounds[level][1][rows] = (
-                    hours[rows] + residuals[high] if high is not None else np.inf
-                )
+            for level, (low, high) in offsets.items():
+                if low is not None:
+                    bounds[level][0][rows] = np.maximum(hours[rows] + low, 0.0)
+                if high is not None:
+                    bounds[level][1][rows] = hours[rows] + high
             # (#{hours + r <= t} + 1/2) / (n + 1): every row and horizon in one searchsorted
-            limits = horizons[None, :] - hours[rows, None]
+            limits = self._horizons[None, :] - hours[rows, None]
             at_most = np.searchsorted(residuals, limits.ravel(), side="right").reshape(limits.shape)
             probabilities[rows] = (at_most + 0.5) / (size + 1)
         return Forecasts(bounds, probabilities, keys, list(bucket), support)
@@ -241,7 +262,7 @@ class FinishForecast:
             row = {k: (None if v[i] != v[i] else v[i]) for k, v in columns.items()}
             p = probabilities[i]
             row["finish_probabilities"] = (
-                None if p[0] != p[0] else json.dumps(dict(zip(names, p, strict=True)))
+                None if p[0] != p[0] else orjson.dumps(dict(zip(names, p, strict=True))).decode()
             )
             row["forecast_group"] = group
             out.append(row)
