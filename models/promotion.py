@@ -274,6 +274,8 @@ def _log_run(settings: Settings, work: TrainingWorkdir, reports: _RunReports):
         for name in work.REPORTS:
             mlflow.log_artifact(str(getattr(work, name)), artifact_path="reports")
         mlflow.log_dict(reports.calibration["threshold"], "reports/threshold_report.json")
+        # the finish forecast's groups and residuals, as the graph's metadata carries them
+        mlflow.log_text(reports.calibration["finish_forecast"], "reports/finish_forecast.json")
         mlflow.log_dict(verdict, "reports/gate_verdict.json")
         # What this model knows of the brewery: the categories it learned (the rest are
         # out of vocabulary when served), also in the graph's metadata.

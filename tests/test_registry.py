@@ -3,7 +3,9 @@ its aliases and the promotion gate; and the default local store."""
 
 from __future__ import annotations
 
+import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -101,7 +103,13 @@ def test_register_gate_and_promote_on_a_tracking_server(trained, sqlite_server, 
         "reports/slices.csv",
         "reports/coverage.csv",
         "reports/calibration.json",
+        "reports/finish_forecast.json",
     } <= reports
+    downloaded = client.download_artifacts(
+        first["run_id"], "reports/finish_forecast.json", str(tmp_path)
+    )
+    logged = json.loads(Path(downloaded).read_text())
+    assert logged["groups"]["*|*"]["residuals"] and logged["levels"] == [0.8, 0.95]
 
     # One parent run, a child run per family and per baseline on the same metric keys and
     # the same test set (logged as an MLflow dataset with its digest).
