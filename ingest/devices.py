@@ -1,7 +1,12 @@
 """Hydrometer exports in the drop folder, recognised by their content, read as brewcast's raw
 ``batches`` and ``readings`` in the canonical units (°P, °C, UTC).
 
-Two formats of real Tilt logs (``DEVICES.md`` §3, fixtures in ``tests/fixtures/realdata``):
+Device and brewery-software exports (``DEVICES.md``), each recognised by its header (or,
+for BrewPi's header-less log, its first line): iSpindel LocalServer CSV, Plaato report,
+Brewfather readings export, Fermentrack gravity log, BrewPi beer log (temperatures only),
+and any CSV with a ``<name>.mapping.json`` beside it (:func:`read_mapped_csv`: an ERP's
+export, a hand-kept sheet). Empty cells are no reading and are said in the notes. Two formats
+of real Tilt logs (fixtures in ``tests/fixtures/realdata``):
 
 * a **Tilt CSV** (its own log, or the Tilt app's): header ``Timepoint,SG,Temp (°C)`` or
   ``Temp (°F)``, the temperature unit from the header; ``Timepoint`` is local time
@@ -34,8 +39,27 @@ from brewcast.units import CANONICAL, QUANTITY_OF, UnitError, likely_unit, parse
 
 TILT_CSV = "tilt_csv"
 RABBITFARMER_JSONL = "rabbitfarmer_jsonl"
+ISPINDEL_CSV = "ispindel_csv"
+PLAATO_CSV = "plaato_csv"
+BREWFATHER_CSV = "brewfather_csv"
+BREWPI_LOG = "brewpi_log"
+FERMENTRACK_CSV = "fermentrack_csv"
+MAPPED_CSV = "mapped_csv"
 #: A RabbitFarmer batch history lies beside its log under this suffix.
 COMPANION_SUFFIX = "_batch.json"
+#: A generic CSV's column mapping lies beside it: ``<name>.csv`` + ``<name>.mapping.json``.
+MAPPING_SUFFIX = ".mapping.json"
+#: Headers (their first columns) that say which export a CSV is (``DEVICES.md``).
+CSV_HEADERS = {
+    ISPINDEL_CSV: ("timestamp", "gravity", "angle", "temperature", "temp_units"),
+    PLAATO_CSV: ("timestamp", "isoTime", "density", "temperature"),
+    BREWFATHER_CSV: ("type", "time", "id", "temp", "comment", "sg"),
+    FERMENTRACK_CSV: ("log_time", "gravity", "temp"),
+}
+#: A BrewPi beer log line: ``Dec 03 2018 22:28:21;18.56;...`` (no header, semicolons).
+BREWPI_LINE = re.compile(r"^[A-Z][a-z]{2} \d\d \d{4} \d\d:\d\d:\d\d;")
+#: What Plaato writes for "no density" (``DEVICES.md`` §7): kept, and quarantined by range.
+PLAATO_NO_DENSITY = -616.87
 #: The Tilt app's Excel serial days count from this date (``DEVICES.md`` §3).
 EXCEL_ORIGIN = pd.Timestamp("1899-12-30")
 #: A timestamp that says its offset (ends in Z or +hh:mm): brewcast's own files need one.
@@ -60,6 +84,8 @@ class DeviceRead:
     notes: list[str] = field(default_factory=list)
     #: Readings the export held twice (same batch, tag, time and value), kept once.
     repeats: int = 0
+    #: The unit of the batches' original gravity (device batch records give SG).
+    og_unit: str = "SG"
 
 
 def zone_of(name: str) -> ZoneInfo:
@@ -73,7 +99,13 @@ def zone_of(name: str) -> ZoneInfo:
 
 
 def is_companion(path: Path) -> bool:
-    return path.name.lower().endswith(COMPANION_SUFFIX)
+    """A file read with another: a batch history, or a generic CSV's column mapping."""
+    name = path.name.lower()
+    return name.endswith(COMPANION_SUFFIX) or name.endswith(MAPPING_SUFFIX)
+
+
+def mapping_of(path: Path) -> Path:
+    return path.with_name(path.stem + MAPPING_SUFFIX)
 
 
 def sniff(path: Path) -> str | None:
@@ -84,7 +116,14 @@ def sniff(path: Path) -> str | None:
     except OSError:
         return None
     if path.suffix.lower() == ".csv":
+        if mapping_of(path).is_file():
+            return MAPPED_CSV
+        if BREWPI_LINE.match(first):
+            return BREWPI_LOG
         columns = [c.strip() for c in first.split(",")]
+        for kind, header in CSV_HEADERS.items():
+            if tuple(columns[: len(header)]) == header:
+                return kind
         has_temp = any(c.lower().startswith("temp") for c in columns)
         return TILT_CSV if {"Timepoint", "SG"} <= set(columns) and has_temp else None
     if path.suffix.lower() == ".jsonl":
@@ -195,6 +234,317 @@ def read_tilt_csv(path: Path, zone: ZoneInfo, units: Mapping[str, str]) -> Devic
     readings = _long_readings(ids, times, frame["SG"], frame[temp_column], ("SG", temp_unit))
     batches = pd.DataFrame([_batch_row(batch_id, times.min(), brand, None)])
     return DeviceRead(TILT_CSV, batches, readings, local_times=naive)
+
+
+def _declared(units: Mapping[str, str], tag: str, default: str) -> str:
+    """The unit a file's ``tag`` is in: the drop folder's ``units.json`` says, else the
+    format's own (canonical where the format does not say: its values are then checked
+    against it, and a file that looks like another unit is refused, never converted)."""
+    return units.get(tag, default)
+
+
+def _one_batch(
+    path: Path, kind: str, times: pd.Series, gravity, temperature, gravity_unit, temp_unit, notes=()
+):
+    """A file of one batch, named after the file and pitched at its first reading."""
+    batch_id = path.stem
+    ids = pd.Series(batch_id, index=times.index)
+    readings = _long_readings(ids, times, gravity, temperature, (gravity_unit, temp_unit))
+    readings, absent = _absent_values(readings, path.name)
+    read = DeviceRead(kind, pd.DataFrame([_batch_row(batch_id, times.min(), None, None)]), readings)
+    read.notes += [*notes, *absent]
+    return read
+
+
+def _absent_values(readings: pd.DataFrame, source: str) -> tuple[pd.DataFrame, list[str]]:
+    """Readings without a value (a device's empty cell: no measurement at that time) left
+    out, and said so per tag; an absent cell is no reading, a sentinel is (validation)."""
+    empty = pd.to_numeric(readings["value"], errors="coerce").isna() & (
+        readings["value"].isna()
+        | readings["value"].astype("string").str.strip().isin(["", "NaN", "nan", "None", "null"])
+    )
+    notes = [
+        f"{source}: {int(n)} {tag} cell(s) empty (no measurement then): no reading"
+        for tag, n in readings.loc[empty, "tag"].value_counts().items()
+    ]
+    return readings[~empty].reset_index(drop=True), notes
+
+
+def read_ispindel_csv(path: Path, zone: ZoneInfo, units: Mapping[str, str]) -> DeviceRead:
+    """An iSpindel LocalServer CSV: local times, a ``temp_units`` per row; its gravity is
+    what the owner calibrated, SG or °P, unlabelled: ``units.json`` says which (default °P,
+    and SG-looking values then refuse the file)."""
+    frame = pd.read_csv(path, dtype=str, skipinitialspace=True)
+    times, naive = local_times(frame["timestamp"], zone, path.name)
+    temp_units = frame["temp_units"].fillna("").str.strip()
+    read = _one_batch(
+        path,
+        ISPINDEL_CSV,
+        times,
+        frame["gravity"],
+        frame["temperature"],
+        _declared(units, "gravity_plato", "°P"),
+        "°C",
+    )
+    # each temperature row's own unit (C, F or K)
+    temperature = read.readings["tag"] == "temperature_c"
+    read.readings.loc[temperature, "unit"] = temp_units.to_numpy()
+    read.local_times = naive
+    return read
+
+
+def read_plaato_csv(path: Path, zone: ZoneInfo, units: Mapping[str, str]) -> DeviceRead:
+    """A Plaato Pro report: ``isoTime`` in UTC, density in the unit the report asked for
+    (``units.json``, default °P) and °C. Its no-density sentinel (-616.87) is kept as a
+    reading: validation's range rule quarantines it with its reason."""
+    frame = pd.read_csv(path, dtype=str, skipinitialspace=True)
+    times, _ = local_times(frame["isoTime"], zone, path.name)
+    density = pd.to_numeric(frame["density"], errors="coerce")
+    sentinels = int(np.isclose(density, PLAATO_NO_DENSITY).sum())
+    notes = (
+        [
+            f"{path.name}: {sentinels} missing-density sentinel(s) {PLAATO_NO_DENSITY}: "
+            "kept, for validation to quarantine"
+        ]
+        if sentinels
+        else []
+    )
+    gravity_unit = _declared(units, "gravity_plato", "°P")
+    if sentinels:  # the sentinel is no gravity: judge the unit on the real densities only
+        real = density[~np.isclose(density, PLAATO_NO_DENSITY)].to_numpy()
+        hint = likely_unit(real, gravity_unit)
+        if hint:
+            raise SchemaError(
+                f"{path.name}: density declared {gravity_unit} looks like {hint}: declare "
+                "gravity_plato in units.json"
+            )
+    return _one_batch(
+        path,
+        PLAATO_CSV,
+        times,
+        frame["density"],
+        frame["temperature"],
+        gravity_unit,
+        _declared(units, "temperature_c", "°C"),
+        notes,
+    )
+
+
+def read_brewfather_csv(path: Path, zone: ZoneInfo, units: Mapping[str, str]) -> DeviceRead:
+    """A Brewfather readings export: ``timepoint`` ISO UTC (else ``time``, epoch ms), ``sg``
+    in SG (empty or NaN: a reading without gravity), ``temp`` in °C unless ``units.json``
+    says; newest first is fine."""
+    frame = pd.read_csv(path, dtype=str, skipinitialspace=True, keep_default_na=False)
+    if "timepoint" in frame and frame["timepoint"].str.strip().ne("").all():
+        times, _ = local_times(frame["timepoint"], zone, path.name)
+    else:
+        ms = pd.to_numeric(frame["time"], errors="coerce")
+        if ms.isna().any():
+            raise SchemaError(f"{path.name}: {int(ms.isna().sum())} row(s) without a time")
+        times = pd.to_datetime(ms, unit="ms", utc=True).astype("datetime64[us, UTC]")
+    return _one_batch(
+        path,
+        BREWFATHER_CSV,
+        times,
+        frame["sg"],
+        frame["temp"],
+        _declared(units, "gravity_plato", "SG"),
+        _declared(units, "temperature_c", "°C"),
+    )
+
+
+def read_fermentrack_csv(path: Path, zone: ZoneInfo, units: Mapping[str, str]) -> DeviceRead:
+    """A Fermentrack gravity log: ``log_time`` in UTC (``%Y/%m/%d %H:%M:%SZ``), gravity in
+    SG, temperature in its ``temp_format`` column (the full log) or as ``units.json`` says."""
+    frame = pd.read_csv(path, dtype=str, skipinitialspace=True, keep_default_na=False)
+    times = pd.to_datetime(
+        frame["log_time"].str.strip(), format="%Y/%m/%d %H:%M:%SZ", utc=True, errors="coerce"
+    )
+    if times.isna().any():
+        raise SchemaError(
+            f"{path.name}: {int(times.isna().sum())} log_time value(s) are not %Y/%m/%d %H:%M:%SZ"
+        )
+    read = _one_batch(
+        path,
+        FERMENTRACK_CSV,
+        times.astype("datetime64[us, UTC]"),
+        frame["gravity"],
+        frame["temp"],
+        _declared(units, "gravity_plato", "SG"),
+        _declared(units, "temperature_c", "°C"),
+    )
+    if "temp_format" in frame:
+        temperature = read.readings["tag"] == "temperature_c"
+        read.readings.loc[temperature, "unit"] = frame["temp_format"].str.strip().to_numpy()
+    return read
+
+
+def read_brewpi_log(path: Path, zone: ZoneInfo, units: Mapping[str, str]) -> DeviceRead:
+    """A BrewPi beer log (no header, ``;``): the beer temperature, in the controller's unit
+    (``units.json``, default °C); local times. BrewPi logs no gravity: a batch of
+    temperatures, to join the gravity of a hydrometer logged apart."""
+    frame = pd.read_csv(path, sep=";", header=None, dtype=str, keep_default_na=False, quotechar='"')
+    times, naive = local_times(frame[0], zone, path.name, "%b %d %Y %H:%M:%S")
+    batch_id = path.stem
+    readings = pd.DataFrame(
+        {
+            "batch_id": batch_id,
+            "tag": "temperature_c",
+            "timestamp": times,
+            "value": frame[1],
+            "unit": _declared(units, "temperature_c", "°C"),
+        }
+    )
+    readings, absent = _absent_values(readings, path.name)
+    read = DeviceRead(
+        BREWPI_LOG,
+        pd.DataFrame([_batch_row(batch_id, times.min(), None, None)]),
+        readings,
+        local_times=naive,
+    )
+    read.notes += [f"{path.name}: a BrewPi log holds temperatures only (no gravity)", *absent]
+    return read
+
+
+#: What a generic CSV's mapping may name: brewcast's meaning -> the file's column.
+MAPPING_COLUMNS = (
+    "batch",
+    "time",
+    "gravity",
+    "temperature",
+    "original_gravity",
+    "start",
+    "brand",
+    "yeast_strain",
+    "fermenter",
+)
+#: And how to read them.
+MAPPING_OPTIONS = (
+    "time_format",
+    "start_format",
+    "gravity_unit",
+    "temperature_unit",
+    "original_gravity_unit",
+    "missing",
+)
+
+
+def load_mapping(path: Path) -> dict:
+    """A generic CSV's ``<name>.mapping.json``, checked: the keys it may have, a unit for
+    every quantity it maps (nothing is assumed), the columns it needs."""
+    try:
+        mapping = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise SchemaError(f"{path.name}: unreadable column mapping: {exc}") from exc
+    if not isinstance(mapping, dict):
+        raise SchemaError(f"{path.name}: a column mapping is a JSON object")
+    unknown = sorted(set(mapping) - {*MAPPING_COLUMNS, *MAPPING_OPTIONS})
+    if unknown:
+        raise SchemaError(
+            f"{path.name}: unknown mapping key(s) {unknown}; it takes "
+            f"{[*MAPPING_COLUMNS, *MAPPING_OPTIONS]}"
+        )
+    for needed in ("batch", "time"):
+        if not mapping.get(needed):
+            raise SchemaError(f"{path.name}: the mapping needs {needed!r} (the column holding it)")
+    if not (mapping.get("gravity") or mapping.get("temperature")):
+        raise SchemaError(f"{path.name}: the mapping names neither 'gravity' nor 'temperature'")
+    for quantity in ("gravity", "temperature", "original_gravity"):
+        if mapping.get(quantity) and not mapping.get(f"{quantity}_unit"):
+            raise SchemaError(
+                f"{path.name}: {quantity!r} is mapped without '{quantity}_unit' (°P, SG, "
+                "Brix; °C, °F, K): no unit is assumed"
+            )
+    return mapping
+
+
+def read_mapped_csv(path: Path, zone: ZoneInfo) -> DeviceRead:
+    """A CSV of any layout (a brewery ERP's export such as Ekos', a hand-kept sheet) read
+    through the ``<name>.mapping.json`` beside it: which column is the batch, the time, the
+    gravity and temperature (each with its unit), and optionally the OG, the start, brand,
+    strain and fermenter. One batch per value of the batch column."""
+    mapping_path = mapping_of(path)
+    mapping = load_mapping(mapping_path)
+    frame = pd.read_csv(path, dtype=str, skipinitialspace=True, keep_default_na=False)
+    frame.columns = [c.strip() for c in frame.columns]
+    named = {key: mapping[key] for key in MAPPING_COLUMNS if mapping.get(key)}
+    absent = sorted(v for v in named.values() if v not in frame.columns)
+    if absent:
+        raise SchemaError(
+            f"{path.name}: column(s) {absent} of {mapping_path.name} are not in the file "
+            f"(it has {list(frame.columns)})"
+        )
+    frame = frame.apply(lambda c: c.str.strip())
+    missing = mapping.get("missing") or {}
+    for quantity, values in missing.items():
+        if quantity in named:
+            frame.loc[frame[named[quantity]].isin([str(v) for v in values]), named[quantity]] = ""
+    times, naive = local_times(
+        frame[named["time"]], zone, path.name, mapping.get("time_format", "mixed")
+    )
+    if times.isna().any():
+        raise SchemaError(
+            f"{path.name}: {int(times.isna().sum())} row(s) without a time in {named['time']!r}"
+        )
+    ids = frame[named["batch"]].astype("string")
+    if (ids == "").any():
+        raise SchemaError(
+            f"{path.name}: {int((ids == '').sum())} row(s) without a batch in {named['batch']!r}"
+        )
+    parts = [
+        pd.DataFrame(
+            {
+                "batch_id": ids,
+                "tag": tag,
+                "timestamp": times,
+                "value": frame[named[key]],
+                "unit": mapping[f"{key}_unit"],
+            }
+        )
+        for key, tag in (("gravity", "gravity_plato"), ("temperature", "temperature_c"))
+        if key in named
+    ]
+    readings, notes = _absent_values(pd.concat(parts, ignore_index=True), path.name)
+    rows = []
+    for batch_id, index in ids.groupby(ids, sort=False).indices.items():
+        first = frame.iloc[index[0]]
+        start = times.iloc[index].min()
+        if "start" in named and first[named["start"]]:
+            start, _ = local_times(
+                pd.Series([first[named["start"]]]),
+                zone,
+                path.name,
+                mapping.get("start_format", "mixed"),
+            )
+            start = start.iloc[0]
+        row = _batch_row(
+            str(batch_id),
+            start,
+            snake_key(first[named["brand"]]) if "brand" in named else None,
+            None,
+        )
+        for key in ("yeast_strain", "fermenter"):
+            if key in named and first[named[key]]:
+                row[key] = first[named[key]]
+        if "original_gravity" in named:
+            og = _number(first[named["original_gravity"]])
+            row["original_gravity_plato"] = np.nan if og is None else og
+        rows.append(row)
+    read = DeviceRead(
+        MAPPED_CSV, pd.DataFrame(rows), readings, local_times=naive, consumed=[mapping_path]
+    )
+    read.notes += notes
+    read.og_unit = mapping.get("original_gravity_unit", "SG")
+    return read
+
+
+SIMPLE_READERS = {
+    ISPINDEL_CSV: read_ispindel_csv,
+    PLAATO_CSV: read_plaato_csv,
+    BREWFATHER_CSV: read_brewfather_csv,
+    FERMENTRACK_CSV: read_fermentrack_csv,
+    BREWPI_LOG: read_brewpi_log,
+}
 
 
 def _events(path: Path) -> tuple[list[dict], list[dict]]:
@@ -328,20 +678,27 @@ def read_device(
             read = read_tilt_csv(path, zone, units or {})
         elif kind == RABBITFARMER_JSONL:
             read = read_rabbitfarmer(path, zone, companions)
+        elif kind == MAPPED_CSV:
+            read = read_mapped_csv(path, zone)
+        elif kind in SIMPLE_READERS:
+            read = SIMPLE_READERS[kind](path, zone, units or {})
         else:
             raise SchemaError(f"{path.name}: unknown device format {kind!r}")
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise SchemaError(f"{path.name}: unreadable {kind} export: {exc}") from exc
     batches = BATCHES.conform(read.batches, source=path.name)
     og = batches["original_gravity_plato"]
-    if og.notna().any():  # batch records give OG in SG
-        hint = likely_unit(og.to_numpy(), "SG")
+    if og.notna().any():  # batch records give OG in SG, a mapping says its unit
+        unit = parse_unit(read.og_unit, "gravity", f"{path.name}: original_gravity_unit")
+        hint = likely_unit(og.to_numpy(), unit)
         if hint:
             raise SchemaError(
-                f"{path.name}: actual_og values {og.dropna().tolist()[:3]} are not SG; "
-                f"they look like {hint}"
+                f"{path.name}: original gravity values {og.dropna().tolist()[:3]} are not "
+                f"{unit}; they look like {hint}"
             )
-        batches["original_gravity_plato"] = to_canonical(og.to_numpy(), "SG", "gravity", "og")
+        batches["original_gravity_plato"] = to_canonical(
+            og.to_numpy(), unit, "gravity", "og", brix_correction
+        )
     read.batches = batches
     readings, seen = convert_readings(read.readings, path.name, {}, brix_correction)
     # Loggers write some samples twice: an exact repeat (same time, same value) is kept once;
@@ -352,7 +709,7 @@ def read_device(
     read.readings, read.repeats = readings[~repeated].reset_index(drop=True), int(repeated.sum())
     read.units = {**read.units, **seen}
     if og.notna().any():
-        read.units.setdefault("original_gravity_plato", set()).add("SG")
+        read.units.setdefault("original_gravity_plato", set()).add(read.og_unit)
     return read
 
 

@@ -1,0 +1,217 @@
+"""Device and brewery-software exports in the drop folder, one file per format of
+``DEVICES.md`` (rows written from its documented examples): recognised by content,
+converted to °P / °C / UTC by what the file or the folder's ``units.json`` declares, empty
+cells said and left out, sentinels kept for validation to quarantine with a reason, and a
+generic CSV read through a column mapping beside it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from application import stages
+from brewcast import lake
+from brewcast.schema import BATCHES, READINGS
+from brewcast.settings import Settings
+from brewcast.units import sg_to_plato
+from ingest.sources import ingest_drop_folder
+from validation.validate import REASONS_COLUMN
+
+
+def _drop(
+    tmp_path: Path, files: dict[str, str], units: dict | None = None, **overrides
+) -> Settings:
+    settings = Settings(home=tmp_path / "home", **overrides)
+    settings.paths.drop.mkdir(parents=True)
+    for name, text in files.items():
+        (settings.paths.drop / name).write_text(text, encoding="utf-8")
+    if units is not None:
+        (settings.paths.drop / "units.json").write_text(json.dumps(units))
+    return settings
+
+
+def _readings(settings: Settings) -> pd.DataFrame:
+    return lake.read_table(settings.paths.lake, "raw", READINGS)
+
+
+def _value(readings: pd.DataFrame, tag: str, at: str) -> float:
+    rows = readings[
+        (readings["tag"] == tag) & (readings["timestamp"] == pd.Timestamp(at, tz="UTC"))
+    ]
+    assert len(rows) == 1, rows
+    return float(rows["value"].iloc[0])
+
+
+ISPINDEL = (
+    "timestamp,gravity,angle,temperature,temp_units,battery,interval,name,ID,RSSI,token\n"
+    "2025-02-11 18:59:19,1.05,74.48,27.81,C,4.10,1800,SpinHydro,6548473,-56,\n"
+    "2025-02-11 19:29:19,1.049,74.1,68.0,F,4.10,1800,SpinHydro,6548473,-56,\n"
+)
+
+
+def test_ispindel_localserver_csv_needs_its_gravity_unit_declared(tmp_path):
+    """The iSpindel's gravity is whatever its owner calibrated: SG-looking values in an
+    undeclared file are refused with the fix, and read once units.json says SG; each row's
+    temp_units is its own (C, then F)."""
+    settings = _drop(tmp_path, {"spin.csv": ISPINDEL})
+    report = ingest_drop_folder(settings)
+    assert "spin.csv" in report.rejected and "look like SG" in report.rejected["spin.csv"]
+    settings = _drop(tmp_path / "again", {"spin.csv": ISPINDEL}, {"gravity_plato": "SG"})
+    report = ingest_drop_folder(settings)
+    assert report.accepted == ["spin.csv"] and report.notes["devices"] == {
+        "spin.csv": "ispindel_csv"
+    }
+    readings = _readings(settings)
+    assert _value(readings, "gravity_plato", "2025-02-11 18:59:19") == pytest.approx(
+        sg_to_plato(1.05)
+    )
+    assert _value(readings, "temperature_c", "2025-02-11 18:59:19") == pytest.approx(27.81)
+    assert _value(readings, "temperature_c", "2025-02-11 19:29:19") == pytest.approx(20.0)
+
+
+def test_plaato_report_keeps_its_missing_density_sentinel_for_quarantine(tmp_path):
+    utc = "GMT+0000 (Coordinated Universal Time)"
+    text = (
+        "timestamp,isoTime,density,temperature\n"
+        f"Wed Sep 20 2023 21:13:42 {utc},2023-09-20T21:13:42.000Z,14.35,19.33356475830078\n"
+        f"Wed Sep 20 2023 21:28:42 {utc},2023-09-20T21:28:42.000Z,-616.87,19.3\n"
+        f"Wed Sep 20 2023 21:43:42 {utc},2023-09-20T21:43:42.000Z,14.30,19.2\n"
+    )
+    settings = _drop(tmp_path, {"plaato_fv3.csv": text})
+    ingested = stages.ingest(settings, "drop").to_dict()
+    assert ingested["details"]["devices"] == {"plaato_fv3.csv": "plaato_csv"}
+    assert any("-616.87" in note for note in ingested["details"]["device_notes"])
+    readings = _readings(settings)
+    assert len(readings) == 6  # every row kept: 3 densities (the sentinel too), 3 temperatures
+    assert _value(readings, "gravity_plato", "2023-09-20 21:13:42") == pytest.approx(14.35)
+    stages.validate(settings)
+    quarantined = pd.concat(
+        pd.read_parquet(f) for f in settings.paths.lake.glob("quarantine/readings/*/*.parquet")
+    )
+    assert quarantined["value"].tolist() == [pytest.approx(-616.87)]
+    assert "gravity_plato" in quarantined[REASONS_COLUMN].iloc[0]
+
+
+def test_brewfather_export_newest_first_with_readings_without_gravity(tmp_path):
+    text = (
+        "type,time,id,temp,comment,sg,__acc_reading_doc_id,__acc_reading_data_id,timepoint,"
+        "pressure,ph\n"
+        "manual,1590080424552,manual,21.5,,1.052,d2,r2,2020-05-21T17:00:24.552Z,,\n"
+        "manual,1590076824552,manual,22,,NaN,d1,r1,2020-05-21T16:00:24.552Z,,\n"
+        "manual,1590073224552,manual,22,,1.06,d0,r0,2020-05-21T15:00:24.552Z,,\n"
+    )
+    settings = _drop(tmp_path, {"brewfather_batch_12.csv": text})
+    report = ingest_drop_folder(settings)
+    assert report.accepted == ["brewfather_batch_12.csv"], report.rejected
+    assert any("1 gravity_plato cell(s) empty" in n for n in report.notes["device_notes"])
+    readings = _readings(settings)
+    assert (readings["tag"] == "gravity_plato").sum() == 2 and (
+        readings["tag"] == "temperature_c"
+    ).sum() == 3
+    assert _value(readings, "gravity_plato", "2020-05-21 15:00:24.552") == pytest.approx(
+        sg_to_plato(1.06)
+    )
+    batch = lake.read_table(settings.paths.lake, "raw", BATCHES).iloc[0]
+    assert batch["start_time"] == pd.Timestamp("2020-05-21 15:00:24.552", tz="UTC")  # the oldest
+
+
+def test_brewpi_beer_log_gives_temperatures_only_in_local_time(tmp_path):
+    text = (
+        'Dec 03 2018 22:28:21;18.56;18.5;"Beer temp set to 18.7 in web interface";'
+        "17.94;14.82;null;4;19.38\n"
+        "Dec 03 2018 22:29:21;null;18.7;null;17.9;14.8;null;4;19.38\n"
+        "Dec 03 2018 22:30:21;18.60;18.7;null;17.9;14.8;null;4;19.4\n"
+    )
+    settings = _drop(tmp_path, {"beer-2018.csv": text}, local_timezone="Europe/Paris")
+    report = ingest_drop_folder(settings)
+    assert report.notes["devices"] == {"beer-2018.csv": "brewpi_log"}, report.rejected
+    readings = _readings(settings)
+    assert set(readings["tag"]) == {"temperature_c"} and len(readings) == 2
+    assert _value(readings, "temperature_c", "2018-12-03 21:28:21") == pytest.approx(18.56)  # CET
+
+
+def test_fermentrack_full_gravity_log_says_its_temperature_unit(tmp_path):
+    text = (
+        "log_time,gravity,temp,temp_format,temp_is_estimate,gravity_latest,temp_latest,"
+        "extra_data,log_id\n"
+        "2024/03/01 10:00:00Z,1.048,68.0,F,False,True,True,45.2,7\n"
+        "2024/03/01 10:15:00Z,1.047,68.5,F,False,True,True,45.0,7\n"
+    )
+    settings = _drop(tmp_path, {"Gravity Device 2 - L7 - pils_full.csv": text})
+    report = ingest_drop_folder(settings)
+    assert list(report.notes["devices"].values()) == ["fermentrack_csv"], report.rejected
+    readings = _readings(settings)
+    assert _value(readings, "temperature_c", "2024-03-01 10:00:00") == pytest.approx(20.0)
+    assert _value(readings, "gravity_plato", "2024-03-01 10:15:00") == pytest.approx(
+        sg_to_plato(1.047)
+    )
+
+
+EKOS = (
+    "Status,Start Date,Product,Style,Batch Number,Turn Count,Original Gravity,Date,Created By,Task,"
+    "Temperature,Gravity,pH,Yeast Attenuation,ABV,Actual ABV,Taste Aroma Notes,Batch Locations\n"
+    "Completed,25/10/2022,Lagerbier #3 | Choix du brasseur,Lager,1773,1,11.6000,10/11/2022 ,"
+    '"Brasseurs JC, Dépôt",Fermentation Log / Thu Nov 10,13.00,2.40,4.51,86.79%,4.91%,0.00,'
+    '"notes, with a comma",FV12\n'
+    "Completed,25/10/2022,Lagerbier #3 | Choix du brasseur,Lager,1773,1,11.6000,27/10/2022 ,JC,"
+    "Fermentation Log / Thu Oct 27,0.00,9.80,5.1,,,,,FV12\n"
+)
+EKOS_MAPPING = {
+    "batch": "Batch Number",
+    "time": "Date",
+    "time_format": "%d/%m/%Y",
+    "gravity": "Gravity",
+    "gravity_unit": "°P",
+    "temperature": "Temperature",
+    "temperature_unit": "°C",
+    "original_gravity": "Original Gravity",
+    "original_gravity_unit": "°P",
+    "start": "Start Date",
+    "start_format": "%d/%m/%Y",
+    "brand": "Product",
+    "fermenter": "Batch Locations",
+    "missing": {"temperature": ["0.00"]},
+}
+
+
+def test_a_brewery_erp_export_through_a_column_mapping(tmp_path):
+    """An Ekos fermentation report (day-first dates with a trailing space, °P and °C, a
+    temperature of 0.00 meaning "not measured", commas inside quoted notes) read through
+    ``ekos.mapping.json``; the mapping goes with it into processed/."""
+    settings = _drop(
+        tmp_path,
+        {"ekos.csv": EKOS, "ekos.mapping.json": json.dumps(EKOS_MAPPING)},
+        local_timezone="America/Montreal",
+    )
+    report = ingest_drop_folder(settings)
+    assert report.accepted == ["ekos.csv"], report.rejected
+    assert (settings.paths.drop / "processed" / "ekos.mapping.json").exists()
+    batch = lake.read_table(settings.paths.lake, "raw", BATCHES).iloc[0]
+    assert batch["batch_id"] == "1773" and batch["fermenter"] == "FV12"
+    assert batch["brand"] == "lagerbier_3_choix_du_brasseur"
+    assert batch["original_gravity_plato"] == pytest.approx(11.6)
+    assert batch["start_time"] == pd.Timestamp("2022-10-25 04:00", tz="UTC")  # EDT midnight
+    readings = _readings(settings)
+    assert (readings["tag"] == "temperature_c").sum() == 1  # the 0.00 was no measurement
+    assert _value(readings, "gravity_plato", "2022-10-27 04:00") == pytest.approx(9.8)
+
+
+@pytest.mark.parametrize(
+    ("mapping", "says"),
+    [
+        ({**EKOS_MAPPING, "gravity_unit": None}, "'gravity' is mapped without 'gravity_unit'"),
+        ({**EKOS_MAPPING, "gravity": "Gravité"}, "['Gravité']"),
+        ({**EKOS_MAPPING, "colour": "x"}, "unknown mapping key(s) ['colour']"),
+        ({k: v for k, v in EKOS_MAPPING.items() if k != "batch"}, "needs 'batch'"),
+    ],
+)
+def test_a_bad_mapping_quarantines_the_file_with_its_reason(tmp_path, mapping, says):
+    settings = _drop(tmp_path, {"ekos.csv": EKOS, "ekos.mapping.json": json.dumps(mapping)})
+    report = ingest_drop_folder(settings)
+    assert says in report.rejected["ekos.csv"]
+    assert list(settings.paths.lake.glob("quarantine/files/*/ekos.csv*")) or any(
+        settings.paths.lake.glob("quarantine/**/ekos.csv*")
+    )
