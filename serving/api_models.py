@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import orjson
 from pydantic import (
@@ -30,7 +30,7 @@ from pydantic import (
 
 from brewcast.contract import READINGS_COUNT
 from brewcast.intervals import LEVELS, forecast_status
-from brewcast.schema import FEATURES, categorical_features, numeric_features
+from brewcast.schema import BATCHES, FEATURES, categorical_features, numeric_features
 
 #: The longest string any field takes: the prediction log's ``String(64)`` columns.
 MAX_TEXT_LENGTH = 64
@@ -343,3 +343,42 @@ class ErrorResponse(BaseModel):
     """Every error the service answers (4xx and 5xx)."""
 
     detail: str = Field(description="What was wrong, naming the field when one is.")
+
+
+def _batch_model(name: str, required: tuple[str, ...], columns: tuple[str, ...]) -> type[BaseModel]:
+    """A batch request model from the one schema: its numbers in their valid ranges."""
+    fields: dict = {}
+    for column in (c for c in BATCHES.columns if c.name in columns):
+        if column.dtype.startswith("float"):
+            kind = Annotated[
+                float, Field(strict=True, ge=column.min, le=column.max, allow_inf_nan=False)
+            ]
+        elif column.dtype == "timestamp":
+            kind = Timestamp
+        else:
+            kind = Text
+        described = f"{column.description} [{column.unit or '-'}]"
+        if column.name in required:
+            fields[column.name] = (kind, Field(description=described))
+        else:
+            fields[column.name] = (kind | None, Field(None, description=described))
+    return create_model(name, __config__=ConfigDict(extra="forbid"), **fields)
+
+
+#: ``POST /batches``: an id and the pitch time, the rest if known (an OG left out is derived
+#: from the first readings, as in training).
+BatchStart = _batch_model(
+    "BatchStart", ("batch_id", "start_time"), tuple(n for n in BATCHES.names if n != "end_time")
+)
+#: ``PATCH /batches/{id}``: edit a batch, or end it (``end_time``).
+BatchUpdate = _batch_model(
+    "BatchUpdate", (), tuple(n for n in BATCHES.names if n not in ("batch_id", "start_time"))
+)
+
+
+class DeviceAssignment(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    fermenter: Text = Field(description="The vessel the device is in.")
+    gravity_unit: Literal["SG", "°P", "P", "Plato"] | None = Field(
+        None, description="An iSpindel's gravity unit (its owner's calibration): SG or °P."
+    )

@@ -31,7 +31,9 @@ import json
 import logging
 import re
 import time
+import urllib.parse
 from http import HTTPStatus
+from zoneinfo import ZoneInfo
 
 import anyio.to_thread
 import bentoml
@@ -39,18 +41,23 @@ import orjson
 import pandas as pd
 import sqlalchemy as sa
 from bentoml.exceptions import BentoMLException
-from fastapi import FastAPI
+from fastapi import FastAPI, HTTPException, Request
 from pydantic import ValidationError
 from starlette.responses import JSONResponse, Response
 
 from brewcast.schema import FEATURES, schema_fingerprint, slice_keys
 from brewcast.settings import get_settings
 from serving.api_models import (
+    BatchStart,
+    BatchUpdate,
+    DeviceAssignment,
     ErrorResponse,
     FeedbackRequest,
     FeedbackResponse,
     PredictRequest,
     PredictResponse,
+    Snapshot,
+    finish_forecast_json,
     predict_response_json,
 )
 from serving.bento_config import service_config
@@ -58,6 +65,17 @@ from serving.coalesce import ScoringCoalescer
 from serving.metrics import MODEL_VERSION, RequestMetrics, flush_all
 from serving.model import ModelHolder
 from serving.prediction_log import PredictionLog, RowsRefusedError
+from serving.readings import (
+    ReadingError,
+    ReadingsStore,
+    check,
+    now_utc,
+    parse_brewfather,
+    parse_ispindel,
+    parse_readings,
+    parse_tilt,
+    snapshot_record,
+)
 
 log = logging.getLogger("brewcast.serving")
 
@@ -239,6 +257,20 @@ def _detail_errors(send, path: str):
     return wrapped
 
 
+def _replay(body: bytes, receive):
+    """A receive callable that gives ``body`` (read already) once, then the client's."""
+    sent = False
+
+    async def replay():
+        nonlocal sent
+        if sent:
+            return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
+
+
 class RequestGuard:
     """ASGI middleware in front of the endpoints, answering ``{"detail": message}``:
 
@@ -254,6 +286,9 @@ class RequestGuard:
     """
 
     ROUTES = ("/predict", "/feedback", "/reload")
+    #: The batches, devices, readings and forecasts API: keyed like /predict. A device that
+    #: cannot send a header (a Tilt app, an iSpindel) gives the key as ``?key=`` instead.
+    KEYED_PREFIXES = ("/batches", "/devices", "/readings", "/forecasts")
 
     def __init__(self, app, max_bytes: int) -> None:
         settings = get_settings()
@@ -267,6 +302,13 @@ class RequestGuard:
         if self.api_key is None:
             return True
         given = dict(scope.get("headers", [])).get(b"x-api-key", b"")
+        if not given and scope["path"].startswith("/readings"):
+            query = dict(
+                part.split(b"=", 1)
+                for part in scope.get("query_string", b"").split(b"&")
+                if b"=" in part
+            )
+            given = urllib.parse.unquote_to_bytes(query.get(b"key", b""))
         return hmac.compare_digest(given, self.api_key)
 
     async def __call__(self, scope, receive, send):
@@ -275,7 +317,8 @@ class RequestGuard:
         path, method = scope["path"], scope["method"]
         if path == "/metrics":
             flush_all()  # what this worker added up, before BentoML reads the shared files
-        if path in self.keyed and not self._authorised(scope):
+        keyed = path in self.keyed or path.startswith(self.KEYED_PREFIXES)
+        if keyed and not self._authorised(scope):
             log.info("%s %s 401: missing or wrong X-API-Key", method, path)
             return await _error(401, "missing or wrong X-API-Key header")(scope, receive, send)
         if path == "/docs.json":
@@ -283,6 +326,11 @@ class RequestGuard:
             if start.get("status") == 200:
                 body = orjson.dumps(document_errors(orjson.loads(body)))
             return await _send_json(send, start, body)
+        if method in ("POST", "PUT", "PATCH") and path not in self.ROUTES:
+            body = await self._read(scope, receive)  # every write: the same body limit
+            if isinstance(body, JSONResponse):
+                return await body(scope, receive, send)
+            return await self.app(scope, _replay(body, receive), send)
         if method != "POST" or path not in self.ROUTES:
             return await self.app(scope, receive, send)
         send = _detail_errors(send, path)
@@ -367,6 +415,8 @@ class FermentationService:
             self.settings.prediction_log_mode,
             self.settings.prediction_log_queue,
         )
+        # batches, devices and their readings, beside the log (the same database)
+        self.readings = ReadingsStore(self.log.engine)
         self.metrics = RequestMetrics(
             lambda: (self.log.stats.rows_written, self.log.stats.rows_dropped)
         )
@@ -514,6 +564,151 @@ class FermentationService:
             "model_version": model.version if model else None,
             "error": self.holder.last_error,
         }
+
+    # -- batches, devices, readings, forecasts -------------------------------------------
+    @routes.post("/batches", status_code=201)
+    def start_batch(self, batch: BatchStart) -> dict:
+        """Start following a batch: its id and pitch time, the rest if known."""
+        return self._answer(lambda: self.readings.start_batch(batch.model_dump()))
+
+    @routes.patch("/batches/{batch_id}")
+    def update_batch(self, batch_id: str, changes: BatchUpdate) -> dict:
+        """Edit a batch, or end it (``end_time``)."""
+        return self._answer(
+            lambda: self.readings.update_batch(batch_id, changes.model_dump(exclude_unset=True))
+        )
+
+    @routes.get("/batches")
+    def list_batches(self, active: bool | None = None) -> dict:
+        """The batches, running ones only with ``?active=true``."""
+        return {"batches": self.readings.batches(active)}
+
+    @routes.put("/devices/{device_id}")
+    def assign_device(self, device_id: str, assignment: DeviceAssignment) -> dict:
+        """Put a device in a fermenter: ``tilt:<colour>``, ``ispindel:<name>``,
+        ``brewfather:<name>``, or any name brewcast's own JSON uses."""
+        unit = {"P": "°P", "Plato": "°P"}.get(assignment.gravity_unit, assignment.gravity_unit)
+        return self.readings.assign(device_id, assignment.fermenter, unit)
+
+    @routes.get("/devices/unassigned")
+    def unassigned_devices(self) -> dict:
+        """Devices whose readings found no batch (kept, waiting for an assignment)."""
+        return {"devices": self.readings.unassigned()}
+
+    @routes.post("/readings/ispindel")
+    async def push_ispindel(self, request: Request) -> Response:
+        """An iSpindel or GravityMon "HTTP" post, unchanged."""
+
+        def parse(body, now):
+            name = (body.get("name") or body.get("ID")) if isinstance(body, dict) else None
+            device = self.readings.device(f"ispindel:{name}") if name is not None else None
+            return [parse_ispindel(body, now, (device or {}).get("gravity_unit"))]
+
+        return await self._push(request, parse)
+
+    @routes.post("/readings/brewfather")
+    async def push_brewfather(self, request: Request) -> Response:
+        """A Brewfather custom stream post, unchanged."""
+        return await self._push(request, lambda body, now: [parse_brewfather(body, now)])
+
+    @routes.post("/readings/tilt")
+    async def push_tilt(self, request: Request) -> Response:
+        """The Tilt app's cloud-URL post (a form), unchanged; its local time is read in
+        ``BREWCAST_LOCAL_TIMEZONE``."""
+        zone = ZoneInfo(self.settings.local_timezone)
+        return await self._push(request, lambda form, now: [parse_tilt(form, zone, now)], form=True)
+
+    @routes.post("/readings")
+    async def push_readings(self, request: Request) -> Response:
+        """brewcast's own JSON: ``{"readings": [{"device", "timestamp", "gravity",
+        "gravity_unit", "temperature", "temperature_unit"}, ...]}``."""
+        return await self._push(request, lambda body, now: parse_readings(body))
+
+    @routes.get("/batches/{batch_id}/forecast")
+    async def batch_forecast(self, batch_id: str, at: str | None = None) -> Response:
+        """The forecast of a batch from its stored readings, at now or ``?at=``: the
+        snapshot built by the training code, scored, logged."""
+        try:
+            when = now_utc() if at is None else pd.Timestamp(at).to_pydatetime()
+            if when.tzinfo is None:
+                raise ReadingError(f"at: ISO 8601 with an offset, got {at!r}")
+            forecast = await self._forecast(self.readings.batch(batch_id), when)
+        except ReadingError as exc:
+            return _error(exc.status, str(exc))
+        except ValueError as exc:
+            return _error(422, f"at: ISO 8601 with an offset, got {at!r} ({exc})")
+        return JSONResponse(orjson.loads(orjson.dumps(forecast, option=orjson.OPT_UTC_Z)))
+
+    @routes.get("/forecasts")
+    async def forecasts(self) -> Response:
+        """The forecast of every running batch, now."""
+        now = now_utc()
+        out = []
+        for batch in self.readings.batches(active=True):
+            try:
+                out.append(await self._forecast(batch, now))
+            except ReadingError as exc:
+                out.append({"batch_id": batch["batch_id"], "error": str(exc)})
+        return JSONResponse(orjson.loads(orjson.dumps({"forecasts": out}, option=orjson.OPT_UTC_Z)))
+
+    async def _forecast(self, batch: dict, at) -> dict:
+        model = self.holder.current
+        if model is None:
+            raise ReadingError(f"no model loaded yet: {self.holder.last_error}", 503)
+        frame = self.readings.batch_readings(batch["batch_id"], until=at)
+        record = snapshot_record(batch, frame, at)
+        if record is None:
+            raise ReadingError(f"batch {batch['batch_id']} has no gravity reading yet", 409)
+        record = {k: v for k, v in record.items() if k in Snapshot.model_fields}
+        served_at = now_utc()
+        (row,) = model.score([record], served_at)
+        await self.log.write_async([row])
+        return {
+            "batch_id": batch["batch_id"],
+            "model_version": model.version,
+            "at": at,
+            "prediction_id": row["prediction_id"],
+            "probability": row["probability"],
+            "decision": row["decision"],
+            "threshold": model.threshold,
+            "hours_remaining": row["hours_remaining"],
+            **finish_forecast_json(row),
+            "features": record,
+            "last_gravity_hours_ago": record.get("hours_since_last_gravity"),
+            "notes": model.notes([row]),
+        }
+
+    async def _push(self, request: Request, parse, form: bool = False) -> Response:
+        """Parse a push (a JSON body, or a form) and commit its readings before answering:
+        200 when every reading found its batch, 202 when some are kept unassigned; a 4xx
+        naming the field, with nothing stored, when the body is wrong."""
+        now = now_utc()
+        try:
+            if form:
+                body = dict(await request.form())
+            else:
+                try:
+                    body = _parse_json(await request.body())
+                except (ValueError, RecursionError) as exc:
+                    raise ReadingError(f"body: not JSON ({exc})", 400) from exc
+            pushes = parse(body, now)
+            for push in pushes:
+                check(push, now)
+            results = [
+                await anyio.to_thread.run_sync(self.readings.store, push, now) for push in pushes
+            ]
+        except ReadingError as exc:
+            return _error(exc.status, str(exc))
+        assigned = all(r.batch_id for r in results)
+        return JSONResponse(
+            {"results": [r.to_dict() for r in results]}, status_code=200 if assigned else 202
+        )
+
+    def _answer(self, action):
+        try:
+            return action()
+        except ReadingError as exc:
+            raise HTTPException(exc.status, str(exc)) from exc
 
     @routes.get("/metadata")
     def metadata(self) -> dict:

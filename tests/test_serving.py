@@ -9,6 +9,7 @@ import shutil
 import sqlite3
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from application.processes import ServerProcess, bento_server, free_port
 from brewcast.contract import META_FINISH_FORECAST, read_metadata
 from brewcast.intervals import FinishForecast
 from brewcast.schema import FEATURES, OOV
+from brewcast.units import sg_to_plato
 from models.export import cpu_session, run_onnx
 from models.intervals import forecast_frame
 from tests.conftest import register_model
@@ -365,3 +367,123 @@ def test_sync_log_survives_kill_9_under_load(champion_home, tmp_path):
         logged = {r[0] for r in db.execute("select prediction_id from predictions")}
     missing = set(answered) - logged
     assert not missing, f"{len(missing)} answered predictions were not in the log"
+
+
+def test_readings_pushed_by_devices_give_forecasts_from_the_stored_readings(service, champion_home):
+    """A batch started over the API, a Tilt and an iSpindel assigned to its fermenter,
+    their own push formats, then ``GET /batches/{id}/forecast``: the service's snapshot is
+    the training code's on the stored readings, its probability in-process onnxruntime's
+    on that snapshot, and the forecast is logged. Bad pushes get a 4xx naming the field."""
+    from datetime import UTC, datetime, timedelta
+
+    from serving.readings import EXCEL_ORIGIN
+
+    _, url = service
+    _, work = champion_home
+    pitch = datetime.now(UTC).replace(microsecond=0) - timedelta(days=3)
+    batch = {
+        "batch_id": f"B-{uuid.uuid4().hex[:8]}",
+        "start_time": pitch.isoformat(),
+        "fermenter": "FV01",
+        "brand": "golden_pilsner",
+        "yeast_strain": "german_lager",
+        "original_gravity_plato": 12.0,
+    }
+    assert httpx.post(f"{url}/batches", json=batch).status_code == 401  # keyed like /predict
+    assert httpx.post(f"{url}/batches", json=batch, headers=KEY).status_code == 201
+    assert httpx.post(f"{url}/batches", json=batch, headers=KEY).status_code == 409
+    vessel = f"vessel-{batch['batch_id']}"
+    assert (
+        httpx.patch(
+            f"{url}/batches/{batch['batch_id']}", json={"fermenter": vessel}, headers=KEY
+        ).status_code
+        == 200
+    )
+    colour = uuid.uuid4().hex[:6]
+    for device, body in (
+        (f"tilt:{colour}", {"fermenter": vessel}),
+        (f"ispindel:spin-{colour}", {"fermenter": vessel, "gravity_unit": "SG"}),
+    ):
+        assert httpx.put(f"{url}/devices/{device}", json=body, headers=KEY).status_code == 200
+    # the Tilt app's form posts every 3 h since pitch, local time in the service's zone (UTC)
+    for k in range(1, 24):
+        at = pitch + timedelta(hours=3 * k)
+        serial = (at.replace(tzinfo=None) - EXCEL_ORIGIN).total_seconds() / 86400
+        sg = 1.048 - 0.0016 * k
+        form = {
+            "Timepoint": f"{serial:.10f}",
+            "SG": f"{sg:.4f}",
+            "Temp": "64.4",
+            "Color": colour.upper(),
+            "Beer": "Pils",
+        }
+        answer = httpx.post(f"{url}/readings/tilt?key=test-key", data=form)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["results"][0]["batch_id"] == batch["batch_id"]
+    again = httpx.post(f"{url}/readings/tilt?key=test-key", data=form).json()["results"][0]
+    assert (again["stored"], again["duplicates"]) == (0, 2)
+    ispindel = {
+        "name": f"spin-{colour}",
+        "ID": 9390968,
+        "angle": 40.1,
+        "temperature": 18.2,
+        "temp_units": "C",
+        "gravity": 1.011,
+        "interval": 900,
+    }
+    assert httpx.post(f"{url}/readings/ispindel?key=test-key", json=ispindel).status_code == 200
+    stranger = httpx.post(
+        f"{url}/readings/brewfather?key=test-key",
+        json={"name": f"nobody-{colour}", "temp": 19.0, "gravity": 1.02},
+    )
+    assert stranger.status_code == 202 and stranger.json()["results"][0]["status"] == "unassigned"
+    unassigned = httpx.get(f"{url}/devices/unassigned", headers=KEY).json()["devices"]
+    assert f"brewfather:nobody-{colour}" in {d["device"] for d in unassigned}
+    for bad, says in (
+        (
+            {"name": f"spin-{colour}", "gravity": 1.6, "temperature": 18},
+            "outside the physical range",
+        ),
+        (["not", "an", "object"], "JSON object"),
+    ):
+        refused = httpx.post(f"{url}/readings/ispindel?key=test-key", json=bad)
+        assert refused.status_code == 422 and says in refused.json()["detail"]
+    future = {
+        "readings": [
+            {
+                "device": f"tilt:{colour}",
+                "timestamp": (datetime.now(UTC) + timedelta(days=1)).isoformat(),
+                "gravity": 5.0,
+            }
+        ]
+    }
+    refused = httpx.post(f"{url}/readings", json=future, headers=KEY)
+    assert refused.status_code == 422 and "in the future" in refused.json()["detail"]
+
+    at = (pitch + timedelta(hours=60)).isoformat()
+    forecast = httpx.get(
+        f"{url}/batches/{batch['batch_id']}/forecast", params={"at": at}, headers=KEY
+    )
+    assert forecast.status_code == 200, forecast.text
+    body = forecast.json()
+    features = body["features"]
+    assert features["gravity_readings_count"] == 20 and features["hours_since_pitch"] == 60.0
+    assert features["current_gravity_plato"] == pytest.approx(sg_to_plato(1.048 - 0.0016 * 20))
+    frame = pd.DataFrame([features])
+    frame["snapshot_time"] = pd.Timestamp(features["snapshot_time"])
+    probability, hours = run_onnx(cpu_session((work / "model.onnx").read_bytes()), frame)
+    assert body["probability"] == pytest.approx(probability[0], abs=1e-6)
+    assert body["hours_remaining"] == pytest.approx(hours[0], abs=1e-3)
+    high = body["interval_95"]["high"]  # None: open-ended
+    assert high is None or body["interval_95"]["low"] <= body["interval_80"]["low"] <= high
+    assert body["predicted_finish_time"].endswith("Z")
+    running = httpx.get(f"{url}/batches", params={"active": "true"}, headers=KEY).json()["batches"]
+    assert batch["batch_id"] in {b["batch_id"] for b in running}
+    every = httpx.get(f"{url}/forecasts", headers=KEY).json()["forecasts"]
+    assert batch["batch_id"] in {f["batch_id"] for f in every}
+    ended = httpx.patch(
+        f"{url}/batches/{batch['batch_id']}",
+        json={"end_time": datetime.now(UTC).isoformat()},
+        headers=KEY,
+    )
+    assert ended.status_code == 200 and ended.json()["end_time"] is not None

@@ -1,0 +1,302 @@
+"""Readings pushed in the devices' own formats, stored once, assigned to the batch running in
+the device's fermenter; and the forecast's snapshot built from them by the training code:
+equal to the lake's training snapshot at the same time, for simulated batches and for a
+real Tilt log replayed as the Tilt app posts it."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from brewcast import lake
+from brewcast.schema import BATCHES, FEATURES, READINGS
+from brewcast.settings import Settings
+from brewcast.units import sg_to_plato
+from models.dataset import LabelRules, build_snapshots
+from serving.prediction_log import make_engine
+from serving.readings import (
+    EXCEL_ORIGIN,
+    Push,
+    ReadingError,
+    ReadingsStore,
+    parse_brewfather,
+    parse_ispindel,
+    parse_readings,
+    parse_tilt,
+    snapshot_record,
+)
+
+NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
+COMPARED = [
+    c.name
+    for c in FEATURES.columns
+    if c.role in ("feature", "meta") or c.name == "gravity_readings_count"
+]
+
+
+@pytest.fixture
+def store(tmp_path):
+    return ReadingsStore(make_engine(f"sqlite:///{tmp_path / 'readings.db'}"))
+
+
+def test_each_device_format_in_canonical_units():
+    gravitymon = parse_ispindel(
+        {
+            "name": "gravmon",
+            "ID": "2E6753",
+            "temperature": 68.0,
+            "temp_units": "F",
+            "gravity": 1.05,
+            "gravity-unit": "G",
+        },
+        NOW,
+    )
+    assert gravitymon.device_id == "ispindel:gravmon"
+    assert dict((t, v) for _, t, v in gravitymon.rows) == pytest.approx(
+        {"gravity_plato": sg_to_plato(1.05), "temperature_c": 20.0}
+    )
+    spindel = parse_ispindel(
+        {"name": "iSpindel001", "gravity": 12.5, "temperature": 19.0}, NOW, "°P"
+    )
+    assert spindel.rows[0][1:] == ("gravity_plato", 12.5)
+    stream = parse_brewfather(
+        {
+            "name": "FV1-stream",
+            "temp": 18.5,
+            "temp_unit": "C",
+            "gravity": 11.0,
+            "gravity_unit": "P",
+        },
+        NOW,
+    )
+    assert stream.device_id == "brewfather:FV1-stream" and stream.rows[0][2] == 11.0
+    serial = (datetime(2026, 3, 10, 13, 0) - EXCEL_ORIGIN).total_seconds() / 86400  # 13:00 CET
+    tilt = parse_tilt(
+        {
+            "Timepoint": f"{serial:.10f}",
+            "SG": "1.0480",
+            "Temp": "68.0",
+            "Color": "BLACK",
+            "Beer": "Saison",
+        },
+        ZoneInfo("Europe/Copenhagen"),
+    )
+    assert tilt.device_id == "tilt:black" and tilt.rows[0][0] == datetime(
+        2026, 3, 10, 12, 0, tzinfo=UTC
+    )
+    assert tilt.rows[1][2] == pytest.approx(20.0)
+    (own,) = parse_readings(
+        {
+            "readings": [
+                {
+                    "device": "hand",
+                    "timestamp": "2026-03-10T08:00:00Z",
+                    "gravity": 1.048,
+                    "gravity_unit": "SG",
+                }
+            ]
+        }
+    )
+    assert own.rows == [
+        (
+            datetime(2026, 3, 10, 8, 0, tzinfo=UTC),
+            "gravity_plato",
+            pytest.approx(sg_to_plato(1.048)),
+        )
+    ]
+
+
+@pytest.mark.parametrize(
+    ("parse", "says"),
+    [
+        (
+            lambda: parse_ispindel({"name": "x", "gravity": 1.05}, NOW),
+            "body.gravity: an iSpindel does not say its gravity unit",
+        ),
+        (
+            lambda: parse_ispindel(["not", "an", "object"], NOW),
+            "body: an iSpindel posts a JSON object",
+        ),
+        (lambda: parse_ispindel({"gravity": 12.0}, NOW, "°P"), "give the device's 'name' or 'ID'"),
+        (
+            lambda: parse_brewfather({"name": "s", "gravity": 1.5, "gravity_unit": "G"}, NOW),
+            "outside the physical range",
+        ),
+        (
+            lambda: parse_brewfather({"name": "s", "temp": "warm"}, NOW),
+            "body.temp: must be a number",
+        ),
+        (
+            lambda: parse_tilt(
+                {"Timepoint": "yesterday", "SG": "1.05", "Temp": "68", "Color": "RED"}, UTC
+            ),
+            "Timepoint",
+        ),
+        (
+            lambda: parse_readings(
+                {"readings": [{"device": "d", "timestamp": "2026-03-10 08:00", "gravity": 12}]}
+            ),
+            "with an offset",
+        ),
+        (lambda: parse_readings({"readings": []}), "non-empty list"),
+    ],
+)
+def test_a_push_in_the_wrong_shape_names_its_field(parse, says):
+    with pytest.raises(ReadingError, match=None) as caught:
+        parse()
+    assert says in str(caught.value)
+
+
+def test_readings_go_to_the_batch_running_in_the_fermenter_once(store):
+    store.start_batch(
+        {
+            "batch_id": "B1",
+            "fermenter": "FV1",
+            "brand": "pils",
+            "start_time": NOW - timedelta(days=2),
+        }
+    )
+    unassigned = store.store(
+        Push("tilt:red", [(NOW - timedelta(hours=1), "gravity_plato", 10.0)]), NOW
+    )
+    assert unassigned.batch_id is None and store.unassigned()[0]["device"] == "tilt:red"
+    store.assign("tilt:red", "FV1")
+    push = Push("tilt:red", [(NOW, "gravity_plato", 9.8), (NOW, "temperature_c", 18.0)])
+    first = store.store(push, NOW)
+    again = store.store(push, NOW)  # the device retried: nothing changes
+    assert (first.stored, first.duplicates, first.batch_id) == (2, 0, "B1")
+    assert (again.stored, again.duplicates) == (0, 2)
+    assert len(store.batch_readings("B1")) == 2  # the unassigned reading stays unassigned
+    with pytest.raises(ReadingError, match="in the future"):
+        store.store(Push("tilt:red", [(NOW + timedelta(hours=2), "gravity_plato", 9.0)]), NOW)
+    with pytest.raises(ReadingError, match="exists already") as caught:
+        store.start_batch({"batch_id": "B1", "start_time": NOW})
+    assert caught.value.status == 409
+    store.update_batch("B1", {"end_time": NOW})
+    assert store.batches(active=True) == [] and store.batches(active=False)[0]["batch_id"] == "B1"
+
+
+def _stored_batch(batch) -> dict:
+    out = {}
+    for name in BATCHES.names:
+        value = getattr(batch, name)
+        if name != "end_time":
+            out[name] = None if pd.isna(value) else value
+    out["start_time"] = pd.Timestamp(out["start_time"]).to_pydatetime()
+    return out
+
+
+def _assert_same_snapshot(record: dict, expected: pd.Series) -> None:
+    for name in COMPARED:
+        want = expected[name]
+        got = record.get(name)
+        if pd.isna(want):
+            assert got is None or pd.isna(got), name
+        elif isinstance(want, float):
+            assert got == want, (name, got, want)  # the same function: exactly equal
+        else:
+            assert str(got) == str(want), name
+
+
+def test_the_forecast_snapshot_is_the_training_snapshot(store, small_world):
+    """Simulated batches' readings pushed as devices would, the snapshot rebuilt from the
+    store at each training snapshot time: every feature equal to the lake's."""
+    rules = LabelRules()
+    training = build_snapshots(small_world.batches, small_world.readings, rules)
+    chosen = training["batch_id"].drop_duplicates().iloc[:4]
+    for batch in small_world.batches[small_world.batches["batch_id"].isin(chosen)].itertuples(
+        index=False
+    ):
+        stored = _stored_batch(batch)
+        stored["fermenter"] = batch.fermenter
+        store.start_batch(stored | {"fermenter": f"{batch.batch_id}-vessel"})
+        store.update_batch(batch.batch_id, {"fermenter": f"{batch.batch_id}-vessel"})
+        store.assign(f"hand:{batch.batch_id}", f"{batch.batch_id}-vessel")
+        mine = small_world.readings[small_world.readings["batch_id"] == batch.batch_id]
+        mine = mine[np.isfinite(mine["value"])]  # a corrupted record is no reading to push
+        rows = [
+            (t.to_pydatetime(), tag, float(v))
+            for t, tag, v in zip(mine["timestamp"], mine["tag"], mine["value"], strict=True)
+        ]
+        result = store.store(Push(f"hand:{batch.batch_id}", rows), datetime(2100, 1, 1, tzinfo=UTC))
+        assert result.batch_id == batch.batch_id and result.stored == len(rows)
+        # the stored batch keeps the batch's own fermenter for the model
+        store.update_batch(batch.batch_id, {"fermenter": batch.fermenter})
+        frame = store.batch_readings(batch.batch_id)
+        expected = training[training["batch_id"] == batch.batch_id]
+        for _, snapshot in expected.iloc[:: max(len(expected) // 6, 1)].iterrows():
+            record = snapshot_record(
+                store.batch(batch.batch_id), frame, snapshot["snapshot_time"].to_pydatetime()
+            )
+            _assert_same_snapshot(record, snapshot)
+
+
+def test_a_real_tilt_log_replayed_through_the_tilt_push_gives_the_training_snapshots(
+    store, tmp_path
+):
+    """The real saison (RabbitFarmer's Tilt log) through the drop folder into the lake, and
+    the same samples posted as the Tilt app posts them (Excel serial local time, SG, °F):
+    the forecast snapshots equal the lake's training snapshots."""
+    from devtools.realdata import SAISON, real_snapshots
+
+    settings = Settings(home=tmp_path / "lake")
+    training = real_snapshots(settings, SAISON)
+    assert len(training) > 20
+    batch = lake.read_table(settings.paths.lake, "validated", BATCHES).iloc[0]
+    stored = _stored_batch(batch)
+    store.start_batch(stored | {"fermenter": "FV-saison"})
+    store.assign("tilt:black", "FV-saison")
+    lake_readings = lake.read_table(settings.paths.lake, "validated", READINGS)
+    zone = ZoneInfo("America/Chicago")  # the phone's zone: the form says local time
+    samples = lake_readings.pivot_table(
+        index="timestamp", columns="tag", values="value", aggfunc="first"
+    )
+    posted = 0
+    for at, row in samples.iterrows():
+        if pd.isna(row.get("gravity_plato")) or pd.isna(row.get("temperature_c")):
+            continue
+        local = at.tz_convert(zone).tz_localize(None).to_pydatetime()
+        serial = (local - EXCEL_ORIGIN).total_seconds() / 86400
+        sg = _plato_to_sg(row["gravity_plato"])
+        form = {
+            "Timepoint": f"{serial:.10f}",
+            "SG": f"{sg:.6f}",
+            "Temp": f"{row['temperature_c'] * 9 / 5 + 32:.6f}",
+            "Color": "BLACK",
+        }
+        # posted as it was made: the hour the clocks repeat (2 Nov) is told apart by then
+        push = parse_tilt(form, zone, now=at.to_pydatetime() + timedelta(seconds=2))
+        assert push.rows[0][0] == at.to_pydatetime()
+        store.store(push, datetime(2100, 1, 1, tzinfo=UTC))
+        posted += 1
+    assert posted > 1000
+    frame = store.batch_readings(batch["batch_id"])
+    for _, snapshot in training.iloc[:: max(len(training) // 10, 1)].iterrows():
+        record = snapshot_record(
+            store.batch(batch["batch_id"]), frame, snapshot["snapshot_time"].to_pydatetime()
+        )
+        assert record["fermenter"] == "FV-saison"
+        record["fermenter"] = snapshot["fermenter"]  # the lake's batch has none
+        _assert_same_snapshot_close(record, snapshot)
+
+
+def _plato_to_sg(plato: float) -> float:
+    from brewcast.units import plato_to_sg
+
+    return float(plato_to_sg(np.array([plato]))[0])
+
+
+def _assert_same_snapshot_close(record: dict, expected: pd.Series) -> None:
+    """As :func:`_assert_same_snapshot`, within the round trip °P -> SG -> °P of a form post."""
+    for name in COMPARED:
+        want, got = expected[name], record.get(name)
+        if pd.isna(want):
+            assert got is None or pd.isna(got), name
+        elif isinstance(want, float):
+            assert got == pytest.approx(want, abs=1e-6), (name, got, want)
+        else:
+            assert str(got) == str(want), name
