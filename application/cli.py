@@ -101,7 +101,11 @@ def simulate(
 @app.command()
 def ingest(
     source: Annotated[
-        str | None, typer.Option(help="simulator | drop | brewerypi (default: BREWCAST_SOURCE)")
+        str | None,
+        typer.Option(
+            help="simulator | drop | brewerypi | service (the readings devices pushed to the "
+            "service) (default: BREWCAST_SOURCE)"
+        ),
     ] = None,
     start: Annotated[str | None, typer.Option(help="Interval start (ISO time, UTC).")] = None,
     end: Annotated[str | None, typer.Option(help="Interval end, exclusive.")] = None,

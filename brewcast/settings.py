@@ -24,7 +24,7 @@ class IngestSettings(BaseSettings):
 
     model_config = ENVIRONMENT
 
-    source: Literal["simulator", "drop", "brewerypi"] = Field(
+    source: Literal["simulator", "drop", "brewerypi", "service"] = Field(
         "simulator", description="Where `brewcast ingest` reads from by default."
     )
     drop_dir: Path | None = Field(None, description="Drop folder (default HOME/drop).")

@@ -131,7 +131,8 @@ def ingest_interval(
     end: pd.Timestamp,
     config: SimulationConfig | None = None,
 ) -> IngestReport:
-    """Pull ``[start, end)`` from the simulator or Brewery Pi into ``lake/raw``."""
+    """Pull ``[start, end)`` from the simulator, Brewery Pi or the service's pushed
+    readings into ``lake/raw``."""
     start, end = _utc(start), _utc(end)
     if end <= start:
         raise IngestError(f"empty interval: start {start} is not before end {end}")
@@ -156,9 +157,12 @@ def ingest_interval(
             unknown_lookup_values=bp.unknown_lookup_values,
             ignored_attributes=sorted(bp.ignored_attributes),
         )
+    elif source == "service":
+        batches, readings, unassigned = service_interval(settings.prediction_log, start, end)
+        report.notes["unassigned_readings"] = unassigned
     else:
         raise IngestError(
-            f"unknown interval source {source!r}; use simulator or brewerypi "
+            f"unknown interval source {source!r}; use simulator, brewerypi or service "
             f"(the drop folder is ingested with ingest_drop_folder)"
         )
     label = part_label(source, f"{start:%Y%m%dT%H%M%S}", f"{end:%Y%m%dT%H%M%S}")
@@ -166,6 +170,57 @@ def ingest_interval(
     written += write_partitions(readings, READINGS, settings.paths.lake, "raw", label)
     report.batches, report.readings, report.files_written = len(batches), len(readings), written
     return report
+
+
+def service_interval(
+    url: str, start: pd.Timestamp, end: pd.Timestamp
+) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+    """The readings devices pushed to the service with a time in ``[start, end)`` and a
+    batch, as raw readings, with their batches; and how many readings of the interval are
+    unassigned (kept in the service until a device is assigned; not flushed). A flush of
+    the same interval again gives the same partition: late pushes land when it is re-run."""
+    import sqlalchemy as sa
+
+    from brewcast.readings_store import batches as batch_table
+    from brewcast.readings_store import metadata
+    from brewcast.readings_store import readings as reading_table
+
+    engine = sa.create_engine(url)
+    try:
+        metadata.create_all(engine)  # a service that never started has no tables yet
+        window = (reading_table.c.timestamp >= start.to_pydatetime()) & (
+            reading_table.c.timestamp < end.to_pydatetime()
+        )
+        with engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(
+                    reading_table.c.batch_id,
+                    reading_table.c.tag,
+                    reading_table.c.timestamp,
+                    reading_table.c.value,
+                ).where(window, reading_table.c.batch_id.is_not(None))
+            ).all()
+            unassigned = conn.execute(
+                sa.select(sa.func.count()).where(window, reading_table.c.batch_id.is_(None))
+            ).scalar_one()
+            ids = sorted({r.batch_id for r in rows})
+            batch_rows = (
+                conn.execute(sa.select(batch_table).where(batch_table.c.batch_id.in_(ids)))
+                .mappings()
+                .all()
+            )
+    finally:
+        engine.dispose()
+    readings = pd.DataFrame(rows, columns=["batch_id", "tag", "timestamp", "value"])
+    readings["timestamp"] = pd.to_datetime(readings["timestamp"], utc=True)
+    batches = pd.DataFrame([dict(r) for r in batch_rows], columns=BATCHES.names)
+    for column in ("start_time", "end_time"):
+        batches[column] = pd.to_datetime(batches[column], utc=True)
+    return (
+        BATCHES.conform(batches, source="service"),
+        READINGS.conform(readings, source="service"),
+        int(unassigned),
+    )
 
 
 def ingest(

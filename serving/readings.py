@@ -25,45 +25,11 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
+from brewcast.readings_store import batches, devices, metadata, readings
 from brewcast.schema import BATCHES, READING_VALUE_RANGES
 from brewcast.snapshots import hour_of, plausible, snapshot_columns, snapshot_frame
 from brewcast.units import UnitError, parse_unit, to_canonical
 
-metadata = sa.MetaData()
-
-
-def _column(name: str) -> sa.Column:
-    """A stored batch's column, typed from the one schema."""
-    dtype = BATCHES[name].dtype
-    if name == "batch_id":
-        return sa.Column(name, sa.String(64), primary_key=True)
-    if dtype.startswith("float"):
-        return sa.Column(name, sa.Float)
-    if dtype.startswith(("datetime", "timestamp")):
-        return sa.Column(name, sa.DateTime(timezone=True), nullable=name != "start_time")
-    return sa.Column(name, sa.String(64))
-
-
-#: The batches as the lake's ``batches`` table has them (what a snapshot reads).
-batches = sa.Table("batches", metadata, *(_column(name) for name in BATCHES.names))
-devices = sa.Table(
-    "devices",
-    metadata,
-    sa.Column("device_id", sa.String(64), primary_key=True),
-    sa.Column("fermenter", sa.String(64), nullable=False),
-    # the unit of an iSpindel's unlabelled gravity (its owner's calibration): SG or °P
-    sa.Column("gravity_unit", sa.String(16)),
-)
-readings = sa.Table(
-    "readings",
-    metadata,
-    sa.Column("device_id", sa.String(64), primary_key=True),
-    sa.Column("timestamp", sa.DateTime(timezone=True), primary_key=True),
-    sa.Column("tag", sa.String(32), primary_key=True),
-    sa.Column("value", sa.Float, nullable=False),
-    sa.Column("batch_id", sa.String(64), index=True),  # NULL: unassigned
-    sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
-)
 #: The Tilt app's Excel serial days count from this date, in the phone's local time.
 EXCEL_ORIGIN = datetime(1899, 12, 30)
 #: How far ahead of the server's clock a device's timestamp may be (clock skew).

@@ -300,3 +300,40 @@ def _assert_same_snapshot_close(record: dict, expected: pd.Series) -> None:
             assert got == pytest.approx(want, abs=1e-6), (name, got, want)
         else:
             assert str(got) == str(want), name
+
+
+def test_pushed_readings_flush_into_the_lake_for_validation_and_training(tmp_path):
+    """``brewcast ingest --source service``: the readings devices pushed, with their batch,
+    land in lake/raw (the same partition on a re-run); unassigned ones stay, counted."""
+    from application import stages
+
+    settings = Settings(home=tmp_path / "home")
+    store = ReadingsStore(make_engine(settings.prediction_log))
+    store.start_batch(
+        {
+            "batch_id": "B7",
+            "fermenter": "FV2",
+            "yeast_strain": "german_lager",
+            "start_time": NOW - timedelta(days=1),
+        }
+    )
+    store.assign("tilt:green", "FV2")
+    store.store(
+        Push(
+            "tilt:green",
+            [(NOW - timedelta(hours=h), "gravity_plato", 12.0 - h / 10) for h in range(1, 6)],
+        ),
+        NOW,
+    )
+    store.store(Push("tilt:orange", [(NOW - timedelta(hours=1), "gravity_plato", 3.0)]), NOW)
+    first = stages.ingest(settings, "service", NOW - timedelta(days=2), NOW)
+    assert first.counts["reading_rows"] == 5 and first.counts["batch_rows"] == 1
+    assert first.details["unassigned_readings"] == 1
+    again = stages.ingest(settings, "service", NOW - timedelta(days=2), NOW)
+    assert again.counts["reading_rows"] == 5
+    raw = lake.read_table(settings.paths.lake, "raw", READINGS)
+    assert len(raw) == 5 and set(raw["batch_id"]) == {"B7"}
+    batch = lake.read_table(settings.paths.lake, "raw", BATCHES).iloc[0]
+    assert batch["yeast_strain"] == "german_lager"
+    stages.validate(settings)
+    assert len(lake.read_table(settings.paths.lake, "validated", READINGS)) == 5
