@@ -7,7 +7,7 @@ import os
 import platform
 from pathlib import Path
 
-from benchmarks import airflow_overhead, inference, pipeline, serving
+from benchmarks import airflow_overhead, inference, pipeline, readings, serving
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -22,6 +22,7 @@ def main() -> None:
         "pipeline": pipeline.run(),
         "inference": inference.run(),
         "serving": serving.run(),
+        "readings": readings.run(),
         "airflow": airflow_overhead.run(),
     }
     gpu = results["inference"]["gpu"]  # the serving benchmark uses CUDA by itself where it can
@@ -34,6 +35,7 @@ def main() -> None:
             pipeline.markdown(results["pipeline"]),
             inference.markdown(results["inference"]),
             serving.markdown(results["serving"]),
+            readings.markdown(results["readings"]),
             airflow_overhead.markdown(results["airflow"]),
         ]
     )

@@ -354,7 +354,28 @@ def test_sync_log_survives_kill_9_under_load(champion_home, tmp_path):
                 if r.status_code == 200:
                     answered.extend(p["prediction_id"] for p in r.json()["predictions"])
 
-    threads = [threading.Thread(target=hammer) for _ in range(8)]
+    acknowledged: list[tuple[str, str]] = []  # (device, timestamp) of answered pushes
+    start = pd.Timestamp("2026-01-01", tz="UTC")
+
+    def push(worker: int):
+        """Devices pushing readings the same time: what was answered must be stored."""
+        with httpx.Client(timeout=10) as client:
+            k = 0
+            while not stop.is_set():
+                at = (start + pd.Timedelta(minutes=k)).strftime("%Y-%m-%dT%H:%M:%SZ")
+                body = {
+                    "readings": [{"device": f"crash-{worker}", "timestamp": at, "gravity": 10.0}]
+                }
+                try:
+                    r = client.post(f"{url}/readings", json=body, headers=KEY)
+                except httpx.HTTPError:
+                    return
+                if r.status_code in (200, 202):
+                    acknowledged.append((f"crash-{worker}", at))
+                k += 1
+
+    threads = [threading.Thread(target=hammer) for _ in range(6)]
+    threads += [threading.Thread(target=push, args=(i,)) for i in range(3)]
     for t in threads:
         t.start()
     time.sleep(2.0)
@@ -362,11 +383,17 @@ def test_sync_log_survives_kill_9_under_load(champion_home, tmp_path):
     stop.set()
     for t in threads:
         t.join(timeout=20)
-    assert len(answered) > 30
+    assert len(answered) > 30 and len(acknowledged) > 30
     with sqlite3.connect(tmp_path / "crash.db") as db:
         logged = {r[0] for r in db.execute("select prediction_id from predictions")}
+        stored = {
+            (device, pd.Timestamp(at).tz_localize("UTC").strftime("%Y-%m-%dT%H:%M:%SZ"))
+            for device, at in db.execute("select device_id, timestamp from readings")
+        }
     missing = set(answered) - logged
     assert not missing, f"{len(missing)} answered predictions were not in the log"
+    lost = set(acknowledged) - stored
+    assert not lost, f"{len(lost)} acknowledged readings were not stored"
 
 
 def test_readings_pushed_by_devices_give_forecasts_from_the_stored_readings(service, champion_home):
