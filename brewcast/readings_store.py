@@ -44,6 +44,8 @@ readings = sa.Table(
     sa.Column("timestamp", sa.DateTime(timezone=True), primary_key=True),
     sa.Column("tag", sa.String(32), primary_key=True),
     sa.Column("value", sa.Float, nullable=False),
-    sa.Column("batch_id", sa.String(64), index=True),  # NULL: unassigned
+    sa.Column("batch_id", sa.String(64)),  # NULL: unassigned
     sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
+    # a forecast reads one batch's readings up to a time
+    sa.Index("ix_readings_batch_time", "batch_id", "timestamp"),
 )
