@@ -344,16 +344,7 @@ class RequestGuard:
             problem = self._problem(path, body)
             if problem:
                 return await _error(*problem)(scope, receive, send)
-        replayed = False
-
-        async def replay():
-            nonlocal replayed
-            if replayed:
-                return await receive()
-            replayed = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        return await self.app(scope, replay, send)
+        return await self.app(scope, _replay(body, receive), send)
 
     async def _read(self, scope, receive) -> bytes | JSONResponse:
         """The whole body, or a 413 as soon as it is over the limit."""
