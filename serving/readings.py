@@ -17,6 +17,7 @@ A body in the wrong shape, a value outside physics, a time in the future: a
 from __future__ import annotations
 
 import math
+from collections import namedtuple
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -222,7 +223,7 @@ def parse_readings(body: object) -> list[Push]:
     return list(pushes.values())
 
 
-def check(push: Push, now: datetime) -> None:
+def _check(push: Push, now: datetime) -> None:
     """Refuse a push holding a value that is no number or a time in the future (checked for
     every push of a request before any is stored: nothing half-stored)."""
     for at, tag, value in push.rows:
@@ -332,45 +333,50 @@ class ReadingsStore:
 
     # -- readings ----------------------------------------------------------------------------
     def store(self, push: Push, now: datetime) -> Stored:
-        """Commit ``push``'s readings (before the push is answered), each to the batch running
-        in its device's fermenter at its time, or to none."""
-        check(push, now)
-        device = self.device(push.device_id)
+        """:meth:`store_all` of one push."""
+        return self.store_all([push], now)[0]
+
+    def store_all(self, pushes: list[Push], now: datetime) -> list[Stored]:
+        """Commit the pushes' readings in one transaction (before the request is answered:
+        all of them or none), each to the batch running in its device's fermenter at its
+        time, or to none (a device nobody assigned, a reading before any batch there)."""
+        for push in pushes:
+            _check(push, now)
         with self.engine.begin() as conn:
-            batch_id = None
-            if device is not None:
-                batch_id = self._running(
-                    conn, device["fermenter"], min(at for at, _, _ in push.rows)
+            return [self._store(conn, push, now) for push in pushes]
+
+    def _store(self, conn, push: Push, now: datetime) -> Stored:
+        device = (
+            conn.execute(sa.select(devices).where(devices.c.device_id == push.device_id))
+            .mappings()
+            .first()
+        )
+        batch_id = None
+        if device is not None:
+            batch_id = self._running(conn, device["fermenter"], min(at for at, _, _ in push.rows))
+        existing = {
+            (_as_utc(t), tag)
+            for t, tag in conn.execute(
+                sa.select(readings.c.timestamp, readings.c.tag).where(
+                    readings.c.device_id == push.device_id,
+                    readings.c.timestamp.in_([at for at, _, _ in push.rows]),
                 )
-            if batch_id is not None:
-                start = conn.execute(
-                    sa.select(batches.c.start_time).where(batches.c.batch_id == batch_id)
-                ).scalar_one()
-                if min(at for at, _, _ in push.rows) < _as_utc(start):
-                    raise ReadingError(f"timestamp: before batch {batch_id}'s start")
-            existing = {
-                (_as_utc(t), tag)
-                for t, tag in conn.execute(
-                    sa.select(readings.c.timestamp, readings.c.tag).where(
-                        readings.c.device_id == push.device_id,
-                        readings.c.timestamp.in_([at for at, _, _ in push.rows]),
-                    )
-                )
+            )
+        }
+        new = [
+            {
+                "device_id": push.device_id,
+                "timestamp": at,
+                "tag": tag,
+                "value": value,
+                "batch_id": batch_id,
+                "received_at": now,
             }
-            new = [
-                {
-                    "device_id": push.device_id,
-                    "timestamp": at,
-                    "tag": tag,
-                    "value": value,
-                    "batch_id": batch_id,
-                    "received_at": now,
-                }
-                for at, tag, value in push.rows
-                if (at, tag) not in existing
-            ]
-            if new:
-                conn.execute(readings.insert(), new)
+            for at, tag, value in push.rows
+            if (at, tag) not in existing
+        ]
+        if new:
+            conn.execute(readings.insert(), new)
         return Stored(push.device_id, len(new), len(push.rows) - len(new), batch_id)
 
     @staticmethod
@@ -424,22 +430,28 @@ def _utc(row: dict) -> dict:
     return {k: _as_utc(v) if k.endswith("_time") else v for k, v in row.items()}
 
 
+#: A stored batch as the snapshot code reads it (the lake's batch row: attributes, _asdict).
+BatchRow = namedtuple("BatchRow", BATCHES.names)
+_FLOAT_COLUMNS = frozenset(c.name for c in BATCHES.columns if c.dtype.startswith("float"))
+
+
 def snapshot_record(batch: dict, frame: pd.DataFrame, at: datetime) -> dict | None:
     """The snapshot of ``batch`` (a stored batch) at ``at`` from its readings ``frame``,
     built by the training code (:func:`brewcast.snapshots.snapshot_columns`), as a request
     row; None while the batch has no gravity reading at all."""
-    row = {name: batch.get(name) for name in BATCHES.names}
-    for name in BATCHES.names:
-        if row[name] is None and name not in ("end_time",):
-            row[name] = np.nan if BATCHES[name].dtype.startswith("float") else None
-    tuple_row = pd.DataFrame([row]).astype(object).itertuples(index=False).__next__()
+    row = BatchRow(
+        **{
+            name: np.nan if batch.get(name) is None and name in _FLOAT_COLUMNS else batch.get(name)
+            for name in BATCHES.names
+        }
+    )
     # the readings after ``at`` may be there: the function never looks past its time
     gravity = plausible(frame, "gravity_plato")
     if gravity.empty:
         return None
     temperature = plausible(frame, "temperature_c")
-    columns = snapshot_columns(tuple_row, gravity, temperature, np.array([hour_of(at)]))
-    record = snapshot_frame([(tuple_row, columns)]).iloc[0].to_dict()
+    columns = snapshot_columns(row, gravity, temperature, np.array([hour_of(at)]))
+    record = snapshot_frame([(row, columns)]).iloc[0].to_dict()
     out = {}
     for key, value in record.items():
         if isinstance(value, pd.Timestamp):

@@ -68,7 +68,6 @@ from serving.prediction_log import PredictionLog, RowsRefusedError
 from serving.readings import (
     ReadingError,
     ReadingsStore,
-    check,
     now_utc,
     parse_brewfather,
     parse_ispindel,
@@ -642,17 +641,22 @@ class FermentationService:
                 out.append({"batch_id": batch["batch_id"], "error": str(exc)})
         return JSONResponse(orjson.loads(orjson.dumps({"forecasts": out}, option=orjson.OPT_UTC_Z)))
 
-    async def _forecast(self, batch: dict, at) -> dict:
-        model = self.holder.current
-        if model is None:
-            raise ReadingError(f"no model loaded yet: {self.holder.last_error}", 503)
+    def _score_batch(self, model, batch: dict, at) -> tuple[dict, dict]:
+        """The batch's snapshot at ``at`` from its stored readings, and its log row."""
         frame = self.readings.batch_readings(batch["batch_id"], until=at)
         record = snapshot_record(batch, frame, at)
         if record is None:
             raise ReadingError(f"batch {batch['batch_id']} has no gravity reading yet", 409)
         record = {k: v for k, v in record.items() if k in Snapshot.model_fields}
-        served_at = now_utc()
-        (row,) = model.score([record], served_at)
+        (row,) = model.score([record], now_utc())
+        return record, row
+
+    async def _forecast(self, batch: dict, at) -> dict:
+        model = self.holder.current
+        if model is None:
+            raise ReadingError(f"no model loaded yet: {self.holder.last_error}", 503)
+        # the readings' query, the snapshot and the scoring off the event loop
+        record, row = await anyio.to_thread.run_sync(self._score_batch, model, batch, at)
         await self.log.write_async([row])
         return {
             "batch_id": batch["batch_id"],
@@ -683,11 +687,8 @@ class FermentationService:
                 except (ValueError, RecursionError) as exc:
                     raise ReadingError(f"body: not JSON ({exc})", 400) from exc
             pushes = parse(body, now)
-            for push in pushes:
-                check(push, now)
-            results = [
-                await anyio.to_thread.run_sync(self.readings.store, push, now) for push in pushes
-            ]
+            # one transaction for the request's pushes, off the event loop
+            results = await anyio.to_thread.run_sync(self.readings.store_all, pushes, now)
         except ReadingError as exc:
             return _error(exc.status, str(exc))
         assigned = all(r.batch_id for r in results)
