@@ -66,6 +66,8 @@ class ExportResult:
     parity_max_abs_error: float
     parity_hours_max_abs_error: float
     parity_rows: int
+    #: The graph's own hours remaining on the parity rows (what serving would answer).
+    parity_hours: np.ndarray
 
     def serialized(self) -> bytes:
         return self.model.SerializeToString()
@@ -572,7 +574,7 @@ def export_model(
     hours_error = (
         float(np.max(np.abs(hours - np.maximum(reference_hours, 0.0)))) if len(logit) else 0.0
     )
-    result = ExportResult(full, error, hours_error, len(parity_frame))
+    result = ExportResult(full, error, hours_error, len(parity_frame), hours)
     if error > PARITY_LIMIT:
         raise ParityError(
             f"ONNX probability differs from its model by {error:.3g} "

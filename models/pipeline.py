@@ -345,13 +345,12 @@ def _family_graph(family: str, model):
     return model.to_onnx()
 
 
-def _forecast_parity(family: str, forecast, model_bytes: bytes, test: pd.DataFrame) -> dict:
-    """The served finish-forecast code on the exported graph's own hours, against crepes';
-    a difference beyond the limit fails the export."""
+def _forecast_parity(family: str, forecast, hours: np.ndarray, test: pd.DataFrame) -> dict:
+    """The served finish-forecast code on the exported graph's own hours on ``test``,
+    against crepes'; a difference beyond the limit fails the export."""
     from models.export import ParityError
     from models.intervals import INTERVAL_PARITY_LIMIT, crepes_parity
 
-    _, hours = score_model(model_bytes, test)
     parity = crepes_parity(forecast, test, hours)
     if max(parity["bounds_max_abs_error"], parity["probability_max_abs_error"]) > (
         INTERVAL_PARITY_LIMIT
@@ -416,7 +415,7 @@ def export(settings: Settings, work: TrainingWorkdir) -> dict:
                 },
             },
         )
-        intervals = _forecast_parity(family, forecast, result.serialized(), frames["test"])
+        intervals = _forecast_parity(family, forecast, result.parity_hours, frames["test"])
         lake.write_bytes(work.family_model(family), result.serialized())
         parity[family] = {
             "parity_max_abs_error": result.parity_max_abs_error,
