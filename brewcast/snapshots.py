@@ -11,6 +11,7 @@ because neither side may import the other.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -41,6 +42,20 @@ def plausible(readings: pd.DataFrame, tag: str) -> pd.DataFrame:
     low, high = READING_VALUE_RANGES[tag]
     rows = readings[(readings["tag"] == tag) & readings["value"].between(low, high)]
     return rows.sort_values(["batch_id", "timestamp"], kind="mergesort")
+
+
+class Series(NamedTuple):
+    """One tag's plausible readings of one batch, sorted by time: what a snapshot reads.
+    Arrays rather than a frame, so the service can keep a running batch's in memory and
+    extend them as readings arrive."""
+
+    hours: np.ndarray  # float hours since the epoch (:func:`hours_of`)
+    values: np.ndarray
+
+
+def series_of(readings: pd.DataFrame) -> Series:
+    """A :class:`Series` from one batch's rows of :func:`plausible` (sorted by time)."""
+    return Series(hours_of(readings["timestamp"]), readings["value"].to_numpy(dtype="float64"))
 
 
 def hours_of(ts: pd.Series | pd.DatetimeIndex) -> np.ndarray:
@@ -100,15 +115,13 @@ def _snapshot_og(
 
 
 def snapshot_columns(
-    batch, gravity: pd.DataFrame, temperature: pd.DataFrame | None, t: np.ndarray
+    batch, gravity: Series, temperature: Series | None, t: np.ndarray
 ) -> dict[str, np.ndarray]:
     """The features of ``batch`` (a named tuple of its batch row) at the times ``t`` (float
-    hours, :func:`hours_of`) from its plausible gravity readings (sorted by time, at least
-    one) and temperature readings: the columns that vary between its snapshots, with
-    ``snapshot_hours``."""
+    hours, :func:`hours_of`) from its gravity readings (at least one) and temperature
+    readings: the columns that vary between its snapshots, with ``snapshot_hours``."""
     start = hour_of(batch.start_time)
-    g_t = hours_of(gravity["timestamp"])
-    g_v = gravity["value"].to_numpy()
+    g_t, g_v = gravity
     # Gravity known at t: readings with time <= t (searchsorted side="right").
     n = np.searchsorted(g_t, t, side="right")
     has = n > 0
@@ -130,9 +143,8 @@ def snapshot_columns(
             (w["1"] * w["xy"] - w["x"] * w["y"]) / denom * 24.0,
             np.nan,
         )
-    if temperature is not None and len(temperature):
-        tt = hours_of(temperature["timestamp"])
-        tv = temperature["value"].to_numpy()
+    if temperature is not None and len(temperature.hours):
+        tt, tv = temperature
         m = np.searchsorted(tt, t, side="right")
         csum = np.concatenate([[0.0], np.cumsum(tv)])
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -155,21 +167,26 @@ def snapshot_columns(
     }
 
 
+def snapshot_table(parts: Sequence[tuple[object, dict[str, np.ndarray]]]) -> dict[str, object]:
+    """:func:`snapshot_frame`'s columns before they become a frame (arrays, in its order):
+    the service reads a few rows straight from them, where the frame and its records would
+    cost most of a forecast."""
+    counts = [len(columns["hours_since_pitch"]) for _, columns in parts]
+    table: dict[str, object] = {
+        **{name: np.repeat([getattr(b, name) for b, _ in parts], counts) for name in PER_BATCH},
+        **{name: np.concatenate([c[name] for _, c in parts]) for name in parts[0][1]},
+    }
+    table["season"] = season_of(pd.Series(np.repeat([b.start_time for b, _ in parts], counts)))
+    hours = table.pop("snapshot_hours")
+    table["snapshot_time"] = pd.to_datetime(
+        np.round(hours * 3.6e9).astype("int64"), unit="us", utc=True
+    )
+    return table
+
+
 def snapshot_frame(parts: Sequence[tuple[object, dict[str, np.ndarray]]]) -> pd.DataFrame:
     """One frame from (batch row, :func:`snapshot_columns` and any label columns) pairs:
     each batch's own attributes repeated, its season, ``snapshot_time`` in UTC. A
     DataFrame per batch and their concat were half of training's snapshot time at 3,800
     batches: the columns are joined once."""
-    counts = [len(columns["hours_since_pitch"]) for _, columns in parts]
-    frame = pd.DataFrame(
-        {
-            **{name: np.repeat([getattr(b, name) for b, _ in parts], counts) for name in PER_BATCH},
-            **{name: np.concatenate([c[name] for _, c in parts]) for name in parts[0][1]},
-        }
-    )
-    frame["season"] = season_of(pd.Series(np.repeat([b.start_time for b, _ in parts], counts)))
-    hours = frame.pop("snapshot_hours")
-    frame["snapshot_time"] = pd.to_datetime(
-        np.round(hours.to_numpy() * 3.6e9).astype("int64"), unit="us", utc=True
-    )
-    return frame
+    return pd.DataFrame(snapshot_table(parts))

@@ -24,6 +24,7 @@ from brewcast.snapshots import (
     hours_of,
     original_gravity,
     plausible,
+    series_of,
     snapshot_columns,
     snapshot_frame,
 )
@@ -161,7 +162,8 @@ def _batch_snapshots(
     ``rules.snapshot_every_hours`` from pitch until its last reading or ``horizon`` after
     its finish, with their labels; None when it has no snapshot yet."""
     start = hour_of(batch.start_time)
-    g_t = hours_of(gravity["timestamp"])
+    g = series_of(gravity)
+    g_t = g.hours
     finish = np.nan if pd.isna(outcome["finish_time"]) else hour_of(outcome["finish_time"])
     until = g_t[-1] if np.isnan(finish) else min(g_t[-1], finish + rules.horizon_hours)
     t = start + np.arange(
@@ -169,7 +171,7 @@ def _batch_snapshots(
     )
     if t.size == 0:
         return None
-    columns = snapshot_columns(batch, gravity, temperature, t)
+    columns = snapshot_columns(batch, g, None if temperature is None else series_of(temperature), t)
     if np.isnan(finish):
         columns["finished_within_horizon"] = np.zeros(t.size, bool)
         columns["hours_remaining"] = np.full(t.size, np.nan)
