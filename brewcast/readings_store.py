@@ -49,3 +49,12 @@ readings = sa.Table(
     # a forecast reads one batch's readings up to a time
     sa.Index("ix_readings_batch_time", "batch_id", "timestamp"),
 )
+#: How many committed pushes added readings to each batch: a worker's in-memory copy of a
+#: batch's readings is current while it was made at the stored revision (readings are only
+#: ever added, so a revision names one set of them, whichever worker wrote it).
+batch_revisions = sa.Table(
+    "batch_revisions",
+    metadata,
+    sa.Column("batch_id", sa.String(64), primary_key=True),
+    sa.Column("revision", sa.Integer, nullable=False),
+)

@@ -291,6 +291,12 @@ class ServingSettings(BaseSettings):
         8 * 2**20, ge=1, description="Largest request body (413 before it is read whole)."
     )
     serving_access_log: bool = Field(False, description="BentoML's per-request access log.")
+    serving_cached_batches: int = Field(
+        1000,
+        ge=1,
+        description="Batches whose readings a worker keeps in memory for forecasts (16 bytes "
+        "a reading; the least recently forecast go first).",
+    )
     serving_inline_rows: int = Field(
         256,
         ge=0,

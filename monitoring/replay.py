@@ -3,7 +3,8 @@
 Every ``snapshot_every_hours`` each running batch is scored from what was known then; once
 a batch finishes, its finish time arrives as a label. The monitoring acceptance test replays
 a simulated year in process (rows logged as the service logs them, served at their snapshot
-time); the demo replays the same stream over HTTP into the running BentoML service.
+time); the demo streams the same world's readings into the running BentoML service, which
+builds the snapshots itself, and sends the same labels.
 """
 
 from __future__ import annotations
@@ -14,10 +15,7 @@ from collections.abc import Iterator
 import pandas as pd
 
 from models.dataset import LabelRules, build_snapshots
-from serving.api_models import Snapshot
-
-#: The request fields of a snapshot (the schema's features, batch id and snapshot time).
-REQUEST_FIELDS = tuple(Snapshot.model_fields)
+from serving.api_models import REQUEST_FIELDS
 
 
 def snapshot_requests(

@@ -123,6 +123,8 @@ def _snapshot_model() -> type[BaseModel]:
 
 
 Snapshot = _snapshot_model()
+#: A snapshot's fields as ``/predict`` takes them, in order (what a forecast scores).
+REQUEST_FIELDS = tuple(Snapshot.model_fields)
 
 
 class PredictRequest(BaseModel):

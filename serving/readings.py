@@ -17,8 +17,9 @@ A body in the wrong shape, a value outside physics, a time in the future: a
 from __future__ import annotations
 
 import math
-from collections import namedtuple
-from collections.abc import Mapping
+import threading
+from collections import OrderedDict, namedtuple
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -26,10 +27,11 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-from brewcast.readings_store import batches, devices, metadata, readings
+from brewcast.readings_store import batch_revisions, batches, devices, metadata, readings
 from brewcast.schema import BATCHES, READING_VALUE_RANGES
-from brewcast.snapshots import hour_of, plausible, snapshot_columns, snapshot_frame
+from brewcast.snapshots import Series, hour_of, hours_of, snapshot_columns, snapshot_table
 from brewcast.units import UnitError, parse_unit, to_canonical
+from serving.api_models import REQUEST_FIELDS
 
 #: The Tilt app's Excel serial days count from this date, in the phone's local time.
 EXCEL_ORIGIN = datetime(1899, 12, 30)
@@ -241,6 +243,9 @@ class Stored:
     stored: int
     duplicates: int
     batch_id: str | None  # None: unassigned
+    #: the batch's revision after this push, and the (timestamp, tag, value) it added
+    revision: int = 0
+    added: list[tuple[datetime, str, float]] = field(default_factory=list, repr=False)
 
     def to_dict(self) -> dict:
         return {
@@ -255,9 +260,22 @@ class Stored:
 class ReadingsStore:
     """The service's batches, devices and readings (see the module's text)."""
 
-    def __init__(self, engine: sa.Engine):
+    def __init__(self, engine: sa.Engine, cached_batches: int = 1000):
         self.engine = engine
         metadata.create_all(engine)
+        self.cache = ReadingsCache(cached_batches)
+        if engine.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        self._count_push = (
+            insert(batch_revisions)
+            .values(batch_id=sa.bindparam("batch_id"), revision=1)
+            .on_conflict_do_update(
+                index_elements=["batch_id"], set_={"revision": batch_revisions.c.revision + 1}
+            )
+            .returning(batch_revisions.c.revision)
+        )
 
     # -- batches ---------------------------------------------------------------------------
     def start_batch(self, batch: dict) -> dict:
@@ -343,7 +361,11 @@ class ReadingsStore:
         for push in pushes:
             _check(push, now)
         with self.engine.begin() as conn:
-            return [self._store(conn, push, now) for push in pushes]
+            results = [self._store(conn, push, now) for push in pushes]
+        for result in results:  # committed: this worker's copies learn them
+            if result.added and result.batch_id:
+                self.cache.added(result.batch_id, result.revision, result.added)
+        return results
 
     def _store(self, conn, push: Push, now: datetime) -> Stored:
         device = (
@@ -375,9 +397,18 @@ class ReadingsStore:
             for at, tag, value in push.rows
             if (at, tag) not in existing
         ]
-        if new:
-            conn.execute(readings.insert(), new)
-        return Stored(push.device_id, len(new), len(push.rows) - len(new), batch_id)
+        if not new:
+            return Stored(push.device_id, 0, len(push.rows), batch_id)
+        conn.execute(readings.insert(), new)
+        revision = self._next_revision(conn, batch_id) if batch_id else 0
+        added = [(r["timestamp"], r["tag"], r["value"]) for r in new]
+        return Stored(
+            push.device_id, len(new), len(push.rows) - len(new), batch_id, revision, added
+        )
+
+    def _next_revision(self, conn, batch_id: str) -> int:
+        """Count one more push into ``batch_id`` (in the push's transaction), the new count."""
+        return int(conn.execute(self._count_push, {"batch_id": batch_id}).scalar_one())
 
     @staticmethod
     def _running(conn, fermenter: str, at: datetime) -> str | None:
@@ -392,29 +423,157 @@ class ReadingsStore:
         )
         return conn.execute(query).scalars().first()
 
-    def batch_readings(self, batch_id: str, until: datetime | None = None) -> pd.DataFrame:
-        """The batch's readings (``batch_id``, ``tag``, ``timestamp``, ``value``), up to
-        ``until``, in the lake's raw-readings shape. Read as the driver returns them and
-        parsed in one vectorised step: SQLAlchemy's typed rows cost 6x more at 30 days of
-        15-minute readings (``benchmarks/README.md``)."""
-        query = sa.text(
-            "SELECT tag, timestamp, value FROM readings WHERE batch_id = :batch "
-            "AND timestamp <= :until"
-        ).bindparams(sa.bindparam("until", type_=readings.c.timestamp.type))
-        bound = {"batch": batch_id, "until": until or datetime(9999, 1, 1, tzinfo=UTC)}
+    def running(self, at: datetime | None = None, batch_id: str | None = None) -> list[dict]:
+        """The batches running at ``at`` (now: not ended), or the one ``batch_id``, each with
+        its readings' ``revision``: one query, however many batches."""
+        if batch_id is not None:
+            query, bound = _ONE_BATCH, {"batch_id": batch_id}
+        elif at is None:
+            query, bound = _NOT_ENDED, {}
+        else:
+            query, bound = _RUNNING_AT, {"at": at}
         with self.engine.connect() as conn:
-            rows = conn.execute(query, bound).fetchall()
-        tags, stamps, values = (list(c) for c in zip(*rows, strict=True)) if rows else ([], [], [])
-        return pd.DataFrame(
-            {
-                "batch_id": batch_id,
-                "tag": pd.Series(tags, dtype=object),
-                "timestamp": pd.to_datetime(
-                    pd.Series(stamps, dtype=object), utc=True, format="ISO8601"
-                ),
-                "value": np.asarray(values, dtype=float),
-            }
+            rows = [_utc(dict(r)) for r in conn.execute(query, bound).mappings()]
+        if batch_id is not None and not rows:
+            raise ReadingError(f"batch {batch_id!r} does not exist", 404)
+        return rows
+
+    def series(self, running: Sequence[dict]) -> list[tuple[Series, Series]]:
+        """Each batch's (gravity, temperature) readings, from this worker's memory where its
+        copy is at the batch's revision, else read again (those batches in one query)."""
+        out = {b["batch_id"]: self.cache.get(b["batch_id"], b["revision"]) for b in running}
+        stale = [b for b, found in out.items() if found is None]
+        for start in range(0, len(stale), 500):  # bound the IN list
+            out.update(self._load(stale[start : start + 500]))
+        return [out[b["batch_id"]] for b in running]
+
+    def _load(self, batch_ids: list[str]) -> dict[str, tuple[Series, Series]]:
+        """Read the batches' readings and the revision they make in one statement (one
+        snapshot of the database in SQLite and PostgreSQL alike), and keep them."""
+        query = sa.text(
+            "SELECT r.batch_id, r.tag, r.timestamp, r.value, COALESCE(v.revision, 0) "
+            "FROM readings r LEFT JOIN batch_revisions v ON v.batch_id = r.batch_id "
+            "WHERE r.batch_id IN :batches"
+        ).bindparams(sa.bindparam("batches", expanding=True))
+        with self.engine.connect() as conn:
+            rows = conn.execute(query, {"batches": batch_ids}).fetchall()
+        # columns from the driver's rows: a frame built from SQLAlchemy's rows costs 6x more
+        names = ("batch_id", "tag", "timestamp", "value", "revision")
+        columns = zip(*rows, strict=True) if rows else ([] for _ in names)
+        frame = pd.DataFrame(
+            {name: pd.Series(list(c), dtype=object) for name, c in zip(names, columns, strict=True)}
         )
+        frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True, format="ISO8601")
+        frame["value"] = frame["value"].astype("float64")
+        groups = dict(tuple(frame.groupby("batch_id", sort=False)))
+        out = {}
+        for batch_id in batch_ids:
+            mine = groups.get(batch_id)
+            if mine is None:  # no reading yet: revision 0
+                out[batch_id] = self.cache.put(batch_id, 0, _EMPTY, _EMPTY)
+                continue
+            tags = [_series(mine[mine["tag"] == tag], tag) for tag in TAGS]
+            out[batch_id] = self.cache.put(batch_id, int(mine["revision"].iloc[0]), *tags)
+        return out
+
+
+#: A stored batch with its readings' revision (0 before any): the forecasts' queries, built
+#: once (SQLAlchemy then only looks their compiled form up).
+_WITH_REVISION = (
+    sa.select(batches, sa.func.coalesce(batch_revisions.c.revision, 0).label("revision"))
+    .select_from(
+        batches.outerjoin(batch_revisions, batch_revisions.c.batch_id == batches.c.batch_id)
+    )
+    .order_by(batches.c.start_time)
+)
+_ONE_BATCH = _WITH_REVISION.where(batches.c.batch_id == sa.bindparam("batch_id"))
+_NOT_ENDED = _WITH_REVISION.where(batches.c.end_time.is_(None))
+_RUNNING_AT = _WITH_REVISION.where(
+    batches.c.start_time <= sa.bindparam("at", type_=batches.c.start_time.type),
+    sa.or_(
+        batches.c.end_time.is_(None),
+        batches.c.end_time > sa.bindparam("at", type_=batches.c.start_time.type),
+    ),
+)
+_EMPTY = Series(np.empty(0), np.empty(0))
+#: The tags a snapshot reads, in the order the store returns their series.
+TAGS = ("gravity_plato", "temperature_c")
+
+
+def _series(rows: pd.DataFrame, tag: str) -> Series:
+    """One tag's stored readings as a :class:`~brewcast.snapshots.Series`: sorted by time
+    (stable, as training sorts the lake's) and inside the physical range."""
+    hours = hours_of(rows["timestamp"])
+    values = rows["value"].to_numpy(dtype="float64")
+    order = np.argsort(hours, kind="stable")
+    return _plausible(Series(hours[order], values[order]), tag)
+
+
+def _plausible(series: Series, tag: str) -> Series:
+    low, high = READING_VALUE_RANGES[tag]
+    keep = (series.values >= low) & (series.values <= high)
+    return series if keep.all() else Series(series.hours[keep], series.values[keep])
+
+
+class ReadingsCache:
+    """A worker's copy of its batches' readings, the most recently forecast ``capacity``
+    ones: two float arrays a tag (16 bytes a reading; 30 days of 15-minute gravity and
+    temperature are 92 KB). Each copy is tagged with the revision it was read or extended
+    at; a forecast uses it only when that equals the stored revision, so readings another
+    worker stored are never missed."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self._lock = threading.Lock()
+        self._batches: OrderedDict[str, tuple[int, Series, Series]] = OrderedDict()
+
+    def get(self, batch_id: str, revision: int) -> tuple[Series, Series] | None:
+        with self._lock:
+            found = self._batches.get(batch_id)
+            if found is None or found[0] != revision:
+                return None
+            self._batches.move_to_end(batch_id)
+            return found[1], found[2]
+
+    def put(
+        self, batch_id: str, revision: int, gravity: Series, temperature: Series
+    ) -> tuple[Series, Series]:
+        with self._lock:
+            found = self._batches.get(batch_id)
+            if found is None or found[0] <= revision:
+                self._batches[batch_id] = (revision, gravity, temperature)
+                self._batches.move_to_end(batch_id)
+                while len(self._batches) > self.capacity:
+                    self._batches.popitem(last=False)
+        return gravity, temperature
+
+    def added(self, batch_id: str, revision: int, rows: list[tuple[datetime, str, float]]) -> None:
+        """A committed push's readings: extend the copy made at the revision before it
+        (a copy read after the push already holds them; an older one is dropped)."""
+        with self._lock:
+            found = self._batches.get(batch_id)
+            if found is None or found[0] >= revision:
+                return
+            if found[0] != revision - 1:
+                del self._batches[batch_id]
+                return
+            tags = [found[1], found[2]]
+            for i, tag in enumerate(TAGS):
+                mine = [(hour_of(at), value) for at, t, value in rows if t == tag]
+                if mine:
+                    hours, values = (np.array(c, dtype="float64") for c in zip(*mine, strict=True))
+                    tags[i] = _extended(tags[i], _plausible(Series(hours, values), tag))
+            self._batches[batch_id] = (revision, tags[0], tags[1])
+
+
+def _extended(series: Series, more: Series) -> Series:
+    """``series`` with ``more`` readings, still sorted by time (a late push sorts in)."""
+    hours = np.concatenate([series.hours, more.hours])
+    values = np.concatenate([series.values, more.values])
+    if len(series.hours) and len(more.hours) and more.hours.min() < series.hours[-1]:
+        order = np.argsort(hours, kind="stable")
+        hours, values = hours[order], values[order]
+    return Series(hours, values)
 
 
 def _as_utc(value):
@@ -435,34 +594,67 @@ BatchRow = namedtuple("BatchRow", BATCHES.names)
 _FLOAT_COLUMNS = frozenset(c.name for c in BATCHES.columns if c.dtype.startswith("float"))
 
 
-def snapshot_record(batch: dict, frame: pd.DataFrame, at: datetime) -> dict | None:
-    """The snapshot of ``batch`` (a stored batch) at ``at`` from its readings ``frame``,
-    built by the training code (:func:`brewcast.snapshots.snapshot_columns`), as a request
-    row; None while the batch has no gravity reading at all."""
-    row = BatchRow(
-        **{
-            name: np.nan if batch.get(name) is None and name in _FLOAT_COLUMNS else batch.get(name)
-            for name in BATCHES.names
-        }
-    )
-    # the readings after ``at`` may be there: the function never looks past its time
-    gravity = plausible(frame, "gravity_plato")
-    if gravity.empty:
-        return None
-    temperature = plausible(frame, "temperature_c")
-    columns = snapshot_columns(row, gravity, temperature, np.array([hour_of(at)]))
-    record = snapshot_frame([(row, columns)]).iloc[0].to_dict()
-    out = {}
-    for key, value in record.items():
-        if isinstance(value, pd.Timestamp):
-            out[key] = value.to_pydatetime()
-        elif isinstance(value, float) and not math.isfinite(value):
-            out[key] = None
-        elif isinstance(value, np.generic):
-            out[key] = value.item()
-        else:
-            out[key] = None if value is pd.NA else value
+def snapshot_records(
+    items: Sequence[tuple[dict, Series, Series]], at: datetime
+) -> list[dict | None]:
+    """The snapshots at ``at`` of stored batches from their (gravity, temperature) readings,
+    built by the training code (:func:`brewcast.snapshots.snapshot_columns`) in one frame,
+    as request rows; None for a batch with no gravity reading yet. Readings after ``at``
+    may be given: the training code never looks past its time."""
+    t = np.array([hour_of(at)])
+    parts, where = [], []
+    for i, (batch, gravity, temperature) in enumerate(items):
+        if len(gravity.hours) == 0:
+            continue
+        row = BatchRow(
+            **{
+                name: np.nan
+                if batch.get(name) is None and name in _FLOAT_COLUMNS
+                else batch.get(name)
+                for name in BATCHES.names
+            }
+        )
+        parts.append((row, snapshot_columns(row, gravity, temperature, t)))
+        where.append(i)
+    out: list[dict | None] = [None] * len(items)
+    if not parts:
+        return out
+    table = snapshot_table(parts)
+    columns = [[_plain(v) for v in np.asarray(values).tolist()] for values in table.values()]
+    for i, row in zip(where, zip(*columns, strict=True), strict=True):
+        out[i] = dict(zip(table, row, strict=True))
     return out
+
+
+def score_running(
+    store: ReadingsStore, model, running: Sequence[dict], at: datetime
+) -> list[tuple[dict, dict] | str]:
+    """Each running batch's snapshot at ``at`` (its readings from memory while current) and
+    its prediction-log row from ``model`` (a :class:`serving.model.ServedModel`), all scored
+    in one onnxruntime call; a batch with no gravity reading yet gives the reason instead."""
+    series = store.series(running)
+    records = snapshot_records([(b, g, t) for b, (g, t) in zip(running, series, strict=True)], at)
+    wanted = [{k: v for k, v in r.items() if k in REQUEST_FIELDS} for r in records if r]
+    rows = iter(model.score(wanted, now_utc()) if wanted else [])
+    scored = iter(wanted)
+    return [
+        (next(scored), next(rows))
+        if record
+        else f"batch {batch['batch_id']} has no gravity reading yet"
+        for batch, record in zip(running, records, strict=True)
+    ]
+
+
+def _plain(value):
+    """A frame's cell as JSON-ready Python (NaN and NA: None)."""
+    if isinstance(value, pd.Timestamp):
+        return value.to_pydatetime()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, np.generic):
+        value = value.item()
+        return None if isinstance(value, float) and not math.isfinite(value) else value
+    return None if value is pd.NA else value
 
 
 def now_utc() -> datetime:

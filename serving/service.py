@@ -32,6 +32,7 @@ import logging
 import re
 import time
 import urllib.parse
+from datetime import datetime
 from http import HTTPStatus
 from zoneinfo import ZoneInfo
 
@@ -56,7 +57,6 @@ from serving.api_models import (
     FeedbackResponse,
     PredictRequest,
     PredictResponse,
-    Snapshot,
     finish_forecast_json,
     predict_response_json,
 )
@@ -73,7 +73,7 @@ from serving.readings import (
     parse_ispindel,
     parse_readings,
     parse_tilt,
-    snapshot_record,
+    score_running,
 )
 
 log = logging.getLogger("brewcast.serving")
@@ -84,6 +84,19 @@ routes = FastAPI(title="brewcast metadata", docs_url=None, redoc_url=None, opena
 
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"detail": message}, status_code=status)
+
+
+def _instant(at: str | None) -> datetime:
+    """``?at=`` as a UTC time (now without one); a ReadingError naming it when unreadable."""
+    if at is None:
+        return now_utc()
+    try:
+        when = pd.Timestamp(at)
+    except ValueError as exc:
+        raise ReadingError(f"at: ISO 8601 with an offset, got {at!r} ({exc})") from exc
+    if when.tzinfo is None:
+        raise ReadingError(f"at: ISO 8601 with an offset, got {at!r}")
+    return when.tz_convert("UTC").to_pydatetime()
 
 
 def _refuse(status: int, message: str) -> BentoMLException:
@@ -406,7 +419,7 @@ class FermentationService:
             self.settings.prediction_log_queue,
         )
         # batches, devices and their readings, beside the log (the same database)
-        self.readings = ReadingsStore(self.log.engine)
+        self.readings = ReadingsStore(self.log.engine, self.settings.serving_cached_batches)
         self.metrics = RequestMetrics(
             lambda: (self.log.stats.rows_written, self.log.stats.rows_dropped)
         )
@@ -619,59 +632,61 @@ class FermentationService:
         """The forecast of a batch from its stored readings, at now or ``?at=``: the
         snapshot built by the training code, scored, logged."""
         try:
-            when = now_utc() if at is None else pd.Timestamp(at).to_pydatetime()
-            if when.tzinfo is None:
-                raise ReadingError(f"at: ISO 8601 with an offset, got {at!r}")
-            forecast = await self._forecast(self.readings.batch(batch_id), when)
+            when = _instant(at)
+            running = await anyio.to_thread.run_sync(
+                lambda: self.readings.running(batch_id=batch_id)
+            )
+            (forecast,) = await self._forecasts(running, when)
         except ReadingError as exc:
             return _error(exc.status, str(exc))
-        except ValueError as exc:
-            return _error(422, f"at: ISO 8601 with an offset, got {at!r} ({exc})")
+        if "error" in forecast:
+            return _error(409, forecast["error"])
         return JSONResponse(orjson.loads(orjson.dumps(forecast, option=orjson.OPT_UTC_Z)))
 
     @routes.get("/forecasts")
-    async def forecasts(self) -> Response:
-        """The forecast of every running batch, now."""
-        now = now_utc()
-        out = []
-        for batch in self.readings.batches(active=True):
-            try:
-                out.append(await self._forecast(batch, now))
-            except ReadingError as exc:
-                out.append({"batch_id": batch["batch_id"], "error": str(exc)})
+    async def forecasts(self, at: str | None = None) -> Response:
+        """The forecast of every batch running now (not ended), or at ``?at=`` (started by
+        then and not ended before): scored in one call, logged in one commit."""
+        try:
+            when = _instant(at)
+            running = await anyio.to_thread.run_sync(
+                lambda: self.readings.running(None if at is None else when)
+            )
+            out = await self._forecasts(running, when)
+        except ReadingError as exc:
+            return _error(exc.status, str(exc))
         return JSONResponse(orjson.loads(orjson.dumps({"forecasts": out}, option=orjson.OPT_UTC_Z)))
 
-    def _score_batch(self, model, batch: dict, at) -> tuple[dict, dict]:
-        """The batch's snapshot at ``at`` from its stored readings, and its log row."""
-        frame = self.readings.batch_readings(batch["batch_id"], until=at)
-        record = snapshot_record(batch, frame, at)
-        if record is None:
-            raise ReadingError(f"batch {batch['batch_id']} has no gravity reading yet", 409)
-        record = {k: v for k, v in record.items() if k in Snapshot.model_fields}
-        (row,) = model.score([record], now_utc())
-        return record, row
-
-    async def _forecast(self, batch: dict, at) -> dict:
+    async def _forecasts(self, running: list[dict], at) -> list[dict]:
         model = self.holder.current
         if model is None:
             raise ReadingError(f"no model loaded yet: {self.holder.last_error}", 503)
-        # the readings' query, the snapshot and the scoring off the event loop
-        record, row = await anyio.to_thread.run_sync(self._score_batch, model, batch, at)
-        await self.log.write_async([row])
-        return {
-            "batch_id": batch["batch_id"],
-            "model_version": model.version,
-            "at": at,
-            "prediction_id": row["prediction_id"],
-            "probability": row["probability"],
-            "decision": row["decision"],
-            "threshold": model.threshold,
-            "hours_remaining": row["hours_remaining"],
-            **finish_forecast_json(row),
-            "features": record,
-            "last_gravity_hours_ago": record.get("hours_since_last_gravity"),
-            "notes": model.notes([row]),
-        }
+        # the readings, the snapshots and the scoring off the event loop
+        scored = await anyio.to_thread.run_sync(score_running, self.readings, model, running, at)
+        await self.log.write_async([s[1] for s in scored if not isinstance(s, str)])
+        out = []
+        for batch, found in zip(running, scored, strict=True):
+            if isinstance(found, str):
+                out.append({"batch_id": batch["batch_id"], "error": found})
+                continue
+            record, row = found
+            out.append(
+                {
+                    "batch_id": batch["batch_id"],
+                    "model_version": model.version,
+                    "at": at,
+                    "prediction_id": row["prediction_id"],
+                    "probability": row["probability"],
+                    "decision": row["decision"],
+                    "threshold": model.threshold,
+                    "hours_remaining": row["hours_remaining"],
+                    **finish_forecast_json(row),
+                    "features": record,
+                    "last_gravity_hours_ago": record.get("hours_since_last_gravity"),
+                    "notes": model.notes([row]),
+                }
+            )
+        return out
 
     async def _push(self, request: Request, parse, form: bool = False) -> Response:
         """Parse a push (a JSON body, or a form) and commit its readings before answering:

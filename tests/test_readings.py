@@ -1,7 +1,7 @@
 """Readings pushed in the devices' own formats, stored once, assigned to the batch running in
 the device's fermenter; and the forecast's snapshot built from them by the training code:
-equal to the lake's training snapshot at the same time, for simulated batches and for a
-real Tilt log replayed as the Tilt app posts it."""
+equal to the lake's training snapshot at the same time for simulated batches (the real Tilt
+logs, replayed through the running service, are ``tests/test_serving.py``'s)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import pytest
 from brewcast import lake
 from brewcast.schema import BATCHES, FEATURES, READINGS
 from brewcast.settings import Settings
+from brewcast.snapshots import hour_of
 from brewcast.units import sg_to_plato
 from models.dataset import LabelRules, build_snapshots
 from serving.prediction_log import make_engine
@@ -27,7 +28,7 @@ from serving.readings import (
     parse_ispindel,
     parse_readings,
     parse_tilt,
-    snapshot_record,
+    snapshot_records,
 )
 
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
@@ -170,7 +171,9 @@ def test_readings_go_to_the_batch_running_in_the_fermenter_once(store):
     again = store.store(push, NOW)  # the device retried: nothing changes
     assert (first.stored, first.duplicates, first.batch_id) == (2, 0, "B1")
     assert (again.stored, again.duplicates) == (0, 2)
-    assert len(store.batch_readings("B1")) == 2  # the unassigned reading stays unassigned
+    ((gravity, temperature),) = store.series(store.running(batch_id="B1"))
+    # the unassigned reading stays unassigned
+    assert (list(gravity.values), list(temperature.values)) == ([9.8], [18.0])
     with pytest.raises(ReadingError, match="in the future"):
         store.store(Push("tilt:red", [(NOW + timedelta(hours=2), "gravity_plato", 9.0)]), NOW)
     with pytest.raises(ReadingError, match="exists already") as caught:
@@ -226,80 +229,37 @@ def test_the_forecast_snapshot_is_the_training_snapshot(store, small_world):
         assert result.batch_id == batch.batch_id and result.stored == len(rows)
         # the stored batch keeps the batch's own fermenter for the model
         store.update_batch(batch.batch_id, {"fermenter": batch.fermenter})
-        frame = store.batch_readings(batch.batch_id)
         expected = training[training["batch_id"] == batch.batch_id]
         for _, snapshot in expected.iloc[:: max(len(expected) // 6, 1)].iterrows():
-            record = snapshot_record(
-                store.batch(batch.batch_id), frame, snapshot["snapshot_time"].to_pydatetime()
-            )
+            record = _snapshot(store, batch.batch_id, snapshot["snapshot_time"].to_pydatetime())
             _assert_same_snapshot(record, snapshot)
 
 
-def test_a_real_tilt_log_replayed_through_the_tilt_push_gives_the_training_snapshots(
-    store, tmp_path
-):
-    """The real saison (RabbitFarmer's Tilt log) through the drop folder into the lake, and
-    the same samples posted as the Tilt app posts them (Excel serial local time, SG, °F):
-    the forecast snapshots equal the lake's training snapshots."""
-    from devtools.realdata import SAISON, real_snapshots
-
-    settings = Settings(home=tmp_path / "lake")
-    training = real_snapshots(settings, SAISON)
-    assert len(training) > 20
-    batch = lake.read_table(settings.paths.lake, "validated", BATCHES).iloc[0]
-    stored = _stored_batch(batch)
-    store.start_batch(stored | {"fermenter": "FV-saison"})
-    store.assign("tilt:black", "FV-saison")
-    lake_readings = lake.read_table(settings.paths.lake, "validated", READINGS)
-    zone = ZoneInfo("America/Chicago")  # the phone's zone: the form says local time
-    samples = lake_readings.pivot_table(
-        index="timestamp", columns="tag", values="value", aggfunc="first"
-    )
-    posted = 0
-    for at, row in samples.iterrows():
-        if pd.isna(row.get("gravity_plato")) or pd.isna(row.get("temperature_c")):
-            continue
-        local = at.tz_convert(zone).tz_localize(None).to_pydatetime()
-        serial = (local - EXCEL_ORIGIN).total_seconds() / 86400
-        sg = _plato_to_sg(row["gravity_plato"])
-        form = {
-            "Timepoint": f"{serial:.10f}",
-            "SG": f"{sg:.6f}",
-            "Temp": f"{row['temperature_c'] * 9 / 5 + 32:.6f}",
-            "Color": "BLACK",
-        }
-        # posted as it was made: the hour the clocks repeat (2 Nov) is told apart by then
-        push = parse_tilt(form, zone, now=at.to_pydatetime() + timedelta(seconds=2))
-        assert push.rows[0][0] == at.to_pydatetime()
-        store.store(push, datetime(2100, 1, 1, tzinfo=UTC))
-        posted += 1
-    assert posted > 1000
-    frame = store.batch_readings(batch["batch_id"])
-    for _, snapshot in training.iloc[:: max(len(training) // 10, 1)].iterrows():
-        record = snapshot_record(
-            store.batch(batch["batch_id"]), frame, snapshot["snapshot_time"].to_pydatetime()
-        )
-        assert record["fermenter"] == "FV-saison"
-        record["fermenter"] = snapshot["fermenter"]  # the lake's batch has none
-        _assert_same_snapshot_close(record, snapshot)
+def _snapshot(store: ReadingsStore, batch_id: str, at: datetime) -> dict | None:
+    """The forecast's snapshot of a stored batch at ``at``, as the service builds it."""
+    running = store.running(batch_id=batch_id)
+    ((gravity, temperature),) = store.series(running)
+    return snapshot_records([(running[0], gravity, temperature)], at)[0]
 
 
-def _plato_to_sg(plato: float) -> float:
-    from brewcast.units import plato_to_sg
-
-    return float(plato_to_sg(np.array([plato]))[0])
-
-
-def _assert_same_snapshot_close(record: dict, expected: pd.Series) -> None:
-    """As :func:`_assert_same_snapshot`, within the round trip °P -> SG -> °P of a form post."""
-    for name in COMPARED:
-        want, got = expected[name], record.get(name)
-        if pd.isna(want):
-            assert got is None or pd.isna(got), name
-        elif isinstance(want, float):
-            assert got == pytest.approx(want, abs=1e-6), (name, got, want)
-        else:
-            assert str(got) == str(want), name
+def test_a_tilt_post_in_the_hour_the_clocks_repeat_is_read_as_it_arrives():
+    """The Tilt app's Timepoint is the phone's local time, with no offset: in the hour the
+    clocks repeat (1 Nov 2026 01:00-02:00 in Chicago), the reading is the one nearer the
+    time the post arrives, so a log replayed as the app sends it keeps its order."""
+    zone = ZoneInfo("America/Chicago")
+    local = datetime(2026, 11, 1, 1, 30)
+    form = {
+        "Timepoint": f"{(local - EXCEL_ORIGIN).total_seconds() / 86400:.10f}",
+        "SG": "1.034",
+        "Temp": "69",
+        "Color": "Black",
+    }
+    first = datetime(2026, 11, 1, 6, 30, tzinfo=UTC)  # 01:30 CDT (UTC-5)
+    second = datetime(2026, 11, 1, 7, 30, tzinfo=UTC)  # 01:30 CST (UTC-6), an hour later
+    for arrives in (first, second):
+        push = parse_tilt(form, zone, now=arrives + timedelta(seconds=2))
+        assert push.device_id == "tilt:black" and push.rows[0][0] == arrives
+    assert push.rows[1][2] == pytest.approx((69 - 32) * 5 / 9)
 
 
 def test_pushed_readings_flush_into_the_lake_for_validation_and_training(tmp_path):
@@ -337,3 +297,46 @@ def test_pushed_readings_flush_into_the_lake_for_validation_and_training(tmp_pat
     assert batch["yeast_strain"] == "german_lager"
     stages.validate(settings)
     assert len(lake.read_table(settings.paths.lake, "validated", READINGS)) == 5
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_a_workers_readings_in_memory_follow_every_workers_pushes(database, tmp_path, request):
+    """Two workers on one database: each forecast reads the batch's readings from memory
+    only while they are at the stored revision, so the other worker's pushes, and a late
+    push that sorts in before the last reading, are never missed."""
+    engine = make_engine(
+        f"sqlite:///{tmp_path / 'readings.db'}"
+        if database == "sqlite"
+        else request.getfixturevalue("postgres_database")
+    )
+    mine, other = ReadingsStore(engine), ReadingsStore(engine)
+    mine.start_batch({"batch_id": "B1", "fermenter": "FV1", "start_time": NOW - timedelta(days=3)})
+    mine.assign("tilt:red", "FV1")
+
+    def gravity_of(store) -> list[float]:
+        ((gravity, _),) = store.series(store.running(batch_id="B1"))
+        return list(gravity.values)
+
+    assert gravity_of(mine) == []  # no reading yet: revision 0, empty
+    mine.store(Push("tilt:red", [(NOW - timedelta(hours=3), "gravity_plato", 10.0)]), NOW)
+    assert gravity_of(mine) == [10.0]
+    before = mine.cache.get("B1", 1)
+    assert before is not None  # extended in place by its own push, at revision 1
+    other.store(Push("tilt:red", [(NOW - timedelta(hours=1), "gravity_plato", 9.0)]), NOW)
+    assert mine.cache.get("B1", 2) is None  # the other worker's push: mine is stale
+    assert gravity_of(mine) == [10.0, 9.0]  # read again
+    # a late push, older than the last reading, sorts in
+    mine.store(Push("tilt:red", [(NOW - timedelta(hours=2), "gravity_plato", 9.5)]), NOW)
+    gravity, _ = mine.cache.get("B1", 3)
+    assert list(gravity.values) == [10.0, 9.5, 9.0]
+    assert list(gravity.hours) == [hour_of(NOW - timedelta(hours=h)) for h in (3, 2, 1)]
+    # a fresh worker reads the same arrays as the one that extended its copy
+    fresh = ReadingsStore(engine)
+    assert gravity_of(fresh) == gravity_of(mine)
+    assert np.array_equal(fresh.cache.get("B1", 3)[0].hours, gravity.hours)
+    # the least recently forecast batch leaves a full cache
+    small = ReadingsStore(engine, cached_batches=1)
+    small.start_batch({"batch_id": "B2", "fermenter": "FV2", "start_time": NOW})
+    small.series(small.running(batch_id="B1"))
+    small.series(small.running(batch_id="B2"))
+    assert small.cache.get("B1", 3) is None and small.cache.get("B2", 0) is not None
