@@ -514,3 +514,90 @@ def test_readings_pushed_by_devices_give_forecasts_from_the_stored_readings(serv
         headers=KEY,
     )
     assert ended.status_code == 200 and ended.json()["end_time"] is not None
+
+
+@pytest.mark.parametrize("log, colour", [("SAISON", "Black"), ("MEAD", "Pink")])
+def test_real_tilt_logs_posted_as_the_tilt_app_does_give_the_training_snapshots(
+    service, champion_home, tmp_path, log, colour
+):
+    """A real Tilt log (the saison's JSON lines, the mead's newest-first CSV) through the
+    drop folder into the lake gives training snapshots; the same samples posted one by one
+    to ``/readings/tilt`` as the Tilt app posts them (Excel serial local time, SG, °F) give
+    forecasts whose features equal them (within the °P -> SG -> °P of a form) and whose
+    probability is in-process onnxruntime's on the training snapshot."""
+    from brewcast import lake
+    from brewcast.schema import BATCHES, READINGS
+    from brewcast.settings import Settings
+    from brewcast.units import plato_to_sg
+    from devtools import realdata
+    from serving.readings import EXCEL_ORIGIN
+
+    _, url = service
+    _, work = champion_home
+    settings = Settings(home=tmp_path / "lake")  # the service's zone (UTC) for local times
+    training = realdata.real_snapshots(settings, getattr(realdata, log))
+    assert len(training) > 20
+    batch = lake.read_table(settings.paths.lake, "validated", BATCHES).iloc[0]
+    batch_id = f"{batch['batch_id']}-{uuid.uuid4().hex[:6]}"
+    vessel = f"FV-{batch_id}"
+    started = {
+        name: None
+        if pd.isna(batch[name])
+        else batch[name].isoformat()
+        if isinstance(batch[name], pd.Timestamp)
+        else batch[name]
+        for name in BATCHES.names
+        if name != "end_time"
+    } | {"batch_id": batch_id, "fermenter": vessel}
+    assert httpx.post(f"{url}/batches", json=started, headers=KEY).status_code == 201
+    device = f"tilt:{colour.lower()}"
+    assert (
+        httpx.put(f"{url}/devices/{device}", json={"fermenter": vessel}, headers=KEY).status_code
+        == 200
+    )
+    readings = lake.read_table(settings.paths.lake, "validated", READINGS)
+    samples = readings.pivot_table(
+        index="timestamp", columns="tag", values="value", aggfunc="first"
+    ).dropna()
+    forms = [
+        {
+            "Timepoint": f"{(at.tz_localize(None) - EXCEL_ORIGIN).total_seconds() / 86400:.10f}",
+            "SG": repr(float(plato_to_sg(np.array([row["gravity_plato"]]))[0])),
+            "Temp": repr(float(row["temperature_c"]) * 9 / 5 + 32),
+            "Color": colour,
+            "Beer": "real",
+        }
+        for at, row in samples.tz_convert("UTC").iterrows()
+    ]
+    assert len(forms) > 1000
+
+    def post(part: list[dict]) -> None:  # one post a sample, in 4 streams to save time
+        with httpx.Client(base_url=url, timeout=30) as client:
+            for form in part:
+                answer = client.post("/readings/tilt?key=test-key", data=form)
+                assert answer.status_code == 200, answer.text
+                assert answer.json()["results"][0]["batch_id"] == batch_id
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(post, [forms[i::4] for i in range(4)]))
+    # the lake's batch has no fermenter; the service's is the one the device is assigned to
+    chosen = training.iloc[:: max(len(training) // 8, 1)].assign(fermenter=vessel)
+    expected, _ = run_onnx(cpu_session((work / "model.onnx").read_bytes()), chosen)
+    for (_, snapshot), probability in zip(chosen.iterrows(), expected, strict=True):
+        answer = httpx.get(
+            f"{url}/batches/{batch_id}/forecast",
+            params={"at": snapshot["snapshot_time"].isoformat()},
+            headers=KEY,
+        )
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        features = body["features"]
+        for name in [c.name for c in FEATURES.by_role("feature")] + ["gravity_readings_count"]:
+            want, got = snapshot[name], features.get(name)
+            if pd.isna(want):
+                assert got is None, name
+            elif isinstance(want, float):
+                assert got == pytest.approx(want, abs=1e-6), (name, got, want)
+            else:
+                assert str(got) == str(want), name
+        assert body["probability"] == pytest.approx(probability, abs=1e-6)
