@@ -27,6 +27,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from application import http
@@ -457,51 +458,209 @@ def describe_forecast(row: dict, prediction: dict) -> str:
     return text
 
 
+#: The demo's first fermenter has a Tilt, which posts the Tilt app's own form at each of its
+#: gravity readings (with the temperature it last measured), and a temperature controller
+#: for the rest; the others an iSpindel each. Those go through brewcast's readings JSON: an
+#: iSpindel's own post has no timestamp (it means "now"), and the live weeks lie in the past.
+DEMO_TILT = "tilt:red"
+
+
 def replay_live(
     world: DemoWorld, settings, serving_url: str, progress: bool
 ) -> tuple[int, int, str]:
-    """Post the live weeks' snapshots to ``/predict`` tick by tick, and each batch's finish to
-    ``/feedback`` once it happened; (predictions, labels) sent, and the last forecast of a
-    batch still fermenting, in words."""
+    """The live weeks through the service over HTTP, as a cellar lives them: a hydrometer in
+    every fermenter pushing its readings as they are taken, each batch started when it is
+    pitched and ended when it leaves the fermenter, every few hours the forecast of every
+    running batch (``GET /forecasts``: the service builds the snapshots from the readings it
+    stores), and each finish sent to ``/feedback`` once it happened. (forecasts served,
+    labels sent, the last forecast of a batch still fermenting in words)."""
     from rich.progress import Progress
 
     from ingest.simulator import simulate
     from ingest.sources import simulation_config
     from models.dataset import LabelRules, derive_outcomes
-    from monitoring.replay import finish_labels, records, snapshot_requests
+    from monitoring.replay import finish_labels, records
 
     sim = simulate(simulation_config(settings))
     rules = LabelRules.from_settings(settings)
-    outcomes = derive_outcomes(sim.batches, sim.readings, rules)
-    live = (world.live_start, world.live_end)
-    requests = snapshot_requests(sim.batches, sim.readings, rules, *live, outcomes)
-    finishes = finish_labels(outcomes, *live)
+    finishes = finish_labels(
+        derive_outcomes(sim.batches, sim.readings, rules), world.live_start, world.live_end
+    )
+    cellar = LiveCellar(sim.batches, sim.readings, world.live_start, world.live_end)
+    ticks = pd.date_range(
+        world.live_start, world.live_end, freq=pd.Timedelta(hours=rules.snapshot_every_hours)
+    )
     with (
         http.Server("the BentoML service", serving_url, http.SERVICE) as service,
         Progress(disable=not progress, transient=True) as bar,
     ):
-        ticks = list(requests.groupby("snapshot_time", sort=True))
-        task = bar.add_task("replaying the live weeks through the service", total=len(ticks))
-        finished_at = finishes["finished_at"]
-        labelled = 0  # finishes[:labelled] were sent: they happened before the current tick
-        latest = ""
-        for at, rows in ticks:
-            sent = records(rows)
-            answer = service.post("/predict", json={"rows": sent}).json()  # logged: sent once
-            for row, prediction in zip(sent, answer["predictions"], strict=True):
-                if not prediction["decision"]:
-                    latest = describe_forecast(row, prediction)
-            happened = int((finished_at <= at).sum())
+        cellar.assign_devices(service)
+        task = bar.add_task("streaming the live weeks through the service", total=len(ticks))
+        served, labelled, latest = 0, 0, ""
+        for at in ticks:
+            cellar.advance(service, at, settings.local_timezone)
+            answer = service.get("/forecasts", params={"at": at.isoformat()}).json()
+            for forecast in answer["forecasts"]:
+                if "error" in forecast:  # a batch with no gravity reading yet
+                    continue
+                served += 1
+                if not forecast["decision"]:
+                    latest = describe_forecast(forecast["features"], forecast)
+            happened = int((finishes["finished_at"] <= at).sum())
             if happened > labelled:
                 due = finishes.iloc[labelled:happened]
                 service.post("/feedback", json={"labels": records(due)})  # stores: once
                 labelled = happened
             bar.advance(task)
         if labelled < len(finishes):
-            rest = finishes.iloc[labelled:]
-            service.post("/feedback", json={"labels": records(rest)})
-    log.info("replayed %d predictions and %d batch finishes", len(requests), len(finishes))
-    return len(requests), len(finishes), latest
+            service.post("/feedback", json={"labels": records(finishes.iloc[labelled:])})
+    log.info(
+        "streamed %d readings (%d impossible ones left out, as a device's refused push; "
+        "%d impossible batch fields left blank), served %d forecasts, sent %d batch finishes",
+        cellar.posted,
+        cellar.impossible,
+        cellar.blanked,
+        served,
+        len(finishes),
+    )
+    return served, len(finishes), latest
+
+
+class LiveCellar:
+    """The simulated cellar during the live weeks, told to the service as it happens: its
+    batches (started, ended) and its hydrometers' readings, tick by tick."""
+
+    def __init__(
+        self, batches: pd.DataFrame, readings: pd.DataFrame, since: pd.Timestamp, until
+    ) -> None:
+        from brewcast.schema import READING_VALUE_RANGES
+
+        live = batches[
+            (batches["start_time"] < until)
+            & (batches["end_time"].isna() | (batches["end_time"] > since))
+        ]
+        self.batches = live.sort_values("start_time", kind="mergesort")
+        mine = readings[readings["batch_id"].isin(live["batch_id"])]
+        mine = mine[mine["timestamp"] <= until]
+        ranges = mine["tag"].map(READING_VALUE_RANGES)
+        possible = np.array(
+            [low <= v <= high for v, (low, high) in zip(mine["value"], ranges, strict=True)],
+            dtype=bool,
+        )
+        self.impossible = int((~possible).sum())  # the service would refuse the push
+        self.readings = mine[possible].sort_values("timestamp", kind="mergesort")
+        self.fermenters = sorted(self.batches["fermenter"].unique())
+        self.started: set[str] = set()
+        self.ended: set[str] = set()
+        self.since = None
+        self.posted = 0
+        self.blanked = 0  # batch fields outside the schema's range, left blank
+        self.tilt_temperature: float | None = None  # the Tilt's latest temperature, °C
+
+    def json_device(self, fermenter: str) -> str:
+        """The device whose readings of ``fermenter`` go through brewcast's JSON."""
+        return (
+            f"controller:{fermenter}"
+            if fermenter == self.fermenters[0]
+            else f"ispindel:{fermenter}"
+        )
+
+    def assign_devices(self, service) -> None:
+        pairs = [(DEMO_TILT, self.fermenters[0])] + [
+            (self.json_device(f), f) for f in self.fermenters
+        ]
+        for device, fermenter in pairs:
+            service.request("PUT", f"/devices/{device}", json={"fermenter": fermenter})
+
+    def advance(self, service, at: pd.Timestamp, zone: str) -> None:
+        """Up to ``at``: batches pitched are started, their readings pushed, and batches
+        that left their fermenter ended (after their last readings)."""
+        from monitoring.replay import records
+
+        pitched = self.batches[
+            (self.batches["start_time"] <= at) & ~self.batches["batch_id"].isin(self.started)
+        ]
+        for batch in records(pitched.drop(columns=["end_time"])):
+            # a retried start that had been stored is told "exists already"
+            service.post("/batches", json=self._entered(batch), idempotent=True, accept=(409,))
+            self.started.add(batch["batch_id"])
+        times = self.readings["timestamp"]
+        due = self.readings[
+            (times <= at) if self.since is None else (times > self.since) & (times <= at)
+        ]
+        due = due[due["batch_id"].isin(self.started)]
+        self.since = at
+        fermenter = due["batch_id"].map(self.batches.set_index("batch_id")["fermenter"])
+        first = fermenter == self.fermenters[0]
+        self._post_tilt(service, due[first], zone)
+        rest = ~first | (due["tag"] != "gravity_plato")  # the first one's controller too
+        self._post_json(service, due[rest], fermenter[rest].map(self.json_device))
+        left = self.batches[
+            (self.batches["end_time"] <= at) & ~self.batches["batch_id"].isin(self.ended)
+        ]
+        for batch_id, end in zip(left["batch_id"], left["end_time"], strict=True):
+            service.request("PATCH", f"/batches/{batch_id}", json={"end_time": end.isoformat()})
+            self.ended.add(batch_id)
+
+    def _entered(self, batch: dict) -> dict:
+        """The batch as the brewer enters it on the service, which refuses a value outside
+        the schema's range (the simulator's typos, such as an OG of 122.5 for 12.25): the
+        brewer leaves such a field blank (counted), and the batch's readings tell its OG."""
+        from brewcast.schema import BATCHES
+
+        out = dict(batch)
+        for column in BATCHES.columns:
+            value = out.get(column.name)
+            low = -np.inf if column.min is None else column.min
+            high = np.inf if column.max is None else column.max
+            if isinstance(value, float) and not low <= value <= high:
+                out[column.name] = None
+                self.blanked += 1
+        return out
+
+    def _post_json(self, service, due: pd.DataFrame, device: pd.Series) -> None:
+        """The other devices' readings of the tick in one push of brewcast's JSON, gravity
+        in SG as an iSpindel reports it."""
+        from brewcast.units import plato_to_sg
+
+        if due.empty:
+            return
+        gravity = due["tag"] == "gravity_plato"
+        sg = plato_to_sg(due["value"].to_numpy())
+        readings = [
+            {"device": d, "timestamp": t.isoformat()}
+            | ({"gravity": s, "gravity_unit": "SG"} if g else {"temperature": v})
+            for d, t, g, s, v in zip(
+                device, due["timestamp"], gravity, sg, due["value"], strict=True
+            )
+        ]
+        # a reading is stored once per (device, time): a retried push changes nothing
+        service.post("/readings", json={"readings": readings}, idempotent=True)
+        self.posted += len(readings)
+
+    def _post_tilt(self, service, due: pd.DataFrame, zone: str) -> None:
+        """The Tilt's readings as the Tilt app posts them: one form a gravity reading, its
+        time an Excel serial day in the phone's local time, SG and the latest °F."""
+        from brewcast.units import plato_to_sg
+        from serving.readings import EXCEL_ORIGIN
+
+        for at, tag, value in zip(due["timestamp"], due["tag"], due["value"], strict=True):
+            if tag == "temperature_c":
+                self.tilt_temperature = value
+                continue
+            temperature = self.tilt_temperature
+            if temperature is None:  # before the fermenter's first temperature: the wort's
+                temperature = 20.0
+            local = at.tz_convert(zone).tz_localize(None)
+            form = {
+                "Timepoint": f"{(local - EXCEL_ORIGIN).total_seconds() / 86400:.10f}",
+                "SG": f"{float(plato_to_sg(np.array([value]))[0]):.4f}",
+                "Temp": f"{temperature * 9 / 5 + 32:.1f}",
+                "Color": "RED",
+                "Beer": "demo",
+            }
+            service.post("/readings/tilt", data=form, idempotent=True)
+            self.posted += 1
 
 
 def _training_runs(settings, version: str) -> list[str]:
