@@ -1,20 +1,13 @@
-"""What the DAG files share: asset URIs and task defaults.
+"""What the DAG files share: assets (URIs in :mod:`brewcast.assets`) and task defaults.
 
-Imports nothing heavy, so parsing a DAG file stays cheap. The asset URIs are stable names
-for what changed, not file paths.
+Imports nothing heavy, so parsing a DAG file stays cheap.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-#: Asset key -> (URI, name). One definition, used by every DAG that produces or consumes it.
-ASSETS = {
-    "validated": ("brewcast://lake/validated", "brewcast_validated"),
-    "labelled": ("brewcast://lake/features/labelled", "brewcast_labelled_features"),
-    "retrain": ("brewcast://monitoring/retrain", "brewcast_retrain_request"),
-    "champion": ("brewcast://registry/fermentation-completion/champion", "brewcast_champion"),
-}
+from brewcast.assets import ASSETS
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 DEFAULT_ARGS = {
@@ -47,3 +40,25 @@ TRAINING_STEPS = {
     "register": 15,
     "promote": 10,
 }
+
+
+def ready_events(events) -> list[dict]:
+    """The ready batches of a run of ``fermentation_batch_ready`` (its triggering asset
+    events): batch, model version, probability, predicted finish; logged, and returned for
+    the next task."""
+    import logging
+
+    out = []
+    for event in events:
+        extra = dict(event.extra or {})
+        forecast = extra.get("forecast") or {}
+        out.append(
+            {
+                "batch_id": extra.get("batch_id"),
+                "model_version": extra.get("model_version"),
+                "probability": forecast.get("probability"),
+                "predicted_finish_time": forecast.get("predicted_finish_time"),
+            }
+        )
+        logging.getLogger(__name__).info("batch ready: %s", out[-1])
+    return out

@@ -73,6 +73,7 @@ def test_dags_import_cleanly_and_cheaply(parsed):
         "fermentation_ingest",
         "fermentation_training",
         "fermentation_monitoring",
+        "fermentation_batch_ready",
     }
     assert parsed["heavy"] == []  # no TensorFlow, GX, MLflow, pandas... at parse time
 
@@ -119,6 +120,12 @@ def test_training_dag_graph(parsed):
     assert dag["outlets"] == {
         "notify_serving": ["brewcast://registry/fermentation-completion/champion"]
     }
+
+
+def test_the_ready_example_dag_runs_on_the_services_ready_asset(parsed):
+    dag = parsed["dags"]["fermentation_batch_ready"]
+    assert dag["tasks"] == {"next_step": []}
+    assert dag["timetable"] == "AssetTriggeredTimetable"
 
 
 def test_monitoring_dag_graph(parsed):
