@@ -58,3 +58,37 @@ batch_revisions = sa.Table(
     sa.Column("batch_id", sa.String(64), primary_key=True),
     sa.Column("revision", sa.Integer, nullable=False),
 )
+#: Every forecast the service made from stored readings, as it answered it: the board's
+#: latest forecast per batch and a batch's forecast history (how the predicted finish moved).
+forecasts = sa.Table(
+    "forecasts",
+    metadata,
+    sa.Column("prediction_id", sa.String(36), primary_key=True),
+    sa.Column("batch_id", sa.String(64), nullable=False),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("model_version", sa.String(32), nullable=False),
+    sa.Column("made_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("body", sa.Text, nullable=False),  # the answer's JSON
+    sa.Index("ix_forecasts_batch_at", "batch_id", "at"),
+)
+#: A batch's "ready" event: one per batch and model version, by its key (a restart, a
+#: second worker or a repeated forecast cannot emit it again), with its delivery and the
+#: operator's answer (acknowledged, or overridden with a reason).
+ready_events = sa.Table(
+    "ready_events",
+    metadata,
+    sa.Column("batch_id", sa.String(64), primary_key=True),
+    sa.Column("model_version", sa.String(32), primary_key=True),
+    sa.Column("event_id", sa.String(36), nullable=False, unique=True),
+    sa.Column("prediction_id", sa.String(36), nullable=False),
+    sa.Column("emitted_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("forecast", sa.Text, nullable=False),  # the forecast that caused it (JSON)
+    sa.Column("webhook_delivered_at", sa.DateTime(timezone=True)),
+    sa.Column("asset_delivered_at", sa.DateTime(timezone=True)),
+    sa.Column("delivery_attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("delivery_error", sa.Text),
+    sa.Column("answer", sa.String(16)),  # NULL, "acknowledged" or "overridden"
+    sa.Column("answered_at", sa.DateTime(timezone=True)),
+    sa.Column("answered_by", sa.String(64)),
+    sa.Column("reason", sa.Text),
+)

@@ -291,6 +291,27 @@ class ServingSettings(BaseSettings):
         8 * 2**20, ge=1, description="Largest request body (413 before it is read whole)."
     )
     serving_access_log: bool = Field(False, description="BentoML's per-request access log.")
+    board_open: bool = Field(
+        False,
+        description="Let the cellar board's read-only pages open without the API key (its "
+        "data, and acknowledging or overriding a ready event, still need it).",
+    )
+    ready_webhook_url: str | None = Field(
+        None, description="Where each batch's 'ready' event is POSTed (JSON; retried)."
+    )
+    ready_airflow_url: str | None = Field(
+        None,
+        description="Airflow's base URL: each 'ready' event becomes an asset event of "
+        "brewcast://cellar/batch-ready there, which a brewery's own DAG can schedule on.",
+    )
+    ready_airflow_user: str = Field("admin", description="Airflow user for the asset events.")
+    ready_airflow_password: str = Field("admin", description="Its password.")
+    serving_forecast_every_minutes: float = Field(
+        15.0,
+        ge=0,
+        description="How often the service forecasts every running batch from its readings "
+        "by itself (what the board shows and what raises 'ready' events; 0: only on request).",
+    )
     serving_cached_batches: int = Field(
         1000,
         ge=1,

@@ -384,3 +384,28 @@ class DeviceAssignment(BaseModel):
     gravity_unit: Literal["SG", "°P", "P", "Plato"] | None = Field(
         None, description="An iSpindel's gravity unit (its owner's calibration): SG or °P."
     )
+
+
+class ReadyAnswer(BaseModel):
+    """The operator's answer to a batch's "ready" event."""
+
+    model_config = ConfigDict(extra="forbid")
+    answer: Literal["acknowledged", "overridden"] = Field(
+        description="acknowledged: the next step goes ahead; overridden: not ready."
+    )
+    by: Text = Field(description="Who answers (shown on the board).")
+    reason: str | None = Field(
+        None,
+        max_length=500,
+        description='Why not ready, in the operator\'s words ("still 0.4 °P above terminal"); '
+        "required for an override.",
+    )
+    model_version: Text | None = Field(
+        None, description="The event's model version (default: the batch's latest event)."
+    )
+
+    @model_validator(mode="after")
+    def _reason_for_override(self) -> ReadyAnswer:
+        if self.answer == "overridden" and not (self.reason or "").strip():
+            raise ValueError("an override needs a reason")
+        return self

@@ -31,6 +31,7 @@ import time
 from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
@@ -595,6 +596,19 @@ class PredictionLog:
             ):
                 out.setdefault(prediction_id, set()).add(bool(outcome))
         return out
+
+    def batch_finishes(self, batch_ids: list[str] | None = None) -> dict[str, datetime]:
+        """When each batch finished, as ``/feedback`` said (the latest label of each)."""
+        query = sa.select(labels.c.batch_id, labels.c.finished_at).where(
+            labels.c.finished_at.is_not(None)
+        )
+        if batch_ids is not None:
+            query = query.where(labels.c.batch_id.in_(batch_ids))
+        with self.engine.connect() as conn:
+            rows = conn.execute(query.order_by(labels.c.received_at)).all()
+        return {
+            b: (t.replace(tzinfo=UTC) if t.tzinfo is None else t) for b, t in rows if b is not None
+        }
 
     def read_predictions(self, since: pd.Timestamp | None = None) -> pd.DataFrame:
         query = sa.select(predictions)

@@ -1,0 +1,424 @@
+"""The cellar's side of forecasts: every forecast made from stored readings kept as it was
+answered (the board's latest forecast per batch, a batch's forecast history), and a batch's
+"ready" event, which lets a brewery's software trigger the next step.
+
+A batch is ready when a forecast's decision turns true. Its event is keyed by (batch, model
+version) in the database, written in the transaction that keeps the forecast, so a repeated
+forecast, a restart or a second worker can never emit it twice. :class:`ReadyNotifier`
+delivers each event at least once, and records when: a webhook (``BREWCAST_READY_WEBHOOK_URL``,
+:func:`webhook_body` documents the JSON) and an Airflow asset event of
+``brewcast://cellar/batch-ready`` (``BREWCAST_READY_AIRFLOW_URL``), which a brewery's own DAG
+can schedule on. The operator acknowledges an event, or overrides it ("not ready: still
+0.4 °P above terminal"); an override is stored as a label of the forecast that caused it
+(``finished_within_horizon`` false, source ``override``), so monitoring counts it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import httpx
+import orjson
+import sqlalchemy as sa
+
+from brewcast.assets import ASSETS
+from brewcast.readings_store import forecasts, metadata, ready_events
+from serving.readings import ReadingError
+
+log = logging.getLogger(__name__)
+
+#: How long an undelivered event waits before its next attempt, doubling up to the last.
+RETRY_SECONDS = (2.0, 5.0, 15.0, 60.0, 300.0)
+ANSWERS = ("acknowledged", "overridden")
+
+
+def _json(value) -> str:
+    return orjson.dumps(value, option=orjson.OPT_UTC_Z).decode()
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class ForecastBook:
+    """The forecasts made from readings and the ready events they raised (see the module)."""
+
+    def __init__(self, engine: sa.Engine):
+        self.engine = engine
+        metadata.create_all(engine)
+        if engine.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        self._new_event = insert(ready_events).on_conflict_do_nothing(
+            index_elements=["batch_id", "model_version"]
+        )
+
+    def record(self, answered: Sequence[dict], made_at: datetime) -> list[dict]:
+        """Keep ``answered`` forecasts (the API's answers) and raise the ready event of each
+        whose decision is true, unless its batch has one for that model version; the events
+        this raised."""
+        if not answered:
+            return []
+        rows = [
+            {
+                "prediction_id": f["prediction_id"],
+                "batch_id": f["batch_id"],
+                "at": f["at"],
+                "model_version": f["model_version"],
+                "made_at": made_at,
+                "body": _json(f),
+            }
+            for f in answered
+        ]
+        raised = []
+        with self.engine.begin() as conn:
+            conn.execute(forecasts.insert(), rows)
+            for f in (f for f in answered if f["decision"]):
+                event = {
+                    "batch_id": f["batch_id"],
+                    "model_version": f["model_version"],
+                    "event_id": str(uuid.uuid4()),
+                    "prediction_id": f["prediction_id"],
+                    "emitted_at": made_at,
+                    "forecast": _json(f),
+                    "delivery_attempts": 0,
+                }
+                if conn.execute(self._new_event.values(**event)).rowcount:
+                    raised.append(event)
+        for event in raised:
+            log.info("batch %s is ready (model %s)", event["batch_id"], event["model_version"])
+        return raised
+
+    def latest(self, batch_ids: Sequence[str]) -> dict[str, dict]:
+        """Each batch's latest forecast (by the time it is for), as answered."""
+        newest = (
+            sa.select(sa.func.max(forecasts.c.at))
+            .where(forecasts.c.batch_id == sa.bindparam("batch"))
+            .scalar_subquery()
+        )
+        query = (
+            sa.select(forecasts.c.body)
+            .where(forecasts.c.batch_id == sa.bindparam("batch"), forecasts.c.at == newest)
+            .order_by(forecasts.c.made_at.desc())
+            .limit(1)
+        )
+        out = {}
+        with self.engine.connect() as conn:
+            for batch_id in batch_ids:
+                body = conn.execute(query, {"batch": batch_id}).scalar()
+                if body is not None:
+                    out[batch_id] = json.loads(body)
+        return out
+
+    def history(self, batch_id: str) -> list[dict]:
+        """The batch's forecasts in the order of the times they are for."""
+        query = (
+            sa.select(forecasts.c.body)
+            .where(forecasts.c.batch_id == batch_id)
+            .order_by(forecasts.c.at, forecasts.c.made_at)
+        )
+        with self.engine.connect() as conn:
+            return [json.loads(body) for body in conn.execute(query).scalars()]
+
+    def events(self, batch_id: str | None = None, unanswered: bool = False) -> list[dict]:
+        query = sa.select(ready_events).order_by(ready_events.c.emitted_at)
+        if batch_id is not None:
+            query = query.where(ready_events.c.batch_id == batch_id)
+        if unanswered:
+            query = query.where(ready_events.c.answer.is_(None))
+        with self.engine.connect() as conn:
+            return [_event(dict(r)) for r in conn.execute(query).mappings()]
+
+    def answer(
+        self, batch_id: str, model_version: str, answer: str, by: str, reason: str | None
+    ) -> tuple[dict, dict | None]:
+        """The operator's answer to a batch's event: the event, and (for an override) the
+        label it became. The same answer again changes nothing; a different one is a
+        conflict (409): the first answer stands."""
+        if answer not in ANSWERS:
+            raise ReadingError(f"answer: one of {', '.join(ANSWERS)}, got {answer!r}")
+        key = (ready_events.c.batch_id == batch_id) & (
+            ready_events.c.model_version == model_version
+        )
+        with self.engine.begin() as conn:
+            row = conn.execute(sa.select(ready_events).where(key)).mappings().first()
+            if row is None:
+                raise ReadingError(
+                    f"batch {batch_id!r} has no ready event of model version {model_version}",
+                    404,
+                )
+            if row["answer"] is not None and row["answer"] != answer:
+                raise ReadingError(
+                    f"the event was {row['answer']} already ({row['answered_at']:%Y-%m-%d %H:%M} "
+                    f"by {row['answered_by']}): the first answer stands",
+                    409,
+                )
+            if row["answer"] is None:
+                conn.execute(
+                    ready_events.update()
+                    .where(key)
+                    .values(
+                        answer=answer, answered_at=datetime.now(UTC), answered_by=by, reason=reason
+                    )
+                )
+        event = self._event(batch_id, model_version)
+        label = None
+        if answer == "overridden":
+            label = {
+                "prediction_id": event["prediction_id"],
+                "finished_within_horizon": False,
+            }
+        return event, label
+
+    def _event(self, batch_id: str, model_version: str) -> dict:
+        found = [e for e in self.events(batch_id) if e["model_version"] == model_version]
+        return found[0]
+
+    def undelivered(self, webhook: bool, asset: bool) -> list[dict]:
+        missing = []
+        if webhook:
+            missing.append(ready_events.c.webhook_delivered_at.is_(None))
+        if asset:
+            missing.append(ready_events.c.asset_delivered_at.is_(None))
+        if not missing:
+            return []
+        query = sa.select(ready_events).where(sa.or_(*missing)).order_by(ready_events.c.emitted_at)
+        with self.engine.connect() as conn:
+            return [_event(dict(r)) for r in conn.execute(query).mappings()]
+
+    def delivered(self, event_id: str, channel: str, error: str | None = None) -> None:
+        """One delivery attempt of an event on ``channel`` (webhook, asset): its time when
+        it succeeded, else the error; attempts counted."""
+        values: dict = {"delivery_attempts": ready_events.c.delivery_attempts + 1}
+        if error is None:
+            values[f"{channel}_delivered_at"] = datetime.now(UTC)
+            values["delivery_error"] = None
+        else:
+            values["delivery_error"] = f"{channel}: {error}"[:500]
+        with self.engine.begin() as conn:
+            conn.execute(
+                ready_events.update().where(ready_events.c.event_id == event_id).values(**values)
+            )
+
+
+def _event(row: dict) -> dict:
+    out = {k: _utc(v) if k.endswith("_at") else v for k, v in row.items()}
+    out["forecast"] = json.loads(row["forecast"])
+    return out
+
+
+def webhook_body(event: dict) -> dict:
+    """The JSON a ready event is POSTed as: ``event`` ("batch_ready"), ``event_id`` (the same
+    on every retry: deduplicate on it), ``batch_id``, ``model_version``, ``emitted_at`` (UTC),
+    and ``forecast``, the forecast that caused it as ``GET /batches/{id}/forecast`` answered
+    it (probability, decision, threshold, hours remaining, intervals, finish times,
+    features)."""
+    return {
+        "event": "batch_ready",
+        "event_id": event["event_id"],
+        "batch_id": event["batch_id"],
+        "model_version": event["model_version"],
+        "emitted_at": event["emitted_at"],
+        "forecast": event["forecast"],
+    }
+
+
+class ReadyNotifier:
+    """Delivers ready events (webhook, Airflow asset event) from the database, so an event
+    raised before a crash is delivered after the restart; each channel retried with a
+    growing pause until it answers 2xx."""
+
+    def __init__(self, book: ForecastBook, settings) -> None:
+        self.book = book
+        self.webhook_url = settings.ready_webhook_url
+        self.airflow_url = (settings.ready_airflow_url or "").rstrip("/") or None
+        self.airflow_user = (settings.ready_airflow_user, settings.ready_airflow_password)
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._next_try: dict[tuple[str, str], tuple[float, int]] = {}
+        self._thread: threading.Thread | None = None
+        self._client = httpx.Client(timeout=10)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.webhook_url or self.airflow_url)
+
+    def start(self) -> None:
+        if self.enabled:
+            self._thread = threading.Thread(target=self._loop, name="ready-events", daemon=True)
+            self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=15)
+        self._client.close()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.deliver_pending()
+            except Exception:  # the database away for a moment: the next turn retries
+                log.exception("ready events: delivery turn failed")
+            self._wake.wait(2.0)
+            self._wake.clear()
+
+    def deliver_pending(self) -> int:
+        """One turn: every event not yet delivered on a channel and due; how many succeeded."""
+        done = 0
+        channels = [("webhook", self.webhook_url, self._post_webhook)]
+        channels.append(("asset", self.airflow_url, self._post_asset_event))
+        for event in self.book.undelivered(bool(self.webhook_url), bool(self.airflow_url)):
+            for channel, configured, send in channels:
+                if not configured or event[f"{channel}_delivered_at"] is not None:
+                    continue
+                key = (event["event_id"], channel)
+                due, tries = self._next_try.get(key, (0.0, 0))
+                if time.monotonic() < due:
+                    continue
+                try:
+                    send(event)
+                except (httpx.HTTPError, ValueError, KeyError) as exc:
+                    pause = RETRY_SECONDS[min(tries, len(RETRY_SECONDS) - 1)]
+                    self._next_try[key] = (time.monotonic() + pause, tries + 1)
+                    self.book.delivered(event["event_id"], channel, str(exc) or type(exc).__name__)
+                    log.warning("ready event %s: %s failed (%s)", event["batch_id"], channel, exc)
+                    continue
+                self._next_try.pop(key, None)
+                self.book.delivered(event["event_id"], channel)
+                done += 1
+        return done
+
+    def _post_webhook(self, event: dict) -> None:
+        response = self._client.post(
+            self.webhook_url,
+            content=_json(webhook_body(event)),
+            headers={"content-type": "application/json"},
+        )
+        response.raise_for_status()
+
+    def _post_asset_event(self, event: dict) -> None:
+        """An asset event of ``brewcast://cellar/batch-ready`` through Airflow's REST API
+        (a token from the simple auth manager; the asset exists once a DAG names it)."""
+        token = self._client.post(
+            f"{self.airflow_url}/auth/token",
+            json={"username": self.airflow_user[0], "password": self.airflow_user[1]},
+        )
+        token.raise_for_status()
+        headers = {"Authorization": f"Bearer {token.json()['access_token']}"}
+        uri = ASSETS["ready"][0]
+        found = self._client.get(
+            f"{self.airflow_url}/api/v2/assets", params={"uri_pattern": uri}, headers=headers
+        )
+        found.raise_for_status()
+        ids = [a["id"] for a in found.json()["assets"] if a["uri"] == uri]
+        if not ids:
+            raise ValueError(f"Airflow knows no asset {uri}: no DAG schedules on it yet")
+        extra = orjson.loads(_json(webhook_body(event)))
+        response = self._client.post(
+            f"{self.airflow_url}/api/v2/assets/events",
+            json={"asset_id": ids[0], "extra": extra},
+            headers=headers,
+        )
+        response.raise_for_status()
+
+
+# ------------------------------------------------------------------------------------------
+# what the board shows
+# ------------------------------------------------------------------------------------------
+
+#: A hydrometer silent this long is shown as stale (a Tilt posts every 15 minutes).
+STALE_AFTER_HOURS = 2.0
+#: History: the forecasts compared with the finish this many hours before it (± the slack).
+HISTORY_HOURS = (24, 48, 72)
+HISTORY_SLACK_HOURS = 3.0
+
+
+def _hours_between(later: datetime, earlier: datetime) -> float:
+    return (later - earlier).total_seconds() / 3600
+
+
+def _at(hours: float) -> datetime:
+    """A float hour of :func:`brewcast.snapshots.hours_of` as a UTC time."""
+    return datetime.fromtimestamp(round(hours * 3600, 3), UTC)
+
+
+def points(series) -> list[list]:
+    """A :class:`~brewcast.snapshots.Series` as [time, value] pairs for a chart."""
+    return [[_at(h), v] for h, v in zip(series.hours.tolist(), series.values.tolist(), strict=True)]
+
+
+def concerns(alert: dict, features: dict) -> bool:
+    """Whether a monitoring alert's slice (``all``, ``yeast_strain``, ``a*b``...) holds a
+    batch whose snapshot ``features`` are these."""
+    if alert["slice"] == "all":
+        return True
+    keys, values = alert["slice"].split("*"), str(alert["value"]).split("*")
+    return all(str(features.get(k)) == v for k, v in zip(keys, values, strict=False))
+
+
+def board(running: list[dict], series: list, latest: dict, events: list[dict], alerts, now):
+    """The board's rows: each running batch with its latest forecast, its ready event, the
+    age of its last reading and the alerts that concern it (``alerts``: monitoring's)."""
+    last_event = {e["batch_id"]: e for e in events}  # events come oldest first
+    rows = []
+    for batch, (gravity, _) in zip(running, series, strict=True):
+        forecast = latest.get(batch["batch_id"])
+        features = (forecast or {}).get("features") or batch
+        last = _at(gravity.hours[-1]) if len(gravity.hours) else None
+        age = None if last is None else _hours_between(now, last)
+        rows.append(
+            {
+                **{k: batch.get(k) for k in ("batch_id", "fermenter", "brand", "yeast_strain")},
+                "start_time": batch["start_time"],
+                "hours_since_pitch": _hours_between(now, batch["start_time"]),
+                "current_gravity_plato": None if last is None else float(gravity.values[-1]),
+                "apparent_attenuation": features.get("apparent_attenuation"),
+                "last_reading_at": last,
+                "last_reading_hours_ago": age,
+                "stale": age is None or age > STALE_AFTER_HOURS,
+                "forecast": forecast,
+                "ready": last_event.get(batch["batch_id"]),
+                "alerts": [a for a in alerts if concerns(a, features)],
+            }
+        )
+    return rows
+
+
+def finish_errors(history: list[dict], finished_at: datetime) -> dict[int, float | None]:
+    """The predicted finish minus the actual one (hours; positive: forecast too late) of
+    the forecast nearest each of :data:`HISTORY_HOURS` before the finish (None: none within
+    :data:`HISTORY_SLACK_HOURS`)."""
+    out: dict[int, float | None] = {}
+    for hours in HISTORY_HOURS:
+        best, gap = None, HISTORY_SLACK_HOURS
+        for forecast in history:
+            at = _parse(forecast["at"])
+            away = abs(_hours_between(finished_at, at) - hours)
+            if away <= gap and forecast.get("predicted_finish_time"):
+                best, gap = forecast, away
+        out[hours] = (
+            None
+            if best is None
+            else _hours_between(_parse(best["predicted_finish_time"]), finished_at)
+        )
+    return out
+
+
+def _parse(value) -> datetime:
+    if isinstance(value, datetime):
+        return _utc(value)
+    return datetime.fromisoformat(str(value).replace("Z", "+00:00")).astimezone(UTC)
