@@ -64,6 +64,31 @@ class Alert:
             return "calibration error, no test"
         return f"Holm-adjusted p={self.p_value:.2g}"
 
+    def for_brewers(self) -> str:
+        """The alert as the cellar board says it: which batches, what, since when, what to
+        check ("german_lager batches have been finishing ~45 h later than forecast since 24
+        Oct: check yeast health ...")."""
+        keys, values = self.slice.split("*"), self.value.split("*")
+        named = [
+            f"batches in {v}" if k == "fermenter" else f"{v} batches"
+            for k, v in zip(keys, values, strict=False)
+        ]
+        who = "all batches" if self.slice == "all" else " / ".join(named)
+        since = self.window.split("+")[0]
+        try:
+            since = pd.Timestamp(since).strftime("%d %b")
+        except ValueError:
+            pass
+        if self.metric == "hours_remaining_bias":
+            way = "later" if self.observed < 0 else "earlier"
+            what = f"have been finishing ~{abs(self.observed):.0f} h {way} than forecast"
+        elif self.metric.startswith(COVERAGE_METRIC):
+            what = "have been finishing outside their forecast windows more often than stated"
+        else:
+            way = "too sure" if self.observed > 0 else "too doubtful"
+            what = f"have had forecasts {way} that they would finish within the day"
+        return f"{who} {what} since {since}: check {self.likely_causes}."
+
     def message(self) -> str:
         if self.metric.startswith(COVERAGE_METRIC):
             nominal = int(self.metric.removeprefix(COVERAGE_METRIC))
@@ -105,7 +130,10 @@ class MonitoringResult:
             "windows": sorted(self.windows["window"].unique().tolist())
             if len(self.windows)
             else [],
-            "alerts": [asdict(a) for a in self.alerts],
+            "alerts": [
+                {**asdict(a), "message": a.message(), "for_brewers": a.for_brewers()}
+                for a in self.alerts
+            ],
             "retrain": self.retrain,
             "drift_alarms": self.drift[self.drift["alarm"]].to_dict("records")
             if len(self.drift)

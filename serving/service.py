@@ -30,10 +30,12 @@ import hmac
 import json
 import logging
 import re
+import threading
 import time
 import urllib.parse
 from datetime import datetime
 from http import HTTPStatus
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import anyio.to_thread
@@ -48,6 +50,7 @@ from starlette.responses import JSONResponse, Response
 
 from brewcast.schema import FEATURES, schema_fingerprint, slice_keys
 from brewcast.settings import get_settings
+from serving import cellar
 from serving.api_models import (
     BatchStart,
     BatchUpdate,
@@ -57,10 +60,12 @@ from serving.api_models import (
     FeedbackResponse,
     PredictRequest,
     PredictResponse,
+    ReadyAnswer,
     finish_forecast_json,
     predict_response_json,
 )
 from serving.bento_config import service_config
+from serving.cellar import ForecastBook, ReadyNotifier
 from serving.coalesce import ScoringCoalescer
 from serving.metrics import MODEL_VERSION, RequestMetrics, flush_all
 from serving.model import ModelHolder
@@ -300,7 +305,13 @@ class RequestGuard:
     ROUTES = ("/predict", "/feedback", "/reload")
     #: The batches, devices, readings and forecasts API: keyed like /predict. A device that
     #: cannot send a header (a Tilt app, an iSpindel) gives the key as ``?key=`` instead.
-    KEYED_PREFIXES = ("/batches", "/devices", "/readings", "/forecasts")
+    KEYED_PREFIXES = ("/batches", "/devices", "/readings", "/forecasts", "/board", "/cellar")
+    #: Where the key may come as ``?key=``: devices, and a board's link on a cellar tablet.
+    QUERY_KEY_PREFIXES = ("/readings", "/board")
+    #: The board's code and style: no data in them, and a page's <script> sends no key.
+    OPEN_PREFIXES = ("/board/assets/",)
+    #: What ``BREWCAST_BOARD_OPEN`` opens: the board's pages and their data, to read.
+    BOARD_PREFIXES = ("/board", "/cellar")
 
     def __init__(self, app, max_bytes: int) -> None:
         settings = get_settings()
@@ -309,12 +320,16 @@ class RequestGuard:
         key = settings.serving_api_key
         self.api_key = None if key is None else key.encode()
         self.keyed = {*self.ROUTES} | (set() if settings.serving_open_metadata else {"/metadata"})
+        self.board_open = settings.board_open
 
     def _authorised(self, scope) -> bool:
         if self.api_key is None:
             return True
         given = dict(scope.get("headers", [])).get(b"x-api-key", b"")
-        if not given and scope["path"].startswith("/readings"):
+        reading = scope["method"] == "GET" and scope["path"].startswith(self.BOARD_PREFIXES)
+        if self.board_open and reading:
+            return True
+        if not given and scope["path"].startswith(self.QUERY_KEY_PREFIXES):
             query = dict(
                 part.split(b"=", 1)
                 for part in scope.get("query_string", b"").split(b"&")
@@ -330,6 +345,7 @@ class RequestGuard:
         if path == "/metrics":
             flush_all()  # what this worker added up, before BentoML reads the shared files
         keyed = path in self.keyed or path.startswith(self.KEYED_PREFIXES)
+        keyed = keyed and not path.startswith(self.OPEN_PREFIXES)
         if keyed and not self._authorised(scope):
             log.info("%s %s 401: missing or wrong X-API-Key", method, path)
             return await _error(401, "missing or wrong X-API-Key header")(scope, receive, send)
@@ -394,6 +410,51 @@ class RequestGuard:
         return None
 
 
+#: The board's pages and assets, served as they are (no CDN: nothing to fetch at run time).
+BOARD_FILES = Path(__file__).with_name("board")
+_BOARD_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css"}
+
+
+def _page(name: str) -> Response:
+    path = BOARD_FILES / name
+    if path.parent != BOARD_FILES or path.suffix not in _BOARD_TYPES or not path.is_file():
+        return _error(404, f"no board file {name!r}")
+    return Response(path.read_bytes(), media_type=_BOARD_TYPES[path.suffix] + "; charset=utf-8")
+
+
+def _json_response(body) -> Response:
+    # OPT_NON_STR_KEYS: a database row's keys are SQLAlchemy's str subclass, which orjson refuses
+    option = orjson.OPT_UTC_Z | orjson.OPT_NON_STR_KEYS
+    return Response(orjson.dumps(body, option=option), media_type="application/json")
+
+
+def _monitoring_alerts(settings) -> list[dict]:
+    """The latest monitoring run's alerts (``summary.json``), none before the first run."""
+    path = settings.paths.monitoring_summary
+    try:
+        return json.loads(path.read_text()).get("alerts", [])
+    except (OSError, ValueError):
+        return []
+
+
+def _every(seconds: float, action) -> threading.Event | None:
+    """Run ``action`` every ``seconds`` on a daemon thread until the event returned is set
+    (None: ``seconds`` is 0, never). A failed round is logged; the next one runs."""
+    if seconds <= 0:
+        return None
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(seconds):
+            try:
+                action()
+            except Exception:
+                log.exception("%s failed; the next round runs in %g s", action.__name__, seconds)
+
+    threading.Thread(target=loop, name=action.__name__, daemon=True).start()
+    return stop
+
+
 #: Read once at import: BentoML takes the service's configuration from its decorator.
 _SETTINGS = get_settings()
 
@@ -420,6 +481,12 @@ class FermentationService:
         )
         # batches, devices and their readings, beside the log (the same database)
         self.readings = ReadingsStore(self.log.engine, self.settings.serving_cached_batches)
+        self.book = ForecastBook(self.log.engine)
+        self.notifier = ReadyNotifier(self.book, self.settings)
+        self.notifier.start()
+        self._forecaster = _every(
+            self.settings.serving_forecast_every_minutes * 60, self._forecast_running_now
+        )
         self.metrics = RequestMetrics(
             lambda: (self.log.stats.rows_written, self.log.stats.rows_dropped)
         )
@@ -443,6 +510,9 @@ class FermentationService:
     @bentoml.on_shutdown
     def shutdown(self) -> None:
         self.holder.stop()
+        if self._forecaster is not None:
+            self._forecaster.set()
+        self.notifier.stop()
         self.log.close()
         self.metrics.stop()
 
@@ -658,12 +728,17 @@ class FermentationService:
         return JSONResponse(orjson.loads(orjson.dumps({"forecasts": out}, option=orjson.OPT_UTC_Z)))
 
     async def _forecasts(self, running: list[dict], at) -> list[dict]:
+        # the readings, the snapshots, the scoring and the commits off the event loop
+        return await anyio.to_thread.run_sync(self._forecast_batches, running, at)
+
+    def _forecast_batches(self, running: list[dict], at) -> list[dict]:
+        """The forecasts of ``running`` batches at ``at``, scored in one call, logged in one
+        commit, kept for the board (raising any ready event) before they are answered."""
         model = self.holder.current
         if model is None:
             raise ReadingError(f"no model loaded yet: {self.holder.last_error}", 503)
-        # the readings, the snapshots and the scoring off the event loop
-        scored = await anyio.to_thread.run_sync(score_running, self.readings, model, running, at)
-        await self.log.write_async([s[1] for s in scored if not isinstance(s, str)])
+        scored = score_running(self.readings, model, running, at)
+        self.log.write([s[1] for s in scored if not isinstance(s, str)])
         out = []
         for batch, found in zip(running, scored, strict=True):
             if isinstance(found, str):
@@ -686,7 +761,14 @@ class FermentationService:
                     "notes": model.notes([row]),
                 }
             )
+        if self.book.record([f for f in out if "error" not in f], now_utc()):
+            self.notifier.wake()
         return out
+
+    def _forecast_running_now(self) -> None:
+        """The service's own round: every running batch's forecast, now."""
+        if self.holder.current is not None:
+            self._forecast_batches(self.readings.running(), now_utc())
 
     async def _push(self, request: Request, parse, form: bool = False) -> Response:
         """Parse a push (a JSON body, or a form) and commit its readings before answering:
@@ -716,6 +798,133 @@ class FermentationService:
             return action()
         except ReadingError as exc:
             raise HTTPException(exc.status, str(exc)) from exc
+
+    # -- the cellar board -------------------------------------------------------------------
+    @routes.get("/board")
+    def board_page(self) -> Response:
+        """The cellar board: every running batch, its forecast, its ready event."""
+        return _page("board.html")
+
+    @routes.get("/board/batches/{batch_id}")
+    def batch_page(self, batch_id: str) -> Response:
+        """One batch: its readings, forecasts and events over time."""
+        return _page("batch.html")
+
+    @routes.get("/board/history")
+    def history_page(self) -> Response:
+        """Finished batches: how far the forecasts were from the finish."""
+        return _page("history.html")
+
+    @routes.get("/board/assets/{name}")
+    def board_asset(self, name: str) -> Response:
+        return _page(name)
+
+    @routes.get("/cellar")
+    async def cellar_board(self) -> Response:
+        """The board's data: the running batches with their latest forecast (as the API
+        answered it), ready event, last reading's age and the alerts that concern them."""
+
+        def read() -> dict:
+            now = now_utc()
+            running = self.readings.running()
+            ids = [b["batch_id"] for b in running]
+            rows = cellar.board(
+                running,
+                self.readings.series(running),
+                self.book.latest(ids),
+                self.book.events(),
+                _monitoring_alerts(self.settings),
+                now,
+            )
+            return {
+                "generated_at": now,
+                "batches": rows,
+                "stale_after_hours": cellar.STALE_AFTER_HOURS,
+            }
+
+        return _json_response(await anyio.to_thread.run_sync(read))
+
+    @routes.get("/cellar/batches/{batch_id}")
+    async def cellar_batch(self, batch_id: str) -> Response:
+        """A batch's page data: its readings, every forecast made from them, its events, and
+        once it finished, the actual finish beside the forecasts'."""
+
+        def read() -> dict:
+            (batch,) = self.readings.running(batch_id=batch_id)
+            ((gravity, temperature),) = self.readings.series([batch])
+            history = self.book.history(batch_id)
+            finished = self.log.batch_finishes([batch_id]).get(batch_id)
+            return {
+                "batch": batch,
+                "readings": {
+                    "gravity_plato": cellar.points(gravity),
+                    "temperature_c": cellar.points(temperature),
+                },
+                "forecasts": history,
+                "events": self.book.events(batch_id),
+                "finished_at": finished,
+                "errors_before_finish": None
+                if finished is None
+                else cellar.finish_errors(history, finished),
+            }
+
+        try:
+            return _json_response(await anyio.to_thread.run_sync(read))
+        except ReadingError as exc:
+            return _error(exc.status, str(exc))
+
+    @routes.get("/cellar/history")
+    async def cellar_history(self) -> Response:
+        """Finished batches with the error of their forecasts 24/48/72 h before the finish."""
+
+        def read() -> dict:
+            finishes = self.log.batch_finishes()
+            rows = []
+            for batch in self.readings.batches(active=None):
+                finished = finishes.get(batch["batch_id"])
+                history = self.book.history(batch["batch_id"]) if finished else []
+                if history:
+                    errors = cellar.finish_errors(history, finished)
+                    rows.append(
+                        {
+                            **{k: batch[k] for k in ("batch_id", "brand", "yeast_strain")},
+                            "finished_at": finished,
+                            "errors": {str(h): e for h, e in errors.items()},
+                        }
+                    )
+            return {"batches": rows, "hours_before_finish": list(cellar.HISTORY_HOURS)}
+
+        return _json_response(await anyio.to_thread.run_sync(read))
+
+    @routes.get("/cellar/events")
+    async def ready_events(self, unanswered: bool = False) -> Response:
+        """Every batch's ready events (oldest first), with their delivery and answer."""
+        events = await anyio.to_thread.run_sync(lambda: self.book.events(unanswered=unanswered))
+        return _json_response({"events": events})
+
+    @routes.post("/cellar/batches/{batch_id}/ready")
+    async def answer_ready(self, batch_id: str, request: Request) -> Response:
+        """Acknowledge a batch's ready event, or override it with a reason; an override is
+        stored as a label of the forecast that caused the event."""
+        try:
+            answer = ReadyAnswer.model_validate_json(await request.body())
+        except ValidationError as exc:
+            return _error(422, _fields_and_messages(exc.errors()))
+
+        def store() -> dict:
+            events = self.book.events(batch_id)
+            version = answer.model_version or (events[-1]["model_version"] if events else "")
+            event, label = self.book.answer(
+                batch_id, version, answer.answer, answer.by, answer.reason
+            )
+            if label is not None and not self.log.stored_outcomes([label["prediction_id"]]):
+                self.log.add_labels([label], source="override")
+            return {"event": event, "label": label}
+
+        try:
+            return _json_response(await anyio.to_thread.run_sync(store))
+        except ReadingError as exc:
+            return _error(exc.status, str(exc))
 
     @routes.get("/metadata")
     def metadata(self) -> dict:

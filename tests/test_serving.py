@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import sqlite3
 import threading
@@ -601,3 +602,155 @@ def test_real_tilt_logs_posted_as_the_tilt_app_does_give_the_training_snapshots(
             else:
                 assert str(got) == str(want), name
         assert body["probability"] == pytest.approx(probability, abs=1e-6)
+
+
+def _finished_batch(url: str, batch_id: str, pitch) -> None:
+    """A batch through the API whose gravity fell from 12 to 2.6 °P in four days and has
+    stayed there two more, a reading every 2 h from an assigned device."""
+    from datetime import timedelta
+
+    started = {
+        "batch_id": batch_id,
+        "start_time": pitch.isoformat(),
+        "fermenter": f"FV-{batch_id}",
+        "brand": "golden_pilsner",
+        "yeast_strain": "german_lager",
+        "original_gravity_plato": 12.0,
+    }
+    assert httpx.post(f"{url}/batches", json=started, headers=KEY).status_code == 201
+    device = f"hand:{batch_id}"
+    assign = {"fermenter": f"FV-{batch_id}"}
+    assert httpx.put(f"{url}/devices/{device}", json=assign, headers=KEY).status_code == 200
+    readings = []
+    for k in range(1, 73):
+        at = (pitch + timedelta(hours=2 * k)).isoformat()
+        gravity = 2.6 + 9.4 / (1 + math.exp((2 * k - 48) / 10))
+        readings.append({"device": device, "timestamp": at, "gravity": gravity, "temperature": 12})
+    answer = httpx.post(f"{url}/readings", json={"readings": readings}, headers=KEY)
+    assert answer.status_code == 200, answer.text
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="no Chromium: `make test` has it")
+def test_ready_event_once_across_a_restart_webhook_and_the_board(champion_home, tmp_path):
+    """A batch's forecasts turn ready: one event, delivered to a webhook receiver once, never
+    again after a restart; the board (real Chromium) shows the API's numbers, links to the
+    batch page, and the operator's acknowledgement is stored; an override of another batch
+    becomes a label."""
+    from datetime import UTC, datetime, timedelta
+
+    from playwright.sync_api import sync_playwright
+
+    from tests.test_cellar import Receiver
+    from tests.test_demo import CHROMIUM_ARGS
+
+    settings, _ = champion_home
+    receiver = Receiver()
+    env = {
+        "BREWCAST_READY_WEBHOOK_URL": receiver.url,
+        "BREWCAST_PREDICTION_LOG_URL": f"sqlite:///{tmp_path / 'board.db'}",
+        "BREWCAST_SERVING_FORECAST_EVERY_MINUTES": "0",
+    }
+    pitch = datetime.now(UTC).replace(microsecond=0) - timedelta(days=6, hours=12)
+    server, url = start_service(settings.home, **env)
+    try:
+        for batch_id in ("B-ready", "B-override"):
+            _finished_batch(url, batch_id, pitch)
+        at = {"at": (pitch + timedelta(hours=140)).isoformat()}
+        forecasts = httpx.get(f"{url}/forecasts", params=at, headers=KEY).json()["forecasts"]
+        assert all(f["decision"] for f in forecasts), forecasts
+        _wait(lambda: len(receiver.bodies) == 2)
+        httpx.get(f"{url}/forecasts", params=at, headers=KEY)  # ready again: no new event
+        server.stop()
+        server, url = start_service(settings.home, **env)  # restarted
+        again = httpx.get(f"{url}/forecasts", headers=KEY).json()["forecasts"]
+        assert all(f["decision"] for f in again)
+        time.sleep(3)  # the notifier's turn: nothing left to send
+        assert sorted(b["batch_id"] for b in receiver.bodies) == ["B-override", "B-ready"]
+        events = httpx.get(f"{url}/cellar/events", headers=KEY).json()["events"]
+        assert len(events) == 2 and all(e["webhook_delivered_at"] for e in events)
+        by_batch = {b["batch_id"]: b for b in receiver.bodies}
+        assert by_batch["B-ready"]["forecast"]["at"].startswith(at["at"][:16])
+
+        override = {"answer": "overridden", "by": "ana", "reason": "still 0.4 °P above terminal"}
+        answered = httpx.post(f"{url}/cellar/batches/B-override/ready", json=override)
+        assert answered.status_code == 401  # answering needs the key
+        answered = httpx.post(f"{url}/cellar/batches/B-override/ready", json=override, headers=KEY)
+        assert answered.status_code == 200, answered.text
+        assert answered.json()["label"]["finished_within_horizon"] is False
+        import sqlalchemy as sa
+
+        with sa.create_engine(env["BREWCAST_PREDICTION_LOG_URL"]).connect() as conn:
+            labels = conn.execute(sa.text("select source, prediction_id from labels")).all()
+        assert [(s, p) for s, p in labels] == [
+            ("override", by_batch["B-override"]["forecast"]["prediction_id"])
+        ]
+        refused = httpx.post(
+            f"{url}/cellar/batches/B-ready/ready",
+            json={"answer": "overridden", "by": "x"},
+            headers=KEY,
+        )
+        assert refused.status_code == 422 and "reason" in refused.text
+
+        board = httpx.get(f"{url}/cellar", headers=KEY).json()["batches"]
+        shots = Path(os.environ.get("BREWCAST_SCREENSHOTS", tmp_path / "shots"))
+        shots.mkdir(parents=True, exist_ok=True)
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(
+                executable_path=shutil.which("chromium"), args=CHROMIUM_ARGS
+            )
+            errors: list[str] = []
+            for width, height in ((1024, 768), (390, 844)):
+                page = browser.new_page(viewport={"width": width, "height": height})
+                page.on("pageerror", lambda exc: errors.append(str(exc)))
+                page.on("console", lambda m: m.type == "error" and errors.append(m.text))
+                page.goto(f"{url}/board?key=test-key")
+                page.wait_for_timeout(1000)
+                assert not errors, errors
+                card = page.locator('article[data-batch="B-ready"]')
+                card.wait_for(timeout=30_000)
+                shown = {
+                    name: card.locator(f'[data-field="{name}"]').first.get_attribute("data-value")
+                    for name in ("probability", "predicted_finish_time", "model_version")
+                }
+                expected = next(b for b in board if b["batch_id"] == "B-ready")["forecast"]
+                assert float(shown["probability"]) == expected["probability"]
+                assert shown["predicted_finish_time"] == expected["predicted_finish_time"]
+                assert (
+                    shown["model_version"] == expected["model_version"] == again[0]["model_version"]
+                )
+                assert card.get_by_text("hydrometer stale").count() == 1  # its last reading is old
+                page.close()
+            page = browser.new_page(viewport={"width": 1024, "height": 768})
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(f"{url}/board?key=test-key")
+            page.locator('article[data-batch="B-ready"] h2 a').click()
+            page.locator("#curve svg").wait_for(timeout=30_000)
+            assert not errors, errors
+            status = page.locator("#status")
+            assert "forecasts" in status.inner_text(), status.inner_text()
+            assert page.locator("#curve svg path").count() >= 2  # gravity and temperature
+            assert page.locator("#events [data-field=ready-event]").count() == 1
+            page.get_by_role("link", name="Board").click()
+            card = page.locator('article[data-batch="B-ready"]')
+            card.wait_for(timeout=30_000)
+            page.on("dialog", lambda dialog: dialog.accept("ana"))
+            card.get_by_role("button", name="Acknowledge").click()
+            card.get_by_text("acknowledged by ana").wait_for(timeout=30_000)
+            page.screenshot(path=shots / "cellar-acknowledged.png")
+            browser.close()
+        (event,) = [
+            e
+            for e in httpx.get(f"{url}/cellar/events", headers=KEY).json()["events"]
+            if e["batch_id"] == "B-ready"
+        ]
+        assert (event["answer"], event["answered_by"]) == ("acknowledged", "ana")
+    finally:
+        server.stop()
+        receiver.close()
+
+
+def _wait(condition, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.5)
