@@ -18,6 +18,7 @@ labels (an early warning while labels are pending).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections import Counter
@@ -74,11 +75,9 @@ class Alert:
             for k, v in zip(keys, values, strict=False)
         ]
         who = "all batches" if self.slice == "all" else " / ".join(named)
-        since = self.window.split("+")[0]
-        try:
+        since = self.window.split("+")[0]  # a window is named "<start>+<days>d"
+        with contextlib.suppress(ValueError):
             since = pd.Timestamp(since).strftime("%d %b")
-        except ValueError:
-            pass
         if self.metric == "hours_remaining_bias":
             way = "later" if self.observed < 0 else "earlier"
             what = f"have been finishing ~{abs(self.observed):.0f} h {way} than forecast"

@@ -259,3 +259,19 @@ def test_a_slice_whose_intervals_stop_holding_alarms_on_coverage(settings, tmp_p
     page = write_html(drifted, late, NO_LABELS, outcomes, settings, tmp_path / "report.html")
     text = page.read_text()
     assert "Finish forecast: interval coverage" in text and "95% intervals held for 0%" in text
+
+
+def test_an_alert_in_a_brewers_words():
+    from monitoring.monitor import LIKELY_CAUSES, Alert
+
+    def alert(slice_, value, metric, observed):
+        return Alert("2026-10-24+7d", slice_, value, metric, observed, 12.0, 80, 9, 0.01, "x")
+
+    late = alert("yeast_strain", "german_lager", "hours_remaining_bias", -45.2)
+    assert late.for_brewers() == (
+        "german_lager batches have been finishing ~45 h later than forecast since 24 Oct: "
+        "check x."
+    )
+    vessel = alert("fermenter*season", "FV07*autumn", "prediction_bias", 0.2).for_brewers()
+    assert vessel.startswith("batches in FV07 / autumn batches have had forecasts too sure")
+    assert "yeast health" in LIKELY_CAUSES["yeast_strain"]
