@@ -271,6 +271,8 @@ class DemoResult:
     model_name: str
     #: The last forecast of the replay for a batch still fermenting, in words.
     latest_forecast: str = ""
+    #: Ready events the service raised during the replay (one per batch and model version).
+    ready_events: int = 0
 
     def _compare(self, runs: list[str], experiment: str) -> str:
         return (
@@ -297,6 +299,8 @@ class DemoResult:
             f"{AIRFLOW_USER[1]}): fermentation_ingest -> fermentation_training -> "
             "fermentation_monitoring",
             f"  BentoML         {self.serving_url}/  (Swagger UI; /metadata, /metrics)",
+            f"  Cellar board    {self.serving_url}/board  ({self.ready_events} batches said "
+            "ready: a webhook and an asset event each, see fermentation_batch_ready)",
             f"  Monitoring      file://{self.report}",
             "",
             *([f"  Latest forecast {self.latest_forecast}"] if self.latest_forecast else []),
@@ -346,7 +350,8 @@ def run(
 
     settings = get_settings()
     _step("starting the BentoML service", urls["serving"])
-    serving = bento_server(home, ports.serving, **env)
+    # the service tells Airflow when a batch is ready (asset events of fermentation_batch_ready)
+    serving = bento_server(home, ports.serving, BREWCAST_READY_AIRFLOW_URL=urls["airflow"], **env)
     serving.log_file = demo_dir(home) / "bentoml.log"
     serving.start(timeout=300)
     _record(home, "bentoml", serving)
@@ -379,6 +384,7 @@ def run(
         champion_version=champion,
         model_name=settings.model_name,
         latest_forecast=forecast,
+        ready_events=_ready_events(urls["serving"]),
     )
 
 
@@ -661,6 +667,11 @@ class LiveCellar:
             }
             service.post("/readings/tilt", data=form, idempotent=True)
             self.posted += 1
+
+
+def _ready_events(serving_url: str) -> int:
+    with http.Server("the BentoML service", serving_url, http.SERVICE) as service:
+        return len(service.get("/cellar/events").json()["events"])
 
 
 def _training_runs(settings, version: str) -> list[str]:

@@ -137,6 +137,20 @@ def test_demo_runs_the_whole_loop_and_its_pages_render(tmp_path):
         assert metadata["execution_provider"] == "CPUExecutionProvider"
         predictions = int(out.split(" predictions served")[0].split()[-1])
         assert predictions > 500
+        # the batches the service said ready: each an asset event in Airflow, exactly once
+        serving = f"http://127.0.0.1:{ports['serving']}"
+        events = _delivered_ready_events(serving)
+        assert f"{serving}/board" in out and events
+        airflow = demo.AirflowApi(f"http://127.0.0.1:{ports['airflow']}").server
+        (ready,) = airflow.get("/assets", params={"uri_pattern": "cellar/batch-ready"}).json()[
+            "assets"
+        ]
+        asset_events = airflow.get(
+            "/assets/events", params={"asset_id": ready["id"], "limit": 1000}
+        ).json()["asset_events"]
+        assert sorted(e["extra"]["event_id"] for e in asset_events) == sorted(
+            e["event_id"] for e in events
+        )
 
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
@@ -188,12 +202,24 @@ def test_demo_runs_the_whole_loop_and_its_pages_render(tmp_path):
             page.wait_for_timeout(1500)  # the graph's layout animation
             page.screenshot(path=shots / "airflow-graph.png")
 
+            tablet = browser.new_page(viewport={"width": 1024, "height": 1100})
+            tablet.goto(f"{serving}/board")
+            tablet.locator("article[data-batch]").first.wait_for(timeout=30_000)
+            tablet.wait_for_timeout(500)
+            tablet.screenshot(path=shots / "cellar-board.png")
+            tablet.locator("article[data-batch] h2 a").first.click()
+            tablet.locator("#curve svg path").first.wait_for(timeout=30_000)
+            tablet.screenshot(path=shots / "cellar-batch.png", full_page=True)
+            tablet.close()
+
             page.goto(urls["Monitoring"])
             page.get_by_text("brewcast monitoring").first.wait_for(timeout=30_000)
             assert page.locator("img").count() >= 4  # bias over time and reliability plots
             page.screenshot(path=shots / "monitoring-report.png", full_page=True)
             browser.close()
         for name in (
+            "cellar-board",
+            "cellar-batch",
             "mlflow-models",
             "mlflow-compare",
             "mlflow-training",
@@ -207,6 +233,17 @@ def test_demo_runs_the_whole_loop_and_its_pages_render(tmp_path):
     for port in ports.values():
         with pytest.raises(httpx.HTTPError):
             httpx.get(f"http://127.0.0.1:{port}/", timeout=3)
+
+
+def _delivered_ready_events(serving: str, timeout: float = 60) -> list[dict]:
+    """The service's ready events once every one is delivered to Airflow (it retries)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        events = httpx.get(f"{serving}/cellar/events", timeout=10).json()["events"]
+        if all(e["asset_delivered_at"] for e in events) or time.monotonic() > deadline:
+            assert all(e["asset_delivered_at"] for e in events), events[:3]
+            return events
+        time.sleep(2)
 
 
 def _assert_rendered(path: Path) -> None:
