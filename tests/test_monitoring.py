@@ -269,8 +269,7 @@ def test_an_alert_in_a_brewers_words():
 
     late = alert("yeast_strain", "german_lager", "hours_remaining_bias", -45.2)
     assert late.for_brewers() == (
-        "german_lager batches have been finishing ~45 h later than forecast since 24 Oct: "
-        "check x."
+        "german_lager batches have been finishing ~45 h later than forecast since 24 Oct: check x."
     )
     vessel = alert("fermenter*season", "FV07*autumn", "prediction_bias", 0.2).for_brewers()
     assert vessel.startswith("batches in FV07 / autumn batches have had forecasts too sure")
