@@ -22,7 +22,7 @@ import pytest
 from application.processes import ServerProcess, bento_server, free_port
 from brewcast.contract import META_FINISH_FORECAST, read_metadata
 from brewcast.intervals import FinishForecast
-from brewcast.schema import FEATURES, OOV
+from brewcast.schema import FEATURES, OOV, READING_VALUE_RANGES
 from brewcast.units import sg_to_plato
 from models.export import cpu_session, run_onnx
 from models.intervals import forecast_frame
@@ -604,44 +604,46 @@ def test_real_tilt_logs_posted_as_the_tilt_app_does_give_the_training_snapshots(
         assert body["probability"] == pytest.approx(probability, abs=1e-6)
 
 
-def _finished_batch(url: str, batch_id: str, pitch) -> None:
-    """A batch through the API whose gravity fell from 12 to 2.6 °P in four days and has
-    stayed there two more, a reading every 2 h from an assigned device."""
-    from datetime import timedelta
+def _simulated_batches(url: str, world, count: int) -> list[tuple[str, pd.Timestamp]]:
+    """The first ``count`` batches of a simulated world that finished, started over the API
+    with their own attributes, each with a device in its fermenter pushing all its readings
+    (brewcast's readings JSON); each batch's id and finish time."""
+    from models.dataset import LabelRules, derive_outcomes
+    from monitoring.replay import records
 
-    started = {
-        "batch_id": batch_id,
-        "start_time": pitch.isoformat(),
-        "fermenter": f"FV-{batch_id}",
-        "brand": "golden_pilsner",
-        "yeast_strain": "german_lager",
-        "original_gravity_plato": 12.0,
-    }
-    assert httpx.post(f"{url}/batches", json=started, headers=KEY).status_code == 201
-    device = f"hand:{batch_id}"
-    assign = {"fermenter": f"FV-{batch_id}"}
-    assert httpx.put(f"{url}/devices/{device}", json=assign, headers=KEY).status_code == 200
-    readings = []
-    for k in range(1, 73):
-        at = (pitch + timedelta(hours=2 * k)).isoformat()
-        gravity = 2.6 + 9.4 / (1 + math.exp((2 * k - 48) / 10))
-        readings.append({"device": device, "timestamp": at, "gravity": gravity, "temperature": 12})
-    answer = httpx.post(f"{url}/readings", json={"readings": readings}, headers=KEY)
-    assert answer.status_code == 200, answer.text
+    outcomes = derive_outcomes(world.batches, world.readings, LabelRules())
+    finished = outcomes[outcomes["status"] == "finished"].head(count)
+    chosen = world.batches[world.batches["batch_id"].isin(finished["batch_id"])]
+    for batch in records(chosen.drop(columns=["end_time"])):
+        assert httpx.post(f"{url}/batches", json=batch, headers=KEY).status_code == 201
+        device = f"hand:{batch['batch_id']}"
+        assign = {"fermenter": batch["fermenter"]}
+        assert httpx.put(f"{url}/devices/{device}", json=assign, headers=KEY).status_code == 200
+        mine = world.readings[world.readings["batch_id"] == batch["batch_id"]]
+        ranges = mine["tag"].map(READING_VALUE_RANGES)  # a device's impossible values: refused
+        mine = mine[[lo <= v <= hi for v, (lo, hi) in zip(mine["value"], ranges, strict=True)]]
+        readings = [
+            {
+                "device": device,
+                "timestamp": t.isoformat(),
+                "gravity" if tag == "gravity_plato" else "temperature": float(v),
+            }
+            for t, tag, v in zip(mine["timestamp"], mine["tag"], mine["value"], strict=True)
+        ]
+        answer = httpx.post(f"{url}/readings", json={"readings": readings}, headers=KEY)
+        assert answer.status_code == 200, answer.text
+    return list(zip(finished["batch_id"], finished["finish_time"], strict=True))
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="no Chromium: `make test` has it")
-def test_ready_event_once_across_a_restart_webhook_and_the_board(champion_home, tmp_path):
-    """A batch's forecasts turn ready: one event, delivered to a webhook receiver once, never
-    again after a restart; the board (real Chromium) shows the API's numbers, links to the
-    batch page, and the operator's acknowledgement is stored; an override of another batch
-    becomes a label."""
-    from datetime import UTC, datetime, timedelta
-
-    from playwright.sync_api import sync_playwright
-
+def test_ready_event_once_across_a_restart_webhook_and_the_board(
+    champion_home, small_world, tmp_path
+):
+    """Two simulated batches' readings pushed, their forecasts after the finish turn ready:
+    one event each, delivered to a webhook receiver once, never again after a restart; the
+    board (real Chromium) shows the API's numbers, links to the batch page, and the
+    operator's acknowledgement is stored; an override of the other batch becomes a label."""
     from tests.test_cellar import Receiver
-    from tests.test_demo import CHROMIUM_ARGS
 
     settings, _ = champion_home
     receiver = Receiver()
@@ -650,31 +652,35 @@ def test_ready_event_once_across_a_restart_webhook_and_the_board(champion_home, 
         "BREWCAST_PREDICTION_LOG_URL": f"sqlite:///{tmp_path / 'board.db'}",
         "BREWCAST_SERVING_FORECAST_EVERY_MINUTES": "0",
     }
-    pitch = datetime.now(UTC).replace(microsecond=0) - timedelta(days=6, hours=12)
     server, url = start_service(settings.home, **env)
     try:
-        for batch_id in ("B-ready", "B-override"):
-            _finished_batch(url, batch_id, pitch)
-        at = {"at": (pitch + timedelta(hours=140)).isoformat()}
-        forecasts = httpx.get(f"{url}/forecasts", params=at, headers=KEY).json()["forecasts"]
-        assert all(f["decision"] for f in forecasts), forecasts
+        (ready, first), (overridden, second) = _simulated_batches(url, small_world, 2)
+        for batch_id, finished in ((ready, first), (overridden, second)):
+            at = {"at": (finished + pd.Timedelta(hours=12)).isoformat()}
+            forecast = httpx.get(f"{url}/batches/{batch_id}/forecast", params=at, headers=KEY)
+            assert forecast.json()["decision"], forecast.text
         _wait(lambda: len(receiver.bodies) == 2)
         httpx.get(f"{url}/forecasts", params=at, headers=KEY)  # ready again: no new event
         server.stop()
         server, url = start_service(settings.home, **env)  # restarted
-        again = httpx.get(f"{url}/forecasts", headers=KEY).json()["forecasts"]
-        assert all(f["decision"] for f in again)
+        at = {"at": (first + pd.Timedelta(hours=18)).isoformat()}
+        again = httpx.get(f"{url}/batches/{ready}/forecast", params=at, headers=KEY).json()
+        assert again["decision"], again  # still ready: no new event
         time.sleep(3)  # the notifier's turn: nothing left to send
-        assert sorted(b["batch_id"] for b in receiver.bodies) == ["B-override", "B-ready"]
+        assert sorted(b["batch_id"] for b in receiver.bodies) == sorted([ready, overridden])
         events = httpx.get(f"{url}/cellar/events", headers=KEY).json()["events"]
         assert len(events) == 2 and all(e["webhook_delivered_at"] for e in events)
         by_batch = {b["batch_id"]: b for b in receiver.bodies}
-        assert by_batch["B-ready"]["forecast"]["at"].startswith(at["at"][:16])
+        assert by_batch[ready]["forecast"]["at"].startswith(
+            (first + pd.Timedelta(hours=12)).strftime("%Y-%m-%dT%H:%M")
+        )
 
         override = {"answer": "overridden", "by": "ana", "reason": "still 0.4 °P above terminal"}
-        answered = httpx.post(f"{url}/cellar/batches/B-override/ready", json=override)
+        answered = httpx.post(f"{url}/cellar/batches/{overridden}/ready", json=override)
         assert answered.status_code == 401  # answering needs the key
-        answered = httpx.post(f"{url}/cellar/batches/B-override/ready", json=override, headers=KEY)
+        answered = httpx.post(
+            f"{url}/cellar/batches/{overridden}/ready", json=override, headers=KEY
+        )
         assert answered.status_code == 200, answered.text
         assert answered.json()["label"]["finished_within_horizon"] is False
         import sqlalchemy as sa
@@ -682,10 +688,10 @@ def test_ready_event_once_across_a_restart_webhook_and_the_board(champion_home, 
         with sa.create_engine(env["BREWCAST_PREDICTION_LOG_URL"]).connect() as conn:
             labels = conn.execute(sa.text("select source, prediction_id from labels")).all()
         assert [(s, p) for s, p in labels] == [
-            ("override", by_batch["B-override"]["forecast"]["prediction_id"])
+            ("override", by_batch[overridden]["forecast"]["prediction_id"])
         ]
         refused = httpx.post(
-            f"{url}/cellar/batches/B-ready/ready",
+            f"{url}/cellar/batches/{ready}/ready",
             json={"answer": "overridden", "by": "x"},
             headers=KEY,
         )
@@ -693,60 +699,73 @@ def test_ready_event_once_across_a_restart_webhook_and_the_board(champion_home, 
 
         board = httpx.get(f"{url}/cellar", headers=KEY).json()["batches"]
         shots = Path(os.environ.get("BREWCAST_SCREENSHOTS", tmp_path / "shots"))
-        shots.mkdir(parents=True, exist_ok=True)
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(
-                executable_path=shutil.which("chromium"), args=CHROMIUM_ARGS
-            )
-            errors: list[str] = []
-            for width, height in ((1024, 768), (390, 844)):
-                page = browser.new_page(viewport={"width": width, "height": height})
-                page.on("pageerror", lambda exc: errors.append(str(exc)))
-                page.on("console", lambda m: m.type == "error" and errors.append(m.text))
-                page.goto(f"{url}/board?key=test-key")
-                page.wait_for_timeout(1000)
-                assert not errors, errors
-                card = page.locator('article[data-batch="B-ready"]')
-                card.wait_for(timeout=30_000)
-                shown = {
-                    name: card.locator(f'[data-field="{name}"]').first.get_attribute("data-value")
-                    for name in ("probability", "predicted_finish_time", "model_version")
-                }
-                expected = next(b for b in board if b["batch_id"] == "B-ready")["forecast"]
-                assert float(shown["probability"]) == expected["probability"]
-                assert shown["predicted_finish_time"] == expected["predicted_finish_time"]
-                assert (
-                    shown["model_version"] == expected["model_version"] == again[0]["model_version"]
-                )
-                assert card.get_by_text("hydrometer stale").count() == 1  # its last reading is old
-                page.close()
-            page = browser.new_page(viewport={"width": 1024, "height": 768})
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.goto(f"{url}/board?key=test-key")
-            page.locator('article[data-batch="B-ready"] h2 a').click()
-            page.locator("#curve svg").wait_for(timeout=30_000)
-            assert not errors, errors
-            status = page.locator("#status")
-            assert "forecasts" in status.inner_text(), status.inner_text()
-            assert page.locator("#curve svg path").count() >= 2  # gravity and temperature
-            assert page.locator("#events [data-field=ready-event]").count() == 1
-            page.get_by_role("link", name="Board").click()
-            card = page.locator('article[data-batch="B-ready"]')
-            card.wait_for(timeout=30_000)
-            page.on("dialog", lambda dialog: dialog.accept("ana"))
-            card.get_by_role("button", name="Acknowledge").click()
-            card.get_by_text("acknowledged by ana").wait_for(timeout=30_000)
-            page.screenshot(path=shots / "cellar-acknowledged.png")
-            browser.close()
+        _board_in_chromium(url, board, ready, again["model_version"], shots)
         (event,) = [
             e
             for e in httpx.get(f"{url}/cellar/events", headers=KEY).json()["events"]
-            if e["batch_id"] == "B-ready"
+            if e["batch_id"] == ready
         ]
         assert (event["answer"], event["answered_by"]) == ("acknowledged", "ana")
     finally:
         server.stop()
         receiver.close()
+
+
+def _board_in_chromium(
+    url: str, board: list[dict], batch_id: str, version: str, shots: Path
+) -> None:
+    """The board at tablet and phone widths shows the API's numbers for ``batch_id``; its batch
+    page draws its curves and lists its event; the Acknowledge button stores the answer."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.test_demo import CHROMIUM_ARGS
+
+    shots.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=shutil.which("chromium"), args=CHROMIUM_ARGS
+        )
+        errors: list[str] = []
+        for width, height in ((1024, 768), (390, 844)):
+            page = browser.new_page(viewport={"width": width, "height": height})
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.on("console", lambda m: m.type == "error" and errors.append(m.text))
+            page.goto(f"{url}/board?key=test-key")
+            page.wait_for_timeout(1000)
+            assert not errors, errors
+            card = page.locator(f'article[data-batch="{batch_id}"]')
+            card.wait_for(timeout=30_000)
+            shown = {
+                name: card.locator(f'[data-field="{name}"]').first.get_attribute("data-value")
+                for name in ("probability", "predicted_finish_time", "model_version")
+            }
+            expected = next(b for b in board if b["batch_id"] == batch_id)["forecast"]
+            assert float(shown["probability"]) == expected["probability"]
+            assert shown["predicted_finish_time"] == expected["predicted_finish_time"]
+            assert shown["model_version"] == expected["model_version"] == version
+            assert card.get_by_text("hydrometer stale").count() == 1  # its last reading is old
+            page.close()
+        page = browser.new_page(viewport={"width": 1024, "height": 768})
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(f"{url}/board?key=test-key")
+        page.locator(f'article[data-batch="{batch_id}"] h2 a').click()
+        page.locator("#curve svg").wait_for(timeout=30_000)
+        assert not errors, errors
+        status = page.locator("#status")
+        assert "forecasts" in status.inner_text(), status.inner_text()
+        assert page.locator("#curve svg path").count() >= 2  # gravity and temperature
+        assert page.locator("#events [data-field=ready-event]").count() == 1
+        page.get_by_role("link", name="Board").click()
+        card = page.locator(f'article[data-batch="{batch_id}"]')
+        card.wait_for(timeout=30_000)
+        page.on("dialog", lambda dialog: dialog.accept("ana"))
+        card.get_by_role("button", name="Acknowledge").click()
+        card.get_by_text("acknowledged by ana").wait_for(timeout=30_000)
+        page.screenshot(path=shots / "cellar-acknowledged.png")
+        page.get_by_role("link", name="History").click()
+        page.locator("#status", has_text="0 finished batches").wait_for(timeout=30_000)
+        assert not errors, errors
+        browser.close()
 
 
 def _wait(condition, timeout: float = 30) -> None:

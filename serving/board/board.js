@@ -102,3 +102,15 @@ function eventLine(event, batchId, after) {
   }
   return line;
 }
+
+// Runs a page: load() now and every `every` ms, its failure said in the status line; the
+// returned refresh is what an action calls after it changed something.
+function run(load, what, every = REFRESH_MS) {
+  const refresh = async () => {
+    try { await load(); } catch (error) { setStatus(`cannot load the ${what}: ${error.message}`, true); }
+  };
+  navLinks();
+  refresh();
+  if (every) setInterval(refresh, every);
+  return refresh;
+}
