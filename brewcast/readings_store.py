@@ -92,3 +92,17 @@ ready_events = sa.Table(
     sa.Column("answered_by", sa.String(64)),
     sa.Column("reason", sa.Text),
 )
+#: Every push the service refused (a 4xx), kept with its reason: a device's owner cannot see
+#: the answer, so the cellar board shows them on the batch their device was in.
+refused_pushes = sa.Table(
+    "refused_pushes",
+    metadata,
+    sa.Column("refusal_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("route", sa.String(64), nullable=False),
+    sa.Column("device_id", sa.String(64)),  # NULL: the body named none
+    sa.Column("status", sa.Integer, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("body", sa.Text, nullable=False),  # its first 2,000 characters
+    sa.Index("ix_refused_pushes_device", "device_id", "received_at"),
+)

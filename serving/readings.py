@@ -27,7 +27,14 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-from brewcast.readings_store import batch_revisions, batches, devices, metadata, readings
+from brewcast.readings_store import (
+    batch_revisions,
+    batches,
+    devices,
+    metadata,
+    readings,
+    refused_pushes,
+)
 from brewcast.schema import BATCHES, READING_VALUE_RANGES
 from brewcast.snapshots import Series, hour_of, hours_of, snapshot_columns, snapshot_table
 from brewcast.units import UnitError, parse_unit, to_canonical
@@ -349,6 +356,36 @@ class ReadingsStore:
                 for d, n, t in conn.execute(query)
             ]
 
+    # -- refused pushes ----------------------------------------------------------------------
+    def refuse(self, route: str, body: str, error: ReadingError, now: datetime) -> None:
+        """Keep a refused push with its reason (the device named in it, if any)."""
+        row = {
+            "received_at": now,
+            "route": route,
+            "device_id": _named_device(route, body),
+            "status": error.status,
+            "reason": str(error)[:1000],
+            "body": body[:2000],
+        }
+        with self.engine.begin() as conn:
+            conn.execute(refused_pushes.insert().values(**row))
+
+    def refused(self, batch: dict) -> list[dict]:
+        """The pushes refused from the devices now in ``batch``'s fermenter while it ran."""
+        named = sa.select(devices.c.device_id).where(devices.c.fermenter == batch["fermenter"])
+        query = (
+            sa.select(refused_pushes)
+            .where(
+                refused_pushes.c.device_id.in_(named),
+                refused_pushes.c.received_at >= batch["start_time"],
+            )
+            .order_by(refused_pushes.c.received_at)
+        )
+        if batch.get("end_time") is not None:
+            query = query.where(refused_pushes.c.received_at <= batch["end_time"])
+        with self.engine.connect() as conn:
+            return [_utc(dict(r)) for r in conn.execute(query).mappings()]
+
     # -- readings ----------------------------------------------------------------------------
     def store(self, push: Push, now: datetime) -> Stored:
         """:meth:`store_all` of one push."""
@@ -574,6 +611,32 @@ def _extended(series: Series, more: Series) -> Series:
         order = np.argsort(hours, kind="stable")
         hours, values = hours[order], values[order]
     return Series(hours, values)
+
+
+def _named_device(route: str, body: str) -> str | None:
+    """The device a refused body names, as its push would have (None: it names none)."""
+    import json
+    import urllib.parse
+
+    try:
+        if route.endswith("/tilt"):
+            form = dict(urllib.parse.parse_qsl(body))
+            colour = str(form.get("Color") or "").split(":")[0].strip().lower()
+            return f"tilt:{colour}" if colour else None
+        parsed = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(parsed, dict):
+        return None
+    prefix = {"/readings/ispindel": "ispindel:", "/readings/brewfather": "brewfather:"}
+    for key in ("name", "ID") if route in prefix else ():
+        if isinstance(parsed.get(key), int | str) and str(parsed[key]).strip():
+            return prefix[route] + str(parsed[key]).strip()[:48]
+    items = parsed.get("readings")
+    if route == "/readings" and isinstance(items, list) and items and isinstance(items[0], dict):
+        device = items[0].get("device")
+        return str(device)[:64] if isinstance(device, int | str) else None
+    return None
 
 
 def _as_utc(value):

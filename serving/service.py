@@ -773,20 +773,28 @@ class FermentationService:
     async def _push(self, request: Request, parse, form: bool = False) -> Response:
         """Parse a push (a JSON body, or a form) and commit its readings before answering:
         200 when every reading found its batch, 202 when some are kept unassigned; a 4xx
-        naming the field, with nothing stored, when the body is wrong."""
+        naming the field, with nothing stored, when the body is wrong (the refused body is
+        kept with its reason: the board shows it on its device's batch)."""
         now = now_utc()
+        raw = await request.body()
         try:
             if form:
                 body = dict(await request.form())
             else:
                 try:
-                    body = _parse_json(await request.body())
+                    body = _parse_json(raw)
                 except (ValueError, RecursionError) as exc:
                     raise ReadingError(f"body: not JSON ({exc})", 400) from exc
             pushes = parse(body, now)
             # one transaction for the request's pushes, off the event loop
             results = await anyio.to_thread.run_sync(self.readings.store_all, pushes, now)
         except ReadingError as exc:
+            text = raw.decode("utf-8", "replace")
+            try:
+                route = request.url.path
+                await anyio.to_thread.run_sync(self.readings.refuse, route, text, exc, now)
+            except Exception:  # the answer still says what was wrong
+                log.exception("a refused push could not be kept")
             return _error(exc.status, str(exc))
         assigned = all(r.batch_id for r in results)
         return JSONResponse(
@@ -862,6 +870,7 @@ class FermentationService:
                 },
                 "forecasts": history,
                 "events": self.book.events(batch_id),
+                "refused": self.readings.refused(batch),
                 "finished_at": finished,
                 "errors_before_finish": None
                 if finished is None

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from brewcast.settings import Settings
@@ -141,6 +142,21 @@ def test_an_override_becomes_a_label_and_the_first_answer_stands(tmp_path):
     with pytest.raises(ReadingError) as conflict:
         book.answer("B1", "3", "acknowledged", "bo", None)
     assert conflict.value.status == 409 and "first answer stands" in str(conflict.value)
+    # stored as the service stores it, monitoring reads it as that forecast's label
+    log.add_labels([label], source="override")
+    from monitoring.monitor import attach_labels
+
+    served = pd.DataFrame(
+        {
+            "prediction_id": ["p-B1-1012-3", "p-other"],
+            "batch_id": ["B1", "B2"],
+            "snapshot_time": [NOW, NOW],
+            "served_at": [NOW, NOW],
+        }
+    )
+    no_outcomes = pd.DataFrame(columns=["batch_id", "status", "finish_time"])
+    joined = attach_labels(served, log.read_labels(), no_outcomes, 24.0)
+    assert joined["label"].tolist()[0] == 0.0 and np.isnan(joined["label"].tolist()[1])
     log.close()
 
 

@@ -505,6 +505,12 @@ def test_readings_pushed_by_devices_give_forecasts_from_the_stored_readings(serv
     high = body["interval_95"]["high"]  # None: open-ended
     assert high is None or body["interval_95"]["low"] <= body["interval_80"]["low"] <= high
     assert body["predicted_finish_time"].endswith("Z")
+    # the refused push of its iSpindel is kept, with its reason, on the batch's page data
+    page = httpx.get(f"{url}/cellar/batches/{batch['batch_id']}", headers=KEY).json()
+    physics, future = page["refused"]  # oldest first; the body naming no device is not here
+    assert physics["device_id"] == f"ispindel:spin-{colour}" and physics["status"] == 422
+    assert "outside the physical range" in physics["reason"] and '"gravity":1.6' in physics["body"]
+    assert future["device_id"] == f"tilt:{colour}" and "in the future" in future["reason"]
     running = httpx.get(f"{url}/batches", params={"active": "true"}, headers=KEY).json()["batches"]
     assert batch["batch_id"] in {b["batch_id"] for b in running}
     every = httpx.get(f"{url}/forecasts", headers=KEY).json()["forecasts"]
