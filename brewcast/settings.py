@@ -375,6 +375,13 @@ class MonitoringSettings(BaseSettings):
         description="How far below its nominal level (80%, 95%) a slice's live interval "
         "coverage may fall before an alarm (tested like the biases, Holm-corrected).",
     )
+    monitor_false_alarms_per_slice_year: float = Field(
+        1.0,
+        gt=0,
+        description="False alarms the sequential test (a CUSUM per slice since deployment) "
+        "may raise per slice-year on a clean cellar; its threshold follows from it and the "
+        "slice's batch rate.",
+    )
     monitor_max_psi: float = Field(0.25, description="PSI of a feature before a drift alarm.")
     monitor_webhook_url: str | None = Field(None, description="Alerts are POSTed here too.")
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from itertools import combinations
@@ -33,6 +34,7 @@ from brewcast.intervals import LEVELS
 from brewcast.schema import slice_keys
 from brewcast.settings import Settings
 from models.metrics import Z95, classification_report, prediction_bias
+from monitoring.sequential import Finding, sequential_tests
 from validation.reference import bin_counts
 
 log = logging.getLogger(__name__)
@@ -59,8 +61,23 @@ class Alert:
     batches: int
     p_value: float | None
     likely_causes: str
+    #: "window": a fixed window's test; "cusum": the slice's sequential test since deployment
+    #: (:mod:`monitoring.sequential`), whose window runs from the estimated change on.
+    test: str = "window"
+    statistic: float | None = None  # the CUSUM when it crossed, against ``threshold``
+    threshold: float | None = None
+    detected_at: str | None = None  # when the batch that crossed it finished
+    batch_ids: list[str] = field(default_factory=list)
+    #: The alarmed parent slices this one explains ("all=all", "brand=pils"): they alarm
+    #: for its batches and are not reported on their own.
+    explains: list[str] = field(default_factory=list)
 
     def evidence(self) -> str:
+        if self.test == "cusum":
+            return (
+                f"CUSUM {self.statistic:.1f} above its threshold {self.threshold:.1f}, "
+                f"about one false alarm per slice-year"
+            )
         if self.p_value is None:
             return "calibration error, no test"
         return f"Holm-adjusted p={self.p_value:.2g}"
@@ -117,6 +134,8 @@ class MonitoringResult:
     new_values: dict[str, dict[str, int]] = field(default_factory=dict)
     #: Predictions of the latest window flagged out of distribution, overall and per slice.
     out_of_distribution: dict = field(default_factory=dict)
+    #: The sequential tests' paths: one row per (version, slice, family, batch).
+    sequential: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @property
     def retrain(self) -> bool:
@@ -418,6 +437,34 @@ def find_alerts(windows: pd.DataFrame, settings: Settings) -> list[Alert]:
     return alerts
 
 
+def sequential_alert(finding: Finding, settings: Settings) -> Alert:
+    """The alert of a slice's CUSUM crossing: the bias over the batches since the estimated
+    change, those batches, the window from that change to the crossing, and the alarmed
+    parent slices it explains."""
+    crossing, family = finding.crossing, finding.family
+    since = finding.part.iloc[crossing.start : crossing.at + 1]
+    began, detected = since["known_at"].iloc[0], since["known_at"].iloc[-1]
+    days = max(math.ceil((detected - began) / pd.Timedelta(days=1)), 1)
+    return Alert(
+        f"{began:%Y-%m-%d}+{days}d",
+        finding.slice,
+        finding.value,
+        family.metric,
+        float(since[family.column].mean()),
+        float(getattr(settings, family.limit_setting)),
+        int(since["snapshots"].sum()),
+        len(since),
+        None,
+        _causes(finding.slice),
+        test="cusum",
+        statistic=float(crossing.statistic),
+        threshold=float(crossing.threshold),
+        detected_at=detected.isoformat(),
+        batch_ids=since["batch_id"].astype(str).tolist(),
+        explains=finding.explains,
+    )
+
+
 def _causes(slice_name: str) -> str:
     return LIKELY_CAUSES.get(
         slice_name.split("*")[0],
@@ -541,6 +588,8 @@ def monitor(
                 frames.append(table)
     windows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     alerts = find_alerts(windows, settings) if len(windows) else []
+    paths, crossings = sequential_tests(labelled, settings) if len(labelled) else ([], [])
+    alerts += [sequential_alert(finding, settings) for finding in crossings]
     latest = joined[joined["at"] >= joined["at"].max() - pd.Timedelta(days=days)]
     drift = drift_table(latest, reference, settings)
     return MonitoringResult(
@@ -551,4 +600,5 @@ def monitor(
         int(joined["label"].isna().sum()),
         unseen_categories(latest),
         out_of_distribution_counts(latest),
+        paths if len(paths) else pd.DataFrame(),
     )

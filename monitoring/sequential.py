@@ -1,0 +1,267 @@
+"""Sequential detection for small slices: a two-sided CUSUM per slice on batch residuals.
+
+A weekly window needs ``monitor_min_batches`` labelled batches in a slice before it may
+alarm, which one fermenter, a rare brand or a rare strain never has in a week. The evidence
+is still there, spread over weeks: so each slice also gets a cumulative test since its
+model version was deployed (a retraining starts a new one).
+
+Each finished batch gives one residual per family, in the order its label became known
+(its finish): the mean over its snapshots of ``predicted - actual hours remaining`` and of
+``probability - label``, so a long batch weighs as much as a short one. Residuals are
+standardised by the version's robust spread across every batch (1.4826 x MAD) and clipped
+at ±4 (one wild batch is not a drift). Page's CUSUM (Page 1954) accumulates ``z - k``
+upwards and ``-z - k`` downwards, with ``k`` three quarters of the monitoring limit in sigma
+units: the log-likelihood-ratio CUSUM for "a bias of half the limit" (tolerated: no model
+is unbiased in every slice) against "a bias of the limit". The threshold ``h`` is set per
+slice from the false-alarm rate (``monitor_false_alarms_per_slice_year``, shared by both
+sides and both families) and the slice's own batch rate, for a slice biased by half the
+limit, by Siegmund's approximation of the run length,
+
+    ARL(h, k) = (exp(2 k b) - 2 k b - 1) / (2 k^2),   b = h + 1.166,
+
+and the expected detection delay for a true bias ``d`` (in sigma units) is the same formula
+at ``k - d``. The change's start is estimated as the batch after the statistic last stood
+at zero (the CUSUM's own change-point estimate).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import brentq
+
+from brewcast.schema import slice_keys
+from brewcast.settings import Settings
+
+#: Standardised residuals are clipped here: one stuck or mislabelled batch is not a drift.
+CLIP = 4.0
+#: Batches a version needs before its spread is trusted enough to test.
+MIN_VERSION_BATCHES = 20
+#: Batches since the estimated change a sequential alarm needs (one or two are anecdotes).
+MIN_ALARM_BATCHES = 3
+#: The shortest span a slice's batch rate is estimated over.
+MIN_SPAN_DAYS = 28.0
+
+
+@dataclass(frozen=True)
+class Family:
+    """A residual tested sequentially: its alert metric, its column in
+    :func:`batch_residuals`, the monitoring limit it is tested against, and the floor of its
+    spread (so a near-perfect slice does not turn noise into sigma)."""
+
+    metric: str
+    column: str
+    limit_setting: str
+    min_spread: float
+
+
+FAMILIES = (
+    Family("hours_remaining_bias", "hours_residual", "monitor_max_hours_bias", 1.0),
+    Family("prediction_bias", "probability_residual", "monitor_max_abs_bias", 0.01),
+)
+
+
+@dataclass(frozen=True)
+class Crossing:
+    """A CUSUM's first crossing of its threshold: the side (+1: the residuals run above
+    zero), the index of the batch that crossed, the first batch of the estimated change,
+    the statistic there and the threshold it crossed."""
+
+    side: int
+    at: int
+    start: int
+    statistic: float
+    threshold: float
+
+
+def batch_residuals(labelled: pd.DataFrame) -> pd.DataFrame:
+    """One row per (model version, batch) of labelled predictions: when its label was known
+    (its finish; a batch that never finished, its last snapshot), its slice values, its mean
+    hours residual over finished snapshots and its mean probability residual."""
+    frame = labelled.assign(
+        hours_residual=labelled["hours_remaining"].astype(float) - labelled["actual_hours"],
+        probability_residual=labelled["probability"].astype(float) - labelled["label"],
+        finish=labelled["at"] + pd.to_timedelta(labelled["actual_hours"], unit="h"),
+    )
+    keys = [k for k in slice_keys() if k in frame]
+    grouped = frame.groupby(["model_version", "batch_id"], sort=False)
+    out = grouped.agg(
+        hours_residual=("hours_residual", "mean"),
+        probability_residual=("probability_residual", "mean"),
+        snapshots=("probability_residual", "size"),
+        finish=("finish", "max"),
+        last_snapshot=("at", "max"),
+        **{k: (k, "first") for k in keys},
+    ).reset_index()
+    out["known_at"] = out["finish"].fillna(out["last_snapshot"])
+    out[keys] = out[keys].astype(object).where(out[keys].notna(), "(missing)").astype(str)
+    return out.drop(columns=["finish", "last_snapshot"]).sort_values(
+        ["model_version", "known_at", "batch_id"], ignore_index=True
+    )
+
+
+def run_length(h: float, k: float) -> float:
+    """Siegmund's approximation of a one-sided CUSUM's average run length for standard
+    normal increments with mean ``-k`` relative to its allowance (``k < 0``: a true shift)."""
+    b = h + 1.166
+    if abs(k) < 1e-9:
+        return b * b
+    if 2 * k * b > 700:  # beyond any horizon (and exp's range)
+        return math.inf
+    return (math.exp(2 * k * b) - 2 * k * b - 1) / (2 * k * k)
+
+
+def threshold(k: float, in_control_run_length: float) -> float:
+    """The one-sided threshold ``h`` whose in-control run length (batches) is the one
+    given."""
+    target = max(in_control_run_length, run_length(0.0, k) * 1.0001)
+    return float(brentq(lambda h: run_length(h, k) - target, 0.0, 200.0))
+
+
+def cusum(z: np.ndarray, k: float, h: float) -> tuple[np.ndarray, np.ndarray, Crossing | None]:
+    """The upper and lower CUSUM paths of ``z`` and their first crossing of ``h`` by at
+    least :data:`MIN_ALARM_BATCHES` batches since the estimated change (None: none)."""
+    upper, lower = np.zeros(len(z)), np.zeros(len(z))
+    high = low = 0.0
+    start = {1: 0, -1: 0}
+    crossing = None
+    for i, value in enumerate(z):
+        high, low = max(0.0, high + value - k), max(0.0, low - value - k)
+        upper[i], lower[i] = high, low
+        for side, statistic in ((1, high), (-1, low)):
+            if statistic == 0.0:
+                start[side] = i + 1
+            elif crossing is None and statistic > h and i - start[side] + 1 >= MIN_ALARM_BATCHES:
+                crossing = Crossing(side, i, start[side], statistic, h)
+    return upper, lower, crossing
+
+
+def _slices(residuals: pd.DataFrame):
+    yield "all", "all", residuals
+    for key in slice_keys():
+        if key in residuals:
+            for value, part in residuals.groupby(key, sort=True):
+                yield key, str(value), part
+
+
+@dataclass
+class Finding:
+    """A slice's CUSUM crossing, with the slice's batches in the order tested, and the
+    alarmed parents it explains (:func:`explain`)."""
+
+    model_version: str
+    slice: str
+    value: str
+    family: Family
+    crossing: Crossing
+    part: pd.DataFrame
+    explains: list[str]
+
+    @property
+    def name(self) -> str:
+        return f"{self.slice}={self.value}"
+
+
+def sequential_tests(labelled: pd.DataFrame, settings: Settings) -> tuple[pd.DataFrame, list]:
+    """Every slice's CUSUM paths (one row per version, slice, family and batch) and its
+    root causes: the crossings not explained by a smaller alarmed slice (:func:`explain`)."""
+    residuals = batch_residuals(labelled)
+    paths, findings = [], []
+    for version, by_version in residuals.groupby("model_version", sort=True):
+        if len(by_version) < MIN_VERSION_BATCHES:
+            continue
+        known = by_version["known_at"]
+        span_days = max((known.max() - known.min()) / pd.Timedelta(days=1), MIN_SPAN_DAYS)
+        for family in FAMILIES:
+            values = by_version[family.column]
+            spread = max(
+                1.4826 * float((values - values.median()).abs().median()), family.min_spread
+            )
+            limit = float(getattr(settings, family.limit_setting)) / spread
+            k = 0.75 * limit  # halfway between a tolerated bias (half the limit) and the limit
+            crossed = []
+            for name, value, part in _slices(by_version):
+                part = part[part[family.column].notna()]
+                if len(part) < MIN_ALARM_BATCHES:
+                    continue
+                per_year = len(part) / span_days * 365.0
+                # two sides and two families share the slice's false alarms, which must
+                # hold for a slice biased by half the limit (a model is never unbiased
+                # everywhere): the run length is set for increments of mean -(k - limit/2)
+                runs = 4 * per_year / settings.monitor_false_alarms_per_slice_year
+                h = threshold(k - limit / 2, runs)
+                z = np.clip(part[family.column].to_numpy() / spread, -CLIP, CLIP)
+                upper, lower, crossing = cusum(z, k, h)
+                paths.append(
+                    pd.DataFrame(
+                        {
+                            "model_version": version,
+                            "slice": name,
+                            "value": value,
+                            "metric": family.metric,
+                            "batch_id": part["batch_id"].to_numpy(),
+                            "known_at": part["known_at"].to_numpy(),
+                            "residual": part[family.column].to_numpy(),
+                            "upper": upper,
+                            "lower": lower,
+                            "threshold": h,
+                            "spread": spread,
+                        }
+                    )
+                )
+                if crossing is not None:
+                    finding = Finding(version, name, value, family, crossing, part, [])
+                    crossed.append((finding, z, k, h))
+            findings += explain(crossed)
+    columns = ["model_version", "slice", "value", "metric", "batch_id", "known_at"]
+    table = pd.concat(paths, ignore_index=True) if paths else pd.DataFrame(columns=columns)
+    return table, findings
+
+
+def explain(crossed: list[tuple[Finding, np.ndarray, float, float]]) -> list[Finding]:
+    """One finding per cause: a parent slice (all, or a slice holding another's batches)
+    alarmed because of a smaller one is *explained* by it when its own test, run again
+    without that child's batches, no longer crosses; a slice with the very batches of a
+    coarser one is the coarser one. The roots are returned, each listing the parents it
+    explains."""
+    batches = [frozenset(f.part["batch_id"]) for f, *_ in crossed]
+    parent_of: dict[int, int] = {}
+    for p, (parent, z, k, h) in enumerate(crossed):
+        smaller = sorted(
+            (c for c in range(len(crossed)) if c != p and batches[c] <= batches[p]),
+            key=lambda c: (len(batches[c]), crossed[c][0].slice.count("*")),
+        )
+        for c in smaller:
+            if batches[c] == batches[p]:
+                if p < c:  # the coarser (listed first: "all", then one key) stays
+                    parent_of[c] = p
+                continue
+            rest = ~parent.part["batch_id"].isin(batches[c]).to_numpy()
+            if cusum(z[rest], k, h)[2] is None:
+                parent_of[p] = c
+                break
+    roots = []
+    for i, (finding, *_) in enumerate(crossed):
+        if i in parent_of:
+            continue
+        finding.explains = [
+            crossed[p][0].name for p in range(len(crossed)) if p != i and _root(p, parent_of) == i
+        ]
+        roots.append(finding)
+    return roots
+
+
+def _root(i: int, parent_of: dict[int, int]) -> int:
+    seen = set()
+    while i in parent_of and i not in seen:
+        seen.add(i)
+        i = parent_of[i]
+    return i
+
+
+def expected_delay(shift_sigmas: float, k: float, h: float) -> float:
+    """Batches a CUSUM takes on average to cross ``h`` once the bias is ``shift_sigmas``."""
+    return run_length(h, k - shift_sigmas)

@@ -1,0 +1,129 @@
+"""The sequential test's parts against hand examples and an independent simulation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from brewcast.settings import Settings
+from monitoring.monitor import sequential_alert
+from monitoring.sequential import (
+    CLIP,
+    FAMILIES,
+    MIN_ALARM_BATCHES,
+    batch_residuals,
+    cusum,
+    expected_delay,
+    run_length,
+    sequential_tests,
+    threshold,
+)
+
+
+def test_cusum_hand_example():
+    # k = 0.5, h = 4: the upper path is 0, 0, 2.5, 5.0, 7.5 -> above h from the 4th value,
+    # but the change began at the 3rd (the last zero was the 2nd), and an alarm needs three
+    # batches since the change: the 5th
+    upper, lower, crossing = cusum(np.array([0.0, -1.0, 3.0, 3.0, 3.0]), 0.5, 4.0)
+    assert upper.tolist() == [0.0, 0.0, 2.5, 5.0, 7.5]
+    assert lower.tolist() == [0.0, 0.5, 0.0, 0.0, 0.0]
+    assert MIN_ALARM_BATCHES == 3
+    assert (crossing.side, crossing.at, crossing.start, crossing.statistic) == (1, 4, 2, 7.5)
+    # downwards the same, and one value at the clip (CLIP sigmas) alone never alarms
+    assert cusum(-np.array([0.0, 0.0, 3.0, 3.0, 3.0]), 0.5, 4.0)[2].side == -1
+    assert cusum(np.array([0.0, CLIP, 0.0, 0.0]), 0.5, 4.0)[2] is None
+
+
+def _simulated_run_length(h: float, k: float, shift: float, runs: int, seed: int) -> float:
+    rng = np.random.default_rng(seed)
+    lengths = []
+    for _ in range(runs):
+        statistic, n = 0.0, 0
+        while statistic <= h:
+            statistic = max(0.0, statistic + rng.normal(shift) - k)
+            n += 1
+        lengths.append(n)
+    return float(np.mean(lengths))
+
+
+@pytest.mark.parametrize(("h", "k", "shift"), [(3.0, 0.5, 0.0), (4.0, 0.5, 1.5)])
+def test_siegmund_run_length_matches_a_simulation(h, k, shift):
+    simulated = _simulated_run_length(h, k, shift, 3000 if shift else 1500, seed=3)
+    assert run_length(h, k - shift) == pytest.approx(simulated, rel=0.12)
+    assert expected_delay(shift, k, h) == run_length(h, k - shift)
+
+
+def test_threshold_inverts_the_run_length():
+    h = threshold(0.5, 400.0)
+    assert run_length(h, 0.5) == pytest.approx(400.0)
+    assert threshold(0.5, 800.0) > h  # rarer false alarms need a higher bar
+
+
+def _labelled(batches: list[tuple[str, str, float, float]], start: pd.Timestamp) -> pd.DataFrame:
+    """Two labelled snapshots per (batch, fermenter, hours residual, finish day)."""
+    rows = []
+    for batch, fermenter, residual, day in batches:
+        finish = start + pd.Timedelta(days=day)
+        for hours_left in (30.0, 6.0):
+            rows.append(
+                {
+                    "model_version": "3",
+                    "batch_id": batch,
+                    "fermenter": fermenter,
+                    "brand": "pils",
+                    "yeast_strain": "lager",
+                    "season": "winter",
+                    "at": finish - pd.Timedelta(hours=hours_left),
+                    "actual_hours": hours_left,
+                    "hours_remaining": hours_left + residual,
+                    "probability": 0.5,
+                    "label": float(hours_left <= 24),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def test_batch_residuals_weigh_each_batch_once_in_finish_order():
+    start = pd.Timestamp("2026-01-01", tz="UTC")
+    frame = _labelled([("B2", "FV1", -4.0, 3.0), ("B1", "FV2", 2.0, 1.0)], start)
+    residuals = batch_residuals(frame)
+    assert residuals["batch_id"].tolist() == ["B1", "B2"]  # by finish, not by input order
+    assert residuals["hours_residual"].tolist() == [2.0, -4.0]
+    assert residuals["probability_residual"].tolist() == [0.0, 0.0]  # mean of +0.5 and -0.5
+    assert residuals["snapshots"].tolist() == [2, 2]
+    assert residuals["known_at"].tolist() == [
+        start + pd.Timedelta(days=1),
+        start + pd.Timedelta(days=3),
+    ]
+
+
+def test_one_slow_fermenter_among_many_alarms_in_its_own_slice():
+    """80 batches over 280 days in two fermenters, noise of 6 h; from day 140 on FV07's
+    batches come 16 h later than forecast (a predicted - actual of -16 h): its own CUSUM
+    finds it within a few of them, its alert names those batches, and the whole cellar
+    (with its one brand, strain and season), which alarms too, is explained by it."""
+    rng = np.random.default_rng(11)
+    start = pd.Timestamp("2026-01-01", tz="UTC")
+    batches = []
+    for i in range(80):
+        fermenter = f"FV{i % 2 + 6:02d}"
+        drifted = fermenter == "FV07" and i >= 40
+        residual = rng.normal(-16.0 if drifted else 0.0, 6.0)
+        batches.append((f"B{i:03d}", fermenter, residual, i * 3.5))
+    settings = Settings()
+    paths, crossings = sequential_tests(_labelled(batches, start), settings)
+    found = [f for f in crossings if f.family.metric == "hours_remaining_bias"]
+    # one cause: the whole cellar, its one brand, strain and season alarm for FV07's batches
+    assert [f.name for f in found] == ["fermenter=FV07"]
+    assert {"all=all", "brand=pils", "yeast_strain=lager"} <= set(found[0].explains)
+    alert = sequential_alert(found[0], settings)
+    drifted_seen = [b for b in alert.batch_ids if int(b[1:]) >= 40]
+    assert 3 <= len(drifted_seen) <= 6 and alert.observed < -settings.monitor_max_hours_bias
+    assert alert.test == "cusum" and alert.statistic > alert.threshold
+    assert "CUSUM" in alert.message() and "batches in FV07" in alert.for_brewers()
+    # every slice was tested, and each path is in finish order
+    assert {"all", "fermenter", "brand"} <= set(paths["slice"])
+    assert set(paths["metric"]) == {f.metric for f in FAMILIES}
+    for _, path in paths.groupby(["slice", "value", "metric"]):
+        assert path["known_at"].is_monotonic_increasing
