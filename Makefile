@@ -51,7 +51,7 @@ demo: setup  ## MLflow + Airflow + BentoML up, a simulated year through them, mo
 wrk:
 	$(call debian_tool,wrk,wrk missing (Debian: apt-get install wrk): the benchmark uses httpx instead)
 
-bench: setup wrk
+bench: setup wrk browser
 	$(BIN)/python -m benchmarks
 
 stop:  ## stop what `make demo` started (by pid)

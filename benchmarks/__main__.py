@@ -7,7 +7,7 @@ import os
 import platform
 from pathlib import Path
 
-from benchmarks import airflow_overhead, inference, pipeline, readings, serving
+from benchmarks import airflow_overhead, board, inference, pipeline, readings, serving
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -23,6 +23,7 @@ def main() -> None:
         "inference": inference.run(),
         "serving": serving.run(),
         "readings": readings.run(),
+        "board": board.run(),
         "airflow": airflow_overhead.run(),
     }
     gpu = results["inference"]["gpu"]  # the serving benchmark uses CUDA by itself where it can
@@ -36,6 +37,7 @@ def main() -> None:
             inference.markdown(results["inference"]),
             serving.markdown(results["serving"]),
             readings.markdown(results["readings"]),
+            board.markdown(results["board"]),
             airflow_overhead.markdown(results["airflow"]),
         ]
     )

@@ -1,0 +1,128 @@
+"""The cellar board in a real browser (``python -m benchmarks.board``): the time from asking
+Chromium for ``/board`` to the page showing every card, for 50 running batches with 30 days
+of 15-minute readings each, served by the real BentoML service (target: under 1 s).
+
+The service is started on a home whose prediction log already holds the batches and their
+readings; its own background forecaster forecasts them at start-up, as in a cellar. Each
+load is a fresh page (no cache), measured from navigation to the 50th card with a forecast,
+so the page, its script, ``GET /cellar`` and the drawing are all inside it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from benchmarks import small_model
+
+BATCHES = 50
+DAYS = 30
+LOADS = 7
+TARGET_S = 1.0
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run"]
+
+
+def _fill(home: Path, now: datetime) -> None:
+    """50 running batches, each with a device and 30 days of gravity and temperature."""
+    from brewcast.settings import Settings
+    from serving.prediction_log import make_engine
+    from serving.readings import Push, ReadingsStore
+
+    store = ReadingsStore(make_engine(Settings(home=home).prediction_log))
+    start = now - timedelta(days=DAYS)
+    for b in range(BATCHES):
+        fermenter = f"FV{b:02d}"
+        store.start_batch(
+            {"batch_id": f"C{b:02d}", "fermenter": fermenter, "start_time": start,
+             "brand": "golden_pilsner", "yeast_strain": "german_lager",
+             "original_gravity_plato": 12.0}
+        )  # fmt: skip
+        store.assign(f"bench:{fermenter}", fermenter)
+        rows = []
+        for k in range(1, DAYS * 96):
+            at = start + timedelta(minutes=15 * k)
+            rows.append((at, "gravity_plato", 12.0 - 9.0 * min(k / (DAYS * 80), 1.0)))
+            rows.append((at, "temperature_c", 12.0 + 0.01 * (k % 7)))
+        store.store(Push(f"bench:{fermenter}", rows), now)
+    store.engine.dispose()
+
+
+def _loads(url: str) -> list[float]:
+    """Seconds from navigation to every card showing its forecast, one fresh page each."""
+    from playwright.sync_api import sync_playwright
+
+    cards = 'article[data-batch] [data-field="probability"]'
+    times = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=shutil.which("chromium"), args=CHROMIUM_ARGS
+        )
+        for _ in range(LOADS + 1):  # the first warms the browser and the server
+            page = browser.new_context(viewport={"width": 1024, "height": 768}).new_page()
+            started = time.perf_counter()
+            page.goto(f"{url}/board", wait_until="commit")
+            page.wait_for_function(
+                f"document.querySelectorAll('{cards}').length >= {BATCHES}", timeout=60_000
+            )
+            times.append(time.perf_counter() - started)
+            page.context.close()
+        browser.close()
+    return times[1:]
+
+
+def _forecasted(url: str, timeout: float = 300.0) -> None:
+    """Wait for the service's start-up forecasts of every batch."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        board = httpx.get(f"{url}/cellar", timeout=30).json()["batches"]
+        if len(board) == BATCHES and all(b.get("forecast") for b in board):
+            return
+        time.sleep(2)
+    raise TimeoutError(f"the service had not forecast its {BATCHES} batches in {timeout:.0f} s")
+
+
+def run() -> dict:
+    from application.processes import bento_server, free_port
+
+    with tempfile.TemporaryDirectory() as tmp:
+        home = Path(tmp) / "home"
+        print("board: training and registering a model to serve ...", flush=True)
+        small_model(
+            home, seed=6, register=True, epochs=5, patience=2, model_families="network",
+            gate_max_ece=1.0, gate_max_slice_ece=1.0, gate_max_abs_bias=1.0,
+        )  # fmt: skip
+        _fill(home, datetime.now(UTC))
+        port = free_port()
+        server = bento_server(home, port, BREWCAST_BOARD_OPEN="true")
+        server.start(timeout=180)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            _forecasted(url)
+            print(f"board: {LOADS} loads of {url}/board in Chromium ...", flush=True)
+            times = _loads(url)
+        finally:
+            server.stop()
+    return {"board_load_p50_s": statistics.median(times), "board_load_max_s": max(times)}
+
+
+def markdown(result: dict) -> str:
+    met = "yes" if result["board_load_max_s"] <= TARGET_S else "no"
+    return (
+        f"| the board, {BATCHES} batches x {DAYS} days, in Chromium: median / slowest of "
+        f"{LOADS} loads | {result['board_load_p50_s']:.2f} / {result['board_load_max_s']:.2f} s"
+        f" | {TARGET_S} s | {met} |\n"
+    )
+
+
+def main() -> None:
+    print(markdown(run()))
+
+
+if __name__ == "__main__":
+    main()
