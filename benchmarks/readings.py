@@ -171,7 +171,8 @@ def markdown(result: dict) -> str:
     for key, target in TARGETS.items():
         value = result[key]
         met = value >= target if key.endswith("per_s") else value <= target
-        lines.append(f"| {key} | {value:,.2f} | {target:,} | {'yes' if met else 'no'} |")
+        shown = f"{value:,.0f}" if key.endswith("per_s") else f"{value:,.3f}"
+        lines.append(f"| {key} | {shown} | {target:,} | {'yes' if met else 'no'} |")
     for key in ("snapshot_p50_ms", "forecast_p50_ms", "cold_p50_ms", "cold_p99_ms"):
         lines.append(f"| {key} | {result[key]:.2f} | | |")
     lines.append(f"| batches_500_cold_s | {result['batches_500_cold_s']:.2f} | | |")

@@ -437,15 +437,18 @@ def _monitoring_alerts(settings) -> list[dict]:
         return []
 
 
-def _every(seconds: float, action) -> threading.Event | None:
-    """Run ``action`` every ``seconds`` on a daemon thread until the event returned is set
-    (None: ``seconds`` is 0, never). A failed round is logged; the next one runs."""
+def _every(seconds: float, action, first: float = 10.0) -> threading.Event | None:
+    """Run ``action`` ``first`` seconds after start (or ``seconds``, if sooner), then every
+    ``seconds``, on a daemon thread until the event returned is set (None: ``seconds`` is 0,
+    never). A failed round is logged; the next one runs."""
     if seconds <= 0:
         return None
     stop = threading.Event()
 
     def loop() -> None:
-        while not stop.wait(seconds):
+        wait = min(first, seconds)
+        while not stop.wait(wait):
+            wait = seconds
             try:
                 action()
             except Exception:

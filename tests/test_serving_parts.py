@@ -641,3 +641,16 @@ def test_a_label_is_one_prediction_or_one_batch():
     ):
         with pytest.raises(ValidationError, match=message):
             Label(**bad)
+
+
+def test_the_services_own_round_runs_soon_after_start_not_a_period_later():
+    """The board shows forecasts seconds after a restart, not a whole period (15 min) later."""
+    from serving.service import _every
+
+    ran = threading.Event()
+    stop = _every(3600.0, ran.set, first=0.01)
+    try:
+        assert ran.wait(30), "the first round waited for the period"
+    finally:
+        stop.set()
+    assert _every(0, ran.set) is None  # 0: the service never forecasts by itself
