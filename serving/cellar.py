@@ -361,6 +361,65 @@ def points(series) -> list[list]:
     return [[_at(h), v] for h, v in zip(series.hours.tolist(), series.values.tolist(), strict=True)]
 
 
+#: Gravity readings a batch needs before its curve is fitted (four parameters).
+MIN_FIT_READINGS = 12
+
+
+def fitted_curve(gravity, until_hours: float | None = None, steps: int = 120) -> dict | None:
+    """DOMAIN.md's four-parameter logistic ``P(t) = Pe + (P0 - Pe) / (1 + exp(B (t - M)))``
+    fitted to a batch's gravity (a :class:`~brewcast.snapshots.Series`, hours and °P), drawn
+    from its first reading to ``until_hours`` (the forecast finish) or its last reading:
+    points, parameters and the fit's RMS residual. None when there are too few readings or
+    the fit does not converge (the page then draws the readings alone)."""
+    import warnings
+
+    import numpy as np
+    from scipy.optimize import OptimizeWarning, curve_fit
+
+    hours, values = np.asarray(gravity.hours, float), np.asarray(gravity.values, float)
+    if len(hours) < MIN_FIT_READINGS or np.ptp(values) < 0.5:
+        return None
+    t = hours - hours[0]
+
+    def logistic(x, p0, pe, slope, midpoint):
+        return pe + (p0 - pe) / (1.0 + np.exp(np.clip(slope * (x - midpoint), -60, 60)))
+
+    start = (
+        values[:3].max(),
+        values[-3:].min(),
+        0.05,
+        float(t[np.argmin(abs(values - values.mean()))]),
+    )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", OptimizeWarning)
+            params, _ = curve_fit(
+                logistic,
+                t,
+                values,
+                p0=start,
+                bounds=([0.0, -2.0, 1e-3, -48.0], [40.0, 30.0, 2.0, max(t[-1], 1.0) * 4 + 48]),
+                maxfev=5000,
+            )
+    except (RuntimeError, ValueError, OptimizeWarning):
+        return None
+    end = max(t[-1], (until_hours - hours[0]) if until_hours is not None else t[-1])
+    grid = np.linspace(0.0, end, steps)
+    residual = values - logistic(t, *params)
+    p0, pe, slope, midpoint = (float(v) for v in params)
+    return {
+        "points": [
+            [_at(hours[0] + x), float(v)]
+            for x, v in zip(grid, logistic(grid, *params), strict=True)
+        ],
+        "original_gravity_plato": p0,
+        "terminal_gravity_plato": pe,
+        "slope_per_hour": slope,
+        "midpoint_at": _at(hours[0] + midpoint),
+        "rms_plato": float(np.sqrt(np.mean(residual**2))),
+    }
+
+
 def concerns(alert: dict, features: dict) -> bool:
     """Whether a monitoring alert's slice (``all``, ``yeast_strain``, ``a*b``...) holds a
     batch whose snapshot ``features`` are these."""

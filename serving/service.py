@@ -50,6 +50,7 @@ from starlette.responses import JSONResponse, Response
 
 from brewcast.schema import FEATURES, schema_fingerprint, slice_keys
 from brewcast.settings import get_settings
+from brewcast.snapshots import hour_of
 from serving import cellar
 from serving.api_models import (
     BatchStart,
@@ -865,12 +866,23 @@ class FermentationService:
             ((gravity, temperature),) = self.readings.series([batch])
             history = self.book.history(batch_id)
             finished = self.log.batch_finishes([batch_id]).get(batch_id)
+            forecast_finish = next(
+                (
+                    f["predicted_finish_time"]
+                    for f in reversed(history)
+                    if f.get("predicted_finish_time")
+                ),
+                None,
+            )
             return {
                 "batch": batch,
                 "readings": {
                     "gravity_plato": cellar.points(gravity),
                     "temperature_c": cellar.points(temperature),
                 },
+                "fitted": cellar.fitted_curve(
+                    gravity, None if forecast_finish is None else hour_of(forecast_finish)
+                ),
                 "forecasts": history,
                 "events": self.book.events(batch_id),
                 "refused": self.readings.refused(batch),

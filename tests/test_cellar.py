@@ -206,3 +206,30 @@ def test_finish_errors_against_a_hand_example():
     ]
     history = [{k: _iso(v) for k, v in f.items()} for f in history]
     assert finish_errors(history, finished) == {24: None, 48: -5.0, 72: 20.0}
+
+
+def test_the_fitted_curve_recovers_a_logistic_and_declines_what_it_cannot_fit():
+    """DOMAIN.md's four-parameter logistic, fitted to 15-minute readings of a known curve
+    with 0.1 °P of noise, gives back its terminal gravity, slope and midpoint; a handful
+    of readings or a flat line gets no curve."""
+    import numpy as np
+
+    from brewcast.snapshots import Series
+    from ingest.simulator import logistic_gravity
+    from serving.cellar import fitted_curve
+
+    rng = np.random.default_rng(4)
+    start = 500_000.0  # hours since the epoch
+    t = np.arange(0, 120, 0.25)
+    values = logistic_gravity(t, 12.0, 3.0, 0.08, 48.0) + rng.normal(0, 0.1, t.size)
+    fit = fitted_curve(Series(start + t, values), until_hours=start + 200)
+    assert fit["terminal_gravity_plato"] == pytest.approx(3.0, abs=0.1)
+    assert fit["original_gravity_plato"] == pytest.approx(12.0, abs=0.1)
+    assert fit["slope_per_hour"] == pytest.approx(0.08, rel=0.05)
+    assert fit["rms_plato"] == pytest.approx(0.1, abs=0.02)
+    midpoint = (fit["midpoint_at"].timestamp() / 3600) - start
+    assert midpoint == pytest.approx(48.0, abs=1.0)
+    first, last = fit["points"][0][0], fit["points"][-1][0]
+    assert (last - first).total_seconds() / 3600 == pytest.approx(200.0)  # drawn to the forecast
+    assert fitted_curve(Series(start + t[:5], values[:5])) is None
+    assert fitted_curve(Series(start + t, np.full(t.size, 12.0))) is None

@@ -760,6 +760,10 @@ def _board_in_chromium(
         status = page.locator("#status")
         assert "forecasts" in status.inner_text(), status.inner_text()
         assert page.locator("#curve svg path").count() >= 2  # gravity and temperature
+        fitted = httpx.get(f"{url}/cellar/batches/{batch_id}", headers=KEY).json()["fitted"]
+        assert fitted and fitted["rms_plato"] < 0.5  # a simulated batch follows the logistic
+        assert page.locator('#curve svg path[stroke-dasharray="5 4"]').count() == 1
+        assert page.get_by_text("fitted logistic (terminal").count() == 1
         assert page.locator("#events [data-field=ready-event]").count() == 1
         page.get_by_role("link", name="Board").click()
         card = page.locator(f'article[data-batch="{batch_id}"]')
