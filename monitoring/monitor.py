@@ -34,6 +34,7 @@ from brewcast.intervals import LEVELS
 from brewcast.schema import slice_keys
 from brewcast.settings import Settings
 from models.metrics import Z95, classification_report, prediction_bias
+from monitoring.causes import resolve
 from monitoring.sequential import Finding, sequential_tests
 from validation.reference import bin_counts
 
@@ -68,6 +69,9 @@ class Alert:
     threshold: float | None = None
     detected_at: str | None = None  # when the batch that crossed it finished
     batch_ids: list[str] = field(default_factory=list)
+    model_version: str | None = None
+    #: Other metrics of the same family that alarmed for the same cause: {metric: observed}.
+    also: dict[str, float] = field(default_factory=dict)
     #: The alarmed parent slices this one explains ("all=all", "brand=pils"): they alarm
     #: for its batches and are not reported on their own.
     explains: list[str] = field(default_factory=list)
@@ -108,19 +112,32 @@ class Alert:
     def message(self) -> str:
         if self.metric.startswith(COVERAGE_METRIC):
             nominal = int(self.metric.removeprefix(COVERAGE_METRIC))
-            held = max(nominal / 100 - self.observed, 0.0)
-            return (
-                f"[{self.window}] {self.slice}={self.value}: {nominal}% intervals held for "
-                f"{held:.0%} of {self.support} finished forecasts from {self.batches} batches "
+            text = (
+                f"[{self.window}] {self.slice}={self.value}: "
+                f"{_measured(self.metric, self.observed)} of {self.support} finished forecasts "
+                f"from {self.batches} batches "
                 f"(alarm below {nominal / 100 - self.limit:.0%}; {self.evidence()}). The "
-                f"finish-time forecast is over-confident here: plan with care. Likely causes: "
-                f"{self.likely_causes}."
+                f"finish-time forecast is over-confident here: plan with care."
             )
-        return (
-            f"[{self.window}] {self.slice}={self.value}: {self.metric} {self.observed:+.3f} "
-            f"beyond ±{self.limit:g} over {self.support} predictions from {self.batches} "
-            f"batches ({self.evidence()}). Likely causes: {self.likely_causes}."
-        )
+        else:
+            text = (
+                f"[{self.window}] {self.slice}={self.value}: {self.metric} {self.observed:+.3f} "
+                f"beyond ±{self.limit:g} over {self.support} predictions from {self.batches} "
+                f"batches ({self.evidence()})."
+            )
+        if self.also:
+            text += " With it: " + "; ".join(_measured(m, v) for m, v in self.also.items()) + "."
+        if self.explains:
+            text += f" It explains the alarms of {', '.join(self.explains)}."
+        return f"{text} Likely causes: {self.likely_causes}."
+
+
+def _measured(metric: str, observed: float) -> str:
+    """A metric's alarming value in words ("95% intervals held for 40%", "ece 0.210")."""
+    if metric.startswith(COVERAGE_METRIC):
+        nominal = int(metric.removeprefix(COVERAGE_METRIC))
+        return f"{nominal}% intervals held for {max(nominal / 100 - observed, 0.0):.0%}"
+    return f"{metric} {observed:+.3f}"
 
 
 @dataclass
@@ -247,40 +264,45 @@ def _groups(frame: pd.DataFrame, min_support: int):
                 yield f"{a}*{b}", f"{va}*{vb}", part
 
 
+def slice_metrics(part: pd.DataFrame) -> dict:
+    """One slice's labelled predictions: the classification report, the hours bias and
+    the live coverage, each with its test."""
+    report = classification_report(
+        part["label"],
+        part["probability"],
+        float(part["threshold"].iloc[0]),
+        part["batch_id"].fillna(part["prediction_id"]),
+    )
+    finished = part["actual_hours"].notna()
+    hours = prediction_bias(
+        part.loc[finished, "actual_hours"],
+        part.loc[finished, "hours_remaining"],
+        part.loc[finished, "batch_id"].fillna(part.loc[finished, "prediction_id"]),
+    )
+    report.update(
+        bias_p_value=_p_value(report["bias"], report["bias_high"], report["batches"]),
+        hours_bias=hours.value,
+        hours_bias_low=hours.low,
+        hours_bias_high=hours.high,
+        hours_rows=hours.n,
+        hours_bias_p_value=_p_value(hours.value, hours.high, hours.groups),
+        **coverage_metrics(part),
+    )
+    return report
+
+
 def window_metrics(
     labelled: pd.DataFrame, window: str, min_support: int, min_batches: int
 ) -> pd.DataFrame:
     rows = []
     for name, value, part in _groups(labelled, min_support):
-        threshold = float(part["threshold"].iloc[0])
-        report = classification_report(
-            part["label"],
-            part["probability"],
-            threshold,
-            part["batch_id"].fillna(part["prediction_id"]),
-        )
-        p_value = _p_value(report["bias"], report["bias_high"], report["batches"])
-        finished = part["actual_hours"].notna()
-        hours = prediction_bias(
-            part.loc[finished, "actual_hours"],
-            part.loc[finished, "hours_remaining"],
-            part.loc[finished, "batch_id"].fillna(part.loc[finished, "prediction_id"]),
-        )
-        report.update(
-            hours_bias=hours.value,
-            hours_bias_low=hours.low,
-            hours_bias_high=hours.high,
-            hours_rows=hours.n,
-            hours_bias_p_value=_p_value(hours.value, hours.high, hours.groups),
-            **coverage_metrics(part),
-        )
+        report = slice_metrics(part)
         rows.append(
             {
                 "window": window,
                 "slice": name,
                 "value": value,
                 **report,
-                "bias_p_value": p_value,
                 "supported": report["rows"] >= min_support and report["batches"] >= min_batches,
             }
         )
@@ -416,6 +438,7 @@ def find_alerts(windows: pd.DataFrame, settings: Settings) -> list[Alert]:
                     batches,
                     float(p_adjusted),
                     _causes(row.slice),
+                    model_version=str(row.model_version),
                 )
             )
     for row in supported.itertuples(index=False):
@@ -432,6 +455,7 @@ def find_alerts(windows: pd.DataFrame, settings: Settings) -> list[Alert]:
                     int(row.batches),
                     None,
                     _causes(row.slice),
+                    model_version=str(row.model_version),
                 )
             )
     return alerts
@@ -461,7 +485,148 @@ def sequential_alert(finding: Finding, settings: Settings) -> Alert:
         threshold=float(crossing.threshold),
         detected_at=detected.isoformat(),
         batch_ids=since["batch_id"].astype(str).tolist(),
+        model_version=str(finding.model_version),
         explains=finding.explains,
+    )
+
+
+#: A cause gets one alert per family: its finish times (hours, intervals) or its
+#: probabilities (bias, calibration); the first metric listed leads.
+FAMILY_OF = {
+    "hours_remaining_bias": "finish",
+    **{f"{COVERAGE_METRIC}{round(level * 100)}": "finish" for level in LEVELS},
+    "prediction_bias": "probability",
+    "ece": "probability",
+}
+
+
+def slice_rows(frame: pd.DataFrame, name: str, value: str) -> np.ndarray:
+    """Which rows of ``frame`` are in slice ``name = value`` ("all", "brand", "a*b")."""
+    mask = np.ones(len(frame), bool)
+    if name != "all":
+        for key, wanted in zip(name.split("*"), value.split("*"), strict=True):
+            mask &= (frame[key].fillna("(missing)").astype(str) == wanted).to_numpy()
+    return mask
+
+
+def _holds(parent: Alert, child: Alert) -> bool:
+    """Whether slice ``child`` is, by its definition, inside slice ``parent``."""
+    if (parent.slice, parent.value) == (child.slice, child.value) or child.slice == "all":
+        return False
+    if parent.slice == "all":
+        return True
+    outer = dict(zip(parent.slice.split("*"), parent.value.split("*"), strict=True))
+    inner = dict(zip(child.slice.split("*"), child.value.split("*"), strict=True))
+    return set(outer) < set(inner) and all(inner[k] == v for k, v in outer.items())
+
+
+def alarms_alone(part: pd.DataFrame, metric: str, settings: Settings) -> bool:
+    """Whether ``part`` alone, with support, alarms on ``metric`` by its own (uncorrected)
+    test: a parent slice without a child's rows, to see whether the child explains it."""
+    supported = len(part) >= settings.monitor_min_support
+    if not supported or part["batch_id"].nunique() < settings.monitor_min_batches:
+        return False
+    values = slice_metrics(part)
+    if metric == "ece":
+        return bool(values["ece"] > settings.monitor_max_ece)
+    _, column, p_column, limit_name, one_sided = next(t for t in TESTED if t[0] == metric)
+    observed, p_value = float(values[column]), float(values[p_column])
+    limit = float(getattr(settings, limit_name))
+    if one_sided:
+        p_value = p_value / 2 if observed > 0 else 1 - p_value / 2
+    beyond = observed > limit if one_sided else abs(observed) > limit
+    return bool(beyond and p_value < settings.monitor_alpha)
+
+
+def one_cause_per_alert(
+    alerts: list[Alert], windows: dict[tuple[str, str], pd.DataFrame], settings: Settings
+) -> list[Alert]:
+    """The fixed windows' alerts reduced to one per cause and family. In a window, a slice
+    that alarms (all, a season) is *explained* by an alarmed slice inside it (a strain, a
+    strain in that season) when, without that slice's rows, it no longer alarms; of two
+    slices with the same rows the coarser stays. Each remaining alert lists the parents it
+    explains, its batches, and the other metrics of its family that alarmed with it.
+    ``windows``: each (window, model version)'s labelled rows."""
+    out = [a for a in alerts if a.test != "window"]
+    groups: dict[tuple, list[Alert]] = {}
+    for alert in alerts:
+        if alert.test == "window":
+            key = (alert.window, alert.model_version, FAMILY_OF[alert.metric])
+            groups.setdefault(key, []).append(alert)
+    for (window, version, _), group in groups.items():
+        rows = windows[(window, version)]
+        roots = _window_roots(group, rows, settings)
+        leads: dict[tuple[str, str], Alert] = {}
+        for i, alert in enumerate(group):
+            root = group[roots[i]]
+            lead = leads.setdefault((root.slice, root.value), root)
+            if (alert.slice, alert.value) == (lead.slice, lead.value):
+                if alert is not lead:
+                    lead.also.setdefault(alert.metric, alert.observed)
+            elif f"{alert.slice}={alert.value}" not in lead.explains:
+                lead.explains.append(f"{alert.slice}={alert.value}")
+        for (name, value), lead in leads.items():
+            lead.batch_ids = sorted(
+                rows.loc[slice_rows(rows, name, value), "batch_id"].dropna().astype(str).unique()
+            )
+            out.append(lead)
+    return out
+
+
+def window_span(window: str) -> tuple[pd.Timestamp, pd.Timestamp]:
+    """A window name's start and end ("2026-03-01+7d": 1 March to 8 March, UTC)."""
+    start, days = window.split("+")
+    begin = pd.Timestamp(start, tz="UTC")
+    return begin, begin + pd.Timedelta(days=float(days.removesuffix("d")))
+
+
+def span_name(begin: pd.Timestamp, end: pd.Timestamp) -> str:
+    days = (end - begin) / pd.Timedelta(days=1)
+    return f"{begin:%Y-%m-%d}+{days:g}d"
+
+
+def merge_windows(alerts: list[Alert]) -> list[Alert]:
+    """One alert per cause across back-to-back windows: the same model version, slice and
+    metric alarming the same way in consecutive windows is one alert "since" the first,
+    its window the whole span, its support, batches and explained slices pooled and its
+    value the support-weighted mean (each window's was beyond the limit)."""
+    out = [a for a in alerts if a.test != "window"]
+
+    def key(a: Alert) -> tuple:
+        return (str(a.model_version), a.slice, a.value, a.metric, a.observed > 0)
+
+    windowed = sorted((a for a in alerts if a.test == "window"), key=lambda a: (key(a), a.window))
+    run: Alert | None = None
+    for alert in windowed:
+        begin, end = window_span(alert.window)
+        if run is not None and key(run) == key(alert) and window_span(run.window)[1] >= begin:
+            first = window_span(run.window)[0]
+            total = run.support + alert.support
+            run.observed = (run.observed * run.support + alert.observed * alert.support) / total
+            run.window, run.support = span_name(first, end), total
+            run.batch_ids = sorted(set(run.batch_ids) | set(alert.batch_ids))
+            run.batches = len(run.batch_ids) or run.batches + alert.batches
+            run.explains += [e for e in alert.explains if e not in run.explains]
+            run.also.update(alert.also)
+            if alert.p_value is not None and run.p_value is not None:
+                run.p_value = max(run.p_value, alert.p_value)
+            continue
+        run = alert
+        out.append(run)
+    return out
+
+
+def _window_roots(group: list[Alert], rows: pd.DataFrame, settings: Settings) -> list[int]:
+    """:func:`~monitoring.causes.resolve` for one window's alerts of one family."""
+    masks = [slice_rows(rows, a.slice, a.value) for a in group]
+    return resolve(
+        len(group),
+        inside=lambda p, c: _holds(group[p], group[c]),
+        same_rows=lambda p, c: masks[p].sum() == masks[c].sum(),
+        alarms_without=lambda p, c: alarms_alone(
+            rows[masks[p] & ~masks[c]], group[p].metric, settings
+        ),
+        size=lambda i: int(masks[i].sum()),
     )
 
 
@@ -573,7 +738,7 @@ def monitor(
     joined["at"] = prediction_time(joined)
     labelled = joined[joined["label"].notna()]
     days = settings.monitor_window_days
-    frames = []
+    frames, rows = [], {}
     if len(labelled):
         start = labelled["at"].min().floor("D")
         index = ((labelled["at"] - start) / pd.Timedelta(days=days)).astype(int)
@@ -586,8 +751,10 @@ def monitor(
                 )
                 table.insert(1, "model_version", version)
                 frames.append(table)
+                rows[(name, str(version))] = by_version
     windows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     alerts = find_alerts(windows, settings) if len(windows) else []
+    alerts = merge_windows(one_cause_per_alert(alerts, rows, settings))
     paths, crossings = sequential_tests(labelled, settings) if len(labelled) else ([], [])
     alerts += [sequential_alert(finding, settings) for finding in crossings]
     latest = joined[joined["at"] >= joined["at"].max() - pd.Timedelta(days=days)]

@@ -21,7 +21,7 @@ import pandas as pd
 from brewcast import lake
 from brewcast.schema import BATCHES, READINGS, slice_keys
 from brewcast.settings import Settings
-from monitoring.monitor import MonitoringResult, attach_labels, monitor
+from monitoring.monitor import MonitoringResult, attach_labels, monitor, window_span
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,12 @@ def log_windows(result: MonitoringResult, settings: Settings) -> list[str]:
                 value = float(getattr(row, name, float("nan")))
                 if np.isfinite(value):
                     values[metric_key(*prefix, name)] = value
-        alerts = [a for a in result.alerts if a.window == window]
+        begin, end = window_span(window)
+        alerts = [
+            a
+            for a in result.alerts
+            if window_span(a.window)[0] < end and begin < window_span(a.window)[1]
+        ]
         values["alerts"] = float(len(alerts))
         with mlflow.start_run(experiment_id=experiment, run_name=f"monitor-{window}-v{version}"):
             mlflow.set_tags(
@@ -169,39 +174,113 @@ def _png(fig) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-def _bias_over_time(windows: pd.DataFrame, key: str, settings: Settings) -> str:
+def _window_start(windows: pd.Series) -> pd.Series:
+    """A window's start as a time ("2026-03-01+7d" -> 2026-03-01), so charts run in date
+    order whatever order the slices' lines were drawn in."""
+    return pd.to_datetime(windows.str.split("+").str[0], utc=True)
+
+
+#: Panels of a small-multiples chart: the alarmed or worst values of a slice key.
+PANELS = 6
+
+
+def _bias_over_time(
+    windows: pd.DataFrame, key: str, settings: Settings, alarmed: set[str] = frozenset()
+) -> str | None:
+    """Prediction and hours bias over time for ``key``'s alarmed or worst values, one
+    panel per value against the whole cellar (grey), in date order, with the alarm
+    limits (None: the key has no supported window)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 3.6))
-    part = windows[windows["slice"] == key]
-    for value, rows in part.groupby("value", sort=True):
-        rows = rows.sort_values("window")
-        ax.errorbar(
-            rows["window"],
-            rows["bias"],
-            yerr=[rows["bias"] - rows["bias_low"], rows["bias_high"] - rows["bias"]],
-            marker="o",
-            capsize=2,
-            label=value,
-            alpha=0.85,
-        )
-    for y in (-settings.monitor_max_abs_bias, settings.monitor_max_abs_bias):
-        ax.axhline(y, color="red", ls=":", lw=1)
-    ax.axhline(0, color="grey", lw=1)
-    ax.set(
-        title=f"Prediction bias by {key} over time (mean p - mean y, 95% interval)", ylabel="bias"
+    part = windows[(windows["slice"] == key) & windows["supported"]]
+    if part.empty:
+        return None
+    part = part.assign(start=_window_start(part["window"]))
+    overall = (
+        windows[windows["slice"] == "all"]
+        .assign(start=lambda f: _window_start(f["window"]))
+        .sort_values("start")
     )
-    ax.tick_params(axis="x", rotation=30, labelsize=7)
-    ax.legend(fontsize=7, ncol=2)
+    worst = part.groupby("value")["bias"].agg(lambda b: b.abs().max()).sort_values(ascending=False)
+    values = sorted(alarmed & set(worst.index)) + [v for v in worst.index if v not in alarmed]
+    values = values[:PANELS]
+    metrics = [("bias", "prediction bias (p - y)", settings.monitor_max_abs_bias)]
+    if "hours_bias" in part:
+        metrics.append(
+            ("hours_bias", "hours bias (predicted - actual)", settings.monitor_max_hours_bias)
+        )
+    fig, axes = plt.subplots(
+        len(metrics), len(values), figsize=(2.6 * len(values) + 1, 2.4 * len(metrics)),
+        sharex=True, sharey="row", squeeze=False,
+    )  # fmt: skip
+    for row, (column, label, limit) in enumerate(metrics):
+        for col, value in enumerate(values):
+            ax = axes[row][col]
+            rows = part[part["value"] == value].sort_values("start")
+            ax.plot(overall["start"], overall[column], color="#999", lw=1, label="all batches")
+            low, high = f"{column}_low", f"{column}_high"
+            ax.errorbar(
+                rows["start"], rows[column],
+                yerr=[rows[column] - rows[low], rows[high] - rows[column]],
+                marker="o", ms=3, capsize=2, lw=1.2,
+                color="#b00" if value in alarmed else "#0b5cad", label=value,
+            )  # fmt: skip
+            for y in (-limit, limit):
+                ax.axhline(y, color="red", ls=":", lw=0.8)
+            ax.axhline(0, color="grey", lw=0.6)
+            if row == 0:
+                ax.set_title(f"{value}{' (alarmed)' if value in alarmed else ''}", fontsize=8)
+            if col == 0:
+                ax.set_ylabel(label, fontsize=7)
+            ax.tick_params(axis="x", rotation=40, labelsize=6)
+            ax.tick_params(axis="y", labelsize=6)
+    fig.suptitle(f"Bias by {key} over time, 95% intervals; grey: every batch", fontsize=9)
+    return _png(fig)
+
+
+def _cusum_paths(result: MonitoringResult) -> str | None:
+    """Each sequential alert's CUSUM against its threshold, batch by batch (None: none)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sequential = [a for a in result.alerts if a.test == "cusum"][:PANELS]
+    if not sequential or result.sequential.empty:
+        return None
+    fig, axes = plt.subplots(
+        1, len(sequential), figsize=(3.2 * len(sequential), 2.8), squeeze=False
+    )
+    paths = result.sequential
+    for ax, alert in zip(axes[0], sequential, strict=True):
+        path = paths[
+            (paths["slice"] == alert.slice)
+            & (paths["value"] == alert.value)
+            & (paths["metric"] == alert.metric)
+            & (paths["model_version"].astype(str) == str(alert.model_version))
+        ].sort_values("known_at")
+        ax.step(path["known_at"], path["upper"], where="post", label="running high", color="#b00")
+        ax.step(path["known_at"], path["lower"], where="post", label="running low", color="#0b5cad")
+        ax.axhline(path["threshold"].iloc[0], color="red", ls="--", lw=1, label="threshold")
+        if alert.detected_at:
+            ax.axvline(pd.Timestamp(alert.detected_at), color="black", lw=0.8)
+        ax.set_title(f"{alert.slice}={alert.value}: {alert.metric}", fontsize=8)
+        ax.tick_params(axis="x", rotation=40, labelsize=6)
+        ax.tick_params(axis="y", labelsize=6)
+    axes[0][0].legend(fontsize=6)
+    fig.suptitle(
+        "Sequential tests that alarmed: CUSUM since deployment, by batch finish", fontsize=9
+    )
     return _png(fig)
 
 
 def _coverage_over_time(windows: pd.DataFrame, key: str) -> str | None:
     """Live coverage of the 80% and 95% intervals per window, overall and per ``key``
-    value, against the nominal levels (None: no window had intervals and finishes)."""
+    value, against the nominal levels, in date order (None: no window had intervals and
+    finishes)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -211,12 +290,14 @@ def _coverage_over_time(windows: pd.DataFrame, key: str) -> str | None:
     part = windows[windows["slice"].isin(["all", key])]
     if not columns or part[columns].isna().all().all():
         return None
+    part = part.assign(start=_window_start(part["window"]))
     fig, axes = plt.subplots(1, len(columns), figsize=(9, 3.4), squeeze=False)
     for ax, column in zip(axes[0], columns, strict=True):
         nominal = int(column.split("_")[1]) / 100
         for value, rows in part.groupby("value", sort=True):
-            rows = rows.sort_values("window")
-            ax.plot(rows["window"], rows[column], marker="o", label=value, alpha=0.85)
+            rows = rows.sort_values("start")
+            style = {"color": "#999", "lw": 1} if value == "all" else {"marker": "o", "ms": 3}
+            ax.plot(rows["start"], rows[column], label=value, alpha=0.85, **style)
         ax.axhline(nominal, color="red", ls="--", lw=1)
         ax.set(title=f"{column.split('_')[1]}% intervals: live coverage by {key}", ylim=(0, 1.02))
         ax.tick_params(axis="x", rotation=30, labelsize=7)
@@ -325,13 +406,24 @@ def write_html(
     ]
     if result.alerts:
         parts.append(f"<h2 style='color:#b00'>Alerts ({len(result.alerts)})</h2>")
+        parts.append(
+            "<ol>"
+            + "".join(f"<li>{html.escape(a.for_brewers())}</li>" for a in result.alerts)
+            + "</ol><h3>The evidence</h3>"
+        )
         parts.append(_alerts_table(result))
+        cusum = _cusum_paths(result)
+        if cusum:
+            parts.append(f"<img src='{cusum}'>")
     else:
         parts.append("<h2 style='color:#070'>No alerts</h2>")
     if len(result.windows):
         alarmed = {a.slice for a in result.alerts}
         for key in sorted(slice_keys(), key=lambda k: k not in alarmed):  # alarmed ones first
-            parts.append(f"<img src='{_bias_over_time(result.windows, key, settings)}'>")
+            values = {a.value for a in result.alerts if a.slice == key}
+            chart = _bias_over_time(result.windows, key, settings, values)
+            if chart:
+                parts.append(f"<img src='{chart}'>")
         coverage = _coverage_over_time(
             result.windows,
             next((a.slice for a in result.alerts if a.slice in slice_keys()), "yeast_strain"),

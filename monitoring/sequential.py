@@ -35,6 +35,7 @@ from scipy.optimize import brentq
 
 from brewcast.schema import slice_keys
 from brewcast.settings import Settings
+from monitoring.causes import resolve
 
 #: Standardised residuals are clipped here: one stuck or mislabelled batch is not a drift.
 CLIP = 4.0
@@ -222,44 +223,28 @@ def sequential_tests(labelled: pd.DataFrame, settings: Settings) -> tuple[pd.Dat
 
 
 def explain(crossed: list[tuple[Finding, np.ndarray, float, float]]) -> list[Finding]:
-    """One finding per cause: a parent slice (all, or a slice holding another's batches)
-    alarmed because of a smaller one is *explained* by it when its own test, run again
-    without that child's batches, no longer crosses; a slice with the very batches of a
-    coarser one is the coarser one. The roots are returned, each listing the parents it
-    explains."""
+    """One finding per cause (:func:`monitoring.causes.resolve`): a slice lies in another
+    when its batches do, and a parent still alarms without a child when its test, run again
+    without the child's batches, still crosses. The roots are returned, each listing the
+    slices it explains."""
     batches = [frozenset(f.part["batch_id"]) for f, *_ in crossed]
-    parent_of: dict[int, int] = {}
-    for p, (parent, z, k, h) in enumerate(crossed):
-        smaller = sorted(
-            (c for c in range(len(crossed)) if c != p and batches[c] <= batches[p]),
-            key=lambda c: (len(batches[c]), crossed[c][0].slice.count("*")),
-        )
-        for c in smaller:
-            if batches[c] == batches[p]:
-                if p < c:  # the coarser (listed first: "all", then one key) stays
-                    parent_of[c] = p
-                continue
-            rest = ~parent.part["batch_id"].isin(batches[c]).to_numpy()
-            if cusum(z[rest], k, h)[2] is None:
-                parent_of[p] = c
-                break
-    roots = []
+
+    def alarms_without(p: int, c: int) -> bool:
+        parent, z, k, h = crossed[p]
+        rest = ~parent.part["batch_id"].isin(batches[c]).to_numpy()
+        return cusum(z[rest], k, h)[2] is not None
+
+    roots = resolve(
+        len(crossed),
+        inside=lambda p, c: batches[c] <= batches[p],
+        same_rows=lambda p, c: batches[c] == batches[p],
+        alarms_without=alarms_without,
+        size=lambda i: len(batches[i]),
+    )
     for i, (finding, *_) in enumerate(crossed):
-        if i in parent_of:
-            continue
-        finding.explains = [
-            crossed[p][0].name for p in range(len(crossed)) if p != i and _root(p, parent_of) == i
-        ]
-        roots.append(finding)
-    return roots
-
-
-def _root(i: int, parent_of: dict[int, int]) -> int:
-    seen = set()
-    while i in parent_of and i not in seen:
-        seen.add(i)
-        i = parent_of[i]
-    return i
+        if roots[i] != i:
+            crossed[roots[i]][0].explains.append(finding.name)
+    return [finding for i, (finding, *_) in enumerate(crossed) if roots[i] == i]
 
 
 def expected_delay(shift_sigmas: float, k: float, h: float) -> float:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import sys
 import threading
 
 import numpy as np
@@ -244,17 +245,19 @@ def test_a_slice_whose_intervals_stop_holding_alarms_on_coverage(settings, tmp_p
         _with_intervals(predictions, "german_lager"), NO_LABELS, outcomes, None, settings
     )
     coverage = [a for a in drifted.alerts if a.metric.startswith("interval_coverage_")]
-    assert coverage and {a.metric for a in coverage} == {
+    # one alert per cause and family: the 95% intervals' alarm rides with the 80%'s
+    assert coverage and {m for a in coverage for m in (a.metric, *a.also)} == {
         "interval_coverage_80",
         "interval_coverage_95",
     }
     assert {a.value for a in coverage if a.slice == "yeast_strain"} == {"german_lager"}
     assert not [a for a in drifted.alerts if "bias" in a.metric]  # the point forecast held
-    lager = next(
-        a for a in coverage if a.slice == "yeast_strain" and a.metric == "interval_coverage_95"
-    )
-    assert lager.observed == pytest.approx(0.95) and lager.batches >= settings.monitor_min_batches
-    assert "95% intervals held for 0% of" in lager.message() and "yeast" in lager.message()
+    lager = next(a for a in coverage if a.slice == "yeast_strain" and a.value == "german_lager")
+    assert lager.also["interval_coverage_95"] == pytest.approx(0.95)
+    assert lager.batches >= settings.monitor_min_batches
+    assert "95% intervals held for 0%" in lager.message() and "yeast" in lager.message()
+    # the cellar's coverage, when it alarms, is this strain's: not a second alert
+    assert not [a for a in coverage if a.slice == "all"], [a.message() for a in coverage]
     late = _with_intervals(predictions, "german_lager")
     page = write_html(drifted, late, NO_LABELS, outcomes, settings, tmp_path / "report.html")
     text = page.read_text()
@@ -274,3 +277,36 @@ def test_an_alert_in_a_brewers_words():
     vessel = alert("fermenter*season", "FV07*autumn", "prediction_bias", 0.2).for_brewers()
     assert vessel.startswith("batches in FV07 / autumn batches have had forecasts too sure")
     assert "yeast health" in LIKELY_CAUSES["yeast_strain"]
+
+
+def test_one_cause_gets_one_alert_per_family_listing_what_it_explains(settings, monkeypatch):
+    """The demo's "10 alerts for one problem": a drifted strain made the cellar, its one
+    brand and season (the cellar's very rows) and every pair holding the strain alarm too,
+    on the probabilities and the finish times, week after week. Now it is one alert per
+    family, on the strain, since its first week, listing those it explains and its
+    batches."""
+    from collections import Counter
+
+    from monitoring.monitor import FAMILY_OF
+
+    settings = settings.model_copy(update={"monitor_max_abs_bias": 0.1})
+    monkeypatch.setattr(sys.modules[__name__], "RNG", np.random.default_rng(7))  # its own log
+    predictions, outcomes = _log(biased_strain="german_lager")
+    result = monitor(predictions, NO_LABELS, outcomes, None, settings)
+    windowed = [a for a in result.alerts if a.test == "window"]
+    lager = [a for a in windowed if (a.slice, a.value) == ("yeast_strain", "german_lager")]
+    # and the four weeks it lasted are one alert per family, since the first
+    per_window = Counter((a.window, FAMILY_OF[a.metric]) for a in lager)
+    assert sorted(per_window) == [("2026-03-01+28d", "finish"), ("2026-03-01+28d", "probability")]
+    assert set(per_window.values()) == {1} and len(windowed) == 2
+    assert all("since 01 Mar" in a.for_brewers() for a in lager)
+    assert not [a for a in windowed if a.slice in ("all", "brand", "season")]
+    assert not [a for a in windowed if "yeast_strain*" in a.slice or "*yeast_strain" in a.slice]
+    explained = {e for a in lager for e in a.explains}
+    assert {"all=all", "brand=golden_pilsner", "season=spring"} <= explained
+    assert "yeast_strain*season=german_lager*spring" in explained
+    assert any("ece" in a.also for a in lager if a.metric == "prediction_bias")
+    strain_batches = set(predictions.loc[predictions["yeast_strain"] == "german_lager", "batch_id"])
+    assert all(a.batch_ids and set(a.batch_ids) <= strain_batches for a in lager)
+    first = next(a for a in lager if "all=all" in a.explains)
+    assert "It explains the alarms of " in first.message() and "all=all" in first.message()
