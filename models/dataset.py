@@ -46,7 +46,14 @@ MIN_FERMENTATION_DROP = 0.2
 MIN_PLAUSIBLE_SHARE = 0.5
 SPLITS = ("train", "validation", "test")
 
-OUTCOME_COLUMNS = ("batch_id", "status", "finish_time", "terminal_gravity_plato")
+OUTCOME_COLUMNS = (
+    "batch_id",
+    "status",
+    "finish_time",
+    "terminal_gravity_plato",
+    # a running batch: until when it had surely not finished (see _unfinished_until)
+    "unfinished_until",
+)
 
 
 @dataclass(frozen=True)
@@ -84,15 +91,27 @@ def derive_outcomes(
     rows = []
     for batch in batches.itertuples(index=False):
         g = groups.get(batch.batch_id)
-        row = (batch.batch_id, "running", pd.NaT, np.nan)
+        row = (batch.batch_id, "running", pd.NaT, np.nan, pd.NaT)
         if g is not None and len(g) >= 3:
             row = _outcome(batch, g, rules)
             if len(g) < MIN_PLAUSIBLE_SHARE * recorded.get(batch.batch_id, 0):
-                row = (batch.batch_id, "running", pd.NaT, row[3])
+                row = (batch.batch_id, "running", pd.NaT, row[3], pd.NaT)
         rows.append(row)
     out = pd.DataFrame(rows, columns=list(OUTCOME_COLUMNS))
-    out["finish_time"] = pd.to_datetime(out["finish_time"], utc=True).astype("datetime64[us, UTC]")
+    for column in ("finish_time", "unfinished_until"):
+        out[column] = pd.to_datetime(out[column], utc=True).astype("datetime64[us, UTC]")
     return out
+
+
+def _unfinished_until(g: pd.DataFrame, smooth: np.ndarray, rules: LabelRules):
+    """Until when a running batch had surely not finished: its first (smoothed) reading
+    within two tolerances of its lowest so far. Gravity does not rise, so the terminal
+    gravity it will reach is at most that lowest, and a batch still more than two
+    tolerances above it had not reached the plateau the label rule looks for (within one
+    tolerance of the terminal). Every snapshot whose horizon ends before then is a sure
+    negative, days before the plateau rule labels it."""
+    near = np.flatnonzero(smooth <= smooth.min() + 2 * rules.terminal_tolerance_plato)
+    return g["timestamp"].iloc[near[0]]
 
 
 def _outcome(batch, g: pd.DataFrame, rules: LabelRules) -> tuple:
@@ -102,7 +121,7 @@ def _outcome(batch, g: pd.DataFrame, rules: LabelRules) -> tuple:
     smooth = g["value"].rolling(3, center=True, min_periods=1).median().to_numpy()
     last = times[-1]
     terminal = float(np.median(smooth[times >= last - 24.0]))
-    running = (batch.batch_id, "running", pd.NaT, terminal)
+    running = (batch.batch_id, "running", pd.NaT, terminal, pd.NaT)
     start_gravity = derived_og(times, values)[-1]
     if not start_gravity > 0 or start_gravity - terminal < MIN_FERMENTATION_DROP * start_gravity:
         return running  # never fermented: no outcome, whatever the frame says
@@ -114,10 +133,10 @@ def _outcome(batch, g: pd.DataFrame, rules: LabelRules) -> tuple:
     if not closed and (
         last - first_reached < rules.plateau_hours or not attenuation >= PLATEAU_MIN_ATTENUATION
     ):
-        return running
+        return (*running[:4], _unfinished_until(g, smooth, rules))
     if attenuation < STUCK_ATTENUATION_BELOW:
-        return (batch.batch_id, "stuck", pd.NaT, terminal)
-    return (batch.batch_id, "finished", g["timestamp"].iloc[reached[0]], terminal)
+        return (batch.batch_id, "stuck", pd.NaT, terminal, pd.NaT)
+    return (batch.batch_id, "finished", g["timestamp"].iloc[reached[0]], terminal, pd.NaT)
 
 
 def build_snapshots(

@@ -241,7 +241,26 @@ def attach_labels(
         own = _lookup(out["prediction_id"], direct)
         out.loc[own.notna(), "label"] = own[own.notna()]
         out.loc[own.notna(), "label_source"] = "feedback_prediction"
+    out["label_bound"] = _label_bound(out, outcomes, deadline)
     return out
+
+
+def _label_bound(out: pd.DataFrame, outcomes: pd.DataFrame, deadline: pd.Series) -> pd.Series:
+    """An upper bound on each label, known earlier than the label: the label itself once
+    known; for a running batch whose horizon has passed (by the latest prediction), 0 when
+    the batch was surely still fermenting at the horizon's end (a sure negative: its
+    ``unfinished_until`` is later), else 1 (it may have finished). ``mean(p - bound)`` is
+    then at most the true prediction bias, so a slice whose bound alone is too high is
+    too sure, days before its labels arrive (right-censored, never a false label)."""
+    bound = out["label"].copy()
+    if not len(outcomes) or "unfinished_until" not in outcomes:
+        return bound
+    running = outcomes[outcomes["status"] == "running"].set_index("batch_id")
+    until = pd.to_datetime(_lookup(out["batch_id"], running["unfinished_until"]), utc=True)
+    as_of = prediction_time(out).max()
+    pending = bound.isna() & until.notna() & (deadline <= as_of)
+    bound[pending] = np.where(deadline[pending] < until[pending], 0.0, 1.0)
+    return bound
 
 
 # ------------------------------------------------------------------------------------------
@@ -291,12 +310,42 @@ def slice_metrics(part: pd.DataFrame) -> dict:
     return report
 
 
+def early_metrics(part: pd.DataFrame) -> dict:
+    """The lower bound of a slice's prediction bias from its label bounds
+    (:func:`_label_bound`): every prediction whose horizon has passed, labelled or not."""
+    bounded = part[part["label_bound"].notna()]
+    bias = prediction_bias(
+        bounded["label_bound"],
+        bounded["probability"],
+        bounded["batch_id"].fillna(bounded["prediction_id"]),
+    )
+    return {
+        "early_bias": bias.value,
+        "early_bias_high": bias.high,
+        "early_bias_rows": bias.n,
+        "early_bias_batches": bias.groups,
+        "early_bias_p_value": _p_value(bias.value, bias.high, bias.groups),
+        # sure negatives not yet labelled: what the bound knows before the labels
+        "early_negatives": int(((bounded["label_bound"] == 0) & bounded["label"].isna()).sum()),
+    }
+
+
 def window_metrics(
     labelled: pd.DataFrame, window: str, min_support: int, min_batches: int
 ) -> pd.DataFrame:
+    """Every slice's metrics in a window: on its labelled predictions (``label``), and the
+    early bound on every prediction with a ``label_bound``; a slice with no label yet has
+    the early bound alone (and no support)."""
     rows = []
     for name, value, part in _groups(labelled, min_support):
-        report = slice_metrics(part)
+        known = part[part["label"].notna()]
+        if known.empty:
+            rows.append(
+                {"window": window, "slice": name, "value": value, "rows": 0, "batches": 0,
+                 **early_metrics(part), "supported": False}
+            )  # fmt: skip
+            continue
+        report = {**slice_metrics(known), **early_metrics(part)}
         rows.append(
             {
                 "window": window,
@@ -392,6 +441,8 @@ TESTED = (
         )
         for level in LEVELS
     ),
+    # too sure, days before the labels: the lower bound of the bias (one-sided)
+    ("early_prediction_bias", "early_bias", "early_bias_p_value", "monitor_max_abs_bias", True),
 )
 
 
@@ -401,9 +452,10 @@ def find_alerts(windows: pd.DataFrame, settings: Settings) -> list[Alert]:
     supported = windows[windows["supported"]]
     tests = []
     for metric, column, p_column, limit_name, one_sided in TESTED:
-        if p_column not in supported:
+        frame = windows if one_sided else supported  # one-sided: their own support
+        if p_column not in frame:
             continue
-        for row in supported[supported[p_column].notna()].itertuples(index=False):
+        for row in frame[frame[p_column].notna()].itertuples(index=False):
             rows, batches = int(row.rows), int(row.batches)
             if one_sided:  # coverage: its own support (finished forecasts with intervals)
                 prefix = column.removesuffix("_shortfall")
@@ -496,6 +548,7 @@ FAMILY_OF = {
     "hours_remaining_bias": "finish",
     **{f"{COVERAGE_METRIC}{round(level * 100)}": "finish" for level in LEVELS},
     "prediction_bias": "probability",
+    "early_prediction_bias": "probability",
     "ece": "probability",
 }
 
@@ -523,10 +576,13 @@ def _holds(parent: Alert, child: Alert) -> bool:
 def alarms_alone(part: pd.DataFrame, metric: str, settings: Settings) -> bool:
     """Whether ``part`` alone, with support, alarms on ``metric`` by its own (uncorrected)
     test: a parent slice without a child's rows, to see whether the child explains it."""
+    if metric != "early_prediction_bias":
+        part = part[part["label"].notna()]
     supported = len(part) >= settings.monitor_min_support
     if not supported or part["batch_id"].nunique() < settings.monitor_min_batches:
         return False
-    values = slice_metrics(part)
+    early = metric == "early_prediction_bias"
+    values = early_metrics(part) if early else slice_metrics(part)
     if metric == "ece":
         return bool(values["ece"] > settings.monitor_max_ece)
     _, column, p_column, limit_name, one_sided = next(t for t in TESTED if t[0] == metric)
@@ -737,12 +793,13 @@ def monitor(
     joined = attach_labels(predictions, labels, outcomes, settings.horizon_hours)
     joined["at"] = prediction_time(joined)
     labelled = joined[joined["label"].notna()]
+    bounded = joined[joined["label_bound"].notna()]  # labelled, and early bounds
     days = settings.monitor_window_days
     frames, rows = [], {}
-    if len(labelled):
-        start = labelled["at"].min().floor("D")
-        index = ((labelled["at"] - start) / pd.Timedelta(days=days)).astype(int)
-        for i, part in labelled.groupby(index, sort=True):
+    if len(bounded):
+        start = bounded["at"].min().floor("D")
+        index = ((bounded["at"] - start) / pd.Timedelta(days=days)).astype(int)
+        for i, part in bounded.groupby(index, sort=True):
             lo = start + pd.Timedelta(days=days * i)
             name = f"{lo:%Y-%m-%d}+{days:g}d"
             for version, by_version in part.groupby("model_version", sort=True):

@@ -90,6 +90,52 @@ def test_stuck_batch_never_finishes():
     assert not snaps[LABEL].any() and snaps["hours_remaining"].isna().all()
 
 
+def assert_early_negatives_never_cover_a_finish(
+    batches: pd.DataFrame, readings: pd.DataFrame, rules: LabelRules, every_hours: float = 12.0
+) -> int:
+    """Monitoring as it runs live: at every cutoff, outcomes from the readings so far (the
+    frames still open). A running batch's ``unfinished_until`` must never pass the finish
+    its complete readings give it, so no early negative is a snapshot that finished within
+    its horizon. Returns how many (cutoff, batch) early labels were checked."""
+    final = derive_outcomes(batches, readings, rules).set_index("batch_id")
+    first, last = readings["timestamp"].min(), readings["timestamp"].max()
+    checked = 0
+    for cutoff in pd.date_range(first, last + pd.Timedelta(hours=every_hours), freq=f"{every_hours}h"):
+        seen = readings[readings["timestamp"] <= cutoff]
+        started = batches[batches["start_time"] <= cutoff]
+        still_open = started.assign(
+            end_time=started["end_time"].where(started["end_time"] <= cutoff)
+        )
+        now = derive_outcomes(still_open, seen, rules)
+        early = now[now["unfinished_until"].notna()]
+        for row in early.itertuples(index=False):
+            truth = final.loc[row.batch_id]
+            assert row.unfinished_until <= cutoff
+            if truth.status == "finished":
+                assert row.unfinished_until <= truth.finish_time, (row, cutoff, truth)
+            checked += 1
+    return checked
+
+
+def test_early_negatives_are_sure_in_a_world_with_bad_readings():
+    """The simulator's noisy, typo-ridden world: checked every 12 h of its life."""
+    from ingest.simulator import SimulationConfig, simulate
+
+    world = simulate(SimulationConfig(days=90, fermenters=6, seed=21, bad_reading_rate=0.02))
+    assert assert_early_negatives_never_cover_a_finish(world.batches, world.readings, RULES) > 200
+
+
+def test_a_running_batch_is_surely_unfinished_until_it_nears_its_lowest_gravity():
+    batches, readings = _hand_batch()
+    early = readings[readings["timestamp"] <= T0 + pd.Timedelta(hours=72)]
+    outcome = derive_outcomes(batches, early, RULES).iloc[0]
+    gravity = early[early["tag"] == "gravity_plato"].set_index("timestamp")["value"]
+    smooth = gravity.rolling(3, center=True, min_periods=1).median()
+    near = smooth[smooth <= smooth.min() + 2 * RULES.terminal_tolerance_plato]
+    assert outcome.status == "running" and outcome.unfinished_until == near.index[0]
+    assert pd.isna(derive_outcomes(batches, readings, RULES).iloc[0].unfinished_until)  # finished
+
+
 @pytest.fixture(scope="module")
 def world_snapshots(small_world):
     outcomes = derive_outcomes(small_world.batches, small_world.readings, RULES)

@@ -24,6 +24,7 @@ from brewcast.units import sg_to_plato
 from ingest.sources import IngestError, ingest_drop_folder, write_drop_files
 from models.dataset import LabelRules, build_snapshots, derive_outcomes, derived_og
 from validation.validate import REASONS_COLUMN
+from tests.test_dataset import assert_early_negatives_never_cover_a_finish
 
 REALDATA = Path(__file__).parent / "fixtures" / "realdata"
 MEAD = "tilt_mead_2024-12.csv"
@@ -176,6 +177,8 @@ def test_saison_log_with_its_batch_history(tmp_path):
     snaps = build_snapshots(batches, readings, rules)
     assert len(snaps) and snaps["finished_within_horizon"].any()
     assert not snaps["original_gravity_derived"].any()  # recorded OG
+    # a real hydrometer, replayed every 6 h: no early negative covers its finish
+    assert assert_early_negatives_never_cover_a_finish(batches, readings, rules, 6.0) >= 10
 
 
 def test_bench_log_is_no_fermentation_and_its_sentinel_is_quarantined(tmp_path):

@@ -310,3 +310,36 @@ def test_one_cause_gets_one_alert_per_family_listing_what_it_explains(settings, 
     assert all(a.batch_ids and set(a.batch_ids) <= strain_batches for a in lager)
     first = next(a for a in lager if "all=all" in a.explains)
     assert "It explains the alarms of " in first.message() and "all=all" in first.message()
+
+
+def test_label_bounds_from_a_running_batch_are_sure_negatives_or_an_upper_bound():
+    """A running batch surely unfinished until 3 March 12:00: a prediction whose 24 h ended
+    before then is a sure negative (bound 0), one whose horizon ended later but has passed
+    may have finished (bound 1), one whose horizon has not passed has none; a finished
+    batch's predictions are bounded by their labels. The bias on the bounds is at most
+    the true one."""
+    t0 = pd.Timestamp("2026-03-01", tz="UTC")
+    rows = []
+    for batch, hours in (("RUN", (0, 6, 14, 30, 40)), ("DONE", (0, 40))):
+        for h in hours:
+            at = t0 + pd.Timedelta(hours=h)
+            rows.append(
+                {"prediction_id": f"{batch}-{h}", "batch_id": batch, "served_at": at,
+                 "snapshot_time": at, "probability": 0.9}
+            )  # fmt: skip
+    outcomes = pd.DataFrame(
+        {
+            "batch_id": ["RUN", "DONE"],
+            "status": ["running", "finished"],
+            "finish_time": [pd.NaT, t0 + pd.Timedelta(hours=50)],
+            "terminal_gravity_plato": [np.nan, 2.5],
+            "unfinished_until": [t0 + pd.Timedelta(hours=36), pd.NaT],
+        }
+    )
+    joined = attach_labels(pd.DataFrame(rows), NO_LABELS, outcomes, 24.0)
+    bound = dict(zip(joined["prediction_id"], joined["label_bound"], strict=True))
+    assert bound["RUN-0"] == 0.0 and bound["RUN-6"] == 0.0  # 24 h and 30 h < 36 h
+    assert bound["RUN-14"] == 1.0  # its horizon (38 h) passed by the last prediction (40 h)
+    assert np.isnan(bound["RUN-30"]) and np.isnan(bound["RUN-40"])  # horizons not passed
+    assert bound["DONE-0"] == 0.0 and bound["DONE-40"] == 1.0  # the labels themselves
+    assert joined.loc[joined["batch_id"] == "RUN", "label"].isna().all()  # no label invented
