@@ -382,7 +382,15 @@ class MonitoringSettings(BaseSettings):
         "may raise per slice-year on a clean cellar; its threshold follows from it and the "
         "slice's batch rate.",
     )
-    monitor_max_psi: float = Field(0.25, description="PSI of a feature before a drift alarm.")
+    monitor_drift_days: float = Field(
+        28.0, gt=0, description="Days of served batches the drift tests compare with training."
+    )
+    monitor_min_drift_effect: float = Field(
+        0.5,
+        gt=0,
+        description="Shift of a feature's served mean, in training standard deviations, a "
+        "significant drift needs before it alarms.",
+    )
     monitor_webhook_url: str | None = Field(None, description="Alerts are POSTed here too.")
 
 

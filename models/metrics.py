@@ -311,3 +311,16 @@ def paired_difference(
     )["d"]
     low, high = percentile_interval(draws)
     return {"value": metric(y, first) - metric(y, second), "low": low, "high": high}
+
+
+def holm(p_values: np.ndarray) -> np.ndarray:
+    """Holm's step-down adjustment (family-wise error over every test in the run)."""
+    p = np.asarray(p_values, dtype=float)
+    order = np.argsort(p)
+    m = len(p)
+    adjusted = np.empty(m)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        adjusted[i] = running
+    return adjusted

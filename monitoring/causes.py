@@ -26,11 +26,15 @@ def resolve(
     same_rows: Callable[[int, int], bool],
     alarms_without: Callable[[int, int], bool],
     size: Callable[[int], int],
+    overlaps: Callable[[int, int], bool] | None = None,
 ) -> list[int]:
     """The root of each of ``count`` alarmed slices. ``inside(p, c)``: slice ``c`` lies in
     slice ``p``; ``same_rows(p, c)``: they hold the same rows; ``alarms_without(p, c)``:
     ``p`` still alarms without ``c``'s rows; ``size(i)``: rows of slice ``i`` (the smallest
-    explaining child is preferred). Slices are listed coarsest first."""
+    explaining child is preferred); ``overlaps(p, c)``: they share rows without nesting (a
+    fermenter and a strain brewed in it), where only "explained" applies: a fermenter that
+    is fine without its lagers alarms because of the lagers. Slices are listed coarsest
+    first."""
     explained: dict[int, int] = {}
     alias: dict[int, int] = {}
     piece: dict[int, int] = {}
@@ -43,6 +47,13 @@ def resolve(
                 explained.setdefault(p, c)
             else:
                 piece.setdefault(c, p)
+    for p in range(count):  # a strain explains a fermenter it shares batches with, not nests in
+        if p in explained or overlaps is None:
+            continue
+        for c in sorted((c for c in range(count) if c != p and overlaps(p, c)), key=size):
+            if not alarms_without(p, c) and alarms_without(c, p):
+                explained[p] = c
+                break
     parent_of = {**piece, **alias, **explained}
     roots = []
     for i in range(count):

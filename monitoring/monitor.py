@@ -11,15 +11,14 @@ keys where support allows; an alarm needs enough support, a bias beyond its limi
 bias test that survives the Holm correction over every (window, slice) tested, so many
 slices times many windows do not page on noise. The finish forecast's live coverage (80%
 and 95% intervals, on finished batches) is tested the same way, one-sided: a slice whose
-intervals hold clearly less often than nominal alarms. Drift: PSI of each feature and of the
-served probability against the training reference, overall and per slice, needing no
-labels (an early warning while labels are pending).
+intervals hold clearly less often than nominal alarms. Small slices get a sequential test
+(:mod:`monitoring.sequential`), nested alarms one root cause (:mod:`monitoring.causes`),
+and label-free drift its batch-level tests (:mod:`monitoring.drift`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 from collections import Counter
@@ -33,10 +32,10 @@ from scipy.stats import t as t_dist
 from brewcast.intervals import LEVELS
 from brewcast.schema import slice_keys
 from brewcast.settings import Settings
-from models.metrics import Z95, classification_report, prediction_bias
+from models.metrics import Z95, classification_report, holm, prediction_bias
 from monitoring.causes import resolve
+from monitoring.drift import drift_table
 from monitoring.sequential import Finding, sequential_tests
-from validation.reference import bin_counts
 
 log = logging.getLogger(__name__)
 
@@ -319,12 +318,17 @@ def early_metrics(part: pd.DataFrame) -> dict:
         bounded["probability"],
         bounded["batch_id"].fillna(bounded["prediction_id"]),
     )
+    # tested only where it knows more than the labels (rows not labelled yet): elsewhere it
+    # is the bias test again, weaker, and would only dilute Holm's correction
+    ahead = bool(bounded["label"].isna().any())
     return {
         "early_bias": bias.value,
         "early_bias_high": bias.high,
         "early_bias_rows": bias.n,
         "early_bias_batches": bias.groups,
-        "early_bias_p_value": _p_value(bias.value, bias.high, bias.groups),
+        "early_bias_p_value": _p_value(bias.value, bias.high, bias.groups)
+        if ahead
+        else float("nan"),
         # sure negatives not yet labelled: what the bound knows before the labels
         "early_negatives": int(((bounded["label_bound"] == 0) & bounded["label"].isna()).sum()),
     }
@@ -410,19 +414,6 @@ def _p_value(value: float, high: float, clusters: int) -> float:
     if not se or not np.isfinite(se) or se <= 0:
         return float("nan")
     return float(2 * t_dist.sf(abs(value) / se, max(clusters - 1, 1)))
-
-
-def holm(p_values: np.ndarray) -> np.ndarray:
-    """Holm's step-down adjustment (family-wise error over every test in the run)."""
-    p = np.asarray(p_values, dtype=float)
-    order = np.argsort(p)
-    m = len(p)
-    adjusted = np.empty(m)
-    running = 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (m - rank) * p[i]))
-        adjusted[i] = running
-    return adjusted
 
 
 #: (metric, value column, p-value column, limit setting, one-sided) of the statistically
@@ -683,6 +674,11 @@ def _window_roots(group: list[Alert], rows: pd.DataFrame, settings: Settings) ->
             rows[masks[p] & ~masks[c]], group[p].metric, settings
         ),
         size=lambda i: int(masks[i].sum()),
+        overlaps=lambda p, c: (
+            bool((masks[p] & masks[c]).any())
+            and not (_holds(group[p], group[c]) or _holds(group[c], group[p]))
+            and (group[p].slice, group[p].value) != (group[c].slice, group[c].value)
+        ),
     )
 
 
@@ -696,14 +692,6 @@ def _causes(slice_name: str) -> str:
 # ------------------------------------------------------------------------------------------
 # drift (label-free)
 # ------------------------------------------------------------------------------------------
-
-
-def psi(expected: np.ndarray, actual: np.ndarray) -> float:
-    """Population stability index over the same bins; 0.1 watch, 0.25 act (convention)."""
-    e = np.clip(np.asarray(expected, float), 1e-4, None)
-    a = np.clip(np.asarray(actual, float), 1e-4, None)
-    e, a = e / e.sum(), a / a.sum()
-    return float(np.sum((a - e) * np.log(a / e)))
 
 
 def unseen_categories(predictions: pd.DataFrame) -> dict[str, dict[str, int]]:
@@ -733,46 +721,6 @@ def out_of_distribution_counts(predictions: pd.DataFrame) -> dict:
             if len(flagged)
         },
     }
-
-
-def drift_table(
-    predictions: pd.DataFrame, reference: dict | None, settings: Settings
-) -> pd.DataFrame:
-    """PSI of each numeric feature (and the probability) vs the reference bins, overall and
-    per slice value with enough rows."""
-    if not reference or "bins" not in reference or predictions.empty:
-        return pd.DataFrame(columns=["slice", "value", "feature", "psi", "rows", "alarm"])
-    features = pd.json_normalize(predictions["features"].map(json.loads).tolist())
-    features["probability"] = predictions["probability"].to_numpy()
-    for key in slice_keys():
-        features[key] = predictions[key].to_numpy()
-    rows = []
-    groups = [("all", "all", features)] + [
-        (key, str(value), part)
-        for key in slice_keys()
-        for value, part in features.groupby(features[key].fillna("(missing)"), sort=True)
-        if len(part) >= settings.monitor_min_support
-    ]
-    for name, value, part in groups:
-        for feature, spec in reference["bins"].items():
-            if feature not in part:
-                continue
-            values = pd.to_numeric(part[feature], errors="coerce").dropna().to_numpy()
-            if len(values) < settings.monitor_min_support // 2:
-                continue
-            counts = bin_counts(spec["edges"], values)
-            score = psi(np.asarray(spec["proportions"]), counts)
-            rows.append(
-                {
-                    "slice": name,
-                    "value": value,
-                    "feature": feature,
-                    "psi": score,
-                    "rows": len(values),
-                    "alarm": score > settings.monitor_max_psi,
-                }
-            )
-    return pd.DataFrame(rows)
 
 
 # ------------------------------------------------------------------------------------------
@@ -815,7 +763,10 @@ def monitor(
     paths, crossings = sequential_tests(labelled, settings) if len(labelled) else ([], [])
     alerts += [sequential_alert(finding, settings) for finding in crossings]
     latest = joined[joined["at"] >= joined["at"].max() - pd.Timedelta(days=days)]
-    drift = drift_table(latest, reference, settings)
+    recent = joined[
+        joined["at"] >= joined["at"].max() - pd.Timedelta(days=settings.monitor_drift_days)
+    ]
+    drift = drift_table(recent, reference, settings)
     return MonitoringResult(
         windows,
         drift,

@@ -1,7 +1,7 @@
 """A monitoring run: read the prediction log and the labels, compute, and tell people.
 
 Outputs: one MLflow run per window in experiment ``brewcast-monitoring`` (stable keys
-``all/bias``, ``slice/yeast_strain/german_lager/bias``, ``drift/psi/<feature>``...), an HTML
+``all/bias``, ``slice/yeast_strain/german_lager/bias``, ``drift/effect/<feature>``...), an HTML
 report a brewer can read (bias by slice over time, reliability diagrams, drift), a
 machine-readable ``summary.json``, and alerts to the log and, optionally, a webhook.
 """
@@ -22,6 +22,7 @@ from brewcast import lake
 from brewcast.schema import BATCHES, READINGS, slice_keys
 from brewcast.settings import Settings
 from monitoring.monitor import MonitoringResult, attach_labels, monitor, window_span
+from validation.reference import DRIFT_AGE_HOURS
 
 log = logging.getLogger(__name__)
 
@@ -118,13 +119,10 @@ def log_windows(result: MonitoringResult, settings: Settings) -> list[str]:
                 }
             )
             mlflow.log_metrics(values)
-            if len(result.drift):
-                overall = result.drift[result.drift["slice"] == "all"]
+            if len(result.drift):  # each feature's largest shift over the seasons tested
+                largest = result.drift.groupby("feature")["effect"].agg(lambda e: e.abs().max())
                 mlflow.log_metrics(
-                    {
-                        metric_key("drift", "psi", f): float(p)
-                        for f, p in zip(overall["feature"], overall["psi"], strict=True)
-                    }
+                    {metric_key("drift", "effect", f): float(e) for f, e in largest.items()}
                 )
             run_ids.append(mlflow.active_run().info.run_id)
     return run_ids
@@ -135,12 +133,15 @@ def deliver_alerts(result: MonitoringResult, settings: Settings) -> None:
         log.warning("MONITORING ALERT %s", alert.message())
     for row in result.drift[result.drift["alarm"]].itertuples() if len(result.drift) else []:
         log.warning(
-            "DRIFT %s=%s: PSI of %s is %.3f over %d recent rows",
+            "DRIFT %s=%s: %s moved %+.2f training sd over %d recent batches (Holm p=%.2g, "
+            "impact %.2f)",
             row.slice,
             row.value,
             row.feature,
-            row.psi,
-            row.rows,
+            row.effect,
+            row.served_batches,
+            row.p_adjusted,
+            row.impact,
         )
     if settings.monitor_webhook_url and result.alerts:
         body = json.dumps(result.summary(), default=str).encode()
@@ -444,9 +445,10 @@ def write_html(
             + shown.to_html(index=False, float_format=lambda x: f"{x:.3f}")
         )
     if len(result.drift):
-        drifted = result.drift.sort_values("psi", ascending=False).head(25)
+        drifted = result.drift.head(25)  # alarms first, by impact on the model
         parts.append(
-            "<h2>Drift (PSI vs the training reference, latest window)</h2>"
+            f"<h2>Drift: recent batches at {DRIFT_AGE_HOURS:g} h against training's of the "
+            f"same season, by impact on the model</h2>"
             + drifted.to_html(index=False, float_format=lambda x: f"{x:.3f}")
         )
     parts.append(_unfamiliar(result))

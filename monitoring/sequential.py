@@ -240,6 +240,10 @@ def explain(crossed: list[tuple[Finding, np.ndarray, float, float]]) -> list[Fin
         same_rows=lambda p, c: batches[c] == batches[p],
         alarms_without=alarms_without,
         size=lambda i: len(batches[i]),
+        overlaps=lambda p, c: (
+            bool(batches[c] & batches[p])
+            and not (batches[c] <= batches[p] or batches[p] <= batches[c])
+        ),
     )
     for i, (finding, *_) in enumerate(crossed):
         if roots[i] != i:

@@ -100,7 +100,9 @@ def assert_early_negatives_never_cover_a_finish(
     final = derive_outcomes(batches, readings, rules).set_index("batch_id")
     first, last = readings["timestamp"].min(), readings["timestamp"].max()
     checked = 0
-    for cutoff in pd.date_range(first, last + pd.Timedelta(hours=every_hours), freq=f"{every_hours}h"):
+    for cutoff in pd.date_range(
+        first, last + pd.Timedelta(hours=every_hours), freq=f"{every_hours}h"
+    ):
         seen = readings[readings["timestamp"] <= cutoff]
         started = batches[batches["start_time"] <= cutoff]
         still_open = started.assign(

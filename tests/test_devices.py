@@ -23,8 +23,8 @@ from brewcast.settings import Settings
 from brewcast.units import sg_to_plato
 from ingest.sources import IngestError, ingest_drop_folder, write_drop_files
 from models.dataset import LabelRules, build_snapshots, derive_outcomes, derived_og
-from validation.validate import REASONS_COLUMN
 from tests.test_dataset import assert_early_negatives_never_cover_a_finish
+from validation.validate import REASONS_COLUMN
 
 REALDATA = Path(__file__).parent / "fixtures" / "realdata"
 MEAD = "tilt_mead_2024-12.csv"

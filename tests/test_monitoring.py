@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from monitoring.monitor import attach_labels, holm, monitor, psi
+from monitoring.monitor import attach_labels, holm, monitor
 
 RNG = np.random.default_rng(3)
 STRAINS = ["american_ale", "german_lager", "english_ale"]
@@ -96,10 +96,87 @@ def test_label_precedence_and_hours():
     assert pending["label"].isna().all()
 
 
-def test_holm_and_psi_hand_examples():
+def test_holm_hand_examples():
     np.testing.assert_allclose(holm(np.array([0.01, 0.04, 0.03])), [0.03, 0.06, 0.06])
-    assert psi([0.5, 0.5], [60, 40]) == pytest.approx(0.1 * np.log(1.2) - 0.1 * np.log(0.8))
-    assert psi([0.2, 0.8], [20, 80]) == pytest.approx(0.0)
+    # sorted: 0.001 x5, 0.01 x4, 0.03 x3, 0.04 x2 (0.08, kept at 0.09: monotone), 0.2 x1
+    p = np.array([0.01, 0.04, 0.03, 0.2, 0.001])
+    np.testing.assert_allclose(holm(p), [0.04, 0.09, 0.09, 0.2, 0.005])
+
+
+def _drift_world(shift: float, seed: int = 5):
+    """A reference of 120 training batches (two seasons) at the drift age and 40 served
+    batches of winter, whose pitch temperature moves by ``shift`` degrees. The model leans
+    on pitch temperature, not on yeast generation."""
+    from validation.reference import DRIFT_AGE_HOURS
+
+    rng = np.random.default_rng(seed)
+    n = 120
+    pitch = rng.normal(12.0, 1.0, n)
+    reference = {
+        "batches": {
+            "age_hours": DRIFT_AGE_HOURS,
+            "season": ["winter"] * 60 + ["summer"] * 60,
+            "values": {
+                "pitch_temperature_c": pitch.tolist(),
+                "yeast_generation": rng.integers(1, 8, n).astype(float).tolist(),
+                "original_gravity_plato": rng.normal(12.0, 0.8, n).tolist(),
+                "probability": (0.1 + 0.05 * (pitch - 12.0) + rng.normal(0, 0.01, n)).tolist(),
+            },
+        }
+    }
+    rows = []
+    for b in range(40):
+        served_pitch = rng.normal(12.0 + shift, 1.0)
+        for hours in (42.0, 48.0, 54.0):  # three snapshots a batch; the 48 h one counts
+            rows.append(
+                {
+                    "batch_id": f"S{b}",
+                    "season": "winter",
+                    "probability": 0.1 + 0.05 * (served_pitch - 12.0),
+                    "features": json.dumps(
+                        {
+                            "hours_since_pitch": hours,
+                            "pitch_temperature_c": served_pitch,
+                            "yeast_generation": float(rng.integers(1, 8)),
+                            "original_gravity_plato": float(rng.normal(12.0, 0.8)),
+                        }
+                    ),
+                }
+            )
+    return reference, pd.DataFrame(rows)
+
+
+def test_drift_is_per_batch_same_season_tested_and_ranked_by_the_model(settings):
+    """A warmer pitch alarms, first, with the probability it moves; the features the model
+    does not lean on and the unshifted world raise nothing; each batch counts once."""
+    from scipy.stats import ks_2samp
+
+    from monitoring.drift import drift_table
+
+    reference, served = _drift_world(shift=2.0)
+    table = drift_table(served, reference, settings)
+    assert (table["served_batches"] == 40).all()  # one row per batch, not three
+    assert set(table["value"]) == {"winter"}  # against the winter training batches
+    assert (table["reference_batches"] == 60).all()
+    alarmed = table[table["alarm"]]
+    assert alarmed["feature"].tolist()[:2] in (
+        ["probability", "pitch_temperature_c"],
+        ["pitch_temperature_c", "probability"],
+    )
+    assert not table.loc[table["feature"] == "yeast_generation", "alarm"].any()
+    pitch = table.set_index("feature").loc["pitch_temperature_c"]
+    winter = np.array(reference["batches"]["values"]["pitch_temperature_c"][:60])
+    served_pitch = (
+        served.groupby("batch_id")["features"]
+        .first()
+        .map(lambda f: json.loads(f)["pitch_temperature_c"])
+    )
+    assert pitch["ks_statistic"] == pytest.approx(ks_2samp(served_pitch, winter).statistic)
+    assert pitch["effect"] == pytest.approx(
+        (served_pitch.mean() - winter.mean()) / winter.std(ddof=1)
+    )
+    calm = drift_table(_drift_world(shift=0.0, seed=8)[1], reference, settings)
+    assert not calm["alarm"].any(), calm
 
 
 def test_calibrated_log_raises_no_alarm(settings):

@@ -19,11 +19,13 @@ from brewcast.schema import FEATURES
 from brewcast.settings import Settings
 from ingest.simulator import RECIPES, Drift, SimulationConfig, simulate
 from models.dataset import LabelRules, build_snapshots, derive_outcomes
+from models.pipeline import score_model
 from monitoring.monitor import monitor
 from monitoring.replay import chunks, records, snapshot_requests
 from serving.model import served_model
 from serving.prediction_log import PredictionLog
 from tests.conftest import build_model
+from validation.reference import load_reference, save_reference
 
 pytestmark = pytest.mark.slow
 
@@ -69,6 +71,10 @@ def served(tmp_path_factory):
     lake.write_partitions(train, FEATURES, settings.paths.lake, "features", "year")
     workdir = build_model(settings, home / "training")
     model = served_model((workdir / "model.onnx").read_bytes(), "1", "drift-test", settings)
+    # the reference promotion saves: the training split, scored by the champion
+    train_split = pd.read_parquet(workdir / "train.parquet")
+    probability, _ = score_model((workdir / "model.onnx").read_bytes(), train_split)
+    save_reference(settings, train_split, probability)
     return settings, rules, model
 
 
@@ -90,7 +96,7 @@ def _monitor_world(served, world: SimulationConfig, name: str, days: int = MONIT
         predictions, labels = prediction_log.read_predictions(), prediction_log.read_labels()
     finally:
         prediction_log.close()
-    return sim, monitor(predictions, labels, outcomes, None, settings)
+    return sim, monitor(predictions, labels, outcomes, load_reference(settings), settings)
 
 
 def test_clean_months_raise_no_alarm(served):
@@ -100,6 +106,10 @@ def test_clean_months_raise_no_alarm(served):
     assert supported["window"].nunique() >= 15
     assert len(supported) >= 40  # (window, slice) cells with support, two bias tests each
     assert result.alerts == [], [a.message() for a in result.alerts]
+    # nor does label-free drift: its batches at 48 h were tested against the training
+    # year's batches of the same season, every feature and the probability
+    assert len(result.drift) >= 10 and result.drift["served_batches"].min() >= 10
+    assert not result.drift["alarm"].any(), result.drift.head()
     # the finish forecast's intervals hold live about as often as they say (pooled over the
     # windows: single weeks of a cold spell dip, without significance). Training's float
     # round-off differs between CPUs (oneDNN), and with it the pooled 95% coverage: 0.90 to
@@ -156,6 +166,7 @@ def test_another_clean_cellar_for_half_a_year_raises_no_alarm(served):
     tested = result.sequential
     assert tested["slice"].nunique() == 5 and tested["value"].nunique() >= 20
     assert result.alerts == [], [a.message() for a in result.alerts]
+    assert len(result.drift) >= 10 and not result.drift["alarm"].any(), result.drift.head()
 
 
 def test_one_sluggish_fermenter_is_found_within_four_of_its_batches(served):

@@ -127,3 +127,24 @@ def test_one_slow_fermenter_among_many_alarms_in_its_own_slice():
     assert set(paths["metric"]) == {f.metric for f in FAMILIES}
     for _, path in paths.groupby(["slice", "value", "metric"]):
         assert path["known_at"].is_monotonic_increasing
+
+
+def test_resolve_names_one_root_per_cause():
+    """The cellar (0) holds the lagers (1) and FV03 (2), which brews lagers and ales; the
+    lagers in FV03 (3) lie in both; the cellar's brand (4) is the cellar's very rows. The
+    cellar without lagers is fine, FV03 without lagers too, the lagers without FV03 still
+    alarm: every alarm is the lagers'."""
+    from monitoring.causes import resolve
+
+    rows = {0: set(range(10)), 1: {0, 1, 2, 3}, 2: {3, 4, 5}, 3: {3}, 4: set(range(10))}
+    fine_without_lagers = {(0, 1), (2, 1), (4, 1), (2, 3)}
+    roots = resolve(
+        5,
+        inside=lambda p, c: rows[c] <= rows[p],
+        same_rows=lambda p, c: rows[c] == rows[p],
+        alarms_without=lambda p, c: (p, c) not in fine_without_lagers,
+        size=lambda i: len(rows[i]),
+        overlaps=lambda p, c: bool(rows[p] & rows[c])
+        and not (rows[p] <= rows[c] or rows[c] <= rows[p]),
+    )
+    assert roots == [1, 1, 1, 1, 1]

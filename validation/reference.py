@@ -47,39 +47,49 @@ def known_categories(features: pd.DataFrame) -> dict[str, list[str]]:
     }
 
 
-def bin_counts(edges, values) -> np.ndarray:
-    """Counts of ``values`` in the bins ``edges`` (outside values go to the end bins)."""
-    inner = np.searchsorted(np.asarray(edges, float)[1:-1], values, side="right")
-    return np.bincount(inner, minlength=len(edges) - 1)
+#: The age at which each batch is compared for drift: one row per batch (a long batch
+#: repeats its static features in every snapshot, which makes snapshot histograms lumpy).
+DRIFT_AGE_HOURS = 48.0
+#: How far from that age a batch's nearest snapshot may be.
+DRIFT_AGE_SLACK_HOURS = 6.0
 
 
-def reference_bins(frame: pd.DataFrame, probabilities=None, bins: int = 10) -> dict:
-    """Decile bins of every numeric feature (and of the model's probabilities) for PSI."""
-    out = {}
-    columns = {c.name: frame[c.name] for c in numeric_features()}
-    if probabilities is not None:
-        columns["probability"] = pd.Series(probabilities)
-    for name, series in columns.items():
-        values = series.dropna().to_numpy(dtype=float)
-        if values.size < bins:
-            continue
-        edges = np.unique(np.quantile(values, np.linspace(0, 1, bins + 1)))
-        if edges.size < 3:
-            continue
-        counts = bin_counts(edges, values)
-        out[name] = {"edges": edges.tolist(), "proportions": (counts / counts.sum()).tolist()}
-    return out
+def at_age(frame: pd.DataFrame, age_hours: float = DRIFT_AGE_HOURS) -> pd.DataFrame:
+    """Each batch's snapshot nearest ``age_hours`` after pitch (within the slack), one row
+    per batch: the unit drift is measured in."""
+    away = (frame["hours_since_pitch"].astype(float) - age_hours).abs()
+    near = frame.assign(_away=away)[away <= DRIFT_AGE_SLACK_HOURS]
+    nearest = near.sort_values("_away").drop_duplicates("batch_id", keep="first")
+    return nearest.drop(columns="_away").sort_values("batch_id", ignore_index=True)
+
+
+def reference_batches(frame: pd.DataFrame, probabilities=None) -> dict:
+    """The training batches at :data:`DRIFT_AGE_HOURS`: their season and numeric features
+    (and the model's probability there), column by column."""
+    rows = frame if probabilities is None else frame.assign(probability=np.asarray(probabilities))
+    rows = at_age(rows)
+    columns = [c.name for c in numeric_features()] + (
+        ["probability"] if probabilities is not None else []
+    )
+    return {
+        "age_hours": DRIFT_AGE_HOURS,
+        "season": rows["season"].astype(str).tolist(),
+        "values": {
+            name: [None if pd.isna(v) else float(v) for v in rows[name]] for name in columns
+        },
+    }
 
 
 def save_reference(settings: Settings, features: pd.DataFrame, probabilities=None) -> Path:
-    """Save the statistics of ``features`` (a training split) and the last time they cover:
-    only snapshots after that time are compared against them. With the model's
-    ``probabilities`` on those rows, monitoring can watch prediction drift too."""
+    """Save the statistics of ``features`` (a training split), its batches at the drift age
+    and the last time they cover: only snapshots after that time are compared against them.
+    With the model's ``probabilities`` on those rows, monitoring watches prediction drift
+    and ranks feature drift by importance."""
     reference = {
         "until": features["snapshot_time"].max().isoformat(),
         "features": compute_reference(features),
         "categories": known_categories(features),
-        "bins": reference_bins(features, probabilities),
+        "batches": reference_batches(features, probabilities),
     }
     return write_text(reference_path(settings), json.dumps(reference, indent=2))
 
