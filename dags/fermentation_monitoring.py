@@ -3,8 +3,9 @@
 Daily: join the served predictions (the prediction log) with the labels that arrived since
 (`/feedback`, or batch outcomes derived from validated readings), compute prediction bias,
 calibration (ECE, reliability), AUC and precision/recall per window and per slice (brand,
-yeast strain, fermenter, season, and pairs where support allows), and feature/prediction
-drift (PSI) against the champion's training reference. Logs one MLflow run per window
+yeast strain, fermenter, season, and pairs where support allows), a CUSUM per slice since
+deployment, one alert per root cause, and batch-level feature/prediction drift against the
+champion's training batches of the same season. Logs one MLflow run per window
 (`brewcast-monitoring`), writes `HOME/monitoring/report.html` and `summary.json`, alerts to
 the log (and `BREWCAST_MONITOR_WEBHOOK_URL`), and emits `brewcast://monitoring/retrain`
 when an alarm fires, which triggers `fermentation_training`.

@@ -142,7 +142,7 @@ def _measured(metric: str, observed: float) -> str:
 @dataclass
 class MonitoringResult:
     windows: pd.DataFrame  # one row per (window, slice, value): metrics + support
-    drift: pd.DataFrame  # one row per (slice, value, feature): PSI
+    drift: pd.DataFrame  # one row per (season, feature): monitoring.drift.DRIFT_COLUMNS
     alerts: list[Alert] = field(default_factory=list)
     labelled: int = 0
     pending: int = 0

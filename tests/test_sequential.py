@@ -144,7 +144,8 @@ def test_resolve_names_one_root_per_cause():
         same_rows=lambda p, c: rows[c] == rows[p],
         alarms_without=lambda p, c: (p, c) not in fine_without_lagers,
         size=lambda i: len(rows[i]),
-        overlaps=lambda p, c: bool(rows[p] & rows[c])
-        and not (rows[p] <= rows[c] or rows[c] <= rows[p]),
+        overlaps=lambda p, c: (
+            bool(rows[p] & rows[c]) and not (rows[p] <= rows[c] or rows[c] <= rows[p])
+        ),
     )
     assert roots == [1, 1, 1, 1, 1]
