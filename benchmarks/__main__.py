@@ -7,7 +7,15 @@ import os
 import platform
 from pathlib import Path
 
-from benchmarks import airflow_overhead, board, inference, pipeline, readings, serving
+from benchmarks import (
+    airflow_overhead,
+    board,
+    inference,
+    monitoring,
+    pipeline,
+    readings,
+    serving,
+)
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -24,6 +32,7 @@ def main() -> None:
         "serving": serving.run(),
         "readings": readings.run(),
         "board": board.run(),
+        "monitoring": monitoring.run(),
         "airflow": airflow_overhead.run(),
     }
     gpu = results["inference"]["gpu"]  # the serving benchmark uses CUDA by itself where it can
@@ -38,6 +47,7 @@ def main() -> None:
             serving.markdown(results["serving"]),
             readings.markdown(results["readings"]),
             board.markdown(results["board"]),
+            monitoring.markdown(results["monitoring"]),
             airflow_overhead.markdown(results["airflow"]),
         ]
     )

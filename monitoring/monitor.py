@@ -728,14 +728,44 @@ def out_of_distribution_counts(predictions: pd.DataFrame) -> dict:
 # ------------------------------------------------------------------------------------------
 
 
+#: Bumped when window metrics change meaning: a cached window of another version is
+#: computed again.
+WINDOW_CACHE_VERSION = "1"
+#: What a window's metrics depend on, row by row (its fingerprint hashes them).
+FINGERPRINTED = (
+    "prediction_id", "probability", "hours_remaining", "label", "label_bound", "actual_hours",
+    "never_finished",
+)  # fmt: skip
+
+
+def window_fingerprint(rows: pd.DataFrame, settings: Settings) -> str:
+    """A window's predictions and labels as they are now (with the support settings its
+    metrics depend on): equal fingerprints, equal metrics."""
+    columns = [c for c in FINGERPRINTED if c in rows]
+    hashed = pd.util.hash_pandas_object(rows[columns], index=False).to_numpy()
+    total = int(hashed.sum(dtype=np.uint64))
+    return (
+        f"{WINDOW_CACHE_VERSION}:{len(rows)}:{total:x}:"
+        f"{settings.monitor_min_support}:{settings.monitor_min_batches}"
+    )
+
+
 def monitor(
     predictions: pd.DataFrame,
     labels: pd.DataFrame,
     outcomes: pd.DataFrame,
     reference: dict | None,
     settings: Settings,
+    previous: pd.DataFrame | None = None,
 ) -> MonitoringResult:
-    """Metrics per window and slice, alerts, drift, for every logged prediction."""
+    """Metrics per window and slice, alerts, drift, for every logged prediction.
+    ``previous``: an earlier run's windows; a window whose predictions and labels have not
+    changed since (its fingerprint) is taken from it, not computed again, so a daily run
+    costs what its new data costs."""
+    cached = {}
+    if previous is not None and len(previous) and "fingerprint" in previous:
+        for key, table in previous.groupby(["window", "model_version", "fingerprint"]):
+            cached[(str(key[0]), str(key[1]), str(key[2]))] = table
     if predictions.empty:
         return MonitoringResult(pd.DataFrame(), pd.DataFrame(), [], 0, 0)
     joined = attach_labels(predictions, labels, outcomes, settings.horizon_hours)
@@ -751,10 +781,17 @@ def monitor(
             lo = start + pd.Timedelta(days=days * i)
             name = f"{lo:%Y-%m-%d}+{days:g}d"
             for version, by_version in part.groupby("model_version", sort=True):
-                table = window_metrics(
-                    by_version, name, settings.monitor_min_support, settings.monitor_min_batches
-                )
-                table.insert(1, "model_version", version)
+                fingerprint = window_fingerprint(by_version, settings)
+                table = cached.get((name, str(version), fingerprint))
+                if table is None:
+                    table = window_metrics(
+                        by_version, name, settings.monitor_min_support, settings.monitor_min_batches
+                    )
+                    table.insert(1, "model_version", str(version))
+                    table["fingerprint"] = fingerprint
+                    table["fresh"] = True  # computed by this run (MLflow logs it)
+                else:
+                    table = table.assign(fresh=False)
                 frames.append(table)
                 rows[(name, str(version))] = by_version
     windows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

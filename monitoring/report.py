@@ -71,9 +71,11 @@ def run_monitoring(settings: Settings, log_to_mlflow: bool = True) -> dict:
     from validation.reference import load_reference
 
     predictions, labels, outcomes = load_inputs(settings)
-    result = monitor(predictions, labels, outcomes, load_reference(settings), settings)
     out_dir = settings.paths.monitoring
     out_dir.mkdir(parents=True, exist_ok=True)
+    cache = out_dir / "windows.parquet"  # the last run's windows: unchanged ones are reused
+    previous = _read_cache(cache)
+    result = monitor(predictions, labels, outcomes, load_reference(settings), settings, previous)
     summary = result.summary()
     report = write_html(result, predictions, labels, outcomes, settings, out_dir / "report.html")
     summary["report"] = str(report)
@@ -82,11 +84,25 @@ def run_monitoring(settings: Settings, log_to_mlflow: bool = True) -> dict:
     lake.write_text(settings.paths.monitoring_summary, json.dumps(summary, indent=2, default=str))
     if len(result.windows):
         result.windows.to_csv(out_dir / "windows.csv", index=False)
+        result.windows.astype({"model_version": str}).to_parquet(cache, index=False)
     deliver_alerts(result, settings)
     return summary
 
 
+def _read_cache(path: Path) -> pd.DataFrame | None:
+    """The last run's windows, or None (none yet, or unreadable: every window is computed)."""
+    if not path.exists():
+        return None
+    try:
+        return pd.read_parquet(path)
+    except (OSError, ValueError) as exc:
+        log.warning("monitoring: the window cache %s is unreadable (%s); computing all", path, exc)
+        return None
+
+
 def log_windows(result: MonitoringResult, settings: Settings) -> list[str]:
+    """One MLflow run per window this run computed (a window unchanged since the last run
+    was logged when it was computed)."""
     import mlflow
 
     from brewcast.registry import configure, ensure_experiment
@@ -95,7 +111,8 @@ def log_windows(result: MonitoringResult, settings: Settings) -> list[str]:
     configure(settings.tracking_uri)
     experiment = ensure_experiment(settings.monitor_experiment, settings.paths.mlflow_artifacts)
     run_ids = []
-    for (window, version), part in result.windows.groupby(["window", "model_version"]):
+    fresh = result.windows[result.windows["fresh"]] if "fresh" in result.windows else result.windows
+    for (window, version), part in fresh.groupby(["window", "model_version"]):
         values = {}
         for row in part.itertuples(index=False):
             prefix = ("all",) if row.slice == "all" else ("slice", row.slice, row.value)

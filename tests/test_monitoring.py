@@ -420,3 +420,36 @@ def test_label_bounds_from_a_running_batch_are_sure_negatives_or_an_upper_bound(
     assert np.isnan(bound["RUN-30"]) and np.isnan(bound["RUN-40"])  # horizons not passed
     assert bound["DONE-0"] == 0.0 and bound["DONE-40"] == 1.0  # the labels themselves
     assert joined.loc[joined["batch_id"] == "RUN", "label"].isna().all()  # no label invented
+
+
+def test_a_run_computes_only_the_windows_that_changed(settings, monkeypatch):
+    """Given the last run's windows, an unchanged window is reused; a label arriving for one
+    prediction recomputes its window alone, and the result equals a run from scratch."""
+    import monitoring.monitor as monitoring
+
+    monkeypatch.setattr(sys.modules[__name__], "RNG", np.random.default_rng(9))
+    predictions, outcomes = _log(biased_strain="german_lager")
+    first = monitor(predictions, NO_LABELS, outcomes, None, settings)
+    computed = []
+    real = monitoring.window_metrics
+    monkeypatch.setattr(
+        monitoring, "window_metrics", lambda *a, **k: computed.append(a[1]) or real(*a, **k)
+    )
+    again = monitor(predictions, NO_LABELS, outcomes, None, settings, first.windows)
+    assert computed == [] and not again.windows["fresh"].any()
+    same = ["fresh"]
+    pd.testing.assert_frame_equal(
+        again.windows.drop(columns=same), first.windows.drop(columns=same)
+    )
+    assert [a.message() for a in again.alerts] == [a.message() for a in first.alerts]
+    one = predictions.sort_values("snapshot_time").iloc[-1]
+    label = pd.DataFrame(
+        [{"prediction_id": one.prediction_id, "batch_id": None, "finished_within_horizon": 0.0,
+          "finished_at": None}]
+    )  # fmt: skip
+    updated = monitor(predictions, label, outcomes, None, settings, again.windows)
+    assert len(set(computed)) == 1 and computed[0] == updated.windows["window"].max()
+    scratch = monitor(predictions, label, outcomes, None, settings)
+    pd.testing.assert_frame_equal(
+        updated.windows.drop(columns=same), scratch.windows.drop(columns=same)
+    )
