@@ -187,3 +187,29 @@ def test_one_sluggish_fermenter_is_found_within_four_of_its_batches(served):
         a.slice == "fermenter" and a.value == "FV07" for a in result.alerts if a.test == "cusum"
     )
     assert set(found[0].batch_ids) & set(drifted["batch_id"])
+
+
+def test_a_milder_strain_fault_is_found_within_days_not_months(served):
+    """belgian_saison turns mildly sluggish (late slope x 0.75) 20 days into service: no
+    weekly window alarmed on it in 100 days before the sequential test. Now a slice of
+    saison batches (the strain, or its brand, which explains it) alarms within 10 days of
+    the fault, and at most one other slice alarms in the 120 days (the false-alarm budget
+    is one per slice-year)."""
+    fault = Drift("yeast_strain", "belgian_saison", DEPLOYED + pd.Timedelta(days=20), 0.75)
+    sim, result = _monitor_world(served, dataclasses.replace(WORLD, drift=fault), "saison")
+    saison_brands = {b for b, r in RECIPES.items() if set(r.strains) == {"belgian_saison"}}
+
+    def about_saison(alert) -> bool:
+        pairs = dict(zip(alert.slice.split("*"), alert.value.split("*"), strict=True))
+        return (
+            pairs.get("yeast_strain") == "belgian_saison"
+            or pairs.get("brand") in saison_brands
+            or "yeast_strain=belgian_saison" in alert.explains
+        )
+
+    found = [a for a in result.alerts if a.test == "cusum" and about_saison(a)]
+    assert found, [a.message() for a in result.alerts]
+    first = min(pd.Timestamp(a.detected_at) for a in found)
+    assert first <= fault.start + pd.Timedelta(days=10)
+    others = {(a.slice, a.value) for a in result.alerts if not about_saison(a)}
+    assert len(others) <= 1, others
