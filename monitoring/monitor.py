@@ -22,7 +22,7 @@ import contextlib
 import logging
 import math
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from itertools import combinations
 
 import numpy as np
@@ -71,11 +71,18 @@ class Alert:
     model_version: str | None = None
     #: Other metrics of the same family that alarmed for the same cause: {metric: observed}.
     also: dict[str, float] = field(default_factory=dict)
+    #: A sequential alert from an earlier run whose CUSUM has not returned to 0: still open.
+    carried: bool = False
     #: The alarmed parent slices this one explains ("all=all", "brand=pils"): they alarm
     #: for its batches and are not reported on their own.
     explains: list[str] = field(default_factory=list)
 
     def evidence(self) -> str:
+        if self.test == "cusum" and self.carried:
+            return (
+                f"CUSUM crossed {self.threshold:.1f} when the batch finished at "
+                f"{self.detected_at}; {self.statistic:.1f} now, open until it falls to 0"
+            )
         if self.test == "cusum":
             return (
                 f"CUSUM {self.statistic:.1f} above its threshold {self.threshold:.1f}, "
@@ -682,6 +689,36 @@ def _window_roots(group: list[Alert], rows: pd.DataFrame, settings: Settings) ->
     )
 
 
+def still_open(previous: list[Alert], paths: pd.DataFrame, current: list[Alert]) -> list[Alert]:
+    """Earlier runs' sequential alerts that this run's CUSUM no longer crosses but whose
+    statistic, on the alarm's side, has not fallen back to 0: a CUSUM alarm stays open
+    until the evidence is gone (re-estimating the spread or the change each run would
+    otherwise make it flap). Those not explained by an alert of this run."""
+
+    def key(a: Alert) -> tuple:
+        return (str(a.model_version), a.slice, a.value, a.metric)
+
+    raised = {key(a) for a in current if a.test == "cusum"}
+    explained = {(a.metric, name) for a in current for name in a.explains}
+    kept = []
+    for alert in previous:
+        name = f"{alert.slice}={alert.value}"
+        if alert.test != "cusum" or key(alert) in raised or (alert.metric, name) in explained:
+            continue
+        path = paths[
+            (paths["model_version"].astype(str) == str(alert.model_version))
+            & (paths["slice"] == alert.slice)
+            & (paths["value"] == alert.value)
+            & (paths["metric"] == alert.metric)
+        ] if len(paths) else paths  # fmt: skip
+        if path.empty:
+            continue
+        statistic = float(path["upper" if alert.observed > 0 else "lower"].iloc[-1])
+        if statistic > 0:
+            kept.append(replace(alert, statistic=statistic, carried=True))
+    return kept
+
+
 def _causes(slice_name: str) -> str:
     return LIKELY_CAUSES.get(
         slice_name.split("*")[0],
@@ -757,11 +794,13 @@ def monitor(
     reference: dict | None,
     settings: Settings,
     previous: pd.DataFrame | None = None,
+    previous_alerts: list[Alert] | None = None,
 ) -> MonitoringResult:
     """Metrics per window and slice, alerts, drift, for every logged prediction.
     ``previous``: an earlier run's windows; a window whose predictions and labels have not
     changed since (its fingerprint) is taken from it, not computed again, so a daily run
-    costs what its new data costs."""
+    costs what its new data costs. ``previous_alerts``: an earlier run's alerts, whose
+    sequential ones stay open until their CUSUM falls to 0 (:func:`still_open`)."""
     cached = {}
     if previous is not None and len(previous) and "fingerprint" in previous:
         for key, table in previous.groupby(["window", "model_version", "fingerprint"]):
@@ -798,7 +837,9 @@ def monitor(
     alerts = find_alerts(windows, settings) if len(windows) else []
     alerts = merge_windows(one_cause_per_alert(alerts, rows, settings))
     paths, crossings = sequential_tests(labelled, settings) if len(labelled) else ([], [])
-    alerts += [sequential_alert(finding, settings) for finding in crossings]
+    sequential = [sequential_alert(finding, settings) for finding in crossings]
+    paths = paths if len(paths) else pd.DataFrame()
+    alerts += sequential + still_open(previous_alerts or [], paths, alerts + sequential)
     latest = joined[joined["at"] >= joined["at"].max() - pd.Timedelta(days=days)]
     recent = joined[
         joined["at"] >= joined["at"].max() - pd.Timedelta(days=settings.monitor_drift_days)
@@ -812,5 +853,5 @@ def monitor(
         int(joined["label"].isna().sum()),
         unseen_categories(latest),
         out_of_distribution_counts(latest),
-        paths if len(paths) else pd.DataFrame(),
+        paths,
     )

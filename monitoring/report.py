@@ -13,6 +13,7 @@ import html
 import json
 import logging
 import urllib.request
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ import pandas as pd
 from brewcast import lake
 from brewcast.schema import BATCHES, READINGS, slice_keys
 from brewcast.settings import Settings
-from monitoring.monitor import MonitoringResult, attach_labels, monitor, window_span
+from monitoring.monitor import Alert, MonitoringResult, attach_labels, monitor, window_span
 from validation.reference import DRIFT_AGE_HOURS
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,15 @@ def run_monitoring(settings: Settings, log_to_mlflow: bool = True) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     cache = out_dir / "windows.parquet"  # the last run's windows: unchanged ones are reused
     previous = _read_cache(cache)
-    result = monitor(predictions, labels, outcomes, load_reference(settings), settings, previous)
+    result = monitor(
+        predictions,
+        labels,
+        outcomes,
+        load_reference(settings),
+        settings,
+        previous,
+        _previous_alerts(settings.paths.monitoring_summary),
+    )
     summary = result.summary()
     report = write_html(result, predictions, labels, outcomes, settings, out_dir / "report.html")
     summary["report"] = str(report)
@@ -87,6 +96,19 @@ def run_monitoring(settings: Settings, log_to_mlflow: bool = True) -> dict:
         result.windows.astype({"model_version": str}).to_parquet(cache, index=False)
     deliver_alerts(result, settings)
     return summary
+
+
+def _previous_alerts(summary: Path) -> list[Alert]:
+    """The last run's alerts (from its ``summary.json``; none when there is none)."""
+    if not summary.exists():
+        return []
+    try:
+        alerts = json.loads(summary.read_text()).get("alerts", [])
+    except (OSError, ValueError) as exc:
+        log.warning("monitoring: the last summary %s is unreadable (%s)", summary, exc)
+        return []
+    names = {f.name for f in fields(Alert)}
+    return [Alert(**{k: v for k, v in a.items() if k in names}) for a in alerts]
 
 
 def _read_cache(path: Path) -> pd.DataFrame | None:

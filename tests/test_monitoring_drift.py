@@ -20,7 +20,7 @@ from brewcast.settings import Settings
 from ingest.simulator import RECIPES, Drift, SimulationConfig, simulate
 from models.dataset import LabelRules, build_snapshots, derive_outcomes
 from models.pipeline import score_model
-from monitoring.monitor import monitor
+from monitoring.monitor import attach_labels, monitor
 from monitoring.replay import chunks, records, snapshot_requests
 from serving.model import served_model
 from serving.prediction_log import PredictionLog
@@ -196,7 +196,7 @@ def test_a_milder_strain_fault_is_found_within_days_not_months(served):
     the fault, and at most one other slice alarms in the 120 days (the false-alarm budget
     is one per slice-year)."""
     fault = Drift("yeast_strain", "belgian_saison", DEPLOYED + pd.Timedelta(days=20), 0.75)
-    sim, result = _monitor_world(served, dataclasses.replace(WORLD, drift=fault), "saison")
+    _, result = _monitor_world(served, dataclasses.replace(WORLD, drift=fault), "saison")
     saison_brands = {b for b, r in RECIPES.items() if set(r.strains) == {"belgian_saison"}}
 
     def about_saison(alert) -> bool:
@@ -213,3 +213,47 @@ def test_a_milder_strain_fault_is_found_within_days_not_months(served):
     assert first <= fault.start + pd.Timedelta(days=10)
     others = {(a.slice, a.value) for a in result.alerts if not about_saison(a)}
     assert len(others) <= 1, others
+
+
+def test_live_daily_runs_raise_the_saison_alert_once_and_keep_it_open(served):
+    """The daily DAG's view: each day's run sees the readings and predictions so far, the
+    last run's windows and alerts. The saison fault's alert, once raised, stays open every
+    following day (a re-estimated CUSUM would otherwise flap), and early labels exist for
+    drifted batches days before it (they are what it waits on: the labels)."""
+    settings, rules, model = served
+    fault = Drift("yeast_strain", "belgian_saison", DEPLOYED + pd.Timedelta(days=20), 0.75)
+    sim = simulate(dataclasses.replace(WORLD, drift=fault))
+    complete = derive_outcomes(sim.batches, sim.readings, rules)
+    end = fault.start + pd.Timedelta(days=20)
+    requests = snapshot_requests(sim.batches, sim.readings, rules, DEPLOYED, end, complete)
+    prediction_log = PredictionLog(f"sqlite:///{settings.home / 'live'}.db", "sync")
+    try:
+        log_in_process(model, requests, prediction_log)
+        predictions = prediction_log.read_predictions()
+    finally:
+        prediction_log.close()
+    at = pd.to_datetime(predictions["snapshot_time"], utc=True, format="mixed")
+    drifted = set(sim.truth.loc[sim.truth["drifted"], "batch_id"])
+    no_labels = pd.DataFrame(
+        columns=["prediction_id", "batch_id", "finished_within_horizon", "finished_at"]
+    )
+    last, open_days, early_days = None, [], []
+    for day in pd.date_range(fault.start, end, freq="1D"):
+        started = sim.batches[sim.batches["start_time"] <= day]
+        frames = started.assign(end_time=started["end_time"].where(started["end_time"] <= day))
+        outcomes = derive_outcomes(frames, sim.readings[sim.readings["timestamp"] <= day], rules)
+        seen = predictions[at <= day]
+        last = monitor(
+            seen, no_labels, outcomes, None, settings,
+            None if last is None else last.windows, None if last is None else last.alerts,
+        )  # fmt: skip
+        joined = attach_labels(seen, no_labels, outcomes, settings.horizon_hours)
+        sure = joined[(joined["label_bound"] == 0) & joined["label"].isna()]
+        if sure["batch_id"].isin(drifted).any():
+            early_days.append(day)
+        if any(a.test == "cusum" and "saison" in a.value for a in last.alerts):
+            open_days.append(day)
+    assert early_days and open_days, (early_days, open_days)
+    assert early_days[0] < open_days[0] <= fault.start + pd.Timedelta(days=12)
+    raised = pd.date_range(open_days[0], end, freq="1D")
+    assert list(raised) == open_days  # open every day once raised

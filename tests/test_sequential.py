@@ -149,3 +149,29 @@ def test_resolve_names_one_root_per_cause():
         ),
     )
     assert roots == [1, 1, 1, 1, 1]
+
+
+def test_a_sequential_alarm_stays_open_until_its_cusum_falls_to_zero():
+    """Re-estimated each run, a CUSUM can drop under its threshold the day after it
+    crossed: the alert stays open (carried) while its statistic is above 0, and closes
+    when it falls to 0 or when this run raised it again itself."""
+    from monitoring.monitor import Alert, still_open
+
+    def alert(value: str, observed: float) -> Alert:
+        return Alert("2026-02-01+9d", "fermenter", value, "hours_remaining_bias", observed, 8.0,
+                     40, 3, None, "x", test="cusum", statistic=5.2, threshold=4.8,
+                     detected_at="2026-02-10T00:00:00+00:00", model_version="3")  # fmt: skip
+
+    def path(value: str, upper: float, lower: float) -> dict:
+        return {"model_version": "3", "slice": "fermenter", "value": value,
+                "metric": "hours_remaining_bias", "upper": upper, "lower": lower}  # fmt: skip
+
+    previous = [alert("FV07", -15.0), alert("FV02", -12.0), alert("FV03", 11.0)]
+    paths = pd.DataFrame(
+        [path("FV07", 0.0, 5.0), path("FV07", 0.0, 3.1),  # still up: open
+         path("FV02", 0.0, 2.0), path("FV02", 0.4, 0.0),  # back to 0: closed
+         path("FV03", 1.2, 0.0)]  # raised again below: not carried twice
+    )  # fmt: skip
+    kept = still_open(previous, paths, [alert("FV03", 11.0)])
+    assert [(a.value, a.statistic, a.carried) for a in kept] == [("FV07", 3.1, True)]
+    assert "open until it falls to 0" in kept[0].message()
