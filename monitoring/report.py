@@ -385,6 +385,12 @@ def _reliability(joined: pd.DataFrame, key: str | None) -> str:
     return _png(fig)
 
 
+def _which(batch_ids: list[str], shown: int = 8) -> str:
+    """An alert's batches for the table: the first few, and how many more."""
+    more = len(batch_ids) - shown
+    return ", ".join(batch_ids[:shown]) + (f" and {more} more" if more > 0 else "")
+
+
 def _alerts_table(result: MonitoringResult) -> str:
     """One row per alert, then each slice key's likely causes once (not once per row)."""
     rows = pd.DataFrame(
@@ -397,6 +403,8 @@ def _alerts_table(result: MonitoringResult) -> str:
                 "limit": f"±{a.limit:g}",
                 "predictions": a.support,
                 "batches": a.batches,
+                "which": _which(a.batch_ids),
+                "explains": ", ".join(a.explains),
                 "evidence": a.evidence(),
                 "in words": a.message(),
             }

@@ -264,6 +264,15 @@ def test_run_writes_report_summary_mlflow_and_webhook(settings, monkeypatch):
     runs = mlflow.search_runs(experiment_names=[settings.monitor_experiment])
     assert len(runs) == len(summary["mlflow_runs"]) >= 1
     assert "metrics.slice/yeast_strain/german_lager/bias" in runs.columns
+    # the report opens with the alerts in brewers' words, and names the batches
+    opening = report[report.index("Alerts (") : report.index("The evidence")]
+    assert "german_lager batches have" in opening
+    lager = next(a for a in summary["alerts"] if a["value"] == "german_lager")
+    assert lager["batch_ids"] and lager["batch_ids"][0] in report
+    # the next run, with nothing new, computes no window and logs no MLflow run
+    again = run_monitoring(settings)
+    assert again.get("mlflow_runs", []) == [] and again["alerts"] == summary["alerts"]
+    assert len(mlflow.search_runs(experiment_names=[settings.monitor_experiment])) == len(runs)
 
 
 def test_replay_sends_what_was_known_then_and_finishes_in_order(small_world):
