@@ -102,9 +102,9 @@ class Alert:
             for k, v in zip(keys, values, strict=False)
         ]
         who = "all batches" if self.slice == "all" else " / ".join(named)
-        since = self.window.split("+")[0]  # a window is named "<start>+<days>d"
+        since = self.window
         with contextlib.suppress(ValueError):
-            since = pd.Timestamp(since).strftime("%d %b")
+            since = window_span(self.window)[0].strftime("%d %b")
         if self.metric == "hours_remaining_bias":
             way = "later" if self.observed < 0 else "earlier"
             what = f"have been finishing ~{abs(self.observed):.0f} h {way} than forecast"
@@ -444,6 +444,19 @@ TESTED = (
 )
 
 
+def _sided(p_value: float, observed: float, one_sided: bool) -> float:
+    """A test's p-value: the two-sided one, or for a one-sided test half of it on the
+    alarming side (its complement on the other)."""
+    if not one_sided:
+        return p_value
+    return p_value / 2 if observed > 0 else 1 - p_value / 2
+
+
+def _beyond(observed: float, limit: float, one_sided: bool) -> bool:
+    """Whether a tested value is past its limit (one-sided: above it)."""
+    return observed > limit if one_sided else abs(observed) > limit
+
+
 def find_alerts(windows: pd.DataFrame, settings: Settings) -> list[Alert]:
     """Alarms with support, beyond their limit, and significant after Holm's correction over
     every test of the run (both bias families, every window and slice)."""
@@ -463,10 +476,7 @@ def find_alerts(windows: pd.DataFrame, settings: Settings) -> list[Alert]:
                 )
                 if rows < settings.monitor_min_support or batches < settings.monitor_min_batches:
                     continue
-            p_value = float(getattr(row, p_column))
-            observed = float(getattr(row, column))
-            if one_sided:  # a one-sided test: half the two-sided p on the alarming side
-                p_value = p_value / 2 if observed > 0 else 1 - p_value / 2
+            p_value = _sided(float(getattr(row, p_column)), float(getattr(row, column)), one_sided)
             tests.append((metric, column, limit_name, one_sided, p_value, rows, batches, row))
     alerts = []
     adjusted = holm(np.array([test[4] for test in tests])) if tests else []
@@ -474,8 +484,7 @@ def find_alerts(windows: pd.DataFrame, settings: Settings) -> list[Alert]:
         tests, adjusted, strict=True
     ):
         observed, limit = float(getattr(row, column)), float(getattr(settings, limit_name))
-        beyond = observed > limit if one_sided else abs(observed) > limit
-        if beyond and p_adjusted < settings.monitor_alpha:
+        if _beyond(observed, limit, one_sided) and p_adjusted < settings.monitor_alpha:
             alerts.append(
                 Alert(
                     row.window,
@@ -520,7 +529,7 @@ def sequential_alert(finding: Finding, settings: Settings) -> Alert:
     began, detected = since["known_at"].iloc[0], since["known_at"].iloc[-1]
     days = max(math.ceil((detected - began) / pd.Timedelta(days=1)), 1)
     return Alert(
-        f"{began:%Y-%m-%d}+{days}d",
+        span_name(began, began + pd.Timedelta(days=days)),
         finding.slice,
         finding.value,
         family.metric,
@@ -584,12 +593,9 @@ def alarms_alone(part: pd.DataFrame, metric: str, settings: Settings) -> bool:
     if metric == "ece":
         return bool(values["ece"] > settings.monitor_max_ece)
     _, column, p_column, limit_name, one_sided = next(t for t in TESTED if t[0] == metric)
-    observed, p_value = float(values[column]), float(values[p_column])
-    limit = float(getattr(settings, limit_name))
-    if one_sided:
-        p_value = p_value / 2 if observed > 0 else 1 - p_value / 2
-    beyond = observed > limit if one_sided else abs(observed) > limit
-    return bool(beyond and p_value < settings.monitor_alpha)
+    observed, limit = float(values[column]), float(getattr(settings, limit_name))
+    p_value = _sided(float(values[p_column]), observed, one_sided)
+    return bool(_beyond(observed, limit, one_sided) and p_value < settings.monitor_alpha)
 
 
 def one_cause_per_alert(
@@ -635,6 +641,8 @@ def window_span(window: str) -> tuple[pd.Timestamp, pd.Timestamp]:
 
 
 def span_name(begin: pd.Timestamp, end: pd.Timestamp) -> str:
+    """The name of the window from ``begin`` to ``end`` ("2026-03-01+7d"): the one naming
+    that :func:`window_span` reads back."""
     days = (end - begin) / pd.Timedelta(days=1)
     return f"{begin:%Y-%m-%d}+{days:g}d"
 
@@ -689,6 +697,19 @@ def _window_roots(group: list[Alert], rows: pd.DataFrame, settings: Settings) ->
     )
 
 
+def alert_path(paths: pd.DataFrame, alert: Alert) -> pd.DataFrame:
+    """The CUSUM path (:attr:`MonitoringResult.sequential`) of a sequential alert's
+    version, slice and metric, in the order tested."""
+    if paths.empty:
+        return paths
+    return paths[
+        (paths["model_version"].astype(str) == str(alert.model_version))
+        & (paths["slice"] == alert.slice)
+        & (paths["value"] == alert.value)
+        & (paths["metric"] == alert.metric)
+    ]
+
+
 def still_open(previous: list[Alert], paths: pd.DataFrame, current: list[Alert]) -> list[Alert]:
     """Earlier runs' sequential alerts that this run's CUSUM no longer crosses but whose
     statistic, on the alarm's side, has not fallen back to 0: a CUSUM alarm stays open
@@ -705,12 +726,7 @@ def still_open(previous: list[Alert], paths: pd.DataFrame, current: list[Alert])
         name = f"{alert.slice}={alert.value}"
         if alert.test != "cusum" or key(alert) in raised or (alert.metric, name) in explained:
             continue
-        path = paths[
-            (paths["model_version"].astype(str) == str(alert.model_version))
-            & (paths["slice"] == alert.slice)
-            & (paths["value"] == alert.value)
-            & (paths["metric"] == alert.metric)
-        ] if len(paths) else paths  # fmt: skip
+        path = alert_path(paths, alert)
         if path.empty:
             continue
         statistic = float(path["upper" if alert.observed > 0 else "lower"].iloc[-1])
@@ -818,7 +834,7 @@ def monitor(
         index = ((bounded["at"] - start) / pd.Timedelta(days=days)).astype(int)
         for i, part in bounded.groupby(index, sort=True):
             lo = start + pd.Timedelta(days=days * i)
-            name = f"{lo:%Y-%m-%d}+{days:g}d"
+            name = span_name(lo, lo + pd.Timedelta(days=days))
             for version, by_version in part.groupby("model_version", sort=True):
                 fingerprint = window_fingerprint(by_version, settings)
                 table = cached.get((name, str(version), fingerprint))

@@ -22,7 +22,14 @@ import pandas as pd
 from brewcast import lake
 from brewcast.schema import BATCHES, READINGS, slice_keys
 from brewcast.settings import Settings
-from monitoring.monitor import Alert, MonitoringResult, attach_labels, monitor, window_span
+from monitoring.monitor import (
+    Alert,
+    MonitoringResult,
+    alert_path,
+    attach_labels,
+    monitor,
+    window_span,
+)
 from validation.reference import DRIFT_AGE_HOURS
 
 log = logging.getLogger(__name__)
@@ -217,7 +224,7 @@ def _png(fig) -> str:
 def _window_start(windows: pd.Series) -> pd.Series:
     """A window's start as a time ("2026-03-01+7d" -> 2026-03-01), so charts run in date
     order whatever order the slices' lines were drawn in."""
-    return pd.to_datetime(windows.str.split("+").str[0], utc=True)
+    return windows.map(lambda name: window_span(name)[0])
 
 
 #: Panels of a small-multiples chart: the alarmed or worst values of a slice key.
@@ -296,12 +303,7 @@ def _cusum_paths(result: MonitoringResult) -> str | None:
     )
     paths = result.sequential
     for ax, alert in zip(axes[0], sequential, strict=True):
-        path = paths[
-            (paths["slice"] == alert.slice)
-            & (paths["value"] == alert.value)
-            & (paths["metric"] == alert.metric)
-            & (paths["model_version"].astype(str) == str(alert.model_version))
-        ].sort_values("known_at")
+        path = alert_path(paths, alert)
         ax.step(path["known_at"], path["upper"], where="post", label="running high", color="#b00")
         ax.step(path["known_at"], path["lower"], where="post", label="running low", color="#0b5cad")
         ax.axhline(path["threshold"].iloc[0], color="red", ls="--", lw=1, label="threshold")

@@ -8,8 +8,9 @@ model version was deployed (a retraining starts a new one).
 Each finished batch gives one residual per family, in the order its label became known
 (its finish): the mean over its snapshots of ``predicted - actual hours remaining`` and of
 ``probability - label``, so a long batch weighs as much as a short one. Residuals are
-standardised by the version's robust spread across every batch (1.4826 x MAD) and clipped
-at ±4 (one wild batch is not a drift). Page's CUSUM (Page 1954) accumulates ``z - k``
+standardised by the version's robust spread across every batch (the MAD scaled to a normal
+sigma, ``scipy.stats.median_abs_deviation``) and clipped at ±4 (one wild batch is not a
+drift). Page's CUSUM (Page 1954) accumulates ``z - k``
 upwards and ``-z - k`` downwards, with ``k`` three quarters of the monitoring limit in sigma
 units: the log-likelihood-ratio CUSUM for "a bias of half the limit" (tolerated: no model
 is unbiased in every slice) against "a bias of the limit". The threshold ``h`` is set per
@@ -32,6 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from scipy.optimize import brentq
+from scipy.stats import median_abs_deviation
 
 from brewcast.schema import slice_keys
 from brewcast.settings import Settings
@@ -177,9 +179,13 @@ def sequential_tests(labelled: pd.DataFrame, settings: Settings) -> tuple[pd.Dat
         known = by_version["known_at"]
         span_days = max((known.max() - known.min()) / pd.Timedelta(days=1), MIN_SPAN_DAYS)
         for family in FAMILIES:
-            values = by_version[family.column]
             spread = max(
-                1.4826 * float((values - values.median()).abs().median()), family.min_spread
+                float(
+                    median_abs_deviation(
+                        by_version[family.column], scale="normal", nan_policy="omit"
+                    )
+                ),
+                family.min_spread,
             )
             limit = float(getattr(settings, family.limit_setting)) / spread
             k = 0.75 * limit  # halfway between a tolerated bias (half the limit) and the limit

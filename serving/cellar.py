@@ -376,13 +376,12 @@ def fitted_curve(gravity, until_hours: float | None = None, steps: int = 120) ->
     import numpy as np
     from scipy.optimize import OptimizeWarning, curve_fit
 
+    from ingest.simulator import logistic_gravity as logistic
+
     hours, values = np.asarray(gravity.hours, float), np.asarray(gravity.values, float)
     if len(hours) < MIN_FIT_READINGS or np.ptp(values) < 0.5:
         return None
     t = hours - hours[0]
-
-    def logistic(x, p0, pe, slope, midpoint):
-        return pe + (p0 - pe) / (1.0 + np.exp(np.clip(slope * (x - midpoint), -60, 60)))
 
     start = (
         values[:3].max(),

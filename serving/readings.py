@@ -93,12 +93,38 @@ def _canonical(value: float, unit: str | None, tag: str, where: str) -> float:
     return converted
 
 
-def _device_name(body: Mapping, keys: tuple[str, ...], where: str) -> str:
+#: How each device route's JSON body names its device: the id's prefix and the keys.
+NAMED_BY = {
+    "/readings/ispindel": ("ispindel:", ("name", "ID")),
+    "/readings/brewfather": ("brewfather:", ("name",)),
+}
+
+
+def _named(body: Mapping, keys: tuple[str, ...]) -> str | None:
+    """The device name a body gives under the first of ``keys`` it has (None: none)."""
     for key in keys:
         value = body.get(key)
         if isinstance(value, int | str) and str(value).strip():
             return str(value).strip()[:48]
-    raise ReadingError(f"{where}: give the device's {' or '.join(repr(k) for k in keys)}")
+    return None
+
+
+def _device_name(body: Mapping, keys: tuple[str, ...], where: str) -> str:
+    name = _named(body, keys)
+    if name is None:
+        raise ReadingError(f"{where}: give the device's {' or '.join(repr(k) for k in keys)}")
+    return name
+
+
+def _device_id(body: Mapping, route: str, where: str) -> str:
+    """The id a device route's body names (its prefix and name), or a 422 naming the keys."""
+    prefix, keys = NAMED_BY[route]
+    return prefix + _device_name(body, keys, where)
+
+
+def _tilt_colour(form: Mapping) -> str:
+    """A Tilt post's colour as its device id names it ("" when missing)."""
+    return str(form.get("Color") or "").split(":")[0].strip().lower()
 
 
 def parse_ispindel(body: object, now: datetime, gravity_unit: str | None = None) -> Push:
@@ -108,8 +134,7 @@ def parse_ispindel(body: object, now: datetime, gravity_unit: str | None = None)
     reading is at ``now``."""
     if not isinstance(body, dict):
         raise ReadingError("body: an iSpindel posts a JSON object")
-    name = _device_name(body, ("name", "ID"), "body")
-    push = Push(f"ispindel:{name}")
+    push = Push(_device_id(body, "/readings/ispindel", "body"))
     stated = {"G": "SG", "P": "°P"}.get(str(body.get("gravity-unit", "")).upper())
     gravity = _number(body, "gravity", "body")
     if gravity is not None:
@@ -142,7 +167,7 @@ def parse_brewfather(body: object, now: datetime) -> Push:
     ``temp`` in ``temp_unit`` (C, F, K); at ``now``."""
     if not isinstance(body, dict):
         raise ReadingError("body: a Brewfather stream posts a JSON object")
-    push = Push(f"brewfather:{_device_name(body, ('name',), 'body')}")
+    push = Push(_device_id(body, "/readings/brewfather", "body"))
     gravity = _number(body, "gravity", "body")
     if gravity is not None:
         unit = {"G": "SG", "P": "°P"}.get(str(body.get("gravity_unit", "G")).upper())
@@ -167,7 +192,7 @@ def parse_tilt(form: Mapping[str, str], zone, now: datetime | None = None) -> Pu
     the phone's local time, read in ``zone``), ``SG``, ``Temp`` in °F, ``Color``. In the
     hour a clock change repeats, the local time is the one nearer ``now`` (the post
     arrives as it is made)."""
-    colour = str(form.get("Color") or "").split(":")[0].strip().lower()
+    colour = _tilt_colour(form)
     if not colour:
         raise ReadingError("Color: the Tilt's colour is missing")
     try:
@@ -620,18 +645,17 @@ def _named_device(route: str, body: str) -> str | None:
 
     try:
         if route.endswith("/tilt"):
-            form = dict(urllib.parse.parse_qsl(body))
-            colour = str(form.get("Color") or "").split(":")[0].strip().lower()
+            colour = _tilt_colour(dict(urllib.parse.parse_qsl(body)))
             return f"tilt:{colour}" if colour else None
         parsed = json.loads(body)
     except ValueError:
         return None
     if not isinstance(parsed, dict):
         return None
-    prefix = {"/readings/ispindel": "ispindel:", "/readings/brewfather": "brewfather:"}
-    for key in ("name", "ID") if route in prefix else ():
-        if isinstance(parsed.get(key), int | str) and str(parsed[key]).strip():
-            return prefix[route] + str(parsed[key]).strip()[:48]
+    if route in NAMED_BY:
+        prefix, keys = NAMED_BY[route]
+        name = _named(parsed, keys)
+        return None if name is None else prefix + name
     items = parsed.get("readings")
     if route == "/readings" and isinstance(items, list) and items and isinstance(items[0], dict):
         device = items[0].get("device")
