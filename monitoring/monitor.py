@@ -501,7 +501,7 @@ def find_alerts(windows: pd.DataFrame, settings: Settings) -> list[Alert]:
                 )
             )
     for row in supported.itertuples(index=False):
-        if row.ece > settings.monitor_max_ece and row.rows >= 2 * settings.monitor_min_support:
+        if row.ece > settings.monitor_max_ece and row.rows >= ece_support(settings):
             alerts.append(
                 Alert(
                     row.window,
@@ -580,6 +580,12 @@ def _holds(parent: Alert, child: Alert) -> bool:
     return set(outer) < set(inner) and all(inner[k] == v for k, v in outer.items())
 
 
+def ece_support(settings: Settings) -> int:
+    """Labelled predictions an ECE alarm needs: twice the support, as ECE is biased
+    upwards on few rows."""
+    return 2 * settings.monitor_min_support
+
+
 def alarms_alone(part: pd.DataFrame, metric: str, settings: Settings) -> bool:
     """Whether ``part`` alone, with support, alarms on ``metric`` by its own (uncorrected)
     test: a parent slice without a child's rows, to see whether the child explains it."""
@@ -591,7 +597,7 @@ def alarms_alone(part: pd.DataFrame, metric: str, settings: Settings) -> bool:
     early = metric == "early_prediction_bias"
     values = early_metrics(part) if early else slice_metrics(part)
     if metric == "ece":
-        return bool(values["ece"] > settings.monitor_max_ece)
+        return bool(values["ece"] > settings.monitor_max_ece and len(part) >= ece_support(settings))
     _, column, p_column, limit_name, one_sided = next(t for t in TESTED if t[0] == metric)
     observed, limit = float(values[column]), float(getattr(settings, limit_name))
     p_value = _sided(float(values[p_column]), observed, one_sided)

@@ -462,3 +462,19 @@ def test_a_run_computes_only_the_windows_that_changed(settings, monkeypatch):
     pd.testing.assert_frame_equal(
         updated.windows.drop(columns=same), scratch.windows.drop(columns=same)
     )
+
+
+def test_a_parent_without_a_child_needs_the_ece_support_an_alert_needs(settings):
+    """ECE is biased upwards on few rows, so an ECE alert needs twice the support
+    (find_alerts): the test of a parent without a child's rows must ask the same, or a
+    thin remainder keeps a parent alarming that the child explains."""
+    from monitoring.monitor import alarms_alone
+
+    predictions, outcomes = _log(batches=40)
+    joined = attach_labels(predictions, NO_LABELS, outcomes, 24.0)
+    joined["probability"] = 0.95  # every prediction far too sure: ECE ~0.45
+    support = settings.monitor_min_support
+    thin, enough = joined.iloc[: int(1.5 * support)], joined.iloc[: 2 * support]
+    assert thin["batch_id"].nunique() >= settings.monitor_min_batches
+    assert not alarms_alone(thin, "ece", settings)
+    assert alarms_alone(enough, "ece", settings)
