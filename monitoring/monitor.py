@@ -719,8 +719,9 @@ def alert_path(paths: pd.DataFrame, alert: Alert) -> pd.DataFrame:
 def still_open(previous: list[Alert], paths: pd.DataFrame, current: list[Alert]) -> list[Alert]:
     """Earlier runs' sequential alerts that this run's CUSUM no longer crosses but whose
     statistic, on the alarm's side, has not fallen back to 0: a CUSUM alarm stays open
-    until the evidence is gone (re-estimating the spread or the change each run would
-    otherwise make it flap). Those not explained by an alert of this run."""
+    until the evidence is gone (a batch labelled late is put in its finish order, which can
+    move the statistics after it and would otherwise make it flap). Those not explained by
+    an alert of this run."""
 
     def key(a: Alert) -> tuple:
         return (str(a.model_version), a.slice, a.value, a.metric)

@@ -7,16 +7,19 @@ model version was deployed (a retraining starts a new one).
 
 Each finished batch gives one residual per family, in the order its label became known
 (its finish): the mean over its snapshots of ``predicted - actual hours remaining`` and of
-``probability - label``, so a long batch weighs as much as a short one. Residuals are
-standardised by the version's robust spread across every batch (the MAD scaled to a normal
-sigma, ``scipy.stats.median_abs_deviation``) and clipped at ±4 (one wild batch is not a
-drift). Page's CUSUM (Page 1954) accumulates ``z - k``
-upwards and ``-z - k`` downwards, with ``k`` three quarters of the monitoring limit in sigma
-units: the log-likelihood-ratio CUSUM for "a bias of half the limit" (tolerated: no model
-is unbiased in every slice) against "a bias of the limit". The threshold ``h`` is set per
-slice from the false-alarm rate (``monitor_false_alarms_per_slice_year``, shared by both
-sides and both families) and the slice's own batch rate, for a slice biased by half the
-limit, by Siegmund's approximation of the run length,
+``probability - label``, so a long batch weighs as much as a short one. Each residual is
+standardised by the robust spread of the version's batches before it (the MAD scaled to a
+normal sigma, ``scipy.stats.median_abs_deviation``; the first ``MIN_VERSION_BATCHES`` only
+set it) and clipped at ±4 (one wild batch is not a drift). Everything a batch is tested
+with was known when it arrived, so the daily run and a look back over the same months
+raise the same alarms, and a later batch never rewrites an earlier decision. Page's CUSUM
+(Page 1954) accumulates ``z - k`` upwards and ``-z - k`` downwards, with ``k`` three
+quarters of the monitoring limit in sigma units: the log-likelihood-ratio CUSUM for "a bias
+of half the limit" (tolerated: no model is unbiased in every slice) against "a bias of the
+limit". The threshold ``h`` is set per slice from the false-alarm rate
+(``monitor_false_alarms_per_slice_year``, shared by both sides and both families) and the
+slice's own batch rate so far, for a slice biased by half the limit, by Siegmund's
+approximation of the run length,
 
     ARL(h, k) = (exp(2 k b) - 2 k b - 1) / (2 k^2),   b = h + 1.166,
 
@@ -32,7 +35,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy.optimize import brentq
 from scipy.stats import median_abs_deviation
 
 from brewcast.schema import slice_keys
@@ -45,6 +47,8 @@ CLIP = 4.0
 MIN_VERSION_BATCHES = 20
 #: Batches since the estimated change a sequential alarm needs (one or two are anecdotes).
 MIN_ALARM_BATCHES = 3
+#: The spread is estimated again every this many batches (each estimate from all before).
+SPREAD_EVERY = 10
 #: The shortest span a slice's batch rate is estimated over.
 MIN_SPAN_DAYS = 28.0
 
@@ -117,29 +121,71 @@ def run_length(h: float, k: float) -> float:
     return (math.exp(2 * k * b) - 2 * k * b - 1) / (2 * k * k)
 
 
+def thresholds(k: np.ndarray, in_control_run_length: np.ndarray) -> np.ndarray:
+    """The one-sided thresholds ``h`` whose in-control run lengths (batches) are the ones
+    given, for allowances ``k > 0``, elementwise (at least 0). Siegmund's formula at
+    ``x = 2 k b`` reads ``exp(x) - x - 1 = 2 k^2 ARL``, solved by the fixed point
+    ``x = log(2 k^2 ARL + x + 1)``, a contraction for ``x > 0``."""
+    k = np.asarray(k, float)
+    target = 2 * k * k * np.asarray(in_control_run_length, float)
+    x = np.log1p(target)
+    for _ in range(60):
+        x = np.log(target + x + 1)
+    return np.maximum(x / (2 * k) - 1.166, 0.0)
+
+
 def threshold(k: float, in_control_run_length: float) -> float:
     """The one-sided threshold ``h`` whose in-control run length (batches) is the one
-    given."""
-    target = max(in_control_run_length, run_length(0.0, k) * 1.0001)
-    return float(brentq(lambda h: run_length(h, k) - target, 0.0, 200.0))
+    given (:func:`thresholds`)."""
+    return float(thresholds(np.array([k]), np.array([in_control_run_length]))[0])
 
 
-def cusum(z: np.ndarray, k: float, h: float) -> tuple[np.ndarray, np.ndarray, Crossing | None]:
-    """The upper and lower CUSUM paths of ``z`` and their first crossing of ``h`` by at
-    least :data:`MIN_ALARM_BATCHES` batches since the estimated change (None: none)."""
+def cusum(
+    z: np.ndarray, k: float | np.ndarray, h: float | np.ndarray
+) -> tuple[np.ndarray, np.ndarray, Crossing | None]:
+    """The upper and lower CUSUM paths of ``z`` and the open alarm: the first crossing of
+    ``h``, by at least :data:`MIN_ALARM_BATCHES` batches since the estimated change, after
+    which the statistic has not fallen back to 0 (None: no alarm open; the earlier of the
+    two sides when both are). ``k`` and ``h`` may differ batch by batch; a NaN ``z`` (a
+    batch not tested yet) leaves both statistics where they were."""
+    k, h = np.broadcast_to(k, len(z)), np.broadcast_to(h, len(z))
     upper, lower = np.zeros(len(z)), np.zeros(len(z))
-    high = low = 0.0
+    statistic = {1: 0.0, -1: 0.0}
     start = {1: 0, -1: 0}
-    crossing = None
+    open_alarm: dict[int, Crossing | None] = {1: None, -1: None}
     for i, value in enumerate(z):
-        high, low = max(0.0, high + value - k), max(0.0, low - value - k)
-        upper[i], lower[i] = high, low
-        for side, statistic in ((1, high), (-1, low)):
-            if statistic == 0.0:
-                start[side] = i + 1
-            elif crossing is None and statistic > h and i - start[side] + 1 >= MIN_ALARM_BATCHES:
-                crossing = Crossing(side, i, start[side], statistic, h)
-    return upper, lower, crossing
+        for side in (1, -1):
+            if not np.isnan(value):
+                statistic[side] = max(0.0, statistic[side] + side * value - k[i])
+            if statistic[side] == 0.0:
+                start[side], open_alarm[side] = i + 1, None
+            elif (
+                open_alarm[side] is None
+                and statistic[side] > h[i]
+                and i - start[side] + 1 >= MIN_ALARM_BATCHES
+            ):
+                open_alarm[side] = Crossing(side, i, start[side], statistic[side], float(h[i]))
+        upper[i], lower[i] = statistic[1], statistic[-1]
+    alarms = [a for a in open_alarm.values() if a is not None]
+    return upper, lower, min(alarms, key=lambda a: a.at) if alarms else None
+
+
+def prior_spread(residuals: np.ndarray, floor: float) -> np.ndarray:
+    """Per batch, the robust spread (MAD scaled to a normal sigma, at least ``floor``) of
+    the batches before it, once :data:`MIN_VERSION_BATCHES` of them are known (NaN
+    before), estimated again every :data:`SPREAD_EVERY` batches: a batch is standardised
+    by what was known when it arrived, so later batches never rewrite an earlier
+    decision."""
+    out = np.full(len(residuals), np.nan)
+    known = ~np.isnan(residuals)
+    seen = np.cumsum(known) - known  # batches with a residual before this one
+    spread = np.nan
+    for i in np.flatnonzero(seen >= MIN_VERSION_BATCHES):
+        if np.isnan(spread) or seen[i] % SPREAD_EVERY == 0:
+            prior = residuals[:i][known[:i]]
+            spread = max(float(median_abs_deviation(prior, scale="normal")), floor)
+        out[i] = spread
+    return out
 
 
 def _slices(residuals: pd.DataFrame):
@@ -170,37 +216,38 @@ class Finding:
 
 def sequential_tests(labelled: pd.DataFrame, settings: Settings) -> tuple[pd.DataFrame, list]:
     """Every slice's CUSUM paths (one row per version, slice, family and batch) and its
-    root causes: the crossings not explained by a smaller alarmed slice (:func:`explain`)."""
+    root causes: the crossings not explained by a smaller alarmed slice (:func:`explain`).
+    Everything a batch is tested with was known when it arrived (:func:`prior_spread`, the
+    slice's batch rate so far), so a daily run and a look back agree."""
     residuals = batch_residuals(labelled)
     paths, findings = [], []
     for version, by_version in residuals.groupby("model_version", sort=True):
-        if len(by_version) < MIN_VERSION_BATCHES:
+        if len(by_version) <= MIN_VERSION_BATCHES:
             continue
-        known = by_version["known_at"]
-        span_days = max((known.max() - known.min()) / pd.Timedelta(days=1), MIN_SPAN_DAYS)
+        by_version = by_version.reset_index(drop=True)
+        elapsed = (by_version["known_at"] - by_version["known_at"].iloc[0]) / pd.Timedelta(days=1)
+        span_days = np.maximum(elapsed.to_numpy(), MIN_SPAN_DAYS)
         for family in FAMILIES:
-            spread = max(
-                float(
-                    median_abs_deviation(
-                        by_version[family.column], scale="normal", nan_policy="omit"
-                    )
-                ),
-                family.min_spread,
-            )
-            limit = float(getattr(settings, family.limit_setting)) / spread
-            k = 0.75 * limit  # halfway between a tolerated bias (half the limit) and the limit
+            limit_hours = float(getattr(settings, family.limit_setting))
+            spread = prior_spread(by_version[family.column].to_numpy(float), family.min_spread)
+            limit = limit_hours / spread
+            # halfway between a tolerated bias (half the limit) and the limit
+            by_version["k"] = 0.75 * limit
+            by_version["spread"] = spread
             crossed = []
             for name, value, part in _slices(by_version):
                 part = part[part[family.column].notna()]
                 if len(part) < MIN_ALARM_BATCHES:
                     continue
-                per_year = len(part) / span_days * 365.0
+                # the slice's batches a year, as known at each of its batches
+                per_year = np.arange(1, len(part) + 1) / span_days[part.index] * 365.0
                 # two sides and two families share the slice's false alarms, which must
                 # hold for a slice biased by half the limit (a model is never unbiased
                 # everywhere): the run length is set for increments of mean -(k - limit/2)
                 runs = 4 * per_year / settings.monitor_false_alarms_per_slice_year
-                h = threshold(k - limit / 2, runs)
-                z = np.clip(part[family.column].to_numpy() / spread, -CLIP, CLIP)
+                k = part["k"].to_numpy()
+                h = thresholds(0.25 * limit[part.index], runs)  # NaN while untested
+                z = np.clip(part[family.column].to_numpy() / part["spread"].to_numpy(), -CLIP, CLIP)
                 upper, lower, crossing = cusum(z, k, h)
                 paths.append(
                     pd.DataFrame(
@@ -215,7 +262,7 @@ def sequential_tests(labelled: pd.DataFrame, settings: Settings) -> tuple[pd.Dat
                             "upper": upper,
                             "lower": lower,
                             "threshold": h,
-                            "spread": spread,
+                            "spread": part["spread"].to_numpy(),
                         }
                     )
                 )
@@ -228,7 +275,7 @@ def sequential_tests(labelled: pd.DataFrame, settings: Settings) -> tuple[pd.Dat
     return table, findings
 
 
-def explain(crossed: list[tuple[Finding, np.ndarray, float, float]]) -> list[Finding]:
+def explain(crossed: list[tuple[Finding, np.ndarray, np.ndarray, np.ndarray]]) -> list[Finding]:
     """One finding per cause (:func:`monitoring.causes.resolve`): a slice lies in another
     when its batches do, and a parent still alarms without a child when its test, run again
     without the child's batches, still crosses. The roots are returned, each listing the
@@ -238,7 +285,7 @@ def explain(crossed: list[tuple[Finding, np.ndarray, float, float]]) -> list[Fin
     def alarms_without(p: int, c: int) -> bool:
         parent, z, k, h = crossed[p]
         rest = ~parent.part["batch_id"].isin(batches[c]).to_numpy()
-        return cusum(z[rest], k, h)[2] is not None
+        return cusum(z[rest], k[rest], h[rest])[2] is not None
 
     roots = resolve(
         len(crossed),

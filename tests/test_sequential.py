@@ -12,12 +12,14 @@ from monitoring.sequential import (
     CLIP,
     FAMILIES,
     MIN_ALARM_BATCHES,
+    MIN_VERSION_BATCHES,
     batch_residuals,
     cusum,
     expected_delay,
     run_length,
     sequential_tests,
     threshold,
+    thresholds,
 )
 
 
@@ -58,6 +60,11 @@ def test_threshold_inverts_the_run_length():
     h = threshold(0.5, 400.0)
     assert run_length(h, 0.5) == pytest.approx(400.0)
     assert threshold(0.5, 800.0) > h  # rarer false alarms need a higher bar
+    k, runs = np.array([0.1, 0.3, 0.5, 1.2, 2.0]), np.array([30.0, 90.0, 400.0, 2000.0, 50.0])
+    for kk, rr, hh in zip(k, runs, thresholds(k, runs), strict=True):
+        assert run_length(hh, kk) == pytest.approx(rr, rel=1e-9)
+    # a run length shorter than h = 0 gives is met by h = 0
+    assert threshold(2.0, 1.0) == 0.0
 
 
 def _labelled(batches: list[tuple[str, str, float, float]], start: pd.Timestamp) -> pd.DataFrame:
@@ -152,9 +159,9 @@ def test_resolve_names_one_root_per_cause():
 
 
 def test_a_sequential_alarm_stays_open_until_its_cusum_falls_to_zero():
-    """Re-estimated each run, a CUSUM can drop under its threshold the day after it
-    crossed: the alert stays open (carried) while its statistic is above 0, and closes
-    when it falls to 0 or when this run raised it again itself."""
+    """A batch labelled late (its plateau) moves a CUSUM: it can drop under its threshold
+    the day after it crossed. The alert stays open (carried) while its statistic is above
+    0, and closes when it falls to 0 or when this run raised it again itself."""
     from monitoring.monitor import Alert, still_open
 
     def alert(value: str, observed: float) -> Alert:
@@ -175,3 +182,46 @@ def test_a_sequential_alarm_stays_open_until_its_cusum_falls_to_zero():
     kept = still_open(previous, paths, [alert("FV03", 11.0)])
     assert [(a.value, a.statistic, a.carried) for a in kept] == [("FV07", 3.1, True)]
     assert "open until it falls to 0" in kept[0].message()
+
+
+def test_a_path_already_tested_does_not_change_when_later_batches_arrive():
+    """The daily run and a look back over the same months must agree: each batch is
+    standardised by the spread of the batches before it and tested against the threshold
+    of the batch rate known then, so later batches (here: a noisier spring) never rewrite
+    an earlier statistic, and an alarm raised live is the alarm found looking back."""
+    rng = np.random.default_rng(5)
+    start = pd.Timestamp("2026-01-01", tz="UTC")
+    batches = []
+    for i in range(120):
+        fermenter = f"FV{i % 4 + 1:02d}"
+        noise = 4.0 if i < 60 else 12.0
+        drifted = fermenter == "FV02" and 40 <= i < 60
+        batches.append((f"B{i:03d}", fermenter, rng.normal(-12.0 if drifted else 0.0, noise), i))
+    settings = Settings()
+    frame = _labelled(batches, start)
+    early = frame[frame["at"] < start + pd.Timedelta(days=60)]
+    live_paths, live = sequential_tests(early, settings)
+    paths, later = sequential_tests(frame, settings)
+    key = ["slice", "value", "metric", "batch_id"]
+    merged = live_paths.merge(paths, on=key, suffixes=("_live", ""))
+    assert len(merged) == len(live_paths) > 0
+    for column in ("upper", "lower", "threshold", "spread"):
+        assert np.allclose(merged[f"{column}_live"], merged[column], equal_nan=True), column
+    assert [f.name for f in live if f.family.metric == "hours_remaining_bias"] == ["fermenter=FV02"]
+    # once FV02 behaves again (from batch 60) its statistic falls back to 0: closed
+    fv02 = paths[(paths["value"] == "FV02") & (paths["metric"] == "hours_remaining_bias")]
+    assert (fv02.loc[fv02["batch_id"] >= "B060", "lower"] == 0).any()
+    assert "fermenter=FV02" not in [f.name for f in later]
+    # the first batches only set the spread: not tested
+    first = paths[paths["batch_id"] < f"B{MIN_VERSION_BATCHES:03d}"]
+    assert first["spread"].isna().all() and (first[["upper", "lower"]] == 0).all().all()
+
+
+def test_an_alarm_closes_when_its_cusum_falls_back_to_zero():
+    # up past h = 4 at the 4th value, then well-behaved batches bring it back to 0: closed;
+    # a new run of high residuals opens a new alarm, whose change starts after the zero
+    rising, falling = [0.0, 3.0, 3.0, 3.0, 3.0], [-0.5] * 10
+    assert cusum(np.array(rising), 0.5, 4.0)[2].at == 3
+    assert cusum(np.array(rising + falling), 0.5, 4.0)[2] is None
+    again = cusum(np.array(rising + falling + rising), 0.5, 4.0)[2]
+    assert (again.side, again.start) == (1, 16) and again.at == 18
