@@ -289,7 +289,14 @@ def _bias_over_time(
 
 
 def _cusum_paths(result: MonitoringResult) -> str | None:
-    """Each sequential alert's CUSUM against its threshold, batch by batch (None: none)."""
+    """Each sequential alert's CUSUM against its threshold, as a PNG (None: none)."""
+    figure = cusum_figure(result)
+    return None if figure is None else _png(figure)
+
+
+def cusum_figure(result: MonitoringResult):
+    """Each sequential alert's CUSUM against its threshold (each batch's own: it follows
+    the slice's batch rate), batch by batch (None: no sequential alert)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -306,7 +313,8 @@ def _cusum_paths(result: MonitoringResult) -> str | None:
         path = alert_path(paths, alert)
         ax.step(path["known_at"], path["upper"], where="post", label="running high", color="#b00")
         ax.step(path["known_at"], path["lower"], where="post", label="running low", color="#0b5cad")
-        ax.axhline(path["threshold"].iloc[0], color="red", ls="--", lw=1, label="threshold")
+        ax.step(path["known_at"], path["threshold"], where="post", color="red", ls="--", lw=1,
+                label="threshold")  # fmt: skip
         if alert.detected_at:
             ax.axvline(pd.Timestamp(alert.detected_at), color="black", lw=0.8)
         ax.set_title(f"{alert.slice}={alert.value}: {alert.metric}", fontsize=8)
@@ -316,7 +324,7 @@ def _cusum_paths(result: MonitoringResult) -> str | None:
     fig.suptitle(
         "Sequential tests that alarmed: CUSUM since deployment, by batch finish", fontsize=9
     )
-    return _png(fig)
+    return fig
 
 
 def _coverage_over_time(windows: pd.DataFrame, key: str) -> str | None:

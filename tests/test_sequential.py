@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 
 from brewcast.settings import Settings
-from monitoring.monitor import sequential_alert
+from monitoring.monitor import MonitoringResult, sequential_alert
+from monitoring.report import cusum_figure
 from monitoring.sequential import (
     CLIP,
     FAMILIES,
@@ -125,6 +126,15 @@ def test_one_slow_fermenter_among_many_alarms_in_its_own_slice():
     assert [f.name for f in found] == ["fermenter=FV07"]
     assert {"all=all", "brand=pils", "yeast_strain=lager"} <= set(found[0].explains)
     alert = sequential_alert(found[0], settings)
+    # the report draws its path against each batch's threshold (the first ones untested)
+    figure = cusum_figure(
+        MonitoringResult(pd.DataFrame(), pd.DataFrame(), [alert], sequential=paths)
+    )
+    threshold_line = next(
+        line for line in figure.axes[0].get_lines() if line.get_label() == "threshold"
+    )
+    drawn = np.asarray(threshold_line.get_ydata(), float)
+    assert np.isfinite(drawn).sum() >= len(drawn) - MIN_VERSION_BATCHES - 1 > 0
     drifted_seen = [b for b in alert.batch_ids if int(b[1:]) >= 40]
     assert 3 <= len(drifted_seen) <= 6 and alert.observed < -settings.monitor_max_hours_bias
     assert alert.test == "cusum" and alert.statistic > alert.threshold
