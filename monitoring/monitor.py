@@ -654,34 +654,56 @@ def span_name(begin: pd.Timestamp, end: pd.Timestamp) -> str:
 
 
 def merge_windows(alerts: list[Alert]) -> list[Alert]:
-    """One alert per cause across back-to-back windows: the same model version, slice and
-    metric alarming the same way in consecutive windows is one alert "since" the first,
-    its window the whole span, its support, batches and explained slices pooled and its
-    value the support-weighted mean (each window's was beyond the limit)."""
+    """One alert per cause across back-to-back windows: the same model version and metric
+    alarming the same way in consecutive windows, on the same slice or on one that holds
+    the other (at a season boundary a strain's root can be the strain one week and the
+    strain in one season the next), is one alert "since" the first, under the wider name
+    (the finer one listed as explained), its window the whole span, its support, batches
+    and explained slices pooled and its value the support-weighted mean (each window's was
+    beyond the limit)."""
     out = [a for a in alerts if a.test != "window"]
 
-    def key(a: Alert) -> tuple:
-        return (str(a.model_version), a.slice, a.value, a.metric, a.observed > 0)
+    def same_cause(run: Alert, alert: Alert) -> bool:
+        return (str(run.model_version), run.metric, run.observed > 0) == (
+            str(alert.model_version),
+            alert.metric,
+            alert.observed > 0,
+        ) and (
+            (run.slice, run.value) == (alert.slice, alert.value)
+            or _holds(run, alert)
+            or _holds(alert, run)
+        )
 
-    windowed = sorted((a for a in alerts if a.test == "window"), key=lambda a: (key(a), a.window))
-    run: Alert | None = None
-    for alert in windowed:
+    def started(a: Alert) -> tuple:
+        return (window_span(a.window)[0], a.slice.count("*"), a.slice, a.value)
+
+    runs: list[Alert] = []
+    for alert in sorted((a for a in alerts if a.test == "window"), key=started):
         begin, end = window_span(alert.window)
-        if run is not None and key(run) == key(alert) and window_span(run.window)[1] >= begin:
-            first = window_span(run.window)[0]
-            total = run.support + alert.support
-            run.observed = (run.observed * run.support + alert.observed * alert.support) / total
-            run.window, run.support = span_name(first, end), total
-            run.batch_ids = sorted(set(run.batch_ids) | set(alert.batch_ids))
-            run.batches = len(run.batch_ids) or run.batches + alert.batches
-            run.explains += [e for e in alert.explains if e not in run.explains]
-            run.also.update(alert.also)
-            if alert.p_value is not None and run.p_value is not None:
-                run.p_value = max(run.p_value, alert.p_value)
+        run = next(
+            (r for r in runs if same_cause(r, alert) and begin <= window_span(r.window)[1] < end),
+            None,
+        )
+        if run is None:
+            runs.append(alert)
             continue
-        run = alert
-        out.append(run)
-    return out
+        if _holds(alert, run):  # the wider name leads
+            run.explains.append(f"{run.slice}={run.value}")
+            run.slice, run.value, run.likely_causes = alert.slice, alert.value, alert.likely_causes
+        elif _holds(run, alert):
+            run.explains.append(f"{alert.slice}={alert.value}")
+        first = window_span(run.window)[0]
+        total = run.support + alert.support
+        run.observed = (run.observed * run.support + alert.observed * alert.support) / total
+        run.window, run.support = span_name(first, end), total
+        run.batch_ids = sorted(set(run.batch_ids) | set(alert.batch_ids))
+        run.batches = len(run.batch_ids) or run.batches + alert.batches
+        named = f"{run.slice}={run.value}"
+        run.explains = [e for e in dict.fromkeys(run.explains + alert.explains) if e != named]
+        run.also.update(alert.also)
+        if alert.p_value is not None and run.p_value is not None:
+            run.p_value = max(run.p_value, alert.p_value)
+    return out + runs
 
 
 def _window_roots(group: list[Alert], rows: pd.DataFrame, settings: Settings) -> list[int]:

@@ -478,3 +478,37 @@ def test_a_parent_without_a_child_needs_the_ece_support_an_alert_needs(settings)
     assert thin["batch_id"].nunique() >= settings.monitor_min_batches
     assert not alarms_alone(thin, "ece", settings)
     assert alarms_alone(enough, "ece", settings)
+
+
+def test_a_cause_named_by_a_finer_slice_in_the_next_window_is_still_one_alert():
+    """At a season boundary a strain's weekly root alternates between the strain and the
+    strain in one season (which holds all its rows that week): one cause, one alert since
+    the first week, under the wider name, listing the finer one as explained. A slice
+    that does not hold the other (another fermenter), or the other direction of bias,
+    stays an alert of its own."""
+    from monitoring.monitor import Alert, merge_windows
+
+    def alert(window, name, value, observed=-20.0):
+        batch = [f"{value}-{window}"]
+        return Alert(window, name, value, "hours_remaining_bias", observed, 8.0, 80, 9, 0.001,
+                     "yeast health", batch_ids=batch, model_version="2")  # fmt: skip
+
+    finer = alert("2026-03-08+7d", "yeast_strain*season", "german_lager*spring", -24.0)
+    finer.explains = ["yeast_strain=german_lager", "all=all"]  # that week, the finer root
+    merged = merge_windows(
+        [
+            alert("2026-03-01+7d", "yeast_strain", "german_lager"),
+            finer,
+            alert("2026-03-15+7d", "yeast_strain", "german_lager"),
+            alert("2026-03-08+7d", "fermenter", "FV01"),
+            alert("2026-03-15+7d", "yeast_strain*season", "german_lager*spring", 12.0),
+        ]
+    )
+    lager = [a for a in merged if a.slice == "yeast_strain"]
+    assert [(a.window, a.value) for a in lager] == [("2026-03-01+21d", "german_lager")]
+    assert lager[0].explains == ["yeast_strain*season=german_lager*spring", "all=all"]
+    assert len(lager[0].batch_ids) == 3 and lager[0].observed == pytest.approx(-64 / 3)
+    assert {(a.slice, a.observed) for a in merged if a is not lager[0]} == {
+        ("fermenter", -20.0),
+        ("yeast_strain*season", 12.0),
+    }
