@@ -260,7 +260,7 @@ def _bias_over_time(
             ("hours_bias", "hours bias (predicted - actual)", settings.monitor_max_hours_bias)
         )
     fig, axes = plt.subplots(
-        len(metrics), len(values), figsize=(2.6 * len(values) + 1, 2.4 * len(metrics)),
+        len(metrics), len(values), figsize=(max(2.6 * len(values) + 1, 5.0), 2.4 * len(metrics)),
         sharex=True, sharey="row", squeeze=False,
     )  # fmt: skip
     for row, (column, label, limit) in enumerate(metrics):
@@ -402,7 +402,8 @@ def _which(batch_ids: list[str], shown: int = 8) -> str:
 
 
 def _alerts_table(result: MonitoringResult) -> str:
-    """One row per alert, then each slice key's likely causes once (not once per row)."""
+    """One row per alert, then each slice key's likely causes once (not once per row). The
+    sentences are above it; the log and the webhook carry each alert's full message."""
     rows = pd.DataFrame(
         [
             {
@@ -416,7 +417,6 @@ def _alerts_table(result: MonitoringResult) -> str:
                 "which": _which(a.batch_ids),
                 "explains": ", ".join(a.explains),
                 "evidence": a.evidence(),
-                "in words": a.message(),
             }
             for a in result.alerts
         ]
@@ -512,8 +512,9 @@ def write_html(
     page = (
         "<!doctype html><html><head><meta charset='utf-8'><title>brewcast monitoring"
         "</title><style>body{font-family:sans-serif;margin:2em;max-width:1100px}"
-        "table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;"
-        "padding:2px 6px}img{max-width:100%;margin:6px}</style></head><body>"
+        "table{border-collapse:collapse;font-size:12px;display:block;overflow-x:auto}"
+        "td,th{border:1px solid #ccc;padding:2px 6px;overflow-wrap:break-word}"
+        "img{display:block;max-width:100%;margin:6px 0}</style></head><body>"
         + "\n".join(parts)
         + "</body></html>"
     )
