@@ -216,6 +216,13 @@ def test_demo_runs_the_whole_loop_and_its_pages_render(tmp_path):
             page.get_by_text("brewcast monitoring").first.wait_for(timeout=30_000)
             assert page.locator("img").count() >= 4  # bias over time and reliability plots
             page.screenshot(path=shots / "monitoring-report.png", full_page=True)
+            # on a laptop's width the report reads without scrolling sideways: its tables
+            # wrap, or scroll inside the page
+            narrow = browser.new_page(viewport={"width": 1100, "height": 900})
+            narrow.goto(urls["Monitoring"])
+            narrow.get_by_text("brewcast monitoring").first.wait_for(timeout=30_000)
+            assert narrow.evaluate("document.documentElement.scrollWidth") <= 1100
+            narrow.close()
             browser.close()
         for name in (
             "cellar-board",
