@@ -129,8 +129,12 @@ def thresholds(k: np.ndarray, in_control_run_length: np.ndarray) -> np.ndarray:
     k = np.asarray(k, float)
     target = 2 * k * k * np.asarray(in_control_run_length, float)
     x = np.log1p(target)
-    for _ in range(60):
-        x = np.log(target + x + 1)
+    for _ in range(500):  # the slowest (tiny k and ARL) contract by ~0.5 a step
+        step = np.log(target + x + 1)
+        done = np.nanmax(np.abs(step - x), initial=0.0) < 1e-12
+        x = step
+        if done:
+            break
     return np.maximum(x / (2 * k) - 1.166, 0.0)
 
 

@@ -61,7 +61,8 @@ def test_threshold_inverts_the_run_length():
     h = threshold(0.5, 400.0)
     assert run_length(h, 0.5) == pytest.approx(400.0)
     assert threshold(0.5, 800.0) > h  # rarer false alarms need a higher bar
-    k, runs = np.array([0.1, 0.3, 0.5, 1.2, 2.0]), np.array([30.0, 90.0, 400.0, 2000.0, 50.0])
+    k = np.array([0.02, 0.1, 0.3, 0.5, 1.2, 2.0])
+    runs = np.array([20.0, 30.0, 90.0, 400.0, 2000.0, 50.0])
     for kk, rr, hh in zip(k, runs, thresholds(k, runs), strict=True):
         assert run_length(hh, kk) == pytest.approx(rr, rel=1e-9)
     # a run length shorter than h = 0 gives is met by h = 0
