@@ -120,7 +120,7 @@ class Alert:
             nominal = int(self.metric.removeprefix(COVERAGE_METRIC))
             text = (
                 f"[{self.window}] {self.slice}={self.value}: "
-                f"{_measured(self.metric, self.observed)} of {self.support} finished forecasts "
+                f"{measured(self.metric, self.observed)} of {self.support} finished forecasts "
                 f"from {self.batches} batches "
                 f"(alarm below {nominal / 100 - self.limit:.0%}; {self.evidence()}). The "
                 f"finish-time forecast is over-confident here: plan with care."
@@ -132,13 +132,13 @@ class Alert:
                 f"batches ({self.evidence()})."
             )
         if self.also:
-            text += " With it: " + "; ".join(_measured(m, v) for m, v in self.also.items()) + "."
+            text += " With it: " + "; ".join(measured(m, v) for m, v in self.also.items()) + "."
         if self.explains:
             text += f" It explains the alarms of {', '.join(self.explains)}."
         return f"{text} Likely causes: {self.likely_causes}."
 
 
-def _measured(metric: str, observed: float) -> str:
+def measured(metric: str, observed: float) -> str:
     """A metric's alarming value in words ("95% intervals held for 40%", "ece 0.210")."""
     if metric.startswith(COVERAGE_METRIC):
         nominal = int(metric.removeprefix(COVERAGE_METRIC))

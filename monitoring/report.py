@@ -23,10 +23,12 @@ from brewcast import lake
 from brewcast.schema import BATCHES, READINGS, slice_keys
 from brewcast.settings import Settings
 from monitoring.monitor import (
+    COVERAGE_METRIC,
     Alert,
     MonitoringResult,
     alert_path,
     attach_labels,
+    measured,
     monitor,
     window_span,
 )
@@ -410,11 +412,14 @@ def _alerts_table(result: MonitoringResult) -> str:
                 "window": a.window,
                 "slice": f"{a.slice} = {a.value}",
                 "metric": a.metric,
-                "observed": f"{a.observed:+.3f}",
+                "observed": measured(a.metric, a.observed)
+                if a.metric.startswith(COVERAGE_METRIC)
+                else f"{a.observed:+.3f}",
                 "limit": f"±{a.limit:g}",
                 "predictions": a.support,
                 "batches": a.batches,
                 "which": _which(a.batch_ids),
+                "with it": "; ".join(measured(m, v) for m, v in a.also.items()),
                 "explains": ", ".join(a.explains),
                 "evidence": a.evidence(),
             }
