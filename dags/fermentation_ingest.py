@@ -53,7 +53,10 @@ def fermentation_ingest():
     def derive_labels(validated: dict, **context) -> dict:
         from application import stages
 
-        manifest = stages.build_features()
+        try:
+            manifest = stages.build_features()
+        except stages.FeaturesError as exc:  # no batch validated yet: nothing to label
+            raise AirflowSkipException(f"nothing validated yet: {exc}") from exc
         if not manifest.counts["new_labelled_batches"]:
             raise AirflowSkipException("no batch finished since the last run")
         context["outlet_events"][LABELLED].extra = manifest.counts

@@ -134,6 +134,25 @@ def test_monitoring_dag_graph(parsed):
     assert dag["outlets"] == {"request_retraining": ["brewcast://monitoring/retrain"]}
 
 
+def test_the_hourly_ingest_on_an_empty_lake_skips_its_labels_instead_of_failing(
+    tmp_path, monkeypatch
+):
+    """A fresh install's first scheduled hour has nothing validated yet: derive_labels is
+    skipped (nothing to label), not failed three times with backoff, which left a red run
+    and held the next run (max_active_runs=1) for two minutes in the demo."""
+    import importlib.util
+
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    monkeypatch.setenv("BREWCAST_HOME", str(tmp_path / "home"))
+    spec = importlib.util.spec_from_file_location("ingest_dag", DAGS / "fermentation_ingest.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    task = module.fermentation_ingest().get_task("derive_labels")
+    with pytest.raises(AirflowSkipException, match="nothing validated yet"):
+        task.python_callable({}, outlet_events={})
+
+
 @pytest.mark.slow
 def test_ingest_then_training_end_to_end(tmp_path):
     """ingest -> validate -> labels (asset event) -> scheduler queues training ->
