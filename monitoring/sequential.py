@@ -232,26 +232,24 @@ def sequential_tests(labelled: pd.DataFrame, settings: Settings) -> tuple[pd.Dat
         elapsed = (by_version["known_at"] - by_version["known_at"].iloc[0]) / pd.Timedelta(days=1)
         span_days = np.maximum(elapsed.to_numpy(), MIN_SPAN_DAYS)
         for family in FAMILIES:
-            limit_hours = float(getattr(settings, family.limit_setting))
             spread = prior_spread(by_version[family.column].to_numpy(float), family.min_spread)
-            limit = limit_hours / spread
-            # halfway between a tolerated bias (half the limit) and the limit
-            by_version["k"] = 0.75 * limit
-            by_version["spread"] = spread
+            limit = float(getattr(settings, family.limit_setting)) / spread  # in sigmas, per batch
             crossed = []
             for name, value, part in _slices(by_version):
                 part = part[part[family.column].notna()]
                 if len(part) < MIN_ALARM_BATCHES:
                     continue
+                at = part.index.to_numpy()  # the slice's batches among the version's
                 # the slice's batches a year, as known at each of its batches
-                per_year = np.arange(1, len(part) + 1) / span_days[part.index] * 365.0
+                per_year = np.arange(1, len(part) + 1) / span_days[at] * 365.0
                 # two sides and two families share the slice's false alarms, which must
                 # hold for a slice biased by half the limit (a model is never unbiased
                 # everywhere): the run length is set for increments of mean -(k - limit/2)
                 runs = 4 * per_year / settings.monitor_false_alarms_per_slice_year
-                k = part["k"].to_numpy()
-                h = thresholds(0.25 * limit[part.index], runs)  # NaN while untested
-                z = np.clip(part[family.column].to_numpy() / part["spread"].to_numpy(), -CLIP, CLIP)
+                # halfway between a tolerated bias (half the limit) and the limit
+                k = 0.75 * limit[at]
+                h = thresholds(0.25 * limit[at], runs)  # NaN while untested
+                z = np.clip(part[family.column].to_numpy() / spread[at], -CLIP, CLIP)
                 upper, lower, crossing = cusum(z, k, h)
                 paths.append(
                     pd.DataFrame(
@@ -266,7 +264,7 @@ def sequential_tests(labelled: pd.DataFrame, settings: Settings) -> tuple[pd.Dat
                             "upper": upper,
                             "lower": lower,
                             "threshold": h,
-                            "spread": part["spread"].to_numpy(),
+                            "spread": spread[at],
                         }
                     )
                 )
