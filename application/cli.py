@@ -198,6 +198,14 @@ def train(
         Path | None, typer.Option(help="Where the stages write (default: HOME/training/<time>).")
     ] = None,
     quiet: Annotated[bool, typer.Option(help="No per-epoch lines.")] = False,
+    verify_against: Annotated[
+        str | None,
+        typer.Option(
+            help="An MLflow run id: re-train that run from the same features with its recorded "
+            "settings, and say whether every graph is bit-identical (nothing is registered; "
+            "exit 1 when it does not reproduce)."
+        ),
+    ] = None,
 ) -> None:
     """Train, calibrate, choose the threshold, export ONNX, evaluate, gate, register,
     promote."""
@@ -205,6 +213,22 @@ def train(
     from models.pipeline import TrainingError
 
     settings = get_settings()
+    if verify_against:
+        try:
+            manifest = stages.verify_training(verify_against, settings, workdir)
+        except (TrainingError, stages.VerificationError) as exc:
+            raise _fail(str(exc), code=2) from exc
+        details = manifest.details
+        recorded = details["recorded"]["family_sha256"]
+        for family, digest in details["retrained"]["family_sha256"].items():
+            typer.echo(f"  {family}: {digest[:16]} (recorded {recorded.get(family, 'none')[:16]})")
+        if details["reproduces"]:
+            typer.echo(f"run {verify_against} reproduces: every graph is bit-identical")
+            return
+        typer.echo(f"run {verify_against} does NOT reproduce:")
+        for difference in manifest.warnings:
+            typer.echo(f"  {difference}")
+        raise typer.Exit(1)
     try:
         steps = stages.train(settings, workdir, progress=not quiet).details
     except TrainingError as exc:

@@ -269,6 +269,72 @@ def train(
     )
 
 
+#: The steps whose output a trained model is: what a re-training for verification runs.
+MODEL_STEPS = ("prepare", "fit", "calibrate", "export")
+
+
+class VerificationError(RuntimeError):
+    """A run cannot be re-trained as it was (its fingerprint or its features are gone)."""
+
+
+def verify_training(
+    run_id: str, settings: Settings | None = None, workdir: Path | None = None
+) -> Manifest:
+    """Re-train MLflow run ``run_id`` from the features it was trained on, with its
+    recorded training settings, and compare the graphs' hashes with its fingerprint
+    (``models.reproducible``). ``details["reproduces"]`` says whether every family's graph
+    is bit-identical; ``warnings`` list the differences and what may explain them."""
+    import tempfile
+
+    import mlflow
+
+    from brewcast.registry import configure
+    from models.reproducible import compare
+
+    settings = settings or get_settings()
+    configure(settings.tracking_uri)
+    try:
+        recorded_path = mlflow.artifacts.download_artifacts(
+            run_id=run_id,
+            artifact_path="reports/reproducibility.json",
+            dst_path=tempfile.mkdtemp(prefix="brewcast-verify-"),
+        )
+    except Exception as exc:  # MLflow raises several types for a missing run or file
+        raise VerificationError(
+            f"run {run_id} has no reports/reproducibility.json in {settings.tracking_uri} "
+            f"(a run registered before fingerprints were logged cannot be verified): {exc}"
+        ) from exc
+    recorded = json.loads(Path(recorded_path).read_text())
+    again = settings.model_copy(update=recorded["settings"])
+    if workdir is None:
+        workdir = settings.paths.training_run(f"verify-{run_id}")
+    prepared = train_step("prepare", workdir, again)
+    snapshot = prepared.details["data_snapshot_id"]
+    if snapshot != recorded["data_snapshot_id"]:
+        raise VerificationError(
+            f"run {run_id} trained on features snapshot {recorded['data_snapshot_id']}, the "
+            f"lake under {settings.paths.lake} now holds {snapshot}: publish those features "
+            "again (the same validated data and label settings) to verify it"
+        )
+    manifest = train(again, workdir, progress=False, steps=MODEL_STEPS[1:])
+    retrained = json.loads((Path(workdir) / "reproducibility.json").read_text())
+    differences = compare(recorded, retrained)
+    return Manifest(
+        "verify_training",
+        read=prepared.read,
+        wrote=prepared.wrote + manifest.wrote,
+        counts={"seconds": prepared.counts["seconds"] + manifest.counts["seconds"]},
+        warnings=differences,
+        details={
+            "run_id": run_id,
+            "reproduces": not differences,
+            "recorded": {k: recorded[k] for k in ("model_sha256", "family_sha256")},
+            "retrained": {k: retrained[k] for k in ("model_sha256", "family_sha256")},
+        },
+        workdir=str(workdir),
+    )
+
+
 # ------------------------------------------------------------------------------------------
 # serving and monitoring
 # ------------------------------------------------------------------------------------------

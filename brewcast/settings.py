@@ -223,6 +223,13 @@ class TrainingSettings(BaseSettings):
         description="Calibration batches a group of the finish forecast needs to have its own "
         "intervals (fewer: the group above it answers, every strain's, then every snapshot's).",
     )
+    reproducible_training: bool = Field(
+        True,
+        description="Train in pinned numerics (oneDNN's baseline kernels, one thread, "
+        "deterministic ops, no GPU) so that any x86-64 machine trains the same model bit for "
+        "bit from the same features, settings and seed (models.reproducible); false trains "
+        "with the machine's own kernels and threads.",
+    )
     vocabulary_min_batches: int = Field(
         2,
         ge=1,

@@ -49,6 +49,7 @@ from brewcast.contract import (
 from brewcast.schema import schema_fingerprint
 from models.calibrate import Calibration
 from models.inputs import NUMERIC_INPUT, Preprocessing
+from models.reproducible import canonical_numbers
 
 PARITY_LIMIT = 1e-4
 IR_VERSION = 8  # what tf2onnx 1.17 writes; merge_models needs every part to agree
@@ -490,6 +491,21 @@ def merge_embedding_lookups(graph) -> int:
     return len(removed) - 2
 
 
+def metadata_value(value: object) -> str:
+    """A metadata property's text: JSON with its numbers at the precision the graph
+    computes in (:func:`models.reproducible.canonical_numbers`; a string that is JSON is
+    rounded the same way, other strings are kept)."""
+    if isinstance(value, str):
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            return value
+        if not isinstance(parsed, dict | list | float):
+            return value
+        value = parsed
+    return json.dumps(canonical_numbers(value))
+
+
 def compose_model(
     pre: Preprocessing, network, calibration: Calibration, metadata: dict[str, object] | None = None
 ):
@@ -527,11 +543,11 @@ def compose_model(
         META_SCHEMA_FINGERPRINT: schema_fingerprint(),
         # The columns of each input matrix, in order: what a caller without brewcast needs.
         META_INPUT_COLUMNS: json.dumps({RAW_NUMERIC: NUMERIC, RAW_CATEGORICAL: CATEGORICAL}),
-        META_CALIBRATION: json.dumps(
+        META_CALIBRATION: metadata_value(
             {"method": calibration.method, "a": calibration.a, "b": calibration.b}
         ),
         META_VOCABULARIES: json.dumps({k: list(v) for k, v in pre.vocabularies.items()}),
-        **{k: json.dumps(v) if not isinstance(v, str) else v for k, v in (metadata or {}).items()},
+        **{k: metadata_value(v) for k, v in (metadata or {}).items()},
     }
     onnx.helper.set_model_props(full, meta)
     onnx.checker.check_model(full, full_check=True)

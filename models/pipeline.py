@@ -12,7 +12,7 @@ import hashlib
 import logging
 import time
 from dataclasses import asdict
-from functools import partial
+from functools import partial, wraps
 
 import numpy as np
 import pandas as pd
@@ -27,6 +27,13 @@ from models.calibrate import fit_calibration, sigmoid
 from models.dataset import SPLITS, before_finish, split_by_batch_time, unseen_in_training
 from models.inputs import Preprocessing, with_unknown_batches
 from models.intervals import fit_finish_forecast
+from models.reproducible import (
+    canonical_numbers,
+    canonical_text,
+    configure_tensorflow,
+    fingerprint,
+    pin_numerics,
+)
 from models.workdir import TrainingWorkdir
 
 log = logging.getLogger(__name__)
@@ -70,8 +77,9 @@ def _network_config(settings: Settings):
 
 
 def prepare(settings: Settings, work: TrainingWorkdir) -> dict:
-    """Read the published features, split them by batch and time, fit the preprocessing."""
-    work.root.mkdir(parents=True, exist_ok=True)
+    """Read the published features, split them by batch and time, fit the preprocessing.
+    Every split is checked before anything is written: a refused run leaves no work
+    directory behind."""
     files = lake.partition_files(settings.paths.lake, "features", FEATURES)
     features = lake.read_table(settings.paths.lake, "features", FEATURES)
     if features.empty:
@@ -88,8 +96,8 @@ def prepare(settings: Settings, work: TrainingWorkdir) -> dict:
         "feature_files": len(files),
         "rows": len(features),
     }
-    for name in SPLITS:
-        part = features[split == name].reset_index(drop=True)
+    parts = {name: features[split == name].reset_index(drop=True) for name in SPLITS}
+    for name, part in parts.items():
         batches = part["batch_id"].nunique()
         if batches < settings.min_split_batches or part[LABEL].nunique() < 2:
             labels = sorted(part[LABEL].unique().tolist())
@@ -98,6 +106,9 @@ def prepare(settings: Settings, work: TrainingWorkdir) -> dict:
                 f"labelled data to train (need {settings.min_split_batches} batches and both "
                 f"classes per split)"
             )
+    work.root.mkdir(parents=True, exist_ok=True)
+    for name, part in parts.items():
+        batches = part["batch_id"].nunique()
         part.to_parquet(work.split(name), index=False)
         info[f"{name}_rows"] = len(part)
         info[f"{name}_batches"] = batches
@@ -147,6 +158,7 @@ def _boosted_config(settings: Settings):
 def _fit_network(settings: Settings, work: TrainingWorkdir, frames, pre, progress) -> dict:
     from models.network import train_network
 
+    configure_tensorflow(pin_numerics(settings.reproducible_training))
     config = _network_config(settings)
     net = train_network(
         pre,
@@ -221,6 +233,7 @@ def fit(settings: Settings, work: TrainingWorkdir, progress: bool = True) -> dic
     work.write_json(work.baseline_scores, scores)
     info = {
         "families": trained,
+        "numerics_pinned": pin_numerics(settings.reproducible_training),
         "params": {
             "model_families": ",".join(families),
             **{k: v for f in trained.values() for k, v in f["params"].items()},
@@ -295,7 +308,7 @@ def calibrate(settings: Settings, work: TrainingWorkdir) -> dict:
             "reliability_before": metrics.reliability_table(y, before).to_dict("records"),
             "reliability_after": metrics.reliability_table(y, after).to_dict("records"),
             "threshold": report.to_dict() | {"threshold_low": low, "threshold_high": high},
-            "finish_forecast": forecast.to_json(),
+            "finish_forecast": canonical_text(forecast.to_json()),
             "finish_forecast_groups": forecast.describe()["groups"],
         }
     candidate = min(families, key=lambda f: families[f]["validation_after"]["log_loss"])
@@ -305,6 +318,8 @@ def calibrate(settings: Settings, work: TrainingWorkdir) -> dict:
         "rule": CANDIDATE_RULE,
         "families": families,
     }
+    # at the graph's precision: what export writes into the graph is the same on any machine
+    info = canonical_numbers(info)
     work.write_json(work.calibration, info)
     work.write_json(work.threshold_curve, curves[candidate])
     log.info(
@@ -425,6 +440,17 @@ def export(settings: Settings, work: TrainingWorkdir) -> dict:
             "parity_finish_probability_max_abs_error": intervals["probability_max_abs_error"],
         }
     lake.write_bytes(work.model, work.family_model(candidate).read_bytes())
+    work.write_json(
+        work.fingerprint,
+        fingerprint(
+            settings,
+            work.read_json(work.fit)["numerics_pinned"]
+            and pin_numerics(settings.reproducible_training),
+            data["data_snapshot_id"],
+            work.model,
+            {family: work.family_model(family) for family in parity},
+        ),
+    )
     info = {
         "candidate": candidate,
         **parity[candidate],
@@ -822,11 +848,27 @@ def score_champion(
     return result, probability
 
 
+def _in_pinned_numerics(step):
+    """``step`` run after :func:`models.reproducible.pin_numerics`: every step that runs the
+    network (the fit, and the scores calibration, export and evaluation take from it)
+    computes in the same environment."""
+
+    @wraps(step)
+    def pinned(settings: Settings, work: TrainingWorkdir, **kwargs):
+        pin_numerics(settings.reproducible_training)
+        return step(settings, work, **kwargs)
+
+    return pinned
+
+
 #: The steps of this module, in order.
 STEPS = {
-    "prepare": prepare,
-    "fit": fit,
-    "calibrate": calibrate,
-    "export": export,
-    "evaluate": evaluate,
+    name: _in_pinned_numerics(step)
+    for name, step in {
+        "prepare": prepare,
+        "fit": fit,
+        "calibrate": calibrate,
+        "export": export,
+        "evaluate": evaluate,
+    }.items()
 }

@@ -251,6 +251,7 @@ def _log_run(settings: Settings, work: TrainingWorkdir, reports: _RunReports):
 
     experiment_id = ensure_experiment(settings.experiment, settings.paths.mlflow_artifacts)
     data, verdict = reports.data, reports.verdict
+    fingerprint = work.read_json(work.fingerprint)
     metric_values = _run_metrics(reports, work.load_slices(), work.load_coverage())
     with mlflow.start_run(
         experiment_id=experiment_id, run_name=f"train-{data['data_snapshot_id']}"
@@ -262,6 +263,15 @@ def _log_run(settings: Settings, work: TrainingWorkdir, reports: _RunReports):
                 GATE_TAG: GATE_PASSED if verdict["passed"] else GATE_REJECTED,
                 "champion_before": verdict["champion_version"] or "none (first model)",
                 "accuracy_note": reports.evaluation["accuracy_note"] or "",
+                # the reproducibility fingerprint (reports/reproducibility.json has it whole)
+                **{
+                    f"reproducibility.{key}": str(fingerprint[key])
+                    for key in ("model_sha256", "settings_sha256", "numerics_pinned")
+                },
+                **{
+                    f"reproducibility.{family}_sha256": digest
+                    for family, digest in fingerprint["family_sha256"].items()
+                },
             }
         )
         mlflow.log_params(_run_params(settings, reports))

@@ -41,7 +41,7 @@ STEP_FILES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "calibration",
             "data",
         ),
-        ("model", "families", "export"),
+        ("model", "families", "export", "fingerprint"),
     ),
     "evaluate": (
         ("test", "model", "families", "calibration", "baseline_scores", "history"),
@@ -61,6 +61,7 @@ STEP_FILES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "model",
             "families",
             "predictions",
+            "fingerprint",
         ),
         ("registered",),
     ),
@@ -106,6 +107,8 @@ class TrainingWorkdir:
     #: Every family's exported graph, ``families/<family>.onnx``.
     families = property(lambda self: self._file("families"))
     export = property(lambda self: self._file("export.json"))
+    #: What the model is a function of and its hashes (``models.reproducible.fingerprint``).
+    fingerprint = property(lambda self: self._file("reproducibility.json"))
     # -- evaluate -----------------------------------------------------------------------------
     slices = property(lambda self: self._file("slices.csv"))
     #: The finish forecast's coverage per level and slice (``models.intervals``).
@@ -132,6 +135,7 @@ class TrainingWorkdir:
         "threshold_curve",
         "preprocessing",
         "champion",
+        "fingerprint",
     )
 
     def files(self, step: str) -> tuple[list[Path], list[Path]]:

@@ -175,6 +175,7 @@ def test_too_little_data_is_a_clear_error(settings, small_world, tmp_path):
     publish_training_features(settings, world)
     with pytest.raises(pipeline.TrainingError, match="too little labelled data"):
         stages.train_step("prepare", tmp_path / "w", settings)
+    assert not (tmp_path / "w").exists()  # a refused run leaves no half work directory
     empty = settings.model_copy(update={"home": tmp_path / "empty"})
     with pytest.raises(pipeline.NoTrainingDataError, match="no published features"):
         stages.train_step("prepare", tmp_path / "w2", empty)
