@@ -15,7 +15,7 @@ from brewcast.schema import FEATURES, READINGS
 from brewcast.settings import get_settings
 
 runner = CliRunner()
-SMALL = ["--days", "30", "--fermenters", "3"]
+SMALL = ["--start", "2026-01-01", "--days", "30", "--fermenters", "3"]
 
 
 def test_settings_from_environment(monkeypatch, tmp_path):
@@ -51,6 +51,7 @@ def test_entry_point_is_installed():
 def test_simulate_ingest_features(settings, monkeypatch):
     monkeypatch.setenv("BREWCAST_SIMULATION_DAYS", "30")
     monkeypatch.setenv("BREWCAST_SIMULATION_FERMENTERS", "3")
+    monkeypatch.setenv("BREWCAST_SIMULATION_START", "2026-01-01")  # a start set is honoured
     result = runner.invoke(app, ["simulate"])
     assert result.exit_code == 0, result.output
     assert "reading rows" in result.output
@@ -100,6 +101,24 @@ def test_drop_and_brewerypi_round_trips_through_the_cli(settings, tmp_path):
         from_bp.sort_values(list(READINGS.key))["value"].reset_index(drop=True),
         expected.sort_values(list(READINGS.key))["value"].reset_index(drop=True),
     )
+
+
+def test_the_default_simulated_world_ends_today_and_a_future_one_is_said(settings):
+    """`brewcast simulate --days N` without a start writes nothing validation would
+    quarantine as in the future; a span told to run past today warns."""
+    now = pd.Timestamp.now("UTC")
+    result = runner.invoke(app, ["simulate", "--days", "20", "--fermenters", "2"])
+    assert result.exit_code == 0, result.output
+    readings = lake.read_table(settings.paths.lake, "raw", READINGS)
+    assert readings["timestamp"].max() <= now
+    assert readings["timestamp"].min() >= now.normalize() - pd.Timedelta(days=20)
+    assert "future" not in result.output
+    ahead = (now + pd.Timedelta(days=5)).strftime("%Y-%m-%d")
+    result = runner.invoke(app, ["simulate", "--to", "drop", "--end", ahead, "--days", "10"])
+    assert result.exit_code == 0, result.output
+    assert "lie in the future" in result.output
+    result = runner.invoke(app, ["simulate", "--start", "2026-02-01", "--end", "2026-01-01"])
+    assert result.exit_code == 2 and "is not after --start" in result.output
 
 
 def test_cli_errors_are_clear(settings):
