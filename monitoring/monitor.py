@@ -832,6 +832,14 @@ def window_fingerprint(rows: pd.DataFrame, settings: Settings) -> str:
     )
 
 
+def sequential_alerts(labelled: pd.DataFrame, settings: Settings) -> tuple[pd.DataFrame, list]:
+    """The sequential test over labelled predictions: every slice's CUSUM paths and an
+    alert per root-cause crossing (what :func:`monitor` adds to its windows' alerts)."""
+    paths, crossings = sequential_tests(labelled, settings) if len(labelled) else ([], [])
+    alerts = [sequential_alert(finding, settings) for finding in crossings]
+    return (paths if len(paths) else pd.DataFrame()), alerts
+
+
 def monitor(
     predictions: pd.DataFrame,
     labels: pd.DataFrame,
@@ -881,9 +889,7 @@ def monitor(
     windows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     alerts = find_alerts(windows, settings) if len(windows) else []
     alerts = merge_windows(one_cause_per_alert(alerts, rows, settings))
-    paths, crossings = sequential_tests(labelled, settings) if len(labelled) else ([], [])
-    sequential = [sequential_alert(finding, settings) for finding in crossings]
-    paths = paths if len(paths) else pd.DataFrame()
+    paths, sequential = sequential_alerts(labelled, settings)
     alerts += sequential + still_open(previous_alerts or [], paths, alerts + sequential)
     latest = joined[joined["at"] >= joined["at"].max() - pd.Timedelta(days=days)]
     recent = joined[
