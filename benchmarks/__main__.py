@@ -14,6 +14,7 @@ from benchmarks import (
     monitoring,
     pipeline,
     readings,
+    reproducible,
     serving,
 )
 
@@ -34,6 +35,7 @@ def main() -> None:
         "board": board.run(),
         "monitoring": monitoring.run(),
         "airflow": airflow_overhead.run(),
+        "reproducible": reproducible.run(),
     }
     gpu = results["inference"]["gpu"]  # the serving benchmark uses CUDA by itself where it can
     results["gpu"] = gpu if gpu.get("measured") else f"not measured: {gpu['why']}"
@@ -49,6 +51,7 @@ def main() -> None:
             board.markdown(results["board"]),
             monitoring.markdown(results["monitoring"]),
             airflow_overhead.markdown(results["airflow"]),
+            reproducible.markdown(results["reproducible"]),
         ]
     )
     (RESULTS / "latest.md").write_text(table)
