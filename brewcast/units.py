@@ -38,7 +38,8 @@ _SPELLINGS: dict[str, tuple[Quantity, str]] = {
     **dict.fromkeys(
         ("°p", "p", "plato", "degp", "degreesplato", "ºp", "°plato"), ("gravity", "°P")
     ),
-    **dict.fromkeys(("sg", "specificgravity", "s.g."), ("gravity", "SG")),
+    # "G": GravityMon's and Brewfather's gravity-unit for specific gravity
+    **dict.fromkeys(("sg", "specificgravity", "s.g.", "g"), ("gravity", "SG")),
     **dict.fromkeys(("brix", "°bx", "bx", "°brix", "degreesbrix"), ("gravity", "°Bx")),
 }
 _PINT_NAMES = {"°C": "degC", "°F": "degF", "K": "kelvin"}

@@ -75,6 +75,8 @@ Text = Annotated[
     AfterValidator(_no_control),
 ]
 Timestamp = Annotated[datetime | None, BeforeValidator(_iso_text), AfterValidator(_plausible_year)]
+#: A timestamp a request must give (null is refused with the field's name, not stored).
+RequiredTimestamp = Annotated[datetime, BeforeValidator(_iso_text), AfterValidator(_plausible_year)]
 StrictBool = Annotated[bool | None, BeforeValidator(_json_bool)]
 
 
@@ -356,7 +358,7 @@ def _batch_model(name: str, required: tuple[str, ...], columns: tuple[str, ...])
                 float, Field(strict=True, ge=column.min, le=column.max, allow_inf_nan=False)
             ]
         elif column.dtype == "timestamp":
-            kind = Timestamp
+            kind = RequiredTimestamp if column.name in required else Timestamp
         else:
             kind = Text
         described = f"{column.description} [{column.unit or '-'}]"
@@ -373,9 +375,8 @@ BatchStart = _batch_model(
     "BatchStart", ("batch_id", "start_time"), tuple(n for n in BATCHES.names if n != "end_time")
 )
 #: ``PATCH /batches/{id}``: edit a batch, or end it (``end_time``).
-BatchUpdate = _batch_model(
-    "BatchUpdate", (), tuple(n for n in BATCHES.names if n not in ("batch_id", "start_time"))
-)
+BATCH_CHANGES = tuple(n for n in BATCHES.names if n not in ("batch_id", "start_time"))
+BatchUpdate = _batch_model("BatchUpdate", (), BATCH_CHANGES)
 
 
 class DeviceAssignment(BaseModel):

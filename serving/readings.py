@@ -17,6 +17,7 @@ A body in the wrong shape, a value outside physics, a time in the future: a
 from __future__ import annotations
 
 import math
+import re
 import threading
 from collections import OrderedDict, namedtuple
 from collections.abc import Mapping, Sequence
@@ -37,13 +38,21 @@ from brewcast.readings_store import (
 )
 from brewcast.schema import BATCHES, READING_VALUE_RANGES
 from brewcast.snapshots import Series, hour_of, hours_of, snapshot_columns, snapshot_table
-from brewcast.units import UnitError, parse_unit, to_canonical
-from serving.api_models import REQUEST_FIELDS
+from brewcast.units import UnitError, from_canonical, likely_unit, parse_unit, to_canonical
+from serving.api_models import BATCH_CHANGES, REQUEST_FIELDS
 
 #: The Tilt app's Excel serial days count from this date, in the phone's local time.
 EXCEL_ORIGIN = datetime(1899, 12, 30)
 #: How far ahead of the server's clock a device's timestamp may be (clock skew).
 FUTURE_TOLERANCE = timedelta(minutes=10)
+#: No reading is older: a time before it is a device clock never set (year 1, or a Tilt's
+#: serial day 1, 1899-12-31).
+EARLIEST_READING = datetime(2000, 1, 1, tzinfo=UTC)
+EARLIEST_SERIAL = (EARLIEST_READING.replace(tzinfo=None) - EXCEL_ORIGIN).days
+#: Past any serial day a phone can send (the year 2200): beyond it, no date at all.
+LATEST_SERIAL = (datetime(2200, 1, 1) - EXCEL_ORIGIN).days
+#: How far back a device's stored readings inform the judgement of a push's unit.
+UNIT_HISTORY = timedelta(days=21)
 
 
 class ReadingError(ValueError):
@@ -56,10 +65,22 @@ class ReadingError(ValueError):
 
 @dataclass
 class Push:
-    """One push's readings, canonical: (timestamp, tag, value) of one device."""
+    """One push's readings, canonical: (timestamp, tag, value) of one device; ``units``:
+    the unit each row was declared in (empty: rows made in canonical units, not judged)."""
 
     device_id: str
     rows: list[tuple[datetime, str, float]] = field(default_factory=list)
+    units: list[str | None] = field(default_factory=list)
+
+    def add(
+        self, at: datetime, tag: str, value: float, unit: str, where: str, judge: bool = True
+    ) -> None:
+        """A reading in the unit its sender declared, stored canonical. ``judge``: whether
+        the unit is a sender's choice that its values may contradict (a Tilt's is fixed by
+        its protocol)."""
+        converted, name = _canonical(value, unit, tag, where)
+        self.rows.append((at, tag, converted))
+        self.units.append(name if judge else None)
 
 
 def _number(body: Mapping, key: str, where: str) -> float | None:
@@ -77,8 +98,14 @@ def _number(body: Mapping, key: str, where: str) -> float | None:
     return number
 
 
-def _canonical(value: float, unit: str | None, tag: str, where: str) -> float:
-    quantity = "gravity" if tag == "gravity_plato" else "temperature"
+def _quantity(tag: str) -> str:
+    return "gravity" if tag == "gravity_plato" else "temperature"
+
+
+def _canonical(value: float, unit: str | None, tag: str, where: str) -> tuple[float, str]:
+    """``value`` in ``unit`` converted to ``tag``'s canonical unit, and the unit's name; a
+    value outside physics is refused, naming the unit it looks like where one fits."""
+    quantity = _quantity(tag)
     try:
         name = parse_unit(unit, quantity, where)
         converted = float(to_canonical(np.array([value]), name, quantity, where)[0])
@@ -86,11 +113,49 @@ def _canonical(value: float, unit: str | None, tag: str, where: str) -> float:
         raise ReadingError(str(exc)) from exc
     low, high = READING_VALUE_RANGES[tag]
     if not low <= converted <= high:
+        likely = likely_unit(np.array([value]), name)
+        hint = f"; it looks like {likely}: declare that unit" if likely else ""
         raise ReadingError(
             f"{where}: {value:g} {name} is {converted:.4g} in canonical units, outside the "
-            f"physical range {low:g}..{high:g} of {tag}"
+            f"physical range {low:g}..{high:g} of {tag}{hint}"
         )
-    return converted
+    return converted, name
+
+
+#: The keys the devices declare their units under (DEVICES.md): iSpindel's ``temp_units``,
+#: GravityMon's form ``temp-units``, its Brewfather format ``temp-unit``, its own firmware's
+#: ``temp_unit``, InfluxDB's ``temp-format``, Fermentrack's ``temp_format``, BrewPi-ESP's
+#: ``tempUnit``; ``gravity-unit``, ``gravity_unit``, ``gravity-format``, ``gravity_format``.
+UNIT_KEYS = {
+    "temperature": (
+        "temp_units",
+        "temp-units",
+        "temp_unit",
+        "temp-unit",
+        "temp-format",
+        "temp_format",
+        "tempUnit",
+    ),
+    "gravity": ("gravity_unit", "gravity-unit", "gravity_format", "gravity-format"),
+}
+
+
+def _declared(body: Mapping, quantity: str, where: str) -> str | None:
+    """The unit ``body`` declares for ``quantity`` under any of its device keys (None:
+    none); keys that disagree, or a unit of another quantity, are a 422 naming them."""
+    names = {}
+    for key in UNIT_KEYS[quantity]:
+        text = body.get(key)
+        if text is None or text == "":
+            continue
+        try:
+            names[key] = parse_unit(str(text), quantity, f"{where}.{key}")
+        except UnitError as exc:
+            raise ReadingError(str(exc)) from exc
+    if len(set(names.values())) > 1:
+        said = ", ".join(f"{key}={body[key]!r}" for key in names)
+        raise ReadingError(f"{where}: the {quantity} unit keys disagree ({said})")
+    return next(iter(names.values()), None)
 
 
 #: How each device route's JSON body names its device: the id's prefix and the keys.
@@ -100,19 +165,32 @@ NAMED_BY = {
 }
 
 
+#: The longest device name kept whole: a longer one is refused, never cut (two names cut
+#: to one would mix two devices' readings).
+MAX_DEVICE_NAME = 48
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def _named(body: Mapping, keys: tuple[str, ...]) -> str | None:
-    """The device name a body gives under the first of ``keys`` it has (None: none)."""
+    """The device name a body gives under the first of ``keys`` it has (None: none): a
+    string, or a whole number (an iSpindel's chip ``ID``); never true/false."""
     for key in keys:
         value = body.get(key)
-        if isinstance(value, int | str) and str(value).strip():
-            return str(value).strip()[:48]
+        if isinstance(value, int | str) and not isinstance(value, bool) and str(value).strip():
+            return str(value).strip()
     return None
 
 
 def _device_name(body: Mapping, keys: tuple[str, ...], where: str) -> str:
     name = _named(body, keys)
     if name is None:
-        raise ReadingError(f"{where}: give the device's {' or '.join(repr(k) for k in keys)}")
+        said = " or ".join(repr(k) for k in keys)
+        raise ReadingError(f"{where}: give the device's {said} (a text or a whole number)")
+    if len(name) > MAX_DEVICE_NAME or _CONTROL.search(name):
+        raise ReadingError(
+            f"{where}: a device name is at most {MAX_DEVICE_NAME} printable characters, got "
+            f"{len(name)} characters{' with control characters' if _CONTROL.search(name) else ''}"
+        )
     return name
 
 
@@ -135,28 +213,20 @@ def parse_ispindel(body: object, now: datetime, gravity_unit: str | None = None)
     if not isinstance(body, dict):
         raise ReadingError("body: an iSpindel posts a JSON object")
     push = Push(_device_id(body, "/readings/ispindel", "body"))
-    stated = {"G": "SG", "P": "°P"}.get(str(body.get("gravity-unit", "")).upper())
     gravity = _number(body, "gravity", "body")
     if gravity is not None:
-        unit = stated or gravity_unit
+        unit = _declared(body, "gravity", "body") or gravity_unit
         if unit is None:
             raise ReadingError(
                 "body.gravity: an iSpindel does not say its gravity unit; assign the device "
                 "with gravity_unit SG or °P (PUT /devices/...), or send GravityMon's gravity-unit"
             )
-        push.rows.append(
-            (now, "gravity_plato", _canonical(gravity, unit, "gravity_plato", "body.gravity"))
-        )
+        push.add(now, "gravity_plato", gravity, unit, "body.gravity")
     temperature = _number(body, "temperature", "body")
     if temperature is not None:
-        unit = str(body.get("temp_units") or body.get("temp-units") or "C")
-        push.rows.append(
-            (
-                now,
-                "temperature_c",
-                _canonical(temperature, unit, "temperature_c", "body.temperature"),
-            )
-        )
+        # the firmware's own default: an invalid or missing scale is Celsius
+        unit = _declared(body, "temperature", "body") or "°C"
+        push.add(now, "temperature_c", temperature, unit, "body.temperature")
     if not push.rows:
         raise ReadingError("body: neither gravity nor temperature")
     return push
@@ -170,18 +240,12 @@ def parse_brewfather(body: object, now: datetime) -> Push:
     push = Push(_device_id(body, "/readings/brewfather", "body"))
     gravity = _number(body, "gravity", "body")
     if gravity is not None:
-        unit = {"G": "SG", "P": "°P"}.get(str(body.get("gravity_unit", "G")).upper())
-        if unit is None:
-            raise ReadingError(f"body.gravity_unit: G or P, got {body.get('gravity_unit')!r}")
-        push.rows.append(
-            (now, "gravity_plato", _canonical(gravity, unit, "gravity_plato", "body.gravity"))
-        )
+        unit = _declared(body, "gravity", "body") or "SG"  # the stream's default: G
+        push.add(now, "gravity_plato", gravity, unit, "body.gravity")
     temperature = _number(body, "temp", "body")
     if temperature is not None:
-        unit = str(body.get("temp_unit") or "C")
-        push.rows.append(
-            (now, "temperature_c", _canonical(temperature, unit, "temperature_c", "body.temp"))
-        )
+        unit = _declared(body, "temperature", "body") or "°C"
+        push.add(now, "temperature_c", temperature, unit, "body.temp")
     if not push.rows:
         raise ReadingError("body: a stream needs gravity or temp")
     return push
@@ -201,6 +265,11 @@ def parse_tilt(form: Mapping[str, str], zone, now: datetime | None = None) -> Pu
         raise ReadingError(
             f"Timepoint: an Excel serial day, got {form.get('Timepoint')!r}"
         ) from exc
+    if not (math.isfinite(serial) and EARLIEST_SERIAL <= serial <= LATEST_SERIAL):
+        raise ReadingError(
+            f"Timepoint: an Excel serial day since 2000 ({EARLIEST_SERIAL}: 2000-01-01), got "
+            f"{form.get('Timepoint')!r}: a phone whose clock or app is not set"
+        )
     local = EXCEL_ORIGIN + timedelta(days=serial)
     local = local.replace(microsecond=0) + timedelta(seconds=round(local.microsecond / 1e6))
     candidates = {
@@ -215,7 +284,7 @@ def parse_tilt(form: Mapping[str, str], zone, now: datetime | None = None) -> Pu
         value = _number(form, key, "form")
         if value is None:
             raise ReadingError(f"{key}: missing")
-        push.rows.append((when, tag, _canonical(value, unit, tag, key)))
+        push.add(when, tag, value, unit, key, judge=False)
     return push
 
 
@@ -250,7 +319,7 @@ def parse_readings(body: object) -> list[Push]:
             value = _number(item, key, where)
             if value is not None:
                 unit = str(item.get(f"{key}_unit") or default)
-                push.rows.append((when, tag, _canonical(value, unit, tag, f"{where}.{key}")))
+                push.add(when, tag, value, unit, f"{where}.{key}")
                 found = True
         if not found:
             raise ReadingError(f"{where}: neither gravity nor temperature")
@@ -258,8 +327,10 @@ def parse_readings(body: object) -> list[Push]:
 
 
 def _check(push: Push, now: datetime) -> None:
-    """Refuse a push holding a value that is no number or a time in the future (checked for
-    every push of a request before any is stored: nothing half-stored)."""
+    """Refuse a push holding a value that is no number, a time in the future or before
+    2000, or two values for one (time, tag); the same reading twice is kept once (checked
+    for every push of a request before any is stored: nothing half-stored)."""
+    seen: dict[tuple[datetime, str], float] = {}
     for at, tag, value in push.rows:
         if not math.isfinite(value):
             raise ReadingError(f"{tag}: {value} is no number")
@@ -267,6 +338,36 @@ def _check(push: Push, now: datetime) -> None:
             raise ReadingError(
                 f"timestamp: {at.isoformat()} is in the future (now {now.isoformat()})"
             )
+        if at < EARLIEST_READING:
+            raise ReadingError(
+                f"timestamp: {at.isoformat()} is before 2000: the device's clock is not set"
+            )
+        if seen.setdefault((at, tag), value) != value:
+            raise ReadingError(
+                f"{push.device_id}: two {tag} values at {at.isoformat()} in one push "
+                f"({seen[(at, tag)]:g} and {value:g}): send one"
+            )
+    if len(seen) < len(push.rows):  # repeats within the push: the first of each
+        keep = {}
+        for i, (at, tag, _) in enumerate(push.rows):
+            keep.setdefault((at, tag), i)
+        order = sorted(keep.values())
+        push.rows[:] = [push.rows[i] for i in order]
+        if push.units:
+            push.units[:] = [push.units[i] for i in order]
+
+
+def unit_contradiction(values: np.ndarray, unit: str, history: np.ndarray, tag: str) -> str | None:
+    """The unit a push's ``values`` (canonical, declared in ``unit``) were more likely sent
+    in, judged with the device's recent ``history`` (canonical) as :func:`likely_unit`
+    judges a file: one dry reading of a batch that started at 12 °P is °P, a device that
+    never left 0.985..1.13 is SG. None: no contradiction (or a unit it cannot judge)."""
+    quantity = _quantity(tag)
+    try:
+        raw = from_canonical(np.concatenate([history, values]), unit, quantity)
+    except UnitError:
+        return None
+    return likely_unit(raw, unit)
 
 
 @dataclass
@@ -310,7 +411,15 @@ class ReadingsStore:
         )
 
     # -- batches ---------------------------------------------------------------------------
-    def start_batch(self, batch: dict) -> dict:
+    def start_batch(self, batch: dict, now: datetime | None = None) -> dict:
+        """A new batch; a pitch in the future is refused (its readings cannot exist yet)."""
+        now = now or now_utc()
+        if batch["start_time"] > now + FUTURE_TOLERANCE:
+            raise ReadingError(
+                f"start_time: {batch['start_time'].isoformat()} is in the future (now "
+                f"{now.isoformat()}): start a batch when it is pitched",
+                422,
+            )
         with self.engine.begin() as conn:
             found = conn.execute(
                 sa.select(batches.c.batch_id).where(batches.c.batch_id == batch["batch_id"])
@@ -323,6 +432,8 @@ class ReadingsStore:
         return self.batch(batch["batch_id"])
 
     def update_batch(self, batch_id: str, changes: dict) -> dict:
+        if not changes:
+            raise ReadingError(f"body: nothing to change; give one or more of {BATCH_CHANGES}", 422)
         with self.engine.begin() as conn:
             done = conn.execute(
                 batches.update().where(batches.c.batch_id == batch_id).values(**changes)
@@ -429,12 +540,42 @@ class ReadingsStore:
                 self.cache.added(result.batch_id, result.revision, result.added)
         return results
 
+    def _judge_units(self, conn, push: Push) -> None:
+        """Refuse a push whose values contradict their declared unit, judged with the
+        device's readings of the last :data:`UNIT_HISTORY` (a 422 naming the likely unit)."""
+        if not push.units:
+            return
+        first = min(at for at, _, _ in push.rows)
+        groups: dict[tuple[str, str], list[float]] = {}
+        for (_, tag, value), unit in zip(push.rows, push.units, strict=True):
+            if unit is not None:
+                groups.setdefault((tag, unit), []).append(value)
+        for (tag, unit), values in groups.items():
+            history = [
+                v
+                for (v,) in conn.execute(
+                    sa.select(readings.c.value).where(
+                        readings.c.device_id == push.device_id,
+                        readings.c.tag == tag,
+                        readings.c.timestamp >= first - UNIT_HISTORY,
+                    )
+                )
+            ]
+            likely = unit_contradiction(np.array(values), unit, np.array(history, float), tag)
+            if likely is not None:
+                raise ReadingError(
+                    f"{push.device_id}: {tag} values sent as {unit} look like {likely} "
+                    f"(with its readings of the last {UNIT_HISTORY.days} days): declare "
+                    f"{likely} (the push's unit key, or the device's unit: PUT /devices/...)"
+                )
+
     def _store(self, conn, push: Push, now: datetime) -> Stored:
         device = (
             conn.execute(sa.select(devices).where(devices.c.device_id == push.device_id))
             .mappings()
             .first()
         )
+        self._judge_units(conn, push)
         batch_id = None
         if device is not None:
             batch_id = self._running(conn, device["fermenter"], min(at for at, _, _ in push.rows))
@@ -655,7 +796,7 @@ def _named_device(route: str, body: str) -> str | None:
     if route in NAMED_BY:
         prefix, keys = NAMED_BY[route]
         name = _named(parsed, keys)
-        return None if name is None else prefix + name
+        return None if name is None else (prefix + name)[:64]
     items = parsed.get("readings")
     if route == "/readings" and isinstance(items, list) and items and isinstance(items[0], dict):
         device = items[0].get("device")
