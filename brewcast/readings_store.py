@@ -49,9 +49,25 @@ readings = sa.Table(
     # a forecast reads one batch's readings up to a time
     sa.Index("ix_readings_batch_time", "batch_id", "timestamp"),
 )
+#: Every reading a later push corrected (another value at the same device, time and tag:
+#: the newest wins, as in the drop folder), with the value it replaced: nothing is lost.
+reading_corrections = sa.Table(
+    "reading_corrections",
+    metadata,
+    sa.Column("correction_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("device_id", sa.String(64), nullable=False),
+    sa.Column("timestamp", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("tag", sa.String(32), nullable=False),
+    sa.Column("old_value", sa.Float, nullable=False),
+    sa.Column("new_value", sa.Float, nullable=False),
+    sa.Column("old_received_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("corrected_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_reading_corrections_device", "device_id", "timestamp"),
+)
 #: How many committed pushes added readings to each batch: a worker's in-memory copy of a
-#: batch's readings is current while it was made at the stored revision (readings are only
-#: ever added, so a revision names one set of them, whichever worker wrote it).
+#: batch's readings is current while it was made at the stored revision (every change to a
+#: batch's readings, an addition, a correction or a re-attachment, counts one more, so a
+#: revision names one set of them, whichever worker wrote it).
 batch_revisions = sa.Table(
     "batch_revisions",
     metadata,

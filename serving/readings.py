@@ -4,9 +4,12 @@ built from them with the training code (:mod:`brewcast.snapshots`).
 Three tables beside the prediction log (same database: SQLite WAL by default, PostgreSQL by
 URL). A reading is committed before the push is answered, in canonical units (°P, °C,
 UTC), once per (device, timestamp, tag): the same reading again changes nothing and is
-counted as a duplicate. A device is assigned to a fermenter; its readings go to the batch
-running there at the reading's time; a device nobody assigned, or a fermenter with no batch
-running, keeps its readings with no batch (``unassigned``), never drops them.
+counted as a duplicate; another value there corrects it (the newest wins, the old one is
+kept in ``reading_corrections``). A device is assigned to a fermenter; each reading goes to
+the batch running there at that reading's time; a device nobody assigned, or a fermenter
+with no batch running, keeps its readings with no batch (``unassigned``), never drops them,
+and they join their batch when the device is assigned or a batch's window comes to hold
+them.
 
 The push formats are the devices' own (``DEVICES.md``): iSpindel / GravityMon JSON, a
 Brewfather custom stream, the Tilt app's cloud-URL form post, and brewcast's own JSON list.
@@ -33,6 +36,7 @@ from brewcast.readings_store import (
     batches,
     devices,
     metadata,
+    reading_corrections,
     readings,
     refused_pushes,
 )
@@ -372,21 +376,31 @@ def unit_contradiction(values: np.ndarray, unit: str, history: np.ndarray, tag: 
 
 @dataclass
 class Stored:
+    """What one push did: readings new, repeated (no-ops) and corrected (another value at
+    a stored key: the newest wins, the old one is kept in ``reading_corrections``); the
+    batch of its latest reading, and how many of its readings found no batch."""
+
     device_id: str
     stored: int
     duplicates: int
-    batch_id: str | None  # None: unassigned
-    #: the batch's revision after this push, and the (timestamp, tag, value) it added
-    revision: int = 0
-    added: list[tuple[datetime, str, float]] = field(default_factory=list, repr=False)
+    batch_id: str | None  # the latest reading's batch; None: unassigned
+    corrected: int = 0
+    unassigned: int = 0
+    #: per batch changed: (its revision after this push, the readings it added, whether
+    #: stored values changed: a copy of the batch cannot just be extended then)
+    changed: dict[str, tuple[int, list[tuple[datetime, str, float]], bool]] = field(
+        default_factory=dict, repr=False
+    )
 
     def to_dict(self) -> dict:
         return {
             "device": self.device_id,
             "stored": self.stored,
             "duplicates": self.duplicates,
+            "corrected": self.corrected,
+            "unassigned": self.unassigned,
             "batch_id": self.batch_id,
-            "status": "assigned" if self.batch_id else "unassigned",
+            "status": "assigned" if not self.unassigned else "unassigned",
         }
 
 
@@ -429,6 +443,8 @@ class ReadingsStore:
                     f"batch_id: {batch['batch_id']!r} exists already (PATCH it)", 409
                 )
             conn.execute(batches.insert().values(**batch))
+            if batch.get("fermenter"):
+                self._reattach(conn, fermenter=batch["fermenter"])
         return self.batch(batch["batch_id"])
 
     def update_batch(self, batch_id: str, changes: dict) -> dict:
@@ -438,8 +454,13 @@ class ReadingsStore:
             done = conn.execute(
                 batches.update().where(batches.c.batch_id == batch_id).values(**changes)
             )
-        if done.rowcount == 0:
-            raise ReadingError(f"batch {batch_id!r} does not exist", 404)
+            if done.rowcount == 0:
+                raise ReadingError(f"batch {batch_id!r} does not exist", 404)
+            fermenter = conn.execute(
+                sa.select(batches.c.fermenter).where(batches.c.batch_id == batch_id)
+            ).scalar_one()
+            if fermenter:
+                self._reattach(conn, fermenter=fermenter)
         return self.batch(batch_id)
 
     def batch(self, batch_id: str) -> dict:
@@ -468,7 +489,8 @@ class ReadingsStore:
         with self.engine.begin() as conn:
             conn.execute(devices.delete().where(devices.c.device_id == device_id))
             conn.execute(devices.insert().values(**values))
-        return values
+            reattached = self._reattach(conn, device_id=device_id)
+        return {**values, "reattached": reattached}
 
     def device(self, device_id: str) -> dict | None:
         with self.engine.connect() as conn:
@@ -536,8 +558,11 @@ class ReadingsStore:
         with self.engine.begin() as conn:
             results = [self._store(conn, push, now) for push in pushes]
         for result in results:  # committed: this worker's copies learn them
-            if result.added and result.batch_id:
-                self.cache.added(result.batch_id, result.revision, result.added)
+            for batch_id, (revision, added, rewritten) in result.changed.items():
+                if rewritten:
+                    self.cache.drop(batch_id)
+                else:
+                    self.cache.added(batch_id, revision, added)
         return results
 
     def _judge_units(self, conn, push: Push) -> None:
@@ -570,61 +595,144 @@ class ReadingsStore:
                 )
 
     def _store(self, conn, push: Push, now: datetime) -> Stored:
+        """One push's readings, each to the batch running in its device's fermenter at
+        that reading's time (a reading before the pitch stays unassigned, the rest of the
+        push does not); repeats are no-ops, another value at a stored key corrects it."""
+        self._judge_units(conn, push)
         device = (
             conn.execute(sa.select(devices).where(devices.c.device_id == push.device_id))
             .mappings()
             .first()
         )
-        self._judge_units(conn, push)
-        batch_id = None
-        if device is not None:
-            batch_id = self._running(conn, device["fermenter"], min(at for at, _, _ in push.rows))
+        windows = self._windows(conn, device["fermenter"]) if device is not None else []
         existing = {
-            (_as_utc(t), tag)
-            for t, tag in conn.execute(
-                sa.select(readings.c.timestamp, readings.c.tag).where(
+            (_as_utc(t), tag): (value, received)
+            for t, tag, value, received in conn.execute(
+                sa.select(
+                    readings.c.timestamp, readings.c.tag, readings.c.value, readings.c.received_at
+                ).where(
                     readings.c.device_id == push.device_id,
-                    readings.c.timestamp.in_([at for at, _, _ in push.rows]),
+                    readings.c.timestamp.in_(sorted({at for at, _, _ in push.rows})),
                 )
             )
         }
-        new = [
-            {
+        new, corrected, duplicates = [], [], 0
+        for at, tag, value in push.rows:
+            row = {
                 "device_id": push.device_id,
                 "timestamp": at,
                 "tag": tag,
                 "value": value,
-                "batch_id": batch_id,
+                "batch_id": _batch_at(windows, at),
                 "received_at": now,
             }
-            for at, tag, value in push.rows
-            if (at, tag) not in existing
-        ]
-        if not new:
-            return Stored(push.device_id, 0, len(push.rows), batch_id)
-        conn.execute(readings.insert(), new)
-        revision = self._next_revision(conn, batch_id) if batch_id else 0
-        added = [(r["timestamp"], r["tag"], r["value"]) for r in new]
+            old = existing.get((at, tag))
+            if old is None:
+                new.append(row)
+            elif old[0] == value:
+                duplicates += 1
+            else:
+                corrected.append((row, old))
+        if new:
+            conn.execute(readings.insert(), new)
+        for row, (old_value, old_received) in corrected:
+            conn.execute(
+                readings.update()
+                .where(
+                    readings.c.device_id == row["device_id"],
+                    readings.c.timestamp == row["timestamp"],
+                    readings.c.tag == row["tag"],
+                )
+                .values(value=row["value"], batch_id=row["batch_id"], received_at=now)
+            )
+            conn.execute(
+                reading_corrections.insert().values(
+                    device_id=row["device_id"],
+                    timestamp=row["timestamp"],
+                    tag=row["tag"],
+                    old_value=old_value,
+                    new_value=row["value"],
+                    old_received_at=old_received,
+                    corrected_at=now,
+                )
+            )
+        touched: dict[str, tuple[list, bool]] = {}
+        for row in new:
+            if row["batch_id"]:
+                touched.setdefault(row["batch_id"], ([], False))[0].append(
+                    (row["timestamp"], row["tag"], row["value"])
+                )
+        for row, _ in corrected:  # a batch whose readings changed: its copies are reloaded
+            if row["batch_id"]:
+                touched[row["batch_id"]] = (touched.get(row["batch_id"], ([], True))[0], True)
+        changed = {
+            batch_id: (self._next_revision(conn, batch_id), added, rewritten)
+            for batch_id, (added, rewritten) in touched.items()
+        }
+        written = new + [row for row, _ in corrected]
+        latest = max(push.rows, key=lambda r: r[0])[0]
         return Stored(
-            push.device_id, len(new), len(push.rows) - len(new), batch_id, revision, added
+            push.device_id,
+            len(new),
+            duplicates,
+            _batch_at(windows, latest),
+            corrected=len(corrected),
+            unassigned=sum(1 for row in written if row["batch_id"] is None),
+            changed=changed,
         )
+
+    @staticmethod
+    def _windows(conn, fermenter: str) -> list[tuple[str, datetime, datetime | None]]:
+        """The batches of ``fermenter``: (id, pitch, end), latest pitch first."""
+        query = (
+            sa.select(batches.c.batch_id, batches.c.start_time, batches.c.end_time)
+            .where(batches.c.fermenter == fermenter)
+            .order_by(batches.c.start_time.desc())
+        )
+        return [(b, _as_utc(s), _as_utc(e)) for b, s, e in conn.execute(query)]
+
+    def _reattach(self, conn, fermenter: str | None = None, device_id: str | None = None) -> int:
+        """Give the unassigned readings of ``device_id`` (or of every device in
+        ``fermenter``) the batch running in its fermenter at their time: what an assignment
+        or a new batch window makes known. The batches they join count a revision."""
+        assigned = sa.select(devices.c.device_id, devices.c.fermenter)
+        if device_id is not None:
+            assigned = assigned.where(devices.c.device_id == device_id)
+        if fermenter is not None:
+            assigned = assigned.where(devices.c.fermenter == fermenter)
+        moved = 0
+        for device, vessel in conn.execute(assigned).all():
+            windows = self._windows(conn, vessel)
+            if not windows:
+                continue
+            waiting = conn.execute(
+                sa.select(readings.c.timestamp, readings.c.tag).where(
+                    readings.c.device_id == device, readings.c.batch_id.is_(None)
+                )
+            ).all()
+            joined: dict[str, int] = {}
+            for at, tag in waiting:
+                batch_id = _batch_at(windows, _as_utc(at))
+                if batch_id is None:
+                    continue
+                conn.execute(
+                    readings.update()
+                    .where(
+                        readings.c.device_id == device,
+                        readings.c.timestamp == at,
+                        readings.c.tag == tag,
+                    )
+                    .values(batch_id=batch_id)
+                )
+                joined[batch_id] = joined.get(batch_id, 0) + 1
+            for batch_id, count in joined.items():
+                self._next_revision(conn, batch_id)
+                moved += count
+        return moved
 
     def _next_revision(self, conn, batch_id: str) -> int:
         """Count one more push into ``batch_id`` (in the push's transaction), the new count."""
         return int(conn.execute(self._count_push, {"batch_id": batch_id}).scalar_one())
-
-    @staticmethod
-    def _running(conn, fermenter: str, at: datetime) -> str | None:
-        query = (
-            sa.select(batches.c.batch_id)
-            .where(
-                batches.c.fermenter == fermenter,
-                batches.c.start_time <= at,
-                sa.or_(batches.c.end_time.is_(None), batches.c.end_time >= at),
-            )
-            .order_by(batches.c.start_time.desc())
-        )
-        return conn.execute(query).scalars().first()
 
     def running(self, at: datetime | None = None, batch_id: str | None = None) -> list[dict]:
         """The batches running at ``at`` (now: not ended), or the one ``batch_id``, each with
@@ -750,6 +858,11 @@ class ReadingsCache:
                     self._batches.popitem(last=False)
         return gravity, temperature
 
+    def drop(self, batch_id: str) -> None:
+        """Forget a batch whose stored readings changed (read again when next forecast)."""
+        with self._lock:
+            self._batches.pop(batch_id, None)
+
     def added(self, batch_id: str, revision: int, rows: list[tuple[datetime, str, float]]) -> None:
         """A committed push's readings: extend the copy made at the revision before it
         (a copy read after the push already holds them; an older one is dropped)."""
@@ -767,6 +880,15 @@ class ReadingsCache:
                     hours, values = (np.array(c, dtype="float64") for c in zip(*mine, strict=True))
                     tags[i] = _extended(tags[i], _plausible(Series(hours, values), tag))
             self._batches[batch_id] = (revision, tags[0], tags[1])
+
+
+def _batch_at(windows: list[tuple[str, datetime, datetime | None]], at: datetime) -> str | None:
+    """The batch of ``windows`` (latest pitch first) running at ``at``: pitched by then and
+    not ended before."""
+    for batch_id, start, end in windows:
+        if start <= at and (end is None or end >= at):
+            return batch_id
+    return None
 
 
 def _extended(series: Series, more: Series) -> Series:

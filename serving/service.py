@@ -800,7 +800,7 @@ class FermentationService:
             except Exception:  # the answer still says what was wrong
                 log.exception("a refused push could not be kept")
             return _error(exc.status, str(exc))
-        assigned = all(r.batch_id for r in results)
+        assigned = not any(r.unassigned for r in results)
         return JSONResponse(
             {"results": [r.to_dict() for r in results]}, status_code=200 if assigned else 202
         )

@@ -275,3 +275,69 @@ def test_a_batch_without_a_pitch_time_is_a_422_not_a_500():
     with pytest.raises(ValidationError, match="start_time"):
         BatchStart.model_validate({"batch_id": "B", "start_time": None})
     assert "null" not in str(BatchStart.model_json_schema()["properties"]["start_time"])
+
+
+# -- every right reading kept: per-reading batches, re-attachment, corrections ---------------
+
+
+def _own(device: str, *readings: tuple[datetime, float]) -> Push:
+    (push,) = parse_readings(
+        {"readings": [{"device": device, "timestamp": at.isoformat(), "gravity": plato}
+                      for at, plato in readings]}
+    )  # fmt: skip
+    return push
+
+
+def test_one_reading_before_the_pitch_does_not_orphan_the_push(store):
+    """A push was assigned by its earliest reading: one from before the pitch left all
+    eight unassigned ("no gravity reading yet" on the board)."""
+    store.start_batch({"batch_id": "B", "fermenter": "FV1", "start_time": NOW - timedelta(days=1)})
+    store.assign("hand", "FV1")
+    hours = [30, 20, 16, 12, 8, 6, 4, 2]  # the first is 6 h before the pitch
+    stored = store.store(
+        _own("hand", *((NOW - timedelta(hours=h), 12.0 - h / 10) for h in hours)), NOW
+    )
+    assert (stored.stored, stored.unassigned, stored.batch_id) == (8, 1, "B")
+    ((gravity, _),) = store.series(store.running(batch_id="B"))
+    assert len(gravity.values) == 7
+    assert store.unassigned()[0]["readings"] == 1
+
+
+def test_readings_sent_before_the_batch_existed_join_it_when_it_is_started(store):
+    store.assign("hand", "FV2")
+    early = store.store(_own("hand", (NOW - timedelta(hours=5), 12.0)), NOW)
+    assert early.unassigned == 1
+    store.start_batch(
+        {"batch_id": "B2", "fermenter": "FV2", "start_time": NOW - timedelta(hours=6)}
+    )
+    ((gravity, _),) = store.series(store.running(batch_id="B2"))
+    assert list(gravity.values) == [12.0] and store.unassigned() == []
+
+
+def test_another_value_at_a_stored_key_corrects_it_and_keeps_the_old_one(tmp_path):
+    """A different value at an existing (device, time, tag) was answered "duplicates" and
+    dropped; the drop folder treats it as a correction. Two workers: the one that did not
+    store the correction forecasts from the corrected value too."""
+    import sqlalchemy as sa
+
+    from brewcast.readings_store import reading_corrections
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'shared.db'}")
+    mine, other = ReadingsStore(engine), ReadingsStore(engine)
+    mine.start_batch({"batch_id": "B", "fermenter": "FV1", "start_time": NOW - timedelta(days=1)})
+    mine.assign("hand", "FV1")
+    at = NOW - timedelta(hours=2)
+    mine.store(_own("hand", (at, 9.0), (NOW - timedelta(hours=1), 8.8)), NOW)
+    for store in (mine, other):  # both workers hold a copy of the batch
+        store.series(store.running(batch_id="B"))
+    again = mine.store(_own("hand", (at, 9.0)), NOW)
+    assert (again.stored, again.duplicates, again.corrected) == (0, 1, 0)
+    fixed = mine.store(_own("hand", (at, 9.4)), NOW)
+    assert (fixed.stored, fixed.duplicates, fixed.corrected) == (0, 0, 1)
+    assert fixed.to_dict()["corrected"] == 1
+    for store in (mine, other):
+        ((gravity, _),) = store.series(store.running(batch_id="B"))
+        assert list(gravity.values) == [9.4, 8.8]
+    with engine.connect() as conn:
+        kept = conn.execute(sa.select(reading_corrections)).mappings().all()
+    assert [(k["old_value"], k["new_value"]) for k in kept] == [(9.0, 9.4)]

@@ -172,8 +172,9 @@ def test_readings_go_to_the_batch_running_in_the_fermenter_once(store):
     assert (first.stored, first.duplicates, first.batch_id) == (2, 0, "B1")
     assert (again.stored, again.duplicates) == (0, 2)
     ((gravity, temperature),) = store.series(store.running(batch_id="B1"))
-    # the unassigned reading stays unassigned
-    assert (list(gravity.values), list(temperature.values)) == ([9.8], [18.0])
+    # the reading sent while unassigned joined the batch when its device was assigned
+    assert (list(gravity.values), list(temperature.values)) == ([10.0, 9.8], [18.0])
+    assert store.unassigned() == []
     with pytest.raises(ReadingError, match="in the future"):
         store.store(Push("tilt:red", [(NOW + timedelta(hours=2), "gravity_plato", 9.0)]), NOW)
     with pytest.raises(ReadingError, match="exists already") as caught:
