@@ -19,6 +19,7 @@ A body in the wrong shape, a value outside physics, a time in the future: a
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import threading
@@ -65,6 +66,14 @@ class ReadingError(ValueError):
     def __init__(self, message: str, status: int = 422):
         super().__init__(message)
         self.status = status
+
+
+class UnitPending(ReadingError):
+    """A push kept but not stored yet: its device's unit is unknown (an iSpindel never says
+    its gravity's). Answered 202; stored when the device is assigned its unit."""
+
+    def __init__(self, message: str):
+        super().__init__(message, 202)
 
 
 @dataclass
@@ -221,9 +230,10 @@ def parse_ispindel(body: object, now: datetime, gravity_unit: str | None = None)
     if gravity is not None:
         unit = _declared(body, "gravity", "body") or gravity_unit
         if unit is None:
-            raise ReadingError(
-                "body.gravity: an iSpindel does not say its gravity unit; assign the device "
-                "with gravity_unit SG or °P (PUT /devices/...), or send GravityMon's gravity-unit"
+            raise UnitPending(
+                "body.gravity: an iSpindel does not say its gravity unit; the push is kept "
+                "and stored when the device is assigned its gravity_unit, SG or °P "
+                "(PUT /devices/...), or send GravityMon's gravity-unit"
             )
         push.add(now, "gravity_plato", gravity, unit, "body.gravity")
     temperature = _number(body, "temperature", "body")
@@ -489,8 +499,41 @@ class ReadingsStore:
         with self.engine.begin() as conn:
             conn.execute(devices.delete().where(devices.c.device_id == device_id))
             conn.execute(devices.insert().values(**values))
+            replayed = self._replay_pending(conn, device_id, gravity_unit)
             reattached = self._reattach(conn, device_id=device_id)
-        return {**values, "reattached": reattached}
+        for batch_id in replayed:  # stored in this transaction: read again when forecast
+            self.cache.drop(batch_id)
+        return {**values, "reattached": reattached, "pending_stored": len(replayed)}
+
+    def _replay_pending(self, conn, device_id: str, gravity_unit: str | None) -> list[str]:
+        """Store the pushes kept while ``device_id``'s gravity unit was unknown, each at the
+        time it arrived, now that it is known; each kept push says what became of it. The
+        batches they reached."""
+        if gravity_unit is None or not device_id.startswith("ispindel:"):
+            return []
+        waiting = conn.execute(
+            sa.select(refused_pushes).where(
+                refused_pushes.c.device_id == device_id, refused_pushes.c.status == 202
+            )
+        ).mappings()
+        reached: list[str] = []
+        for kept in list(waiting):
+            arrived = _as_utc(kept["received_at"])
+            try:
+                push = parse_ispindel(json.loads(kept["body"]), arrived, gravity_unit)
+                _check(push, now_utc())
+                result = self._store(conn, push, arrived)
+                status, reason = 200, f"stored when the device was assigned {gravity_unit}"
+                reached += [b for b in result.changed]
+            except (ReadingError, ValueError) as exc:
+                status = exc.status if isinstance(exc, ReadingError) else 400
+                reason = f"refused when the device was assigned {gravity_unit}: {exc}"
+            conn.execute(
+                refused_pushes.update()
+                .where(refused_pushes.c.refusal_id == kept["refusal_id"])
+                .values(status=status, reason=reason[:1000])
+            )
+        return reached
 
     def device(self, device_id: str) -> dict | None:
         with self.engine.connect() as conn:
@@ -520,7 +563,7 @@ class ReadingsStore:
         row = {
             "received_at": now,
             "route": route,
-            "device_id": _named_device(route, body),
+            "device_id": named_device(route, body),
             "status": error.status,
             "reason": str(error)[:1000],
             "body": body[:2000],
@@ -536,6 +579,7 @@ class ReadingsStore:
             .where(
                 refused_pushes.c.device_id.in_(named),
                 refused_pushes.c.received_at >= batch["start_time"],
+                refused_pushes.c.status >= 400,  # not the kept ones stored since (200)
             )
             .order_by(refused_pushes.c.received_at)
         )
@@ -901,7 +945,7 @@ def _extended(series: Series, more: Series) -> Series:
     return Series(hours, values)
 
 
-def _named_device(route: str, body: str) -> str | None:
+def named_device(route: str, body: str) -> str | None:
     """The device a refused body names, as its push would have (None: it names none)."""
     import json
     import urllib.parse

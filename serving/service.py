@@ -74,6 +74,8 @@ from serving.prediction_log import PredictionLog, RowsRefusedError
 from serving.readings import (
     ReadingError,
     ReadingsStore,
+    UnitPending,
+    named_device,
     now_utc,
     parse_brewfather,
     parse_ispindel,
@@ -799,6 +801,15 @@ class FermentationService:
                 await anyio.to_thread.run_sync(self.readings.refuse, route, text, exc, now)
             except Exception:  # the answer still says what was wrong
                 log.exception("a refused push could not be kept")
+                if isinstance(exc, UnitPending):  # not kept after all: say so
+                    return _error(503, f"the push could not be kept: {exc}")
+            if isinstance(exc, UnitPending):
+                device = named_device(request.url.path, text)
+                return JSONResponse(
+                    {"results": [{"device": device, "stored": 0, "status": "pending",
+                                  "detail": str(exc)}]},
+                    status_code=202,
+                )  # fmt: skip
             return _error(exc.status, str(exc))
         assigned = not any(r.unassigned for r in results)
         return JSONResponse(

@@ -341,3 +341,26 @@ def test_another_value_at_a_stored_key_corrects_it_and_keeps_the_old_one(tmp_pat
     with engine.connect() as conn:
         kept = conn.execute(sa.select(reading_corrections)).mappings().all()
     assert [(k["old_value"], k["new_value"]) for k in kept] == [(9.0, 9.4)]
+
+
+def test_an_ispindel_pushed_before_its_unit_is_known_is_kept_then_stored(store):
+    """An iSpindel from a device nobody assigned got a 422 and was lost; now the push is
+    kept (202) and stored at the time it arrived once the device is assigned its unit."""
+    import json
+
+    from serving.readings import UnitPending
+
+    body = {"name": "fresh", "gravity": 1.040, "temperature": 18.0, "temp_units": "C"}
+    with pytest.raises(UnitPending) as caught:
+        parse_ispindel(body, NOW)
+    assert caught.value.status == 202
+    arrived = NOW - timedelta(hours=3)
+    store.refuse("/readings/ispindel", json.dumps(body), caught.value, arrived)
+    store.start_batch({"batch_id": "B", "fermenter": "FV3", "start_time": NOW - timedelta(days=1)})
+    assigned = store.assign("ispindel:fresh", "FV3", "SG")
+    assert assigned["pending_stored"] == 1
+    ((gravity, temperature),) = store.series(store.running(batch_id="B"))
+    assert list(gravity.values) == pytest.approx([float(sg_to_plato(1.040))])
+    assert list(temperature.values) == [18.0]
+    assert store.refused(store.batch("B")) == []  # stored since: no refusal on the page
+    assert store.assign("ispindel:fresh", "FV3", "SG")["pending_stored"] == 0  # once

@@ -467,6 +467,17 @@ def test_readings_pushed_by_devices_give_forecasts_from_the_stored_readings(serv
     assert stranger.status_code == 202 and stranger.json()["results"][0]["status"] == "unassigned"
     unassigned = httpx.get(f"{url}/devices/unassigned", headers=KEY).json()["devices"]
     assert f"brewfather:nobody-{colour}" in {d["device"] for d in unassigned}
+    # an iSpindel nobody assigned yet cannot say its gravity's unit: kept (202), and stored
+    # at the time it arrived once the device is assigned its unit
+    newcomer = {**ispindel, "name": f"new-{colour}", "gravity": 1.009}
+    kept = httpx.post(f"{url}/readings/ispindel?key=test-key", json=newcomer)
+    assert kept.status_code == 202 and kept.json()["results"][0]["status"] == "pending"
+    assigned = httpx.put(
+        f"{url}/devices/ispindel:new-{colour}",
+        json={"fermenter": vessel, "gravity_unit": "SG"},
+        headers=KEY,
+    ).json()
+    assert assigned["pending_stored"] == 1, assigned
     for bad, says in (
         (
             {"name": f"spin-{colour}", "gravity": 1.6, "temperature": 18},
