@@ -302,12 +302,19 @@ def parse_tilt(form: Mapping[str, str], zone, now: datetime | None = None) -> Pu
     return push
 
 
-def parse_readings(body: object) -> list[Push]:
+def parse_readings(body: object, max_rows: int | None = None) -> list[Push]:
     """brewcast's own JSON: ``{"readings": [{"device", "timestamp" (ISO 8601 with offset),
-    "gravity"?, "gravity_unit"?, "temperature"?, "temperature_unit"?}, ...]}``."""
+    "gravity"?, "gravity_unit"?, "temperature"?, "temperature_unit"?}, ...]}``, at most
+    ``max_rows`` readings (a 413 beyond: send them in several requests)."""
     items = body.get("readings") if isinstance(body, dict) else None
     if not isinstance(items, list) or not items:
         raise ReadingError('body: a JSON object with a non-empty list "readings"', 400)
+    if max_rows is not None and len(items) > max_rows:
+        raise ReadingError(
+            f"readings: {len(items)} in one request, at most {max_rows} "
+            "(BREWCAST_SERVING_MAX_ROWS): send them in several requests",
+            413,
+        )
     pushes: dict[str, Push] = {}
     for i, item in enumerate(items):
         where = f"readings[{i}]"

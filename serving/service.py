@@ -700,8 +700,11 @@ class FermentationService:
     @routes.post("/readings")
     async def push_readings(self, request: Request) -> Response:
         """brewcast's own JSON: ``{"readings": [{"device", "timestamp", "gravity",
-        "gravity_unit", "temperature", "temperature_unit"}, ...]}``."""
-        return await self._push(request, lambda body, now: parse_readings(body))
+        "gravity_unit", "temperature", "temperature_unit"}, ...]}``, at most
+        ``BREWCAST_SERVING_MAX_ROWS`` readings a request (413 beyond)."""
+        return await self._push(
+            request, lambda body, now: parse_readings(body, self.settings.serving_max_rows)
+        )
 
     @routes.get("/batches/{batch_id}/forecast")
     async def batch_forecast(self, batch_id: str, at: str | None = None) -> Response:
@@ -791,9 +794,11 @@ class FermentationService:
                     body = _parse_json(raw)
                 except (ValueError, RecursionError) as exc:
                     raise ReadingError(f"body: not JSON ({exc})", 400) from exc
-            pushes = parse(body, now)
-            # one transaction for the request's pushes, off the event loop
-            results = await anyio.to_thread.run_sync(self.readings.store_all, pushes, now)
+            # the parse (a body of many readings) and one transaction for the request's
+            # pushes, off the event loop: one client's bulk does not stall the others
+            results = await anyio.to_thread.run_sync(
+                lambda: self.readings.store_all(parse(body, now), now)
+            )
         except ReadingError as exc:
             text = raw.decode("utf-8", "replace")
             try:

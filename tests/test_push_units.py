@@ -364,3 +364,12 @@ def test_an_ispindel_pushed_before_its_unit_is_known_is_kept_then_stored(store):
     assert list(temperature.values) == [18.0]
     assert store.refused(store.batch("B")) == []  # stored since: no refusal on the page
     assert store.assign("ispindel:fresh", "FV3", "SG")["pending_stored"] == 0  # once
+
+
+def test_a_readings_body_over_the_row_cap_is_a_413_naming_the_cap():
+    """One client's 40k-reading bodies were parsed whole on the event loop."""
+    item = {"device": "d", "timestamp": "2026-03-10T08:00:00Z", "gravity": 9.0}
+    with pytest.raises(ReadingError, match="at most 1000") as caught:
+        parse_readings({"readings": [item] * 1001}, 1000)
+    assert caught.value.status == 413
+    assert len(parse_readings({"readings": [item] * 1000}, 1000)[0].rows) == 1000
