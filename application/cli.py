@@ -353,6 +353,13 @@ def demo(
     mlflow_port: Annotated[int, typer.Option(help="MLflow UI port.")] = 5000,
     airflow_port: Annotated[int, typer.Option(help="Airflow UI port.")] = 8080,
     serving_port: Annotated[int, typer.Option(help="BentoML port.")] = 3000,
+    live_until: Annotated[
+        str | None,
+        typer.Option(
+            help="Day the live weeks end, YYYY-MM-DD (default: yesterday). The simulated "
+            "weather follows the calendar: a fixed day replays the same world every day."
+        ),
+    ] = None,
 ) -> None:
     """The whole loop: MLflow, Airflow and BentoML up; a simulated year ingested and trained
     through Airflow; live weeks with a drift replayed through the service; monitoring."""
@@ -363,7 +370,12 @@ def demo(
         live_days=live_days,
         drift_after_days=drift_after_days,
         fermenters=fermenters,
+        live_until=live_until,
     )
+    try:
+        _ = world.live_start  # a day in the future is refused before anything starts
+    except ValueError as exc:
+        raise _fail(str(exc)) from exc
     ports = demo_run.DemoPorts(mlflow=mlflow_port, airflow=airflow_port, serving=serving_port)
     try:
         result = demo_run.run(get_settings().home, world, ports)

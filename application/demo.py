@@ -45,6 +45,10 @@ log = logging.getLogger(__name__)
 AIRFLOW_USER = ("admin", "admin")
 
 
+#: Readings a push of the live weeks carries at most (under the service's row cap).
+PUSH_ROWS = 500
+
+
 @dataclass(frozen=True)
 class DemoWorld:
     """The simulated cellar: a year of history to train on, then live weeks with a drift."""
@@ -56,11 +60,22 @@ class DemoWorld:
     seed: int = 42
     drift_strain: str = "german_lager"
     drift_late_slope_factor: float = 0.5
+    #: The day the live weeks end (YYYY-MM-DD); None: yesterday. The simulated brewery's
+    #: weather follows the calendar, so a world that ends yesterday is another world every
+    #: day; a fixed day gives the same world, and the same trained model, every day.
+    live_until: str | None = None
 
     @property
     def live_start(self) -> pd.Timestamp:
-        """Deployment: yesterday minus the live weeks (so nothing lies in the future)."""
-        return pd.Timestamp.now("UTC").floor("D") - pd.Timedelta(days=self.live_days + 1)
+        """Deployment: the live weeks before ``live_until`` (so nothing lies in the
+        future)."""
+        if self.live_until is None:
+            end = pd.Timestamp.now("UTC").floor("D") - pd.Timedelta(days=1)
+        else:
+            end = pd.Timestamp(self.live_until, tz="UTC").floor("D")
+            if end > pd.Timestamp.now("UTC"):
+                raise ValueError(f"--live-until {self.live_until} lies in the future")
+        return end - pd.Timedelta(days=self.live_days)
 
     @property
     def start(self) -> pd.Timestamp:
@@ -640,8 +655,11 @@ class LiveCellar:
                 device, due["timestamp"], gravity, sg, due["value"], strict=True
             )
         ]
-        # a reading is stored once per (device, time): a retried push changes nothing
-        service.post("/readings", json={"readings": readings}, idempotent=True)
+        # a reading is stored once per (device, time): a retried push changes nothing;
+        # in requests under the service's row cap (BREWCAST_SERVING_MAX_ROWS, 1,000)
+        for start in range(0, len(readings), PUSH_ROWS):
+            part = readings[start : start + PUSH_ROWS]
+            service.post("/readings", json={"readings": part}, idempotent=True)
         self.posted += len(readings)
 
     def _post_tilt(self, service, due: pd.DataFrame, zone: str) -> None:
