@@ -238,9 +238,12 @@ _BATCH_NUMERIC = (
     Column(
         "original_gravity_plato",
         "float64",
+        # from 2 °P: low- and no-alcohol beers are brewed from 2..6 °P worts (a brewery's
+        # low-alcohol brands were quarantined whole at 6), while an SG read as °P is
+        # 1.0..1.13, below it
         "Original gravity at pitch.",
         "°P",
-        6.0,
+        2.0,
         25.0,
         nullable=True,
     ),

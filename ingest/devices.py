@@ -24,6 +24,7 @@ unit refuse the file, and nothing is converted on a guess.
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -426,7 +427,70 @@ MAPPING_OPTIONS = (
     "temperature_unit",
     "original_gravity_unit",
     "missing",
+    "delimiter",
+    "rows_without_time",
 )
+#: ``time_format`` values for numeric epoch times, and the unit each counts in.
+EPOCH_FORMATS = {"epoch_s": "s", "epoch_ms": "ms", "epoch_us": "us", "epoch_ns": "ns"}
+
+
+def _records(text: str, delimiter: str, source: str) -> tuple[pd.DataFrame, list[str]]:
+    """A delimited text's records as strings, each indexed by the file line it starts on,
+    with notes: a record that a line break inside an unquoted text field (a note typed
+    with Enter) cut in two is joined again, when the next line completes it to the header's
+    width, instead of becoming a phantom row. ``delimiter`` "whitespace": runs of blanks."""
+    lines = text.splitlines()
+    if not lines:
+        raise SchemaError(f"{source}: empty file")
+
+    def fields(line: str) -> list[str]:
+        if delimiter == "whitespace":
+            return line.split()
+        return next(csv.reader([line], delimiter=delimiter, skipinitialspace=True), [])
+
+    header = [c.strip() for c in fields(lines[0])]
+    width = len(header)
+    rows, starts, joined = [], [], []
+    number = 2
+    while number <= len(lines):
+        record, first = lines[number - 1], number
+        cells = fields(record)
+        while 0 < len(cells) < width and number < len(lines):
+            longer = fields(record + " " + lines[number])  # the break read as a blank
+            if len(longer) > width:
+                break
+            record, cells, number = record + " " + lines[number], longer, number + 1
+        if number > first:
+            joined.append(f"{first}-{number}")
+        number += 1
+        if not any(c.strip() for c in cells):
+            continue  # a blank line
+        rows.append([*cells, *[""] * (width - len(cells))][:width])
+        starts.append(first)
+    frame = pd.DataFrame(rows, columns=header, index=pd.Index(starts, name="line"), dtype=str)
+    notes = []
+    if joined:
+        notes.append(
+            f"{source}: {len(joined)} record(s) cut by a line break inside a text field "
+            f"joined again (lines {', '.join(joined[:10])}{', ...' if len(joined) > 10 else ''})"
+        )
+    return frame, notes
+
+
+def _mapped_times(
+    values: pd.Series, zone: ZoneInfo, source: str, fmt: str
+) -> tuple[pd.Series, bool]:
+    """The mapped time column in UTC: epoch numbers (``epoch_s`` .. ``epoch_ns``), else
+    :func:`local_times`; an empty cell is no time (NaT)."""
+    if fmt in EPOCH_FORMATS:
+        numbers = pd.to_numeric(values.where(values != ""), errors="coerce")
+        times = pd.to_datetime(numbers, unit=EPOCH_FORMATS[fmt], utc=True)
+        return times.astype("datetime64[us, UTC]"), False
+    present = values != ""
+    times = pd.Series(pd.NaT, index=values.index, dtype="datetime64[us, UTC]")
+    parsed, naive = local_times(values[present], zone, source, fmt)
+    times[present] = parsed
+    return times, naive
 
 
 def load_mapping(path: Path) -> dict:
@@ -465,8 +529,8 @@ def read_mapped_csv(path: Path, zone: ZoneInfo) -> DeviceRead:
     strain and fermenter. One batch per value of the batch column."""
     mapping_path = mapping_of(path)
     mapping = load_mapping(mapping_path)
-    frame = pd.read_csv(path, dtype=str, skipinitialspace=True, keep_default_na=False)
-    frame.columns = [c.strip() for c in frame.columns]
+    text = path.read_text(encoding="utf-8-sig", errors="replace")
+    frame, notes = _records(text, mapping.get("delimiter", ","), path.name)
     named = {key: mapping[key] for key in MAPPING_COLUMNS if mapping.get(key)}
     absent = sorted(v for v in named.values() if v not in frame.columns)
     if absent:
@@ -479,13 +543,20 @@ def read_mapped_csv(path: Path, zone: ZoneInfo) -> DeviceRead:
     for quantity, values in missing.items():
         if quantity in named:
             frame.loc[frame[named[quantity]].isin([str(v) for v in values]), named[quantity]] = ""
-    times, naive = local_times(
+    times, naive = _mapped_times(
         frame[named["time"]], zone, path.name, mapping.get("time_format", "mixed")
     )
-    if times.isna().any():
-        raise SchemaError(
-            f"{path.name}: {int(times.isna().sum())} row(s) without a time in {named['time']!r}"
+    untimed = times.isna()
+    if untimed.any():
+        lines = [str(n) for n in frame.index[untimed]]
+        said = (
+            f"{path.name}: {len(lines)} row(s) without a time in {named['time']!r} (lines "
+            f"{', '.join(lines[:20])}{', ...' if len(lines) > 20 else ''})"
         )
+        if mapping.get("rows_without_time", "skip") == "error":
+            raise SchemaError(said + ": rows_without_time is 'error' in the mapping")
+        notes.append(said + " skipped: an ERP's header rows, not readings")
+        frame, times = frame[~untimed], times[~untimed]
     ids = frame[named["batch"]].astype("string")
     if (ids == "").any():
         raise SchemaError(
@@ -504,7 +575,8 @@ def read_mapped_csv(path: Path, zone: ZoneInfo) -> DeviceRead:
         for key, tag in (("gravity", "gravity_plato"), ("temperature", "temperature_c"))
         if key in named
     ]
-    readings, notes = _absent_values(pd.concat(parts, ignore_index=True), path.name)
+    readings, absent = _absent_values(pd.concat(parts, ignore_index=True), path.name)
+    notes += absent
     rows = []
     for batch_id, index in ids.groupby(ids, sort=False).indices.items():
         first = frame.iloc[index[0]]

@@ -215,3 +215,100 @@ def test_a_bad_mapping_quarantines_the_file_with_its_reason(tmp_path, mapping, s
     assert list(settings.paths.lake.glob("quarantine/files/*/ekos.csv*")) or any(
         settings.paths.lake.glob("quarantine/**/ekos.csv*")
     )
+
+
+#: A hand-kept ERP fermentation log as delivered: a header row per batch without a date,
+#: a note typed with Enter in an unquoted text column, "not entered" written as 0.0000 and
+#: 0.00, and a low-alcohol brand (OG 3.5 °P).
+ERP = (
+    "Batch No,Date,Note,Gravity,Temp,OG,Brand\n"
+    "2026-101,,Brewday Pils,,,11.8000,Pils\n"
+    "2026-101,02/03/2026,pitched,11.80,10.5,11.8000,Pils\n"
+    "2026-101,04/03/2026,dry hop\n"
+    "added today,7.20,11.0,11.8000,Pils\n"
+    "2026-101,06/03/2026,,0.00,11.5,11.8000,Pils\n"
+    "2026-101,09/03/2026,,2.40,11.0,11.8000,Pils\n"
+    "2026-102,,Brewday Zero,,,0.0000,Zero\n"
+    "2026-102,03/03/2026,,3.50,12.0,0.0000,Zero\n"
+    "2026-102,05/03/2026,,1.90,12.5,0.0000,Zero\n"
+    "2026-103,,Brewday Light,,,3.5000,Light\n"
+    "2026-103,03/03/2026,,3.50,12.0,3.5000,Light\n"
+)
+ERP_MAPPING = {
+    "batch": "Batch No",
+    "time": "Date",
+    "time_format": "%d/%m/%Y",
+    "gravity": "Gravity",
+    "gravity_unit": "°P",
+    "temperature": "Temp",
+    "temperature_unit": "°C",
+    "original_gravity": "OG",
+    "original_gravity_unit": "°P",
+    "brand": "Brand",
+    "missing": {"gravity": ["0.00"], "original_gravity": ["0.0000"]},
+}
+
+
+def test_a_hand_kept_erp_log_ingests_as_delivered_every_row_accounted_for(tmp_path):
+    """The README's ERP mapping on a real export's habits: the whole file was refused (rows
+    without a date), a line break in a note split a row in two, OG 0.0000 and gravity 0.00
+    were read as numbers, a low-alcohol brand's OG was outside the schema. Now every
+    physical line is a reading, a skipped header row (named by its line) or a re-joined
+    part of a row, and the low-alcohol batch passes validation."""
+    settings = _drop(tmp_path, {"erp.csv": ERP, "erp.mapping.json": json.dumps(ERP_MAPPING)})
+    report = ingest_drop_folder(settings)
+    assert report.accepted == ["erp.csv"], report.rejected
+    notes = " ".join(report.notes["device_notes"])
+    assert "3 row(s) without a time in 'Date' (lines 2, 8, 11) skipped" in notes
+    assert "1 record(s) cut by a line break inside a text field joined again (lines 4-5)" in notes
+    readings = _readings(settings)
+    gravity = readings[readings["tag"] == "gravity_plato"]
+    # 6 dated gravity cells with a value (the 0.00 was "not entered"), 7 temperatures
+    assert len(gravity) == 6 and (readings["tag"] == "temperature_c").sum() == 7
+    assert _value(readings, "gravity_plato", "2026-03-04") == pytest.approx(7.2)
+    batches = lake.read_table(settings.paths.lake, "raw", BATCHES).set_index("batch_id")
+    assert pd.isna(batches.loc["2026-102", "original_gravity_plato"])  # 0.0000: not entered
+    assert batches.loc["2026-103", "original_gravity_plato"] == pytest.approx(3.5)
+    stages.validate(settings)
+    validated = lake.read_table(settings.paths.lake, "validated", BATCHES)
+    assert "2026-103" in set(validated["batch_id"])  # a 3.5 °P wort is a real product
+
+
+def test_epoch_times_and_whitespace_separated_logs_are_mappable(tmp_path):
+    """An iSpindel InfluxDB export's epoch-nanosecond ``time`` and a controller's
+    whitespace-separated log, each through a mapping."""
+    influx = (
+        "name,time,gravity,temp_units,temperature\n"
+        "spindel,1772524800000000000,1.048,C,18.5\n"
+        "spindel,1772528400000000000,1.046,C,18.6\n"
+    )
+    mapping = {
+        "batch": "name",
+        "time": "time",
+        "time_format": "epoch_ns",
+        "gravity": "gravity",
+        "gravity_unit": "SG",
+        "temperature": "temperature",
+        "temperature_unit": "°C",
+    }
+    logged = "batch  time  plato  celsius\nB7  1772524800  12.1  19.0\nB7  1772528400  12.0  19.1\n"
+    whitespace = {"batch": "batch", "time": "time", "time_format": "epoch_s",
+                  "delimiter": "whitespace", "gravity": "plato", "gravity_unit": "°P",
+                  "temperature": "celsius", "temperature_unit": "°C"}  # fmt: skip
+    settings = _drop(
+        tmp_path,
+        {
+            "influx.csv": influx,
+            "influx.mapping.json": json.dumps(mapping),
+            "controller.csv": logged,
+            "controller.mapping.json": json.dumps(whitespace),
+        },
+    )
+    report = ingest_drop_folder(settings)
+    assert sorted(report.accepted) == ["controller.csv", "influx.csv"], report.rejected
+    readings = _readings(settings)
+    at = pd.Timestamp("2026-03-03 08:00", tz="UTC")  # 1772524800 s after the epoch
+    first = readings[(readings["timestamp"] == at) & (readings["tag"] == "gravity_plato")]
+    by_batch = dict(zip(first["batch_id"], first["value"], strict=True))
+    assert by_batch == pytest.approx({"spindel": float(sg_to_plato(1.048)), "B7": 12.1})
+    assert len(readings) == 8
