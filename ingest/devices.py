@@ -455,11 +455,13 @@ def _records(text: str, delimiter: str, source: str) -> tuple[pd.DataFrame, list
     while number <= len(lines):
         record, first = lines[number - 1], number
         cells = fields(record)
-        while 0 < len(cells) < width and number < len(lines):
-            longer = fields(record + " " + lines[number])  # the break read as a blank
-            if len(longer) > width:
-                break
-            record, cells, number = record + " " + lines[number], longer, number + 1
+        if 0 < len(cells) < width:  # cut by a line break, or a row short of cells?
+            together, last, longer = record, number, cells
+            while len(longer) < width and last < len(lines):
+                together, last = together + " " + lines[last], last + 1  # the break: a blank
+                longer = fields(together)
+            if len(longer) == width:  # only lines that make exactly one whole row join
+                record, cells, number = together, longer, last
         if number > first:
             joined.append(f"{first}-{number}")
         number += 1

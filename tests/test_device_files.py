@@ -312,3 +312,22 @@ def test_epoch_times_and_whitespace_separated_logs_are_mappable(tmp_path):
     by_batch = dict(zip(first["batch_id"], first["value"], strict=True))
     assert by_batch == pytest.approx({"spindel": float(sg_to_plato(1.048)), "B7": 12.1})
     assert len(readings) == 8
+
+
+def test_short_rows_stay_rows_and_only_a_cut_row_is_joined():
+    """Lines join only when together they make exactly one row of the header's width: rows
+    short of trailing cells stay rows (as pandas reads them), a note cut by Enter joins."""
+    from ingest.devices import _records
+
+    frame, notes = _records("a,b,c,d\n1,2\n3,4\n5,6,7,8\nx,note\nmore,y,z\n", ",", "t.csv")
+    assert list(frame.index) == [2, 3, 4, 5]  # each row named by the line it starts on
+    assert frame.loc[2].tolist() == ["1", "2", "", ""] and frame.loc[3].tolist() == [
+        "3",
+        "4",
+        "",
+        "",
+    ]
+    assert frame.loc[5].tolist() == ["x", "note more", "y", "z"]
+    assert notes == [
+        "t.csv: 1 record(s) cut by a line break inside a text field joined again (lines 5-6)"
+    ]
