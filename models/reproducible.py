@@ -1,14 +1,15 @@
 """Training that any x86-64 machine reproduces bit for bit, and the fingerprint that shows it.
 
 TensorFlow's dense layers multiply through oneDNN's sgemm, which picks its kernels (and so
-its order of summation) by the processor's instruction set and splits the work by the
-thread pools' sizes: the same data, settings and seed gave another network on a machine
-with another instruction set or core count. Pinning oneDNN to its baseline x86-64 kernels
+its order of summation) by the processor's instruction set, and its thread pools split the
+work by their sizes: the same data, settings and seed gave another network where oneDNN
+was capped at another instruction set. Pinning oneDNN to its baseline x86-64 kernels
 (SSE4.1, which every processor TensorFlow runs on has), one intra- and one inter-op thread,
 TensorFlow's deterministic ops and the CPU (a GPU's kernels are its own) removes both.
-LightGBM is pinned by its own parameters (``models.boosted``); the numpy and scipy steps
-after the fit write float32 constants into the graph. ``tests/test_reproducible.py``
-trains one world under different thread counts and instruction sets and compares hashes;
+LightGBM is pinned by its own parameters (``models.boosted``); what numpy and scipy compute
+after the fit (their SIMD kernels differ per processor in the last bits) enters the graph
+at float32's precision (:data:`CANONICAL_DIGITS`). ``tests/test_reproducible.py`` trains one
+world under other thread counts and instruction sets and compares hashes;
 ``benchmarks/README.md`` says what the pin costs in training time.
 
 The environment must be pinned before TensorFlow computes anything: :func:`pin_numerics`
