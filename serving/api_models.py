@@ -36,13 +36,14 @@ from brewcast.schema import BATCHES, FEATURES, categorical_features, numeric_fea
 MAX_TEXT_LENGTH = 64
 #: No C0 control character (NUL, tab, newline...) nor DEL; the JSON schema's ``pattern``.
 NO_CONTROL_PATTERN = r"^[^\x00-\x1f\x7f]*$"
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: What no text field may hold (the request models and the device names of pushes alike).
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 #: Timestamps outside these years are typos (or epochs read as years), never data.
 YEARS = (1900, 2200)
 
 
 def _no_control(value: str) -> str:
-    if _CONTROL.search(value):
+    if CONTROL_CHARACTERS.search(value):
         raise ValueError("control characters (NUL, tab, newline...) are not allowed")
     return value
 

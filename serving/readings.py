@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import threading
 from collections import OrderedDict, namedtuple
 from collections.abc import Mapping, Sequence
@@ -44,7 +43,7 @@ from brewcast.readings_store import (
 from brewcast.schema import BATCHES, READING_VALUE_RANGES
 from brewcast.snapshots import Series, hour_of, hours_of, snapshot_columns, snapshot_table
 from brewcast.units import UnitError, from_canonical, likely_unit, parse_unit, to_canonical
-from serving.api_models import BATCH_CHANGES, REQUEST_FIELDS
+from serving.api_models import BATCH_CHANGES, CONTROL_CHARACTERS, REQUEST_FIELDS
 
 #: The Tilt app's Excel serial days count from this date, in the phone's local time.
 EXCEL_ORIGIN = datetime(1899, 12, 30)
@@ -181,7 +180,6 @@ NAMED_BY = {
 #: The longest device name kept whole: a longer one is refused, never cut (two names cut
 #: to one would mix two devices' readings).
 MAX_DEVICE_NAME = 48
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def _named(body: Mapping, keys: tuple[str, ...]) -> str | None:
@@ -199,10 +197,11 @@ def _device_name(body: Mapping, keys: tuple[str, ...], where: str) -> str:
     if name is None:
         said = " or ".join(repr(k) for k in keys)
         raise ReadingError(f"{where}: give the device's {said} (a text or a whole number)")
-    if len(name) > MAX_DEVICE_NAME or _CONTROL.search(name):
+    control = CONTROL_CHARACTERS.search(name)
+    if len(name) > MAX_DEVICE_NAME or control:
         raise ReadingError(
             f"{where}: a device name is at most {MAX_DEVICE_NAME} printable characters, got "
-            f"{len(name)} characters{' with control characters' if _CONTROL.search(name) else ''}"
+            f"{len(name)} characters{' with control characters' if control else ''}"
         )
     return name
 
