@@ -832,6 +832,16 @@ def window_fingerprint(rows: pd.DataFrame, settings: Settings) -> str:
     )
 
 
+def labelled_predictions(
+    predictions: pd.DataFrame, labels: pd.DataFrame, outcomes: pd.DataFrame, settings: Settings
+) -> pd.DataFrame:
+    """``predictions`` with their labels (:func:`attach_labels`) and the time each was
+    made for (``at``): what the windows and the sequential test read."""
+    joined = attach_labels(predictions, labels, outcomes, settings.horizon_hours)
+    joined["at"] = prediction_time(joined)
+    return joined
+
+
 def sequential_alerts(labelled: pd.DataFrame, settings: Settings) -> tuple[pd.DataFrame, list]:
     """The sequential test over labelled predictions: every slice's CUSUM paths and an
     alert per root-cause crossing (what :func:`monitor` adds to its windows' alerts)."""
@@ -860,8 +870,7 @@ def monitor(
             cached[(str(key[0]), str(key[1]), str(key[2]))] = table
     if predictions.empty:
         return MonitoringResult(pd.DataFrame(), pd.DataFrame(), [], 0, 0)
-    joined = attach_labels(predictions, labels, outcomes, settings.horizon_hours)
-    joined["at"] = prediction_time(joined)
+    joined = labelled_predictions(predictions, labels, outcomes, settings)
     labelled = joined[joined["label"].notna()]
     bounded = joined[joined["label_bound"].notna()]  # labelled, and early bounds
     days = settings.monitor_window_days

@@ -20,7 +20,12 @@ from brewcast.settings import Settings
 from ingest.simulator import RECIPES, Drift, SimulationConfig, simulate
 from models.dataset import LabelRules, build_snapshots, derive_outcomes
 from models.pipeline import score_model
-from monitoring.monitor import attach_labels, monitor, prediction_time, sequential_alerts
+from monitoring.monitor import (
+    attach_labels,
+    labelled_predictions,
+    monitor,
+    sequential_alerts,
+)
 from monitoring.replay import chunks, records, snapshot_requests
 from serving.model import served_model
 from serving.prediction_log import PredictionLog
@@ -114,8 +119,7 @@ def _sequential_alerts(served, world: SimulationConfig, name: str):
     slice-years followed)."""
     settings = served[0]
     sim, outcomes, predictions, labels = _served(served, world, name)
-    joined = attach_labels(predictions, labels, outcomes, settings.horizon_hours)
-    joined["at"] = prediction_time(joined)
+    joined = labelled_predictions(predictions, labels, outcomes, settings)
     paths, alerts = sequential_alerts(joined[joined["label"].notna()], settings)
     followed = paths.groupby(["slice", "value"]).ngroups * MONITORED_DAYS / 365.0
     return sim, alerts, followed
