@@ -442,5 +442,68 @@ def serve(
     )
 
 
+keys_app = typer.Typer(
+    help="API keys: one per device or brewery role, with a scope, stored hashed, revocable.",
+    no_args_is_help=True,
+)
+app.add_typer(keys_app, name="keys")
+
+
+def _key_book():
+    from serving.access import KeyBook
+    from serving.prediction_log import make_engine
+
+    return KeyBook(make_engine(get_settings().prediction_log))
+
+
+@keys_app.command("issue")
+def keys_issue(
+    name: Annotated[str, typer.Argument(help="Who holds it: a device or a person's role.")],
+    scope: Annotated[
+        str,
+        typer.Option(
+            help="device: push readings only; viewer: board and forecasts; operator: also "
+            "batches, devices and acknowledgements; admin: everything."
+        ),
+    ] = "device",
+) -> None:
+    """Issue a key and print it once: the service keeps only its hash."""
+    from serving.access import KeyRefused
+
+    try:
+        key = _key_book().issue(name, scope)
+    except KeyRefused as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(key)
+    typer.echo(
+        f"issued {scope} key {name!r}: give it as header X-API-Key (or ?key= on /readings "
+        "and /board); it is not shown again",
+        err=True,
+    )
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """Every issued key's name, scope, and when it was issued or revoked (never the key)."""
+    keys = _key_book().issued()
+    if not keys:
+        typer.echo("no keys issued: the service is open unless BREWCAST_SERVING_API_KEY is set")
+    for key in keys:
+        revoked = f"revoked {key.revoked_at:%Y-%m-%d %H:%M}" if key.revoked_at else "live"
+        typer.echo(f"{key.name}\t{key.scope}\tissued {key.issued_at:%Y-%m-%d %H:%M}\t{revoked}")
+
+
+@keys_app.command("revoke")
+def keys_revoke(name: Annotated[str, typer.Argument(help="The key's name.")]) -> None:
+    """Revoke a key: the service refuses it within seconds."""
+    from serving.access import KEY_CACHE_SECONDS, KeyRefused
+
+    try:
+        _key_book().revoke(name)
+    except KeyRefused as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(f"revoked {name!r}: refused within {KEY_CACHE_SECONDS:.0f} s")
+
+
 if __name__ == "__main__":
     app()

@@ -331,7 +331,9 @@ class ServingSettings(BaseSettings):
         description="/predict scores up to this many rows on the event loop, more on a thread.",
     )
     serving_api_key: str | None = Field(
-        None, description="When set, /predict, /feedback and /reload need header X-API-Key."
+        None,
+        description="An admin key (header X-API-Key); with it, or any key issued with "
+        "`brewcast keys`, every data route needs a key of the right scope.",
     )
     serving_open_metadata: bool = Field(
         False, description="Answer GET /metadata without X-API-Key even when a key is set."

@@ -160,14 +160,14 @@ def make_engine(url: str) -> sa.Engine:
     return engine
 
 
-def create_tables(engine: sa.Engine, attempts: int = 5) -> None:
+def create_tables(engine: sa.Engine, tables: sa.MetaData = metadata, attempts: int = 5) -> None:
     """Create the log's tables if missing, and bring a log an earlier release wrote up to
     this one (:func:`upgrade_tables`). Workers starting together race to do it: the loser's
     "already exists" is retried, and the retry finds the work done."""
     for attempt in range(attempts):
         try:
-            metadata.create_all(engine)
-            upgrade_tables(engine)
+            tables.create_all(engine)
+            upgrade_tables(engine, tables)
             return
         except sa.exc.DBAPIError:
             if attempt == attempts - 1:
@@ -175,7 +175,7 @@ def create_tables(engine: sa.Engine, attempts: int = 5) -> None:
             time.sleep(0.05 * (attempt + 1))
 
 
-def upgrade_tables(engine: sa.Engine) -> list[str]:
+def upgrade_tables(engine: sa.Engine, tables: sa.MetaData = metadata) -> list[str]:
     """Add what a log written by an earlier release lacks: its missing columns (nullable
     ones only: old rows get NULL, "the model did not say") and indexes. Without it, every
     insert into an old log would fail and the service answer 503. A unique index the old
@@ -183,7 +183,7 @@ def upgrade_tables(engine: sa.Engine) -> list[str]:
     Returns what it changed."""
     inspector = sa.inspect(engine)
     changed = []
-    for table in metadata.sorted_tables:
+    for table in tables.sorted_tables:
         present = {c["name"] for c in inspector.get_columns(table.name)}
         for column in table.columns:
             if column.name in present:

@@ -26,7 +26,6 @@ Known BentoML costs, avoided:
 from __future__ import annotations
 
 import gc
-import hmac
 import json
 import logging
 import re
@@ -52,6 +51,7 @@ from brewcast.schema import FEATURES, schema_fingerprint, slice_keys
 from brewcast.settings import get_settings
 from brewcast.snapshots import hour_of
 from serving import cellar
+from serving.access import GRANTS, KeyBook, KeyCheck, needed_grant, scopes_with
 from serving.api_models import (
     BatchStart,
     BatchUpdate,
@@ -70,7 +70,7 @@ from serving.cellar import ForecastBook, ReadyNotifier
 from serving.coalesce import ScoringCoalescer
 from serving.metrics import MODEL_VERSION, RequestMetrics, flush_all
 from serving.model import ModelHolder
-from serving.prediction_log import PredictionLog, RowsRefusedError
+from serving.prediction_log import PredictionLog, RowsRefusedError, make_engine
 from serving.readings import (
     ReadingError,
     ReadingsStore,
@@ -177,10 +177,10 @@ def error_detail(body: bytes) -> str:
 
 #: The errors each endpoint documents (and answers, as ``{"detail": "..."}``).
 ERRORS = {
-    "/predict": (400, 401, 413, 415, 422, 503),
-    "/feedback": (400, 401, 409, 413, 415, 422, 503),
-    "/reload": (401, 415),
-    "/metadata": (401,),
+    "/predict": (400, 401, 403, 413, 415, 422, 503),
+    "/feedback": (400, 401, 403, 409, 413, 415, 422, 503),
+    "/reload": (401, 403, 415),
+    "/metadata": (401, 403),
 }
 
 
@@ -294,9 +294,10 @@ def _replay(body: bytes, receive):
 class RequestGuard:
     """ASGI middleware in front of the endpoints, answering ``{"detail": message}``:
 
-    * 401 without the right ``X-API-Key`` (when ``BREWCAST_SERVING_API_KEY`` is set; also
-      on ``GET /metadata`` unless ``BREWCAST_SERVING_OPEN_METADATA``), compared in
-      constant time;
+    * 401 without a live ``X-API-Key`` (once any key is in force: ``BREWCAST_SERVING_API_KEY``
+      or one issued with ``brewcast keys``; also on ``GET /metadata`` unless
+      ``BREWCAST_SERVING_OPEN_METADATA``), 403 for a key whose scope lacks what the route
+      needs (``serving.access.ROUTE_GRANTS``);
     * 413 for a body over the byte limit (before it is read whole) or over the row limit;
     * 400 for a body that is not JSON or nests too deep (before any parser sees it);
     * 422 for an empty ``rows`` list;
@@ -320,26 +321,38 @@ class RequestGuard:
         settings = get_settings()
         self.app, self.max_bytes = app, max_bytes
         self.max_rows, self.max_depth = settings.serving_max_rows, settings.serving_max_json_depth
-        key = settings.serving_api_key
-        self.api_key = None if key is None else key.encode()
+        book = KeyBook(make_engine(settings.prediction_log))
+        self.keys = KeyCheck(book, settings.serving_api_key)
         self.keyed = {*self.ROUTES} | (set() if settings.serving_open_metadata else {"/metadata"})
         self.board_open = settings.board_open
 
-    def _authorised(self, scope) -> bool:
-        if self.api_key is None:
-            return True
+    async def _refusal(self, scope) -> tuple[int, str] | None:
+        """401 or 403 with its reason where the request's key does not open its route."""
+        if not self.keys.keyed():
+            return None
+        method, path = scope["method"], scope["path"]
+        grant = needed_grant(method, path)
+        if self.board_open and grant == "read" and path.startswith(self.BOARD_PREFIXES):
+            return None
         given = dict(scope.get("headers", [])).get(b"x-api-key", b"")
-        reading = scope["method"] == "GET" and scope["path"].startswith(self.BOARD_PREFIXES)
-        if self.board_open and reading:
-            return True
-        if not given and scope["path"].startswith(self.QUERY_KEY_PREFIXES):
+        if not given and path.startswith(self.QUERY_KEY_PREFIXES):
             query = dict(
                 part.split(b"=", 1)
                 for part in scope.get("query_string", b"").split(b"&")
                 if b"=" in part
             )
             given = urllib.parse.unquote_to_bytes(query.get(b"key", b""))
-        return hmac.compare_digest(given, self.api_key)
+        known, key_scope = self.keys.remembered(given)
+        if not known:  # a database query: off the event loop
+            key_scope = await anyio.to_thread.run_sync(self.keys.scope, given)
+        if key_scope is None:
+            return 401, "missing, wrong or revoked X-API-Key header"
+        if grant not in GRANTS[key_scope]:
+            return 403, (
+                f"this key's scope is {key_scope}: {method} {path} needs a "
+                f"{' or '.join(scopes_with(grant))} key"
+            )
+        return None
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -349,9 +362,10 @@ class RequestGuard:
             flush_all()  # what this worker added up, before BentoML reads the shared files
         keyed = path in self.keyed or path.startswith(self.KEYED_PREFIXES)
         keyed = keyed and not path.startswith(self.OPEN_PREFIXES)
-        if keyed and not self._authorised(scope):
-            log.info("%s %s 401: missing or wrong X-API-Key", method, path)
-            return await _error(401, "missing or wrong X-API-Key header")(scope, receive, send)
+        refusal = await self._refusal(scope) if keyed else None
+        if refusal is not None:
+            log.info("%s %s %d: %s", method, path, *refusal)
+            return await _error(*refusal)(scope, receive, send)
         if path == "/docs.json":
             start, body = await _buffered(self.app, scope, receive)
             if start.get("status") == 200:

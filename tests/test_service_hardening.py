@@ -113,7 +113,9 @@ async def _ok_app(scope, receive, send):
     await send({"type": "http.response.body", "body": b"{}"})
 
 
-def _guard_call(guard, method: str, path: str, headers: dict, body: bytes = b"") -> int:
+def _guard_call(
+    guard, method: str, path: str, headers: dict, body: bytes = b"", query: bytes = b""
+) -> int:
     """One request through the ASGI middleware; its status (the inner app answers 200)."""
     statuses: list[int] = []
 
@@ -128,20 +130,21 @@ def _guard_call(guard, method: str, path: str, headers: dict, body: bytes = b"")
         "type": "http",
         "method": method,
         "path": path,
+        "query_string": query,
         "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
     }
     asyncio.run(guard(scope, receive, send))
     return statuses[0]
 
 
-def test_the_key_is_compared_in_constant_time_and_metadata_is_closed(monkeypatch):
-    from serving import service
+def test_the_key_is_compared_in_constant_time_and_metadata_is_closed(settings, monkeypatch):
+    from serving import access, service
 
     monkeypatch.setenv("BREWCAST_SERVING_API_KEY", "s3cret")
     compared = []
-    real = service.hmac.compare_digest
+    real = access.secrets.compare_digest
     monkeypatch.setattr(
-        service.hmac, "compare_digest", lambda a, b: compared.append((a, b)) or real(a, b)
+        access.secrets, "compare_digest", lambda a, b: compared.append((a, b)) or real(a, b)
     )
     guard = service.RequestGuard(_ok_app, max_bytes=2**20)
     key = {"X-API-Key": "s3cret"}

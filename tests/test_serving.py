@@ -225,6 +225,34 @@ def test_non_json_oversize_and_auth(service):
     assert r.status_code == 413 and f"over {2**20} bytes" in r.text
 
 
+def test_an_issued_device_key_pushes_readings_and_is_refused_everywhere_else(
+    service, champion_home
+):
+    """Against the running server: a key issued with ``brewcast keys`` (the service reads
+    the book in its database), 403 on every route that is not a push, then revoked."""
+    from serving.access import KEY_CACHE_SECONDS, ROUTE_GRANTS, KeyBook
+    from serving.prediction_log import make_engine
+
+    _, url = service
+    settings, _ = champion_home
+    book = KeyBook(make_engine(settings.prediction_log))
+    key = book.issue("ispindel-cellar-3", "device")
+    spindel = {"name": "keyed-spindel", "temperature": 18.2, "temp_units": "C", "gravity": 8.1}
+    pushed = httpx.post(f"{url}/readings/ispindel?key={key}", json=spindel)
+    assert pushed.status_code == 202, pushed.text  # kept: nobody assigned it yet
+    for route in ROUTE_GRANTS:
+        if route.grant == "push":
+            continue
+        path = route.template.replace("{batch_id}", "b-1").replace("{device_id}", "d-1")
+        answer = httpx.request(route.method, f"{url}{path}", json={}, headers={"X-API-Key": key})
+        assert answer.status_code == 403, (route, answer.status_code, answer.text)
+        assert "scope is device" in answer.json()["detail"]
+    book.revoke("ispindel-cellar-3")
+    time.sleep(KEY_CACHE_SECONDS + 0.5)
+    refused = httpx.post(f"{url}/readings/ispindel?key={key}", json=spindel)
+    assert refused.status_code == 401, refused.text
+
+
 def test_openapi_documents_the_request_and_response_models(service):
     """/predict answers bytes and takes its body as one model; the API docs must still say
     what goes in and what comes out."""
