@@ -44,6 +44,8 @@ class Column:
     role: Role = "feature"
     slice_key: bool = False
     open: bool = False
+    #: A file may lack it (a column added after files were written): read as all null.
+    optional: bool = False
 
     def __post_init__(self) -> None:
         if self.open and self.vocabulary is not None:
@@ -97,6 +99,9 @@ class Table:
         out-of-range values pass through untouched and are never dropped here.
         Raises :class:`SchemaError` naming ``source`` and the offending columns.
         """
+        absent = [c.name for c in self.columns if c.optional and c.name not in frame.columns]
+        if absent:
+            frame = frame.assign(**dict.fromkeys(absent, None))
         missing = [n for n in self.names if n not in frame.columns]
         if missing:
             raise SchemaError(
@@ -332,6 +337,19 @@ BATCHES = Table(
             nullable=True,
             role="meta",
         ),
+        Column(
+            "time_resolution_h",
+            "float64",
+            "How finely the batch's reading times are known: 24 for a log that gives dates "
+            "only (a day's readings are spread over it in their order); empty where each "
+            "reading carries its time.",
+            unit="h",
+            min=0.0,
+            max=24.0 * 7,
+            nullable=True,
+            role="meta",
+            optional=True,
+        ),
     ),
     key=("batch_id",),
     partition_by="start_time",
@@ -523,5 +541,6 @@ def schema_fingerprint() -> str:
     import json
     from dataclasses import asdict
 
-    spec = json.dumps([asdict(c) for c in FEATURES.columns], sort_keys=True, default=str)
+    structure = [{k: v for k, v in asdict(c).items() if k != "optional"} for c in FEATURES.columns]
+    spec = json.dumps(structure, sort_keys=True, default=str)
     return hashlib.sha256(spec.encode()).hexdigest()[:16]

@@ -187,6 +187,7 @@ def _batch_row(
         "yeast_generation": np.nan,
         "start_time": start,
         "end_time": pd.NaT,
+        "time_resolution_h": np.nan,
     }
 
 
@@ -495,6 +496,34 @@ def _mapped_times(
     return times, naive
 
 
+def _date_only(values: pd.Series, fmt: str) -> pd.Series:
+    """Which time cells give a day and no clock time (a hand log's "04/03/2026")."""
+    if fmt in EPOCH_FORMATS:
+        return pd.Series(False, index=values.index)
+    return ~values.str.contains(r"\d:\d\d", regex=True)
+
+
+def _spread_over_their_day(ids: pd.Series, times: pd.Series, dated: pd.Series) -> pd.Series:
+    """A date-only log's readings of one batch and day (all at that day's midnight) spread
+    over the day in the order they happened: the k-th of n at k·24/n h, so a day with two
+    readings keeps both (one at midnight, one at noon) instead of two at one time. The
+    order is the file's, reversed for a batch the file lists newest first."""
+    if not dated.any():
+        return times
+    frame = pd.DataFrame({"batch": ids, "time": times, "row": np.arange(len(ids))})[dated]
+    steps = frame.groupby("batch", sort=False)["time"].diff().dt.total_seconds()
+    newest_first = (steps < 0).groupby(frame["batch"]).sum() > (steps > 0).groupby(
+        frame["batch"]
+    ).sum()
+    day = frame.groupby(["batch", "time"], sort=False)["row"]
+    count, rank = day.transform("size"), day.cumcount()
+    reverse = frame["batch"].map(newest_first).astype(bool)
+    rank = rank.where(~reverse, count - 1 - rank)
+    spread = times.copy()
+    spread[dated] = frame["time"] + pd.to_timedelta(rank * 24.0 / count, unit="h")
+    return spread
+
+
 def load_mapping(path: Path) -> dict:
     """A generic CSV's ``<name>.mapping.json``, checked: the keys it may have, a unit for
     every quantity it maps (nothing is assumed), the columns it needs."""
@@ -564,6 +593,13 @@ def read_mapped_csv(path: Path, zone: ZoneInfo) -> DeviceRead:
         raise SchemaError(
             f"{path.name}: {int((ids == '').sum())} row(s) without a batch in {named['batch']!r}"
         )
+    dated = _date_only(frame[named["time"]], mapping.get("time_format", "mixed"))
+    times = _spread_over_their_day(ids, times, dated)
+    if dated.any():
+        notes.append(
+            f"{path.name}: {int(dated.sum())} reading row(s) give a date only: each day's "
+            "readings are spread over it in their order (time resolution 24 h)"
+        )
     parts = [
         pd.DataFrame(
             {
@@ -603,6 +639,8 @@ def read_mapped_csv(path: Path, zone: ZoneInfo) -> DeviceRead:
         if "original_gravity" in named:
             og = _number(first[named["original_gravity"]])
             row["original_gravity_plato"] = np.nan if og is None else og
+        if dated.iloc[index].any():
+            row["time_resolution_h"] = 24.0
         rows.append(row)
     read = DeviceRead(
         MAPPED_CSV, pd.DataFrame(rows), readings, local_times=naive, consumed=[mapping_path]

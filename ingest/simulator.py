@@ -706,6 +706,7 @@ def _batches_frame(cfg: SimulationConfig, rows: list[dict]) -> pd.DataFrame:
         f"{fv}-{ts:%Y%m%d-%H%M}" for fv, ts in zip(frame["fermenter"], starts, strict=True)
     ]
     frame = _corrupt_batches(cfg, frame)
+    frame["time_resolution_h"] = np.nan  # every simulated reading carries its time
     for column in set(OPTIONAL_METADATA) - cfg.brewery.recorded:  # the brewery never wrote it
         frame[column] = None if column == "yeast_strain" else np.nan
     return BATCHES.conform(frame[BATCHES.names], source="simulator")

@@ -44,6 +44,7 @@ from brewcast.schema import BATCHES, READING_VALUE_RANGES
 from brewcast.snapshots import Series, hour_of, hours_of, snapshot_columns, snapshot_table
 from brewcast.units import UnitError, from_canonical, likely_unit, parse_unit, to_canonical
 from serving.api_models import BATCH_CHANGES, CONTROL_CHARACTERS, REQUEST_FIELDS
+from serving.prediction_log import create_tables
 
 #: The Tilt app's Excel serial days count from this date, in the phone's local time.
 EXCEL_ORIGIN = datetime(1899, 12, 30)
@@ -425,7 +426,7 @@ class ReadingsStore:
 
     def __init__(self, engine: sa.Engine, cached_batches: int = 1000):
         self.engine = engine
-        metadata.create_all(engine)
+        create_tables(engine, metadata)  # and a store an earlier release wrote, upgraded
         self.cache = ReadingsCache(cached_batches)
         if engine.dialect.name == "postgresql":
             from sqlalchemy.dialects.postgresql import insert

@@ -274,6 +274,41 @@ def test_a_hand_kept_erp_log_ingests_as_delivered_every_row_accounted_for(tmp_pa
     assert "2026-103" in set(validated["batch_id"])  # a 3.5 °P wort is a real product
 
 
+def test_a_date_only_log_keeps_every_reading_of_a_day_in_its_order(tmp_path):
+    """Two hand readings on one day got one midnight time and both were quarantined as
+    ``unique_key`` (17% of a real ERP log). Now each day's readings are spread over it in
+    their order (the file's, or reversed where the file lists a batch newest first), and
+    the batch says its times are only days."""
+    log = (
+        "Batch,Date,Plato\n"
+        "B1,02/03/2026,12.0\n"
+        "B1,03/03/2026,10.5\n"
+        "B1,03/03/2026,9.8\n"
+        "B1,04/03/2026,8.0\n"
+        "B2,05/03/2026,6.0\n"  # newest first: 6.0 is the day's later reading
+        "B2,05/03/2026,6.2\n"
+        "B2,04/03/2026,9.0\n"
+    )
+    mapping = {"batch": "Batch", "time": "Date", "time_format": "%d/%m/%Y",
+               "gravity": "Plato", "gravity_unit": "°P"}  # fmt: skip
+    settings = _drop(tmp_path, {"log.csv": log, "log.mapping.json": json.dumps(mapping)})
+    report = ingest_drop_folder(settings)
+    assert report.accepted == ["log.csv"], report.rejected
+    assert "7 reading row(s) give a date only" in " ".join(report.notes["device_notes"])
+    readings = _readings(settings).sort_values(["batch_id", "timestamp"])
+    assert len(readings) == 7
+    for batch, values in (("B1", [12.0, 10.5, 9.8, 8.0]), ("B2", [9.0, 6.2, 6.0])):
+        assert readings.loc[readings["batch_id"] == batch, "value"].tolist() == values
+    b1 = readings[readings["batch_id"] == "B1"].set_index("value")["timestamp"]
+    assert b1[9.8] - b1[10.5] == pd.Timedelta(hours=12)  # the day's second reading: noon
+    assert b1[12.0] - b1[10.5] == pd.Timedelta(days=-1)  # a lone reading keeps its midnight
+    batches = lake.read_table(settings.paths.lake, "raw", BATCHES)
+    assert batches["time_resolution_h"].tolist() == [24.0, 24.0]
+    stages.validate(settings)
+    validated = lake.read_table(settings.paths.lake, "validated", READINGS)
+    assert len(validated) == 7  # none held back as unique_key
+
+
 def test_epoch_times_and_whitespace_separated_logs_are_mappable(tmp_path):
     """An iSpindel InfluxDB export's epoch-nanosecond ``time`` and a controller's
     whitespace-separated log, each through a mapping."""

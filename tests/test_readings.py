@@ -341,3 +341,20 @@ def test_a_workers_readings_in_memory_follow_every_workers_pushes(database, tmp_
     small.series(small.running(batch_id="B1"))
     small.series(small.running(batch_id="B2"))
     assert small.cache.get("B1", 3) is None and small.cache.get("B2", 0) is not None
+
+
+def test_a_store_an_earlier_release_wrote_is_upgraded_in_place(tmp_path):
+    """A batches table without a column added since (``time_resolution_h``) gets it, and
+    its batches stay; without the upgrade every new batch failed to insert."""
+    import sqlalchemy as sa
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE batches (batch_id VARCHAR(64) PRIMARY KEY, "
+                             "start_time DATETIME NOT NULL, fermenter VARCHAR(64))"))  # fmt: skip
+        conn.execute(sa.text("INSERT INTO batches VALUES ('OLD', '2026-03-01 00:00:00', 'FV1')"))
+    store = ReadingsStore(engine)
+    store.start_batch({"batch_id": "NEW", "fermenter": "FV2", "start_time": NOW})
+    with engine.connect() as conn:
+        kept = conn.execute(sa.text("SELECT batch_id FROM batches ORDER BY 1")).scalars().all()
+    assert kept == ["NEW", "OLD"]
