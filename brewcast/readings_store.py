@@ -46,6 +46,9 @@ readings = sa.Table(
     sa.Column("value", sa.Float, nullable=False),
     sa.Column("batch_id", sa.String(64)),  # NULL: unassigned
     sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
+    # why the reading is kept out of its batch's curve (a gravity jump: a device moved, a
+    # probe out of the liquid); NULL: in the curve
+    sa.Column("held_out", sa.String(300)),
     # a forecast reads one batch's readings up to a time
     sa.Index("ix_readings_batch_time", "batch_id", "timestamp"),
 )

@@ -391,6 +391,26 @@ def unit_contradiction(values: np.ndarray, unit: str, history: np.ndarray, tag: 
     return likely_unit(raw, unit)
 
 
+#: How many of a batch's latest readings a new gravity reading is compared with.
+JUMP_REFERENCE = 3
+
+
+def gravity_jump(recent: Sequence[float], value: float, limit: float) -> str | None:
+    """Why ``value`` (°P) is held out of its batch's curve, or None: it lies more than
+    ``limit`` °P above the median of the batch's ``recent`` readings (a median, so one
+    glitch among them does not hold out every reading after it)."""
+    if not recent:
+        return None
+    reference = float(np.median(recent))
+    if value - reference <= limit:
+        return None
+    return (
+        f"gravity {value:.2f} °P is {value - reference:.2f} °P above the batch's last "
+        f"readings ({reference:.2f} °P): held out of the curve (a device moved to another "
+        "fermenter, a probe out of the liquid?)"
+    )
+
+
 @dataclass
 class Stored:
     """What one push did: readings new, repeated (no-ops) and corrected (another value at
@@ -403,6 +423,8 @@ class Stored:
     batch_id: str | None  # the latest reading's batch; None: unassigned
     corrected: int = 0
     unassigned: int = 0
+    #: why readings were stored but kept out of their batch's curve (gravity jumps)
+    held_out: list[str] = field(default_factory=list)
     #: per batch changed: (its revision after this push, the readings it added, whether
     #: stored values changed: a copy of the batch cannot just be extended then)
     changed: dict[str, tuple[int, list[tuple[datetime, str, float]], bool]] = field(
@@ -416,16 +438,21 @@ class Stored:
             "duplicates": self.duplicates,
             "corrected": self.corrected,
             "unassigned": self.unassigned,
+            "held_out": len(self.held_out),
             "batch_id": self.batch_id,
             "status": "assigned" if not self.unassigned else "unassigned",
+            **({"warnings": self.held_out[:20]} if self.held_out else {}),
         }
 
 
 class ReadingsStore:
     """The service's batches, devices and readings (see the module's text)."""
 
-    def __init__(self, engine: sa.Engine, cached_batches: int = 1000):
+    def __init__(
+        self, engine: sa.Engine, cached_batches: int = 1000, max_gravity_jump_plato: float = 2.0
+    ):
         self.engine = engine
+        self.max_gravity_jump_plato = max_gravity_jump_plato
         create_tables(engine, metadata)  # and a store an earlier release wrote, upgraded
         self.cache = ReadingsCache(cached_batches)
         if engine.dialect.name == "postgresql":
@@ -595,6 +622,23 @@ class ReadingsStore:
         with self.engine.connect() as conn:
             return [_utc(dict(r)) for r in conn.execute(query).mappings()]
 
+    def held_out(self, batch_id: str) -> list[dict]:
+        """The batch's readings kept out of its curve, with why."""
+        query = (
+            sa.select(
+                readings.c.device_id,
+                readings.c.timestamp,
+                readings.c.tag,
+                readings.c.value,
+                readings.c.held_out.label("reason"),
+            )
+            .where(readings.c.batch_id == batch_id, readings.c.held_out.is_not(None))
+            .order_by(readings.c.timestamp)
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).mappings().all()
+        return [{**r, "timestamp": _as_utc(r["timestamp"])} for r in rows]
+
     # -- readings ----------------------------------------------------------------------------
     def store(self, push: Push, now: datetime) -> Stored:
         """:meth:`store_all` of one push."""
@@ -684,6 +728,7 @@ class ReadingsStore:
                 duplicates += 1
             else:
                 corrected.append((row, old))
+        held_out = self._hold_out_jumps(conn, [*new, *(row for row, _ in corrected)])
         if new:
             conn.execute(readings.insert(), new)
         for row, (old_value, old_received) in corrected:
@@ -694,7 +739,12 @@ class ReadingsStore:
                     readings.c.timestamp == row["timestamp"],
                     readings.c.tag == row["tag"],
                 )
-                .values(value=row["value"], batch_id=row["batch_id"], received_at=now)
+                .values(
+                    value=row["value"],
+                    batch_id=row["batch_id"],
+                    received_at=now,
+                    held_out=row["held_out"],
+                )
             )
             conn.execute(
                 reading_corrections.insert().values(
@@ -709,7 +759,7 @@ class ReadingsStore:
             )
         touched: dict[str, tuple[list, bool]] = {}
         for row in new:
-            if row["batch_id"]:
+            if row["batch_id"] and row["held_out"] is None:
                 touched.setdefault(row["batch_id"], ([], False))[0].append(
                     (row["timestamp"], row["tag"], row["value"])
                 )
@@ -729,8 +779,49 @@ class ReadingsStore:
             _batch_at(windows, latest),
             corrected=len(corrected),
             unassigned=sum(1 for row in written if row["batch_id"] is None),
+            held_out=held_out,
             changed=changed,
         )
+
+    def _hold_out_jumps(self, conn, rows: list[dict]) -> list[str]:
+        """Mark (``held_out``) each gravity reading among ``rows`` that lies more than
+        ``max_gravity_jump_plato`` above the median of its batch's last
+        :data:`JUMP_REFERENCE` readings kept before it: gravity only falls, so such a value
+        is a device moved to a fresh batch or a probe out of the liquid, and folding it into
+        the curve would move the forecast. It is stored (and reaches the lake, whose
+        validation judges it again) but not drawn or forecast from. Returns the reasons."""
+        for row in rows:
+            row.setdefault("held_out", None)
+        by_batch: dict[str, list[dict]] = {}
+        for row in rows:
+            if row["batch_id"] and row["tag"] == "gravity_plato":
+                by_batch.setdefault(row["batch_id"], []).append(row)
+        reasons = []
+        low, high = READING_VALUE_RANGES["gravity_plato"]
+        for batch_id, mine in by_batch.items():
+            mine.sort(key=lambda r: r["timestamp"])
+            earlier = conn.execute(
+                sa.select(readings.c.value)
+                .where(
+                    readings.c.batch_id == batch_id,
+                    readings.c.tag == "gravity_plato",
+                    readings.c.held_out.is_(None),
+                    readings.c.timestamp < mine[0]["timestamp"],
+                    readings.c.value.between(low, high),
+                )
+                .order_by(readings.c.timestamp.desc())
+                .limit(JUMP_REFERENCE)
+            ).scalars()
+            recent = list(reversed(list(earlier)))
+            for row in mine:
+                reason = gravity_jump(recent, row["value"], self.max_gravity_jump_plato)
+                if reason is None:
+                    if low <= row["value"] <= high:
+                        recent = [*recent, row["value"]][-JUMP_REFERENCE:]
+                    continue
+                row["held_out"] = reason
+                reasons.append(f"{row['device_id']} at {row['timestamp'].isoformat()}: {reason}")
+        return reasons
 
     @staticmethod
     def _windows(conn, fermenter: str) -> list[tuple[str, datetime, datetime | None]]:
@@ -815,7 +906,7 @@ class ReadingsStore:
         query = sa.text(
             "SELECT r.batch_id, r.tag, r.timestamp, r.value, COALESCE(v.revision, 0) "
             "FROM readings r LEFT JOIN batch_revisions v ON v.batch_id = r.batch_id "
-            "WHERE r.batch_id IN :batches"
+            "WHERE r.batch_id IN :batches AND r.held_out IS NULL"
         ).bindparams(sa.bindparam("batches", expanding=True))
         with self.engine.connect() as conn:
             rows = conn.execute(query, {"batches": batch_ids}).fetchall()

@@ -500,7 +500,11 @@ class FermentationService:
             self.settings.prediction_log_queue,
         )
         # batches, devices and their readings, beside the log (the same database)
-        self.readings = ReadingsStore(self.log.engine, self.settings.serving_cached_batches)
+        self.readings = ReadingsStore(
+            self.log.engine,
+            self.settings.serving_cached_batches,
+            self.settings.max_gravity_cumulative_rise_plato,
+        )
         self.book = ForecastBook(self.log.engine)
         self.notifier = ReadyNotifier(self.book, self.settings)
         self.notifier.start()
@@ -916,6 +920,7 @@ class FermentationService:
                 "forecasts": history,
                 "events": self.book.events(batch_id),
                 "refused": self.readings.refused(batch),
+                "held_out": self.readings.held_out(batch_id),
                 "finished_at": finished,
                 "errors_before_finish": None
                 if finished is None

@@ -184,6 +184,35 @@ def test_readings_go_to_the_batch_running_in_the_fermenter_once(store):
     assert store.batches(active=True) == [] and store.batches(active=False)[0]["batch_id"] == "B1"
 
 
+def test_a_gravity_jump_is_stored_flagged_and_kept_out_of_the_curve(store):
+    """A device moved to a fresh batch read 7 °P above its old batch and the curve folded
+    it in. Now a reading more than 2 °P above the median of the batch's last three is held
+    out (stored, listed with its reason, not forecast from); one glitch among the three
+    does not hold out the readings after it, and a hydrometer's noise is no jump."""
+    store.start_batch({"batch_id": "B1", "fermenter": "FV1", "start_time": NOW - timedelta(days=5)})
+    store.assign("tilt:red", "FV1")
+    hours = iter(range(-96, 0, 4))
+
+    def push(*values: float):
+        rows = [(NOW + timedelta(hours=next(hours)), "gravity_plato", v) for v in values]
+        return store.store(Push("tilt:red", rows), NOW)
+
+    assert push(12.0, 10.0, 8.0, 6.0).held_out == []
+    assert push(6.4).held_out == []  # noise: 0.4 °P above the last readings
+    moved = push(13.0, 12.9)
+    assert len(moved.held_out) == 2 and "6.60 °P above the batch's last" in moved.held_out[0]
+    answer = moved.to_dict()
+    assert answer["held_out"] == 2 and "device moved" in answer["warnings"][0]
+    assert push(5.9, 0.5, 5.8).held_out == []  # a glitch (0.5) among the reference three
+    ((gravity, _),) = store.series(store.running(batch_id="B1"))
+    assert list(gravity.values) == [12.0, 10.0, 8.0, 6.0, 6.4, 5.9, 0.5, 5.8]
+    listed = store.held_out("B1")
+    assert [r["value"] for r in listed] == [13.0, 12.9] and listed[0]["timestamp"].tzinfo
+    fresh = ReadingsStore(store.engine)  # another worker reads the store: the same curve
+    ((again, _),) = fresh.series(fresh.running(batch_id="B1"))
+    assert list(again.values) == list(gravity.values)
+
+
 def _stored_batch(batch) -> dict:
     out = {}
     for name in BATCHES.names:
