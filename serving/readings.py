@@ -218,6 +218,73 @@ def _tilt_colour(form: Mapping) -> str:
     return str(form.get("Color") or "").split(":")[0].strip().lower()
 
 
+def push_schemas() -> dict[str, tuple[str, dict]]:
+    """What each push route takes, as OpenAPI request bodies (media type, JSON schema),
+    written beside the parsers they describe; the devices' other fields are ignored."""
+    number = {"type": "number"}
+    name = {"type": "string", "minLength": 1, "maxLength": MAX_DEVICE_NAME}
+    unit_keys = {key: {"type": "string"} for keys in UNIT_KEYS.values() for key in keys}
+    spindel = {
+        "type": "object",
+        "description": "An iSpindel or GravityMon HTTP post, as the firmware sends it.",
+        "properties": {
+            "name": name,
+            "ID": {"oneOf": [{"type": "integer"}, name]},
+            "gravity": number,
+            "temperature": number,
+            "angle": number,
+            "battery": number,
+            "interval": {"type": "integer"},
+            **unit_keys,
+        },
+        "anyOf": [{"required": ["name"]}, {"required": ["ID"]}],
+    }
+    stream = {
+        "type": "object",
+        "description": "A Brewfather custom stream post.",
+        "properties": {"name": name, "gravity": number, "temp": number, **unit_keys},
+        "required": ["name"],
+    }
+    tilt = {
+        "type": "object",
+        "description": "The Tilt app's cloud-URL form (Timepoint: an Excel serial day in the "
+        "phone's local time; SG; Temp in °F; Color).",
+        "properties": {
+            "Timepoint": {"type": "string", "pattern": r"^[0-9]{5}(\.[0-9]{1,10})?$"},
+            "SG": {"type": "string", "pattern": r"^[0-9]\.[0-9]{3,4}$"},
+            "Temp": {"type": "string", "pattern": r"^-?[0-9]{1,3}(\.[0-9])?$"},
+            "Color": {"type": "string", "minLength": 1, "maxLength": 16},
+            "Beer": {"type": "string"},
+            "Comment": {"type": "string"},
+        },
+        "required": ["Timepoint", "SG", "Temp", "Color"],
+    }
+    reading = {
+        "type": "object",
+        "properties": {
+            "device": name,
+            "timestamp": {"type": "string", "format": "date-time"},
+            "gravity": number,
+            "gravity_unit": {"type": "string"},
+            "temperature": number,
+            "temperature_unit": {"type": "string"},
+        },
+        "required": ["device", "timestamp"],
+    }
+    own = {
+        "type": "object",
+        "description": "brewcast's own JSON: readings of any devices, each with its time.",
+        "properties": {"readings": {"type": "array", "items": reading, "minItems": 1}},
+        "required": ["readings"],
+    }
+    return {
+        "/readings/ispindel": ("application/json", spindel),
+        "/readings/brewfather": ("application/json", stream),
+        "/readings/tilt": ("application/x-www-form-urlencoded", tilt),
+        "/readings": ("application/json", own),
+    }
+
+
 def parse_ispindel(body: object, now: datetime, gravity_unit: str | None = None) -> Push:
     """iSpindel / GravityMon JSON: ``name`` (or ``ID``), ``gravity`` in the owner's unit
     (GravityMon's ``gravity-unit``: G or P; an iSpindel says nothing: the device's assigned

@@ -44,6 +44,7 @@ import pandas as pd
 import sqlalchemy as sa
 from bentoml.exceptions import BentoMLException
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.responses import JSONResponse, Response
 
@@ -81,6 +82,7 @@ from serving.readings import (
     parse_ispindel,
     parse_readings,
     parse_tilt,
+    push_schemas,
     score_running,
 )
 
@@ -92,6 +94,17 @@ routes = FastAPI(title="brewcast metadata", docs_url=None, redoc_url=None, opena
 
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"detail": message}, status_code=status)
+
+
+#: The board's files by suffix, and the media types they are served as.
+BOARD_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css"}
+PAGE_TYPES = tuple(BOARD_TYPES.values())
+
+
+@routes.exception_handler(RequestValidationError)
+async def _invalid_request(_request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's 422 in the service's one error shape: ``detail`` one string naming fields."""
+    return _error(422, _fields_and_messages(exc.errors()) or "the request is not valid")
 
 
 def _instant(at: str | None) -> datetime:
@@ -175,31 +188,81 @@ def error_detail(body: bytes) -> str:
     return str(detail if detail is not None else payload.get("error", payload))
 
 
-#: The errors each endpoint documents (and answers, as ``{"detail": "..."}``).
-ERRORS = {
-    "/predict": (400, 401, 403, 413, 415, 422, 503),
-    "/feedback": (400, 401, 403, 409, 413, 415, 422, 503),
-    "/reload": (401, 403, 415),
-    "/metadata": (401, 403),
+#: The errors each operation answers itself, as ``{"detail": "..."}`` (the guard's 401 and
+#: 403 on keyed routes and 413 on every write come on top: :func:`operation_errors`).
+ERRORS: dict[tuple[str, str], tuple[int, ...]] = {
+    ("POST", "/predict"): (400, 415, 422, 503),
+    ("POST", "/feedback"): (400, 409, 415, 422, 503),
+    ("POST", "/reload"): (400, 415),
+    ("GET", "/metadata"): (),
+    ("POST", "/batches"): (400, 409, 422),
+    ("PATCH", "/batches/{batch_id}"): (400, 404, 422),
+    ("GET", "/batches"): (422,),
+    ("PUT", "/devices/{device_id}"): (400, 422),
+    ("GET", "/devices/unassigned"): (),
+    **{("POST", route): (400, 422, 503) for route in push_schemas()},
+    ("GET", "/batches/{batch_id}/forecast"): (404, 409, 422, 503),
+    ("GET", "/forecasts"): (422, 503),
+    ("GET", "/board"): (),
+    ("GET", "/board/batches/{batch_id}"): (),
+    ("GET", "/board/history"): (),
+    ("GET", "/board/assets/{name}"): (404,),
+    ("GET", "/cellar"): (),
+    ("GET", "/cellar/batches/{batch_id}"): (404,),
+    ("GET", "/cellar/history"): (),
+    ("GET", "/cellar/events"): (422,),
+    ("POST", "/cellar/batches/{batch_id}/ready"): (400, 404, 409, 422),
 }
 
 
+def operation_errors(method: str, path: str) -> tuple[int, ...]:
+    """Every error status ``method path`` can answer: its own, the guard's 401/403 where
+    a key is needed, 413 for a body over the limit; 500 is documented everywhere."""
+    own = set(ERRORS.get((method, path), ()))
+    if RequestGuard.needs_key(path):
+        own |= {401, 403}
+    if method in ("POST", "PUT", "PATCH"):
+        own.add(413)
+    return tuple(sorted(own | {500}))
+
+
+def _error_content() -> dict:
+    return {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
+
+
 def document_errors(spec: dict) -> dict:
-    """BentoML's OpenAPI document with the errors this service answers, and their body."""
+    """BentoML's OpenAPI document completed: each operation's errors with their body (one
+    string ``detail``, as answered: FastAPI's list-shaped 422 is replaced), the push
+    routes' request bodies, and their 202 (kept unassigned or pending)."""
     schemas = spec.setdefault("components", {}).setdefault("schemas", {})
     schemas["ErrorResponse"] = ErrorResponse.model_json_schema()
-    for path, statuses in ERRORS.items():
-        for operation in spec.get("paths", {}).get(path, {}).values():
+    bodies = push_schemas()
+    for path, operations in spec.get("paths", {}).items():
+        for method, operation in operations.items():
+            if (method.upper(), path) not in ERRORS:
+                continue  # BentoML's own: health, metrics
             responses = operation.setdefault("responses", {})
-            for status in (*statuses, 500):
-                responses[str(status)] = {
-                    "description": HTTPStatus(status).phrase,
-                    "content": {
-                        "application/json": {
-                            "schema": {"$ref": "#/components/schemas/ErrorResponse"}
-                        }
-                    },
+            for status in operation_errors(method.upper(), path):
+                responses[str(status)] = {"description": HTTPStatus(status).phrase}
+            for status, response in responses.items():
+                if status[0] in "45":  # every error is answered {"detail": "..."}
+                    response["content"] = _error_content()
+            if path.startswith("/board"):
+                media = PAGE_TYPES if path == "/board/assets/{name}" else ("text/html",)
+                responses["200"]["content"] = {m: {"schema": {"type": "string"}} for m in media}
+            if path in bodies:
+                media, schema = bodies[path]
+                operation["requestBody"] = {
+                    "required": True,
+                    "content": {media: {"schema": schema}},
                 }
+                responses["202"] = {
+                    "description": "Stored, some readings without a batch yet (or kept "
+                    "until the device's unit is known: status pending)",
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                }
+    for name in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(name, None)
     return spec
 
 
@@ -317,13 +380,19 @@ class RequestGuard:
     #: What ``BREWCAST_BOARD_OPEN`` opens: the board's pages and their data, to read.
     BOARD_PREFIXES = ("/board", "/cellar")
 
+    @classmethod
+    def needs_key(cls, path: str) -> bool:
+        """Whether ``path`` is keyed once any key is in force (``/metadata`` unless opened)."""
+        keyed = path in (*cls.ROUTES, "/metadata") or path.startswith(cls.KEYED_PREFIXES)
+        return keyed and not path.startswith(cls.OPEN_PREFIXES)
+
     def __init__(self, app, max_bytes: int) -> None:
         settings = get_settings()
         self.app, self.max_bytes = app, max_bytes
         self.max_rows, self.max_depth = settings.serving_max_rows, settings.serving_max_json_depth
         book = KeyBook(make_engine(settings.prediction_log))
         self.keys = KeyCheck(book, settings.serving_api_key)
-        self.keyed = {*self.ROUTES} | (set() if settings.serving_open_metadata else {"/metadata"})
+        self.open_metadata = settings.serving_open_metadata
         self.board_open = settings.board_open
 
     async def _refusal(self, scope) -> tuple[int, str] | None:
@@ -360,8 +429,7 @@ class RequestGuard:
         path, method = scope["path"], scope["method"]
         if path == "/metrics":
             flush_all()  # what this worker added up, before BentoML reads the shared files
-        keyed = path in self.keyed or path.startswith(self.KEYED_PREFIXES)
-        keyed = keyed and not path.startswith(self.OPEN_PREFIXES)
+        keyed = self.needs_key(path) and not (path == "/metadata" and self.open_metadata)
         refusal = await self._refusal(scope) if keyed else None
         if refusal is not None:
             log.info("%s %s %d: %s", method, path, *refusal)
@@ -371,6 +439,7 @@ class RequestGuard:
             if start.get("status") == 200:
                 body = orjson.dumps(document_errors(orjson.loads(body)))
             return await _send_json(send, start, body)
+        send = _detail_errors(send, path)  # a router's plain-text 404 too: one error shape
         if method in ("POST", "PUT", "PATCH") and path not in self.ROUTES:
             body = await self._read(scope, receive)  # every write: the same body limit
             if isinstance(body, JSONResponse):
@@ -378,7 +447,6 @@ class RequestGuard:
             return await self.app(scope, _replay(body, receive), send)
         if method != "POST" or path not in self.ROUTES:
             return await self.app(scope, receive, send)
-        send = _detail_errors(send, path)
         media = dict(scope.get("headers", [])).get(b"content-type", b"application/json")
         if media.split(b";")[0].strip().lower() != b"application/json":
             return await _error(415, "send the body as application/json")(scope, receive, send)
@@ -429,14 +497,13 @@ class RequestGuard:
 
 #: The board's pages and assets, served as they are (no CDN: nothing to fetch at run time).
 BOARD_FILES = Path(__file__).with_name("board")
-_BOARD_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css"}
 
 
 def _page(name: str) -> Response:
     path = BOARD_FILES / name
-    if path.parent != BOARD_FILES or path.suffix not in _BOARD_TYPES or not path.is_file():
+    if path.parent != BOARD_FILES or path.suffix not in BOARD_TYPES or not path.is_file():
         return _error(404, f"no board file {name!r}")
-    return Response(path.read_bytes(), media_type=_BOARD_TYPES[path.suffix] + "; charset=utf-8")
+    return Response(path.read_bytes(), media_type=BOARD_TYPES[path.suffix] + "; charset=utf-8")
 
 
 def _json_response(body) -> Response:
@@ -962,13 +1029,9 @@ class FermentationService:
         return _json_response({"events": events})
 
     @routes.post("/cellar/batches/{batch_id}/ready")
-    async def answer_ready(self, batch_id: str, request: Request) -> Response:
+    async def answer_ready(self, batch_id: str, answer: ReadyAnswer) -> Response:
         """Acknowledge a batch's ready event, or override it with a reason; an override is
         stored as a label of the forecast that caused the event."""
-        try:
-            answer = ReadyAnswer.model_validate_json(await request.body())
-        except ValidationError as exc:
-            return _error(422, _fields_and_messages(exc.errors()))
 
         def store() -> dict:
             events = self.book.events(batch_id)
