@@ -138,6 +138,11 @@ def from_canonical(values: np.ndarray, unit: str, quantity: Quantity) -> np.ndar
     return ureg.Quantity(v, "degC").to(_PINT_NAMES[name]).magnitude
 
 
+#: Every specific gravity a hydrometer reads lies here: a °P history that never leaves it
+#: was sent in SG.
+SG_SPAN = (0.985, 1.13)
+
+
 def likely_unit(values: np.ndarray, unit: str) -> str | None:
     """The unit ``values`` were more likely recorded in, when they make no sense in ``unit``
     (``None`` when they do, or when no other unit fits): SG values near 1.0 in a °P column,
@@ -157,7 +162,7 @@ def likely_unit(values: np.ndarray, unit: str) -> str | None:
         return None
     median = float(np.median(v))
     if name == "°P":
-        return "SG" if v.min() >= 0.985 and v.max() <= 1.13 else None
+        return "SG" if v.min() >= SG_SPAN[0] and v.max() <= SG_SPAN[1] else None
     if name == "SG":
         return "°P" if 1.5 <= median <= 30.0 else None
     if name == "°C":

@@ -42,7 +42,14 @@ from brewcast.readings_store import (
 )
 from brewcast.schema import BATCHES, READING_VALUE_RANGES
 from brewcast.snapshots import Series, hour_of, hours_of, snapshot_columns, snapshot_table
-from brewcast.units import UnitError, from_canonical, likely_unit, parse_unit, to_canonical
+from brewcast.units import (
+    SG_SPAN,
+    UnitError,
+    from_canonical,
+    likely_unit,
+    parse_unit,
+    to_canonical,
+)
 from serving.api_models import BATCH_CHANGES, CONTROL_CHARACTERS, REQUEST_FIELDS
 from serving.prediction_log import create_tables
 
@@ -56,8 +63,10 @@ EARLIEST_READING = datetime(2000, 1, 1, tzinfo=UTC)
 EARLIEST_SERIAL = (EARLIEST_READING.replace(tzinfo=None) - EXCEL_ORIGIN).days
 #: Past any serial day a phone can send (the year 2200): beyond it, no date at all.
 LATEST_SERIAL = (datetime(2200, 1, 1) - EXCEL_ORIGIN).days
-#: How far back a device's stored readings inform the judgement of a push's unit.
+#: How far back a device's stored readings inform the judgement of a push's unit, and how
+#: many of its latest ones are read for it (with the extremes of them all).
 UNIT_HISTORY = timedelta(days=21)
+UNIT_SAMPLE = 50
 
 
 class ReadingError(ValueError):
@@ -738,16 +747,28 @@ class ReadingsStore:
             if unit is not None:
                 groups.setdefault((tag, unit), []).append(value)
         for (tag, unit), values in groups.items():
-            history = [
-                v
-                for (v,) in conn.execute(
-                    sa.select(readings.c.value).where(
-                        readings.c.device_id == push.device_id,
-                        readings.c.tag == tag,
-                        readings.c.timestamp >= first - UNIT_HISTORY,
-                    )
-                )
-            ]
+            mine = (
+                readings.c.device_id == push.device_id,
+                readings.c.tag == tag,
+                readings.c.timestamp >= first - UNIT_HISTORY,
+            )
+            # what likely_unit reads, without reading a busy device's whole history: the
+            # latest readings for its medians, and for a °P gravity (judged by its range)
+            # one reading of the whole window outside SG's span, if any
+            history = list(
+                conn.execute(
+                    sa.select(readings.c.value)
+                    .where(*mine)
+                    .order_by(readings.c.timestamp.desc())
+                    .limit(UNIT_SAMPLE)
+                ).scalars()
+            )
+            if tag == "gravity_plato" and unit == "°P":
+                low, high = SG_SPAN
+                outside = sa.or_(readings.c.value < low, readings.c.value > high)
+                history += conn.execute(
+                    sa.select(readings.c.value).where(*mine, outside).limit(1)
+                ).scalars()
             likely = unit_contradiction(np.array(values), unit, np.array(history, float), tag)
             if likely is not None:
                 raise ReadingError(
