@@ -10,6 +10,7 @@ from pathlib import Path
 from benchmarks import (
     airflow_overhead,
     board,
+    hostile,
     inference,
     monitoring,
     pipeline,
@@ -32,6 +33,7 @@ def main() -> None:
         "inference": inference.run(),
         "serving": serving.run(),
         "readings": readings.run(),
+        "hostile": hostile.run(),
         "board": board.run(),
         "monitoring": monitoring.run(),
         "airflow": airflow_overhead.run(),
@@ -48,6 +50,7 @@ def main() -> None:
             inference.markdown(results["inference"]),
             serving.markdown(results["serving"]),
             readings.markdown(results["readings"]),
+            hostile.markdown(results["hostile"]),
             board.markdown(results["board"]),
             monitoring.markdown(results["monitoring"]),
             airflow_overhead.markdown(results["airflow"]),

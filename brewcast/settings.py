@@ -335,6 +335,13 @@ class ServingSettings(BaseSettings):
         description="An admin key (header X-API-Key); with it, or any key issued with "
         "`brewcast keys`, every data route needs a key of the right scope.",
     )
+    serving_error_tarpit_after: int = Field(
+        50,
+        ge=0,
+        description="After this many refused requests (4xx) from one address in 10 s, each "
+        "further refusal is answered 20 ms later than the last (at most 1 s): a client "
+        "flooding the service with bad requests slows itself, not the devices (0: never).",
+    )
     serving_open_metadata: bool = Field(
         False, description="Answer GET /metadata without X-API-Key even when a key is set."
     )

@@ -25,6 +25,7 @@ Known BentoML costs, avoided:
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
 import logging
@@ -32,6 +33,7 @@ import re
 import threading
 import time
 import urllib.parse
+from collections import deque
 from datetime import datetime
 from http import HTTPStatus
 from pathlib import Path
@@ -95,6 +97,14 @@ routes = FastAPI(title="brewcast metadata", docs_url=None, redoc_url=None, opena
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"detail": message}, status_code=status)
 
+
+#: The most bytes one reading of ``POST /readings`` takes (a 48-character device name, a
+#: time with microseconds and offset, both values and units, indented): that body's byte
+#: limit is this many times ``BREWCAST_SERVING_MAX_ROWS``.
+READING_BYTES = 512
+#: A device's own push (iSpindel, Brewfather stream, Tilt form): one reading and the
+#: firmware's other fields.
+DEVICE_PUSH_BYTES = 64 * 1024
 
 #: The board's files by suffix, and the media types they are served as.
 BOARD_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css"}
@@ -316,15 +326,47 @@ async def _send_json(send, start: dict, body: bytes) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def _detail_errors(send, path: str):
+class ErrorTarpit:
+    """Answers a client that keeps sending what is refused later and later: past ``after``
+    refusals (4xx) to one address within :attr:`WINDOW_S`, each further one waits
+    :attr:`STEP_S` more (at most :attr:`MOST_S`). Waiting costs the service nothing (the
+    event loop serves others meanwhile), so a client flooding it with bad bodies slows
+    itself, not the devices beside it; their accepted pushes are never delayed."""
+
+    WINDOW_S, STEP_S, MOST_S = 10.0, 0.02, 1.0
+
+    def __init__(self, after: int) -> None:
+        self.after = after
+        self._refused: dict[str, deque] = {}
+
+    def delay(self, client: str) -> float:
+        """Count one refusal of ``client`` now; how long its answer should wait."""
+        if self.after <= 0:
+            return 0.0
+        now = time.monotonic()
+        if len(self._refused) > 10_000:  # many addresses: forget the quiet ones
+            self._refused = {k: q for k, q in self._refused.items() if q[-1] > now - self.WINDOW_S}
+        times = self._refused.setdefault(client, deque())
+        times.append(now)
+        while times[0] < now - self.WINDOW_S:
+            times.popleft()
+        excess = len(times) - self.after
+        return 0.0 if excess <= 0 else min(self.MOST_S, self.STEP_S * excess)
+
+
+def _detail_errors(send, path: str, tarpit: ErrorTarpit | None = None, client: str = ""):
     """``send`` rewriting every error response into ``{"detail": "one string"}``, logged
-    once: INFO for a client error, WARNING for the server's."""
+    once: INFO for a client error, WARNING for the server's; a client error answered as
+    late as ``tarpit`` says for ``client``."""
     start: dict = {}
     chunks: list[bytes] = []
 
     async def wrapped(message):
         if message["type"] == "http.response.start" and message["status"] >= 400:
             start.update(message)
+            wait = tarpit.delay(client) if tarpit and message["status"] < 500 else 0.0
+            if wait:
+                await asyncio.sleep(wait)
             return None
         if not start or message["type"] != "http.response.body":
             return await send(message)
@@ -393,6 +435,7 @@ class RequestGuard:
         book = KeyBook(make_engine(settings.prediction_log))
         self.keys = KeyCheck(book, settings.serving_api_key)
         self.open_metadata = settings.serving_open_metadata
+        self.tarpit = ErrorTarpit(settings.serving_error_tarpit_after)
         self.board_open = settings.board_open
 
     async def _refusal(self, scope) -> tuple[int, str] | None:
@@ -429,17 +472,18 @@ class RequestGuard:
         path, method = scope["path"], scope["method"]
         if path == "/metrics":
             flush_all()  # what this worker added up, before BentoML reads the shared files
+        # every error in one shape (a router's plain-text 404 too), logged once, tarpitted
+        client = (scope.get("client") or ("",))[0]
+        send = _detail_errors(send, f"{method} {path}", self.tarpit, client)
         keyed = self.needs_key(path) and not (path == "/metadata" and self.open_metadata)
         refusal = await self._refusal(scope) if keyed else None
         if refusal is not None:
-            log.info("%s %s %d: %s", method, path, *refusal)
             return await _error(*refusal)(scope, receive, send)
         if path == "/docs.json":
             start, body = await _buffered(self.app, scope, receive)
             if start.get("status") == 200:
                 body = orjson.dumps(document_errors(orjson.loads(body)))
             return await _send_json(send, start, body)
-        send = _detail_errors(send, path)  # a router's plain-text 404 too: one error shape
         if method in ("POST", "PUT", "PATCH") and path not in self.ROUTES:
             body = await self._read(scope, receive)  # every write: the same body limit
             if isinstance(body, JSONResponse):
@@ -459,20 +503,36 @@ class RequestGuard:
                 return await _error(*problem)(scope, receive, send)
         return await self.app(scope, _replay(body, receive), send)
 
+    def _byte_limit(self, path: str) -> tuple[int, str]:
+        """The most bytes a body to ``path`` may have, and why: a list of readings is
+        capped by its rows before any of it is read or parsed (one client's 40,000-reading
+        body cost the others their throughput), a device's push holds one reading."""
+        if path == "/readings":
+            limit = min(self.max_bytes, self.max_rows * READING_BYTES)
+            return limit, (
+                f": {self.max_rows} readings (BREWCAST_SERVING_MAX_ROWS) of at most "
+                f"{READING_BYTES} bytes each; send them in several requests"
+            )
+        if path.startswith("/readings/"):
+            return DEVICE_PUSH_BYTES, ": a device's push holds one reading"
+        return self.max_bytes, ""
+
     async def _read(self, scope, receive) -> bytes | JSONResponse:
         """The whole body, or a 413 as soon as it is over the limit."""
-        too_big = _error(413, f"request body over {self.max_bytes} bytes")
+        limit, why = self._byte_limit(scope["path"])
+        too_big = _error(413, f"request body over {limit} bytes{why}")
         headers = dict(scope.get("headers", []))
-        if int(headers.get(b"content-length", b"0") or 0) > self.max_bytes:
+        if int(headers.get(b"content-length", b"0") or 0) > limit:
             return too_big
-        body, more = b"", True
+        chunks, size, more = [], 0, True
         while more:
             message = await receive()
-            body += message.get("body", b"")
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
             more = message.get("more_body", False)
-            if len(body) > self.max_bytes:
+            if size > limit:
                 return too_big
-        return body
+        return b"".join(chunks)
 
     def _problem(self, path: str, body: bytes) -> tuple[int, str] | None:
         if nests_deeper_than(body, self.max_depth):

@@ -114,7 +114,13 @@ async def _ok_app(scope, receive, send):
 
 
 def _guard_call(
-    guard, method: str, path: str, headers: dict, body: bytes = b"", query: bytes = b""
+    guard,
+    method: str,
+    path: str,
+    headers: dict,
+    body: bytes = b"",
+    query: bytes = b"",
+    client: str = "127.0.0.1",
 ) -> int:
     """One request through the ASGI middleware; its status (the inner app answers 200)."""
     statuses: list[int] = []
@@ -131,6 +137,7 @@ def _guard_call(
         "method": method,
         "path": path,
         "query_string": query,
+        "client": (client, 50000),
         "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
     }
     asyncio.run(guard(scope, receive, send))
@@ -161,6 +168,33 @@ def test_the_key_is_compared_in_constant_time_and_metadata_is_closed(settings, m
     assert (
         _guard_call(service.RequestGuard(_ok_app, max_bytes=2**20), "GET", "/metadata", {}) == 200
     )
+
+
+def test_a_client_that_keeps_erring_waits_and_the_others_do_not(settings, monkeypatch):
+    """Past 5 refusals in the window, each further one to that address waits 20 ms more;
+    its accepted requests, and every other address's, are answered at once."""
+    from serving import service
+
+    monkeypatch.setenv("BREWCAST_SERVING_ERROR_TARPIT_AFTER", "5")
+    waits: list[float] = []
+
+    async def record(seconds):
+        waits.append(round(seconds, 3))
+
+    monkeypatch.setattr(service.asyncio, "sleep", record)
+
+    async def app(scope, receive, send):
+        status = 422 if scope["path"] == "/batches" else 200
+        await send({"type": "http.response.start", "status": status, "headers": []})
+        await send({"type": "http.response.body", "body": b'{"detail": "no"}'})
+
+    guard = service.RequestGuard(app, max_bytes=2**20)
+    for _ in range(8):
+        assert _guard_call(guard, "GET", "/batches", {}, client="10.0.0.9") == 422
+    assert waits == [0.02, 0.04, 0.06]
+    assert _guard_call(guard, "GET", "/forecasts", {}, client="10.0.0.9") == 200
+    assert _guard_call(guard, "GET", "/batches", {}, client="10.0.0.7") == 422
+    assert waits == [0.02, 0.04, 0.06]  # neither the good request nor another address
 
 
 def test_nesting_depth_is_measured_without_parsing():
@@ -257,7 +291,10 @@ def test_only_a_gated_sane_champion_is_served(trained, tmp_path):
 @pytest.fixture(scope="module")
 def hardened(champion_home):  # noqa: F811
     settings, work = champion_home
-    server, url = start_service(settings.home, BREWCAST_SERVING_MAX_ROWS="50")
+    # the fuzzer errs on purpose, hundreds of times a second: untarpitted, as measured
+    server, url = start_service(
+        settings.home, BREWCAST_SERVING_MAX_ROWS="50", BREWCAST_SERVING_ERROR_TARPIT_AFTER="0"
+    )
     yield server, url, work
     server.stop()
 

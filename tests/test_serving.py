@@ -225,6 +225,23 @@ def test_non_json_oversize_and_auth(service):
     assert r.status_code == 413 and f"over {2**20} bytes" in r.text
 
 
+def test_every_hostile_body_gets_a_4xx_naming_its_problem(service):
+    """The bodies of ``benchmarks.hostile`` (40,000 readings, a body at the byte limit, JSON
+    100,000 deep, one key twice, a Tilt Timepoint of inf...): each a 4xx with a detail,
+    none a 5xx; the service then still takes a good push."""
+    from benchmarks.hostile import hostile_bodies
+
+    _, url = service
+    for name, route, body, media in hostile_bodies():
+        answer = httpx.post(
+            f"{url}{route}", content=body, headers={**KEY, "content-type": media}, timeout=60
+        )
+        assert 400 <= answer.status_code < 500 and answer.json()["detail"], (name, answer.text)
+    pushed = httpx.post(f"{url}/readings/brewfather", json={"name": "calm", "temp": 18.0},
+                        headers=KEY)  # fmt: skip
+    assert pushed.status_code in (200, 202), pushed.text
+
+
 def test_an_issued_device_key_pushes_readings_and_is_refused_everywhere_else(
     service, champion_home
 ):
