@@ -219,7 +219,7 @@ def test_a_bad_mapping_quarantines_the_file_with_its_reason(tmp_path, mapping, s
 
 #: A hand-kept ERP fermentation log as delivered: a header row per batch without a date,
 #: a note typed with Enter in an unquoted text column, "not entered" written as 0.0000 and
-#: 0.00, and a low-alcohol brand (OG 3.5 °P).
+#: 0.00, a low-alcohol brand (OG 3.5 °P), and two readings on one day (a date-only log).
 ERP = (
     "Batch No,Date,Note,Gravity,Temp,OG,Brand\n"
     "2026-101,,Brewday Pils,,,11.8000,Pils\n"
@@ -233,6 +233,7 @@ ERP = (
     "2026-102,05/03/2026,,1.90,12.5,0.0000,Zero\n"
     "2026-103,,Brewday Light,,,3.5000,Light\n"
     "2026-103,03/03/2026,,3.50,12.0,3.5000,Light\n"
+    "2026-103,03/03/2026,afternoon,3.10,12.5,3.5000,Light\n"
 )
 ERP_MAPPING = {
     "batch": "Batch No",
@@ -252,9 +253,10 @@ ERP_MAPPING = {
 def test_a_hand_kept_erp_log_ingests_as_delivered_every_row_accounted_for(tmp_path):
     """The README's ERP mapping on a real export's habits: the whole file was refused (rows
     without a date), a line break in a note split a row in two, OG 0.0000 and gravity 0.00
-    were read as numbers, a low-alcohol brand's OG was outside the schema. Now every
-    physical line is a reading, a skipped header row (named by its line) or a re-joined
-    part of a row, and the low-alcohol batch passes validation."""
+    were read as numbers, a low-alcohol brand's OG was outside the schema, a day's second
+    reading was held back as a duplicate key. Now every physical line is a reading, a
+    skipped header row (named by its line) or a re-joined part of a row, the low-alcohol
+    batch passes validation, and no reading is lost to ``unique_key``."""
     settings = _drop(tmp_path, {"erp.csv": ERP, "erp.mapping.json": json.dumps(ERP_MAPPING)})
     report = ingest_drop_folder(settings)
     assert report.accepted == ["erp.csv"], report.rejected
@@ -263,8 +265,8 @@ def test_a_hand_kept_erp_log_ingests_as_delivered_every_row_accounted_for(tmp_pa
     assert "1 record(s) cut by a line break inside a text field joined again (lines 4-5)" in notes
     readings = _readings(settings)
     gravity = readings[readings["tag"] == "gravity_plato"]
-    # 6 dated gravity cells with a value (the 0.00 was "not entered"), 7 temperatures
-    assert len(gravity) == 6 and (readings["tag"] == "temperature_c").sum() == 7
+    # 7 dated gravity cells with a value (the 0.00 was "not entered"), 8 temperatures
+    assert len(gravity) == 7 and (readings["tag"] == "temperature_c").sum() == 8
     assert _value(readings, "gravity_plato", "2026-03-04") == pytest.approx(7.2)
     batches = lake.read_table(settings.paths.lake, "raw", BATCHES).set_index("batch_id")
     assert pd.isna(batches.loc["2026-102", "original_gravity_plato"])  # 0.0000: not entered
@@ -272,6 +274,8 @@ def test_a_hand_kept_erp_log_ingests_as_delivered_every_row_accounted_for(tmp_pa
     stages.validate(settings)
     validated = lake.read_table(settings.paths.lake, "validated", BATCHES)
     assert "2026-103" in set(validated["batch_id"])  # a 3.5 °P wort is a real product
+    kept = lake.read_table(settings.paths.lake, "validated", READINGS)
+    assert len(kept) == len(readings)  # every reading validated: none lost to unique_key
 
 
 def test_a_date_only_log_keeps_every_reading_of_a_day_in_its_order(tmp_path):
