@@ -223,8 +223,9 @@ class KeyCheck:
     lookup remembered for :data:`KEY_CACHE_SECONDS` (the book is read at most that often
     per key, so a client retrying a wrong key costs no database work)."""
 
-    def __init__(self, book: KeyBook | None, admin_key: str | None) -> None:
+    def __init__(self, book: KeyBook | None, admin_key: str | None, clock=time.monotonic) -> None:
         self.book, self.admin_key = book, None if admin_key is None else admin_key.encode()
+        self.clock = clock
         self._lock = threading.Lock()
         self._scopes: dict[str, tuple[float, Scope | None]] = {}
         self._keyed: tuple[float, bool] = (-1.0, False)
@@ -236,9 +237,9 @@ class KeyCheck:
         if self.book is None:
             return False
         expires, keyed = self._keyed
-        if time.monotonic() >= expires:
+        if self.clock() >= expires:
             keyed = self.book.any_live()
-            self._keyed = (time.monotonic() + KEY_CACHE_SECONDS, keyed)
+            self._keyed = (self.clock() + KEY_CACHE_SECONDS, keyed)
         return keyed
 
     def remembered(self, key: bytes) -> tuple[bool, Scope | None]:
@@ -252,7 +253,7 @@ class KeyCheck:
             return True, None
         with self._lock:
             cached = self._scopes.get(key_hash(key))
-        if cached is not None and time.monotonic() < cached[0]:
+        if cached is not None and self.clock() < cached[0]:
             return True, cached[1]
         return False, None
 
@@ -261,7 +262,7 @@ class KeyCheck:
         known, scope = self.remembered(key)
         if known or self.book is None:
             return scope
-        digest, now = key_hash(key), time.monotonic()
+        digest, now = key_hash(key), self.clock()
         scope = self.book.scope_of(key)
         with self._lock:
             if len(self._scopes) > 10_000:  # a flood of made-up keys: start over

@@ -338,6 +338,7 @@ class ErrorTarpit:
     def __init__(self, after: int) -> None:
         self.after = after
         self._refused: dict[str, deque] = {}
+        self.pause = asyncio.sleep  # how an answer waits (a test records it instead)
 
     def delay(self, client: str) -> float:
         """Count one refusal of ``client`` now; how long its answer should wait."""
@@ -366,7 +367,7 @@ def _detail_errors(send, path: str, tarpit: ErrorTarpit | None = None, client: s
             start.update(message)
             wait = tarpit.delay(client) if tarpit and message["status"] < 500 else 0.0
             if wait:
-                await asyncio.sleep(wait)
+                await tarpit.pause(wait)
             return None
         if not start or message["type"] != "http.response.body":
             return await send(message)
@@ -812,7 +813,16 @@ class FermentationService:
         """Put a device in a fermenter: ``tilt:<colour>``, ``ispindel:<name>``,
         ``brewfather:<name>``, or any name brewcast's own JSON uses."""
         unit = {"P": "°P", "Plato": "°P"}.get(assignment.gravity_unit, assignment.gravity_unit)
-        return self.readings.assign(device_id, assignment.fermenter, unit)
+        return self._answer(
+            lambda: self.readings.assign(
+                device_id,
+                assignment.fermenter,
+                unit,
+                assignment.gravity_offset_plato,
+                assignment.temperature_offset_c,
+                assignment.correct_gravity_since,
+            )
+        )
 
     @routes.get("/devices/unassigned")
     def unassigned_devices(self) -> dict:

@@ -61,7 +61,7 @@ def test_every_route_of_the_service_needs_a_listed_grant():
     assert served == listed
 
 
-def test_a_device_key_opens_the_push_routes_and_nothing_else(settings, book, monkeypatch):
+def test_a_device_key_opens_the_push_routes_and_nothing_else(settings, book):
     """Each scope against every listed route, through the real middleware: 403 exactly
     where the scope lacks the route's grant, never 401 for a live key."""
     from serving import service
@@ -83,8 +83,8 @@ def test_a_device_key_opens_the_push_routes_and_nothing_else(settings, book, mon
     # revoked: still remembered for a moment, refused once the lookup has expired
     book.revoke("device-key")
     assert _guard_call(guard, "POST", "/readings", {"X-API-Key": keys["device"]}, b"{}") == 200
-    later = access.time.monotonic() + access.KEY_CACHE_SECONDS
-    monkeypatch.setattr(access.time, "monotonic", lambda: later)
+    later = guard.keys.clock() + access.KEY_CACHE_SECONDS
+    guard.keys.clock = lambda: later
     assert _guard_call(guard, "POST", "/readings", {"X-API-Key": keys["device"]}, b"{}") == 401
 
 

@@ -181,14 +181,13 @@ def test_a_client_that_keeps_erring_waits_and_the_others_do_not(settings, monkey
     async def record(seconds):
         waits.append(round(seconds, 3))
 
-    monkeypatch.setattr(service.asyncio, "sleep", record)
-
     async def app(scope, receive, send):
         status = 422 if scope["path"] == "/batches" else 200
         await send({"type": "http.response.start", "status": status, "headers": []})
         await send({"type": "http.response.body", "body": b'{"detail": "no"}'})
 
     guard = service.RequestGuard(app, max_bytes=2**20)
+    guard.tarpit.pause = record
     for _ in range(8):
         assert _guard_call(guard, "GET", "/batches", {}, client="10.0.0.9") == 422
     assert waits == [0.02, 0.04, 0.06]
