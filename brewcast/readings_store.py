@@ -36,6 +36,9 @@ devices = sa.Table(
     sa.Column("fermenter", sa.String(64), nullable=False),
     # the unit of an iSpindel's unlabelled gravity (its owner's calibration): SG or °P
     sa.Column("gravity_unit", sa.String(16)),
+    # the device's calibration: added to every reading it sends from then on
+    sa.Column("gravity_offset_plato", sa.Float),
+    sa.Column("temperature_offset_c", sa.Float),
 )
 readings = sa.Table(
     "readings",
@@ -49,6 +52,10 @@ readings = sa.Table(
     # why the reading is kept out of its batch's curve (a gravity jump: a device moved, a
     # probe out of the liquid); NULL: in the curve
     sa.Column("held_out", sa.String(300)),
+    # the value as the device sent it and the unit it was read in (re-declaring a device's
+    # unit re-reads them); NULL: stored before this was kept, in the canonical unit
+    sa.Column("sent_value", sa.Float),
+    sa.Column("sent_unit", sa.String(16)),
     # a forecast reads one batch's readings up to a time
     sa.Index("ix_readings_batch_time", "batch_id", "timestamp"),
 )

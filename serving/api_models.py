@@ -386,6 +386,22 @@ class DeviceAssignment(BaseModel):
     gravity_unit: Literal["SG", "°P", "P", "Plato"] | None = Field(
         None, description="An iSpindel's gravity unit (its owner's calibration): SG or °P."
     )
+    gravity_offset_plato: float | None = Field(
+        None,
+        ge=-5.0,
+        le=5.0,
+        description="Added to every gravity the device sends from now on, in °P (a "
+        "hydrometer that reads 0.4 °P high: -0.4).",
+    )
+    temperature_offset_c: float | None = Field(
+        None, ge=-10.0, le=10.0, description="Added to every temperature it sends, in °C."
+    )
+    correct_gravity_since: Timestamp = Field(
+        None,
+        description="Re-read the device's gravity readings stored since this time in "
+        "gravity_unit (a device that was declared in the wrong unit); each old value is "
+        "kept in the corrections history.",
+    )
 
 
 class ReadyAnswer(BaseModel):

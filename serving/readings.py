@@ -93,6 +93,8 @@ class Push:
     device_id: str
     rows: list[tuple[datetime, str, float]] = field(default_factory=list)
     units: list[str | None] = field(default_factory=list)
+    #: each row's value as sent and the unit it was read in
+    sent: list[tuple[float, str]] = field(default_factory=list)
 
     def add(
         self, at: datetime, tag: str, value: float, unit: str, where: str, judge: bool = True
@@ -103,6 +105,7 @@ class Push:
         converted, name = _canonical(value, unit, tag, where)
         self.rows.append((at, tag, converted))
         self.units.append(name if judge else None)
+        self.sent.append((value, name))
 
 
 def _number(body: Mapping, key: str, where: str) -> float | None:
@@ -452,6 +455,8 @@ def _check(push: Push, now: datetime) -> None:
         push.rows[:] = [push.rows[i] for i in order]
         if push.units:
             push.units[:] = [push.units[i] for i in order]
+        if push.sent:
+            push.sent[:] = [push.sent[i] for i in order]
 
 
 def unit_contradiction(values: np.ndarray, unit: str, history: np.ndarray, tag: str) -> str | None:
@@ -465,6 +470,17 @@ def unit_contradiction(values: np.ndarray, unit: str, history: np.ndarray, tag: 
     except UnitError:
         return None
     return likely_unit(raw, unit)
+
+
+def _offsets(device: Mapping | None) -> dict[str, float]:
+    """A device's calibration offsets by tag (none for a device nobody assigned)."""
+    if device is None:
+        return {}
+    found = {
+        "gravity_plato": device.get("gravity_offset_plato"),
+        "temperature_c": device.get("temperature_offset_c"),
+    }
+    return {tag: float(offset) for tag, offset in found.items() if offset}
 
 
 #: How many of a batch's latest readings a new gravity reading is compared with.
@@ -604,16 +620,99 @@ class ReadingsStore:
             return [_utc(dict(r)) for r in conn.execute(query).mappings()]
 
     # -- devices -----------------------------------------------------------------------------
-    def assign(self, device_id: str, fermenter: str, gravity_unit: str | None = None) -> dict:
-        values = {"device_id": device_id, "fermenter": fermenter, "gravity_unit": gravity_unit}
+    def assign(
+        self,
+        device_id: str,
+        fermenter: str,
+        gravity_unit: str | None = None,
+        gravity_offset_plato: float | None = None,
+        temperature_offset_c: float | None = None,
+        correct_gravity_since: datetime | None = None,
+        now: datetime | None = None,
+    ) -> dict:
+        """Put a device in a fermenter with its settings: the unit of its unlabelled
+        gravity and its calibration offsets (added to what it sends from now on). With
+        ``correct_gravity_since``, its gravity readings stored since then are read again
+        in ``gravity_unit`` (from the value as sent; with today's offset): a device declared
+        in the wrong unit is corrected, each old value kept in ``reading_corrections``."""
+        values = {
+            "device_id": device_id,
+            "fermenter": fermenter,
+            "gravity_unit": gravity_unit,
+            "gravity_offset_plato": gravity_offset_plato,
+            "temperature_offset_c": temperature_offset_c,
+        }
+        if correct_gravity_since is not None and gravity_unit is None:
+            raise ReadingError("correct_gravity_since: give the gravity_unit to read them in")
+        correct_gravity_since = _as_utc(correct_gravity_since)
         with self.engine.begin() as conn:
             conn.execute(devices.delete().where(devices.c.device_id == device_id))
             conn.execute(devices.insert().values(**values))
+            corrected, touched = (
+                self._redeclare(conn, values, correct_gravity_since, now or now_utc())
+                if correct_gravity_since is not None
+                else (0, set())
+            )
             replayed = self._replay_pending(conn, device_id, gravity_unit)
             reattached = self._reattach(conn, device_id=device_id)
-        for batch_id in replayed:  # stored in this transaction: read again when forecast
+        for batch_id in {*replayed, *touched}:  # changed in this transaction: read again
             self.cache.drop(batch_id)
-        return {**values, "reattached": reattached, "pending_stored": len(replayed)}
+        return {
+            **values,
+            "reattached": reattached,
+            "pending_stored": len(replayed),
+            "corrected": corrected,
+        }
+
+    def _redeclare(
+        self, conn, device: dict, since: datetime, now: datetime
+    ) -> tuple[int, set[str]]:
+        """Re-read the device's gravity readings since ``since`` in its ``gravity_unit``:
+        each changed value updated and its old one kept; how many changed, and their
+        batches. A reading stored before its sent value was kept is taken as
+        sent in °P, the unit it was stored in. Refused whole when one would leave physics."""
+        unit = device["gravity_unit"]
+        mine = sa.and_(
+            readings.c.device_id == device["device_id"],
+            readings.c.tag == "gravity_plato",
+            readings.c.timestamp >= since,
+        )
+        rows = conn.execute(sa.select(readings).where(mine)).mappings().all()
+        offset = _offsets(device).get("gravity_plato", 0.0)
+        changed = []
+        for row in rows:
+            sent_value = row["sent_value"] if row["sent_value"] is not None else row["value"]
+            value, name = _canonical(
+                sent_value, unit, "gravity_plato", f"the reading at {row['timestamp']}"
+            )
+            value += offset
+            if value == row["value"]:
+                continue
+            conn.execute(
+                readings.update()
+                .where(
+                    readings.c.device_id == row["device_id"],
+                    readings.c.timestamp == row["timestamp"],
+                    readings.c.tag == row["tag"],
+                )
+                .values(value=value, sent_value=sent_value, sent_unit=name, received_at=now)
+            )
+            conn.execute(
+                reading_corrections.insert().values(
+                    device_id=row["device_id"],
+                    timestamp=row["timestamp"],
+                    tag=row["tag"],
+                    old_value=row["value"],
+                    new_value=value,
+                    old_received_at=row["received_at"],
+                    corrected_at=now,
+                )
+            )
+            changed.append(row["batch_id"])
+        touched = {b for b in changed if b}
+        for batch_id in touched:
+            self._next_revision(conn, batch_id)
+        return len(changed), touched
 
     def _replay_pending(self, conn, device_id: str, gravity_unit: str | None) -> list[str]:
         """Store the pushes kept while ``device_id``'s gravity unit was unknown, each at the
@@ -799,8 +898,11 @@ class ReadingsStore:
                 )
             )
         }
+        offsets = _offsets(device)
+        sent = push.sent or [(None, None)] * len(push.rows)
         new, corrected, duplicates = [], [], 0
-        for at, tag, value in push.rows:
+        for (at, tag, value), (sent_value, sent_unit) in zip(push.rows, sent, strict=True):
+            value = value + offsets.get(tag, 0.0)
             row = {
                 "device_id": push.device_id,
                 "timestamp": at,
@@ -808,6 +910,8 @@ class ReadingsStore:
                 "value": value,
                 "batch_id": _batch_at(windows, at),
                 "received_at": now,
+                "sent_value": sent_value,
+                "sent_unit": sent_unit,
             }
             old = existing.get((at, tag))
             if old is None:
@@ -832,6 +936,8 @@ class ReadingsStore:
                     batch_id=row["batch_id"],
                     received_at=now,
                     held_out=row["held_out"],
+                    sent_value=row["sent_value"],
+                    sent_unit=row["sent_unit"],
                 )
             )
             conn.execute(

@@ -387,3 +387,40 @@ def test_a_store_an_earlier_release_wrote_is_upgraded_in_place(tmp_path):
     with engine.connect() as conn:
         kept = conn.execute(sa.text("SELECT batch_id FROM batches ORDER BY 1")).scalars().all()
     assert kept == ["NEW", "OLD"]
+
+
+def test_a_device_declared_in_the_wrong_unit_is_corrected_by_re_declaring_it(store):
+    """Readings an iSpindel sent in SG were stored as °P under a wrong declaration (1.032
+    "°P"). Re-declaring the device SG with ``correct_gravity_since`` re-reads them from the
+    values as sent: 8.0 °P, the old value kept in the corrections history; the forecast's
+    curve has the corrected values. A calibration offset applies to what comes next."""
+    import sqlalchemy as sa
+
+    from brewcast.readings_store import reading_corrections
+
+    store.start_batch({"batch_id": "B1", "fermenter": "FV1", "start_time": NOW - timedelta(days=3)})
+    store.assign("ispindel:red", "FV1", "°P")
+    for hours, sg in ((-48, 1.040), (-24, 1.032)):
+        push = Push("ispindel:red")
+        push.add(NOW + timedelta(hours=hours), "gravity_plato", sg, "°P", "body", judge=False)
+        store.store(push, NOW)
+    ((gravity, _),) = store.series(store.running(batch_id="B1"))
+    assert list(gravity.values) == [1.040, 1.032]  # what the board showed as °P
+    answer = store.assign(
+        "ispindel:red", "FV1", "SG", gravity_offset_plato=-0.2,
+        correct_gravity_since=NOW - timedelta(days=3),
+    )  # fmt: skip
+    assert answer["corrected"] == 2
+    ((gravity, _),) = store.series(store.running(batch_id="B1"))
+    expected = [sg_to_plato(1.040) - 0.2, sg_to_plato(1.032) - 0.2]
+    assert list(gravity.values) == pytest.approx(expected)
+    with store.engine.connect() as conn:
+        kept = conn.execute(sa.select(reading_corrections.c.old_value)).scalars().all()
+    assert sorted(kept) == [1.032, 1.040]
+    later = Push("ispindel:red")
+    later.add(NOW, "gravity_plato", 1.020, "SG", "body")
+    store.store(later, NOW)
+    ((gravity, _),) = store.series(store.running(batch_id="B1"))
+    assert gravity.values[-1] == pytest.approx(sg_to_plato(1.020) - 0.2)
+    with pytest.raises(ReadingError, match="gravity_unit"):
+        store.assign("ispindel:red", "FV1", None, correct_gravity_since=NOW)
