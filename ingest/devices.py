@@ -43,6 +43,7 @@ RABBITFARMER_JSONL = "rabbitfarmer_jsonl"
 ISPINDEL_CSV = "ispindel_csv"
 PLAATO_CSV = "plaato_csv"
 BREWFATHER_CSV = "brewfather_csv"
+BREWFATHER_JSON = "brewfather_json"
 BREWPI_LOG = "brewpi_log"
 FERMENTRACK_CSV = "fermentrack_csv"
 MAPPED_CSV = "mapped_csv"
@@ -134,6 +135,27 @@ def sniff(path: Path) -> str | None:
             return None
         if isinstance(record, dict) and {"event", "payload"} <= set(record):
             return RABBITFARMER_JSONL
+    if path.suffix.lower() == ".json" and first.startswith("["):
+        records = _brewfather_records(path)
+        if records is not None:
+            return BREWFATHER_JSON
+    return None
+
+
+def _brewfather_records(path: Path) -> list[dict] | None:
+    """A Brewfather readings export's JSON form (a list of ``{type, time, id, temp, sg,
+    ...}``), or None when ``path`` holds something else."""
+    try:
+        records = json.loads(path.read_text(encoding="utf-8-sig"))
+    except (ValueError, UnicodeDecodeError, OSError):
+        return None
+    keys = set(CSV_HEADERS[BREWFATHER_CSV]) - {"comment"}
+    if (
+        isinstance(records, list)
+        and records
+        and all(isinstance(r, dict) and keys <= set(r) for r in records)
+    ):
+        return records
     return None
 
 
@@ -333,10 +355,27 @@ def read_plaato_csv(path: Path, zone: ZoneInfo, units: Mapping[str, str]) -> Dev
 
 
 def read_brewfather_csv(path: Path, zone: ZoneInfo, units: Mapping[str, str]) -> DeviceRead:
-    """A Brewfather readings export: ``timepoint`` ISO UTC (else ``time``, epoch ms), ``sg``
-    in SG (empty or NaN: a reading without gravity), ``temp`` in °C unless ``units.json``
-    says; newest first is fine."""
+    """A Brewfather readings export (CSV): see :func:`_brewfather_export`."""
     frame = pd.read_csv(path, dtype=str, skipinitialspace=True, keep_default_na=False)
+    return _brewfather_export(frame, path, BREWFATHER_CSV, zone, units)
+
+
+def read_brewfather_json(path: Path, zone: ZoneInfo, units: Mapping[str, str]) -> DeviceRead:
+    """A Brewfather readings export in its JSON form: the CSV's records (``sg: null`` for
+    a reading without gravity), read as the CSV is."""
+    records = _brewfather_records(path)
+    if records is None:
+        raise SchemaError(f"{path.name}: not a list of Brewfather readings")
+    frame = pd.DataFrame(records).map(lambda v: "" if v is None else str(v)).astype(str)
+    return _brewfather_export(frame, path, BREWFATHER_JSON, zone, units)
+
+
+def _brewfather_export(
+    frame: pd.DataFrame, path: Path, kind: str, zone: ZoneInfo, units: Mapping[str, str]
+) -> DeviceRead:
+    """A Brewfather readings export, either form: ``timepoint`` ISO UTC (else ``time``,
+    epoch ms), ``sg`` in SG (empty or NaN: a reading without gravity), ``temp`` in °C
+    unless ``units.json`` says; newest first is fine."""
     if "timepoint" in frame and frame["timepoint"].str.strip().ne("").all():
         times, _ = local_times(frame["timepoint"], zone, path.name)
     else:
@@ -346,7 +385,7 @@ def read_brewfather_csv(path: Path, zone: ZoneInfo, units: Mapping[str, str]) ->
         times = pd.to_datetime(ms, unit="ms", utc=True).astype("datetime64[us, UTC]")
     return _one_batch(
         path,
-        BREWFATHER_CSV,
+        kind,
         times,
         frame["sg"],
         frame["temp"],
@@ -654,6 +693,7 @@ SIMPLE_READERS = {
     ISPINDEL_CSV: read_ispindel_csv,
     PLAATO_CSV: read_plaato_csv,
     BREWFATHER_CSV: read_brewfather_csv,
+    BREWFATHER_JSON: read_brewfather_json,
     FERMENTRACK_CSV: read_fermentrack_csv,
     BREWPI_LOG: read_brewpi_log,
 }

@@ -118,6 +118,28 @@ def test_brewfather_export_newest_first_with_readings_without_gravity(tmp_path):
     assert batch["start_time"] == pd.Timestamp("2020-05-21 15:00:24.552", tz="UTC")  # the oldest
 
 
+def test_brewfathers_json_export_reads_as_its_csv_does(tmp_path):
+    """The JSON form of the same export (``sg: null`` where no gravity): it was "not a
+    recognised hydrometer export"; now the same readings as the CSV, by the same reader."""
+    records = [
+        {"type": "manual", "time": 1590080424552, "id": "manual", "temp": 21.5, "comment": "",
+         "sg": 1.052, "__acc_reading_doc_id": "d2", "__acc_reading_data_id": "r2"},
+        {"type": "manual", "time": 1590076824552, "id": "manual", "temp": 22, "comment": None,
+         "sg": None, "__acc_reading_doc_id": "d1", "__acc_reading_data_id": "r1"},
+        {"type": "manual", "time": 1590073224552, "id": "manual", "temp": 22, "comment": "",
+         "sg": 1.06, "__acc_reading_doc_id": "d0", "__acc_reading_data_id": "r0"},
+    ]  # fmt: skip
+    settings = _drop(tmp_path, {"brewfather_batch_12.json": json.dumps(records)})
+    report = ingest_drop_folder(settings)
+    assert report.accepted == ["brewfather_batch_12.json"], report.rejected
+    readings = _readings(settings)
+    assert (readings["tag"] == "gravity_plato").sum() == 2
+    assert (readings["tag"] == "temperature_c").sum() == 3
+    assert _value(readings, "gravity_plato", "2020-05-21 15:00:24.552") == pytest.approx(
+        sg_to_plato(1.06)
+    )
+
+
 def test_brewpi_beer_log_gives_temperatures_only_in_local_time(tmp_path):
     text = (
         'Dec 03 2018 22:28:21;18.56;18.5;"Beer temp set to 18.7 in web interface";'
