@@ -472,6 +472,33 @@ def unit_contradiction(values: np.ndarray, unit: str, history: np.ndarray, tag: 
     return likely_unit(raw, unit)
 
 
+def _correct(
+    conn, key: Mapping, changes: dict, old_value: float, old_received: datetime, now: datetime
+) -> None:
+    """Change the stored reading at ``key``'s (device, time, tag), keeping the value it had
+    in ``reading_corrections``: a correction loses nothing."""
+    conn.execute(
+        readings.update()
+        .where(
+            readings.c.device_id == key["device_id"],
+            readings.c.timestamp == key["timestamp"],
+            readings.c.tag == key["tag"],
+        )
+        .values(**changes, received_at=now)
+    )
+    conn.execute(
+        reading_corrections.insert().values(
+            device_id=key["device_id"],
+            timestamp=key["timestamp"],
+            tag=key["tag"],
+            old_value=old_value,
+            new_value=changes["value"],
+            old_received_at=old_received,
+            corrected_at=now,
+        )
+    )
+
+
 def _offsets(device: Mapping | None) -> dict[str, float]:
     """A device's calibration offsets by tag (none for a device nobody assigned)."""
     if device is None:
@@ -688,26 +715,8 @@ class ReadingsStore:
             value += offset
             if value == row["value"]:
                 continue
-            conn.execute(
-                readings.update()
-                .where(
-                    readings.c.device_id == row["device_id"],
-                    readings.c.timestamp == row["timestamp"],
-                    readings.c.tag == row["tag"],
-                )
-                .values(value=value, sent_value=sent_value, sent_unit=name, received_at=now)
-            )
-            conn.execute(
-                reading_corrections.insert().values(
-                    device_id=row["device_id"],
-                    timestamp=row["timestamp"],
-                    tag=row["tag"],
-                    old_value=row["value"],
-                    new_value=value,
-                    old_received_at=row["received_at"],
-                    corrected_at=now,
-                )
-            )
+            changes = {"value": value, "sent_value": sent_value, "sent_unit": name}
+            _correct(conn, row, changes, row["value"], row["received_at"], now)
             changed.append(row["batch_id"])
         touched = {b for b in changed if b}
         for batch_id in touched:
@@ -924,33 +933,10 @@ class ReadingsStore:
         if new:
             conn.execute(readings.insert(), new)
         for row, (old_value, old_received) in corrected:
-            conn.execute(
-                readings.update()
-                .where(
-                    readings.c.device_id == row["device_id"],
-                    readings.c.timestamp == row["timestamp"],
-                    readings.c.tag == row["tag"],
-                )
-                .values(
-                    value=row["value"],
-                    batch_id=row["batch_id"],
-                    received_at=now,
-                    held_out=row["held_out"],
-                    sent_value=row["sent_value"],
-                    sent_unit=row["sent_unit"],
-                )
-            )
-            conn.execute(
-                reading_corrections.insert().values(
-                    device_id=row["device_id"],
-                    timestamp=row["timestamp"],
-                    tag=row["tag"],
-                    old_value=old_value,
-                    new_value=row["value"],
-                    old_received_at=old_received,
-                    corrected_at=now,
-                )
-            )
+            changes = {
+                k: row[k] for k in ("value", "batch_id", "held_out", "sent_value", "sent_unit")
+            }
+            _correct(conn, row, changes, old_value, old_received, now)
         touched: dict[str, tuple[list, bool]] = {}
         for row in new:
             if row["batch_id"] and row["held_out"] is None:
