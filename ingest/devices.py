@@ -64,6 +64,25 @@ BREWPI_LINE = re.compile(r"^[A-Z][a-z]{2} \d\d \d{4} \d\d:\d\d:\d\d;")
 PLAATO_NO_DENSITY = -616.87
 #: The Tilt app's Excel serial days count from this date (``DEVICES.md`` §3).
 EXCEL_ORIGIN = pd.Timestamp("1899-12-30")
+#: The serial days a Tilt can really have sent: from 2000-01-01 (a phone whose clock or app
+#: is not set sends day 1, 1899-12-31) to 2200.
+EARLIEST_SERIAL = (pd.Timestamp("2000-01-01") - EXCEL_ORIGIN).days
+LATEST_SERIAL = (pd.Timestamp("2200-01-01") - EXCEL_ORIGIN).days
+TILT_SERIAL_HELP = (
+    f"an Excel serial day since 2000 ({EARLIEST_SERIAL}: 2000-01-01): a phone whose clock "
+    "or app is not set"
+)
+
+
+def tilt_local_times(serial: pd.Series) -> pd.Series:
+    """The Tilt app's ``Timepoint`` (Excel serial days, the phone's local time) as naive
+    local times to the second, for the service's pushes and the drop folder's files alike;
+    NaT where a serial is not a day since 2000 (not finite, day 1, beyond 2200)."""
+    days = pd.to_numeric(serial, errors="coerce").astype("float64")
+    days = days.where(days.between(EARLIEST_SERIAL, LATEST_SERIAL))
+    return (EXCEL_ORIGIN + pd.to_timedelta(days, unit="D")).dt.round("s")
+
+
 #: A timestamp that says its offset (ends in Z or +hh:mm): brewcast's own files need one.
 TIME_WITH_ZONE = re.compile(r"(?:Z|[+-]\d\d:?\d\d)$")
 
@@ -242,10 +261,14 @@ def read_tilt_csv(path: Path, zone: ZoneInfo, units: Mapping[str, str]) -> Devic
             f"'Temp (°C)', or declare temperature_c in the drop folder's units.json"
         )
     stamps, fmt = frame["Timepoint"], "%m/%d/%Y %H:%M:%S"
-    serial = pd.to_numeric(stamps, errors="coerce")
-    if serial.notna().all():  # the Tilt app's Excel serial day, local time
-        stamps = (EXCEL_ORIGIN + pd.to_timedelta(serial, unit="D")).dt.round("s")
-        stamps, fmt = stamps.dt.strftime("%Y-%m-%d %H:%M:%S"), "ISO8601"
+    if pd.to_numeric(stamps, errors="coerce").notna().all():  # the app's Excel serial days
+        local = tilt_local_times(stamps)
+        if local.isna().any():
+            lines = [str(i + 2) for i in np.flatnonzero(local.isna())[:10]]
+            raise SchemaError(
+                f"{path.name}: Timepoint on line(s) {', '.join(lines)} is not {TILT_SERIAL_HELP}"
+            )
+        stamps, fmt = local.dt.strftime("%Y-%m-%d %H:%M:%S"), "ISO8601"
     times, naive = local_times(stamps.astype("string"), zone, path.name, fmt)
     if times.isna().any():
         raise SchemaError(f"{path.name}: {int(times.isna().sum())} row(s) without a Timepoint")

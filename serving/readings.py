@@ -50,19 +50,15 @@ from brewcast.units import (
     parse_unit,
     to_canonical,
 )
+from ingest.devices import TILT_SERIAL_HELP, tilt_local_times
 from serving.api_models import BATCH_CHANGES, CONTROL_CHARACTERS, REQUEST_FIELDS
 from serving.prediction_log import create_tables
 
-#: The Tilt app's Excel serial days count from this date, in the phone's local time.
-EXCEL_ORIGIN = datetime(1899, 12, 30)
 #: How far ahead of the server's clock a device's timestamp may be (clock skew).
 FUTURE_TOLERANCE = timedelta(minutes=10)
 #: No reading is older: a time before it is a device clock never set (year 1, or a Tilt's
 #: serial day 1, 1899-12-31).
 EARLIEST_READING = datetime(2000, 1, 1, tzinfo=UTC)
-EARLIEST_SERIAL = (EARLIEST_READING.replace(tzinfo=None) - EXCEL_ORIGIN).days
-#: Past any serial day a phone can send (the year 2200): beyond it, no date at all.
-LATEST_SERIAL = (datetime(2200, 1, 1) - EXCEL_ORIGIN).days
 #: How far back a device's stored readings inform the judgement of a push's unit, and how
 #: many of its latest ones are read for it (with the extremes of them all).
 UNIT_HISTORY = timedelta(days=21)
@@ -352,22 +348,11 @@ def parse_tilt(form: Mapping[str, str], zone, now: datetime | None = None) -> Pu
     colour = _tilt_colour(form)
     if not colour:
         raise ReadingError("Color: the Tilt's colour is missing")
-    try:
-        serial = float(form.get("Timepoint", ""))
-    except ValueError as exc:
-        raise ReadingError(
-            f"Timepoint: an Excel serial day, got {form.get('Timepoint')!r}"
-        ) from exc
-    if not (math.isfinite(serial) and EARLIEST_SERIAL <= serial <= LATEST_SERIAL):
-        raise ReadingError(
-            f"Timepoint: an Excel serial day since 2000 ({EARLIEST_SERIAL}: 2000-01-01), got "
-            f"{form.get('Timepoint')!r}: a phone whose clock or app is not set"
-        )
-    local = EXCEL_ORIGIN + timedelta(days=serial)
-    local = local.replace(microsecond=0) + timedelta(seconds=round(local.microsecond / 1e6))
+    local = tilt_local_times(pd.Series([form.get("Timepoint", "")], dtype=object)).iloc[0]
+    if pd.isna(local):
+        raise ReadingError(f"Timepoint: {TILT_SERIAL_HELP}; got {form.get('Timepoint')!r}")
     candidates = {
-        pd.Timestamp(local).tz_localize(zone, ambiguous=dst, nonexistent="shift_forward")
-        for dst in (True, False)
+        local.tz_localize(zone, ambiguous=dst, nonexistent="shift_forward") for dst in (True, False)
     }
     reference = pd.Timestamp(now or datetime.now(UTC))
     at = min(candidates, key=lambda c: abs(c - reference))

@@ -86,6 +86,19 @@ def test_sg_hand_example_through_a_tilt_csv(tmp_path):
     assert readings["temperature_c", first + pd.Timedelta(minutes=15)] == pytest.approx(10.0)
 
 
+def test_a_tilt_csv_from_a_phone_whose_clock_was_not_set_is_refused_naming_its_line(tmp_path):
+    """Serial day 1 (1899-12-31) was read as a date; the service refused it, the drop
+    folder did not. Now both read Timepoints with one function and its bounds."""
+    settings = _settings(tmp_path)
+    (settings.paths.drop / "phone.csv").write_text(
+        "Timepoint,SG,Temp (°F)\n46023.5,1.048,68\n1,1.047,68\n", encoding="utf-8"
+    )
+    report = ingest_drop_folder(settings)
+    assert report.accepted == []
+    (reason,) = report.rejected.values()
+    assert "Timepoint on line(s) 3 is not an Excel serial day since 2000" in reason
+
+
 def test_mead_csv_newest_first_ingests_every_row_in_canonical_units(tmp_path):
     settings = _settings(tmp_path, MEAD)
     ingested, counts = _ingest_and_validate(settings)

@@ -17,10 +17,10 @@ from brewcast.schema import BATCHES, FEATURES, READINGS
 from brewcast.settings import Settings
 from brewcast.snapshots import hour_of
 from brewcast.units import sg_to_plato
+from ingest.devices import EXCEL_ORIGIN
 from models.dataset import LabelRules, build_snapshots
 from serving.prediction_log import make_engine
 from serving.readings import (
-    EXCEL_ORIGIN,
     Push,
     ReadingError,
     ReadingsStore,

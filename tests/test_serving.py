@@ -449,7 +449,7 @@ def test_readings_pushed_by_devices_give_forecasts_from_the_stored_readings(serv
     on that snapshot, and the forecast is logged. Bad pushes get a 4xx naming the field."""
     from datetime import UTC, datetime, timedelta
 
-    from serving.readings import EXCEL_ORIGIN
+    from ingest.devices import EXCEL_ORIGIN
 
     _, url = service
     _, work = champion_home
@@ -593,7 +593,7 @@ def test_real_tilt_logs_posted_as_the_tilt_app_does_give_the_training_snapshots(
     from brewcast.settings import Settings
     from brewcast.units import plato_to_sg
     from devtools import realdata
-    from serving.readings import EXCEL_ORIGIN
+    from ingest.devices import EXCEL_ORIGIN
 
     _, url = service
     _, work = champion_home
