@@ -567,6 +567,14 @@ def test_readings_pushed_by_devices_give_forecasts_from_the_stored_readings(serv
     assert physics["device_id"] == f"ispindel:spin-{colour}" and physics["status"] == 422
     assert "outside the physical range" in physics["reason"] and '"gravity":1.6' in physics["body"]
     assert future["device_id"] == f"tilt:{colour}" and "in the future" in future["reason"]
+    # a reading 8 °P above the batch's last ones (the device moved): stored, held out
+    jump = {"device": f"tilt:{colour}", "gravity": 12.0,
+            "timestamp": (datetime.now(UTC) - timedelta(minutes=1)).isoformat()}  # fmt: skip
+    held = httpx.post(f"{url}/readings", json={"readings": [jump]}, headers=KEY).json()
+    assert held["results"][0]["held_out"] == 1, held
+    page = httpx.get(f"{url}/cellar/batches/{batch['batch_id']}", headers=KEY).json()
+    assert [r["value"] for r in page["held_out"]] == [12.0]
+    assert 12.0 not in [value for _, value in page["readings"]["gravity_plato"]]
     running = httpx.get(f"{url}/batches", params={"active": "true"}, headers=KEY).json()["batches"]
     assert batch["batch_id"] in {b["batch_id"] for b in running}
     every = httpx.get(f"{url}/forecasts", headers=KEY).json()["forecasts"]
