@@ -7,10 +7,11 @@ under ``BREWCAST_HOME`` (``./.brewcast``). Production mode changes only URLs.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from brewcast.paths import Paths
@@ -53,6 +54,25 @@ class IngestSettings(BaseSettings):
         "hydrometer exports carry (a Tilt CSV's Timepoint, a batch record's start date); "
         "ingest says in its report which zone it applied.",
     )
+    batch_number_pattern: str | None = Field(
+        None,
+        description="A regular expression whose first group finds the brewery's batch number "
+        r"in a device export's file name (e.g. '(\d{4}-\d{3})'): that file's readings join "
+        "the batch of that number from the brewery's own log, instead of becoming a batch "
+        "of their own.",
+    )
+
+    @field_validator("batch_number_pattern")
+    @classmethod
+    def _one_group(cls, pattern: str | None) -> str | None:
+        if pattern is not None:
+            try:
+                groups = re.compile(pattern).groups
+            except re.error as exc:
+                raise ValueError(f"not a regular expression: {exc}") from exc
+            if groups < 1:
+                raise ValueError("needs a group, (...), around the batch number")
+        return pattern
     naive_timestamps: Literal["refuse", "local"] = Field(
         "refuse",
         description="brewcast's own CSV/Parquet drop files must give timestamps with an "

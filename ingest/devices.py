@@ -712,6 +712,30 @@ def read_mapped_csv(path: Path, zone: ZoneInfo) -> DeviceRead:
     return read
 
 
+def link_by_batch_number(read: DeviceRead, path: Path, pattern: str | None) -> DeviceRead:
+    """A device's export of one batch whose file name holds the brewery's batch number
+    (``pattern``'s first group: ``BREWCAST_BATCH_NUMBER_PATTERN``) joins that batch: its
+    readings take the number as their batch, and it brings no batch record of its own (the
+    brewery's log has it; until it arrives the readings wait, as any readings of a batch
+    not yet known). A probe's curve and the hand log of one fermentation are then one
+    batch, not two that training would see as two fermentations. A mapped log names its
+    batches in its own column and is left as it is."""
+    if pattern is None or read.kind == MAPPED_CSV or read.batches["batch_id"].nunique() != 1:
+        return read
+    found = re.search(pattern, path.name)
+    if found is None:
+        return read
+    number = found.group(1)
+    read.readings = read.readings.assign(batch_id=number)
+    read.batches = read.batches.iloc[0:0]
+    read.notes.append(
+        f"{path.name}: linked to batch {number} by its file name "
+        "(BREWCAST_BATCH_NUMBER_PATTERN): its readings join that batch, whose record comes "
+        "from the brewery's own log"
+    )
+    return read
+
+
 SIMPLE_READERS = {
     ISPINDEL_CSV: read_ispindel_csv,
     PLAATO_CSV: read_plaato_csv,
@@ -846,8 +870,10 @@ def read_device(
     units: Mapping[str, str] | None = None,
     companions: Sequence[Path] = (),
     brix_correction: float | None = None,
+    batch_number: str | None = None,
 ) -> DeviceRead:
-    """Read a device export of ``kind`` (from :func:`sniff`), conformed, in canonical units."""
+    """Read a device export of ``kind`` (from :func:`sniff`), conformed, in canonical units;
+    ``batch_number``: see :func:`link_by_batch_number`."""
     try:
         if kind == TILT_CSV:
             read = read_tilt_csv(path, zone, units or {})
@@ -861,6 +887,7 @@ def read_device(
             raise SchemaError(f"{path.name}: unknown device format {kind!r}")
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise SchemaError(f"{path.name}: unreadable {kind} export: {exc}") from exc
+    read = link_by_batch_number(read, path, batch_number)
     batches = BATCHES.conform(read.batches, source=path.name)
     og = batches["original_gravity_plato"]
     if og.notna().any():  # batch records give OG in SG, a mapping says its unit

@@ -380,6 +380,7 @@ def read_drop_tables(
     zone: str = "UTC",
     companions: Sequence[Path] = (),
     naive: str = "refuse",
+    batch_number: str | None = None,
 ) -> DropRead:
     """Read one drop file, recognised by its content: a hydrometer export (two tables) or
     one of brewcast's tables, conformed and in canonical units. ``units`` is the folder's
@@ -402,7 +403,9 @@ def read_drop_tables(
             tz = devices.zone_of(zone)
         except ValueError as exc:
             raise SchemaError(f"{path.name}: {exc}") from exc
-        read = devices.read_device(path, kind, tz, units, list(companions), brix_correction)
+        read = devices.read_device(
+            path, kind, tz, units, list(companions), brix_correction, batch_number
+        )
         return DropRead(
             [(BATCHES, read.batches), (READINGS, read.readings)],
             read.units,
@@ -499,6 +502,7 @@ def ingest_drop_folder(settings: Settings) -> IngestReport:
                 settings.local_timezone,
                 companions,
                 settings.naive_timestamps,
+                settings.batch_number_pattern,
             )
         except SchemaError as exc:
             quarantine_file(settings.paths.lake, path, str(exc))

@@ -335,6 +335,37 @@ def test_a_date_only_log_keeps_every_reading_of_a_day_in_its_order(tmp_path):
     assert len(validated) == 7  # none held back as unique_key
 
 
+def test_a_probe_curve_and_the_hand_log_of_one_fermentation_are_one_batch(tmp_path):
+    """A probe's export named with the brewery's batch number and the ERP's hand log of the
+    same fermentation landed as two batches (training saw it twice). With the batch-number
+    pattern they are one: the ERP's record (brand, OG), both sources' readings."""
+    probe = (
+        "Timepoint,SG,Temp (°C),Beer\n"
+        "46084.25,1.0470,10.6,Pils\n"  # 2026-03-03 06:00 (local, UTC here)
+        "46084.5,1.0440,10.8,Pils\n"
+    )
+    files = {"erp.csv": ERP, "erp.mapping.json": json.dumps(ERP_MAPPING),
+             "FV3 2026-101 tilt.csv": probe}  # fmt: skip
+    apart = _drop(tmp_path / "apart", files)
+    ingest_drop_folder(apart)
+    batches = lake.read_table(apart.paths.lake, "raw", BATCHES)
+    assert {"2026-101", "FV3 2026-101 tilt"} <= set(batches["batch_id"])  # one brew, twice
+    linked = _drop(tmp_path / "linked", files, batch_number_pattern=r"(\d{4}-\d{3})")
+    report = ingest_drop_folder(linked)
+    assert sorted(report.accepted) == ["FV3 2026-101 tilt.csv", "erp.csv"], report.rejected
+    assert any("linked to batch 2026-101" in n for n in report.notes["device_notes"])
+    stages.validate(linked)
+    batches = lake.read_table(linked.paths.lake, "validated", BATCHES).set_index("batch_id")
+    assert "FV3 2026-101 tilt" not in batches.index
+    assert batches.loc["2026-101", "brand"] == "pils"
+    assert batches.loc["2026-101", "original_gravity_plato"] == pytest.approx(11.8)
+    readings = lake.read_table(linked.paths.lake, "validated", READINGS)
+    gravity = readings[(readings["batch_id"] == "2026-101") & (readings["tag"] == "gravity_plato")]
+    assert len(gravity) == 3 + 2  # the hand log's three, the probe's two
+    with pytest.raises(ValueError, match="needs a group"):
+        Settings(batch_number_pattern=r"\d{4}-\d{3}")
+
+
 def test_epoch_times_and_whitespace_separated_logs_are_mappable(tmp_path):
     """An iSpindel InfluxDB export's epoch-nanosecond ``time`` and a controller's
     whitespace-separated log, each through a mapping."""
