@@ -201,8 +201,10 @@ def _cast(series: pd.Series, col: Column) -> pd.Series:
 SEASONS = ("winter", "spring", "summer", "autumn")
 READING_TAGS = ("gravity_plato", "temperature_c")
 
-# Physical bounds: outside them a value is impossible (a typo), not merely unusual.
-PLATO_RANGE = (0.0, 30.0)
+# Physical bounds: outside them a value is impossible (a typo), not merely unusual. Gravity
+# goes below 0 °P: SG 1.000 is -0.003 °P, a dry cider or mead ends near 0.990 (-2.6 °P) and
+# a beer attenuated past 100% below 0 too; nothing fermented reads under SG 0.984 (-4 °P).
+PLATO_RANGE = (-4.0, 30.0)
 TEMPERATURE_RANGE = (-2.0, 40.0)
 
 
@@ -413,10 +415,10 @@ FEATURES = Table(
         Column(
             "apparent_attenuation",
             "float64",
-            "(OG - SG) / OG with the last reading.",
+            "(OG - SG) / OG with the last reading (above 1 once SG is below 0 °P).",
             None,
             -0.5,
-            1.0,
+            1.5,
             nullable=True,
         ),
         Column(

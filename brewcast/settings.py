@@ -73,6 +73,7 @@ class IngestSettings(BaseSettings):
             if groups < 1:
                 raise ValueError("needs a group, (...), around the batch number")
         return pattern
+
     naive_timestamps: Literal["refuse", "local"] = Field(
         "refuse",
         description="brewcast's own CSV/Parquet drop files must give timestamps with an "

@@ -136,9 +136,9 @@ def sniff(path: Path) -> str | None:
             first = next((line.strip() for line in f if line.strip()), "")
     except OSError:
         return None
+    if mapping_of(path).is_file() and not is_companion(path):
+        return MAPPED_CSV  # any text log with its mapping beside it (a gnuplot .data file)
     if path.suffix.lower() == ".csv":
-        if mapping_of(path).is_file():
-            return MAPPED_CSV
         if BREWPI_LINE.match(first):
             return BREWPI_LOG
         columns = [c.strip() for c in first.split(",")]
@@ -492,6 +492,7 @@ MAPPING_OPTIONS = (
     "missing",
     "delimiter",
     "rows_without_time",
+    "batch_id",
 )
 #: ``time_format`` values for numeric epoch times, and the unit each counts in.
 EPOCH_FORMATS = {"epoch_s": "s", "epoch_ms": "ms", "epoch_us": "us", "epoch_ns": "ns"}
@@ -512,13 +513,17 @@ def _records(text: str, delimiter: str, source: str) -> tuple[pd.DataFrame, list
         return next(csv.reader([line], delimiter=delimiter, skipinitialspace=True), [])
 
     header = [c.strip() for c in fields(lines[0])]
+    if header and header[0].startswith("#"):  # a commented header: "# Date Time ..."
+        header = header[1:] if header[0] == "#" else [header[0][1:].strip(), *header[1:]]
     width = len(header)
     rows, starts, joined = [], [], []
     number = 2
     while number <= len(lines):
         record, first = lines[number - 1], number
         cells = fields(record)
-        if 0 < len(cells) < width:  # cut by a line break, or a row short of cells?
+        # cut by a line break, or a row short of cells? (in a whitespace log, short rows
+        # are rows: blanks cannot tell a cut text field from the next record)
+        if 0 < len(cells) < width and delimiter != "whitespace":
             together, last, longer = record, number, cells
             while len(longer) < width and last < len(lines):
                 together, last = together + " " + lines[last], last + 1  # the break: a blank
@@ -601,9 +606,16 @@ def load_mapping(path: Path) -> dict:
             f"{path.name}: unknown mapping key(s) {unknown}; it takes "
             f"{[*MAPPING_COLUMNS, *MAPPING_OPTIONS]}"
         )
-    for needed in ("batch", "time"):
-        if not mapping.get(needed):
-            raise SchemaError(f"{path.name}: the mapping needs {needed!r} (the column holding it)")
+    if not mapping.get("time"):
+        raise SchemaError(f"{path.name}: the mapping needs 'time' (the column holding it)")
+    if bool(mapping.get("batch")) == bool(mapping.get("batch_id")):
+        raise SchemaError(
+            f"{path.name}: the mapping needs one of 'batch' (the column naming each row's "
+            "batch) or 'batch_id' (one batch for the whole file)"
+        )
+    time = mapping["time"]
+    if isinstance(time, list) and not (time and all(isinstance(c, str) for c in time)):
+        raise SchemaError(f"{path.name}: 'time' is a column or a list of columns (date, time)")
     if not (mapping.get("gravity") or mapping.get("temperature")):
         raise SchemaError(f"{path.name}: the mapping names neither 'gravity' nor 'temperature'")
     for quantity in ("gravity", "temperature", "original_gravity"):
@@ -625,13 +637,22 @@ def read_mapped_csv(path: Path, zone: ZoneInfo) -> DeviceRead:
     text = path.read_text(encoding="utf-8-sig", errors="replace")
     frame, notes = _records(text, mapping.get("delimiter", ","), path.name)
     named = {key: mapping[key] for key in MAPPING_COLUMNS if mapping.get(key)}
-    absent = sorted(v for v in named.values() if v not in frame.columns)
+    parts = named["time"] if isinstance(named["time"], list) else [named["time"]]
+    absent = sorted(
+        v for v in [*parts, *(v for k, v in named.items() if k != "time")] if v not in frame
+    )
     if absent:
         raise SchemaError(
             f"{path.name}: column(s) {absent} of {mapping_path.name} are not in the file "
             f"(it has {list(frame.columns)})"
         )
     frame = frame.apply(lambda c: c.str.strip())
+    if len(parts) > 1:  # a date column and a time column: read as one time
+        named["time"] = " ".join(parts)
+        frame[named["time"]] = frame[parts].agg(" ".join, axis=1).str.strip()
+    if "batch_id" in mapping:  # one batch for the whole file
+        named["batch"] = "(batch_id)"
+        frame[named["batch"]] = str(mapping["batch_id"])
     missing = mapping.get("missing") or {}
     for quantity, values in missing.items():
         if quantity in named:

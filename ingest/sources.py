@@ -388,7 +388,7 @@ def read_drop_tables(
     naive timestamps; ``companions`` the batch histories that may describe a JSON-lines log;
     ``naive`` what a brewcast file's timestamps without offset get (refuse | local).
     Raises :class:`SchemaError` saying what is wrong."""
-    if path.suffix.lower() not in DROP_SUFFIXES:
+    if path.suffix.lower() not in DROP_SUFFIXES and not devices.mapping_of(path).is_file():
         raise SchemaError(
             f"{path.name}: unsupported file type {path.suffix or '(no suffix)'}: the drop "
             f"folder takes {', '.join(DROP_SUFFIXES)} (unpack a compressed file first)"

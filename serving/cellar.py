@@ -29,6 +29,7 @@ import sqlalchemy as sa
 
 from brewcast.assets import ASSETS
 from brewcast.readings_store import forecasts, metadata, ready_events
+from brewcast.schema import PLATO_RANGE
 from serving.readings import ReadingError
 
 log = logging.getLogger(__name__)
@@ -397,7 +398,10 @@ def fitted_curve(gravity, until_hours: float | None = None, steps: int = 120) ->
                 t,
                 values,
                 p0=start,
-                bounds=([0.0, -2.0, 1e-3, -48.0], [40.0, 30.0, 2.0, max(t[-1], 1.0) * 4 + 48]),
+                bounds=(
+                    [0.0, PLATO_RANGE[0], 1e-3, -48.0],
+                    [40.0, PLATO_RANGE[1], 2.0, max(t[-1], 1.0) * 4 + 48],
+                ),
                 maxfev=5000,
             )
     except (RuntimeError, ValueError, OptimizeWarning):

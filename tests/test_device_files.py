@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -227,7 +228,7 @@ def test_a_brewery_erp_export_through_a_column_mapping(tmp_path):
         ({**EKOS_MAPPING, "gravity_unit": None}, "'gravity' is mapped without 'gravity_unit'"),
         ({**EKOS_MAPPING, "gravity": "Gravité"}, "['Gravité']"),
         ({**EKOS_MAPPING, "colour": "x"}, "unknown mapping key(s) ['colour']"),
-        ({k: v for k, v in EKOS_MAPPING.items() if k != "batch"}, "needs 'batch'"),
+        ({k: v for k, v in EKOS_MAPPING.items() if k != "batch"}, "needs one of 'batch'"),
     ],
 )
 def test_a_bad_mapping_quarantines_the_file_with_its_reason(tmp_path, mapping, says):
@@ -335,6 +336,20 @@ def test_a_date_only_log_keeps_every_reading_of_a_day_in_its_order(tmp_path):
     assert len(validated) == 7  # none held back as unique_key
 
 
+def test_a_dry_cider_below_sg_1000_keeps_the_end_of_its_curve(tmp_path):
+    """SG 1.000 is -0.003 °P and a dry cider ends at 0.994 (-1.56 °P): the range (0, 30)
+    quarantined the end of every such curve, and a NEIPA attenuated past 100%."""
+    log = "Batch,Date,SG\nC1,2026-03-02 08:00,1.050\nC1,2026-03-09 08:00,1.000\n" + (
+        "C1,2026-03-16 08:00,0.994\n"
+    )
+    mapping = {"batch": "Batch", "time": "Date", "gravity": "SG", "gravity_unit": "SG"}
+    settings = _drop(tmp_path, {"cider.csv": log, "cider.mapping.json": json.dumps(mapping)})
+    assert ingest_drop_folder(settings).accepted == ["cider.csv"]
+    stages.validate(settings)
+    kept = lake.read_table(settings.paths.lake, "validated", READINGS)["value"]
+    assert sorted(kept) == pytest.approx(sorted(sg_to_plato(np.array([1.050, 1.000, 0.994]))))
+
+
 def test_a_probe_curve_and_the_hand_log_of_one_fermentation_are_one_batch(tmp_path):
     """A probe's export named with the brewery's batch number and the ERP's hand log of the
     same fermentation landed as two batches (training saw it twice). With the batch-number
@@ -406,6 +421,32 @@ def test_epoch_times_and_whitespace_separated_logs_are_mappable(tmp_path):
     assert len(readings) == 8
 
 
+def test_a_gnuplot_fermentation_log_is_mappable_as_delivered(tmp_path):
+    """lambert/TTO's ``fermentation.data`` (DEVICES.md §10): a ``#`` header, date and time in
+    two columns, no batch column, most rows only a temperature. It needed hand edits; now
+    its mapping reads it as it is (``time`` from two columns, ``batch_id`` for the file)."""
+    log = (
+        "# Date Time  Temperature  Pressure  Gravity  pH\n"
+        "16-09-2024 18:30:00  17.6  0  1.032  5.24\n"
+        "16-09-2024 18:40:00  17.7\n"
+        "16-09-2024 18:50:00  17.8\n"
+        "20-09-2024 08:00:00  18.0  0  1.008  4.40\n"
+    )
+    mapping = {"batch_id": "TTO-10", "time": ["Date", "Time"], "time_format": "%d-%m-%Y %H:%M:%S",
+               "delimiter": "whitespace", "temperature": "Temperature", "temperature_unit": "°C",
+               "gravity": "Gravity", "gravity_unit": "SG"}  # fmt: skip
+    files = {"fermentation.data": log, "fermentation.mapping.json": json.dumps(mapping)}
+    settings = _drop(tmp_path, files)
+    report = ingest_drop_folder(settings)
+    assert report.accepted == ["fermentation.data"], report.rejected
+    readings = _readings(settings)
+    assert set(readings["batch_id"]) == {"TTO-10"}
+    assert (readings["tag"] == "temperature_c").sum() == 4
+    gravity = readings[readings["tag"] == "gravity_plato"].sort_values("timestamp")["value"]
+    assert gravity.tolist() == pytest.approx(sg_to_plato(np.array([1.032, 1.008])).tolist())
+    assert _value(readings, "temperature_c", "2024-09-16 18:40") == pytest.approx(17.7)
+
+
 def test_short_rows_stay_rows_and_only_a_cut_row_is_joined():
     """Lines join only when together they make exactly one row of the header's width: rows
     short of trailing cells stay rows (as pandas reads them), a note cut by Enter joins."""
@@ -423,3 +464,9 @@ def test_short_rows_stay_rows_and_only_a_cut_row_is_joined():
     assert notes == [
         "t.csv: 1 record(s) cut by a line break inside a text field joined again (lines 5-6)"
     ]
+    # a whitespace log's short rows are rows: two of them made one "whole" row and a real
+    # log (TTO's fermentation.data) silently lost 983 of its 2,054 readings
+    log = "batch time temp_c sg note x\nb1 15:29 19.4 1.040 a b\nb1 16:00 19.5\nb1 16:30 19.6\n"
+    frame, notes = _records(log, "whitespace", "log.csv")
+    assert list(frame.index) == [2, 3, 4] and notes == []
+    assert frame.loc[3].tolist() == ["b1", "16:00", "19.5", "", "", ""]
