@@ -744,7 +744,8 @@ def _readings_frame(
     bad = np.flatnonzero(rng.random(values.size) < cfg.bad_reading_rate)
     kinds = rng.integers(0, 3, bad.size)
     values[bad[kinds == 0]] *= 10.0
-    values[bad[kinds == 1]] = np.where(tags[bad[kinds == 1]] == 0, -1.0, 999.0)
+    # impossible: below any gravity a fermented drink reaches, above any cellar temperature
+    values[bad[kinds == 1]] = np.where(tags[bad[kinds == 1]] == 0, -10.0, 999.0)
     values[bad[kinds == 2]] = np.nan
 
     timestamps = _to_ts(cfg, hours).to_numpy()
