@@ -12,6 +12,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -202,26 +203,34 @@ def test_ingest_then_training_end_to_end(tmp_path):
         ]
         db.close()
 
-        # The real scheduler turns the queued asset event into a training run.
+        # The real scheduler turns the queued asset event into a training run. Waited for
+        # as that run appearing, not as the scheduler's exit: on a busy machine its exit
+        # also waited for the LocalExecutor to start the run's tasks (>180 s once).
         scheduler = subprocess.Popen(
-            [AIRFLOW, "scheduler", "--num-runs", "2"],
+            [AIRFLOW, "scheduler", "--num-runs", "5"],
             env={**os.environ, **env},
             cwd=PROJECT_ROOT,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
+
+        def training_runs() -> list[tuple[str]]:
+            with contextlib.closing(sqlite3.connect(home / "airflow" / "airflow.db")) as db:
+                query = "select run_type from dag_run where dag_id='fermentation_training'"
+                return db.execute(query).fetchall()
+
+        deadline = time.monotonic() + 600
         try:
-            assert scheduler.wait(timeout=180) == 0
+            while time.monotonic() < deadline and scheduler.poll() is None:
+                if ("asset_triggered",) in training_runs():
+                    break
+                time.sleep(2)
         finally:  # its LocalExecutor workers outlive it: end the whole group
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(scheduler.pid, signal.SIGKILL)
-        db = sqlite3.connect(home / "airflow" / "airflow.db")
-        triggered = db.execute(
-            "select run_type from dag_run where dag_id='fermentation_training'"
-        ).fetchall()
-        db.close()
-        assert ("asset_triggered",) in triggered
+        triggered = training_runs()
+        assert ("asset_triggered",) in triggered, (triggered, scheduler.returncode)
 
         _run([AIRFLOW, "dags", "test", "fermentation_training", world.end.isoformat()], env)
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
