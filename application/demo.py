@@ -666,7 +666,7 @@ class LiveCellar:
         """The Tilt's readings as the Tilt app posts them: one form a gravity reading, its
         time an Excel serial day in the phone's local time, SG and the latest °F."""
         from brewcast.units import plato_to_sg
-        from serving.readings import EXCEL_ORIGIN
+        from ingest.devices import EXCEL_ORIGIN
 
         for at, tag, value in zip(due["timestamp"], due["tag"], due["value"], strict=True):
             if tag == "temperature_c":
