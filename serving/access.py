@@ -20,6 +20,7 @@ key still opens anything. ``BREWCAST_SERVING_API_KEY``, where set, is an admin k
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import secrets
@@ -89,16 +90,11 @@ ROUTE_GRANTS: tuple[RouteGrant, ...] = (
     RouteGrant("POST", "/reload", "administer"),
 )
 
-_PATTERNS: dict[str, re.Pattern] = {}
 
-
+@functools.cache
 def _pattern(template: str) -> re.Pattern:
-    if template not in _PATTERNS:
-        parts = re.split(r"(\{[^}]+\})", template)
-        _PATTERNS[template] = re.compile(
-            "".join("[^/]+" if p.startswith("{") else re.escape(p) for p in parts)
-        )
-    return _PATTERNS[template]
+    parts = re.split(r"(\{[^}]+\})", template)
+    return re.compile("".join("[^/]+" if p.startswith("{") else re.escape(p) for p in parts))
 
 
 def needed_grant(method: str, path: str) -> Grant:

@@ -41,6 +41,7 @@ from brewcast.readings_store import (
     refused_pushes,
 )
 from brewcast.schema import BATCHES, READING_VALUE_RANGES
+from brewcast.settings import ValidationSettings
 from brewcast.snapshots import Series, hour_of, hours_of, snapshot_columns, snapshot_table
 from brewcast.units import (
     SG_SPAN,
@@ -553,7 +554,12 @@ class ReadingsStore:
     """The service's batches, devices and readings (see the module's text)."""
 
     def __init__(
-        self, engine: sa.Engine, cached_batches: int = 1000, max_gravity_jump_plato: float = 2.0
+        self,
+        engine: sa.Engine,
+        cached_batches: int = 1000,
+        max_gravity_jump_plato: float = ValidationSettings.model_fields[
+            "max_gravity_cumulative_rise_plato"
+        ].default,
     ):
         self.engine = engine
         self.max_gravity_jump_plato = max_gravity_jump_plato
@@ -906,6 +912,7 @@ class ReadingsStore:
                 "received_at": now,
                 "sent_value": sent_value,
                 "sent_unit": sent_unit,
+                "held_out": None,  # or why it is kept out of the curve: _hold_out_jumps
             }
             old = existing.get((at, tag))
             if old is None:
@@ -955,8 +962,6 @@ class ReadingsStore:
         is a device moved to a fresh batch or a probe out of the liquid, and folding it into
         the curve would move the forecast. It is stored (and reaches the lake, whose
         validation judges it again) but not drawn or forecast from. Returns the reasons."""
-        for row in rows:
-            row.setdefault("held_out", None)
         by_batch: dict[str, list[dict]] = {}
         for row in rows:
             if row["batch_id"] and row["tag"] == "gravity_plato":
