@@ -150,7 +150,13 @@ def build_features(settings: Settings | None = None, stage: str = "validated") -
     ``counts["new_labelled_batches"]`` counts batches labelled since the last build: the
     training DAG is triggered (through the asset) only when it is positive.
     """
-    from models.dataset import LabelRules, build_snapshots, derive_outcomes, split_by_batch_time
+    from models.dataset import (
+        KNOWN_OUTCOMES,
+        LabelRules,
+        build_snapshots,
+        derive_outcomes,
+        split_by_batch_time,
+    )
     from validation.validate import publish_features
 
     settings = settings or get_settings()
@@ -165,7 +171,7 @@ def build_features(settings: Settings | None = None, stage: str = "validated") -
     rules = LabelRules.from_settings(settings)
     outcomes = derive_outcomes(batches, readings, rules)
     snapshots = build_snapshots(batches, readings, rules, outcomes)
-    labelled = sorted(outcomes.loc[outcomes["status"] != "running", "batch_id"])
+    labelled = sorted(outcomes.loc[outcomes["status"].isin(KNOWN_OUTCOMES), "batch_id"])
     state = paths.labelled_batches
     before = set(json.loads(state.read_text())) if state.exists() else set()
     manifest = Manifest(

@@ -472,18 +472,26 @@ FEATURES = Table(
         Column(
             "finished_within_horizon",
             "bool",
-            "Label: terminal gravity reached by t + horizon.",
+            "Label: the plateau started by t + horizon.",
             role="label",
         ),
         Column(
             "hours_remaining",
             "float64",
-            "Label: hours from t until terminal gravity (0 if already reached; missing for "
-            "stuck batches).",
+            "Label: hours from t until the plateau started (0 if it had; missing for a "
+            "stuck batch and for a censored one).",
             "h",
             0.0,
             2000.0,
             nullable=True,
+            role="label",
+        ),
+        Column(
+            "censored",
+            "bool",
+            "Label: the batch's finish is not known (still running, or its log closed with "
+            "no plateau confirmed): the snapshot is a sure negative, taken at least a "
+            "horizon before the batch had surely not finished, with no hours target.",
             role="label",
         ),
     ),

@@ -125,10 +125,19 @@ class LabelSettings(BaseSettings):
     horizon_hours: float = Field(24.0, description="Predict finishing within this horizon.")
     snapshot_every_hours: float = Field(6.0, description="Snapshot cadence during a batch.")
     terminal_tolerance_plato: float = Field(
-        0.3, description="Gravity within this of the plateau counts as terminal."
+        0.3,
+        description="A plateau: no reading in its window falls more than this below its "
+        "first reading (°P).",
     )
     plateau_hours: float = Field(
-        36.0, description="A plateau must last this long before a batch is labelled finished."
+        48.0,
+        description="The plateau's window: how long gravity must hold after its first "
+        "reading (h; brewers look for two to three days).",
+    )
+    plateau_confirm_hours: float = Field(
+        24.0,
+        description="A plateau counts once a reading at least this long after its first "
+        "one confirms it (h).",
     )
 
 
@@ -292,6 +301,11 @@ class RegistrySettings(BaseSettings):
         0.07,
         description="The same for a tested slice (a strain, brand, fermenter or forecast "
         "bucket with the batches to be tested).",
+    )
+    gate_min_recall: float = Field(
+        0.30,
+        description="The decision must fire: its recall of batches finishing within the "
+        "horizon, at the chosen threshold on pre-finish test rows, at least this.",
     )
     gate_max_horizon_disagreement: float = Field(
         0.10,

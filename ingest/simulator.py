@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 from rich.progress import Progress
 
+from brewcast.plateau import PlateauRule, find_plateau
 from brewcast.schema import BATCHES, READINGS
 from brewcast.units import CANONICAL
 
@@ -270,7 +271,8 @@ class SimulationConfig:
     stuck_probability: float = 0.03
     bad_reading_rate: float = 0.004
     bad_batch_rate: float = 0.02
-    terminal_tolerance_plato: float = 0.3
+    #: What finished means (the labels' rule), for the truth's finish times.
+    plateau: PlateauRule = field(default_factory=PlateauRule)
     drift: Drift | None = None
     #: The brewery (a key of :data:`PROFILES`) and its realism (None: the profile's own).
     profile: str = "default"
@@ -540,13 +542,13 @@ def _simulate_batch(
         duration = midpoint + 6.0 / late_slope + rng.uniform(48, 96)
     else:
         finish_h = hours_to_terminal(
-            curve.og, curve.pe, late_slope, midpoint, cfg.terminal_tolerance_plato
+            curve.og, curve.pe, late_slope, midpoint, cfg.plateau.tolerance_plato
         )
         duration = finish_h + rng.uniform(36, 72)  # plateau + diacetyl rest before crash
     crash_target, crash_hours = _add_realism(cfg, index, curve, duration)
     total = duration + crash_hours
-    if not stuck and not curve.plain:
-        finish_h = _terminal_hours(curve, total, cfg.terminal_tolerance_plato)
+    if not stuck:
+        finish_h = _plateau_hours(curve, total, cfg.plateau)
     end_h = start_h + total
     observed_until = min(end_h, world_end_h) - start_h
 
@@ -585,7 +587,7 @@ def _add_realism(
     if effects.dry_hop_probability > 0 and hops.random() < effects.dry_hop_probability:
         # Late in fermentation: from about three quarters down to just after the plateau.
         late = hours_to_terminal(
-            curve.og, curve.pe, curve.late_slope, curve.midpoint, cfg.terminal_tolerance_plato
+            curve.og, curve.pe, curve.late_slope, curve.midpoint, cfg.plateau.tolerance_plato
         )
         earliest = curve.midpoint + 1.1 / curve.late_slope
         curve.dry_hop_at = float(
@@ -601,13 +603,12 @@ def _add_realism(
     )
 
 
-def _terminal_hours(curve: _Curve, total_hours: float, tolerance: float) -> float:
-    """When the noise-free curve first comes within ``tolerance`` of its median over the last
-    24 h: the labels' rule (models.dataset.derive_outcomes), so truth and labels agree."""
+def _plateau_hours(curve: _Curve, total_hours: float, rule: PlateauRule) -> float:
+    """When the noise-free curve's plateau starts (every 15 minutes until the batch ends):
+    the labels' rule (:mod:`brewcast.plateau`), so truth and labels agree."""
     t = np.arange(0.0, total_hours, 0.25)
-    g = curve.gravity(t)
-    terminal = float(np.median(g[t >= total_hours - 24.0]))
-    return float(t[np.argmax(g <= terminal + tolerance)])
+    plateau = find_plateau(t, curve.gravity(t), curve.og, rule, closed=True)
+    return float(t[plateau.index]) if plateau.status == "finished" else np.nan
 
 
 def _gravity_readings(

@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from brewcast.lake import clip, land, part_label, quarantine_file, write_partitions
+from brewcast.plateau import PlateauRule
 from brewcast.schema import BATCHES, READINGS, SchemaError, Table
 from brewcast.settings import Settings
 from brewcast.units import CANONICAL, QUANTITY_OF, UnitError, from_canonical, parse_unit
@@ -89,7 +90,7 @@ def simulation_config(settings: Settings, **overrides: object) -> SimulationConf
         days=float(settings.simulation_days),
         fermenters=settings.simulation_fermenters,
         seed=settings.seed,
-        terminal_tolerance_plato=settings.terminal_tolerance_plato,
+        plateau=PlateauRule.from_settings(settings),
         profile=settings.simulation_profile,
     )
     if settings.drift_value:

@@ -1,22 +1,24 @@
 """From raw batches and readings to labelled snapshots, without peeking into the future.
 
 A *snapshot* is what was known about a batch at time ``t``: its pitch metadata and the
-readings with ``timestamp <= t`` only. Its labels come from the batch's outcome, which is
-derived from the readings once the batch has plateaued: the finish time is the first
-time the (median-smoothed) gravity comes within a tolerance of the plateau. A batch whose
-plateau sits far above what yeast achieves is *stuck*: it never finishes (negative label,
-no hours-remaining target). Splits go by batch pitch time, so no batch is on both sides
-and the test split is the most recent data, as in production.
+readings with ``timestamp <= t`` only. Its labels come from the batch's outcome: the
+finish is the start of its gravity plateau (:mod:`brewcast.plateau`: the same rule for
+any cadence and any log length), taken at the middle of the two readings it lies between.
+A batch whose plateau sits far above what yeast leaves is *stuck*: it never finishes
+(negative label, no hours-remaining target). A batch whose plateau is not confirmed is
+right-censored: its early snapshots are sure negatives. Splits go by batch pitch time, so
+no batch is on both sides and the test split is the most recent data, as in production.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
+from brewcast.plateau import PlateauRule, find_plateau
 from brewcast.schema import FEATURES, REGRESSION_TARGET
 from brewcast.snapshots import (
     derived_og,
@@ -34,9 +36,9 @@ log = logging.getLogger(__name__)
 #: A plateau at an apparent attenuation below this is a stuck fermentation (strains reach
 #: 0.63-0.80, DOMAIN.md).
 STUCK_ATTENUATION_BELOW = 0.60
-#: An open batch's flat gravity only counts as a plateau after this much attenuation; before
-#: it, flat gravity is the lag phase. A closed frame needs no such evidence.
-PLATEAU_MIN_ATTENUATION = 0.2
+#: Below this OG (°P) a beer is low-alcohol: its yeast or its wort stops it early on purpose,
+#: so a plateau at low attenuation is its finish, not a stuck fermentation.
+LOW_ALCOHOL_OG_PLATO = 7.0
 #: A batch whose gravity never falls by this share of where its readings started did not
 #: ferment (a hydrometer on the bench or in water): it gets no outcome, so no labels. Kept
 #: below the stuck range (a stall at 25-55 % attenuation is a stuck batch, which is labelled).
@@ -49,11 +51,18 @@ SPLITS = ("train", "validation", "test")
 OUTCOME_COLUMNS = (
     "batch_id",
     "status",
+    # a finished batch: its plateau started after finish_earliest (the reading before the
+    # first plateau reading) and by finish_latest (that reading); finish_time is the middle
     "finish_time",
+    "finish_earliest",
+    "finish_latest",
     "terminal_gravity_plato",
-    # a running batch: until when it had surely not finished (see _unfinished_until)
+    # a running or censored batch: until when it had surely not finished
     "unfinished_until",
 )
+#: Outcomes that give a batch's labels; ``running`` and ``censored`` (a closed log whose
+#: plateau no reading confirms) are right-censored at ``unfinished_until``.
+KNOWN_OUTCOMES = ("finished", "stuck")
 
 
 @dataclass(frozen=True)
@@ -62,28 +71,27 @@ class LabelRules:
 
     horizon_hours: float = 24.0
     snapshot_every_hours: float = 6.0
-    terminal_tolerance_plato: float = 0.3
-    plateau_hours: float = 36.0
+    plateau: PlateauRule = field(default_factory=PlateauRule)
 
     @classmethod
     def from_settings(cls, settings) -> LabelRules:
         return cls(
             settings.horizon_hours,
             settings.snapshot_every_hours,
-            settings.terminal_tolerance_plato,
-            settings.plateau_hours,
+            PlateauRule.from_settings(settings),
         )
 
 
 def derive_outcomes(
     batches: pd.DataFrame, readings: pd.DataFrame, rules: LabelRules
 ) -> pd.DataFrame:
-    """Per batch: ``finished`` / ``stuck`` once the plateau is established, else ``running``.
-
-    The plateau counts as established when the batch's frame is closed (``end_time`` known)
-    or when gravity has stayed at it for ``rules.plateau_hours``. A batch that never
-    fermented (its gravity never fell by :data:`MIN_FERMENTATION_DROP` of where its readings
-    started, or most of its gravity readings are impossible) stays ``running``: no labels.
+    """Per batch (:data:`OUTCOME_COLUMNS`): ``finished`` at the start of its plateau
+    (:mod:`brewcast.plateau`), ``stuck`` when that plateau sits below
+    :data:`STUCK_ATTENUATION_BELOW` (a beer of at least :data:`LOW_ALCOHOL_OG_PLATO`),
+    ``running`` while its plateau is not confirmed, ``censored`` when its log closed
+    without one. A batch that never fermented (its gravity never fell by
+    :data:`MIN_FERMENTATION_DROP` of where its readings started, or most of its gravity
+    readings are impossible) stays ``running`` with no ``unfinished_until``: no labels.
     """
     gravity = plausible(readings, "gravity_plato")
     groups = dict(tuple(gravity.groupby("batch_id", sort=False)))
@@ -91,27 +99,16 @@ def derive_outcomes(
     rows = []
     for batch in batches.itertuples(index=False):
         g = groups.get(batch.batch_id)
-        row = (batch.batch_id, "running", pd.NaT, np.nan, pd.NaT)
+        row = (batch.batch_id, "running", pd.NaT, pd.NaT, pd.NaT, np.nan, pd.NaT)
         if g is not None and len(g) >= 3:
             row = _outcome(batch, g, rules)
             if len(g) < MIN_PLAUSIBLE_SHARE * recorded.get(batch.batch_id, 0):
-                row = (batch.batch_id, "running", pd.NaT, row[3], pd.NaT)
+                row = (batch.batch_id, "running", pd.NaT, pd.NaT, pd.NaT, row[5], pd.NaT)
         rows.append(row)
     out = pd.DataFrame(rows, columns=list(OUTCOME_COLUMNS))
-    for column in ("finish_time", "unfinished_until"):
+    for column in ("finish_time", "finish_earliest", "finish_latest", "unfinished_until"):
         out[column] = pd.to_datetime(out[column], utc=True).astype("datetime64[us, UTC]")
     return out
-
-
-def _unfinished_until(g: pd.DataFrame, smooth: np.ndarray, rules: LabelRules):
-    """Until when a running batch had surely not finished: its first (smoothed) reading
-    within two tolerances of its lowest so far. Gravity does not rise, so the terminal
-    gravity it will reach is at most that lowest, and a batch still more than two
-    tolerances above it had not reached the plateau the label rule looks for (within one
-    tolerance of the terminal). Every snapshot whose horizon ends before then is a sure
-    negative, days before the plateau rule labels it."""
-    near = np.flatnonzero(smooth <= smooth.min() + 2 * rules.terminal_tolerance_plato)
-    return g["timestamp"].iloc[near[0]]
 
 
 def _outcome(batch, g: pd.DataFrame, rules: LabelRules) -> tuple:
@@ -119,24 +116,27 @@ def _outcome(batch, g: pd.DataFrame, rules: LabelRules) -> tuple:
     times = hours_of(g["timestamp"])
     values = g["value"].to_numpy(dtype="float64")
     smooth = g["value"].rolling(3, center=True, min_periods=1).median().to_numpy()
-    last = times[-1]
-    terminal = float(np.median(smooth[times >= last - 24.0]))
-    running = (batch.batch_id, "running", pd.NaT, terminal, pd.NaT)
+    stamps = g["timestamp"]
     start_gravity = derived_og(times, values)[-1]
-    if not start_gravity > 0 or start_gravity - terminal < MIN_FERMENTATION_DROP * start_gravity:
+    lowest = float(smooth.min())
+    running = (batch.batch_id, "running", pd.NaT, pd.NaT, pd.NaT, lowest, pd.NaT)
+    if not start_gravity > 0 or start_gravity - lowest < MIN_FERMENTATION_DROP * start_gravity:
         return running  # never fermented: no outcome, whatever the frame says
-    reached = np.flatnonzero(smooth <= terminal + rules.terminal_tolerance_plato)
-    first_reached = times[reached[0]]
     og, _ = original_gravity(batch._asdict(), start_gravity)
-    attenuation = (og - terminal) / og if og > 0 else np.nan
     closed = pd.notna(batch.end_time)
-    if not closed and (
-        last - first_reached < rules.plateau_hours or not attenuation >= PLATEAU_MIN_ATTENUATION
-    ):
-        return (*running[:4], _unfinished_until(g, smooth, rules))
-    if attenuation < STUCK_ATTENUATION_BELOW:
-        return (batch.batch_id, "stuck", pd.NaT, terminal, pd.NaT)
-    return (batch.batch_id, "finished", g["timestamp"].iloc[reached[0]], terminal, pd.NaT)
+    # the centred median of the last reading changes with the next one: not final yet
+    plateau = find_plateau(times, smooth, og, rules.plateau, closed, settled=len(smooth) - 1)
+    before = pd.NaT if plateau.before is None else stamps.iloc[plateau.before]
+    if plateau.status != "finished":
+        status = "censored" if plateau.status == "unconfirmed" else "running"
+        return (batch.batch_id, status, pd.NaT, pd.NaT, pd.NaT, lowest, before)
+    at = stamps.iloc[plateau.index]
+    terminal = float(smooth[plateau.index])
+    if og >= LOW_ALCOHOL_OG_PLATO and (og - terminal) / og < STUCK_ATTENUATION_BELOW:
+        return (batch.batch_id, "stuck", pd.NaT, pd.NaT, pd.NaT, terminal, pd.NaT)
+    earliest = at if pd.isna(before) else before
+    middle = earliest + (at - earliest) / 2
+    return (batch.batch_id, "finished", middle, earliest, at, terminal, pd.NaT)
 
 
 def build_snapshots(
@@ -145,14 +145,17 @@ def build_snapshots(
     rules: LabelRules,
     outcomes: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
-    """Labelled snapshots of every batch whose outcome is known, conformed to ``FEATURES``.
+    """Labelled snapshots of every batch with an outcome, conformed to ``FEATURES``.
 
     Snapshots run every ``rules.snapshot_every_hours`` from pitch until the last reading,
-    or until ``horizon`` after the finish for finished batches.
+    or until ``horizon`` after the finish for finished batches. A running or censored
+    batch gives the snapshots whose horizon ends before it had surely not finished
+    (``unfinished_until``): sure negatives, marked ``censored``, with no hours target.
     """
     if outcomes is None:
         outcomes = derive_outcomes(batches, readings, rules)
-    known = outcomes[outcomes["status"] != "running"].set_index("batch_id")
+    usable = outcomes["status"].isin(KNOWN_OUTCOMES) | outcomes["unfinished_until"].notna()
+    known = outcomes[usable].set_index("batch_id")
     gravity = dict(tuple(plausible(readings, "gravity_plato").groupby("batch_id", sort=False)))
     temperature = dict(tuple(plausible(readings, "temperature_c").groupby("batch_id", sort=False)))
     parts: list[tuple[object, dict[str, np.ndarray]]] = []
@@ -178,19 +181,25 @@ def _batch_snapshots(
     rules: LabelRules,
 ) -> dict[str, np.ndarray] | None:
     """One batch's snapshot columns (those that vary between its snapshots), every
-    ``rules.snapshot_every_hours`` from pitch until its last reading or ``horizon`` after
-    its finish, with their labels; None when it has no snapshot yet."""
+    ``rules.snapshot_every_hours`` from pitch until its last reading, ``horizon`` after its
+    finish, or (censored) ``horizon`` before it had surely not finished, with their
+    labels; None when it has no snapshot yet."""
     start = hour_of(batch.start_time)
     g = series_of(gravity)
     g_t = g.hours
     finish = np.nan if pd.isna(outcome["finish_time"]) else hour_of(outcome["finish_time"])
-    until = g_t[-1] if np.isnan(finish) else min(g_t[-1], finish + rules.horizon_hours)
+    censored = outcome["status"] not in KNOWN_OUTCOMES
+    if censored:
+        until = hour_of(outcome["unfinished_until"]) - rules.horizon_hours
+    else:
+        until = g_t[-1] if np.isnan(finish) else min(g_t[-1], finish + rules.horizon_hours)
     t = start + np.arange(
         rules.snapshot_every_hours, until - start + 1e-9, rules.snapshot_every_hours
     )
     if t.size == 0:
         return None
     columns = snapshot_columns(batch, g, None if temperature is None else series_of(temperature), t)
+    columns["censored"] = np.full(t.size, censored)
     if np.isnan(finish):
         columns["finished_within_horizon"] = np.zeros(t.size, bool)
         columns["hours_remaining"] = np.full(t.size, np.nan)

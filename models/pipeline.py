@@ -23,6 +23,7 @@ from brewcast.contract import CATEGORICAL
 from brewcast.schema import FEATURES, LABEL, REGRESSION_TARGET, slice_keys
 from brewcast.settings import Settings
 from models import metrics
+from models.baselines import NON_ML
 from models.calibrate import fit_calibration, sigmoid
 from models.dataset import SPLITS, before_finish, split_by_batch_time, unseen_in_training
 from models.inputs import Preprocessing, with_unknown_batches
@@ -96,7 +97,14 @@ def prepare(settings: Settings, work: TrainingWorkdir) -> dict:
         "feature_files": len(files),
         "rows": len(features),
     }
-    parts = {name: features[split == name].reset_index(drop=True) for name in SPLITS}
+    # A censored batch's sure negatives teach the classifier; every metric, calibration
+    # and interval of the later splits needs a batch's whole outcome, so they keep none.
+    complete = ~features["censored"].fillna(False).astype(bool)
+    parts = {
+        name: features[(split == name) & (complete | (split == "train"))].reset_index(drop=True)
+        for name in SPLITS
+    }
+    info["train_censored_rows"] = int(((split == "train") & ~complete).sum())
     for name, part in parts.items():
         batches = part["batch_id"].nunique()
         if batches < settings.min_split_batches or part[LABEL].nunique() < 2:
@@ -230,6 +238,9 @@ def fit(settings: Settings, work: TrainingWorkdir, progress: bool = True) -> dic
             "probability": model.predict_proba(test).tolist(),
             "hours": None if hours is None else hours.tolist(),
         }
+        if model.window is not None:
+            window = model.window(test)
+            scores[name]["window_80"] = [window["lower"].tolist(), window["upper"].tolist()]
     work.write_json(work.baseline_scores, scores)
     info = {
         "families": trained,
@@ -488,6 +499,8 @@ def _predictions(work: TrainingWorkdir, test: pd.DataFrame) -> tuple[pd.DataFram
     for name, scores in work.read_json(work.baseline_scores).items():
         frame[f"{name}_probability"] = scores["probability"]
         frame[f"{name}_hours"] = np.nan if scores["hours"] is None else scores["hours"]
+        if "window_80" in scores:
+            frame[f"{name}_low_80"], frame[f"{name}_high_80"] = scores["window_80"]
         models.append({"name": name, "role": "baseline", "kind": "baseline"})
     return frame, models
 
@@ -545,7 +558,22 @@ def evaluate(settings: Settings, work: TrainingWorkdir) -> dict:
         for m in models
         if m["role"] != "candidate"
     }
+    finite = np.isfinite(decided[REGRESSION_TARGET].to_numpy(dtype=float))
+    hours_comparisons = {
+        m["name"]: metrics.paired_difference(
+            decided.loc[finite, REGRESSION_TARGET],
+            decided.loc[finite, f"{candidate}_hours"],
+            decided.loc[finite, f"{m['name']}_hours"],
+            decided.loc[finite, "batch_id"],
+            metric=metrics.mean_absolute_error,
+            replicates=settings.bootstrap_replicates,
+            seed=settings.seed,
+        )
+        for m in models
+        if m["name"] in NON_ML and decided[f"{m['name']}_hours"].notna().any()
+    }
     intervals, coverage = _interval_evaluation(settings, work, test, predictions, models)
+    intervals["baselines"] = _baseline_windows(decided, models)
     coverage.to_csv(work.coverage, index=False)
     after = predictions[~predictions["before_finish"]]
     champion, champion_probability = score_champion(
@@ -561,6 +589,7 @@ def evaluate(settings: Settings, work: TrainingWorkdir) -> dict:
         work, overall, headline, models, comparisons, after, threshold, y, probability
     )
     info["intervals"] = intervals
+    info["hours_comparisons"] = hours_comparisons
     for name, model in info["models"].items():
         model["intervals"] = intervals["families"].get(name)
     work.write_json(work.evaluation, info)
@@ -616,6 +645,26 @@ def _interval_evaluation(
             )
             plot_coverage(table, forecast.levels, work.plots / "coverage.png")
     return report, coverage
+
+
+def _baseline_windows(decided: pd.DataFrame, models: list[dict]) -> dict[str, dict]:
+    """The 80% coverage and median width of each baseline that gives a window, on the
+    pre-finish test rows (a stuck batch is covered only by an open-ended window)."""
+    from models.intervals import actual_hours
+
+    target = actual_hours(decided)
+    out = {}
+    for model in models:
+        low_column = f"{model['name']}_low_80"
+        if model["kind"] != "baseline" or low_column not in decided:
+            continue
+        low = decided[low_column].to_numpy(dtype=float)
+        high = decided[f"{model['name']}_high_80"].to_numpy(dtype=float)
+        out[model["name"]] = {
+            "coverage_80": float(np.mean((target >= low) & (target <= high))),
+            "median_width_80": float(np.median(high - low)),
+        }
+    return out
 
 
 def _candidate_intervals(

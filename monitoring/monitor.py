@@ -32,6 +32,7 @@ from scipy.stats import t as t_dist
 from brewcast.intervals import LEVELS
 from brewcast.schema import slice_keys
 from brewcast.settings import Settings
+from models.dataset import KNOWN_OUTCOMES
 from models.metrics import Z95, classification_report, holm, prediction_bias
 from monitoring.causes import resolve
 from monitoring.drift import drift_table
@@ -217,7 +218,7 @@ def attach_labels(
         return (finish <= deadline).astype(float)
 
     if len(outcomes):
-        known = outcomes[outcomes["status"] != "running"].set_index("batch_id")
+        known = outcomes[outcomes["status"].isin(KNOWN_OUTCOMES)].set_index("batch_id")
         finish = pd.to_datetime(_lookup(out["batch_id"], known["finish_time"]), utc=True)
         status = _lookup(out["batch_id"], known["status"])
         lake = by_finish(finish).where(status == "finished", 0.0).where(status.notna())
@@ -261,7 +262,7 @@ def _label_bound(out: pd.DataFrame, outcomes: pd.DataFrame, deadline: pd.Series)
     bound = out["label"].copy()
     if not len(outcomes) or "unfinished_until" not in outcomes:
         return bound
-    running = outcomes[outcomes["status"] == "running"].set_index("batch_id")
+    running = outcomes[~outcomes["status"].isin(KNOWN_OUTCOMES)].set_index("batch_id")
     until = pd.to_datetime(_lookup(out["batch_id"], running["unfinished_until"]), utc=True)
     as_of = prediction_time(out).max()
     pending = bound.isna() & until.notna() & (deadline <= as_of)

@@ -6,12 +6,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from brewcast.plateau import PlateauRule
 from brewcast.schema import BATCHES, FEATURES, LABEL, READINGS
 from models.dataset import LabelRules, build_snapshots, derive_outcomes, split_by_batch_time
 from tests.conftest import SMALL_WORLD
 
 RULES = LabelRules(
-    horizon_hours=24.0, snapshot_every_hours=6.0, terminal_tolerance_plato=0.3, plateau_hours=36.0
+    horizon_hours=24.0,
+    snapshot_every_hours=6.0,
+    plateau=PlateauRule(tolerance_plato=0.3, window_hours=48.0, confirm_hours=24.0),
 )
 T0 = pd.Timestamp("2026-05-01 06:00", tz="UTC")
 GRAVITY = {0: 12.0, 12: 11.0, 24: 9.0, 36: 6.0, 48: 4.0, 60: 3.1, 72: 3.0, 96: 3.0, 120: 3.0}
@@ -49,13 +52,19 @@ def _hand_batch():
 
 
 def test_hand_example_outcome_and_features():
+    """The plateau starts at the 60 h reading (3.1 °P: nothing in the 48 h after it falls
+    more than 0.3 °P below, and the 96 h reading confirms it); the 48 h reading (4.0 °P)
+    is not on it. So the finish lies in (48 h, 60 h], labelled at the middle, 54 h."""
     batches, readings = _hand_batch()
     outcome = derive_outcomes(batches, readings, RULES).iloc[0]
     assert outcome.status == "finished"
-    assert outcome.finish_time == T0 + pd.Timedelta(hours=60)
-    assert outcome.terminal_gravity_plato == 3.0
+    assert outcome.finish_earliest == T0 + pd.Timedelta(hours=48)
+    assert outcome.finish_latest == T0 + pd.Timedelta(hours=60)
+    assert outcome.finish_time == T0 + pd.Timedelta(hours=54)
+    assert outcome.terminal_gravity_plato == 3.1
     snaps = build_snapshots(batches, readings, RULES).set_index("hours_since_pitch")
-    assert list(snaps.index) == [float(h) for h in range(6, 85, 6)]  # until finish + horizon
+    assert list(snaps.index) == [float(h) for h in range(6, 79, 6)]  # until finish + horizon
+    assert not snaps["censored"].any()
     at30 = snaps.loc[30.0]
     assert at30.current_gravity_plato == 9.0
     assert at30.gravity_readings_count == 3
@@ -65,18 +74,29 @@ def test_hand_example_outcome_and_features():
     assert at30.current_temperature_c == 20.0
     assert at30.mean_temperature_c == pytest.approx((18.0 * 10 + 20.0) / 11)
     assert at30.season == "spring"
-    assert not at30[LABEL] and at30.hours_remaining == pytest.approx(30.0)
-    assert snaps.loc[36.0, LABEL] and snaps.loc[36.0, "hours_remaining"] == pytest.approx(24.0)
-    assert snaps.loc[84.0, "hours_remaining"] == 0.0
+    assert at30[LABEL] and at30.hours_remaining == pytest.approx(24.0)
+    assert not snaps.loc[24.0, LABEL] and snaps.loc[24.0, "hours_remaining"] == pytest.approx(30.0)
+    assert snaps.loc[78.0, "hours_remaining"] == 0.0
 
 
-def test_no_plateau_yet_means_no_label():
+def test_an_unconfirmed_plateau_is_censored_and_its_early_snapshots_are_sure_negatives():
+    """Cut at 72 h, the 60 h and 72 h readings are 12 h apart: no confirmation yet. The
+    batch is running, surely unfinished at its 48 h reading (its last one off the
+    plateau); snapshots whose horizon ends by then are negatives, marked censored."""
     batches, readings = _hand_batch()
     early = readings[readings["timestamp"] <= T0 + pd.Timedelta(hours=72)]
-    assert derive_outcomes(batches, early, RULES).iloc[0].status == "running"
-    assert build_snapshots(batches, early, RULES).empty
+    outcome = derive_outcomes(batches, early, RULES).iloc[0]
+    assert outcome.status == "running"
+    assert outcome.unfinished_until == T0 + pd.Timedelta(hours=48)
+    snaps = build_snapshots(batches, early, RULES)
+    assert list(snaps["hours_since_pitch"]) == [6.0, 12.0, 18.0, 24.0]
+    assert snaps["censored"].all() and not snaps[LABEL].any()
+    assert snaps["hours_remaining"].isna().all()
     closed = batches.assign(end_time=T0 + pd.Timedelta(hours=80))
-    assert derive_outcomes(closed, early, RULES).iloc[0].status == "finished"
+    outcome = derive_outcomes(closed, early, RULES).iloc[0]
+    assert outcome.status == "censored" and pd.isna(outcome.finish_time)
+    assert outcome.unfinished_until == T0 + pd.Timedelta(hours=48)
+    assert pd.isna(derive_outcomes(batches, readings, RULES).iloc[0].unfinished_until)  # finished
 
 
 def test_stuck_batch_never_finishes():
@@ -88,6 +108,17 @@ def test_stuck_batch_never_finishes():
     assert outcome.status == "stuck" and pd.isna(outcome.finish_time)
     snaps = build_snapshots(batches, stuck, RULES)
     assert not snaps[LABEL].any() and snaps["hours_remaining"].isna().all()
+    assert not snaps["censored"].any()
+
+
+def test_a_low_alcohol_beer_finishing_at_low_attenuation_is_not_stuck():
+    """A 5 °P wort that its yeast takes to 3.5 °P (30 %) is finished, not stuck."""
+    batches, readings = _hand_batch()
+    low = readings.copy()
+    grav = low["tag"] == "gravity_plato"
+    low.loc[grav, "value"] = 3.5 + (low.loc[grav, "value"] - 3.0) * 1.5 / 9.0
+    outcome = derive_outcomes(batches.assign(original_gravity_plato=5.0), low, RULES).iloc[0]
+    assert outcome.status == "finished"
 
 
 def assert_early_negatives_never_cover_a_finish(
@@ -125,17 +156,6 @@ def test_early_negatives_are_sure_in_a_world_with_bad_readings():
 
     world = simulate(SimulationConfig(days=90, fermenters=6, seed=21, bad_reading_rate=0.02))
     assert assert_early_negatives_never_cover_a_finish(world.batches, world.readings, RULES) > 200
-
-
-def test_a_running_batch_is_surely_unfinished_until_it_nears_its_lowest_gravity():
-    batches, readings = _hand_batch()
-    early = readings[readings["timestamp"] <= T0 + pd.Timedelta(hours=72)]
-    outcome = derive_outcomes(batches, early, RULES).iloc[0]
-    gravity = early[early["tag"] == "gravity_plato"].set_index("timestamp")["value"]
-    smooth = gravity.rolling(3, center=True, min_periods=1).median()
-    near = smooth[smooth <= smooth.min() + 2 * RULES.terminal_tolerance_plato]
-    assert outcome.status == "running" and outcome.unfinished_until == near.index[0]
-    assert pd.isna(derive_outcomes(batches, readings, RULES).iloc[0].unfinished_until)  # finished
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,122 @@
+"""When a fermentation finished, as a brewer means it: the start of the gravity plateau.
+
+One rule (DOMAIN.md, "What finished means to a brewer"), used for the training labels
+(``models.dataset``), the simulator's truth (``ingest.simulator``) and through them
+monitoring and the board. A reading starts the plateau when
+
+- the beer has really fermented there: apparent attenuation at least
+  :attr:`PlateauRule.min_attenuation` (before it, flat gravity is the lag phase);
+- no reading in the ``window_hours`` after it falls more than ``tolerance_plato`` below it
+  (rises are ignored: a dry hop or a crash lifts apparent gravity, it does not ferment);
+- and a later reading confirms it: one at least ``confirm_hours`` after it, inside that
+  window or, across a gap in the log, the first reading after the window.
+
+The finish is the first such reading's time, as a brewer reading the log would see it,
+and it lies between that reading and the one before it (interval-censored: a daily hand
+log knows it to a day, a probe to minutes). Readings after the window never move it, so
+the same fermentation logged a week longer, with its slow conditioning drift and readings
+taken after the transfer, or read hourly instead of daily, gets the same finish to within
+its readings' spacing. A batch whose plateau is not confirmed yet is right-censored: it
+surely had not finished by the reading before its first undecided one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+PlateauStatus = Literal["finished", "undecided", "unconfirmed"]
+#: Readings are quantised (0.1 °P by hand, 0.001 SG): a fall of exactly the tolerance is
+#: within it, whatever the float arithmetic makes of 3.1 - 0.3.
+ROUND_OFF = 1e-9
+
+
+@dataclass(frozen=True)
+class PlateauRule:
+    """The rule's parameters, in the cellar's units (values from ``LabelSettings``)."""
+
+    tolerance_plato: float = 0.3
+    window_hours: float = 48.0
+    confirm_hours: float = 24.0
+    #: before this apparent attenuation, flat gravity is the lag phase, not a plateau
+    min_attenuation: float = 0.2
+
+    @classmethod
+    def from_settings(cls, settings) -> PlateauRule:
+        """The rule of ``LabelSettings`` (any settings object with its fields)."""
+        return cls(
+            settings.terminal_tolerance_plato,
+            settings.plateau_hours,
+            settings.plateau_confirm_hours,
+        )
+
+
+@dataclass(frozen=True)
+class Plateau:
+    """Where a batch's plateau starts, as far as its readings tell.
+
+    ``status``: ``finished`` (``index`` is the first plateau reading), ``undecided`` (the
+    readings so far neither confirm nor rule out the reading at ``index``: more may come),
+    or ``unconfirmed`` (the log is closed and no reading confirms one; ``index`` is None).
+    ``before`` is the index of the last reading before ``index`` (or before the end, for
+    ``unconfirmed``) at which the batch had surely not finished; None when there is none.
+    """
+
+    status: PlateauStatus
+    index: int | None
+    before: int | None
+
+
+def find_plateau(
+    hours: np.ndarray,
+    gravity: np.ndarray,
+    og: float,
+    rule: PlateauRule,
+    closed: bool,
+    settled: int | None = None,
+) -> Plateau:
+    """The plateau of one batch from its gravity readings (°P, sorted by ``hours``), its OG
+    in °P, and whether its log is ``closed`` (no reading will follow: a reading with no
+    later one can then never be confirmed).
+
+    ``settled``: how many of the first values are final. A caller that smooths with a
+    centred window passes ``len - 1`` for an open log: the last value changes when the
+    next reading arrives, so nothing is decided on it (a batch surely unfinished at a
+    reading stays so whatever comes next).
+    """
+    hours = np.asarray(hours, dtype="float64")
+    gravity = np.asarray(gravity, dtype="float64")
+    n = hours.size
+    settled = n if closed or settled is None else min(settled, n)
+    attenuated = (og - gravity) >= rule.min_attenuation * og if og > 0 else np.zeros(n, bool)
+    window_end = np.searchsorted(hours, hours + rule.window_hours, side="right")
+    last_failed: int | None = None
+    for i in range(settled):
+        if not attenuated[i]:
+            last_failed = i
+            continue
+        floor = gravity[i] - rule.tolerance_plato - ROUND_OFF
+        stop = window_end[i]
+        known = min(stop, settled)
+        if np.any(gravity[i + 1 : known] < floor):
+            last_failed = i
+            continue
+        if known < stop:  # part of its window is not final yet
+            return Plateau("undecided", i, last_failed)
+        confirmed = stop > i + 1 and hours[stop - 1] >= hours[i] + rule.confirm_hours
+        if not confirmed and stop < settled:  # a gap spans the window: the next reading decides
+            if gravity[stop] < floor:
+                last_failed = i
+                continue
+            confirmed = True
+        if confirmed:
+            return Plateau("finished", i, i - 1 if i > 0 else None)
+        if not closed:
+            return Plateau("undecided", i, last_failed)
+        # closed, nothing after it confirms: a later reading might still start a plateau
+        # confirmed by a reading after it; if none does, the batch is unconfirmed
+    if settled < n:
+        return Plateau("undecided", settled, last_failed)
+    return Plateau("unconfirmed", None, last_failed)
