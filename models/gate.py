@@ -24,6 +24,11 @@ passed one says by how much:
   (strains, brands, fermenters, forecast buckets), fails when its batch-bootstrap interval
   lies wholly below the nominal level minus the tolerance; and its P(finished by the
   horizon) must agree with the classifier's probability on average;
+* **what the brewer already knows**: hours MAE lower than each non-ML baseline's over the
+  whole paired interval (the brand history: "this brand takes about N days"), and a median
+  80% window no wider than the brand history's (its coverage is checked above);
+* **a decision that fires**: recall at the chosen threshold at least ``min_recall`` (a
+  model that never says "ready" is no use, however calibrated);
 * **champion**: log loss no worse than the champion's by more than the tolerance and AUC no
   lower by more than it, on the same rows (the first model has none, and says so).
 """
@@ -52,6 +57,7 @@ class GateLimits:
     max_coverage_shortfall: float = 0.05
     max_slice_coverage_shortfall: float = 0.07
     max_horizon_disagreement: float = 0.10
+    min_recall: float = 0.30
 
     @classmethod
     def from_settings(cls, s) -> GateLimits:
@@ -64,6 +70,7 @@ class GateLimits:
             max_coverage_shortfall=s.gate_max_coverage_shortfall,
             max_slice_coverage_shortfall=s.gate_max_slice_coverage_shortfall,
             max_horizon_disagreement=s.gate_max_horizon_disagreement,
+            min_recall=s.gate_min_recall,
         )
 
 
@@ -262,6 +269,55 @@ def _baseline_checks(
     return checks
 
 
+def _history_checks(
+    hours_baselines: dict[str, dict], window_baselines: dict[str, dict], windows: dict, support
+) -> list[Check]:
+    """The candidate against what the brewer already knows, in words when it fails."""
+    checks = []
+    for name, difference in hours_baselines.items():
+        value, low, high = difference["value"], difference["low"], difference["high"]
+        passed = value < 0 and high < 0
+        checks.append(
+            Check(
+                f"hours_mae - {name}",
+                value,
+                0.0,
+                passed,
+                _finite(low),
+                _finite(high),
+                support,
+                note="must be lower over its whole interval"
+                if passed
+                else f"no better than {_WORDS.get(name, name)} at the hours remaining",
+            )
+        )
+    width = windows.get("median_width_80")
+    for name, window in window_baselines.items():
+        if width is None or "median_width_80" not in window:
+            continue
+        theirs = float(window["median_width_80"])
+        passed = bool(width <= theirs)
+        checks.append(
+            Check(
+                f"median_width_80 / {name}",
+                float(width) / theirs if theirs > 0 else float("inf"),
+                1.0,
+                passed,
+                support=support,
+                note=f"its median 80% window {width:.0f} h against {theirs:.0f} h"
+                + ("" if passed else f": wider than {_WORDS.get(name, name)}"),
+            )
+        )
+    return checks
+
+
+#: How a refusal names each baseline, in a brewer's words.
+_WORDS = {
+    "brand_history": "this brewery's own history for the brand",
+    "slope_rule": "extrapolating the gravity's slope",
+}
+
+
 def _champion_checks(champion: dict, limits: GateLimits, support) -> list[Check]:
     loss, auc = champion["log_loss"], champion["auc"]
     return [
@@ -297,6 +353,9 @@ def promotion_gate(
     significantly_better_than: Collection[str] = (),
     coverage: pd.DataFrame | None = None,
     horizon_disagreement: float | None = None,
+    hours_baselines: dict[str, dict] | None = None,
+    window_baselines: dict[str, dict] | None = None,
+    windows: dict | None = None,
 ) -> Verdict:
     """``overall``: the candidate's metrics (``models.metrics.classification_report`` with
     ``ece_low``/``ece_high``); ``slices``: :func:`models.evaluate.slice_table`;
@@ -306,7 +365,11 @@ def promotion_gate(
     ``{"log_loss": difference, "auc": difference}`` on the same rows, None only for the
     first model (a champion that cannot be scored stops training before the gate), and the
     verdict says so; ``coverage``: the finish forecast's :func:`models.intervals.coverage_table`;
-    ``horizon_disagreement``: its mean |P(finished by the horizon) - probability|."""
+    ``horizon_disagreement``: its mean |P(finished by the horizon) - probability|;
+    ``hours_baselines``: name -> the paired hours-MAE difference candidate - baseline, which
+    must be lower over its whole interval; ``window_baselines``: name -> that baseline's
+    ``median_width_80``, which the candidate's (``windows``, the coverage table's overall
+    row) must not exceed."""
     if (champion is None) != (champion_version is None):
         raise ValueError("a champion's scores and its version come together")
     support = int(overall.get("batches", 0)) or None
@@ -340,6 +403,21 @@ def promotion_gate(
             )
         )
     checks += _baseline_checks(baselines or {}, significantly_better_than, support)
+    checks += _history_checks(
+        hours_baselines or {}, window_baselines or {}, windows or {}, support
+    )
+    if "recall" in overall:
+        recall = float(overall["recall"])
+        checks.append(
+            Check(
+                "recall at the threshold",
+                recall,
+                limits.min_recall,
+                recall >= limits.min_recall,
+                support=support,
+                note="the decision must fire: a model that never says ready is refused",
+            )
+        )
     if champion is not None:
         checks += _champion_checks(champion, limits, support)
     note = "" if champion is not None else "first model: no champion to compare against"

@@ -61,6 +61,9 @@ def gate(settings: Settings, work: TrainingWorkdir) -> dict:
         significantly_better_than=NON_ML,
         coverage=work.load_coverage(),
         horizon_disagreement=_horizon_disagreement(evaluation),
+        hours_baselines=evaluation.get("hours_comparisons", {}),
+        window_baselines=evaluation.get("intervals", {}).get("baselines", {}),
+        windows=evaluation.get("intervals", {}).get("overall", {}),
     )
     result = verdict.to_dict()
     work.write_json(work.verdict, result)
