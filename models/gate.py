@@ -24,9 +24,9 @@ passed one says by how much:
   (strains, brands, fermenters, forecast buckets), fails when its batch-bootstrap interval
   lies wholly below the nominal level minus the tolerance; and its P(finished by the
   horizon) must agree with the classifier's probability on average;
-* **what the brewer already knows**: hours MAE lower than each non-ML baseline's over the
-  whole paired interval (the brand history: "this brand takes about N days"), and a median
-  80% window no wider than the brand history's (its coverage is checked above);
+* **what the brewer already knows**: log loss lower than the brand history's over the whole
+  paired interval (with the baselines above), hours MAE not higher over it, and a median
+  80% window no wider than the brand history's where that window covers within the limit;
 * **a decision that fires**: recall at the chosen threshold at least ``min_recall`` (a
   model that never says "ready" is no use, however calibrated);
 * **champion**: log loss no worse than the champion's by more than the tolerance and AUC no
@@ -270,13 +270,28 @@ def _baseline_checks(
 
 
 def _history_checks(
-    hours_baselines: dict[str, dict], window_baselines: dict[str, dict], windows: dict, support
+    hours_baselines: dict[str, dict],
+    window_baselines: dict[str, dict],
+    windows: dict,
+    limits: GateLimits,
+    support,
 ) -> list[Check]:
-    """The candidate against what the brewer already knows, in words when it fails."""
+    """The candidate against what the brewer already knows, in words when it fails: its
+    hours MAE not worse over the whole paired interval (the note says when it is no better
+    either), and its median 80% window no wider than a baseline's that covers within the
+    limit (a window that misses its level is no yardstick for width)."""
     checks = []
     for name, difference in hours_baselines.items():
         value, low, high = difference["value"], difference["low"], difference["high"]
-        passed = value < 0 and high < 0
+        words = _WORDS.get(name, name)
+        passed = not low > 0
+        note = (
+            "lower, significantly"
+            if high < 0
+            else f"the same within noise: no better than {words} at the hours remaining"
+            if passed
+            else f"worse over its whole interval than {words} at the hours remaining"
+        )
         checks.append(
             Check(
                 f"hours_mae - {name}",
@@ -286,16 +301,28 @@ def _history_checks(
                 _finite(low),
                 _finite(high),
                 support,
-                note="must be lower over its whole interval"
-                if passed
-                else f"no better than {_WORDS.get(name, name)} at the hours remaining",
+                note=note,
             )
         )
     width = windows.get("median_width_80")
     for name, window in window_baselines.items():
         if width is None or "median_width_80" not in window:
             continue
-        theirs = float(window["median_width_80"])
+        theirs, covers = float(window["median_width_80"]), float(window["coverage_80"])
+        words = _WORDS.get(name, name)
+        if covers < 0.80 - limits.max_coverage_shortfall:
+            checks.append(
+                Check(
+                    f"median_width_80 / {name}",
+                    float(width) / theirs if theirs > 0 else float("inf"),
+                    1.0,
+                    True,
+                    support=support,
+                    status=NOT_TESTED,
+                    note=f"{words} covers {covers:.0%} with its 80% window: no yardstick for width",
+                )
+            )
+            continue
         passed = bool(width <= theirs)
         checks.append(
             Check(
@@ -305,7 +332,7 @@ def _history_checks(
                 passed,
                 support=support,
                 note=f"its median 80% window {width:.0f} h against {theirs:.0f} h"
-                + ("" if passed else f": wider than {_WORDS.get(name, name)}"),
+                + ("" if passed else f": wider than {words}"),
             )
         )
     return checks
@@ -366,10 +393,10 @@ def promotion_gate(
     first model (a champion that cannot be scored stops training before the gate), and the
     verdict says so; ``coverage``: the finish forecast's :func:`models.intervals.coverage_table`;
     ``horizon_disagreement``: its mean |P(finished by the horizon) - probability|;
-    ``hours_baselines``: name -> the paired hours-MAE difference candidate - baseline, which
-    must be lower over its whole interval; ``window_baselines``: name -> that baseline's
-    ``median_width_80``, which the candidate's (``windows``, the coverage table's overall
-    row) must not exceed."""
+    ``hours_baselines``: name -> the paired hours-MAE difference candidate - baseline, not
+    higher over its whole interval; ``window_baselines``: name -> that baseline's
+    ``median_width_80`` and ``coverage_80``: where it covers within the limit, the
+    candidate's (``windows``, the coverage table's overall row) must not be wider."""
     if (champion is None) != (champion_version is None):
         raise ValueError("a champion's scores and its version come together")
     support = int(overall.get("batches", 0)) or None
@@ -404,7 +431,7 @@ def promotion_gate(
         )
     checks += _baseline_checks(baselines or {}, significantly_better_than, support)
     checks += _history_checks(
-        hours_baselines or {}, window_baselines or {}, windows or {}, support
+        hours_baselines or {}, window_baselines or {}, windows or {}, limits, support
     )
     if "recall" in overall:
         recall = float(overall["recall"])

@@ -591,7 +591,7 @@ def evaluate(settings: Settings, work: TrainingWorkdir) -> dict:
     info["intervals"] = intervals
     info["hours_comparisons"] = hours_comparisons
     for name, model in info["models"].items():
-        model["intervals"] = intervals["families"].get(name)
+        model["intervals"] = intervals["families"].get(name) or intervals["baselines"].get(name)
     work.write_json(work.evaluation, info)
     work.write_json(work.champion, champion)
     return info

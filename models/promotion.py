@@ -371,6 +371,15 @@ def _log_comparison(work: TrainingWorkdir, reports: _RunReports, experiment_id: 
                         if np.isfinite(v)
                     }
                 )
+            if name in evaluation.get("hours_comparisons", {}):
+                difference = evaluation["hours_comparisons"][name]
+                mlflow.log_metrics(
+                    {
+                        f"vs_candidate/hours_mae_difference_{k}": v
+                        for k, v in difference.items()
+                        if np.isfinite(v)
+                    }
+                )
             # one name in every child: MLflow's compare page shows the diagrams side by side
             plot = work.plots / "models" / name / "calibration.png"
             if plot.exists():
