@@ -65,7 +65,9 @@ def _simulated_span(
 
 @app.command()
 def simulate(
-    to: Annotated[str, typer.Option(help="lake | drop | brewerypi")] = "lake",
+    to: Annotated[
+        str, typer.Option(help="lake | drop | erp (a hand log's ERP export) | brewerypi")
+    ] = "lake",
     out: Annotated[
         str | None,
         typer.Option(
@@ -92,15 +94,16 @@ def simulate(
         typer.Option(help="Day the world ends, YYYY-MM-DD (the start is then end - days)."),
     ] = None,
 ) -> None:
-    """Simulate a cellar and write it to the lake, a drop folder or a Brewery Pi database
-    (the latter two in the simulated brewery's own units, as it would deliver them). Unless
+    """Simulate a cellar and write it to the lake, a drop folder, an ERP's fermentation export
+    (a hand log: dates only, through the generic column mapping) or a Brewery Pi database
+    (the drop folder and the database in the brewery's own units). Unless
     told a start, the world ends today: nothing it writes lies in the future."""
     import pandas as pd
 
     from application import stages
     from ingest.brewerypi import write_brewerypi
     from ingest.simulator import simulate as run_simulation
-    from ingest.sources import simulation_config, write_drop_files
+    from ingest.sources import simulation_config, write_drop_files, write_erp_export
 
     settings = get_settings()
     overrides = {
@@ -132,6 +135,13 @@ def simulate(
             world.batches, world.readings, folder, file_format, dict(config.brewery.units)
         )
         typer.echo(f"wrote {len(paths)} drop file(s) to {folder}")
+    elif to == "erp":
+        folder = Path(out) if out else settings.paths.drop
+        transfers = world.truth.set_index("batch_id")["transfer_time"].dropna().to_dict()
+        path = write_erp_export(
+            world.batches, world.readings, folder, settings.local_timezone, transfers
+        )
+        typer.echo(f"wrote the ERP fermentation export {path} and its mapping")
     elif to == "brewerypi":
         url = out or settings.brewerypi_url or f"sqlite:///{settings.paths.brewerypi_db}"
         if "://" not in url:
@@ -141,7 +151,7 @@ def simulate(
             f"wrote {len(world.batches)} event frames and {len(world.readings)} readings to {url}"
         )
     else:
-        raise _fail(f"--to must be lake, drop or brewerypi, not {to!r}")
+        raise _fail(f"--to must be lake, drop, erp or brewerypi, not {to!r}")
     typer.echo(
         f"{len(world.batches)} batches ({int(world.truth['stuck'].sum())} stuck), "
         f"{len(world.readings)} readings, {pd.Timestamp(config.start):%Y-%m-%d} "

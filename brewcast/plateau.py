@@ -28,6 +28,9 @@ from typing import Literal
 import numpy as np
 
 PlateauStatus = Literal["finished", "undecided", "unconfirmed"]
+#: Below this OG (°P) a beer is low-alcohol: its yeast or its wort stops it early on purpose,
+#: so a plateau at low attenuation is its finish, not a stuck fermentation.
+LOW_ALCOHOL_OG_PLATO = 7.0
 #: Readings are quantised (0.1 °P by hand, 0.001 SG): a fall of exactly the tolerance is
 #: within it, whatever the float arithmetic makes of 3.1 - 0.3.
 ROUND_OFF = 1e-9
@@ -39,7 +42,8 @@ class PlateauRule:
 
     tolerance_plato: float = 0.3
     window_hours: float = 48.0
-    confirm_hours: float = 24.0
+    #: "a day later": the next day's round, which may come a little earlier in the day
+    confirm_hours: float = 20.0
     #: before this apparent attenuation, flat gravity is the lag phase, not a plateau
     min_attenuation: float = 0.2
 

@@ -219,6 +219,19 @@ def _brand() -> Column:
     )
 
 
+def _style(optional: bool = False) -> Column:
+    return Column(
+        "style",
+        "string",
+        "Beer style (NEIPA, lager, saison...): a brewery's brands come and go, its styles "
+        "stay, so a new brand's history is its style's.",
+        open=True,
+        slice_key=True,
+        nullable=True,
+        optional=optional,
+    )
+
+
 def _yeast() -> Column:
     return Column(
         "yeast_strain",
@@ -329,6 +342,7 @@ BATCHES = Table(
         Column("batch_id", "string", "Batch identifier (EventFrame name).", role="key"),
         _fermenter(),
         _brand(),
+        _style(optional=True),
         _yeast(),
         *_BATCH_NUMERIC,
         Column("start_time", "timestamp", "Pitch time (EventFrame start).", role="time"),
@@ -390,6 +404,7 @@ FEATURES = Table(
         Column("snapshot_time", "timestamp", "Time t of the snapshot.", role="key"),
         _fermenter(),
         _brand(),
+        _style(),
         _yeast(),
         Column(
             "season",

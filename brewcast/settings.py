@@ -135,9 +135,9 @@ class LabelSettings(BaseSettings):
         "reading (h; brewers look for two to three days).",
     )
     plateau_confirm_hours: float = Field(
-        24.0,
+        20.0,
         description="A plateau counts once a reading at least this long after its first "
-        "one confirms it (h).",
+        "one confirms it (h): a day later, on the next day's round.",
     )
 
 

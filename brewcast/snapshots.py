@@ -28,6 +28,7 @@ PER_BATCH = (
     "batch_id",
     "fermenter",
     "brand",
+    "style",
     "yeast_strain",
     "pitch_temperature_c",
     "pitch_rate_million_cells_per_ml_plato",

@@ -219,6 +219,7 @@ def _batch_row(
         "batch_id": batch_id,
         "fermenter": None,
         "brand": brand,
+        "style": None,
         "yeast_strain": None,
         "original_gravity_plato": np.nan if og_sg is None else og_sg,
         "pitch_temperature_c": np.nan,
@@ -479,6 +480,7 @@ MAPPING_COLUMNS = (
     "original_gravity",
     "start",
     "brand",
+    "style",
     "yeast_strain",
     "fermenter",
 )
@@ -630,7 +632,7 @@ def load_mapping(path: Path) -> dict:
 def read_mapped_csv(path: Path, zone: ZoneInfo) -> DeviceRead:
     """A CSV of any layout (a brewery ERP's export such as Ekos', a hand-kept sheet) read
     through the ``<name>.mapping.json`` beside it: which column is the batch, the time, the
-    gravity and temperature (each with its unit), and optionally the OG, the start, brand,
+    gravity and temperature (each with its unit), and optionally the OG, the start, brand, style,
     strain and fermenter. One batch per value of the batch column."""
     mapping_path = mapping_of(path)
     mapping = load_mapping(mapping_path)
@@ -716,6 +718,8 @@ def read_mapped_csv(path: Path, zone: ZoneInfo) -> DeviceRead:
             snake_key(first[named["brand"]]) if "brand" in named else None,
             None,
         )
+        if "style" in named and first[named["style"]]:
+            row["style"] = snake_key(first[named["style"]])
         for key in ("yeast_strain", "fermenter"):
             if key in named and first[named[key]]:
                 row[key] = first[named[key]]

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 from rich.progress import Progress
 
-from brewcast.plateau import PlateauRule, find_plateau
+from brewcast.plateau import LOW_ALCOHOL_OG_PLATO, PlateauRule, find_plateau
 from brewcast.schema import BATCHES, READINGS
 from brewcast.units import CANONICAL
 
@@ -46,6 +46,9 @@ class Recipe:
     original_gravity: tuple[float, float]
     strains: tuple[str, ...]
     set_temperature_c: float
+    style: str = ""
+    #: how often the brewery brews it, against its other brands (a long tail of brands)
+    weight: float = 1.0
 
 
 STRAINS: dict[str, Strain] = {
@@ -57,14 +60,16 @@ STRAINS: dict[str, Strain] = {
 }
 
 RECIPES: dict[str, Recipe] = {
-    "harbour_pale_ale": Recipe(False, (11.5, 13.0), ("american_ale", "english_ale"), 19.0),
-    "hop_hazard_ipa": Recipe(False, (14.0, 16.5), ("american_ale",), 19.5),
-    "old_anchor_stout": Recipe(False, (15.0, 18.0), ("english_ale",), 18.5),
-    "golden_pilsner": Recipe(True, (11.0, 12.5), ("german_lager",), 11.0),
-    "munich_helles": Recipe(True, (11.0, 12.5), ("german_lager",), 10.5),
-    "wheat_wave_hefeweizen": Recipe(False, (11.5, 13.5), ("bavarian_wheat",), 20.0),
-    "red_rail_amber_lager": Recipe(True, (12.0, 14.0), ("german_lager",), 11.5),
-    "farmhouse_saison": Recipe(False, (13.0, 15.5), ("belgian_saison",), 23.0),
+    "harbour_pale_ale": Recipe(
+        False, (11.5, 13.0), ("american_ale", "english_ale"), 19.0, "pale_ale"
+    ),
+    "hop_hazard_ipa": Recipe(False, (14.0, 16.5), ("american_ale",), 19.5, "ipa"),
+    "old_anchor_stout": Recipe(False, (15.0, 18.0), ("english_ale",), 18.5, "stout"),
+    "golden_pilsner": Recipe(True, (11.0, 12.5), ("german_lager",), 11.0, "lager"),
+    "munich_helles": Recipe(True, (11.0, 12.5), ("german_lager",), 10.5, "lager"),
+    "wheat_wave_hefeweizen": Recipe(False, (11.5, 13.5), ("bavarian_wheat",), 20.0, "wheat"),
+    "red_rail_amber_lager": Recipe(True, (12.0, 14.0), ("german_lager",), 11.5, "lager"),
+    "farmhouse_saison": Recipe(False, (13.0, 15.5), ("belgian_saison",), 23.0, "saison"),
 }
 
 #: The simulated brewery's names: its brands, strains and fermenters (a real brewery brings
@@ -99,7 +104,11 @@ class Realism:
     near the end of fermentation. ``cold_crash_c``: after the plateau the tank is cooled
     to this range for ``cold_crash_hours`` (cooling and maturation), which lengthens the
     batch. ``dropouts_per_week`` gaps of ``dropout_hours`` lose every reading in them;
-    ``sentinel_rate`` of readings become a device's sentinel.
+    ``sentinel_rate`` of readings become a device's sentinel. ``after_transfer_hours``:
+    the batch's log goes on this long after the crash, read in the bright tank, lower by
+    ``after_transfer_drop_plato`` (cold, degassed). ``missing_og_share`` of batches have no
+    OG entered; ``empty_sub_batch_share`` of batches get a sub-batch (``<id>.1``) that
+    carries no readings, as an ERP splits a brew between tanks.
     """
 
     tail_plato_per_day: float = 0.0
@@ -112,6 +121,10 @@ class Realism:
     dropouts_per_week: float = 0.0
     dropout_hours: tuple[float, float] = (2.0, 48.0)
     sentinel_rate: float = 0.0
+    after_transfer_hours: tuple[float, float] = (0.0, 0.0)
+    after_transfer_drop_plato: tuple[float, float] = (0.2, 0.6)
+    missing_og_share: float = 0.0
+    empty_sub_batch_share: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.tail_plato_per_day <= MAX_TAIL_PLATO_PER_DAY:
@@ -119,13 +132,19 @@ class Realism:
                 f"tail_plato_per_day must be in [0, {MAX_TAIL_PLATO_PER_DAY}] (faster drift "
                 f"defeats the plateau rule of the labels), got {self.tail_plato_per_day}"
             )
-        for name in ("dry_hop_probability", "sentinel_rate"):
+        for name in (
+            "dry_hop_probability",
+            "sentinel_rate",
+            "missing_og_share",
+            "empty_sub_batch_share",
+        ):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
 
 
 #: Batch metadata columns a brewery may or may not record (brand and fermenter it always does).
 OPTIONAL_METADATA = (
+    "style",
     "yeast_strain",
     "original_gravity_plato",
     "pitch_temperature_c",
@@ -154,6 +173,10 @@ class BreweryProfile:
     recorded: frozenset[str] = frozenset(OPTIONAL_METADATA)
     realism: Realism = Realism()
     units: Mapping[str, str] = field(default_factory=lambda: dict(CANONICAL))
+    #: days of the week (Monday 0) the cellar takes gravity readings on
+    gravity_weekdays: tuple[int, ...] = (0, 1, 2, 3, 4, 5, 6)
+    #: batch-to-batch spread of the curve's timing (log-normal sigma of midpoint and slope)
+    batch_variation: float = 0.06
 
     def __post_init__(self) -> None:
         unknown = set(self.recorded) - set(OPTIONAL_METADATA)
@@ -196,13 +219,15 @@ HIGH_DESERT_STRAINS: dict[str, Strain] = {
     "pilsner_lager": Strain((0.70, 0.77), 110.0, 0.024, 11.0),
 }
 HIGH_DESERT_RECIPES: dict[str, Recipe] = {
-    "cascade_crest_ipa": Recipe(False, (15.0, 17.0), ("house_ale",), 16.0),
-    "river_bend_pale_ale": Recipe(False, (12.0, 13.5), ("house_ale", "house_english_ale"), 16.0),
-    "obsidian_ridge_stout": Recipe(False, (16.0, 18.5), ("house_english_ale",), 16.5),
-    "lava_rock_porter": Recipe(False, (14.0, 16.0), ("house_english_ale",), 16.5),
-    "juniper_haze_ipa": Recipe(False, (14.5, 16.5), ("house_ale",), 17.0),
-    "high_desert_kolsch": Recipe(False, (11.0, 12.5), ("kolsch_hybrid",), 15.5),
-    "fresh_snow_pilsner": Recipe(True, (11.5, 12.5), ("pilsner_lager",), 11.0),
+    "cascade_crest_ipa": Recipe(False, (15.0, 17.0), ("house_ale",), 16.0, "ipa"),
+    "river_bend_pale_ale": Recipe(
+        False, (12.0, 13.5), ("house_ale", "house_english_ale"), 16.0, "pale_ale"
+    ),
+    "obsidian_ridge_stout": Recipe(False, (16.0, 18.5), ("house_english_ale",), 16.5, "stout"),
+    "lava_rock_porter": Recipe(False, (14.0, 16.0), ("house_english_ale",), 16.5, "porter"),
+    "juniper_haze_ipa": Recipe(False, (14.5, 16.5), ("house_ale",), 17.0, "ipa"),
+    "high_desert_kolsch": Recipe(False, (11.0, 12.5), ("kolsch_hybrid",), 15.5, "kolsch"),
+    "fresh_snow_pilsner": Recipe(True, (11.5, 12.5), ("pilsner_lager",), 11.0, "lager"),
 }
 HIGH_DESERT_PROFILE = BreweryProfile(
     name="high_desert",
@@ -230,8 +255,86 @@ HIGH_DESERT_PROFILE = BreweryProfile(
     units={"gravity": "SG", "temperature": "°F"},
 )
 
+#: A commercial craft brewery that logs by hand in its ERP (DOMAIN.md, "A commercial
+#: brewery's hand log"): one gravity reading a working day at most, in °P; about ten styles
+#: and a long tail of brands (most brewed one to three times), low-alcohol brands among
+#: them; OG sometimes not entered, sub-batches without readings, slow conditioning tails
+#: and readings taken in the bright tank after the transfer. No strain is recorded.
+HAND_LOG_STRAINS: dict[str, Strain] = {
+    "clean_ale": Strain((0.74, 0.81), 60.0, 0.035, 19.0),
+    "hazy_ale": Strain((0.68, 0.75), 50.0, 0.050, 20.0),
+    "belgian_ale": Strain((0.78, 0.85), 58.0, 0.045, 21.0),
+    "farmhouse": Strain((0.82, 0.90), 64.0, 0.050, 24.0),
+    "lager": Strain((0.72, 0.80), 130.0, 0.020, 11.0),
+    "mixed_culture": Strain((0.80, 0.88), 76.0, 0.030, 20.0),
+    "maltose_negative": Strain((0.25, 0.40), 40.0, 0.050, 18.0),
+}
+#: style -> (OG range °P, strains, set temperature °C, lager, how many brands)
+HAND_LOG_STYLES: dict[str, tuple[tuple[float, float], tuple[str, ...], float, bool, int]] = {
+    "neipa": ((14.0, 17.0), ("hazy_ale",), 20.0, False, 24),
+    "ipa": ((14.0, 16.5), ("clean_ale",), 19.0, False, 16),
+    "pale_ale": ((11.0, 13.0), ("clean_ale",), 19.0, False, 10),
+    "lager": ((11.0, 12.5), ("lager",), 11.0, True, 8),
+    "fruit_beer": ((11.0, 14.0), ("mixed_culture",), 20.0, False, 14),
+    "low_alcohol": ((3.0, 6.0), ("maltose_negative",), 18.0, False, 6),
+    "belgian": ((15.0, 19.0), ("belgian_ale",), 21.0, False, 8),
+    "saison": ((12.0, 15.0), ("farmhouse",), 24.0, False, 8),
+    "stout": ((14.0, 18.0), ("clean_ale",), 19.5, False, 6),
+    "sour": ((10.0, 12.0), ("mixed_culture",), 20.0, False, 6),
+}
+
+
+def _hand_log_recipes() -> dict[str, Recipe]:
+    """106 brands over ten styles, brewed in a long tail: the k-th most brewed brand about
+    k^-0.8 as often as the first (the styles' brands interleaved, so every style has a
+    regular and a tail; the first about 40 of 350 brews); low-alcohol brands about 8%."""
+    recipes = {}
+    rank = 0
+    for i in range(max(style[4] for style in HAND_LOG_STYLES.values())):
+        for name, (og, strains, set_c, lager, brands) in HAND_LOG_STYLES.items():
+            if i >= brands:
+                continue
+            rank += 1
+            weight = 1.0 / rank**0.8
+            if name == "low_alcohol":
+                weight *= 1.2
+            recipes[f"{name}_{i + 1:02d}"] = Recipe(lager, og, strains, set_c, name, weight)
+    return recipes
+
+
+HAND_LOG_PROFILE = BreweryProfile(
+    name="hand_log",
+    recipes=_hand_log_recipes(),
+    strains=HAND_LOG_STRAINS,
+    cooling_capacity=dict(
+        zip(
+            (f"CT{i}" for i in range(1, 11)),
+            (1.0, 1.0, 0.95, 0.9, 0.9, 0.85, 0.8, 1.0, 0.95, 0.85),
+            strict=True,
+        )
+    ),
+    gravity_rounds_hours=(10.0,),
+    gravity_skip_probability=0.2,
+    temperature_every_minutes=24 * 60.0,
+    recorded=frozenset({"original_gravity_plato", "style"}),
+    realism=Realism(
+        tail_plato_per_day=0.08,
+        dry_hop_probability=0.4,
+        cold_crash_c=(0.0, 2.0),
+        cold_crash_hours=(48.0, 96.0),
+        after_transfer_hours=(24.0, 120.0),
+        missing_og_share=0.10,
+        empty_sub_batch_share=0.15,
+    ),
+    units={"gravity": "°P", "temperature": "°C"},
+    gravity_weekdays=(0, 1, 2, 3, 4),
+    batch_variation=0.2,
+)
+
 #: The breweries :class:`SimulationConfig` can simulate, by name.
-PROFILES: dict[str, BreweryProfile] = {p.name: p for p in (DEFAULT_PROFILE, HIGH_DESERT_PROFILE)}
+PROFILES: dict[str, BreweryProfile] = {
+    p.name: p for p in (DEFAULT_PROFILE, HIGH_DESERT_PROFILE, HAND_LOG_PROFILE)
+}
 
 
 @dataclass(frozen=True)
@@ -387,9 +490,25 @@ def simulate(config: SimulationConfig | None = None, progress: bool = False) -> 
     readings = _readings_frame(cfg, batches, reading_parts, rng)
     truth = pd.DataFrame(truth_rows)
     truth.insert(0, "batch_id", batches["batch_id"].to_numpy())
-    for name in ("finish", "end", "dry_hop", "crash"):
+    truth["transfer_hours"] = truth["transfer_hours"].where(np.isfinite(truth["transfer_hours"]))
+    for name in ("finish", "end", "dry_hop", "crash", "transfer"):
         truth[f"{name}_time"] = _to_ts(cfg, truth.pop(f"{name}_hours").to_numpy())
-    return Simulation(cfg, batches, readings, truth)
+    return Simulation(cfg, _hand_entry(cfg, batches), readings, truth)
+
+
+def _hand_entry(cfg: SimulationConfig, batches: pd.DataFrame) -> pd.DataFrame:
+    """An ERP's hand-entered batch records: some OGs never entered, and sub-batches (a brew
+    split between tanks, ``<id>.1``) that carry no readings of their own."""
+    effects = cfg.effects
+    if effects.missing_og_share == 0 and effects.empty_sub_batch_share == 0:
+        return batches
+    rng = np.random.default_rng((cfg.seed, 0, 9))
+    out = batches.copy()
+    blank = rng.random(len(out)) < effects.missing_og_share
+    out.loc[blank, "original_gravity_plato"] = np.nan
+    split = out[rng.random(len(out)) < effects.empty_sub_batch_share]
+    subs = split.assign(batch_id=split["batch_id"] + ".1")
+    return BATCHES.conform(pd.concat([out, subs], ignore_index=True), source="simulator")
 
 
 @dataclass
@@ -406,10 +525,16 @@ class _Curve:
     dry_hop_at: float = np.nan
     dry_hop_rise: float = 0.0
     dry_hop_decay: float = 8.0
+    transfer_at: float = np.inf  # read in the bright tank from then on, lower
+    transfer_drop: float = 0.0
 
     @property
     def plain(self) -> bool:
-        return self.tail_per_hour == 0.0 and np.isnan(self.dry_hop_at)
+        return (
+            self.tail_per_hour == 0.0
+            and np.isnan(self.dry_hop_at)
+            and not np.isfinite(self.transfer_at)
+        )
 
     def tail(self, t_hours: np.ndarray | float) -> np.ndarray:
         """The slow tail's drop so far: its rate grows with the share fermented (softplus)."""
@@ -431,7 +556,8 @@ class _Curve:
             since = np.asarray(t_hours, dtype="float64") - self.dry_hop_at
             bump = self.dry_hop_rise * np.exp(-np.maximum(since, 0.0) / self.dry_hop_decay)
             g = g + np.where(since >= 0, bump, 0.0)
-        return g
+        transferred = np.asarray(t_hours, dtype="float64") >= self.transfer_at
+        return g - np.where(transferred, self.transfer_drop, 0.0)
 
 
 @dataclass(frozen=True)
@@ -455,14 +581,19 @@ def _draw_batch(
 ) -> tuple[dict, dict, _Curve, _Heat, bool]:
     """The batch's recipe, pitch and curve (metadata row, truth, curve, heat, stuck)."""
     brewery = cfg.brewery
-    brand = brewery.brands[rng.integers(len(brewery.brands))]
+    weights = np.array([r.weight for r in brewery.recipes.values()])
+    if np.all(weights == weights[0]):
+        brand = brewery.brands[rng.integers(len(brewery.brands))]
+    else:  # a long tail of brands: the same draw count, weighted
+        brand = brewery.brands[rng.choice(len(brewery.brands), p=weights / weights.sum())]
     recipe = brewery.recipes[brand]
     strain_name = recipe.strains[rng.integers(len(recipe.strains))]
     strain = brewery.strains[strain_name]
 
     og = rng.uniform(*recipe.original_gravity)
     attenuation = rng.uniform(*strain.attenuation)
-    stuck = bool(rng.random() < cfg.stuck_probability)
+    # a low-alcohol wort stops early on purpose: its plateau is a finish (brewcast.plateau)
+    stuck = bool(rng.random() < cfg.stuck_probability) and og >= LOW_ALCOHOL_OG_PLATO
     if stuck:  # the yeast gives up early: the plateau sits well above the strain's terminal
         attenuation *= rng.uniform(0.4, 0.7)
     pe = og * (1.0 - attenuation)
@@ -486,11 +617,18 @@ def _draw_batch(
         * (nominal_rate / pitch_rate) ** 0.35
         * (8.0 / oxygen) ** 0.15
         * np.exp(-0.07 * warmth)
-        * rng.lognormal(0, 0.06)
+        * rng.lognormal(0, brewery.batch_variation)
     )
-    slope = strain.slope_per_hour * np.exp(0.05 * warmth) * rng.lognormal(0, 0.06)
+    slope = (
+        strain.slope_per_hour * np.exp(0.05 * warmth) * rng.lognormal(0, brewery.batch_variation)
+    )
 
-    meta = {"brand": brand, "yeast_strain": strain_name, "fermenter": fermenter}
+    meta = {
+        "brand": brand,
+        "style": recipe.style or None,
+        "yeast_strain": strain_name,
+        "fermenter": fermenter,
+    }
     drifted = bool(
         cfg.drift is not None
         and start_ts >= cfg.drift.start
@@ -547,6 +685,12 @@ def _simulate_batch(
         duration = finish_h + rng.uniform(36, 72)  # plateau + diacetyl rest before crash
     crash_target, crash_hours = _add_realism(cfg, index, curve, duration)
     total = duration + crash_hours
+    after = cfg.effects.after_transfer_hours
+    if after[1] > 0:  # read on in the bright tank
+        transfer = _realism_rng(cfg, index, 5)
+        curve.transfer_at = total
+        curve.transfer_drop = float(transfer.uniform(*cfg.effects.after_transfer_drop_plato))
+        total += float(transfer.uniform(*after))
     if not stuck:
         finish_h = _plateau_hours(curve, total, cfg.plateau)
     end_h = start_h + total
@@ -566,6 +710,7 @@ def _simulate_batch(
         "hours_to_finish": finish_h,
         "dry_hop_hours": start_h + curve.dry_hop_at,
         "crash_hours": start_h + duration if crash_target is not None else np.nan,
+        "transfer_hours": start_h + curve.transfer_at,
     }
     tags = np.concatenate([np.zeros(gravity_h.size, np.int8), np.ones(temp_h.size, np.int8)])
     hours = np.concatenate([gravity_h, temp_h])
@@ -626,6 +771,9 @@ def _gravity_readings(
     days = np.arange(first_day, first_day + np.ceil(observed_until / 24.0) + 2)
     rounds = (days[:, None] * 24.0 + np.array(brewery.gravity_rounds_hours)[None, :]).ravel()
     rounds = rounds + rng.normal(0, 0.3, rounds.size)
+    if len(brewery.gravity_weekdays) < 7:  # the cellar's working week
+        weekday = (cfg.start.day_of_week + np.floor((cfg.start.hour + rounds) / 24.0)) % 7
+        rounds = rounds[np.isin(weekday, brewery.gravity_weekdays)]
     rel = rounds - start_h
     rel = rel[(rel > 0.5) & (rel <= observed_until)]
     rel = rel[rng.random(rel.size) >= skip]
@@ -709,7 +857,7 @@ def _batches_frame(cfg: SimulationConfig, rows: list[dict]) -> pd.DataFrame:
     frame = _corrupt_batches(cfg, frame)
     frame["time_resolution_h"] = np.nan  # every simulated reading carries its time
     for column in set(OPTIONAL_METADATA) - cfg.brewery.recorded:  # the brewery never wrote it
-        frame[column] = None if column == "yeast_strain" else np.nan
+        frame[column] = None if column in ("style", "yeast_strain") else np.nan
     return BATCHES.conform(frame[BATCHES.names], source="simulator")
 
 

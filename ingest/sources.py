@@ -25,7 +25,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -619,6 +621,87 @@ def write_drop_files(
                 part.to_parquet(path, index=False)
             paths.append(path)
     return paths
+
+
+#: How an ERP's fermentation export reads (an Ekos-like hand log): the mapping
+#: :func:`write_erp_export` writes beside its file, read back by the generic mapped CSV.
+ERP_EXPORT_MAPPING: dict[str, object] = {
+    "batch": "Batch",
+    "time": "Date",
+    "time_format": "%d/%m/%Y",
+    "gravity": "Gravity",
+    "gravity_unit": "°P",
+    "temperature": "Temperature",
+    "temperature_unit": "°C",
+    "original_gravity": "OG",
+    "original_gravity_unit": "°P",
+    "brand": "Brand",
+    "style": "Style",
+    # the ERP's blanks: a temperature not measured, an OG not entered
+    "missing": {"temperature": ["0.00"], "original_gravity": ["0.0000"]},
+}
+
+
+def write_erp_export(
+    batches: pd.DataFrame,
+    readings: pd.DataFrame,
+    folder: Path,
+    zone: str = "UTC",
+    transfers: Mapping[str, pd.Timestamp] | None = None,
+) -> Path:
+    """The world as a brewery's ERP exports its fermentation log: one CSV with a header row
+    per batch (no date: its brand, style and OG, ``0.0000`` where none was entered), then a
+    row per day a gravity was read, with a date and no time (``dd/mm/YYYY`` in the
+    brewery's ``zone``), that day's temperature (``0.00``: not measured) and the step
+    (``after transfer`` from the batch's time in ``transfers``); a sub-batch without
+    readings is its header row alone. The mapping that reads it goes
+    beside it, so the drop folder ingests it as any brewery's own export."""
+    folder.mkdir(parents=True, exist_ok=True)
+    local = ZoneInfo(zone)
+    gravity = readings[readings["tag"] == "gravity_plato"].sort_values(["batch_id", "timestamp"])
+    temperature = readings[readings["tag"] == "temperature_c"]
+
+    def day_of(times: pd.Series) -> pd.Series:
+        return times.dt.tz_convert(local).dt.strftime("%d/%m/%Y")
+
+    temps = (
+        temperature.assign(day=day_of(temperature["timestamp"]))
+        .groupby(["batch_id", "day"])["value"]
+        .first()
+    )
+    by_batch = dict(tuple(gravity.groupby("batch_id", sort=False)))
+    rows = []
+    for batch in batches.sort_values("start_time", kind="mergesort").itertuples(index=False):
+        og = batch.original_gravity_plato
+        og_text = "0.0000" if pd.isna(og) else f"{og:.4f}"
+        head = {"Batch": batch.batch_id, "Brand": batch.brand, "Style": batch.style}
+        rows.append({**head, "Date": "", "OG": og_text, "Task": "brew"})
+        g = by_batch.get(batch.batch_id)
+        if g is None:
+            continue
+        days = day_of(g["timestamp"])
+        moved = (transfers or {}).get(batch.batch_id, pd.NaT)
+        for value, at, day in zip(g["value"], g["timestamp"], days, strict=True):
+            t = temps.get((batch.batch_id, day), np.nan)
+            rows.append(
+                {
+                    **head,
+                    "Date": day,
+                    "Gravity": f"{value:.2f}",
+                    "Temperature": "0.00" if pd.isna(t) else f"{t:.2f}",
+                    "OG": og_text,
+                    "Task": "after transfer"
+                    if pd.notna(moved) and at >= moved
+                    else "fermentation log",
+                }
+            )
+    path = folder / "erp_fermentation_export.csv"
+    columns = ["Batch", "Brand", "Style", "Date", "Gravity", "Temperature", "OG", "Task"]
+    pd.DataFrame(rows, columns=columns).to_csv(path, index=False)
+    devices.mapping_of(path).write_text(
+        json.dumps(ERP_EXPORT_MAPPING, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
+    return path
 
 
 def _in_units(

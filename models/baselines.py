@@ -5,8 +5,8 @@ every one of them.
   terminal gravity (learned from finished training batches). Its hours are the
   hours-remaining baseline, capped at the longest wait seen in training;
 * ``brand_history`` — what the brewer already knows, "this brand takes about N days": a
-  Kaplan-Meier (lifelines) of the past durations of the batch's brand (then of its yeast
-  strain, then of every batch, where a brand has fewer than :data:`MIN_HISTORY_BATCHES`),
+  Kaplan-Meier (lifelines) of the past durations of the batch's brand (then of its style,
+  its yeast strain, every batch, where a brand has fewer than :data:`MIN_HISTORY_BATCHES`),
   censoring-aware, conditional on the batch's age: P(finished within the horizon), the
   median hours remaining and an 80% window, from the durations alone;
 * ``logistic_regression`` (scikit-learn) on the same features: the simplest learned model.
@@ -30,7 +30,10 @@ from models.dataset import before_finish
 #: The baselines without machine learning: a candidate must beat these over the whole
 #: interval of the difference (``models.gate``).
 NON_ML = ("slope_rule", "brand_history")
-#: A brand (or strain) needs this many past batches for a history of its own.
+#: Where a batch's history comes from, first to last: its brand, its style, its strain
+#: (then every batch).
+HISTORY_LEVELS = ("brand", "style", "yeast_strain")
+#: A brand (or style, or strain) needs this many past batches for a history of its own.
 MIN_HISTORY_BATCHES = 3
 #: The brand history's window: the 10% and 90% quantiles of the hours remaining.
 HISTORY_WINDOW = (0.1, 0.9)
@@ -86,6 +89,7 @@ def batch_durations(frame: pd.DataFrame, horizon_hours: float) -> pd.DataFrame:
     )
     out = rows.groupby("batch_id", sort=True).agg(
         brand=("brand", "first"),
+        style=("style", "first"),
         yeast_strain=("yeast_strain", "first"),
         finish=("finish", "min"),
         seen=("seen", "max"),
@@ -131,7 +135,7 @@ class BrandHistory:
     def fit(self, train: pd.DataFrame) -> BrandHistory:
         durations = batch_durations(train, self.horizon)
         self.groups: dict[tuple[str, str], _Survival] = {}
-        for column in ("brand", "yeast_strain"):
+        for column in HISTORY_LEVELS:
             for value, part in durations.groupby(column, sort=True):
                 if len(part) >= MIN_HISTORY_BATCHES and part["event"].any():
                     self.groups[(column, str(value))] = _Survival(part["duration"], part["event"])
@@ -140,12 +144,13 @@ class BrandHistory:
 
     def _survival_of(self, frame: pd.DataFrame) -> list[_Survival]:
         out = []
-        for brand, strain in zip(frame["brand"], frame["yeast_strain"], strict=True):
-            out.append(
-                self.groups.get(("brand", str(brand)))
-                or self.groups.get(("yeast_strain", str(strain)))
-                or self.everyone
+        for values in zip(*(frame[c] for c in HISTORY_LEVELS), strict=True):
+            found = (
+                self.groups.get((column, str(value)))
+                for column, value in zip(HISTORY_LEVELS, values, strict=True)
+                if pd.notna(value)
             )
+            out.append(next((s for s in found if s is not None), self.everyone))
         return out
 
     def forecast(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from brewcast.plateau import PlateauRule, find_plateau
+from brewcast.plateau import LOW_ALCOHOL_OG_PLATO, PlateauRule, find_plateau
 from brewcast.schema import FEATURES, REGRESSION_TARGET
 from brewcast.snapshots import (
     derived_og,
@@ -36,9 +36,6 @@ log = logging.getLogger(__name__)
 #: A plateau at an apparent attenuation below this is a stuck fermentation (strains reach
 #: 0.63-0.80, DOMAIN.md).
 STUCK_ATTENUATION_BELOW = 0.60
-#: Below this OG (°P) a beer is low-alcohol: its yeast or its wort stops it early on purpose,
-#: so a plateau at low attenuation is its finish, not a stuck fermentation.
-LOW_ALCOHOL_OG_PLATO = 7.0
 #: A batch whose gravity never falls by this share of where its readings started did not
 #: ferment (a hydrometer on the bench or in water): it gets no outcome, so no labels. Kept
 #: below the stuck range (a stall at 25-55 % attenuation is a stuck batch, which is labelled).

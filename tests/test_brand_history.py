@@ -21,6 +21,7 @@ def _rows(batch, brand, finish=None, censored_at=None, stuck_at=None, strain="al
         {
             "batch_id": batch,
             "brand": brand,
+            "style": None,
             "yeast_strain": strain,
             "hours_since_pitch": hours,
             REGRESSION_TARGET: (finish - hours) if finish else np.nan,
@@ -48,9 +49,10 @@ def history_frame():
 
 def test_durations_carry_their_censoring(history_frame):
     durations = batch_durations(history_frame, 24.0)
-    assert durations.loc["A1"].tolist() == ["saison", "ale", True, 100.0]
-    assert durations.loc["A3"].tolist() == ["saison", "ale", False, 126.0]
-    assert durations.loc["L2"].tolist() == ["lager", "lager", False, 198.0]
+    columns = ["brand", "yeast_strain", "event", "duration"]
+    assert durations.loc["A1", columns].tolist() == ["saison", "ale", True, 100.0]
+    assert durations.loc["A3", columns].tolist() == ["saison", "ale", False, 126.0]
+    assert durations.loc["L2", columns].tolist() == ["lager", "lager", False, 198.0]
 
 
 def test_the_brand_history_by_hand(history_frame):
@@ -60,7 +62,14 @@ def test_the_brand_history_by_hand(history_frame):
     1 - 0.6/0.8 = 0.25; the median remaining is where S falls to 0.4 (140 h): 30 h; the
     80% window from S <= 0.72 (120 h) to S <= 0.08 (160 h): 10 h to 50 h."""
     history = BrandHistory(24.0).fit(history_frame)
-    at = pd.DataFrame({"brand": ["saison"], "yeast_strain": ["ale"], "hours_since_pitch": [110.0]})
+    at = pd.DataFrame(
+        {
+            "brand": ["saison"],
+            "style": [None],
+            "yeast_strain": ["ale"],
+            "hours_since_pitch": [110.0],
+        }
+    )
     out = history.forecast(at)
     assert out["probability"][0] == pytest.approx(0.25)
     assert out["hours"][0] == pytest.approx(30.0)
@@ -76,7 +85,12 @@ def test_a_brand_with_too_little_history_falls_back_and_a_censored_tail_stays_op
     history = BrandHistory(24.0).fit(history_frame)
     # two lager batches: no history of its own (needs 3), nor its strain's; all batches
     lager = pd.DataFrame(
-        {"brand": ["lager"], "yeast_strain": ["lager"], "hours_since_pitch": [10.0]}
+        {
+            "brand": ["lager"],
+            "style": [None],
+            "yeast_strain": ["lager"],
+            "hours_since_pitch": [10.0],
+        }
     )
     everyone = BrandHistory(24.0).fit(history_frame.assign(brand="x", yeast_strain="x"))
     np.testing.assert_allclose(history.forecast(lager)["hours"], everyone.forecast(lager)["hours"])
@@ -85,6 +99,26 @@ def test_a_brand_with_too_little_history_falls_back_and_a_censored_tail_stays_op
     # would leave it open
     out = history.forecast(lager.assign(hours_since_pitch=[170.0]))
     assert np.isfinite(out["upper"][0]) and out["upper"][0] == pytest.approx(130.0)
+
+
+def test_a_new_brand_takes_its_styles_history():
+    """Three NEIPA brands brewed once each: a fourth NEIPA brand's history is theirs."""
+    frame = pd.concat(
+        [_rows(f"N{i}", f"neipa_{i}", finish=f) for i, f in enumerate((90.0, 96.0, 102.0))]
+        + [_rows(f"L{i}", f"lager_{i}", finish=f) for i, f in enumerate((300.0, 320.0, 340.0))],
+        ignore_index=True,
+    )
+    frame["style"] = np.where(frame["brand"].str.startswith("neipa"), "neipa", "lager")
+    history = BrandHistory(24.0).fit(frame)
+    new = pd.DataFrame(
+        {
+            "brand": ["neipa_new"],
+            "style": ["neipa"],
+            "yeast_strain": ["ale"],
+            "hours_since_pitch": [6.0],
+        }
+    )
+    assert history.forecast(new)["hours"][0] == pytest.approx(96.0 - 6.0)
 
 
 def _gate(**kwargs):

@@ -32,7 +32,7 @@ def test_feature_roles_partition_the_model_inputs():
     # fermentation, and the season (a slice key: a time split cannot cover every season):
     # none is a model input
     assert meta == {"original_gravity_derived", "gravity_readings_count", "season"}
-    assert set(schema.slice_keys()) == {"brand", "yeast_strain", "fermenter", "season"}
+    assert set(schema.slice_keys()) == {"brand", "style", "yeast_strain", "fermenter", "season"}
     assert all(FEATURES[k].is_categorical for k in schema.slice_keys())
 
 
@@ -60,8 +60,9 @@ def test_batch_metadata_columns_reappear_as_features_with_the_same_ranges():
 def test_a_brewerys_own_names_are_open_categories_not_part_of_the_fingerprint():
     """Brands, fermenters and strains are learned per model: the schema declares none, so a
     brewery with other names validates, and its model's fingerprint is the default world's."""
-    assert {c.name for c in FEATURES.columns if c.open} == {"brand", "yeast_strain", "fermenter"}
-    assert all(FEATURES[n].vocabulary is None for n in ("brand", "yeast_strain", "fermenter"))
+    names = {"brand", "style", "yeast_strain", "fermenter"}
+    assert {c.name for c in FEATURES.columns if c.open} == names
+    assert all(FEATURES[n].vocabulary is None for n in names)
     assert FEATURES["season"].vocabulary == schema.SEASONS  # a closed set stays declared
     with pytest.raises(ValueError, match="open category"):
         schema.Column("x", "string", "", vocabulary=("a",), open=True)
@@ -77,13 +78,16 @@ def test_simulator_catalogue_is_consistent():
 
 
 def test_brewerypi_mapping_covers_every_batch_and_reading_column():
+    # the fermenter is the element itself; a Brewery Pi database records no style
+    not_attributes = {"fermenter", "style"}
     mapped = set(brewerypi.BATCH_ATTRIBUTES.values())
-    expected = {c.name for c in BATCHES.columns if c.role == "feature"} - {"fermenter"}
+    expected = {c.name for c in BATCHES.columns if c.role == "feature"} - not_attributes
     assert mapped == expected
     assert set(brewerypi.READING_ATTRIBUTES.values()) == set(READINGS["tag"].vocabulary)
-    assert set(brewerypi.LOOKUP_COLUMNS) == {
-        c.name for c in BATCHES.columns if c.is_categorical
-    } - {"fermenter"}
+    assert (
+        set(brewerypi.LOOKUP_COLUMNS)
+        == {c.name for c in BATCHES.columns if c.is_categorical} - not_attributes
+    )
 
 
 def test_arrow_schema_round_trips_conformed_frames(small_world):
