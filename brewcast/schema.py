@@ -439,10 +439,21 @@ FEATURES = Table(
         Column(
             "gravity_slope_plato_per_day",
             "float64",
-            "Least-squares gravity slope over the last 24 h of readings.",
+            "Least-squares gravity slope over the last 24 h of readings, or the last three "
+            "readings where they reach further back (at most 7 days): any cadence has one.",
             "°P/day",
             -30.0,
             30.0,
+            nullable=True,
+        ),
+        Column(
+            "gravity_slope_span_hours",
+            "float64",
+            "Hours between the first and last reading the slope is fitted on: a slope over "
+            "days (a hand log) is coarser than one over hours (a probe).",
+            "h",
+            0.0,
+            200.0,
             nullable=True,
         ),
         Column(

@@ -18,7 +18,13 @@ import pandas as pd
 
 from brewcast.schema import FEATURES, READING_VALUE_RANGES, season_of
 
+#: The gravity slope is fitted over the readings of the last this many hours, or over the
+#: last :data:`SLOPE_MIN_READINGS` readings where those reach further back (a hand log read
+#: once a working day has one reading in 24 h, none on a weekend), but never over readings
+#: older than :data:`SLOPE_MAX_HOURS`: the slope is defined at any cadence.
 SLOPE_WINDOW_HOURS = 24.0
+SLOPE_MIN_READINGS = 3
+SLOPE_MAX_HOURS = 168.0
 #: Without a valid recorded OG it is derived from the readings of the batch's first this many
 #: hours (from its first reading): see :func:`derived_og`.
 OG_WINDOW_HOURS = 12.0
@@ -129,8 +135,12 @@ def snapshot_columns(
     last = np.where(has, n - 1, 0)
     current = np.where(has, g_v[last], np.nan)
     og, derived = _snapshot_og(batch, g_t, g_v, n)
-    # Least-squares slope over readings in (t - window, t], from cumulative sums.
-    lo = np.searchsorted(g_t, t - SLOPE_WINDOW_HOURS, side="right")
+    # Least-squares slope over readings in (t - window, t], or the last few readings
+    # (within the longest lookback), from cumulative sums.
+    lo = np.minimum(
+        np.searchsorted(g_t, t - SLOPE_WINDOW_HOURS, side="right"),
+        np.maximum(n - SLOPE_MIN_READINGS, np.searchsorted(g_t, t - SLOPE_MAX_HOURS, side="right")),
+    )
     x = g_t - start
     cs = {
         k: np.concatenate([[0.0], np.cumsum(v)])
@@ -161,6 +171,11 @@ def snapshot_columns(
         "current_gravity_plato": current,
         "apparent_attenuation": (og - current) / og,
         "gravity_slope_plato_per_day": slope,
+        "gravity_slope_span_hours": np.where(
+            np.isfinite(slope),
+            g_t[np.maximum(n - 1, 0)] - g_t[np.minimum(lo, len(g_t) - 1)],
+            np.nan,
+        ),
         "hours_since_last_gravity": np.where(has, t - g_t[last], np.nan),
         "gravity_readings_count": n.astype("float64"),
         "current_temperature_c": current_temp,

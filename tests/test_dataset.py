@@ -70,7 +70,10 @@ def test_hand_example_outcome_and_features():
     assert at30.gravity_readings_count == 3
     assert at30.hours_since_last_gravity == pytest.approx(6.0)
     assert at30.apparent_attenuation == pytest.approx(0.25)
-    assert at30.gravity_slope_plato_per_day == pytest.approx(-4.0)  # (9 - 11) / 12 h * 24
+    # two readings in the last 24 h: the slope takes the last three, 0 h to 24 h (least
+    # squares through 12, 11, 9 °P: -36 / 288 °P/h = -3 °P/day)
+    assert at30.gravity_slope_plato_per_day == pytest.approx(-3.0)
+    assert at30.gravity_slope_span_hours == pytest.approx(24.0)
     assert at30.current_temperature_c == 20.0
     assert at30.mean_temperature_c == pytest.approx((18.0 * 10 + 20.0) / 11)
     assert at30.season == "spring"

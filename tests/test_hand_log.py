@@ -79,3 +79,16 @@ def test_its_erp_export_reads_back_through_the_mapping(tmp_path):
     assert len(done) >= 5
     gap = (done["finish_time"] - done["finish_time_world"]).abs().dt.total_seconds() / 3600
     assert gap.median() <= 12.0 and gap.max() <= 36.0, gap.describe()
+
+
+def test_the_slope_is_defined_at_a_hand_logs_cadence(year):
+    """Once a working day, the last 24 h hold one reading: the slope takes the last three
+    (the issue's real log had it undefined on every snapshot)."""
+    from models.dataset import build_snapshots
+
+    snaps = build_snapshots(year.batches, year.readings, LabelRules())
+    enough = snaps[snaps["gravity_readings_count"] >= 3]
+    defined = enough["gravity_slope_plato_per_day"].notna().mean()
+    assert defined > 0.95, defined
+    spans = enough["gravity_slope_span_hours"].dropna()
+    assert 40.0 <= spans.median() <= 80.0  # three readings a day or a weekend apart
