@@ -1,5 +1,7 @@
 """Model quality against the goals of the "honest model quality" issue, on a simulated world
-the tests do not use: ``python -m benchmarks.quality --seed 31 --start 2025-03-01``.
+the tests do not use: ``python -m benchmarks.quality --seed 31 --start 2025-03-01``, and the
+hand-logging brewery: ``python -m benchmarks.quality --profile hand_log --fermenters 10
+--days 540``.
 
 Simulates the world, runs it through the lake and the features stage, trains every step up
 to the gate with the default settings, and reports on the test split's pre-finish rows:
@@ -11,7 +13,9 @@ batches, and each goal met or not:
 * |bias| <= 0.01 overall;
 * the finish forecast's 80% and 95% intervals: coverage within 3 points of nominal overall
   and within 7 points in every slice with >= 15 batches (slice keys and forecast buckets);
-  the median 80% width 48 h before the finish reported against plain split conformal's.
+  the median 80% width 48 h before the finish reported against plain split conformal's;
+* the finish-forecast issue's goals against the brand history (:data:`FINISH_GOALS`): hours
+  MAE by true time to finish, 80% coverage and width, the decision's precision and recall.
 
 Then the real Tilt logs (``tests/fixtures/realdata``: a saison and a mead) go through the
 drop folder, validation and the features code, and the trained model's finish forecast is
@@ -108,6 +112,105 @@ def real_logs(model_bytes: bytes, home: Path) -> dict:
     return out
 
 
+#: The finish-forecast issue's goals, against the brand history in the same run, on
+#: pre-finish test rows by true time to finish (hand-log world, device-logged worlds).
+FINISH_GOALS = {
+    "mae_48h": {"hand_log": 12.0, "device": 6.0},
+    "mae_48_96h": 20.0,
+    "mae_vs_history": 0.8,
+    "coverage_80": 0.05,
+    "width_vs_history": 0.5,
+    "precision": 0.90,
+    "recall": {"hand_log": 0.30, "device": 0.60},
+}
+TIME_TO_FINISH = {"0-48 h": (0.0, 48.0), "48-96 h": (48.0, 96.0), "96 h+": (96.0, float("inf"))}
+
+
+def finish_goals(predictions: pd.DataFrame, candidate: str, threshold: float, hand: bool) -> dict:
+    """Hours MAE by true time to finish, 80% window coverage and width, and the decision at
+    the threshold, for the candidate and the brand history on the pre-finish test rows;
+    each goal met or not."""
+    import numpy as np
+
+    from brewcast.schema import LABEL, REGRESSION_TARGET
+    from models.metrics import classification_report
+
+    rows = predictions[predictions["before_finish"]]
+    target = rows[REGRESSION_TARGET].to_numpy(dtype=float)
+    finite = np.isfinite(target)
+    world = "hand_log" if hand else "device"
+
+    def mae(name: str, low: float, high: float) -> float:
+        inside = finite & (target >= low) & (target < high)
+        hours = rows[f"{name}_hours"].to_numpy(dtype=float)
+        return float(np.mean(np.abs(hours[inside] - target[inside]))) if inside.any() else np.nan
+
+    table = {
+        bucket: {
+            "rows": int((finite & (target >= lo) & (target < hi)).sum()),
+            "candidate": mae(candidate, lo, hi),
+            "brand_history": mae("brand_history", lo, hi),
+        }
+        for bucket, (lo, hi) in TIME_TO_FINISH.items()
+    }
+    overall = {name: mae(name, 0.0, float("inf")) for name in (candidate, "brand_history")}
+    covered = np.where(np.isfinite(target), target, np.inf)
+
+    def window(low_column: str, high_column: str) -> tuple[float, float]:
+        low, high = rows[low_column].to_numpy(float), rows[high_column].to_numpy(float)
+        return float(np.mean((covered >= low) & (covered <= high))), float(np.median(high - low))
+
+    ours, theirs = (
+        window("interval_80_low", "interval_80_high"),
+        window("brand_history_low_80", "brand_history_high_80"),
+    )
+    decision = classification_report(
+        rows[LABEL].to_numpy(float), rows[f"{candidate}_probability"], threshold, rows["batch_id"]
+    )
+    out = {
+        "hours MAE within 48 h of the finish": {
+            "value": table["0-48 h"]["candidate"],
+            "goal": f"<= {FINISH_GOALS['mae_48h'][world]} h (history "
+            f"{table['0-48 h']['brand_history']:.1f} h)",
+            "met": table["0-48 h"]["candidate"] <= FINISH_GOALS["mae_48h"][world],
+        },
+        "hours MAE overall / brand history": {
+            "value": overall[candidate] / overall["brand_history"],
+            "goal": f"<= {FINISH_GOALS['mae_vs_history']} ({overall[candidate]:.1f} h vs "
+            f"{overall['brand_history']:.1f} h)",
+            "met": overall[candidate] <= FINISH_GOALS["mae_vs_history"] * overall["brand_history"],
+        },
+        "80% coverage overall": {
+            "value": ours[0],
+            "goal": f"0.80 ± {FINISH_GOALS['coverage_80']} (history {theirs[0]:.2f})",
+            "met": abs(ours[0] - 0.80) <= FINISH_GOALS["coverage_80"],
+        },
+        "median 80% width / brand history": {
+            "value": ours[1] / theirs[1] if theirs[1] > 0 else float("inf"),
+            "goal": f"<= {FINISH_GOALS['width_vs_history']} ({ours[1]:.0f} h vs {theirs[1]:.0f} h)",
+            "met": ours[1] <= FINISH_GOALS["width_vs_history"] * theirs[1],
+        },
+        "decision precision at the threshold": {
+            "value": decision["precision"],
+            "goal": f">= {FINISH_GOALS['precision']}",
+            "met": decision["precision"] >= FINISH_GOALS["precision"],
+        },
+        "decision recall at the threshold": {
+            "value": decision["recall"],
+            "goal": f">= {FINISH_GOALS['recall'][world]}",
+            "met": decision["recall"] >= FINISH_GOALS["recall"][world],
+        },
+    }
+    if hand:
+        out["hours MAE 48-96 h before the finish"] = {
+            "value": table["48-96 h"]["candidate"],
+            "goal": f"<= {FINISH_GOALS['mae_48_96h']} h (history "
+            f"{table['48-96 h']['brand_history']:.1f} h)",
+            "met": table["48-96 h"]["candidate"] <= FINISH_GOALS["mae_48_96h"],
+        }
+    return {"goals": out, "by_time_to_finish": table}
+
+
 def goals(evaluation: dict, slices: pd.DataFrame) -> dict[str, dict]:
     """Each goal: the measured value, the goal, and whether it is met."""
     headline = evaluation["headline"]
@@ -145,7 +248,7 @@ def goals(evaluation: dict, slices: pd.DataFrame) -> dict[str, dict]:
     }
 
 
-def run(seed: int, start: str, days: float, fermenters: int) -> dict:
+def run(seed: int, start: str, days: float, fermenters: int, profile: str = "default") -> dict:
     from application import stages
     from brewcast.settings import Settings
     from ingest.simulator import SimulationConfig
@@ -155,9 +258,15 @@ def run(seed: int, start: str, days: float, fermenters: int) -> dict:
         home = Path(tmp)
         settings = Settings(home=home / "home")
         world = SimulationConfig(
-            start=pd.Timestamp(start, tz="UTC"), days=days, fermenters=fermenters, seed=seed
+            start=pd.Timestamp(start, tz="UTC"),
+            days=days,
+            fermenters=fermenters,
+            seed=seed,
+            profile=profile,
         )
-        print(f"quality: simulating {days:g} days x {fermenters} fermenters, seed {seed}")
+        print(
+            f"quality: simulating {profile}, {days:g} days x {fermenters} fermenters, seed {seed}"
+        )
         stages.ingest(settings, "simulator", world.start, world.end, world)
         stages.build_features(settings, stage="raw")
         steps = ("prepare", "fit", "calibrate", "export", "evaluate", "gate")
@@ -169,9 +278,22 @@ def run(seed: int, start: str, days: float, fermenters: int) -> dict:
         coverage = work.load_coverage()
         print("quality: the real Tilt logs ...", flush=True)
         real = real_logs(work.model.read_bytes(), home / "realdata")
+        threshold = work.read_json(work.calibration)["threshold"]["threshold"]
+        finish = finish_goals(
+            pd.read_parquet(work.predictions),
+            evaluation["candidate"],
+            threshold,
+            hand=profile == "hand_log",
+        )
     intervals = evaluation["intervals"]
     return {
-        "world": {"seed": seed, "start": start, "days": days, "fermenters": fermenters},
+        "world": {
+            "seed": seed,
+            "start": start,
+            "days": days,
+            "fermenters": fermenters,
+            "profile": profile,
+        },
         "data": {k: v for k, v in details["prepare"].items() if not isinstance(v, dict)},
         "candidate": evaluation["candidate"],
         "validation_log_loss": {
@@ -185,7 +307,8 @@ def run(seed: int, start: str, days: float, fermenters: int) -> dict:
             ["slice", "value", "rows", "batches", "ece", "ece_low", "ece_high", "bias"]
         ].to_dict("records"),
         "gate": {"passed": details["gate"]["passed"], "reasons": details["gate"]["reasons"]},
-        "goals": goals(evaluation, slices) | coverage_goals(coverage, intervals),
+        "goals": goals(evaluation, slices) | coverage_goals(coverage, intervals) | finish["goals"],
+        "by_time_to_finish": finish["by_time_to_finish"],
         "intervals": {
             "overall": intervals["overall"],
             "width_48h_before_finish": intervals["width_48h_before_finish"],
@@ -205,8 +328,8 @@ def run(seed: int, start: str, days: float, fermenters: int) -> dict:
 def markdown(result: dict) -> str:
     world = result["world"]
     lines = [
-        f"### Seed {world['seed']}, {world['days']:g} days from {world['start']}, "
-        f"{world['fermenters']} fermenters",
+        f"### {world['profile']}: seed {world['seed']}, {world['days']:g} days from "
+        f"{world['start']}, {world['fermenters']} fermenters",
         "",
         f"{result['data']['test_batches']} test batches, {result['data']['test_pre_finish_rows']} "
         f"pre-finish test rows ({result['post_finish']['rows']} post-finish rows reported "
@@ -231,6 +354,12 @@ def markdown(result: dict) -> str:
         where = f" ({goal['where']})" if goal.get("where") else ""
         lines.append(
             f"| {name} | {value}{where} | {goal['goal']} | {'yes' if goal['met'] else 'no'} |"
+        )
+    lines += ["", "| true time to finish | rows | candidate hours MAE | brand history |"]
+    lines.append("|---|---|---|---|")
+    for bucket, row in result["by_time_to_finish"].items():
+        lines.append(
+            f"| {bucket} | {row['rows']} | {row['candidate']:.1f} | {row['brand_history']:.1f} |"
         )
     lines += _interval_lines(result)
     return "\n".join(lines) + "\n"
@@ -302,9 +431,12 @@ def main() -> None:
     parser.add_argument("--start", default="2025-03-01")
     parser.add_argument("--days", type=float, default=365.0)
     parser.add_argument("--fermenters", type=int, default=8)
+    parser.add_argument(
+        "--profile", default="default", help="the brewery (hand_log: the hand-logging one)"
+    )
     parser.add_argument("--json", type=Path, help="also write the result here")
     args = parser.parse_args()
-    result = run(args.seed, args.start, args.days, args.fermenters)
+    result = run(args.seed, args.start, args.days, args.fermenters, args.profile)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2, default=float))
     print(markdown(result))
