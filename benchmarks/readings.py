@@ -149,6 +149,7 @@ def _board(tmp: Path, model, now: datetime) -> float:
                 "prediction_id": row["prediction_id"],
                 "probability": row["probability"],
                 "decision": row["decision"],
+                "state": row["state"],
                 "features": record,
             }
             for b, (record, row) in zip(running, scored, strict=True)

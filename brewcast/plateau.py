@@ -124,3 +124,45 @@ def find_plateau(
     if settled < n:
         return Plateau("undecided", settled, last_failed)
     return Plateau("unconfirmed", None, last_failed)
+
+
+#: A batch with fewer than :data:`DEVICE_READINGS` gravity readings in the last this many
+#: hours is read by hand (or by a device that stopped sending): its "ready" needs a reading
+#: that confirms it. A probe sends one every few minutes.
+DEVICE_WINDOW_HOURS = 6.0
+DEVICE_READINGS = 4
+
+CellarState = Literal["fermenting", "take a reading", "ready"]
+
+
+def cellar_state(
+    hours: np.ndarray, gravity: np.ndarray, decision: bool, rule: PlateauRule
+) -> tuple[CellarState, str]:
+    """What the cellar should do now, from a batch's gravity readings so far (°P, sorted by
+    ``hours``) and the model's decision (finished within the horizon): ``ready`` (act on
+    it), ``take a reading`` (the model says finished, but the batch is read by hand and no
+    reading confirms the plateau yet: the reading to take, and what it would settle), or
+    ``fermenting``; with the sentence the board shows.
+
+    A probe read every few minutes confirms its own plateau, so its decision is the ready
+    call. A hand log is ready once its last reading, taken at least ``confirm_hours`` after
+    an earlier one, is within ``tolerance_plato`` of it: a brewer's two readings a day
+    apart that agree.
+    """
+    hours = np.asarray(hours, dtype="float64")
+    gravity = np.asarray(gravity, dtype="float64")
+    if not decision or gravity.size == 0:
+        return "fermenting", "still fermenting"
+    last = gravity[-1]
+    if np.sum(hours > hours[-1] - DEVICE_WINDOW_HOURS) >= DEVICE_READINGS:
+        return "ready", "the model's decision, on a device's readings"
+    earlier = np.flatnonzero(hours <= hours[-1] - rule.confirm_hours)
+    if earlier.size and gravity[earlier[-1]] - last <= rule.tolerance_plato + ROUND_OFF:
+        return "ready", (
+            f"confirmed by hand: {last:.1f} °P, within {rule.tolerance_plato:g} °P of "
+            f"{gravity[earlier[-1]]:.1f} °P read {hours[-1] - hours[earlier[-1]]:.0f} h before"
+        )
+    return "take a reading", (
+        f"take a gravity reading: {last - rule.tolerance_plato:.1f} °P or above confirms "
+        f"the finish (the last read {last:.1f} °P); lower means it is still fermenting"
+    )

@@ -2,7 +2,9 @@
 answered (the board's latest forecast per batch, a batch's forecast history), and a batch's
 "ready" event, which lets a brewery's software trigger the next step.
 
-A batch is ready when a forecast's decision turns true. Its event is keyed by (batch, model
+A batch is ready when a forecast's state turns ``ready`` (:func:`brewcast.plateau.cellar_state`:
+the model's decision, and for a batch read by hand a reading that confirms it; until then the
+board says "take a gravity reading", which raises no event). Its event is keyed by (batch, model
 version) in the database, written in the transaction that keeps the forecast, so a repeated
 forecast, a restart or a second worker can never emit it twice. :class:`ReadyNotifier`
 delivers each event at least once, and records when: a webhook (``BREWCAST_READY_WEBHOOK_URL``,
@@ -65,7 +67,7 @@ class ForecastBook:
 
     def record(self, answered: Sequence[dict], made_at: datetime) -> list[dict]:
         """Keep ``answered`` forecasts (the API's answers) and raise the ready event of each
-        whose decision is true, unless its batch has one for that model version; the events
+        whose state is ``ready``, unless its batch has one for that model version; the events
         this raised."""
         if not answered:
             return []
@@ -83,7 +85,7 @@ class ForecastBook:
         raised = []
         with self.engine.begin() as conn:
             conn.execute(forecasts.insert(), rows)
-            for f in (f for f in answered if f["decision"]):
+            for f in (f for f in answered if f["state"] == "ready"):
                 event = {
                     "batch_id": f["batch_id"],
                     "model_version": f["model_version"],

@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
+from brewcast.plateau import PlateauRule, cellar_state
 from brewcast.readings_store import (
     batch_revisions,
     batches,
@@ -1289,22 +1290,36 @@ def snapshot_records(
 
 
 def score_running(
-    store: ReadingsStore, model, running: Sequence[dict], at: datetime
+    store: ReadingsStore,
+    model,
+    running: Sequence[dict],
+    at: datetime,
+    rule: PlateauRule | None = None,
 ) -> list[tuple[dict, dict] | str]:
     """Each running batch's snapshot at ``at`` (its readings from memory while current) and
     its prediction-log row from ``model`` (a :class:`serving.model.ServedModel`), all scored
-    in one onnxruntime call; a batch with no gravity reading yet gives the reason instead."""
+    in one onnxruntime call, the row with the cellar's ``state`` and ``state_detail``
+    (:func:`brewcast.plateau.cellar_state` under ``rule``); a batch with no gravity reading
+    yet gives the reason instead."""
+    rule = rule or PlateauRule()
     series = store.series(running)
     records = snapshot_records([(b, g, t) for b, (g, t) in zip(running, series, strict=True)], at)
     wanted = [{k: v for k, v in r.items() if k in REQUEST_FIELDS} for r in records if r]
     rows = iter(model.score(wanted, now_utc()) if wanted else [])
     scored = iter(wanted)
-    return [
-        (next(scored), next(rows))
-        if record
-        else f"batch {batch['batch_id']} has no gravity reading yet"
-        for batch, record in zip(running, records, strict=True)
-    ]
+    until = hour_of(at)
+    out: list[tuple[dict, dict] | str] = []
+    for batch, (gravity, _), record in zip(running, series, records, strict=True):
+        if not record:
+            out.append(f"batch {batch['batch_id']} has no gravity reading yet")
+            continue
+        row = next(rows)
+        known = gravity.hours <= until
+        row["state"], row["state_detail"] = cellar_state(
+            gravity.hours[known], gravity.values[known], bool(row["decision"]), rule
+        )
+        out.append((next(scored), row))
+    return out
 
 
 def _plain(value):

@@ -50,6 +50,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.responses import JSONResponse, Response
 
+from brewcast.plateau import PlateauRule
 from brewcast.schema import FEATURES, schema_fingerprint, slice_keys
 from brewcast.settings import get_settings
 from brewcast.snapshots import hour_of
@@ -634,6 +635,7 @@ class FermentationService:
             self.settings.max_gravity_cumulative_rise_plato,
         )
         self.book = ForecastBook(self.log.engine)
+        self.plateau = PlateauRule.from_settings(self.settings)
         self.notifier = ReadyNotifier(self.book, self.settings)
         self.notifier.start()
         self._forecaster = _every(
@@ -901,7 +903,7 @@ class FermentationService:
         model = self.holder.current
         if model is None:
             raise ReadingError(f"no model loaded yet: {self.holder.last_error}", 503)
-        scored = score_running(self.readings, model, running, at)
+        scored = score_running(self.readings, model, running, at, self.plateau)
         self.log.write([s[1] for s in scored if not isinstance(s, str)])
         out = []
         for batch, found in zip(running, scored, strict=True):
@@ -917,6 +919,8 @@ class FermentationService:
                     "prediction_id": row["prediction_id"],
                     "probability": row["probability"],
                     "decision": row["decision"],
+                    "state": row["state"],
+                    "state_detail": row["state_detail"],
                     "threshold": model.threshold,
                     "hours_remaining": row["hours_remaining"],
                     **finish_forecast_json(row),

@@ -31,6 +31,7 @@ def _forecast(batch_id: str, at: datetime, decision: bool, version: str = "3") -
         "prediction_id": f"p-{batch_id}-{at:%d%H}-{version}",
         "probability": 0.9 if decision else 0.2,
         "decision": decision,
+        "state": "ready" if decision else "fermenting",
         "predicted_finish_time": (at + timedelta(hours=10)).isoformat().replace("+00:00", "Z"),
         "features": {
             "yeast_strain": "german_lager",
