@@ -187,3 +187,38 @@ def test_open_loop_offers_its_rate_and_counts_what_it_could_not_send():
     queued = asyncio.run(measure(limit=2, rate=200))
     assert queued["requests"] + queued["non_2xx"] + queued["skipped"] == 100
     assert queued["skipped"] >= 40 and queued["connections"] == 2
+
+
+def test_finish_goals_by_time_to_finish_against_the_brand_history():
+    """Four pre-finish rows by hand: hours errors 2, 4 (0-48 h) and 10 (48-96 h) for the
+    candidate, 20, 20 and 30 for the brand history."""
+    import numpy as np
+
+    from benchmarks.quality import finish_goals
+
+    rows = pd.DataFrame(
+        {
+            "batch_id": ["a", "a", "b", "b", "b"],
+            "before_finish": [True, True, True, True, False],
+            "finished_within_horizon": [1.0, 0.0, 0.0, 1.0, 1.0],
+            "hours_remaining": [10.0, 40.0, 60.0, np.inf, 0.0],
+            "net_probability": [0.95, 0.2, 0.1, 0.3, 1.0],
+            "net_hours": [12.0, 44.0, 70.0, 500.0, 0.0],
+            "brand_history_hours": [30.0, 20.0, 90.0, 100.0, 0.0],
+            "interval_80_low": [5.0, 30.0, 100.0, 10.0, 0.0],
+            "interval_80_high": [15.0, 50.0, 120.0, np.inf, 1.0],
+            "brand_history_low_80": [0.0, 0.0, 0.0, 0.0, 0.0],
+            "brand_history_high_80": [100.0, 100.0, 100.0, 100.0, 1.0],
+        }
+    )
+    out = finish_goals(rows, "net", 0.5, hand=True)
+    table = out["by_time_to_finish"]
+    assert table["0-48 h"] == {"rows": 2, "candidate": 3.0, "brand_history": 20.0}
+    assert table["48-96 h"] == {"rows": 1, "candidate": 10.0, "brand_history": 30.0}
+    goals = out["goals"]
+    assert goals["hours MAE within 48 h of the finish"]["met"]  # 3 <= 12
+    assert goals["hours MAE overall / brand history"]["value"] == pytest.approx(16 / 70)
+    # covered: rows 1, 2 and the stuck one (open-ended); not the third (60 outside 100..120)
+    assert goals["80% coverage overall"]["value"] == pytest.approx(0.75)
+    assert goals["decision precision at the threshold"]["value"] == 1.0
+    assert goals["decision recall at the threshold"]["value"] == 0.5
