@@ -542,9 +542,11 @@ def categorical_features() -> list[Column]:
     return [c for c in FEATURES.by_role("feature") if c.is_categorical]
 
 
-def slice_keys() -> list[str]:
-    """Columns that monitoring and evaluation slice by."""
-    return [c.name for c in FEATURES.columns if c.slice_key]
+def slice_keys(frame: pd.DataFrame | None = None) -> list[str]:
+    """Columns that monitoring and evaluation slice by; those ``frame`` has, where given (a
+    prediction log or a report from before a key existed has no column for it)."""
+    keys = [c.name for c in FEATURES.columns if c.slice_key]
+    return keys if frame is None else [k for k in keys if k in frame]
 
 
 def season_of(timestamps: pd.Series) -> pd.Series:

@@ -115,9 +115,10 @@ def _outcome(batch, g: pd.DataFrame, rules: LabelRules) -> tuple:
     smooth = g["value"].rolling(3, center=True, min_periods=1).median().to_numpy()
     stamps = g["timestamp"]
     start_gravity = derived_og(times, values)[-1]
-    lowest = float(smooth.min())
-    running = (batch.batch_id, "running", pd.NaT, pd.NaT, pd.NaT, lowest, pd.NaT)
-    if not start_gravity > 0 or start_gravity - lowest < MIN_FERMENTATION_DROP * start_gravity:
+    # where the readings have settled (their last day): a passing dip is no fermentation
+    lately = float(np.median(smooth[times >= times[-1] - 24.0]))
+    running = (batch.batch_id, "running", pd.NaT, pd.NaT, pd.NaT, lately, pd.NaT)
+    if not start_gravity > 0 or start_gravity - lately < MIN_FERMENTATION_DROP * start_gravity:
         return running  # never fermented: no outcome, whatever the frame says
     og, _ = original_gravity(batch._asdict(), start_gravity)
     closed = pd.notna(batch.end_time)
@@ -126,14 +127,15 @@ def _outcome(batch, g: pd.DataFrame, rules: LabelRules) -> tuple:
     before = pd.NaT if plateau.before is None else stamps.iloc[plateau.before]
     if plateau.status != "finished":
         status = "censored" if plateau.status == "unconfirmed" else "running"
-        return (batch.batch_id, status, pd.NaT, pd.NaT, pd.NaT, lowest, before)
+        return (batch.batch_id, status, pd.NaT, pd.NaT, pd.NaT, lately, before)
     at = stamps.iloc[plateau.index]
-    terminal = float(smooth[plateau.index])
-    if og >= LOW_ALCOHOL_OG_PLATO and (og - terminal) / og < STUCK_ATTENUATION_BELOW:
-        return (batch.batch_id, "stuck", pd.NaT, pd.NaT, pd.NaT, terminal, pd.NaT)
+    plateau_gravity = float(smooth[plateau.index])
+    if og >= LOW_ALCOHOL_OG_PLATO and (og - plateau_gravity) / og < STUCK_ATTENUATION_BELOW:
+        return (batch.batch_id, "stuck", pd.NaT, pd.NaT, pd.NaT, lately, pd.NaT)
     earliest = at if pd.isna(before) else before
     middle = earliest + (at - earliest) / 2
-    return (batch.batch_id, "finished", middle, earliest, at, terminal, pd.NaT)
+    # the terminal gravity is where the beer ends (its last day), below the plateau's start
+    return (batch.batch_id, "finished", middle, earliest, at, lately, pd.NaT)
 
 
 def build_snapshots(

@@ -40,7 +40,7 @@ def slice_table(
     for a testable slice a batch-bootstrap interval on its ECE."""
     rows = []
     p = np.asarray(p, dtype=np.float64)
-    for key in keys or slice_keys():
+    for key in keys or slice_keys(frame):
         values = frame[key].astype(object).where(frame[key].notna(), "(missing)")
         for value, index in values.groupby(values, sort=True).indices.items():
             part = frame.iloc[index]

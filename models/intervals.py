@@ -187,7 +187,7 @@ def coverage_table(
         level: forecasts.intervals[level][1] - forecasts.intervals[level][0] for level in levels
     }
     partitions = {"all": pd.Series("all", index=frame.index)}
-    for key in slice_keys():
+    for key in slice_keys(frame):
         partitions[key] = frame[key].astype(object).where(frame[key].notna(), "(missing)")
     partitions["forecast_bucket"] = pd.Series(forecasts.buckets, index=frame.index)
     partitions["time_to_finish"] = pd.Series(_time_to_finish(target), index=frame.index)

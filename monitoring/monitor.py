@@ -278,7 +278,7 @@ def _label_bound(out: pd.DataFrame, outcomes: pd.DataFrame, deadline: pd.Series)
 def _groups(frame: pd.DataFrame, min_support: int):
     """(slice name, value, rows) overall, per key, and per pair of keys with support."""
     yield "all", "all", frame
-    keys = slice_keys()
+    keys = slice_keys(frame)
     for key in keys:
         for value, part in frame.groupby(frame[key].fillna("(missing)"), sort=True):
             yield key, str(value), part
@@ -800,7 +800,7 @@ def out_of_distribution_counts(predictions: pd.DataFrame) -> dict:
         "flagged": len(flagged),
         "by_slice": {
             key: flagged[key].fillna("(missing)").value_counts().to_dict()
-            for key in slice_keys()
+            for key in slice_keys(flagged)
             if len(flagged)
         },
     }

@@ -482,7 +482,7 @@ def write_html(
         parts.append("<h2 style='color:#070'>No alerts</h2>")
     if len(result.windows):
         alarmed = {a.slice for a in result.alerts}
-        for key in sorted(slice_keys(), key=lambda k: k not in alarmed):  # alarmed ones first
+        for key in sorted(slice_keys(predictions), key=lambda k: k not in alarmed):  # alarmed first
             values = {a.value for a in result.alerts if a.slice == key}
             chart = _bias_over_time(result.windows, key, settings, values)
             if chart:
@@ -498,7 +498,7 @@ def write_html(
         joined = joined[joined["label"].notna()]
         parts.append("<h2>Calibration</h2>")
         parts.append(f"<img src='{_reliability(joined, None)}'>")
-        for key in slice_keys():
+        for key in slice_keys(joined):
             parts.append(f"<img src='{_reliability(joined, key)}'>")
         latest = result.windows[result.windows["window"] == result.windows["window"].max()]
         shown = latest[["slice", "value", "model_version", *(m for m in METRICS if m in latest)]]

@@ -93,7 +93,7 @@ def batch_residuals(labelled: pd.DataFrame) -> pd.DataFrame:
         probability_residual=labelled["probability"].astype(float) - labelled["label"],
         finish=labelled["at"] + pd.to_timedelta(labelled["actual_hours"], unit="h"),
     )
-    keys = [k for k in slice_keys() if k in frame]
+    keys = slice_keys(frame)
     grouped = frame.groupby(["model_version", "batch_id"], sort=False)
     out = grouped.agg(
         hours_residual=("hours_residual", "mean"),
@@ -194,7 +194,7 @@ def prior_spread(residuals: np.ndarray, floor: float) -> np.ndarray:
 
 def _slices(residuals: pd.DataFrame):
     yield "all", "all", residuals
-    for key in slice_keys():
+    for key in slice_keys(residuals):
         if key in residuals:
             for value, part in residuals.groupby(key, sort=True):
                 yield key, str(value), part

@@ -61,7 +61,7 @@ def test_hand_example_outcome_and_features():
     assert outcome.finish_earliest == T0 + pd.Timedelta(hours=48)
     assert outcome.finish_latest == T0 + pd.Timedelta(hours=60)
     assert outcome.finish_time == T0 + pd.Timedelta(hours=54)
-    assert outcome.terminal_gravity_plato == 3.1
+    assert outcome.terminal_gravity_plato == 3.0  # where it ends: its last day
     snaps = build_snapshots(batches, readings, RULES).set_index("hours_since_pitch")
     assert list(snaps.index) == [float(h) for h in range(6, 79, 6)]  # until finish + horizon
     assert not snaps["censored"].any()

@@ -184,8 +184,12 @@ def test_saison_log_with_its_batch_history(tmp_path):
     batches = _lake(settings, "validated", BATCHES)
     outcome = derive_outcomes(batches, readings, rules).iloc[0]
     assert outcome.status == "finished"
-    assert pd.Timestamp("2025-11-06", tz="UTC") < outcome.finish_time
-    assert outcome.finish_time < pd.Timestamp("2025-11-16", tz="UTC")
+    # 2.3 °P on 4 Nov at noon, 82% apparent; the next 48 h read 2.05 at the lowest (one
+    # 0.001 SG step), a day later confirms it: the plateau's start, as a brewer's rule
+    # ("every reading for 48 h within 0.3 °P") has it. The slow fall after (0.25 °P a
+    # day or two, to 1.5 °P by 11 Nov) is the tail, which no longer pulls the finish.
+    assert pd.Timestamp("2025-11-04", tz="UTC") < outcome.finish_time
+    assert outcome.finish_time < pd.Timestamp("2025-11-05", tz="UTC")
     assert outcome.terminal_gravity_plato == pytest.approx(float(sg_to_plato(1.005)), abs=0.3)
     snaps = build_snapshots(batches, readings, rules)
     assert len(snaps) and snaps["finished_within_horizon"].any()
