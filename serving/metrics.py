@@ -102,7 +102,7 @@ class RequestMetrics:
         unknown = [set(row["unknown_categories"].split(",")) for row in log_rows]
         for key in SLICE_KEYS:
             for record, row, outside in zip(records, log_rows, unknown, strict=True):
-                value = OOV if record[key] is None or key in outside else record[key]
+                value = OOV if record.get(key) is None or key in outside else record[key]
                 acc = by_slice.get((key, value))
                 if acc is None:
                     by_slice[(key, value)] = [1, row["probability"]]

@@ -58,7 +58,7 @@ def test_evaluation_matches_an_independent_computation(trained):
     assert evaluation["auc"] == pytest.approx(roc_auc_score(test[LABEL], probability))
     assert evaluation["log_loss"] == pytest.approx(log_loss(test[LABEL], probability), rel=1e-6)
     slices = pd.read_csv(workdir / "slices.csv")
-    assert set(slices["slice"]) == {"brand", "yeast_strain", "fermenter", "season"}
+    assert set(slices["slice"]) == {"brand", "style", "yeast_strain", "fermenter", "season"}
     for key, part in slices.groupby("slice"):
         assert part["rows"].sum() == len(test), key
     for plot in (
@@ -94,7 +94,7 @@ def test_threshold_follows_the_costs(trained):
 
 def test_onnx_graph_takes_the_schema_and_matches_keras(trained):
     _, workdir = trained
-    model = onnx.load(str(workdir / "model.onnx"))
+    model = onnx.load(str(workdir / "families" / "network.onnx"))
     # Two inputs (numbers, categories), their columns in schema order, named in the metadata.
     assert [i.name for i in model.graph.input] == ["numeric", "categorical"]
     widths = [i.type.tensor_type.shape.dim[1].dim_value for i in model.graph.input]
@@ -292,16 +292,18 @@ def test_categories_shared_between_columns_get_each_columns_own_index():
     from models.export import pre_graph
     from models.inputs import Preprocessing
 
-    vocabularies = dict(zip(CATEGORICAL, [("a", "b"), ("b", "c"), ("c", "a")], strict=True))
+    vocabularies = dict(
+        zip(CATEGORICAL, [("a", "b"), ("b", "c"), ("c", "a"), ("a", "d")], strict=True)
+    )
     pre = Preprocessing({name: 0.0 for name in NUMERIC}, vocabularies)
     session = ort.InferenceSession(
         pre_graph(pre).SerializeToString(), providers=["CPUExecutionProvider"]
     )
-    categories = np.array([["b", "b", "a"], ["a", "c", "c"], ["", "zz", "b"]])
+    categories = np.array([["b", "b", "a", "d"], ["a", "c", "c", "a"], ["", "zz", "b", "b"]])
     numbers = np.full((3, len(NUMERIC)), np.nan, np.float32)
     names = [f"pre/{name}" for name in CATEGORICAL]
     out = session.run(names, {"numeric": numbers, "categorical": categories.astype(object)})
-    assert np.hstack(out).tolist() == [[2, 1, 2], [1, 2, 1], [0, 0, 0]]
+    assert np.hstack(out).tolist() == [[2, 1, 2, 2], [1, 2, 1, 1], [0, 0, 0, 0]]
 
 
 def test_embedding_lookups_merge_whatever_the_concatenation_order():
@@ -314,10 +316,12 @@ def test_embedding_lookups_merge_whatever_the_concatenation_order():
     from models.inputs import Preprocessing
 
     rng = np.random.default_rng(1)
-    vocabularies = dict(zip(CATEGORICAL, [("a", "b"), ("b", "c", "d"), ("c", "e")], strict=True))
+    vocabularies = dict(
+        zip(CATEGORICAL, [("a", "b"), ("b", "c", "d"), ("c", "e"), ("f",)], strict=True)
+    )
     model = pre_graph(Preprocessing({name: 0.0 for name in NUMERIC}, vocabularies))
     graph = model.graph
-    order = [CATEGORICAL[2], None, CATEGORICAL[1], CATEGORICAL[0]]
+    order = [CATEGORICAL[2], None, CATEGORICAL[3], CATEGORICAL[1], CATEGORICAL[0]]
     pieces = []
     for name in order:
         if name is None:
@@ -351,11 +355,11 @@ def test_embedding_lookups_merge_whatever_the_concatenation_order():
         "numeric": rng.normal(size=(5, len(NUMERIC))).astype(np.float32),
         "categorical": np.array(
             [
-                ["a", "b", "c"],
-                ["b", "d", "x"],
-                ["", "c", "e"],
-                ["b", "b", "c"],
-                ["zz", "d", ""],
+                ["a", "b", "c", "f"],
+                ["b", "d", "x", ""],
+                ["", "c", "e", "f"],
+                ["b", "b", "c", "zz"],
+                ["zz", "d", "", "f"],
             ],
             dtype=object,
         ),
