@@ -302,6 +302,11 @@ class RegistrySettings(BaseSettings):
         description="The same for a tested slice (a strain, brand, fermenter or forecast "
         "bucket with the batches to be tested).",
     )
+    gate_max_width_ratio: float = Field(
+        1.0,
+        description="The candidate's median 80% window at most this many times the brand "
+        "history's (where the history's window covers within the limit).",
+    )
     gate_min_recall: float = Field(
         0.30,
         description="The decision must fire: its recall of batches finishing within the "

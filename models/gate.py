@@ -58,6 +58,7 @@ class GateLimits:
     max_slice_coverage_shortfall: float = 0.07
     max_horizon_disagreement: float = 0.10
     min_recall: float = 0.30
+    max_width_ratio: float = 1.0
 
     @classmethod
     def from_settings(cls, s) -> GateLimits:
@@ -71,6 +72,7 @@ class GateLimits:
             max_slice_coverage_shortfall=s.gate_max_slice_coverage_shortfall,
             max_horizon_disagreement=s.gate_max_horizon_disagreement,
             min_recall=s.gate_min_recall,
+            max_width_ratio=s.gate_max_width_ratio,
         )
 
 
@@ -323,12 +325,12 @@ def _history_checks(
                 )
             )
             continue
-        passed = bool(width <= theirs)
+        passed = bool(width <= limits.max_width_ratio * theirs)
         checks.append(
             Check(
                 f"median_width_80 / {name}",
                 float(width) / theirs if theirs > 0 else float("inf"),
-                1.0,
+                limits.max_width_ratio,
                 passed,
                 support=support,
                 note=f"its median 80% window {width:.0f} h against {theirs:.0f} h"

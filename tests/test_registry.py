@@ -121,6 +121,7 @@ def test_register_gate_and_promote_on_a_tracking_server(trained, sqlite_server, 
         "network": roles["network"],
         "boosted": roles["boosted"],
         "slope_rule": "baseline",
+        "brand_history": "baseline",
         "logistic_regression": "baseline",
     }
     assert sorted([roles["network"], roles["boosted"]]) == ["alternative", "candidate"]
@@ -130,6 +131,14 @@ def test_register_gate_and_promote_on_a_tracking_server(trained, sqlite_server, 
         assert {"test/auc", "test/log_loss", "test/ece", "test/log_loss_low"} <= set(
             child.data.metrics
         ), child.data.tags["model"]
+    # the brewer's own history beside the families, on their keys and with its window
+    history = next(c for c in children if c.data.tags["model"] == "brand_history")
+    assert {
+        "test/hours_mae",
+        "intervals/coverage_80",
+        "intervals/median_width_80",
+        "vs_candidate/hours_mae_difference_value",
+    } <= set(history.data.metrics)
     candidate = next(c for c in children if c.data.tags["role"] == "candidate")
     assert candidate.data.metrics["test/auc"] == pytest.approx(run.data.metrics["test/auc"])
     predictions = mlflow.artifacts.load_text(
