@@ -325,7 +325,7 @@ def _history_checks(
                 )
             )
             continue
-        passed = bool(width <= limits.max_width_ratio * theirs)
+        passed = bool(np.isinf(limits.max_width_ratio) or width <= limits.max_width_ratio * theirs)
         checks.append(
             Check(
                 f"median_width_80 / {name}",

@@ -249,7 +249,7 @@ def test_another_clean_cellar_for_half_a_year_raises_few_alarms(served):
     world = dataclasses.replace(WORLD, seed=11, days=365 + days + 30)
     _, result = _monitor_world(served, world, "clean-11", days)
     tested = result.sequential
-    assert tested["slice"].nunique() == 5 and tested["value"].nunique() >= 20
+    assert tested["slice"].nunique() == 6 and tested["value"].nunique() >= 20
     assert [a for a in result.alerts if a.test != "cusum"] == []
     assert_within_false_alarm_budget(result.alerts, result, served[0], days)
     assert len(result.drift) >= 10 and not result.drift["alarm"].any(), result.drift.head()
