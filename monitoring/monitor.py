@@ -46,6 +46,8 @@ LIKELY_CAUSES = {
     "change of the strain, or an attenuation shift",
     "fermenter": "cooling capacity or a temperature sensor of that vessel, a CIP problem",
     "brand": "a recipe change (original gravity, grist), or a new hop/yeast combination",
+    "style": "yeast health or vitality of the strain the style is brewed with, its "
+    "fermentation temperature, or a change its brands share (grist, hopping)",
     "season": "cellar ambient temperature reaching the fermenters",
 }
 
