@@ -222,16 +222,20 @@ def _event(row: dict) -> dict:
 def webhook_body(event: dict) -> dict:
     """The JSON a ready event is POSTed as: ``event`` ("batch_ready"), ``event_id`` (the same
     on every retry: deduplicate on it), ``batch_id``, ``model_version``, ``emitted_at`` (UTC),
-    and ``forecast``, the forecast that caused it as ``GET /batches/{id}/forecast`` answered
-    it (probability, decision, threshold, hours remaining, intervals, finish times,
-    features)."""
+    ``confirmed_by`` (how the state became ready: the model's decision on a device's
+    readings, or a hand reading that confirmed it, in words) and ``forecast``, the forecast
+    that caused it as ``GET /batches/{id}/forecast`` answered it (probability, decision,
+    state, threshold, hours remaining, intervals, finish times, features)."""
+    forecast = event["forecast"]
+    said = json.loads(forecast) if isinstance(forecast, str) else forecast
     return {
         "event": "batch_ready",
         "event_id": event["event_id"],
         "batch_id": event["batch_id"],
         "model_version": event["model_version"],
         "emitted_at": event["emitted_at"],
-        "forecast": event["forecast"],
+        "confirmed_by": said.get("state_detail"),
+        "forecast": forecast,
     }
 
 

@@ -32,6 +32,7 @@ def _forecast(batch_id: str, at: datetime, decision: bool, version: str = "3") -
         "probability": 0.9 if decision else 0.2,
         "decision": decision,
         "state": "ready" if decision else "fermenting",
+        "state_detail": "the model's decision, on a device's readings" if decision else "",
         "predicted_finish_time": (at + timedelta(hours=10)).isoformat().replace("+00:00", "Z"),
         "features": {
             "yeast_strain": "german_lager",
@@ -122,6 +123,7 @@ def test_the_webhook_gets_each_event_once_retried_until_it_answers(tmp_path):
     (event,) = book.events("B1")
     assert body == json.loads(json.dumps(webhook_body(event), default=_iso))
     assert body["event"] == "batch_ready" and body["forecast"]["decision"] is True
+    assert body["confirmed_by"] == "the model's decision, on a device's readings"
     assert event["webhook_delivered_at"] is not None and event["delivery_error"] is None
 
 

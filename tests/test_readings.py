@@ -28,6 +28,7 @@ from serving.readings import (
     parse_ispindel,
     parse_readings,
     parse_tilt,
+    score_running,
     snapshot_records,
 )
 
@@ -424,3 +425,60 @@ def test_a_device_declared_in_the_wrong_unit_is_corrected_by_re_declaring_it(sto
     assert gravity.values[-1] == pytest.approx(sg_to_plato(1.020) - 0.2)
     with pytest.raises(ReadingError, match="gravity_unit"):
         store.assign("ispindel:red", "FV1", None, correct_gravity_since=NOW)
+
+
+def test_a_hand_logged_batch_asks_for_a_reading_before_it_is_ready(trained, tmp_path):
+    """A pale ale read once a day, scored by the trained champion from the stored readings:
+    at 2.9 °P (0.5 below the day before) the model says finished within 24 h, but no
+    reading confirms the plateau, so the forecast says "take a gravity reading" and no
+    ready event is raised; the next morning's 2.8 °P agrees with it: ready, and the event
+    says the hand reading confirmed it."""
+    from serving.cellar import ForecastBook, webhook_body
+    from serving.model import served_model
+
+    settings, workdir = trained
+    model = served_model((workdir / "model.onnx").read_bytes(), "1", "hand-state", settings)
+    engine = make_engine(f"sqlite:///{tmp_path / 'hand.db'}")
+    store, book = ReadingsStore(engine), ForecastBook(engine)
+    morning = datetime(2026, 6, 10, 10, tzinfo=UTC)
+    store.start_batch(
+        {
+            "batch_id": "H1",
+            "fermenter": "FV03",
+            "brand": "harbour_pale_ale",
+            "style": "pale_ale",
+            "yeast_strain": "american_ale",
+            "original_gravity_plato": 12.0,
+            "start_time": morning - timedelta(days=5, hours=2),
+        }
+    )
+    store.assign("hand:h1", "FV03")
+    readings = [12.0, 10.0, 7.0, 4.6, 3.4, 2.9]
+    rows = [(morning - timedelta(days=5 - i), "gravity_plato", v) for i, v in enumerate(readings)]
+    store.store(Push("hand:h1", rows), morning)
+
+    def forecast(at: datetime) -> dict:
+        (found,) = score_running(store, model, store.running(), at)
+        row = found[1]
+        answered = {
+            "batch_id": "H1",
+            "model_version": "1",
+            "at": at,
+            "prediction_id": row["prediction_id"],
+            "probability": row["probability"],
+            "decision": row["decision"],
+            "state": row["state"],
+            "state_detail": row["state_detail"],
+        }
+        return answered, book.record([answered], at)
+
+    first, raised = forecast(morning + timedelta(minutes=5))
+    assert first["decision"] and first["state"] == "take a reading", first
+    assert "2.6 °P or above confirms the finish" in first["state_detail"]
+    assert raised == []
+    tomorrow = morning + timedelta(days=1)
+    store.store(Push("hand:h1", [(tomorrow, "gravity_plato", 2.8)]), tomorrow)
+    second, raised = forecast(tomorrow + timedelta(minutes=5))
+    assert second["state"] == "ready" and len(raised) == 1
+    (event,) = book.events("H1")
+    assert webhook_body(event)["confirmed_by"].startswith("confirmed by hand: 2.8 °P")
