@@ -448,11 +448,13 @@ def board(running: list[dict], series: list, latest: dict, events: list[dict], a
         features = (forecast or {}).get("features") or batch
         last = _at(gravity.hours[-1]) if len(gravity.hours) else None
         age = None if last is None else _hours_between(now, last)
+        since_pitch = _hours_between(now, batch["start_time"])
         rows.append(
             {
                 **{k: batch.get(k) for k in ("batch_id", "fermenter", "brand", "yeast_strain")},
                 "start_time": batch["start_time"],
-                "hours_since_pitch": _hours_between(now, batch["start_time"]),
+                "hours_since_pitch": max(since_pitch, 0.0),
+                "warnings": trust_warnings(forecast, since_pitch),
                 "current_gravity_plato": None if last is None else float(gravity.values[-1]),
                 "apparent_attenuation": features.get("apparent_attenuation"),
                 "last_reading_at": last,
@@ -464,6 +466,29 @@ def board(running: list[dict], series: list, latest: dict, events: list[dict], a
             }
         )
     return rows
+
+
+def trust_warnings(forecast: dict | None, hours_since_pitch: float) -> list[str]:
+    """How far to believe a card, in one short line each with what to do: a pitch time in
+    the future, a batch unlike any the model was trained on, categories it never saw, and
+    the forecast's own notes (a brewery it never saw, a stalled batch...)."""
+    out = []
+    if hours_since_pitch < 0:
+        out.append("The pitch time is in the future: check the batch's start time.")
+    if forecast:
+        unknown = forecast.get("unknown_categories") or []
+        if unknown:
+            out.append(
+                f"The model never saw this {', '.join(unknown)}: its forecast comes from "
+                "other batches."
+            )
+        if forecast.get("out_of_distribution"):
+            out.append(
+                "Unlike the batches the model was trained on: take a gravity reading "
+                "before acting on it."
+            )
+        out += forecast.get("notes") or []
+    return out
 
 
 def finish_errors(history: list[dict], finished_at: datetime) -> dict[int, float | None]:

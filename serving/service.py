@@ -926,6 +926,8 @@ class FermentationService:
                     **finish_forecast_json(row),
                     "features": record,
                     "last_gravity_hours_ago": record.get("hours_since_last_gravity"),
+                    "out_of_distribution": bool(row["out_of_distribution"]),
+                    "unknown_categories": [c for c in row["unknown_categories"].split(",") if c],
                     "notes": model.notes([row]),
                 }
             )

@@ -198,6 +198,31 @@ def test_the_board_rows_say_stale_hydrometers_and_the_alerts_that_concern_them()
     )
 
 
+def test_a_card_says_when_not_to_believe_it():
+    """A start in the future reads 0 h since pitch, with a line saying so; a forecast of
+    a brand the model never saw, out of distribution, with the service's notes, says each
+    in one line; a clean forecast says nothing."""
+    from serving.cellar import trust_warnings
+
+    start = NOW + timedelta(hours=38.4)
+    batch = {"batch_id": "B9", "fermenter": "FV9", "brand": "new", "start_time": start}
+    gravity = Series(np.array([hour_of(NOW - timedelta(hours=1))]), np.array([9.0]))
+    empty = Series(np.empty(0), np.empty(0))
+    stranger = {
+        **_forecast("B9", NOW, False),
+        "unknown_categories": ["brand"],
+        "out_of_distribution": True,
+        "notes": ["1 of 1 snapshot(s) are of a brand and fermenter this model never saw"],
+    }
+    (row,) = board([batch], [(gravity, empty)], {"B9": stranger}, [], [], NOW)
+    assert row["hours_since_pitch"] == 0.0
+    assert row["warnings"][0].startswith("The pitch time is in the future")
+    assert "never saw this brand" in row["warnings"][1]
+    assert "take a gravity reading" in row["warnings"][2]
+    assert row["warnings"][3].startswith("1 of 1 snapshot(s)")
+    assert trust_warnings(_forecast("B1", NOW, True), 12.0) == []
+
+
 def test_finish_errors_against_a_hand_example():
     finished = NOW
     history = [
