@@ -159,3 +159,25 @@ def test_the_gate_refuses_a_window_wider_than_the_brand_history_and_a_silent_dec
     silent = _gate(overall={"recall": 0.026})
     check = next(c for c in silent.checks if c.name == "recall at the threshold")
     assert not silent.passed and not check.passed
+
+
+def test_a_rule_matched_in_log_loss_is_passed_only_where_the_model_adds_the_hours():
+    """On plateau labels a slope rule's 24 h probability can match a model's (measured on
+    the demo's world: +0.022 log loss, -0.036..0.076); the model still adds something when
+    its hours remaining beat the rule's over their whole interval, and not otherwise."""
+    matched = {"slope_rule": {"value": 0.02, "low": -0.03, "high": 0.07}}
+    hours_better = {"slope_rule": {"value": -31.0, "low": -36.0, "high": -27.0}}
+    passed = _gate(
+        baselines=matched, significantly_better_than=("slope_rule",), hours_baselines=hours_better
+    )
+    check = next(c for c in passed.checks if c.name == "log_loss - slope_rule")
+    assert passed.passed and "it adds the hours" in check.note
+    hours_same = {"slope_rule": {"value": -3.0, "low": -8.0, "high": 2.0}}
+    refused = _gate(
+        baselines=matched, significantly_better_than=("slope_rule",), hours_baselines=hours_same
+    )
+    assert not refused.passed
+    worse = {"slope_rule": {"value": 0.05, "low": 0.01, "high": 0.09}}
+    assert not _gate(
+        baselines=worse, significantly_better_than=("slope_rule",), hours_baselines=hours_better
+    ).passed

@@ -246,6 +246,7 @@ def test_ingest_then_training_end_to_end(tmp_path):
         # its children: one per model family and per baseline
         assert sorted(r.data.tags.get("model") for r in runs if r not in parents) == [
             "boosted",
+            "brand_history",
             "logistic_regression",
             "network",
             "slope_rule",

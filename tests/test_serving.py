@@ -709,8 +709,10 @@ def _simulated_batches(url: str, world, count: int) -> list[tuple[str, pd.Timest
 def test_ready_event_once_across_a_restart_webhook_and_the_board(
     champion_home, small_world, tmp_path
 ):
-    """Two simulated batches' readings pushed, their forecasts after the finish turn ready:
-    one event each, delivered to a webhook receiver once, never again after a restart; the
+    """Two simulated batches' readings pushed (hand readings on the cellar's rounds: a day
+    and a half after the finish, a reading a day earlier confirms the plateau), their
+    forecasts then turn ready: one event each, delivered to a webhook receiver once, never
+    again after a restart; the
     board (real Chromium) shows the API's numbers, links to the batch page, and the
     operator's acknowledgement is stored; an override of the other batch becomes a label."""
     from tests.test_cellar import Receiver
@@ -726,23 +728,23 @@ def test_ready_event_once_across_a_restart_webhook_and_the_board(
     try:
         (ready, first), (overridden, second) = _simulated_batches(url, small_world, 2)
         for batch_id, finished in ((ready, first), (overridden, second)):
-            at = {"at": (finished + pd.Timedelta(hours=12)).isoformat()}
+            at = {"at": (finished + pd.Timedelta(hours=36)).isoformat()}
             forecast = httpx.get(f"{url}/batches/{batch_id}/forecast", params=at, headers=KEY)
-            assert forecast.json()["decision"], forecast.text
+            assert forecast.json()["state"] == "ready", forecast.text
         _wait(lambda: len(receiver.bodies) == 2)
         httpx.get(f"{url}/forecasts", params=at, headers=KEY)  # ready again: no new event
         server.stop()
         server, url = start_service(settings.home, **env)  # restarted
-        at = {"at": (first + pd.Timedelta(hours=18)).isoformat()}
+        at = {"at": (first + pd.Timedelta(hours=42)).isoformat()}
         again = httpx.get(f"{url}/batches/{ready}/forecast", params=at, headers=KEY).json()
-        assert again["decision"], again  # still ready: no new event
+        assert again["state"] == "ready", again  # still ready: no new event
         time.sleep(3)  # the notifier's turn: nothing left to send
         assert sorted(b["batch_id"] for b in receiver.bodies) == sorted([ready, overridden])
         events = httpx.get(f"{url}/cellar/events", headers=KEY).json()["events"]
         assert len(events) == 2 and all(e["webhook_delivered_at"] for e in events)
         by_batch = {b["batch_id"]: b for b in receiver.bodies}
         assert by_batch[ready]["forecast"]["at"].startswith(
-            (first + pd.Timedelta(hours=12)).strftime("%Y-%m-%dT%H:%M")
+            (first + pd.Timedelta(hours=36)).strftime("%Y-%m-%dT%H:%M")
         )
 
         override = {"answer": "overridden", "by": "ana", "reason": "still 0.4 °P above terminal"}
