@@ -276,19 +276,14 @@ def _baseline_checks(
                 if passed
                 else "higher over its whole interval: the baseline is better"
             )
-        checks.append(
-            Check(
-                f"log_loss - {name}",
-                value,
-                0.0,
-                passed,
-                _finite(low),
-                _finite(high),
-                support,
-                note=note,
-            )
-        )
+        checks.append(_paired(f"log_loss - {name}", difference, passed, support, note))
     return checks
+
+
+def _paired(name: str, difference: dict, passed: bool, support, note: str) -> Check:
+    """A check on a paired difference (candidate - baseline), against 0."""
+    low, high = _finite(difference["low"]), _finite(difference["high"])
+    return Check(name, difference["value"], 0.0, passed, low, high, support, note=note)
 
 
 def _history_checks(
@@ -304,7 +299,7 @@ def _history_checks(
     limit (a window that misses its level is no yardstick for width)."""
     checks = []
     for name, difference in hours_baselines.items():
-        value, low, high = difference["value"], difference["low"], difference["high"]
+        low, high = difference["low"], difference["high"]
         words = _WORDS.get(name, name)
         passed = not low > 0
         note = (
@@ -314,18 +309,7 @@ def _history_checks(
             if passed
             else f"worse over its whole interval than {words} at the hours remaining"
         )
-        checks.append(
-            Check(
-                f"hours_mae - {name}",
-                value,
-                0.0,
-                passed,
-                _finite(low),
-                _finite(high),
-                support,
-                note=note,
-            )
-        )
+        checks.append(_paired(f"hours_mae - {name}", difference, passed, support, note))
     width = windows.get("median_width_80")
     for name, window in window_baselines.items():
         if width is None or "median_width_80" not in window:
