@@ -134,6 +134,7 @@ def finish_goals(predictions: pd.DataFrame, candidate: str, threshold: float, ha
 
     from brewcast.schema import LABEL, REGRESSION_TARGET
     from models.metrics import classification_report
+    from models.pipeline import window_widths
 
     rows = predictions[predictions["before_finish"]]
     target = rows[REGRESSION_TARGET].to_numpy(dtype=float)
@@ -158,7 +159,8 @@ def finish_goals(predictions: pd.DataFrame, candidate: str, threshold: float, ha
 
     def window(low_column: str, high_column: str) -> tuple[float, float]:
         low, high = rows[low_column].to_numpy(float), rows[high_column].to_numpy(float)
-        return float(np.mean((covered >= low) & (covered <= high))), float(np.median(high - low))
+        width = float(np.median(window_widths(low, high)))
+        return float(np.mean((covered >= low) & (covered <= high))), width
 
     ours, theirs = (
         window("interval_80_low", "interval_80_high"),

@@ -50,9 +50,10 @@ class IngestSettings(BaseSettings):
     )
     local_timezone: str = Field(
         "UTC",
-        description="IANA time zone (e.g. Europe/Berlin) of the naive local timestamps that "
-        "hydrometer exports carry (a Tilt CSV's Timepoint, a batch record's start date); "
-        "ingest says in its report which zone it applied.",
+        description="The brewery's IANA time zone (e.g. Europe/Berlin): of the naive local "
+        "timestamps that hydrometer exports carry (a Tilt CSV's Timepoint, a batch record's "
+        "start date; ingest says in its report which zone it applied), and of every time the "
+        "cellar board shows, whatever the tablet's own zone.",
     )
     batch_number_pattern: str | None = Field(
         None,

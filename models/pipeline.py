@@ -647,6 +647,12 @@ def _interval_evaluation(
     return report, coverage
 
 
+def window_widths(low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """Each window's width in hours; an open-ended one (no upper bound) is infinitely wide,
+    also where its lower bound is open too (a history that never says)."""
+    return np.where(np.isinf(high), np.inf, high - low)
+
+
 def _baseline_windows(decided: pd.DataFrame, models: list[dict]) -> dict[str, dict]:
     """The 80% coverage and median width of each baseline that gives a window, on the
     pre-finish test rows (a stuck batch is covered only by an open-ended window)."""
@@ -662,7 +668,7 @@ def _baseline_windows(decided: pd.DataFrame, models: list[dict]) -> dict[str, di
         high = decided[f"{model['name']}_high_80"].to_numpy(dtype=float)
         out[model["name"]] = {
             "coverage_80": float(np.mean((target >= low) & (target <= high))),
-            "median_width_80": float(np.median(high - low)),
+            "median_width_80": float(np.median(window_widths(low, high))),
         }
     return out
 

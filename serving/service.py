@@ -1027,6 +1027,7 @@ class FermentationService:
             )
             return {
                 "generated_at": now,
+                "timezone": self.settings.local_timezone,
                 "batches": rows,
                 "stale_after_hours": cellar.STALE_AFTER_HOURS,
             }
@@ -1052,6 +1053,7 @@ class FermentationService:
                 None,
             )
             return {
+                "timezone": self.settings.local_timezone,
                 "batch": batch,
                 "readings": {
                     "gravity_plato": cellar.points(gravity),
@@ -1094,7 +1096,11 @@ class FermentationService:
                             "errors": {str(h): e for h, e in errors.items()},
                         }
                     )
-            return {"batches": rows, "hours_before_finish": list(cellar.HISTORY_HOURS)}
+            return {
+                "timezone": self.settings.local_timezone,
+                "batches": rows,
+                "hours_before_finish": list(cellar.HISTORY_HOURS),
+            }
 
         return _json_response(await anyio.to_thread.run_sync(read))
 

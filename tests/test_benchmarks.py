@@ -225,3 +225,9 @@ def test_finish_goals_by_time_to_finish_against_the_brand_history():
     assert goals["80% coverage overall"]["value"] == pytest.approx(0.75)
     assert goals["decision precision at the threshold"]["value"] == 1.0
     assert goals["decision recall at the threshold"]["value"] == 0.5
+    # a history window with no bound at all is infinitely wide, not NaN
+    rows.loc[0, ["brand_history_low_80", "brand_history_high_80"]] = np.inf
+    rows.loc[1, ["brand_history_low_80", "brand_history_high_80"]] = np.inf
+    rows.loc[2, ["brand_history_low_80", "brand_history_high_80"]] = np.inf
+    open_history = finish_goals(rows, "net", 0.5, hand=True)["goals"]
+    assert open_history["median 80% width / brand history"]["value"] == 0.0

@@ -799,7 +799,11 @@ def _board_in_chromium(
         )
         errors: list[str] = []
         for width, height in ((1024, 768), (390, 844)):
-            page = browser.new_page(viewport={"width": width, "height": height})
+            # a tablet set to another zone than the cellar's (UTC here): the board still
+            # shows the cellar's time, and says which zone once, in the header
+            page = browser.new_page(
+                viewport={"width": width, "height": height}, timezone_id="Pacific/Auckland"
+            )
             page.on("pageerror", lambda exc: errors.append(str(exc)))
             page.on("console", lambda m: m.type == "error" and errors.append(m.text))
             page.goto(f"{url}/board?key=test-key")
@@ -816,6 +820,14 @@ def _board_in_chromium(
             assert shown["predicted_finish_time"] == expected["predicted_finish_time"]
             assert shown["model_version"] == expected["model_version"] == version
             assert card.get_by_text("hydrometer stale").count() == 1  # its last reading is old
+            assert page.locator("#zone").inner_text() == "times in UTC"
+            in_utc = page.evaluate(
+                """iso => new Date(iso).toLocaleString([], {weekday: "short", day: "2-digit",
+                month: "short", hour: "2-digit", minute: "2-digit", timeZone: "UTC"})""",
+                expected["predicted_finish_time"],
+            )
+            shown_at = card.locator('[data-field="predicted_finish_time"]').first.inner_text()
+            assert shown_at == in_utc, (shown_at, in_utc)
             page.close()
         page = browser.new_page(viewport={"width": 1024, "height": 768})
         page.on("pageerror", lambda exc: errors.append(str(exc)))

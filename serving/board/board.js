@@ -41,10 +41,20 @@ function field(name, value, text) {
   return el("span", { "data-field": name, "data-value": value === null ? "" : String(value) }, text);
 }
 
+// The cellar's time zone (the service's BREWCAST_LOCAL_TIMEZONE): every time on the pages
+// is in it, whatever the tablet's own zone, and the header says which, once.
+let ZONE = "UTC";
+function useZone(data) {
+  if (data.timezone) ZONE = data.timezone;
+  const node = document.getElementById("zone");
+  if (node) { node.textContent = `times in ${ZONE}`; node.setAttribute("data-value", ZONE); }
+}
+
 function when(iso) {
   if (!iso) return "never (may be stuck)";
   return new Date(iso).toLocaleString([], {
     weekday: "short", day: "2-digit", month: "short", hour: "2-digit", minute: "2-digit",
+    timeZone: ZONE,
   });
 }
 
