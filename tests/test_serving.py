@@ -838,6 +838,11 @@ def _board_in_chromium(
         status = page.locator("#status")
         assert "forecasts" in status.inner_text(), status.inner_text()
         assert page.locator("#curve svg path").count() >= 2  # gravity and temperature
+        # axis ticks with the precision the data needs and a unit each: no two alike
+        for axis, unit in (("left", "°P"), ("right", "°C")):
+            ticks = page.locator(f'#curve svg text[data-axis="{axis}"]').all_text_contents()
+            assert len(ticks) == 5 and len(set(ticks)) == 5, ticks
+            assert all(t.endswith(unit) for t in ticks), ticks
         fitted = httpx.get(f"{url}/cellar/batches/{batch_id}", headers=KEY).json()["fitted"]
         assert fitted and fitted["rms_plato"] < 0.5  # a simulated batch follows the logistic
         assert page.locator('#curve svg path[stroke-dasharray="5 4"]').count() == 1
