@@ -173,7 +173,7 @@ def snapshot_columns(
         "gravity_slope_plato_per_day": slope,
         "gravity_slope_span_hours": np.where(
             np.isfinite(slope),
-            g_t[np.maximum(n - 1, 0)] - g_t[np.minimum(lo, len(g_t) - 1)],
+            g_t[last] - g_t[np.minimum(lo, len(g_t) - 1)],
             np.nan,
         ),
         "hours_since_last_gravity": np.where(has, t - g_t[last], np.nan),

@@ -142,16 +142,21 @@ class BrandHistory:
         self.everyone = _Survival(durations["duration"], durations["event"])
         return self
 
-    def _survival_of(self, frame: pd.DataFrame) -> list[_Survival]:
-        out = []
-        for values in zip(*(frame[c] for c in HISTORY_LEVELS), strict=True):
+    def _rows_by_survival(self, frame: pd.DataFrame) -> list[tuple[_Survival, np.ndarray]]:
+        """Each history that answers for some of ``frame``'s rows, with those rows (by
+        position): the first level of :data:`HISTORY_LEVELS` with a history of its own."""
+        rows: dict[int, list[int]] = {}
+        histories: dict[int, _Survival] = {}
+        for i, values in enumerate(zip(*(frame[c] for c in HISTORY_LEVELS), strict=True)):
             found = (
                 self.groups.get((column, str(value)))
                 for column, value in zip(HISTORY_LEVELS, values, strict=True)
                 if pd.notna(value)
             )
-            out.append(next((s for s in found if s is not None), self.everyone))
-        return out
+            survival = next((s for s in found if s is not None), self.everyone)
+            histories[id(survival)] = survival
+            rows.setdefault(id(survival), []).append(i)
+        return [(histories[key], np.asarray(index)) for key, index in rows.items()]
 
     def forecast(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
         """Per row: ``probability`` of finishing within the horizon, ``hours`` (median
@@ -160,9 +165,7 @@ class BrandHistory:
         age = frame["hours_since_pitch"].to_numpy(dtype="float64")
         n = len(frame)
         out = {name: np.empty(n) for name in ("probability", "hours", "lower", "upper")}
-        survivals = self._survival_of(frame)
-        for survival in {id(s): s for s in survivals}.values():
-            rows = np.flatnonzero([s is survival for s in survivals])
+        for survival, rows in self._rows_by_survival(frame):
             a = age[rows]
             alive = survival.at(a)
             overdue = alive <= 0.0

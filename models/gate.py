@@ -315,12 +315,13 @@ def _history_checks(
         if width is None or "median_width_80" not in window:
             continue
         theirs, covers = float(window["median_width_80"]), float(window["coverage_80"])
+        ratio = float(width) / theirs if theirs > 0 else float("inf")
         words = _WORDS.get(name, name)
         if covers < 0.80 - limits.max_coverage_shortfall:
             checks.append(
                 Check(
                     f"median_width_80 / {name}",
-                    float(width) / theirs if theirs > 0 else float("inf"),
+                    ratio,
                     1.0,
                     True,
                     support=support,
@@ -333,7 +334,7 @@ def _history_checks(
         checks.append(
             Check(
                 f"median_width_80 / {name}",
-                float(width) / theirs if theirs > 0 else float("inf"),
+                ratio,
                 limits.max_width_ratio,
                 passed,
                 support=support,

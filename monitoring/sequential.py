@@ -195,9 +195,8 @@ def prior_spread(residuals: np.ndarray, floor: float) -> np.ndarray:
 def _slices(residuals: pd.DataFrame):
     yield "all", "all", residuals
     for key in slice_keys(residuals):
-        if key in residuals:
-            for value, part in residuals.groupby(key, sort=True):
-                yield key, str(value), part
+        for value, part in residuals.groupby(key, sort=True):
+            yield key, str(value), part
 
 
 @dataclass

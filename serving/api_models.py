@@ -254,9 +254,7 @@ def predict_response_json(
                     "probability": row["probability"],
                     "decision": row["decision"],
                     "hours_remaining": row["hours_remaining"],
-                    "unknown_categories": (
-                        row["unknown_categories"].split(",") if row["unknown_categories"] else []
-                    ),
+                    "unknown_categories": unknown_categories(row),
                     "out_of_distribution": row["out_of_distribution"],
                     "familiarity_distance": row["familiarity_distance"],
                     **finish_forecast_json(row),
@@ -278,6 +276,11 @@ def _window(start: datetime, low: float | None, high: float | None) -> dict | No
     if low is None:
         return None
     return {"earliest": _at(start, low), "latest": None if high is None else _at(start, high)}
+
+
+def unknown_categories(row: dict) -> list[str]:
+    """The categorical inputs a prediction-log row's model never saw (its OOV columns)."""
+    return row["unknown_categories"].split(",") if row["unknown_categories"] else []
 
 
 def finish_forecast_json(row: dict) -> dict:

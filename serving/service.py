@@ -68,6 +68,7 @@ from serving.api_models import (
     ReadyAnswer,
     finish_forecast_json,
     predict_response_json,
+    unknown_categories,
 )
 from serving.bento_config import service_config
 from serving.cellar import ForecastBook, ReadyNotifier
@@ -926,8 +927,8 @@ class FermentationService:
                     **finish_forecast_json(row),
                     "features": record,
                     "last_gravity_hours_ago": record.get("hours_since_last_gravity"),
-                    "out_of_distribution": bool(row["out_of_distribution"]),
-                    "unknown_categories": [c for c in row["unknown_categories"].split(",") if c],
+                    "out_of_distribution": row["out_of_distribution"],
+                    "unknown_categories": unknown_categories(row),
                     "notes": model.notes([row]),
                 }
             )
