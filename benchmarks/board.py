@@ -1,6 +1,8 @@
 """The cellar board in a real browser (``python -m benchmarks.board``): the time from asking
 Chromium for ``/board`` to the page showing every card, for 50 running batches with 30 days
-of 15-minute readings each, served by the real BentoML service (target: under 1 s).
+of 15-minute readings each, served by the real BentoML service (target: under 1 s). The
+cellar also holds 200 finished batches with their forecasts near the finish, so every card
+carries its brand's track record and its warnings, as in a cellar with a history.
 
 The service is started on a home whose prediction log already holds the batches and their
 readings; its own background forecaster forecasts them at start-up, as in a cellar. Each
@@ -20,6 +22,7 @@ from pathlib import Path
 from benchmarks import small_model
 
 BATCHES = 50
+FINISHED = 200
 DAYS = 30
 LOADS = 7
 TARGET_S = 1.0
@@ -48,7 +51,55 @@ def _fill(home: Path, now: datetime) -> None:
             rows.append((at, "gravity_plato", 12.0 - 9.0 * min(k / (DAYS * 80), 1.0)))
             rows.append((at, "temperature_c", 12.0 + 0.01 * (k % 7)))
         store.store(Push(f"bench:{fermenter}", rows), now)
+    _finished(store.engine, now)
     store.engine.dispose()
+
+
+def _finished(engine, now: datetime) -> None:
+    """:data:`FINISHED` ended batches, each with a forecast 24, 48 and 72 h before its
+    finish (as the service keeps them) and its finish as ``/feedback`` stores it."""
+    from brewcast.readings_store import batches
+    from serving.cellar import ForecastBook
+    from serving.prediction_log import create_tables, labels
+
+    create_tables(engine)
+    book, finishes = ForecastBook(engine), []
+    for b in range(FINISHED):
+        start = now - timedelta(days=DAYS + 10 + b * 0.5)
+        finished = start + timedelta(days=8 + b % 5)
+        with engine.begin() as conn:
+            conn.execute(
+                batches.insert().values(
+                    batch_id=f"F{b:03d}", fermenter=f"FV{b % BATCHES:02d}", start_time=start,
+                    end_time=finished + timedelta(days=2), brand="golden_pilsner",
+                    yeast_strain="german_lager",
+                )
+            )  # fmt: skip
+        forecasts = []
+        for hours in (72, 48, 24):
+            at = finished - timedelta(hours=hours)
+            predicted = finished + timedelta(hours=(b % 7) - 3)
+            window = {
+                "earliest": predicted - timedelta(hours=12),
+                "latest": predicted + timedelta(hours=12),
+            }
+            forecasts.append(
+                {"prediction_id": f"F{b:03d}-{hours}", "batch_id": f"F{b:03d}", "at": at,
+                 "model_version": "1", "state": "fermenting", "backcast": False,
+                 "probability": 0.5, "predicted_finish_time": predicted.isoformat(),
+                 "finish_time_80": {k: v.isoformat() for k, v in window.items()}}
+            )  # fmt: skip
+        book.record(forecasts, now)
+        finishes.append(
+            {
+                "received_at": now,
+                "batch_id": f"F{b:03d}",
+                "finished_at": finished,
+                "source": "feedback",
+            }
+        )
+    with engine.begin() as conn:
+        conn.execute(labels.insert(), finishes)
 
 
 def _loads(url: str) -> list[float]:

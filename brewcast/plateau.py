@@ -134,9 +134,26 @@ DEVICE_READINGS = 4
 
 CellarState = Literal["fermenting", "take a reading", "ready"]
 
+#: A gravity falling faster than this (°P a day), or rising faster than the next, is a slope
+#: no fermentation has: the most vigorous ales fall about 5 °P a day at their peak, and a
+#: fermenting batch rises only when its device moves or leaves the liquid.
+MAX_PLAUSIBLE_FALL_PER_DAY = 10.0
+MAX_PLAUSIBLE_RISE_PER_DAY = 2.0
+
+
+def implausible_slope(slope_per_day: float | None) -> bool:
+    """Whether a gravity slope (°P a day; None: unknown) is one no fermentation has."""
+    if slope_per_day is None or not np.isfinite(slope_per_day):
+        return False
+    return not -MAX_PLAUSIBLE_FALL_PER_DAY <= slope_per_day <= MAX_PLAUSIBLE_RISE_PER_DAY
+
 
 def cellar_state(
-    hours: np.ndarray, gravity: np.ndarray, decision: bool, rule: PlateauRule
+    hours: np.ndarray,
+    gravity: np.ndarray,
+    decision: bool,
+    rule: PlateauRule,
+    slope_per_day: float | None = None,
 ) -> tuple[CellarState, str]:
     """What the cellar should do now, from a batch's gravity readings so far (°P, sorted by
     ``hours``) and the model's decision (finished within the horizon): ``ready`` (act on
@@ -147,13 +164,20 @@ def cellar_state(
     A probe read every few minutes confirms its own plateau, so its decision is the ready
     call. A hand log is ready once its last reading, taken at least ``confirm_hours`` after
     an earlier one, is within ``tolerance_plato`` of it: a brewer's two readings a day
-    apart that agree.
+    apart that agree. Readings whose ``slope_per_day`` no fermentation has (a device moved,
+    a probe out of the liquid) confirm nothing: the cellar is asked for a reading instead.
     """
     hours = np.asarray(hours, dtype="float64")
     gravity = np.asarray(gravity, dtype="float64")
     if not decision or gravity.size == 0:
         return "fermenting", "still fermenting"
     last = gravity[-1]
+    if implausible_slope(slope_per_day):
+        return "take a reading", (
+            f"take a gravity reading: the readings {'fall' if slope_per_day < 0 else 'rise'} "
+            f"{abs(slope_per_day):.1f} °P a day, faster than any fermentation, so they "
+            "cannot confirm the finish"
+        )
     if np.sum(hours > hours[-1] - DEVICE_WINDOW_HOURS) >= DEVICE_READINGS:
         return "ready", "the model's decision, on a device's readings"
     earlier = np.flatnonzero(hours <= hours[-1] - rule.confirm_hours)

@@ -32,6 +32,7 @@ import sqlalchemy as sa
 
 from brewcast.assets import ASSETS
 from brewcast.intervals import STATUS_STALLED
+from brewcast.plateau import implausible_slope
 from brewcast.readings_store import forecasts, metadata, ready_events
 from brewcast.schema import PLATO_RANGE
 from brewcast.units import SG_SPAN
@@ -373,11 +374,6 @@ DEVICE_CADENCE_HOURS = 1.0
 HAND_READING_DUE_HOURS = 36.0
 #: The warnings that make a card's readings stale.
 STALE_KINDS = ("hydrometer_silent", "reading_due", "no_readings")
-#: A gravity falling faster than this (°P a day), or rising faster than the next, is a slope
-#: no fermentation has: the most vigorous ales fall about 5 °P a day at their peak, and a
-#: fermenting batch rises only when its device moves.
-MAX_PLAUSIBLE_FALL_PER_DAY = 10.0
-MAX_PLAUSIBLE_RISE_PER_DAY = 2.0
 #: A forecast finish past this multiple of the longest in the batch's history (brand, style,
 #: strain, the cellar: the first with :data:`MIN_HISTORY_BATCHES` finished) is beyond
 #: anything the cellar has done.
@@ -685,9 +681,7 @@ def _plausibility_warnings(
 ) -> list:
     out = []
     slope = (forecast.get("features") or {}).get("gravity_slope_plato_per_day")
-    if slope is not None and not (
-        -MAX_PLAUSIBLE_FALL_PER_DAY <= slope <= MAX_PLAUSIBLE_RISE_PER_DAY
-    ):
+    if implausible_slope(slope):
         out.append(
             _warning(
                 "implausible_slope",

@@ -1400,10 +1400,14 @@ def score_running(
         row = next(rows)
         known = gravity.hours <= until
         row["state"], row["state_detail"] = cellar_state(
-            gravity.hours[known], gravity.values[known], bool(row["decision"]), rule
+            gravity.hours[known],
+            gravity.values[known],
+            bool(row["decision"]),
+            rule,
+            record.get("gravity_slope_plato_per_day"),
         )
-        row["backcast"] = (
-            bool(len(gravity.hours)) and gravity.hours[-1] > until + BACKCAST_SLACK_HOURS
+        row["backcast"] = bool(
+            len(gravity.hours) and gravity.hours[-1] > until + BACKCAST_SLACK_HOURS
         )
         out.append((next(scored), row))
     return out

@@ -32,3 +32,17 @@ def test_a_hand_log_asks_for_a_reading_then_is_ready_when_it_agrees():
     same_day = cellar_state([*hours, 100.0], [*gravity, 2.9], True, RULE)
     assert same_day[0] == "take a reading"
     assert cellar_state(hours, gravity, False, RULE)[0] == "fermenting"
+
+
+def test_readings_no_fermentation_could_make_confirm_nothing():
+    """A probe whose last readings fall 12.7 °P a day (out of the liquid, moved) is not
+    ready on the model's decision: the cellar is asked for a reading; a plausible slope, or
+    none known, leaves the decision as it was."""
+    hours = np.arange(0.0, 100.0, 0.25)
+    gravity = np.linspace(12.0, 2.5, hours.size)
+    state, detail = cellar_state(hours, gravity, True, RULE, slope_per_day=-12.7)
+    assert state == "take a reading" and "fall 12.7 °P a day" in detail
+    assert cellar_state(hours, gravity, True, RULE, slope_per_day=3.0)[0] == "take a reading"
+    for plausible in (-9.9, 0.0, 1.9, None, float("nan")):
+        assert cellar_state(hours, gravity, True, RULE, slope_per_day=plausible)[0] == "ready"
+    assert cellar_state(hours, gravity, False, RULE, slope_per_day=-12.7)[0] == "fermenting"

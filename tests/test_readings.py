@@ -515,3 +515,8 @@ def test_a_hand_logged_batch_asks_for_a_reading_before_it_is_ready(trained, tmp_
     assert second["state"] == "ready" and len(raised) == 1
     (event,) = book.events("H1")
     assert webhook_body(event)["confirmed_by"].startswith("confirmed by hand: 2.8 °P")
+    # a forecast for a time before a stored reading is a back-cast, never a live one
+    assert [
+        score_running(store, model, store.running(), at)[0][1]["backcast"]
+        for at in (tomorrow - timedelta(hours=1), tomorrow, tomorrow + timedelta(minutes=5))
+    ] == [True, False, False]

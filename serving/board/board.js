@@ -76,14 +76,15 @@ function signedHours(e, none = "—") {
 }
 
 // How the forecasts of the batch's brand (or style, strain, cellar) did on its last
-// finished batches: the API's track record, in one line.
+// finished batches (the API's track record), in one line: the median error of the live
+// forecast made 24 and 48 h before each finish, and how many 80% windows held it.
 function trackRecordText(record) {
-  if (!record) return "Track record: none yet (no finished batch of this brand, style or strain with a forecast near its finish).";
+  if (!record) return "Track record: none yet (no finished batch of its brand, style or strain).";
   const group = record.group === "all" ? "the cellar" : `${record.group.replace("yeast_strain", "strain")} ${record.value}`;
   const parts = Object.entries(record.hours_before_finish).filter(([, r]) => r.forecasts).map(([h, r]) =>
-    `${h} h before: median ${signedHours(r.median_error_hours)}` +
-    (r.windows ? `, window held ${r.windows_held} of ${r.windows}` : ""));
-  return `Track record (${group}, last ${record.batches.length} finished): ${parts.join(" · ")}`;
+    `${h} h before ${signedHours(r.median_error_hours)}` +
+    (r.windows ? `, window held ${r.windows_held}/${r.windows}` : ""));
+  return `Track record of ${group} (${record.batches.length} finished): ${parts.join(" · ")}`;
 }
 
 function fixed(value, digits) {
