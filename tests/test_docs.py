@@ -219,6 +219,46 @@ def test_walkthrough_bodies_are_accepted_and_the_ispindel_push_is_stored():
     assert batch.batch_id in WALKTHROUGH.read_text().split("/forecast")[0]
 
 
+def test_walkthrough_reading_lands_in_its_batch(tmp_path):
+    """The walk-through replayed on the service's readings store (the database the board
+    reads): the batch pitched a day ago, the iSpindel assigned with its unit, its post
+    stored as a gravity and a temperature of that batch; pushed before the assignment, it
+    is kept pending (202), as the page says."""
+    from datetime import timedelta
+
+    from serving.api_models import BatchStart, DeviceAssignment
+    from serving.prediction_log import make_engine
+    from serving.readings import ReadingsStore, UnitPending, parse_ispindel
+
+    bodies = {}
+    for line in _bash_lines(WALKTHROUGH.read_text()):
+        if line.startswith("curl"):
+            method, path, body = _curl(line)
+            if body is not None:
+                bodies[(method, path)] = body
+    now = datetime.now(UTC)
+    batch_body = dict(bodies[("POST", "/batches")])
+    batch_body["start_time"] = (now - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    batch = BatchStart.model_validate(batch_body)
+    (device_path,) = [p for m, p in bodies if m == "PUT" and p.startswith("/devices/")]
+    device = device_path.removeprefix("/devices/")
+    assignment = DeviceAssignment.model_validate(bodies[("PUT", device_path)])
+    post = bodies[("POST", "/readings/ispindel")]
+
+    with pytest.raises(UnitPending):  # before step 3: kept until the unit is known
+        parse_ispindel(post, now, None)
+
+    store = ReadingsStore(make_engine(f"sqlite:///{tmp_path / 'predictions.db'}"))
+    store.start_batch(batch.model_dump(), now)
+    store.assign(device, assignment.fermenter, assignment.gravity_unit, None, None, None)
+    (stored,) = store.store_all([parse_ispindel(post, now, assignment.gravity_unit)], now)
+    assert (stored.batch_id, stored.stored, stored.unassigned) == (batch.batch_id, 2, 0)
+    (running,) = store.running(batch_id=batch.batch_id)
+    ((gravity, temperature),) = store.series([running])
+    assert len(gravity.values) == 1 and 11 < gravity.values[0] < 12.5  # SG 1.046 in °P
+    assert len(temperature.values) == 1
+
+
 # --- the README and the site ---------------------------------------------------------------
 
 
