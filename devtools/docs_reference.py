@@ -198,19 +198,56 @@ def _anchor(method: str, path: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", f"{method} {path}".lower()).strip("-")
 
 
-def _schema_name(schema: dict | None) -> str:
+def _ref_name(ref: str) -> str:
+    return ref.rsplit("/", 1)[-1]
+
+
+def _type_of(schema: dict | None) -> str:
+    """A property's type in a few words: ``string``, ``number | null``, ``array of Snapshot``,
+    ``"SG" | "°P"``, a link to a component schema."""
     if not schema:
-        return ""
+        return "any"
     if "$ref" in schema:
-        return schema["$ref"].rsplit("/", 1)[-1]
-    if schema.get("type") == "array":
-        return f"array of {_schema_name(schema.get('items')) or 'items'}"
-    return schema.get("title") or schema.get("type") or "object"
+        name = _ref_name(schema["$ref"])
+        return f"[{name}](#schema-{name.lower()})"
+    if "enum" in schema:
+        return " \\| ".join(json.dumps(v, ensure_ascii=False) for v in schema["enum"])
+    if "const" in schema:
+        return json.dumps(schema["const"], ensure_ascii=False)
+    for key in ("anyOf", "oneOf", "allOf"):
+        if key in schema:
+            return " \\| ".join(dict.fromkeys(_type_of(s) for s in schema[key]))
+    kind = schema.get("type", "object")
+    if kind == "array":
+        return f"array of {_type_of(schema.get('items'))}"
+    if isinstance(kind, list):
+        return " \\| ".join(kind)
+    return str(kind)
+
+
+def _properties_table(schema: dict, components: dict) -> list[str]:
+    """A table of an object schema's properties (a ``$ref`` resolved one level)."""
+    if "$ref" in schema:
+        schema = components.get(_ref_name(schema["$ref"]), {})
+    properties = schema.get("properties") or {}
+    if not properties:
+        return []
+    required = set(schema.get("required") or [])
+    lines = ["| field | type | required | description |", "|---|---|---|---|"]
+    for name, prop in properties.items():
+        description = _cell(prop.get("description", ""))
+        lines.append(
+            f"| `{name}` | {_type_of(prop)} | {'yes' if name in required else 'no'} "
+            f"| {description} |"
+        )
+    return [*lines, ""]
 
 
 def http_api_markdown(spec: dict | None = None) -> str:
-    """The HTTP API reference page: a table of every operation, then one section each."""
+    """The HTTP API reference page: a table of every operation, one section each, then
+    the schemas of the bodies."""
     spec = spec if spec is not None else openapi_document()
+    components = spec.get("components", {}).get("schemas", {})
     ops = operations(spec)
     lines = [
         "# HTTP API reference",
@@ -220,7 +257,7 @@ def http_api_markdown(spec: dict | None = None) -> str:
         "",
         "Every route of the BentoML service (`serving/service.py`), generated from the "
         "OpenAPI document it serves at `GET /docs.json` (the Swagger UI at `/` shows the same "
-        "document, with every schema). *Keys* says which key scopes open the route once any "
+        "document). *Keys* says which key scopes open the route once any "
         "key is in force ([security and keys](../operations/security.md)); without any key "
         'the service is open. Every error is answered as `{"detail": "..."}`.',
         "",
@@ -242,26 +279,34 @@ def http_api_markdown(spec: dict | None = None) -> str:
         if parameters:
             lines += ["| parameter | in | type | required |", "|---|---|---|---|"]
             for parameter in parameters:
-                schema = parameter.get("schema") or {}
-                kind = _schema_name(schema) or " | ".join(
-                    _schema_name(s) for s in schema.get("anyOf", [])
-                )
                 lines.append(
-                    f"| `{parameter['name']}` | {parameter.get('in', '')} | {_cell(kind)} "
+                    f"| `{parameter['name']}` | {parameter.get('in', '')} "
+                    f"| {_type_of(parameter.get('schema'))} "
                     f"| {'yes' if parameter.get('required') else 'no'} |"
                 )
             lines.append("")
         body = operation.get("requestBody")
         if body:
             for media, content in body.get("content", {}).items():
-                name = _schema_name(content.get("schema"))
-                lines += [f"**Body:** `{media}`" + (f", schema `{name}`" if name else ""), ""]
+                schema = content.get("schema") or {}
+                if "$ref" in schema:  # a component: described once, under Schemas
+                    lines += [f"**Body** (`{media}`): {_type_of(schema)}.", ""]
+                else:  # a device's own push: its fields here
+                    described = _cell(schema.get("description", ""))
+                    lines += [f"**Body** (`{media}`): {described}", ""]
+                    lines += _properties_table(schema, components)
         responses = operation.get("responses", {})
         statuses = ", ".join(
             f"`{status}` {_cell(response.get('description', ''))}"
             for status, response in sorted(responses.items())
         )
         lines += [f"**Answers:** {statuses}.", ""]
+    lines += ["## Schemas", "", "The bodies' and answers' schemas, as `/docs.json` gives them.", ""]
+    for name, schema in components.items():
+        lines += [f"### `{name}` {{#schema-{name.lower()}}}", ""]
+        if schema.get("description"):
+            lines += [_cell(schema["description"]), ""]
+        lines += _properties_table(schema, components) or [f"Type: {_type_of(schema)}.", ""]
     return "\n".join(lines)
 
 
