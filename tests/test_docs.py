@@ -106,6 +106,8 @@ def _bash_lines(markdown: str) -> list[str]:
             row = row.strip()
             if not row or row.startswith("#"):
                 continue
+            while _open_quote(row):  # a quoted body written over several lines
+                row += " " + next(rows).strip()
             heredoc = re.search(r"<<\s*'?(\w+)'?", row)
             if heredoc:
                 body = []
@@ -118,13 +120,21 @@ def _bash_lines(markdown: str) -> list[str]:
     return lines
 
 
+def _open_quote(row: str) -> bool:
+    try:
+        shlex.split(row.split("<<")[0], comments=True)
+    except ValueError:
+        return True
+    return False
+
+
 def _substituted(text: str) -> str:
     pitched = datetime(2026, 3, 1, 8, tzinfo=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     return text.replace("$PITCHED", pitched)
 
 
-def _curl(line: str) -> tuple[str, str, dict | None]:
-    """(method, path, JSON body or None) of a curl command line."""
+def _curl(line: str, bodies: bool = True) -> tuple[str, str, dict | None]:
+    """(method, path, JSON body or None) of a curl command line (``bodies``: parse them)."""
     command, _, heredoc = line.partition("\n")
     words = shlex.split(command.split("<<")[0])
     assert words[0] == "curl"
@@ -135,7 +145,8 @@ def _curl(line: str) -> tuple[str, str, dict | None]:
             method = next(it)
         elif word in ("-d", "--data"):
             data = next(it)
-            body = json.loads(_substituted(heredoc if data == "@-" else data))
+            if bodies:
+                body = json.loads(_substituted(heredoc if data == "@-" else data))
             method = method if method != "GET" else "POST"
         elif word == "-H":
             next(it)
@@ -191,6 +202,29 @@ def test_walkthrough_commands_exist(spec):
         elif program != "date":
             raise AssertionError(f"the walk-through runs {program!r}, which this test ignores")
     assert {"make", "curl"} <= seen
+
+
+@pytest.mark.parametrize(
+    "page", sorted(str(p.relative_to(DOCS)) for p in DOCS.rglob("*.md")), ids=str
+)
+def test_every_page_commands_and_routes_exist(page, spec):
+    """Every ``brewcast`` command and option, ``make`` target and ``curl`` route in a page's
+    bash blocks is one the code has (other programs are the reader's own)."""
+    makefile = (ROOT / "Makefile").read_text()
+    for line in _bash_lines((DOCS / page).read_text()):
+        first = line.split("\n")[0].split("<<")[0]
+        words = shlex.split(first, comments=True)
+        if not words:
+            continue
+        program = Path(words[0]).name
+        if program == "brewcast":
+            _check_brewcast(words)
+        elif program == "make":
+            for target in words[1:]:
+                assert re.search(rf"^{target}:", makefile, flags=re.M), f"no make {target}"
+        elif program == "curl":
+            method, path, _ = _curl(" ".join(shlex.quote(w) for w in words), bodies=False)
+            assert _route(spec, method, path), f"{page}: the service has no {method} {path}"
 
 
 def test_walkthrough_bodies_are_accepted_and_the_ispindel_push_is_stored():
