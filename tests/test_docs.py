@@ -133,10 +133,10 @@ def _substituted(text: str) -> str:
     return text.replace("$PITCHED", pitched)
 
 
-def _curl(line: str, bodies: bool = True) -> tuple[str, str, dict | None]:
-    """(method, path, JSON body or None) of a curl command line (``bodies``: parse them)."""
+def _curl_raw(line: str) -> tuple[str, str, str | None]:
+    """(method, path, body as written or None) of a curl command line."""
     command, _, heredoc = line.partition("\n")
-    words = shlex.split(command.split("<<")[0])
+    words = shlex.split(command.split("<<")[0], comments=True)
     assert words[0] == "curl"
     method, body, url = "GET", None, None
     it = iter(words[1:])
@@ -145,8 +145,7 @@ def _curl(line: str, bodies: bool = True) -> tuple[str, str, dict | None]:
             method = next(it)
         elif word in ("-d", "--data"):
             data = next(it)
-            if bodies:
-                body = json.loads(_substituted(heredoc if data == "@-" else data))
+            body = _substituted(heredoc if data == "@-" else data)
             method = method if method != "GET" else "POST"
         elif word == "-H":
             next(it)
@@ -155,6 +154,12 @@ def _curl(line: str, bodies: bool = True) -> tuple[str, str, dict | None]:
     assert url is not None, line
     path = "/" + url.split("/", 1)[1].split("?")[0] if "/" in url else "/"
     return method, path, body
+
+
+def _curl(line: str, bodies: bool = True) -> tuple[str, str, dict | None]:
+    """(method, path, JSON body or None) of a curl command line (``bodies``: parse them)."""
+    method, path, raw = _curl_raw(line)
+    return method, path, json.loads(raw) if bodies and raw is not None else None
 
 
 def _route(spec: dict, method: str, path: str) -> str | None:
@@ -225,6 +230,57 @@ def test_every_page_commands_and_routes_exist(page, spec):
         elif program == "curl":
             method, path, _ = _curl(" ".join(shlex.quote(w) for w in words), bodies=False)
             assert _route(spec, method, path), f"{page}: the service has no {method} {path}"
+
+
+def _push_bodies() -> list[tuple[str, str, str, str | None]]:
+    """(page, route, body, the gravity unit the page assigns its device) of every push a
+    page's bash blocks send to a device route."""
+    out = []
+    for page in sorted(DOCS.rglob("*.md")):
+        units: dict[str, str] = {}
+        pushes = []
+        for line in _bash_lines(page.read_text()):
+            if not line.startswith("curl"):
+                continue
+            method, path, raw = _curl_raw(line)
+            if method == "PUT" and path.startswith("/devices/") and raw:
+                unit = json.loads(raw).get("gravity_unit")
+                if unit:
+                    units[path.removeprefix("/devices/")] = unit
+            elif method == "POST" and path.startswith("/readings") and raw:
+                pushes.append((path, raw))
+        name = str(page.relative_to(DOCS))
+        for path, raw in pushes:
+            device = None
+            if path == "/readings/ispindel":
+                device = "ispindel:" + str(json.loads(raw).get("name"))
+            out.append((name, path, raw, units.get(device or "")))
+    return out
+
+
+def test_every_push_in_the_docs_is_accepted():
+    """Every push a page shows is one the service's own parser for that route reads into
+    readings (the iSpindel's with the unit the page assigns it, or its own)."""
+    import urllib.parse
+    from zoneinfo import ZoneInfo
+
+    from serving.readings import parse_brewfather, parse_ispindel, parse_readings, parse_tilt
+
+    now = datetime.now(UTC)
+    pushes = _push_bodies()
+    routes = {path for _, path, _, _ in pushes}
+    assert {"/readings/ispindel", "/readings/tilt", "/readings/brewfather", "/readings"} <= routes
+    for page, path, raw, unit in pushes:
+        if path == "/readings/tilt":
+            form = dict(urllib.parse.parse_qsl(raw, keep_blank_values=True))
+            parsed = [parse_tilt(form, ZoneInfo("Europe/Berlin"), now)]
+        elif path == "/readings/ispindel":
+            parsed = [parse_ispindel(json.loads(raw), now, unit)]
+        elif path == "/readings/brewfather":
+            parsed = [parse_brewfather(json.loads(raw), now)]
+        else:
+            parsed = parse_readings(json.loads(raw))
+        assert all(push.rows for push in parsed), f"{page}: {path} stored nothing"
 
 
 def test_walkthrough_bodies_are_accepted_and_the_ispindel_push_is_stored():
