@@ -147,7 +147,7 @@ def configuration_markdown() -> str:
             if limits:
                 description += f" *({_cell(limits)})*"
             lines.append(
-                f"| `{env_var(field_name)}` | `{_cell(type_name(field.annotation))}` "
+                f"| `{env_var(field_name)}` | {_cell(type_name(field.annotation))} "
                 f"| `{_cell(default_text(field))}` | {description} |"
             )
         lines.append("")
