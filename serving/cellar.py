@@ -23,15 +23,18 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import httpx
+import numpy as np
 import orjson
 import sqlalchemy as sa
 
 from brewcast.assets import ASSETS
+from brewcast.intervals import STATUS_STALLED
 from brewcast.readings_store import forecasts, metadata, ready_events
 from brewcast.schema import PLATO_RANGE
+from brewcast.units import SG_SPAN
 from serving.readings import ReadingError
 
 log = logging.getLogger(__name__)
@@ -127,6 +130,20 @@ class ForecastBook:
         query = (
             sa.select(forecasts.c.body)
             .where(forecasts.c.batch_id == batch_id)
+            .order_by(forecasts.c.at, forecasts.c.made_at)
+        )
+        with self.engine.connect() as conn:
+            return [json.loads(body) for body in conn.execute(query).scalars()]
+
+    def before(self, batch_id: str, until: datetime, hours: float) -> list[dict]:
+        """The batch's forecasts for times in the ``hours`` before ``until``, in order."""
+        query = (
+            sa.select(forecasts.c.body)
+            .where(
+                forecasts.c.batch_id == batch_id,
+                forecasts.c.at >= until - timedelta(hours=hours),
+                forecasts.c.at <= until,
+            )
             .order_by(forecasts.c.at, forecasts.c.made_at)
         )
         with self.engine.connect() as conn:
@@ -347,11 +364,34 @@ class ReadyNotifier:
 # what the board shows
 # ------------------------------------------------------------------------------------------
 
-#: A hydrometer silent this long is shown as stale (a Tilt posts every 15 minutes).
+#: A hydrometer silent this long is stale (a Tilt posts every 15 minutes, an iSpindel
+#: every 15 to 60).
 STALE_AFTER_HOURS = 2.0
+#: A batch whose last readings come this far apart or more (median) is read by hand; its
+#: card asks for a reading once the last is :data:`HAND_READING_DUE_HOURS` old.
+DEVICE_CADENCE_HOURS = 1.0
+HAND_READING_DUE_HOURS = 36.0
+#: The warnings that make a card's readings stale.
+STALE_KINDS = ("hydrometer_silent", "reading_due", "no_readings")
+#: A gravity falling faster than this (°P a day), or rising faster than the next, is a slope
+#: no fermentation has: the most vigorous ales fall about 5 °P a day at their peak, and a
+#: fermenting batch rises only when its device moves.
+MAX_PLAUSIBLE_FALL_PER_DAY = 10.0
+MAX_PLAUSIBLE_RISE_PER_DAY = 2.0
+#: A forecast finish past this multiple of the longest in the batch's history (brand, style,
+#: strain, the cellar: the first with :data:`MIN_HISTORY_BATCHES` finished) is beyond
+#: anything the cellar has done.
+PLAUSIBLE_DURATION_FACTOR = 1.5
+MIN_HISTORY_BATCHES = 3
+#: The groups a batch's history and track record are looked for in, in this order.
+HISTORY_GROUPS = ("brand", "style", "yeast_strain")
 #: History: the forecasts compared with the finish this many hours before it (± the slack).
 HISTORY_HOURS = (24, 48, 72)
 HISTORY_SLACK_HOURS = 3.0
+#: A card's track record: the last finished batches of its group, and the hours before
+#: their finish it reads.
+TRACK_RECORD_BATCHES = 10
+TRACK_RECORD_HOURS = (48, 24)
 
 
 def _hours_between(later: datetime, earlier: datetime) -> float:
@@ -380,7 +420,6 @@ def fitted_curve(gravity, until_hours: float | None = None, steps: int = 120) ->
     the fit does not converge (the page then draws the readings alone)."""
     import warnings
 
-    import numpy as np
     from scipy.optimize import OptimizeWarning, curve_fit
 
     from ingest.simulator import logistic_gravity as logistic
@@ -438,29 +477,47 @@ def concerns(alert: dict, features: dict) -> bool:
     return all(str(features.get(k)) == v for k, v in zip(keys, values, strict=False))
 
 
-def board(running: list[dict], series: list, latest: dict, events: list[dict], alerts, now):
+def board(
+    running: list[dict],
+    series: list,
+    latest: dict,
+    events: list[dict],
+    alerts,
+    now: datetime,
+    troubles: dict[str, dict] | None = None,
+    finished: list[dict] | None = None,
+) -> list[dict]:
     """The board's rows: each running batch with its latest forecast, its ready event, the
-    age of its last reading and the alerts that concern it (``alerts``: monitoring's)."""
+    age of its last reading, the alerts that concern it (``alerts``: monitoring's), what
+    says how far to believe it (:func:`trust_warnings`, with its readings' ``troubles`` of
+    :meth:`serving.readings.ReadingsStore.troubles`) and the track record of its brand or
+    style (:func:`track_record` over the ``finished`` batches of :func:`finished_row`)."""
     last_event = {e["batch_id"]: e for e in events}  # events come oldest first
+    troubles, finished = troubles or {}, finished or []
     rows = []
     for batch, (gravity, _) in zip(running, series, strict=True):
         forecast = latest.get(batch["batch_id"])
         features = (forecast or {}).get("features") or batch
         last = _at(gravity.hours[-1]) if len(gravity.hours) else None
         age = None if last is None else _hours_between(now, last)
-        since_pitch = _hours_between(now, batch["start_time"])
+        warnings = trust_warnings(
+            batch, forecast, gravity, now, troubles.get(batch["batch_id"], {}), finished
+        )
         rows.append(
             {
                 **{k: batch.get(k) for k in ("batch_id", "fermenter", "brand", "yeast_strain")},
+                "style": batch.get("style"),
                 "start_time": batch["start_time"],
-                "hours_since_pitch": max(since_pitch, 0.0),
-                "warnings": trust_warnings(forecast, since_pitch),
+                "hours_since_pitch": max(_hours_between(now, batch["start_time"]), 0.0),
+                "warnings": warnings,
                 "current_gravity_plato": None if last is None else float(gravity.values[-1]),
                 "apparent_attenuation": features.get("apparent_attenuation"),
                 "last_reading_at": last,
                 "last_reading_hours_ago": age,
-                "stale": age is None or age > STALE_AFTER_HOURS,
+                "read_by": "hand" if _read_by_hand(gravity.hours) else "device",
+                "stale": any(w["kind"] in STALE_KINDS for w in warnings),
                 "forecast": forecast,
+                "track_record": track_record(finished, batch),
                 "ready": last_event.get(batch["batch_id"]),
                 "alerts": [a for a in alerts if concerns(a, features)],
             }
@@ -468,47 +525,305 @@ def board(running: list[dict], series: list, latest: dict, events: list[dict], a
     return rows
 
 
-def trust_warnings(forecast: dict | None, hours_since_pitch: float) -> list[str]:
-    """How far to believe a card, in one short line each with what to do: a pitch time in
-    the future, a batch unlike any the model was trained on, categories it never saw, and
-    the forecast's own notes (a brewery it never saw, a stalled batch...)."""
+def _read_by_hand(hours) -> bool:
+    """Whether a batch's last readings (hours) come as far apart as a hand log's."""
+    gaps = np.diff(np.asarray(hours, float)[-11:])
+    return bool(len(gaps)) and float(np.median(gaps)) >= DEVICE_CADENCE_HOURS
+
+
+def _warning(kind: str, text: str) -> dict:
+    return {"kind": kind, "text": text}
+
+
+def trust_warnings(
+    batch: dict,
+    forecast: dict | None,
+    gravity,
+    now: datetime,
+    troubles: dict | None = None,
+    finished: list[dict] | None = None,
+) -> list[dict]:
+    """How far to believe a card, in one short line each (``text``, with what to do) and
+    its ``kind``: the batch's times, its readings (silent, due, held out, refused, never
+    assigned, in the wrong unit), the model's view of it (out of distribution, a brand or
+    brewery it never saw, stalled) and the forecast's plausibility (a slope no fermentation
+    has, a finish beyond anything its history did). A batch with none has none."""
     out = []
-    if hours_since_pitch < 0:
-        out.append("The pitch time is in the future: check the batch's start time.")
+    since_pitch = _hours_between(now, batch["start_time"])
+    if since_pitch < 0:
+        out.append(
+            _warning(
+                "future_pitch",
+                f"The pitch time is {_duration(-since_pitch)} in the future: check the "
+                "batch's start time.",
+            )
+        )
+    out += _reading_warnings(batch, gravity, now, since_pitch, troubles or {})
     if forecast:
-        unknown = forecast.get("unknown_categories") or []
-        if unknown:
-            out.append(
-                f"The model never saw this {', '.join(unknown)}: its forecast comes from "
-                "other batches."
-            )
-        if forecast.get("out_of_distribution"):
-            out.append(
-                "Unlike the batches the model was trained on: take a gravity reading "
-                "before acting on it."
-            )
-        out += forecast.get("notes") or []
+        out += _model_warnings(forecast)
+        out += _plausibility_warnings(batch, forecast, since_pitch, finished or [])
     return out
 
 
-def finish_errors(history: list[dict], finished_at: datetime) -> dict[int, float | None]:
-    """The predicted finish minus the actual one (hours; positive: forecast too late) of
-    the forecast nearest each of :data:`HISTORY_HOURS` before the finish (None: none within
-    :data:`HISTORY_SLACK_HOURS`)."""
-    out: dict[int, float | None] = {}
+def _reading_warnings(batch: dict, gravity, now, since_pitch: float, troubles: dict) -> list:
+    out = []
+    hours, values = np.asarray(gravity.hours, float), np.asarray(gravity.values, float)
+    if not len(hours):
+        if since_pitch > HAND_READING_DUE_HOURS:
+            out.append(
+                _warning(
+                    "no_readings",
+                    f"No gravity reading in {_duration(since_pitch)} since pitch: assign a "
+                    f"hydrometer to {batch.get('fermenter') or 'its fermenter'} or log one "
+                    "by hand.",
+                )
+            )
+    else:
+        silent = _hours_between(now, _at(hours[-1]))
+        if _read_by_hand(hours):
+            if silent > HAND_READING_DUE_HOURS:
+                out.append(
+                    _warning(
+                        "reading_due",
+                        f"No gravity reading for {_duration(silent)}: take one; the forecast "
+                        "is from the last.",
+                    )
+                )
+        elif silent > STALE_AFTER_HOURS:
+            out.append(
+                _warning(
+                    "hydrometer_silent",
+                    f"The hydrometer has been silent for {_duration(silent)}: check its "
+                    "battery and Wi-Fi; the forecast is from its last reading.",
+                )
+            )
+        low, high = SG_SPAN
+        if len(values) >= 3 and low <= values.min() and values.max() <= high:
+            out.append(
+                _warning(
+                    "unit_suspect",
+                    f"Every gravity reading lies between {low} and {high}: SG stored as °P? "
+                    "Check the device's unit.",
+                )
+            )
+    held = troubles.get("held_out")
+    if held:
+        out.append(
+            _warning(
+                "held_out",
+                f"{held['count']} reading(s) held out of the curve, the latest: "
+                f"{_clip(held['reason'])}. Check which fermenter the device is in.",
+            )
+        )
+    refused = troubles.get("refused")
+    if refused:
+        what = (
+            "unit"
+            if "unit" in refused["reason"] or " look like " in refused["reason"]
+            else "settings"
+        )
+        out.append(
+            _warning(
+                "refused",
+                f"{refused['count']} push(es) refused since pitch, the latest: "
+                f"{_clip(refused['reason'])}. Check the device's {what}.",
+            )
+        )
+    loose = troubles.get("unassigned")
+    if loose:
+        out.append(
+            _warning(
+                "unassigned",
+                f"{loose['count']} reading(s) of {', '.join(loose['devices'])} found no batch "
+                "(taken before the pitch time?): check the batch's start time.",
+            )
+        )
+    return out
+
+
+def _model_warnings(forecast: dict) -> list:
+    out = []
+    unknown = forecast.get("unknown_categories") or []
+    if {"brand", "fermenter"} <= set(unknown):
+        out.append(
+            _warning(
+                "other_brewery",
+                "Trained on another brewery's batches: this brand and fermenter are new to "
+                "the model; weigh the brewery's own history over it.",
+            )
+        )
+    elif unknown:
+        out.append(
+            _warning(
+                "unknown_category",
+                f"The model never saw this {', '.join(unknown)}: its forecast comes from "
+                "other batches.",
+            )
+        )
+    if forecast.get("out_of_distribution"):
+        out.append(
+            _warning(
+                "out_of_distribution",
+                "Unlike the batches the model was trained on: take a gravity reading "
+                "before acting on it.",
+            )
+        )
+    if forecast.get("forecast_status") == STATUS_STALLED:
+        out.append(
+            _warning(
+                "stalled",
+                "Looks stalled: below 60% attenuation and barely falling four days after "
+                "pitch. Its window has no end because batches like it have never finished: "
+                "take a reading, rouse or re-pitch the yeast.",
+            )
+        )
+    return out
+
+
+def _plausibility_warnings(
+    batch: dict, forecast: dict, since_pitch: float, finished: list[dict]
+) -> list:
+    out = []
+    slope = (forecast.get("features") or {}).get("gravity_slope_plato_per_day")
+    if slope is not None and not (
+        -MAX_PLAUSIBLE_FALL_PER_DAY <= slope <= MAX_PLAUSIBLE_RISE_PER_DAY
+    ):
+        out.append(
+            _warning(
+                "implausible_slope",
+                f"Gravity {'falling' if slope < 0 else 'rising'} {abs(slope):.1f} °P a day: "
+                "no fermentation does that. Check the readings (a device moved, a probe out "
+                "of the liquid?) before trusting the forecast.",
+            )
+        )
+    remaining = forecast.get("hours_remaining")
+    group = _history_group(finished, batch, MIN_HISTORY_BATCHES)
+    if remaining is not None and group is not None:
+        key, members = group
+        longest = max(r["duration_hours"] for r in members)
+        total = max(since_pitch, 0.0) + remaining
+        if total > PLAUSIBLE_DURATION_FACTOR * longest:
+            out.append(
+                _warning(
+                    "beyond_history",
+                    f"Forecast to finish {_duration(total)} after pitch: past "
+                    f"{PLAUSIBLE_DURATION_FACTOR:g} × the longest of this {_GROUP_WORDS[key]}'s "
+                    f"{len(members)} finished batches ({_duration(longest)}). Take a gravity "
+                    "reading before acting on it.",
+                )
+            )
+    return out
+
+
+_GROUP_WORDS = {"brand": "brand", "style": "style", "yeast_strain": "strain", "all": "cellar"}
+
+
+def _history_group(finished: list[dict], batch: dict, least: int):
+    """The first group of ``finished`` batches that share ``batch``'s brand, style or
+    strain (else all of them) with at least ``least`` members, as (key, members); None."""
+    others = [r for r in finished if r["batch_id"] != batch.get("batch_id")]
+    for key in HISTORY_GROUPS:
+        if batch.get(key) is None:
+            continue
+        members = [r for r in others if r.get(key) == batch[key]]
+        if len(members) >= least:
+            return key, members
+    return ("all", others) if len(others) >= least else None
+
+
+def _duration(hours: float) -> str:
+    return f"{hours:.1f} h" if abs(hours) < 48 else f"{hours / 24:.1f} days"
+
+
+def _clip(text: str, limit: int = 160) -> str:
+    text = str(text).rstrip(". ")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def forecasts_before_finish(history: list[dict], finished_at: datetime) -> dict[int, dict | None]:
+    """The live forecast (not a back-cast) nearest each of :data:`HISTORY_HOURS` before
+    the finish (None: none within :data:`HISTORY_SLACK_HOURS`)."""
+    out: dict[int, dict | None] = {}
     for hours in HISTORY_HOURS:
         best, gap = None, HISTORY_SLACK_HOURS
         for forecast in history:
-            at = _parse(forecast["at"])
-            away = abs(_hours_between(finished_at, at) - hours)
-            if away <= gap and forecast.get("predicted_finish_time"):
+            if forecast.get("backcast") or not forecast.get("predicted_finish_time"):
+                continue
+            away = abs(_hours_between(finished_at, _parse(forecast["at"])) - hours)
+            if away <= gap:
                 best, gap = forecast, away
-        out[hours] = (
-            None
-            if best is None
-            else _hours_between(_parse(best["predicted_finish_time"]), finished_at)
-        )
+        out[hours] = best
     return out
+
+
+def finish_errors(history: list[dict], finished_at: datetime) -> dict[int, dict]:
+    """For each of :data:`HISTORY_HOURS` before the finish, the live forecast nearest then
+    (:func:`forecasts_before_finish`): ``error_hours``, its predicted finish minus the actual
+    one (positive: it said later), and ``held_80``, whether its 80% window held the finish
+    (None: no forecast then, or no window)."""
+    out = {}
+    for hours, forecast in forecasts_before_finish(history, finished_at).items():
+        error = held = None
+        if forecast is not None:
+            error = _hours_between(_parse(forecast["predicted_finish_time"]), finished_at)
+            window = forecast.get("finish_time_80")
+            if window and window.get("earliest"):
+                latest = window.get("latest")
+                held = _parse(window["earliest"]) <= finished_at and (
+                    latest is None or finished_at <= _parse(latest)
+                )
+        out[hours] = {"error_hours": error, "held_80": held}
+    return out
+
+
+def finished_row(batch: dict, finished_at: datetime, history: list[dict]) -> dict:
+    """One finished batch for the history page and the track records: its groups, its
+    duration from pitch and :func:`finish_errors` (``history``: its forecasts around the
+    finish; empty where it had none)."""
+    return {
+        **{k: batch.get(k) for k in ("batch_id", *HISTORY_GROUPS)},
+        "start_time": batch["start_time"],
+        "finished_at": finished_at,
+        "duration_hours": _hours_between(finished_at, batch["start_time"]),
+        "before_finish": {str(h): e for h, e in finish_errors(history, finished_at).items()},
+    }
+
+
+def track_record(finished: list[dict], batch: dict) -> dict | None:
+    """How the forecasts of the batch's brand (else style, strain, the whole cellar) did on
+    its last :data:`TRACK_RECORD_BATCHES` finished batches with a live forecast near their
+    finish: per hours before the finish (:data:`TRACK_RECORD_HOURS`), the median error and
+    how often the 80% window held, and those batches (oldest finish first) with theirs.
+    None: no such batch yet."""
+    scored = [
+        r
+        for r in finished
+        if any(r["before_finish"][str(h)]["error_hours"] is not None for h in TRACK_RECORD_HOURS)
+    ]
+    group = _history_group(scored, batch, 1)
+    if group is None:
+        return None
+    key, members = group
+    members = sorted(members, key=lambda r: r["finished_at"])[-TRACK_RECORD_BATCHES:]
+    hours = {}
+    for h in TRACK_RECORD_HOURS:
+        said = [r["before_finish"][str(h)] for r in members]
+        errors = [s["error_hours"] for s in said if s["error_hours"] is not None]
+        windows = [s["held_80"] for s in said if s["held_80"] is not None]
+        hours[str(h)] = {
+            "forecasts": len(errors),
+            "median_error_hours": float(np.median(errors)) if errors else None,
+            "windows": len(windows),
+            "windows_held": int(sum(windows)),
+        }
+    return {
+        "group": key,
+        "value": "all" if key == "all" else batch.get(key),
+        "batches": [
+            {k: r[k] for k in ("batch_id", "finished_at", "before_finish")} for r in members
+        ],
+        "hours_before_finish": hours,
+    }
 
 
 def _parse(value) -> datetime:

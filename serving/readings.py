@@ -65,6 +65,11 @@ EARLIEST_READING = datetime(2000, 1, 1, tzinfo=UTC)
 #: many of its latest ones are read for it (with the extremes of them all).
 UNIT_HISTORY = timedelta(days=21)
 UNIT_SAMPLE = 50
+#: A forecast ``at`` a time its batch has readings this much after is a back-cast.
+BACKCAST_SLACK_HOURS = 0.25
+#: A fermenter's device's readings that found no batch this long before a pitch belong on
+#: that batch's card (a pitch time typed too late holds its first readings back).
+PRE_PITCH_WINDOW = timedelta(days=7)
 
 
 class ReadingError(ValueError):
@@ -815,6 +820,84 @@ class ReadingsStore:
             rows = conn.execute(query).mappings().all()
         return [{**r, "timestamp": _as_utc(r["timestamp"])} for r in rows]
 
+    def troubles(self, running: Sequence[dict]) -> dict[str, dict]:
+        """What went wrong with each running batch's readings, for its card: ``held_out``
+        (readings kept out of its curve: count, the latest's reason), ``refused`` (pushes
+        refused from the devices now in its fermenter since its pitch: count, the latest's
+        reason) and ``unassigned`` (readings of those devices that found no batch, taken
+        in the week before its pitch or since: count, the devices). Three grouped queries,
+        however many batches; a batch with no trouble is absent."""
+        out: dict[str, dict] = {}
+        if not running:
+            return out
+        by_id = {b["batch_id"]: b for b in running}
+        newest_held = (
+            sa.select(
+                readings.c.batch_id,
+                sa.func.count().label("count"),
+                sa.func.max(readings.c.timestamp).label("last"),
+            )
+            .where(readings.c.batch_id.in_(list(by_id)), readings.c.held_out.is_not(None))
+            .group_by(readings.c.batch_id)
+            .subquery()
+        )
+        held = sa.select(newest_held.c.batch_id, newest_held.c.count, readings.c.held_out).join(
+            readings,
+            (readings.c.batch_id == newest_held.c.batch_id)
+            & (readings.c.timestamp == newest_held.c.last)
+            & readings.c.held_out.is_not(None),
+        )
+        fermenters = {b["fermenter"] for b in running if b.get("fermenter")}
+        with self.engine.connect() as conn:
+            for batch_id, count, reason in conn.execute(held):
+                out.setdefault(batch_id, {})["held_out"] = {"count": int(count), "reason": reason}
+            owners = dict(
+                conn.execute(
+                    sa.select(devices.c.device_id, devices.c.fermenter).where(
+                        devices.c.fermenter.in_(fermenters)
+                    )
+                ).all()
+            )
+            earliest = min(b["start_time"] for b in running) - PRE_PITCH_WINDOW
+            refusals = conn.execute(
+                sa.select(
+                    refused_pushes.c.device_id,
+                    refused_pushes.c.received_at,
+                    refused_pushes.c.reason,
+                )
+                .where(
+                    refused_pushes.c.device_id.in_(list(owners)),
+                    refused_pushes.c.status >= 400,
+                    refused_pushes.c.received_at >= earliest,
+                )
+                .order_by(refused_pushes.c.received_at)
+            ).all()
+            loose = conn.execute(
+                sa.select(readings.c.device_id, readings.c.timestamp).where(
+                    readings.c.device_id.in_(list(owners)),
+                    readings.c.batch_id.is_(None),
+                    readings.c.timestamp >= earliest,
+                )
+            ).all()
+        for batch in running:
+            mine = {d for d, f in owners.items() if f == batch.get("fermenter")}
+            start = batch["start_time"]
+            refused = [
+                r for r in refusals if r[0] in mine and _as_utc(r[1]) >= start
+            ]  # oldest first
+            if refused:
+                out.setdefault(batch["batch_id"], {})["refused"] = {
+                    "count": len(refused),
+                    "reason": refused[-1][2],
+                }
+            orphans = [d for d, t in loose if d in mine and _as_utc(t) >= start - PRE_PITCH_WINDOW]
+            if orphans:
+                out.setdefault(batch["batch_id"], {})["unassigned"] = {
+                    "count": len(orphans),
+                    "devices": sorted(set(orphans)),
+                }
+        return out
+
     # -- readings ----------------------------------------------------------------------------
     def store(self, push: Push, now: datetime) -> Stored:
         """:meth:`store_all` of one push."""
@@ -1299,8 +1382,9 @@ def score_running(
     """Each running batch's snapshot at ``at`` (its readings from memory while current) and
     its prediction-log row from ``model`` (a :class:`serving.model.ServedModel`), all scored
     in one onnxruntime call, the row with the cellar's ``state`` and ``state_detail``
-    (:func:`brewcast.plateau.cellar_state` under ``rule``); a batch with no gravity reading
-    yet gives the reason instead."""
+    (:func:`brewcast.plateau.cellar_state` under ``rule``) and ``backcast`` (the store held
+    a later reading than ``at``: a forecast made after the fact, not a live one); a batch
+    with no gravity reading yet gives the reason instead."""
     rule = rule or PlateauRule()
     series = store.series(running)
     records = snapshot_records([(b, g, t) for b, (g, t) in zip(running, series, strict=True)], at)
@@ -1317,6 +1401,9 @@ def score_running(
         known = gravity.hours <= until
         row["state"], row["state_detail"] = cellar_state(
             gravity.hours[known], gravity.values[known], bool(row["decision"]), rule
+        )
+        row["backcast"] = (
+            bool(len(gravity.hours)) and gravity.hours[-1] > until + BACKCAST_SLACK_HOURS
         )
         out.append((next(scored), row))
     return out

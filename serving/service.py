@@ -636,6 +636,9 @@ class FermentationService:
             self.settings.max_gravity_cumulative_rise_plato,
         )
         self.book = ForecastBook(self.log.engine)
+        # finished batches' rows for the history page and track records, by (batch, finish):
+        # the forecasts before a finish do not change once it is known
+        self._finished_rows: dict[tuple[str, datetime], dict] = {}
         self.plateau = PlateauRule.from_settings(self.settings)
         self.notifier = ReadyNotifier(self.book, self.settings)
         self.notifier.start()
@@ -867,7 +870,9 @@ class FermentationService:
     @routes.get("/batches/{batch_id}/forecast")
     async def batch_forecast(self, batch_id: str, at: str | None = None) -> Response:
         """The forecast of a batch from its stored readings, at now or ``?at=``: the
-        snapshot built by the training code, scored, logged."""
+        snapshot built by the training code, scored, logged. ``backcast`` is true where the
+        store already held later readings (a forecast made after the fact: the board draws
+        it apart from the live ones and leaves it out of the track record)."""
         try:
             when = _instant(at)
             running = await anyio.to_thread.run_sync(
@@ -922,6 +927,7 @@ class FermentationService:
                     "decision": row["decision"],
                     "state": row["state"],
                     "state_detail": row["state_detail"],
+                    "backcast": row["backcast"],
                     "threshold": model.threshold,
                     "hours_remaining": row["hours_remaining"],
                     **finish_forecast_json(row),
@@ -1026,6 +1032,8 @@ class FermentationService:
                 self.book.events(),
                 _monitoring_alerts(self.settings),
                 now,
+                self.readings.troubles(running),
+                self._finished(),
             )
             return {
                 "generated_at": now,
@@ -1069,9 +1077,10 @@ class FermentationService:
                 "refused": self.readings.refused(batch),
                 "held_out": self.readings.held_out(batch_id),
                 "finished_at": finished,
-                "errors_before_finish": None
+                "before_finish": None
                 if finished is None
-                else cellar.finish_errors(history, finished),
+                else {str(h): e for h, e in cellar.finish_errors(history, finished).items()},
+                "track_record": cellar.track_record(self._finished(), batch),
             }
 
         try:
@@ -1081,30 +1090,37 @@ class FermentationService:
 
     @routes.get("/cellar/history")
     async def cellar_history(self) -> Response:
-        """Finished batches with the error of their forecasts 24/48/72 h before the finish."""
+        """Every finished batch (its finish as ``/feedback`` gave it) with its duration and
+        how its live forecasts did 24, 48 and 72 h before the finish: the error and whether
+        the 80% window held."""
 
         def read() -> dict:
-            finishes = self.log.batch_finishes()
-            rows = []
-            for batch in self.readings.batches(active=None):
-                finished = finishes.get(batch["batch_id"])
-                history = self.book.history(batch["batch_id"]) if finished else []
-                if history:
-                    errors = cellar.finish_errors(history, finished)
-                    rows.append(
-                        {
-                            **{k: batch[k] for k in ("batch_id", "brand", "yeast_strain")},
-                            "finished_at": finished,
-                            "errors": {str(h): e for h, e in errors.items()},
-                        }
-                    )
             return {
                 "timezone": self.settings.local_timezone,
-                "batches": rows,
+                "batches": self._finished(),
                 "hours_before_finish": list(cellar.HISTORY_HOURS),
             }
 
         return _json_response(await anyio.to_thread.run_sync(read))
+
+    def _finished(self) -> list[dict]:
+        """:func:`serving.cellar.finished_row` of every finished batch, oldest finish first."""
+        finishes = self.log.batch_finishes()
+        rows = []
+        for batch in self.readings.batches(active=None):
+            finished = finishes.get(batch["batch_id"])
+            if finished is None:
+                continue
+            key = (batch["batch_id"], finished)
+            if key not in self._finished_rows:
+                around = self.book.before(
+                    batch["batch_id"],
+                    finished,
+                    max(cellar.HISTORY_HOURS) + cellar.HISTORY_SLACK_HOURS,
+                )
+                self._finished_rows[key] = cellar.finished_row(batch, finished, around)
+            rows.append(self._finished_rows[key])
+        return sorted(rows, key=lambda r: r["finished_at"])
 
     @routes.get("/cellar/events")
     async def ready_events(self, unanswered: bool = False) -> Response:

@@ -198,42 +198,188 @@ def test_the_board_rows_say_stale_hydrometers_and_the_alerts_that_concern_them()
     )
 
 
+def _gravity(hours_ago, values) -> Series:
+    return Series(
+        np.array([hour_of(NOW - timedelta(hours=h)) for h in hours_ago], float),
+        np.array(values, float),
+    )
+
+
+def _kinds(row_or_warnings) -> list[str]:
+    warnings = row_or_warnings["warnings"] if isinstance(row_or_warnings, dict) else row_or_warnings
+    return [w["kind"] for w in warnings]
+
+
 def test_a_card_says_when_not_to_believe_it():
-    """A start in the future reads 0 h since pitch, with a line saying so; a forecast of
-    a brand the model never saw, out of distribution, with the service's notes, says each
-    in one line; a clean forecast says nothing."""
+    """A start in the future reads 0 h since pitch, with a line saying so; a forecast of a
+    brand the model never saw, out of distribution, stalled, says each in one line (not the
+    API's "1 of 1 snapshot(s)" notes); a clean forecast of a device read every 15 minutes
+    says nothing."""
     from serving.cellar import trust_warnings
 
     start = NOW + timedelta(hours=38.4)
     batch = {"batch_id": "B9", "fermenter": "FV9", "brand": "new", "start_time": start}
-    gravity = Series(np.array([hour_of(NOW - timedelta(hours=1))]), np.array([9.0]))
     empty = Series(np.empty(0), np.empty(0))
     stranger = {
         **_forecast("B9", NOW, False),
         "unknown_categories": ["brand"],
         "out_of_distribution": True,
+        "forecast_status": "stalled",
         "notes": ["1 of 1 snapshot(s) are of a brand and fermenter this model never saw"],
     }
-    (row,) = board([batch], [(gravity, empty)], {"B9": stranger}, [], [], NOW)
+    (row,) = board([batch], [(_gravity([1], [9.0]), empty)], {"B9": stranger}, [], [], NOW)
     assert row["hours_since_pitch"] == 0.0
-    assert row["warnings"][0].startswith("The pitch time is in the future")
-    assert "never saw this brand" in row["warnings"][1]
-    assert "take a gravity reading" in row["warnings"][2]
-    assert row["warnings"][3].startswith("1 of 1 snapshot(s)")
-    assert trust_warnings(_forecast("B1", NOW, True), 12.0) == []
+    assert _kinds(row) == ["future_pitch", "unknown_category", "out_of_distribution", "stalled"]
+    texts = [w["text"] for w in row["warnings"]]
+    assert texts[0] == "The pitch time is 38.4 h in the future: check the batch's start time."
+    assert "never saw this brand" in texts[1] and "take a gravity reading" in texts[2]
+    assert not any("snapshot(s)" in t for t in texts)
+    both = {**stranger, "unknown_categories": ["brand", "fermenter"]}
+    assert "other_brewery" in _kinds(trust_warnings(batch, both, empty, NOW))
+
+    clean = {"batch_id": "B1", "fermenter": "FV1", "start_time": NOW - timedelta(hours=50)}
+    every_15_min = _gravity(np.arange(48, 0, -1) * 0.25, np.linspace(12, 6, 48))
+    assert trust_warnings(clean, _forecast("B1", NOW, True), every_15_min, NOW) == []
+    (row,) = board(
+        [clean], [(every_15_min, empty)], {"B1": _forecast("B1", NOW, True)}, [], [], NOW
+    )
+    assert row["warnings"] == [] and not row["stale"] and row["read_by"] == "device"
+
+
+def test_a_card_warns_of_its_readings_troubles():
+    """Silent device, hand reading due, no reading at all, SG stored as °P, readings held
+    out, pushes refused and readings with no batch: each its own line saying what to do."""
+    from serving.cellar import trust_warnings
+
+    batch = {"batch_id": "B1", "fermenter": "FV1", "start_time": NOW - timedelta(hours=80)}
+    device = _gravity(np.arange(40, 0, -1) * 0.25 + 10, np.linspace(12, 8, 40))
+    (warning,) = trust_warnings(batch, None, device, NOW)
+    assert warning["kind"] == "hydrometer_silent" and "silent for 10.2 h" in warning["text"]
+    daily = _gravity([72, 48, 24], [12.0, 9.0, 7.0])
+    assert trust_warnings(batch, None, daily, NOW) == []  # a hand log read yesterday: fine
+    (warning,) = trust_warnings(batch, None, _gravity([96, 72, 40], [12.0, 9.0, 7.0]), NOW)
+    assert warning["kind"] == "reading_due" and "40.0 h" in warning["text"]
+    (warning,) = trust_warnings(batch, None, Series(np.empty(0), np.empty(0)), NOW)
+    assert warning["kind"] == "no_readings" and "FV1" in warning["text"]
+    as_plato = _gravity([1.0, 0.75, 0.5], [1.048, 1.046, 1.044])
+    assert _kinds(trust_warnings(batch, None, as_plato, NOW)) == ["unit_suspect"]
+    troubles = {
+        "held_out": {"count": 2, "reason": "gravity 13.00 °P is 6.60 °P above"},
+        "refused": {"count": 3, "reason": "tilt:red: gravity_plato values sent as °P look like SG"},
+        "unassigned": {"count": 5, "devices": ["tilt:red"]},
+    }
+    found = trust_warnings(batch, None, daily, NOW, troubles)
+    assert _kinds(found) == ["held_out", "refused", "unassigned"]
+    assert "Check the device's unit" in found[1]["text"] and "3 push(es)" in found[1]["text"]
+    assert "5 reading(s) of tilt:red" in found[2]["text"]
+
+
+def _finished(batch_id, brand, days, error_24=None, held=None, finished_days_ago=10, style=None):
+    finished = NOW - timedelta(days=finished_days_ago)
+    said = {"error_hours": error_24, "held_80": held}
+    return {
+        "batch_id": batch_id,
+        "brand": brand,
+        "style": style,
+        "yeast_strain": "us05",
+        "start_time": finished - timedelta(days=days),
+        "finished_at": finished,
+        "duration_hours": days * 24.0,
+        "before_finish": {
+            "24": said,
+            "48": {"error_hours": None, "held_80": None},
+            "72": {"error_hours": None, "held_80": None},
+        },
+    }
+
+
+def test_a_forecast_no_fermentation_or_history_supports_is_flagged():
+    """A slope of -277 °P a day, and a finish past 1.5 x the brand's longest finish (three
+    finished batches needed; a brand with fewer is judged by its style), are flagged."""
+    from serving.cellar import trust_warnings
+
+    batch = {
+        "batch_id": "B1",
+        "brand": "pils",
+        "style": "lager",
+        "start_time": NOW - timedelta(days=3),
+    }
+    gravity = _gravity([48, 24, 1], [12.0, 9.0, 7.0])
+    steep = {**_forecast("B1", NOW, False), "hours_remaining": 24.0}
+    steep["features"] = {**steep["features"], "gravity_slope_plato_per_day": -277.0}
+    (warning,) = trust_warnings(batch, steep, gravity, NOW)
+    assert warning["kind"] == "implausible_slope" and "falling 277.0 °P a day" in warning["text"]
+
+    history = [_finished(f"P{i}", "pils", d) for i, d in enumerate((8, 9, 10))]
+    slow = {**_forecast("B1", NOW, False), "hours_remaining": 13 * 24.0}  # 16 days from pitch
+    (warning,) = trust_warnings(batch, slow, gravity, NOW, None, history)
+    assert warning["kind"] == "beyond_history"
+    assert "1.5 × the longest of this brand's 3 finished batches (10.0 days)" in warning["text"]
+    assert trust_warnings(batch, slow, gravity, NOW, None, history[:2]) == []  # too few
+    styled = [_finished(f"S{i}", f"other{i}", 20, style="lager") for i in range(3)]
+    assert trust_warnings(batch, slow, gravity, NOW, None, history[:2] + styled) == []
+
+
+def test_track_record_by_brand_then_style_against_a_hand_example():
+    """The last finished batches of the brand: the median error and the windows that held,
+    read from each batch's forecasts before its finish; a brand with none falls back to its
+    style; a cellar with no scored finish has none."""
+    from serving.cellar import track_record
+
+    rows = [
+        _finished("A1", "ale", 5, 4.0, True, finished_days_ago=30),
+        _finished("A2", "ale", 5, -2.0, False, finished_days_ago=20),
+        _finished("A3", "ale", 5, 10.0, True, finished_days_ago=10),
+        _finished("A4", "ale", 5, None, None, finished_days_ago=5),  # no forecast near
+        _finished("L1", "lager", 14, 30.0, False, style="lager"),
+    ]
+    record = track_record(rows, {"batch_id": "A9", "brand": "ale"})
+    assert (record["group"], record["value"]) == ("brand", "ale")
+    assert [b["batch_id"] for b in record["batches"]] == ["A1", "A2", "A3"]
+    day = record["hours_before_finish"]["24"]
+    assert day == {
+        "forecasts": 3,
+        "median_error_hours": 4.0,
+        "windows": 3,
+        "windows_held": 2,
+    }
+    assert record["hours_before_finish"]["48"]["forecasts"] == 0
+    styled = track_record(rows, {"batch_id": "N1", "brand": "new", "style": "lager"})
+    assert styled["group"] == "style" and [b["batch_id"] for b in styled["batches"]] == ["L1"]
+    assert track_record(rows[3:4], {"batch_id": "A9", "brand": "ale"}) is None
 
 
 def test_finish_errors_against_a_hand_example():
+    """The live forecast nearest 24/48/72 h before the finish: its error, and whether its
+    80% window held; a back-cast is never the one."""
     finished = NOW
     history = [
         {
             "at": finished - timedelta(hours=h),
             "predicted_finish_time": finished + timedelta(hours=e),
+            "finish_time_80": {
+                "earliest": finished - timedelta(hours=5),
+                "latest": None if late is None else finished + timedelta(hours=late),
+            },
+            "backcast": backcast,
         }
-        for h, e in ((73, 20.0), (47, -5.0), (10, 1.0))
+        for h, e, late, backcast in (
+            (73, 20.0, None, False),
+            (47, -5.0, -1.0, False),
+            (24, 0.5, 2.0, True),
+            (10, 1.0, 2.0, False),
+        )
     ]
-    history = [{k: _iso(v) for k, v in f.items()} for f in history]
-    assert finish_errors(history, finished) == {24: None, 48: -5.0, 72: 20.0}
+    history = [
+        {k: _iso(v) if isinstance(v, datetime) else v for k, v in f.items()} for f in history
+    ]
+    for f in history:
+        f["finish_time_80"] = {k: v and _iso(v) for k, v in f["finish_time_80"].items()}
+    assert finish_errors(history, finished) == {
+        24: {"error_hours": None, "held_80": None},
+        48: {"error_hours": -5.0, "held_80": False},
+        72: {"error_hours": 20.0, "held_80": True},
+    }
 
 
 def test_the_fitted_curve_recovers_a_logistic_and_declines_what_it_cannot_fit():

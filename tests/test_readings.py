@@ -214,6 +214,39 @@ def test_a_gravity_jump_is_stored_flagged_and_kept_out_of_the_curve(store):
     assert list(again.values) == list(gravity.values)
 
 
+def test_a_batchs_reading_troubles_for_its_card(store):
+    """Held-out readings, pushes refused from the devices in its fermenter since its pitch,
+    and their readings that found no batch in the week before the pitch: counted per
+    running batch, with the latest reason; another fermenter's troubles are not its."""
+    start = NOW - timedelta(days=2)
+    store.start_batch({"batch_id": "B1", "fermenter": "FV1", "start_time": start})
+    store.start_batch({"batch_id": "B2", "fermenter": "FV2", "start_time": start})
+    store.assign("tilt:red", "FV1")
+    store.assign("tilt:blue", "FV2")
+    early = [(start - timedelta(hours=h), "gravity_plato", 12.0) for h in (200, 30, 20)]
+    store.store(Push("tilt:red", early), NOW)  # before the pitch: no batch
+    rows = [
+        (start + timedelta(hours=h), "gravity_plato", v) for h, v in ((1, 12), (5, 11), (9, 10))
+    ]
+    store.store(
+        Push("tilt:red", [*rows, (start + timedelta(hours=12), "gravity_plato", 14.0)]), NOW
+    )
+    store.store(Push("tilt:blue", [(start + timedelta(hours=1), "gravity_plato", 12.0)]), NOW)
+    for when in (start - timedelta(hours=1), NOW - timedelta(hours=2), NOW - timedelta(hours=1)):
+        store.refuse(
+            "/readings",
+            '{"readings": [{"device": "tilt:red"}]}',
+            ReadingError(f"bad {when:%H}"),
+            when,
+        )
+    found = store.troubles(store.running())
+    assert set(found) == {"B1"}
+    assert found["B1"]["held_out"]["count"] == 1 and "above" in found["B1"]["held_out"]["reason"]
+    assert found["B1"]["refused"] == {"count": 2, "reason": f"bad {NOW - timedelta(hours=1):%H}"}
+    assert found["B1"]["unassigned"] == {"count": 2, "devices": ["tilt:red"]}
+    assert store.troubles([]) == {}
+
+
 def _stored_batch(batch) -> dict:
     out = {}
     for name in BATCHES.names:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import sqlite3
 import threading
@@ -866,3 +867,242 @@ def _wait(condition, timeout: float = 30) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.5)
+
+
+#: The trouble world's batches: (batch id, fermenter, the warning its card must show).
+TROUBLES = (
+    ("clean", "FV01", None),
+    ("unknown-brand", "FV02", "unknown_category"),
+    ("out-of-distribution", "FV03", "out_of_distribution"),
+    ("absurd-slope", "FV04", "implausible_slope"),
+    ("stale", "FV05", "hydrometer_silent"),
+    ("moved", "FV06", "held_out"),
+    ("future-start", "FV07", "future_pitch"),
+    ("stuck", "FV08", "stalled"),
+    ("unit", "FV09", "refused"),
+)
+
+
+def _send(url: str, device: str, rows: list[tuple]) -> httpx.Response:
+    """Push (time, gravity °P or None, temperature °C or None) rows as brewcast's JSON."""
+    readings = []
+    for at, gravity, temperature in rows:
+        reading = {"device": device, "timestamp": pd.Timestamp(at).isoformat()}
+        if gravity is not None:
+            reading["gravity"] = round(float(gravity), 4)
+        if temperature is not None:
+            reading["temperature"] = round(float(temperature), 3)
+        readings.append(reading)
+    return httpx.post(f"{url}/readings", json={"readings": readings}, headers=KEY, timeout=60)
+
+
+def _trouble_world(url: str, world, now: pd.Timestamp) -> dict[str, str]:
+    """One batch of each trouble of :data:`TROUBLES` and a clean one, started over the API,
+    each with a device in its fermenter, read as of ``now``; and a finished batch of the
+    clean one's brand, forecast live along its way, so the clean card has a track record.
+    Each batch's brand."""
+    from models.dataset import LabelRules, derive_outcomes
+
+    outcomes = derive_outcomes(world.batches, world.readings, LabelRules())
+    finished = outcomes[outcomes["status"] == "finished"].set_index("batch_id")
+    base = world.batches.set_index("batch_id").loc[finished.index[0]]
+    mine = world.readings[world.readings["batch_id"] == base.name]
+    gravity = mine[mine["tag"] == "gravity_plato"].set_index("timestamp")["value"]
+    temperature = mine[mine["tag"] == "temperature_c"].set_index("timestamp")["value"]
+    duration = finished.loc[base.name, "finish_time"] - base["start_time"]
+    attributes = base.drop(["end_time", "time_resolution_h"], errors="ignore").dropna()
+
+    def start(batch_id: str, fermenter: str, pitch: pd.Timestamp, **changes) -> None:
+        batch = {**json.loads(attributes.to_json()), "batch_id": batch_id, "fermenter": fermenter}
+        batch.update(start_time=pitch.isoformat(), **changes)
+        assert httpx.post(f"{url}/batches", json=batch, headers=KEY).status_code == 201
+        device = f"dev:{batch_id}"
+        assert (
+            httpx.put(
+                f"{url}/devices/{device}", json={"fermenter": fermenter}, headers=KEY
+            ).status_code
+            == 200
+        )
+
+    def rows(pitch, until, plato=lambda v: v, celsius=lambda v: v, every=None):
+        """The base batch's readings moved to ``pitch``, up to ``until``; ``every``: its
+        gravity interpolated to that cadence (a device's)."""
+        shift = pitch - base["start_time"]
+        g = gravity.copy()
+        if every is not None:
+            grid = pd.date_range(g.index[0], g.index[-1], freq=every)
+            g = g.reindex(g.index.union(grid)).interpolate("time").reindex(grid)
+        out = [(t + shift, plato(v), None) for t, v in g.items() if t + shift <= until]
+        out += [(t + shift, None, celsius(v)) for t, v in temperature.items() if t + shift <= until]
+        return sorted(out, key=lambda r: r[0])
+
+    mid = now - duration * 0.45  # a pitch that puts now 45% of the way to the finish
+    for batch_id, fermenter, _ in TROUBLES:
+        device = f"dev:{batch_id}"
+        if batch_id == "future-start":
+            start(batch_id, fermenter, now + pd.Timedelta(hours=38.4))
+            pushed = _send(
+                url, device, [(now - pd.Timedelta(hours=h), 12.5, 18.0) for h in (3, 2, 1)]
+            )
+            assert pushed.status_code == 202, pushed.text  # before its pitch: no batch
+            continue
+        if batch_id == "stuck":  # 25% attenuated, flat for three days, five after pitch
+            pitch = now - pd.Timedelta(days=5)
+            start(batch_id, fermenter, pitch)
+            hours = np.arange(0, 5 * 24, 0.5)
+            plato = np.where(hours < 48, 12.0 - 3.0 * hours / 48, 9.0 - 0.002 * (hours - 48))
+            stalled = [
+                (pitch + pd.Timedelta(hours=h), p, 19.0) for h, p in zip(hours, plato, strict=True)
+            ]
+            assert _send(url, device, stalled).status_code == 200
+            continue
+        if batch_id == "unit":  # an SG hydrometer sending SG where °P is expected: refused
+            start(batch_id, fermenter, mid)
+            sent = _send(
+                url,
+                device,
+                [(now - pd.Timedelta(hours=h), 1.048 - 0.001 * h, None) for h in (2, 1)],
+            )
+            assert sent.status_code == 422 and "look like SG" in sent.text, sent.text
+            continue
+        changes, until, options = {}, now, {}
+        if batch_id == "unknown-brand":
+            changes["brand"] = "mystery_brand"
+        if batch_id == "out-of-distribution":
+            options = {"plato": lambda v: v * 2.4, "celsius": lambda v: v + 16}
+        if batch_id == "stale":
+            until, options = now - pd.Timedelta(hours=10), {"every": "15min"}
+        start(batch_id, fermenter, mid, **changes)
+        pushed = rows(mid, until, **options)
+        if batch_id == "absurd-slope":  # the last 3 h fall 10 °P, read every 15 minutes
+            last = [r for r in pushed if r[1] is not None][-1]
+            pushed += [
+                (now - pd.Timedelta(minutes=15 * k), last[1] - 10 * (12 - k) / 12, None)
+                for k in range(11, -1, -1)
+            ]
+            pushed = [r for r in pushed if r[1] is None or r[0] <= last[0] or r[1] < last[1]]
+        assert _send(url, device, pushed).status_code == 200
+        if batch_id == "moved":  # the device now reads a fresh batch 7 °P above this one
+            last = [r for r in pushed if r[1] is not None][-1]
+            moved = [(last[0] + pd.Timedelta(minutes=m), last[1] + 7, None) for m in (5, 10)]
+            assert _send(url, device, moved).status_code == 200
+
+    # a finished batch of the clean batch's brand, forecast live every 6 h on its way
+    pitch = now - duration - pd.Timedelta(days=2)
+    start("finished", "FV10", pitch)
+    earlier = rows(pitch, now)
+    for cut in pd.date_range(pitch + pd.Timedelta(hours=6), earlier[-1][0], freq="6h"):
+        part = [r for r in earlier if cut - pd.Timedelta(hours=6) < r[0] <= cut]
+        if part:
+            assert _send(url, "dev:finished", part).status_code == 200
+        answer = httpx.get(
+            f"{url}/batches/finished/forecast", params={"at": cut.isoformat()}, headers=KEY
+        )
+        assert answer.status_code in (200, 409), answer.text  # 409: no reading yet
+        assert answer.status_code == 409 or answer.json()["backcast"] is False
+    label = {"labels": [{"batch_id": "finished", "finished_at": (pitch + duration).isoformat()}]}
+    assert httpx.post(f"{url}/feedback", json=label, headers=KEY).json()["accepted"] >= 1
+    ended = {"end_time": (pitch + duration + pd.Timedelta(hours=30)).isoformat()}
+    assert httpx.patch(f"{url}/batches/finished", json=ended, headers=KEY).status_code == 200
+    return {b: ("mystery_brand" if b == "unknown-brand" else base["brand"]) for b, _, _ in TROUBLES}
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="no Chromium: `make test` has it")
+def test_each_card_says_how_far_to_believe_it(champion_home, small_world, tmp_path):
+    """A cellar with one batch of each trouble and a clean one: each card (real Chromium, at
+    tablet and phone widths) shows its warning in words, the clean card none, with the API's
+    numbers and its brand's track record; its batch page draws the track record and keeps
+    a back-cast apart from the live forecasts; the history page lists the finished batch."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.test_demo import CHROMIUM_ARGS
+
+    settings, _ = champion_home
+    env = {
+        "BREWCAST_PREDICTION_LOG_URL": f"sqlite:///{tmp_path / 'trouble.db'}",
+        "BREWCAST_SERVING_FORECAST_EVERY_MINUTES": "0",
+    }
+    server, url = start_service(settings.home, **env)
+    try:
+        now = pd.Timestamp.now(tz="UTC").floor("min") - pd.Timedelta(minutes=5)
+        _trouble_world(url, small_world, now)
+        answered = httpx.get(f"{url}/forecasts", headers=KEY, timeout=60).json()["forecasts"]
+        assert {f["batch_id"] for f in answered if "error" not in f} >= {"clean", "stuck"}
+        # a back-cast of the clean batch: made now for a time it has later readings of
+        back = httpx.get(
+            f"{url}/batches/clean/forecast",
+            params={"at": (now - pd.Timedelta(hours=12)).isoformat()},
+            headers=KEY,
+        ).json()
+        assert back["backcast"] is True
+        httpx.get(f"{url}/forecasts", headers=KEY, timeout=60)  # the latest is live again
+        rows = {b["batch_id"]: b for b in httpx.get(f"{url}/cellar", headers=KEY).json()["batches"]}
+        kinds = {b: [w["kind"] for w in row["warnings"]] for b, row in rows.items()}
+        for batch_id, _, trouble in TROUBLES:
+            if trouble is None:
+                assert kinds[batch_id] == [], (batch_id, rows[batch_id]["warnings"])
+            else:
+                assert trouble in kinds[batch_id], (batch_id, rows[batch_id]["warnings"])
+        assert "unassigned" in kinds["future-start"]
+        unit = next(w for w in rows["unit"]["warnings"] if w["kind"] == "refused")
+        assert "Check the device's unit" in unit["text"]
+        clean = rows["clean"]
+        record = clean["track_record"]
+        assert record and record["group"] == "brand" and len(record["batches"]) == 1
+
+        shots = Path(os.environ.get("BREWCAST_SCREENSHOTS", tmp_path / "shots"))
+        shots.mkdir(parents=True, exist_ok=True)
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(
+                executable_path=shutil.which("chromium"), args=CHROMIUM_ARGS
+            )
+            errors: list[str] = []
+            for width, height, name in (
+                (1024, 768, "cellar-board"),
+                (390, 844, "cellar-board-phone"),
+            ):
+                page = browser.new_page(viewport={"width": width, "height": height})
+                page.on("pageerror", lambda exc: errors.append(str(exc)))
+                page.goto(f"{url}/board?key=test-key")
+                page.locator('article[data-batch="clean"]').wait_for(timeout=30_000)
+                for batch_id in rows:
+                    card = page.locator(f'article[data-batch="{batch_id}"]')
+                    shown = card.locator('[data-field="warning"]')
+                    said = [shown.nth(i).get_attribute("data-value") for i in range(shown.count())]
+                    assert said == kinds[batch_id], (batch_id, said)
+                    # the same words (the hours they quote may have moved on since)
+                    texts = [re.sub(r"[\d.]+", "#", t) for t in shown.all_inner_texts()]
+                    said = [re.sub(r"[\d.]+", "#", w["text"]) for w in rows[batch_id]["warnings"]]
+                    assert texts == said, (batch_id, texts)
+                card = page.locator('article[data-batch="clean"]')
+                for name_, want in (
+                    ("probability", clean["forecast"]["probability"]),
+                    ("predicted_finish_time", clean["forecast"]["predicted_finish_time"]),
+                    ("current_gravity_plato", clean["current_gravity_plato"]),
+                    ("model_version", clean["forecast"]["model_version"]),
+                ):
+                    got = card.locator(f'[data-field="{name_}"]').first.get_attribute("data-value")
+                    assert got == str(want) or float(got) == pytest.approx(float(want)), name_
+                line = card.locator('[data-field="track-record"]').inner_text()
+                assert line.startswith(f"Track record (brand {clean['brand']}, last 1 finished)")
+                # nothing clipped: no card wider than the page
+                overflow = page.evaluate("document.documentElement.scrollWidth")
+                assert overflow <= width, (width, overflow)
+                page.screenshot(path=shots / f"{name}.png", full_page=width > 400)
+                page.close()
+            page = browser.new_page(viewport={"width": 1024, "height": 768})
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(f"{url}/board/batches/clean?key=test-key")
+            page.locator("#record svg").wait_for(timeout=30_000)
+            assert page.locator('#moves svg path[data-kind="backcast"]').count() == 1
+            assert "1 back-casts" in page.locator("#status").inner_text()
+            assert page.locator("#record-line").inner_text().startswith("Track record (brand")
+            page.screenshot(path=shots / "cellar-batch.png", full_page=True)
+            page.goto(f"{url}/board/history?key=test-key")
+            page.locator("#status", has_text="1 finished batches").wait_for(timeout=30_000)
+            assert page.locator('#batches tr[data-batch="finished"]').count() == 1
+            assert page.locator('[data-field="empty"]').count() == 0
+            assert not errors, errors
+            browser.close()
+    finally:
+        server.stop()

@@ -51,11 +51,17 @@ function useZone(data) {
 }
 
 function when(iso) {
-  if (!iso) return "never (may be stuck)";
+  if (!iso) return "—";
   return new Date(iso).toLocaleString([], {
     weekday: "short", day: "2-digit", month: "short", hour: "2-digit", minute: "2-digit",
     timeZone: ZONE,
   });
+}
+
+// An 80% finish window; one with no end (batches like it have stalled) says so, never "never".
+function windowText(w) {
+  if (!w || !w.earliest) return "—";
+  return w.latest ? `${when(w.earliest)} – ${when(w.latest)}` : `after ${when(w.earliest)}, no end: batches like it have stalled`;
 }
 
 function hoursText(hours) {
@@ -63,6 +69,21 @@ function hoursText(hours) {
   if (Math.abs(hours) < 1) return `${Math.round(hours * 60)} min`;
   if (Math.abs(hours) < 48) return `${hours.toFixed(1)} h`;
   return `${(hours / 24).toFixed(1)} days`;
+}
+
+function signedHours(e, none = "—") {
+  return e === null || e === undefined ? none : `${e > 0 ? "+" : ""}${e.toFixed(1)} h`;
+}
+
+// How the forecasts of the batch's brand (or style, strain, cellar) did on its last
+// finished batches: the API's track record, in one line.
+function trackRecordText(record) {
+  if (!record) return "Track record: none yet (no finished batch of this brand, style or strain with a forecast near its finish).";
+  const group = record.group === "all" ? "the cellar" : `${record.group.replace("yeast_strain", "strain")} ${record.value}`;
+  const parts = Object.entries(record.hours_before_finish).filter(([, r]) => r.forecasts).map(([h, r]) =>
+    `${h} h before: median ${signedHours(r.median_error_hours)}` +
+    (r.windows ? `, window held ${r.windows_held} of ${r.windows}` : ""));
+  return `Track record (${group}, last ${record.batches.length} finished): ${parts.join(" · ")}`;
 }
 
 function fixed(value, digits) {
