@@ -16,6 +16,6 @@ COPY serving ./serving
 COPY monitoring ./monitoring
 COPY application ./application
 COPY dags ./dags
-RUN uv sync --frozen --no-dev --extra production --compile-bytecode
+RUN uv sync --frozen --no-default-groups --extra production --compile-bytecode
 EXPOSE 3000 5000 8080
 CMD ["brewcast", "--help"]

@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export BREWCAST_HOME ?= $(CURDIR)/.brewcast
 
-.PHONY: setup browser wrk test test-fast lint demo bench stop clean
+.PHONY: setup browser wrk test test-fast lint docs demo bench stop clean
 
 setup: $(VENV)/.synced
 
@@ -32,7 +32,7 @@ endef
 browser:
 	$(call debian_tool,chromium,Chromium missing: install it (Debian: apt-get install chromium) for the screenshot test)
 
-test: lint browser  ## lint, then everything, slow end-to-end tests included
+test: lint docs browser  ## lint, the docs site (strict), then everything, slow end-to-end tests included
 	$(BIN)/pytest
 
 test-fast: setup  ## skip the slow end-to-end tests
@@ -42,6 +42,11 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
+
+# The documentation site (MkDocs + Material) into site/, offline; strict: any warning (a
+# broken link or anchor, a page missing from the nav, a reference that fails) fails it.
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 demo: setup  ## MLflow + Airflow + BentoML up, a simulated year through them, monitoring
 	$(BIN)/brewcast demo
@@ -58,4 +63,4 @@ stop:  ## stop what `make demo` started (by pid)
 	@if [ -x $(BIN)/brewcast ]; then $(BIN)/brewcast stop; else echo "nothing to stop"; fi
 
 clean:
-	rm -rf $(VENV) .brewcast .pytest_cache .ruff_cache
+	rm -rf $(VENV) .brewcast .pytest_cache .ruff_cache site

@@ -1013,6 +1013,7 @@ class FermentationService:
 
     @routes.get("/board/assets/{name}")
     def board_asset(self, name: str) -> Response:
+        """The board's script and style sheet (no data in them: open without a key)."""
         return _page(name)
 
     @routes.get("/cellar")
@@ -1149,6 +1150,9 @@ class FermentationService:
 
     @routes.get("/metadata")
     def metadata(self) -> dict:
+        """The served model (version, family, threshold, calibration, finish forecast,
+        vocabularies, familiarity threshold), the execution provider in use, threads, the
+        schema and this worker's prediction-log counts."""
         model = self.holder.current
         return {
             "model": model.describe() if model else None,
