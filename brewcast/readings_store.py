@@ -59,6 +59,21 @@ readings = sa.Table(
     # a forecast reads one batch's readings up to a time
     sa.Index("ix_readings_batch_time", "batch_id", "timestamp"),
 )
+# a card's troubles without a scan of every reading: those held out of a batch's curve, and
+# a device's readings that found no batch (both few, so the partial indexes stay small)
+sa.Index(
+    "ix_readings_held_out",
+    readings.c.batch_id,
+    sqlite_where=readings.c.held_out.is_not(None),
+    postgresql_where=readings.c.held_out.is_not(None),
+)
+sa.Index(
+    "ix_readings_unassigned",
+    readings.c.device_id,
+    readings.c.timestamp,
+    sqlite_where=readings.c.batch_id.is_(None),
+    postgresql_where=readings.c.batch_id.is_(None),
+)
 #: Every reading a later push corrected (another value at the same device, time and tag:
 #: the newest wins, as in the drop folder), with the value it replaced: nothing is lost.
 reading_corrections = sa.Table(

@@ -490,6 +490,9 @@ def board(
     style (:func:`track_record` over the ``finished`` batches of :func:`finished_row`)."""
     last_event = {e["batch_id"]: e for e in events}  # events come oldest first
     troubles, finished = troubles or {}, finished or []
+    scored = _scored(finished)
+    records: dict[tuple, dict | None] = {}  # one track record per group, not per card
+    own = {r["batch_id"] for r in finished}
     rows = []
     for batch, (gravity, _) in zip(running, series, strict=True):
         forecast = latest.get(batch["batch_id"])
@@ -499,6 +502,12 @@ def board(
         warnings = trust_warnings(
             batch, forecast, gravity, now, troubles.get(batch["batch_id"], {}), finished
         )
+        group = (
+            batch["batch_id"] if batch["batch_id"] in own else None,
+            *(batch.get(k) for k in HISTORY_GROUPS),
+        )
+        if group not in records:
+            records[group] = track_record(scored, batch)
         rows.append(
             {
                 **{k: batch.get(k) for k in ("batch_id", "fermenter", "brand", "yeast_strain")},
@@ -513,7 +522,7 @@ def board(
                 "read_by": "hand" if _read_by_hand(gravity.hours) else "device",
                 "stale": any(w["kind"] in STALE_KINDS for w in warnings),
                 "forecast": forecast,
-                "track_record": track_record(finished, batch),
+                "track_record": records[group],
                 "ready": last_event.get(batch["batch_id"]),
                 "alerts": [a for a in alerts if concerns(a, features)],
             }
@@ -783,18 +792,22 @@ def finished_row(batch: dict, finished_at: datetime, history: list[dict]) -> dic
     }
 
 
+def _scored(finished: list[dict]) -> list[dict]:
+    """The finished batches with a live forecast near their finish."""
+    return [
+        r
+        for r in finished
+        if any(r["before_finish"][str(h)]["error_hours"] is not None for h in TRACK_RECORD_HOURS)
+    ]
+
+
 def track_record(finished: list[dict], batch: dict) -> dict | None:
     """How the forecasts of the batch's brand (else style, strain, the whole cellar) did on
     its last :data:`TRACK_RECORD_BATCHES` finished batches with a live forecast near their
     finish: per hours before the finish (:data:`TRACK_RECORD_HOURS`), the median error and
     how often the 80% window held, and those batches (oldest finish first) with theirs.
     None: no such batch yet."""
-    scored = [
-        r
-        for r in finished
-        if any(r["before_finish"][str(h)]["error_hours"] is not None for h in TRACK_RECORD_HOURS)
-    ]
-    group = _history_group(scored, batch, 1)
+    group = _history_group(_scored(finished), batch, 1)
     if group is None:
         return None
     key, members = group

@@ -638,7 +638,7 @@ class FermentationService:
         self.book = ForecastBook(self.log.engine)
         # finished batches' rows for the history page and track records, by (batch, finish):
         # the forecasts before a finish do not change once it is known
-        self._finished_rows: dict[tuple[str, datetime], dict] = {}
+        self._finished_rows: dict[tuple[str, datetime], dict | None] = {}
         self.plateau = PlateauRule.from_settings(self.settings)
         self.notifier = ReadyNotifier(self.book, self.settings)
         self.notifier.start()
@@ -1104,22 +1104,24 @@ class FermentationService:
         return _json_response(await anyio.to_thread.run_sync(read))
 
     def _finished(self) -> list[dict]:
-        """:func:`serving.cellar.finished_row` of every finished batch, oldest finish first."""
-        finishes = self.log.batch_finishes()
+        """:func:`serving.cellar.finished_row` of every finished batch this service follows,
+        oldest finish first (a finish of a batch it never followed, labelled from the
+        lake, has none)."""
         rows = []
-        for batch in self.readings.batches(active=None):
-            finished = finishes.get(batch["batch_id"])
-            if finished is None:
-                continue
-            key = (batch["batch_id"], finished)
+        for key in self.log.batch_finishes().items():
             if key not in self._finished_rows:
+                batch_id, finished = key
+                try:
+                    batch = self.readings.batch(batch_id)
+                except ReadingError:  # not one of the service's batches
+                    self._finished_rows[key] = None
+                    continue
                 around = self.book.before(
-                    batch["batch_id"],
-                    finished,
-                    max(cellar.HISTORY_HOURS) + cellar.HISTORY_SLACK_HOURS,
+                    batch_id, finished, max(cellar.HISTORY_HOURS) + cellar.HISTORY_SLACK_HOURS
                 )
                 self._finished_rows[key] = cellar.finished_row(batch, finished, around)
-            rows.append(self._finished_rows[key])
+            if self._finished_rows[key] is not None:
+                rows.append(self._finished_rows[key])
         return sorted(rows, key=lambda r: r["finished_at"])
 
     @routes.get("/cellar/events")
