@@ -283,6 +283,17 @@ def test_every_push_in_the_docs_is_accepted():
         assert all(push.rows for push in parsed), f"{page}: {path} stored nothing"
 
 
+def _walkthrough_bodies() -> dict[tuple[str, str], dict]:
+    """The JSON body of each curl of the walk-through, by (method, path)."""
+    bodies = {}
+    for line in _bash_lines(WALKTHROUGH.read_text()):
+        if line.startswith("curl"):
+            method, path, body = _curl(line)
+            if body is not None:
+                bodies[(method, path)] = body
+    return bodies
+
+
 def test_walkthrough_bodies_are_accepted_and_the_ispindel_push_is_stored():
     """Each JSON body the page sends is one its route accepts: the batch and the device
     assignment by the service's request models, the iSpindel's post by the service's own
@@ -290,12 +301,7 @@ def test_walkthrough_bodies_are_accepted_and_the_ispindel_push_is_stored():
     from serving.api_models import BatchStart, DeviceAssignment
     from serving.readings import parse_ispindel
 
-    bodies = {}
-    for line in _bash_lines(WALKTHROUGH.read_text()):
-        if line.startswith("curl"):
-            method, path, body = _curl(line)
-            if body is not None:
-                bodies[(method, path)] = body
+    bodies = _walkthrough_bodies()
     batch = BatchStart.model_validate(bodies[("POST", "/batches")])
     (device_path,) = [p for m, p in bodies if m == "PUT" and p.startswith("/devices/")]
     assignment = DeviceAssignment.model_validate(bodies[("PUT", device_path)])
@@ -320,12 +326,7 @@ def test_walkthrough_reading_lands_in_its_batch(tmp_path):
     from serving.prediction_log import make_engine
     from serving.readings import ReadingsStore, UnitPending, parse_ispindel
 
-    bodies = {}
-    for line in _bash_lines(WALKTHROUGH.read_text()):
-        if line.startswith("curl"):
-            method, path, body = _curl(line)
-            if body is not None:
-                bodies[(method, path)] = body
+    bodies = _walkthrough_bodies()
     now = datetime.now(UTC)
     batch_body = dict(bodies[("POST", "/batches")])
     batch_body["start_time"] = (now - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
