@@ -151,6 +151,10 @@ class Forecasts:
     buckets: list[str]
     #: Calibration snapshots behind each answer (0: none).
     support: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    #: P(never finishes): 1 - P(finished by t) as t grows without end, the share of the
+    #: group's calibration snapshots that never finished (stuck), mid p-value; NaN where no
+    #: answer can be given.
+    never_probability: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     def take(self, rows: np.ndarray) -> Forecasts:
         """The forecasts of the rows ``rows`` selects (a boolean mask or indexes)."""
@@ -161,6 +165,7 @@ class Forecasts:
             [self.groups[i] for i in rows],
             [self.buckets[i] for i in rows],
             self.support[rows],
+            self.never_probability[rows],
         )
 
 
@@ -227,6 +232,7 @@ class FinishForecast:
         bounds = {level: (np.zeros(n), np.full(n, np.inf)) for level in self.levels}
         probabilities = np.full((n, len(self.horizons)), np.nan)
         support = np.zeros(n, int)
+        never = np.full(n, np.nan)
         key_array = np.asarray(keys, dtype=object) if n > 1 else None
         for key in dict.fromkeys(keys):
             if not key:  # no answer: [0, never), no probabilities
@@ -244,12 +250,14 @@ class FinishForecast:
             limits = self._horizons[None, :] - hours[rows, None]
             at_most = np.searchsorted(residuals, limits.ravel(), side="right").reshape(limits.shape)
             probabilities[rows] = (at_most + 0.5) / (size + 1)
-        return Forecasts(bounds, probabilities, keys, list(bucket), support)
+            # t -> infinity: every finite residual is below it, the +inf (stuck) ones never
+            never[rows] = (self.groups[key].never + 0.5) / (size + 1)
+        return Forecasts(bounds, probabilities, keys, list(bucket), support, never)
 
     def row_columns(self, forecasts: Forecasts) -> list[dict]:
         """Per snapshot, the forecast as the prediction log stores it: each level's bounds
         (hours; a high of ``None`` is open-ended), P(finished by t) per horizon as JSON
-        (``null``: no answer), and the group."""
+        (``null``: no answer), the group, and P(never finishes) (``None``: no answer)."""
         columns = {}
         for level, (low, high) in forecasts.intervals.items():
             tag = round(level * 100)
@@ -265,6 +273,8 @@ class FinishForecast:
                 None if p[0] != p[0] else orjson.dumps(dict(zip(names, p, strict=True))).decode()
             )
             row["forecast_group"] = group
+            stuck = forecasts.never_probability[i]
+            row["never_probability"] = None if stuck != stuck else float(stuck)
             out.append(row)
         return out
 

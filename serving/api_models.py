@@ -162,6 +162,7 @@ PREDICTION_EXAMPLE = {
     "finish_probabilities": {"12": 0.073, "24": 0.545, "48": 0.994, "72": 0.994},
     "forecast_status": "fermenting",
     "forecast_group": "german_lager|0-24",
+    "never_probability": 0.004,
     "unknown_categories": [],
     "out_of_distribution": False,
     "familiarity_distance": 1.43,
@@ -203,6 +204,14 @@ class Prediction(BaseModel):
     )
     forecast_group: str | None = Field(
         None, description="The calibration group of the intervals, e.g. german_lager|24-48."
+    )
+    never_probability: float | None = Field(
+        None,
+        description="P(the batch never finishes: stuck), its own number beside the windows: "
+        "the share of the calibration group's snapshots that never finished (mid p-value, "
+        "so never 0), 1 minus P(finished by t) as t grows without end. An 80% window has no "
+        "upper bound where this is above about 0.10 (the 95% window: 0.025). Null where no "
+        "answer can be given.",
     )
     unknown_categories: list[str] = Field(
         default_factory=list,
@@ -294,6 +303,7 @@ def finish_forecast_json(row: dict) -> dict:
         "predicted_finish_time": _at(start, row["hours_remaining"]),
         "forecast_group": row["forecast_group"],
         "forecast_status": forecast_status(row["forecast_group"]),
+        "never_probability": row.get("never_probability"),
         "finish_probabilities": None
         if row["finish_probabilities"] is None
         else orjson.loads(row["finish_probabilities"]),
@@ -378,8 +388,9 @@ def _batch_model(name: str, required: tuple[str, ...], columns: tuple[str, ...])
 BatchStart = _batch_model(
     "BatchStart", ("batch_id", "start_time"), tuple(n for n in BATCHES.names if n != "end_time")
 )
-#: ``PATCH /batches/{id}``: edit a batch, or end it (``end_time``).
-BATCH_CHANGES = tuple(n for n in BATCHES.names if n not in ("batch_id", "start_time"))
+#: ``PATCH /batches/{id}``: edit a batch (its pitch time too: a time typed wrong), or end
+#: it (``end_time``).
+BATCH_CHANGES = tuple(n for n in BATCHES.names if n != "batch_id")
 BatchUpdate = _batch_model("BatchUpdate", (), BATCH_CHANGES)
 
 

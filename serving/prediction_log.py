@@ -79,6 +79,8 @@ predictions = sa.Table(
     ),
     sa.Column("finish_probabilities", sa.Text),
     sa.Column("forecast_group", sa.String(64)),
+    # P(never finishes): the group's stuck share (NULL: no answer, or an earlier release)
+    sa.Column("never_probability", sa.Float),
 )
 labels = sa.Table(
     "labels",
@@ -682,4 +684,5 @@ NO_FORECAST = {
     },
     "finish_probabilities": None,
     "forecast_group": None,
+    "never_probability": None,
 }

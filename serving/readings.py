@@ -587,13 +587,7 @@ class ReadingsStore:
     # -- batches ---------------------------------------------------------------------------
     def start_batch(self, batch: dict, now: datetime | None = None) -> dict:
         """A new batch; a pitch in the future is refused (its readings cannot exist yet)."""
-        now = now or now_utc()
-        if batch["start_time"] > now + FUTURE_TOLERANCE:
-            raise ReadingError(
-                f"start_time: {batch['start_time'].isoformat()} is in the future (now "
-                f"{now.isoformat()}): start a batch when it is pitched",
-                422,
-            )
+        _pitched(batch["start_time"], now or now_utc())
         with self.engine.begin() as conn:
             found = conn.execute(
                 sa.select(batches.c.batch_id).where(batches.c.batch_id == batch["batch_id"])
@@ -607,15 +601,26 @@ class ReadingsStore:
                 self._reattach(conn, fermenter=batch["fermenter"])
         return self.batch(batch["batch_id"])
 
-    def update_batch(self, batch_id: str, changes: dict) -> dict:
+    def update_batch(self, batch_id: str, changes: dict, now: datetime | None = None) -> dict:
+        """Edit a batch. A corrected pitch time (``start_time``) moves its readings with it:
+        those now before it are the batch's no more (unassigned), those a device in its
+        fermenter took since it join; in the future, it is refused as at the start."""
         if not changes:
             raise ReadingError(f"body: nothing to change; give one or more of {BATCH_CHANGES}", 422)
+        if changes.get("start_time") is not None:
+            _pitched(changes["start_time"], now or now_utc())
         with self.engine.begin() as conn:
             done = conn.execute(
                 batches.update().where(batches.c.batch_id == batch_id).values(**changes)
             )
             if done.rowcount == 0:
                 raise ReadingError(f"batch {batch_id!r} does not exist", 404)
+            if changes.get("start_time") is not None:
+                early = (readings.c.batch_id == batch_id) & (
+                    readings.c.timestamp < changes["start_time"]
+                )
+                if conn.execute(readings.update().where(early).values(batch_id=None)).rowcount:
+                    self._next_revision(conn, batch_id)
             fermenter = conn.execute(
                 sa.select(batches.c.fermenter).where(batches.c.batch_id == batch_id)
             ).scalar_one()
@@ -1295,6 +1300,16 @@ def _extended(series: Series, more: Series) -> Series:
         order = np.argsort(hours, kind="stable")
         hours, values = hours[order], values[order]
     return Series(hours, values)
+
+
+def _pitched(start: datetime, now: datetime) -> None:
+    """Refuse a pitch time in the future: its readings cannot exist yet."""
+    if start > now + FUTURE_TOLERANCE:
+        raise ReadingError(
+            f"start_time: {start.isoformat()} is in the future (now {now.isoformat()}): "
+            "start a batch when it is pitched",
+            422,
+        )
 
 
 def named_device(route: str, body: str) -> str | None:

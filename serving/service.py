@@ -804,7 +804,8 @@ class FermentationService:
 
     @routes.patch("/batches/{batch_id}")
     def update_batch(self, batch_id: str, changes: BatchUpdate) -> dict:
-        """Edit a batch, or end it (``end_time``)."""
+        """Edit a batch (a pitch time typed wrong too: its readings follow it), or end it
+        (``end_time``)."""
         return self._answer(
             lambda: self.readings.update_batch(batch_id, changes.model_dump(exclude_unset=True))
         )

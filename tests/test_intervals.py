@@ -167,6 +167,16 @@ def test_a_stuck_batch_a_stall_and_a_single_reading_have_explicit_answers():
     rows = forecast.row_columns(got)
     assert rows[0]["interval_95_high"] is None and rows[1]["finish_probabilities"] is None
     assert json.loads(rows[2]["finish_probabilities"])["72"] > 0.9
+    # P(never finishes) is its own number: the stuck tenth (mid p-value), 1 - P(by t) for
+    # a t past every finite residual; none where there is no answer, almost 0 elsewhere
+    assert rows[0]["never_probability"] == pytest.approx((10 + 0.5) / 101)
+    far = forecast.forecast(np.array([30.0]), ["lager"], slope[:1], attenuation[:1], since[:1])
+    assert far.never_probability[0] == pytest.approx(1 - far.finish_probabilities[0, -1])
+    assert rows[1]["never_probability"] is None
+    assert rows[2]["never_probability"] == pytest.approx(0.5 / 101)
+    assert got.take(np.array([2, 0])).never_probability.tolist() == pytest.approx(
+        [0.5 / 101, 10.5 / 101]
+    )
 
 
 def test_buckets_by_forecast_and_by_what_the_snapshot_shows():

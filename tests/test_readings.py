@@ -214,6 +214,31 @@ def test_a_gravity_jump_is_stored_flagged_and_kept_out_of_the_curve(store):
     assert list(again.values) == list(gravity.values)
 
 
+def test_a_pitch_time_typed_wrong_is_corrected_and_its_readings_follow(store):
+    """A pitch typed a day late holds the first readings back (no batch); correcting it
+    gives them the batch, moving it later again takes away the readings before it, and a
+    pitch in the future is refused as when the batch was started."""
+    from serving.api_models import BATCH_CHANGES
+
+    assert "start_time" in BATCH_CHANGES
+    start = NOW - timedelta(days=1)
+    store.start_batch({"batch_id": "B1", "fermenter": "FV1", "start_time": start})
+    store.assign("tilt:red", "FV1")
+    rows = [
+        (NOW - timedelta(hours=h), "gravity_plato", 12.0 - 0.1 * (40 - h)) for h in (40, 30, 20, 10)
+    ]
+    assert store.store(Push("tilt:red", rows), NOW).unassigned == 2
+    store.update_batch("B1", {"start_time": NOW - timedelta(days=2)})
+    ((gravity, _),) = store.series(store.running(batch_id="B1"))
+    assert len(gravity.values) == 4 and store.unassigned() == []
+    store.update_batch("B1", {"start_time": NOW - timedelta(hours=25)})
+    ((gravity, _),) = store.series(store.running(batch_id="B1"))
+    assert len(gravity.values) == 2 and store.unassigned()[0]["readings"] == 2
+    with pytest.raises(ReadingError, match="in the future") as caught:
+        store.update_batch("B1", {"start_time": NOW + timedelta(days=1)}, NOW)
+    assert caught.value.status == 422
+
+
 def test_a_batchs_reading_troubles_for_its_card(store):
     """Held-out readings, pushes refused from the devices in its fermenter since its pitch,
     and their readings that found no batch in the week before the pitch: counted per

@@ -518,7 +518,7 @@ def test_schemathesis_finds_no_server_error_nor_schema_violation(hardened, tmp_p
 
 @pytest.mark.parametrize("database", ["sqlite", "postgresql"])
 def test_a_log_written_by_the_previous_release_is_upgraded_in_place(database, tmp_path, request):
-    """A log without the familiarity columns and the one-label index (the previous
+    """A log without the familiarity and P(never) columns and the one-label index (an earlier
     release's tables): opening it adds them, old rows read back with NULL, new rows go in
     (without the upgrade every insert failed, and the service answered 503)."""
     import sqlalchemy as sa
@@ -526,7 +526,7 @@ def test_a_log_written_by_the_previous_release_is_upgraded_in_place(database, tm
     from serving import prediction_log
 
     url = _log_url(database, tmp_path, request)
-    new_columns = {"familiarity_distance", "out_of_distribution"}
+    new_columns = {"familiarity_distance", "out_of_distribution", "never_probability"}
     old = sa.MetaData()
     for table in prediction_log.metadata.sorted_tables:
         columns = [c.copy() for c in table.columns if c.name not in new_columns]

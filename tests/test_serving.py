@@ -100,6 +100,7 @@ def test_predictions_equal_in_process_onnxruntime(service, champion_home):
         body["predictions"], expected_rows, test["snapshot_time"], strict=True
     ):
         assert prediction["forecast_group"] == row["forecast_group"]
+        assert prediction["never_probability"] == pytest.approx(row["never_probability"])
         for tag in (80, 95):
             interval = prediction[f"interval_{tag}"]
             assert interval["low"] == pytest.approx(row[f"interval_{tag}_low"], abs=1e-3)

@@ -284,6 +284,7 @@ def test_response_json_is_what_pydantic_makes_of_the_response_model():
         "interval_95_high": None,  # open-ended: may never finish
         "finish_probabilities": '{"12": 0.75, "24": 0.875, "48": 0.9, "72": 0.9}',
         "forecast_group": "german_lager|0-24",
+        "never_probability": 0.1,
     }
     rows = [
         {
@@ -325,6 +326,7 @@ def test_response_json_is_what_pydantic_makes_of_the_response_model():
         "finish_probabilities": {"12": 0.75, "24": 0.875, "48": 0.9, "72": 0.9},
         "forecast_status": "fermenting",
         "forecast_group": "german_lager|0-24",
+        "never_probability": 0.1,
     }
     second = {"predicted_finish_time": datetime(2026, 3, 4, 20, 15, tzinfo=UTC)}
     keep = ("prediction_id", "probability", "decision", "hours_remaining", "out_of_distribution")
