@@ -607,7 +607,12 @@ class ReadingsStore:
         fermenter took since it join; in the future, it is refused as at the start."""
         if not changes:
             raise ReadingError(f"body: nothing to change; give one or more of {BATCH_CHANGES}", 422)
-        if changes.get("start_time") is not None:
+        if "start_time" in changes:
+            if changes["start_time"] is None:
+                raise ReadingError(
+                    "start_time: a batch's pitch time cannot be removed (give the right one)",
+                    422,
+                )
             _pitched(changes["start_time"], now or now_utc())
         with self.engine.begin() as conn:
             done = conn.execute(

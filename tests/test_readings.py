@@ -237,6 +237,10 @@ def test_a_pitch_time_typed_wrong_is_corrected_and_its_readings_follow(store):
     with pytest.raises(ReadingError, match="in the future") as caught:
         store.update_batch("B1", {"start_time": NOW + timedelta(days=1)}, NOW)
     assert caught.value.status == 422
+    # a pitch time cannot be taken away (schemathesis sent null: a 500 until refused)
+    with pytest.raises(ReadingError, match="cannot be removed") as caught:
+        store.update_batch("B1", {"start_time": None, "brand": "x"}, NOW)
+    assert caught.value.status == 422 and store.batch("B1")["brand"] is None
 
 
 def test_a_batchs_reading_troubles_for_its_card(store):
