@@ -126,10 +126,18 @@ FINISH_GOALS = {
 TIME_TO_FINISH = {"0-48 h": (0.0, 48.0), "48-96 h": (48.0, 96.0), "96 h+": (96.0, float("inf"))}
 
 
-def finish_goals(predictions: pd.DataFrame, candidate: str, threshold: float, hand: bool) -> dict:
+def finish_goals(
+    predictions: pd.DataFrame,
+    candidate: str,
+    threshold: float,
+    hand: bool,
+    prompt_threshold: float | None = None,
+) -> dict:
     """Hours MAE by true time to finish, 80% window coverage and width, and the decision at
     the threshold, for the candidate and the brand history on the pre-finish test rows;
-    each goal met or not."""
+    each goal met or not. With ``prompt_threshold``, also how often a batch finishing
+    within the horizon is asked for a reading (recall) and how often a reading asked for
+    is of one (precision): no goal of its own, the hand log's way to "ready"."""
     import numpy as np
 
     from brewcast.schema import LABEL, REGRESSION_TARGET
@@ -210,7 +218,16 @@ def finish_goals(predictions: pd.DataFrame, candidate: str, threshold: float, ha
             f"{table['48-96 h']['brand_history']:.1f} h)",
             "met": table["48-96 h"]["candidate"] <= FINISH_GOALS["mae_48_96h"],
         }
-    return {"goals": out, "by_time_to_finish": table}
+    prompt = None
+    if prompt_threshold is not None:
+        asked = classification_report(
+            rows[LABEL].to_numpy(float),
+            rows[f"{candidate}_probability"],
+            prompt_threshold,
+            rows["batch_id"],
+        )
+        prompt = {"threshold": prompt_threshold, **{k: asked[k] for k in ("precision", "recall")}}
+    return {"goals": out, "by_time_to_finish": table, "prompt": prompt}
 
 
 def goals(evaluation: dict, slices: pd.DataFrame) -> dict[str, dict]:
@@ -286,6 +303,7 @@ def run(seed: int, start: str, days: float, fermenters: int, profile: str = "def
             evaluation["candidate"],
             threshold,
             hand=profile == "hand_log",
+            prompt_threshold=work.prompt_threshold(),
         )
     intervals = evaluation["intervals"]
     return {
@@ -311,6 +329,7 @@ def run(seed: int, start: str, days: float, fermenters: int, profile: str = "def
         "gate": {"passed": details["gate"]["passed"], "reasons": details["gate"]["reasons"]},
         "goals": goals(evaluation, slices) | coverage_goals(coverage, intervals) | finish["goals"],
         "by_time_to_finish": finish["by_time_to_finish"],
+        "prompt": finish["prompt"],
         "intervals": {
             "overall": intervals["overall"],
             "width_48h_before_finish": intervals["width_48h_before_finish"],
@@ -363,6 +382,14 @@ def markdown(result: dict) -> str:
         lines.append(
             f"| {bucket} | {row['rows']} | {row['candidate']:.1f} | {row['brand_history']:.1f} |"
         )
+    prompt = result.get("prompt")
+    if prompt:
+        lines += [
+            "",
+            f"A reading asked for from P >= {prompt['threshold']:.3f} (the prompt threshold): "
+            f"recall {prompt['recall']:.3f}, precision {prompt['precision']:.3f} on the "
+            "pre-finish rows (a hand log's way to ready: a reading that agrees).",
+        ]
     lines += _interval_lines(result)
     return "\n".join(lines) + "\n"
 

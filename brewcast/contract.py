@@ -34,6 +34,9 @@ META_SCHEMA_FINGERPRINT = "schema_fingerprint"
 META_INPUT_COLUMNS = "input_columns"
 META_CALIBRATION = "calibration"
 META_THRESHOLD = "threshold"
+#: P(finished within the horizon) from which a hand-logged batch is asked for a reading
+#: (the decision's threshold where a model does not say).
+META_PROMPT_THRESHOLD = "prompt_threshold"
 META_HORIZON_HOURS = "horizon_hours"
 META_DATA_SNAPSHOT_ID = "data_snapshot_id"
 #: {column: [value, ...]}: the categories the model learned (index 1..V, in order).

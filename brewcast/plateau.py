@@ -154,31 +154,40 @@ def cellar_state(
     decision: bool,
     rule: PlateauRule,
     slope_per_day: float | None = None,
+    likely: bool | None = None,
 ) -> tuple[CellarState, str]:
     """What the cellar should do now, from a batch's gravity readings so far (°P, sorted by
     ``hours``) and the model's decision (finished within the horizon): ``ready`` (act on
-    it), ``take a reading`` (the model says finished, but the batch is read by hand and no
-    reading confirms the plateau yet: the reading to take, and what it would settle), or
+    it), ``take a reading`` (the model says finished, or likely, but the batch is read by
+    hand and no reading confirms the plateau yet: the reading to take, and what it would
+    settle), or
     ``fermenting``; with the sentence the board shows.
 
     A probe read every few minutes confirms its own plateau, so its decision is the ready
     call. A hand log is ready once its last reading, taken at least ``confirm_hours`` after
     an earlier one, is within ``tolerance_plato`` of it: a brewer's two readings a day
-    apart that agree. Readings whose ``slope_per_day`` no fermentation has (a device moved,
-    a probe out of the liquid) confirm nothing: the cellar is asked for a reading instead.
+    apart that agree. ``likely``: the model's probability is past the prompt threshold, lower
+    than the decision's because a reading is cheap (None: the decision); a hand log is asked
+    for a reading, and made ready by one that agrees, from there. Readings whose
+    ``slope_per_day`` no fermentation has (a device moved, a probe out of the liquid)
+    confirm nothing: the cellar is asked for a reading instead.
     """
     hours = np.asarray(hours, dtype="float64")
     gravity = np.asarray(gravity, dtype="float64")
-    if not decision or gravity.size == 0:
+    likely = decision if likely is None else (likely or decision)
+    if not likely or gravity.size == 0:
         return "fermenting", "still fermenting"
     last = gravity[-1]
+    device = np.sum(hours > hours[-1] - DEVICE_WINDOW_HOURS) >= DEVICE_READINGS
+    if device and not decision:
+        return "fermenting", "still fermenting"
     if implausible_slope(slope_per_day):
         return "take a reading", (
             f"take a gravity reading: the readings {'fall' if slope_per_day < 0 else 'rise'} "
             f"{abs(slope_per_day):.1f} °P a day, faster than any fermentation, so they "
             "cannot confirm the finish"
         )
-    if np.sum(hours > hours[-1] - DEVICE_WINDOW_HOURS) >= DEVICE_READINGS:
+    if device:
         return "ready", "the model's decision, on a device's readings"
     earlier = np.flatnonzero(hours <= hours[-1] - rule.confirm_hours)
     if earlier.size and gravity[earlier[-1]] - last <= rule.tolerance_plato + ROUND_OFF:

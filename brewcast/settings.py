@@ -207,6 +207,13 @@ class TrainingSettings(BaseSettings):
         10.0, description="Cost of calling a batch finished when it is not (spoiled beer)."
     )
     cost_late: float = Field(1.0, description="Cost of a late call (tank time wasted).")
+    cost_needless_reading: float = Field(
+        1.0,
+        gt=0,
+        description="Cost of a gravity reading asked for too early (a walk to the tank), in "
+        "the units of cost_late: it sets the prompt threshold, from which a batch logged by "
+        "hand is asked for a reading (and made ready by one that agrees with the last).",
+    )
     precision_target: float = Field(0.95, description="Precision floor of that policy.")
     min_split_batches: int = Field(
         5, description="Fewest batches each of train/validation/test may have."

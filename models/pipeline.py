@@ -309,6 +309,9 @@ def calibrate(settings: Settings, work: TrainingWorkdir) -> dict:
         calibration = fit_calibration(logit, y, settings.calibration_method)
         before, after = sigmoid(logit), calibration.apply(logit)
         report = choose(y, after)
+        prompt = choose_threshold(
+            y, after, "cost", settings.cost_needless_reading, settings.cost_late
+        )
         curves[family] = report.curve
         low, high = _threshold_interval(settings, choose, decided["batch_id"], y, after)
         families[family] = {
@@ -319,6 +322,9 @@ def calibrate(settings: Settings, work: TrainingWorkdir) -> dict:
             "reliability_before": metrics.reliability_table(y, before).to_dict("records"),
             "reliability_after": metrics.reliability_table(y, after).to_dict("records"),
             "threshold": report.to_dict() | {"threshold_low": low, "threshold_high": high},
+            # a reading asked for is cheap: never above the decision's own threshold
+            "prompt_threshold": prompt.to_dict()
+            | {"threshold": min(prompt.threshold, report.threshold)},
             "finish_forecast": canonical_text(forecast.to_json()),
             "finish_forecast_groups": forecast.describe()["groups"],
         }
@@ -398,6 +404,7 @@ def export(settings: Settings, work: TrainingWorkdir) -> dict:
         META_FINISH_FORECAST,
         META_HORIZON_HOURS,
         META_MODEL_FAMILY,
+        META_PROMPT_THRESHOLD,
         META_THRESHOLD,
         META_TRAINED_ON,
         Familiarity,
@@ -430,6 +437,7 @@ def export(settings: Settings, work: TrainingWorkdir) -> dict:
             metadata={
                 META_MODEL_FAMILY: family,
                 META_THRESHOLD: threshold,
+                META_PROMPT_THRESHOLD: work.prompt_threshold(family),
                 META_HORIZON_HOURS: settings.horizon_hours,
                 META_DATA_SNAPSHOT_ID: data["data_snapshot_id"],
                 META_FAMILIARITY: familiarity.to_json(),

@@ -179,6 +179,14 @@ class TrainingWorkdir:
             info = info["families"][family]
         return Calibration(**info["calibration"]), float(info["threshold"]["threshold"])
 
+    def prompt_threshold(self, family: str | None = None) -> float:
+        """A family's prompt threshold (the candidate's by default): from it a hand-logged
+        batch is asked for a reading; the decision's threshold for a run that chose none."""
+        info = self.read_json(self.calibration)
+        if family is not None:
+            info = info["families"][family]
+        return float(info.get("prompt_threshold", info["threshold"])["threshold"])
+
     def load_finish_forecast(self, family: str | None = None):
         """A family's fitted finish forecast (the candidate's by default)."""
         from brewcast.intervals import FinishForecast

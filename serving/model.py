@@ -27,6 +27,7 @@ from brewcast.contract import (
     META_FINISH_FORECAST,
     META_HORIZON_HOURS,
     META_MODEL_FAMILY,
+    META_PROMPT_THRESHOLD,
     META_SCHEMA_FINGERPRINT,
     META_THRESHOLD,
     META_TRAINED_ON,
@@ -90,6 +91,7 @@ def checked_metadata(meta: dict, tag: str, default_horizon: float) -> tuple[floa
         raise ModelRefusedError(f"{tag}: horizon {horizon} h is not a positive number")
     if not _finite_numbers(calibration):
         raise ModelRefusedError(f"{tag}: calibration parameters are not finite: {calibration}")
+    _prompt_threshold(meta, threshold, tag)
     if META_FINISH_FORECAST in meta:
         try:
             FinishForecast.from_json(meta[META_FINISH_FORECAST])
@@ -117,6 +119,9 @@ class ServedModel:
     family: str = ""
     #: Intervals for the hours remaining and P(finished by t) (None: the model has none).
     finish_forecast: FinishForecast | None = None
+    #: From this probability a hand-logged batch is asked for a reading (None: the model
+    #: does not say, so the decision's threshold).
+    prompt_threshold: float | None = None
     loaded_at: pd.Timestamp = field(default_factory=lambda: pd.Timestamp.now("UTC"))
 
     def __post_init__(self) -> None:
@@ -223,6 +228,7 @@ class ServedModel:
         return {
             "model_version": self.version,
             "threshold": self.threshold,
+            "prompt_threshold": self.prompt_threshold,
             "horizon_hours": self.horizon_hours,
             "calibration": self.calibration,
             "schema_fingerprint": self.fingerprint,
@@ -369,7 +375,24 @@ def served_model(model_bytes: bytes, version: str, tag: str, settings: Settings)
         finish_forecast=FinishForecast.from_json(meta[META_FINISH_FORECAST])
         if META_FINISH_FORECAST in meta
         else None,
+        prompt_threshold=_prompt_threshold(meta, threshold, tag),
     )
+
+
+def _prompt_threshold(meta: dict, threshold: float, tag: str) -> float | None:
+    """The model's prompt threshold, refused unless a probability no higher than the
+    decision's (None: a model from before it existed)."""
+    if META_PROMPT_THRESHOLD not in meta:
+        return None
+    try:
+        prompt = float(meta[META_PROMPT_THRESHOLD])
+    except (TypeError, ValueError) as exc:
+        raise ModelRefusedError(f"{tag}: unreadable prompt threshold ({exc!r})") from exc
+    if not (math.isfinite(prompt) and 0 < prompt <= threshold):
+        raise ModelRefusedError(
+            f"{tag}: prompt threshold {prompt} is not a probability in (0, {threshold}]"
+        )
+    return prompt
 
 
 class ModelHolder:

@@ -1419,12 +1419,14 @@ def score_running(
             continue
         row = next(rows)
         known = gravity.hours <= until
+        prompt = model.prompt_threshold
         row["state"], row["state_detail"] = cellar_state(
             gravity.hours[known],
             gravity.values[known],
             bool(row["decision"]),
             rule,
             record.get("gravity_slope_plato_per_day"),
+            None if prompt is None else bool(row["probability"] >= prompt),
         )
         row["backcast"] = bool(
             len(gravity.hours) and gravity.hours[-1] > until + BACKCAST_SLACK_HOURS

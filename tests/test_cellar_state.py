@@ -46,3 +46,19 @@ def test_readings_no_fermentation_could_make_confirm_nothing():
     for plausible in (-9.9, 0.0, 1.9, None, float("nan")):
         assert cellar_state(hours, gravity, True, RULE, slope_per_day=plausible)[0] == "ready"
     assert cellar_state(hours, gravity, False, RULE, slope_per_day=-12.7)[0] == "fermenting"
+
+
+def test_a_hand_log_is_asked_for_a_reading_once_the_finish_is_likely():
+    """A hand log's prompt has its own, lower threshold (a reading is cheap): where the
+    model says likely but not decided, the cellar is asked for a reading, and a reading that
+    agrees with one a day earlier makes it ready; a device still waits for the decision."""
+    hours = np.array([0.0, 24.0, 48.0, 72.0, 96.0])
+    gravity = np.array([12.0, 9.0, 5.0, 3.4, 2.9])
+    state, detail = cellar_state(hours, gravity, False, RULE, likely=True)
+    assert state == "take a reading" and "2.6 °P or above confirms" in detail
+    agreeing = cellar_state([*hours, 120.0], [*gravity, 2.8], False, RULE, likely=True)
+    assert agreeing[0] == "ready"
+    assert cellar_state(hours, gravity, False, RULE, likely=False)[0] == "fermenting"
+    probe = np.arange(0.0, 100.0, 0.25)
+    curve = np.linspace(12.0, 2.5, probe.size)
+    assert cellar_state(probe, curve, False, RULE, likely=True)[0] == "fermenting"

@@ -254,7 +254,12 @@ class _Previous:
 
 
 def test_only_a_gated_sane_champion_is_served(trained, tmp_path):
-    from brewcast.contract import META_CALIBRATION, META_HORIZON_HOURS, META_THRESHOLD
+    from brewcast.contract import (
+        META_CALIBRATION,
+        META_HORIZON_HOURS,
+        META_PROMPT_THRESHOLD,
+        META_THRESHOLD,
+    )
     from serving.model import ModelHolder
 
     base, work = trained
@@ -268,6 +273,12 @@ def test_only_a_gated_sane_champion_is_served(trained, tmp_path):
         "threshold 1.5": (_crafted(work, **{META_THRESHOLD: "1.5"}), "passed", False, "1.5"),
         "threshold nan": (_crafted(work, **{META_THRESHOLD: "nan"}), "passed", False, "nan"),
         "horizon 0": (_crafted(work, **{META_HORIZON_HOURS: "0"}), "passed", False, "horizon"),
+        "prompt above the decision": (
+            _crafted(work, **{META_PROMPT_THRESHOLD: "1.5"}),
+            "passed",
+            False,
+            "prompt threshold 1.5",
+        ),
         "calibration nan": (
             _crafted(work, **{META_CALIBRATION: '{"a": NaN, "b": 0.1}'}),
             "passed",

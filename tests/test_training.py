@@ -110,6 +110,13 @@ def test_onnx_graph_takes_the_schema_and_matches_keras(trained):
     assert not {"Sub", "Mul"} & {n.op_type for n in model.graph.node}
     meta = {p.key: p.value for p in model.metadata_props}
     assert {"schema_fingerprint", "calibration", "threshold", "data_snapshot_id"} <= set(meta)
+    # a reading asked for is cheap: the prompt threshold (1:1 costs) is no higher
+    chosen = _load(workdir, "calibration.json")
+    assert chosen["prompt_threshold"]["cost_false_finished"] == 1.0
+    assert 0 < float(meta["prompt_threshold"]) <= float(meta["threshold"])
+    assert float(meta["prompt_threshold"]) == pytest.approx(
+        min(chosen["prompt_threshold"]["threshold"], chosen["threshold"]["threshold"])
+    )
     assert json.loads(meta["input_columns"]) == {
         "numeric": [c.name for c in numeric_features()],
         "categorical": [c.name for c in categorical_features()],
